@@ -1,0 +1,10 @@
+DROP TABLE instances;
+DROP TABLE admins;
+DROP TABLE settings;
+DROP TABLE model_weights;
+DROP TABLE usage_records;
+DROP TABLE ledger;
+DROP TABLE holds;
+DROP TABLE balances;
+DROP TABLE users;
+DROP TABLE plans;

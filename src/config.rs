@@ -1,0 +1,452 @@
+//! Configuration from the environment (SPEC section 6), validated in one pass so an
+//! operator sees every problem at once.
+
+use chrono_tz::Tz;
+use secrecy::SecretString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which database, parsed from `TOKENGATE_DATABASE_URL`.
+#[derive(Clone)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+    /// Kept secret: it usually carries a password.
+    Postgres(SecretString),
+}
+
+impl DatabaseUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        if let Some(path) = raw.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err("sqlite:// needs a file path, like sqlite://data/tokengate.db".into());
+            }
+            Ok(Self::Sqlite(PathBuf::from(path)))
+        } else if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            Ok(Self::Postgres(SecretString::from(raw.to_owned())))
+        } else {
+            Err("must start with sqlite:// or postgres://".into())
+        }
+    }
+
+    /// A form safe to print: the password is never shown.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Self::Postgres(url) => redact_url(secrecy::ExposeSecret::expose_secret(url)),
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// `scheme://user:password@host/...` -> `scheme://user:***@host/...`
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".into();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locale {
+    PtBr,
+    En,
+}
+
+impl Locale {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "pt-br" | "pt_br" | "pt" => Some(Self::PtBr),
+            "en" | "en-us" | "en_us" => Some(Self::En),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything tokengate reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: String,
+    pub database_url: DatabaseUrl,
+    pub upstream_url: String,
+    pub upstream_key: Option<SecretString>,
+    /// Empty: keys are generated once and stored (see `bootstrap`).
+    pub client_keys: Vec<SecretString>,
+    pub smtp_url: Option<SecretString>,
+    pub mail_from: String,
+    pub admin_emails: Vec<String>,
+    pub alert_thresholds: Vec<u8>,
+    pub timezone: Tz,
+    pub locale: Locale,
+    pub support_contact: Option<String>,
+    pub public_url: String,
+    pub admin_email: Option<String>,
+    pub admin_password: Option<SecretString>,
+    pub default_max_completion: i64,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+    /// Beyond the spec's table: operational knobs with safe defaults.
+    pub upstream_connect_timeout: Duration,
+    /// Longest silence from upstream (before the first byte or between chunks).
+    pub upstream_idle_timeout: Duration,
+    /// A hold older than this is released even if its instance is alive.
+    pub hold_max_age: Duration,
+    /// Identifies this process's holds; a restart with the same id frees them at once.
+    pub instance_id: String,
+    pub db_pool_size: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Builds the configuration from any key lookup (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let problems = std::cell::RefCell::new(Vec::new());
+        let get = |key: &str| {
+            lookup(key)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let parse = |key: &str, default: &str, f: &dyn Fn(&str) -> Result<(), String>| {
+            let value = get(key).unwrap_or_else(|| default.to_owned());
+            if let Err(e) = f(&value) {
+                problems.borrow_mut().push(format!("{key}={value:?}: {e}"));
+            }
+            value
+        };
+
+        let listen = parse("TOKENGATE_LISTEN", "127.0.0.1:8080", &|v| {
+            v.parse::<std::net::SocketAddr>()
+                .map(|_| ())
+                .map_err(|_| "expected HOST:PORT, like 0.0.0.0:8080".into())
+        });
+        let db_raw =
+            get("TOKENGATE_DATABASE_URL").unwrap_or_else(|| "sqlite://data/tokengate.db".into());
+        let database_url = match DatabaseUrl::parse(&db_raw) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                problems.borrow_mut().push(format!(
+                    "TOKENGATE_DATABASE_URL={}: {e}",
+                    redact_url(&db_raw)
+                ));
+                None
+            }
+        };
+        let upstream_url = parse("TOKENGATE_UPSTREAM_URL", "http://127.0.0.1:4000/v1", &|v| {
+            if v.starts_with("http://") || v.starts_with("https://") {
+                Ok(())
+            } else {
+                Err("must be an http:// or https:// URL, like http://litellm:4000/v1".into())
+            }
+        })
+        .trim_end_matches('/')
+        .to_owned();
+        let mail_from = parse("TOKENGATE_MAIL_FROM", "tokengate@localhost", &|v| {
+            crate::domain::Email::parse(v)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        let admin_emails_raw = get("TOKENGATE_ADMIN_EMAILS").unwrap_or_default();
+        let mut admin_emails = Vec::new();
+        for part in admin_emails_raw
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            match crate::domain::Email::parse(part) {
+                Ok(e) => admin_emails.push(e.to_string()),
+                Err(_) => problems.borrow_mut().push(format!(
+                    "TOKENGATE_ADMIN_EMAILS: {part:?} is not an email address"
+                )),
+            }
+        }
+        let thresholds_raw = parse("TOKENGATE_ALERT_THRESHOLDS", "80,100", &|v| {
+            parse_thresholds(v).map(|_| ())
+        });
+        let alert_thresholds = parse_thresholds(&thresholds_raw).unwrap_or_else(|_| vec![80, 100]);
+        let tz_raw = parse("TOKENGATE_TIMEZONE", "America/Sao_Paulo", &|v| {
+            v.parse::<Tz>()
+                .map(|_| ())
+                .map_err(|_| "unknown IANA time zone, like America/Sao_Paulo".into())
+        });
+        let timezone = tz_raw
+            .parse::<Tz>()
+            .unwrap_or(chrono_tz::America::Sao_Paulo);
+        let locale_raw = parse("TOKENGATE_LOCALE", "pt-BR", &|v| {
+            Locale::parse(v)
+                .map(|_| ())
+                .ok_or_else(|| "expected pt-BR or en".into())
+        });
+        let locale = Locale::parse(&locale_raw).unwrap_or(Locale::PtBr);
+        let support_contact = get("TOKENGATE_SUPPORT_CONTACT").map(|c| {
+            // One line, no braces: it is shown inside LibreChat's error bubble.
+            c.chars()
+                .filter(|ch| !ch.is_control() && *ch != '{' && *ch != '}')
+                .take(120)
+                .collect()
+        });
+        let public_url = parse("TOKENGATE_PUBLIC_URL", "http://127.0.0.1:8080", &|v| {
+            if v.starts_with("http://") || v.starts_with("https://") {
+                Ok(())
+            } else {
+                Err("must be an http:// or https:// URL".into())
+            }
+        })
+        .trim_end_matches('/')
+        .to_owned();
+        let admin_email = get("TOKENGATE_ADMIN_EMAIL");
+        if let Some(e) = &admin_email {
+            if crate::domain::Email::parse(e).is_err() {
+                problems
+                    .borrow_mut()
+                    .push(format!("TOKENGATE_ADMIN_EMAIL={e:?}: not an email address"));
+            }
+        }
+        let admin_password = get("TOKENGATE_ADMIN_PASSWORD");
+        if let Some(p) = &admin_password {
+            if p.chars().count() < crate::bootstrap::MIN_PASSWORD_CHARS {
+                problems.borrow_mut().push(format!(
+                    "TOKENGATE_ADMIN_PASSWORD: must have at least {} characters",
+                    crate::bootstrap::MIN_PASSWORD_CHARS
+                ));
+            }
+        }
+        let default_max_raw = parse("TOKENGATE_DEFAULT_MAX_COMPLETION", "4096", &|v| match v
+            .parse::<i64>()
+        {
+            Ok(n) if (1..=10_000_000).contains(&n) => Ok(()),
+            _ => Err("expected a whole number of tokens from 1 to 10000000".into()),
+        });
+        let max_body_raw = parse("TOKENGATE_MAX_BODY_BYTES", "20971520", &|v| match v
+            .parse::<usize>()
+        {
+            Ok(n) if (1024..=1_073_741_824).contains(&n) => Ok(()),
+            _ => Err("expected a number of bytes from 1024 to 1073741824".into()),
+        });
+        let log_raw = parse("TOKENGATE_LOG_FORMAT", "text", &|v| match v {
+            "text" | "json" => Ok(()),
+            _ => Err("expected text or json".into()),
+        });
+        let mut durations = Vec::new();
+        for (key, default) in [
+            ("TOKENGATE_UPSTREAM_CONNECT_TIMEOUT_SECS", "5"),
+            ("TOKENGATE_UPSTREAM_IDLE_TIMEOUT_SECS", "300"),
+            ("TOKENGATE_HOLD_MAX_AGE_SECS", "3600"),
+        ] {
+            let value = get(key).unwrap_or_else(|| default.to_owned());
+            match value.parse::<u64>() {
+                Ok(n) if (1..=86_400).contains(&n) => durations.push(Duration::from_secs(n)),
+                _ => {
+                    problems
+                        .borrow_mut()
+                        .push(format!("{key}={value:?}: expected seconds from 1 to 86400"));
+                    durations.push(Duration::from_secs(default.parse().unwrap_or(60)));
+                }
+            }
+        }
+        let pool_raw = parse(
+            "TOKENGATE_DB_POOL_SIZE",
+            "16",
+            &|v| match v.parse::<u32>() {
+                Ok(n) if (1..=256).contains(&n) => Ok(()),
+                _ => Err("expected a number from 1 to 256".into()),
+            },
+        );
+        let instance_id =
+            get("TOKENGATE_INSTANCE_ID").unwrap_or_else(|| default_instance_id(&listen));
+
+        let client_keys = get("TOKENGATE_CLIENT_KEYS")
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(|k| SecretString::from(k.to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(v) = get("TOKENGATE_CLIENT_KEYS") {
+            if v.split(',')
+                .map(str::trim)
+                .any(|k| !k.is_empty() && k.len() < 16)
+            {
+                problems.borrow_mut().push(
+                    "TOKENGATE_CLIENT_KEYS: every key must have at least 16 characters".into(),
+                );
+            }
+        }
+        let smtp_url = get("TOKENGATE_SMTP_URL");
+        if let Some(url) = &smtp_url {
+            if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                problems.borrow_mut().push(format!(
+                    "TOKENGATE_SMTP_URL={}: must start with smtp:// or smtps://",
+                    redact_url(url)
+                ));
+            }
+        }
+
+        match database_url {
+            Some(database_url) if problems.borrow().is_empty() => Ok(Self {
+                listen,
+                database_url,
+                upstream_url,
+                upstream_key: get("TOKENGATE_UPSTREAM_KEY").map(SecretString::from),
+                client_keys,
+                smtp_url: smtp_url.map(SecretString::from),
+                mail_from,
+                admin_emails,
+                alert_thresholds,
+                timezone,
+                locale,
+                support_contact,
+                public_url,
+                admin_email,
+                admin_password: admin_password.map(SecretString::from),
+                default_max_completion: default_max_raw.parse().unwrap_or(4096),
+                max_body_bytes: max_body_raw.parse().unwrap_or(20_971_520),
+                log_format: if log_raw == "json" {
+                    LogFormat::Json
+                } else {
+                    LogFormat::Text
+                },
+                upstream_connect_timeout: durations[0],
+                upstream_idle_timeout: durations[1],
+                hold_max_age: durations[2],
+                instance_id,
+                db_pool_size: pool_raw.parse().unwrap_or(16),
+            }),
+            _ => Err(ConfigError {
+                problems: problems.into_inner(),
+            }),
+        }
+    }
+}
+
+fn parse_thresholds(v: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.parse::<u8>() {
+            Ok(n) if (1..=100).contains(&n) => out.push(n),
+            _ => return Err(format!("{part:?} is not a percent from 1 to 100")),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// `hostname:port`: stable across restarts of one container or host, distinct
+/// between replicas.
+fn default_instance_id(listen: &str) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    let port = listen.rsplit(':').next().unwrap_or("0");
+    format!("{host}:{port}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = config(&[]);
+        assert!(c.is_ok());
+        if let Ok(c) = c {
+            assert_eq!(c.listen, "127.0.0.1:8080");
+            assert_eq!(c.database_url.redacted(), "sqlite://data/tokengate.db");
+            assert_eq!(c.upstream_url, "http://127.0.0.1:4000/v1");
+            assert_eq!(c.alert_thresholds, vec![80, 100]);
+            assert_eq!(c.locale, Locale::PtBr);
+            assert_eq!(c.default_max_completion, 4096);
+            assert_eq!(c.max_body_bytes, 20_971_520);
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = config(&[
+            ("TOKENGATE_LISTEN", "nope"),
+            ("TOKENGATE_DATABASE_URL", "mysql://x"),
+            ("TOKENGATE_TIMEZONE", "Mars/Olympus"),
+            ("TOKENGATE_LOCALE", "fr"),
+            ("TOKENGATE_ALERT_THRESHOLDS", "80,150"),
+        ]);
+        let msg = err.err().map(|e| e.to_string()).unwrap_or_default();
+        for key in [
+            "TOKENGATE_LISTEN",
+            "TOKENGATE_DATABASE_URL",
+            "TOKENGATE_TIMEZONE",
+            "TOKENGATE_LOCALE",
+            "TOKENGATE_ALERT_THRESHOLDS",
+        ] {
+            assert!(msg.contains(key), "{key} missing from: {msg}");
+        }
+    }
+
+    #[test]
+    fn passwords_never_appear_in_redacted_urls() {
+        let url = DatabaseUrl::parse("postgres://tg:s3cret@db:5432/tokengate");
+        let shown = url.map(|u| u.redacted()).unwrap_or_default();
+        assert_eq!(shown, "postgres://tg:***@db:5432/tokengate");
+        assert!(
+            !format!("{:?}", DatabaseUrl::parse("postgres://tg:s3cret@db/x").ok())
+                .contains("s3cret")
+        );
+        let err = config(&[("TOKENGATE_DATABASE_URL", "mysql://u:hunter2@h/db")]);
+        assert!(
+            !err.err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+                .contains("hunter2")
+        );
+    }
+}

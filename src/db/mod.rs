@@ -1,0 +1,282 @@
+//! One binary, two databases: SQLite (embedded default) and PostgreSQL, chosen by URL.
+
+pub mod schema;
+
+use crate::config::DatabaseUrl;
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::r2d2::R2D2Connection;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sqlite::SqliteConnection;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use secrecy::ExposeSecret;
+use std::time::Duration;
+
+pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// Key of the PostgreSQL advisory lock that serializes migrations across replicas.
+const MIGRATION_LOCK_KEY: i64 = 0x746f_6b65_6e67; // "tokeng"
+
+#[derive(diesel::MultiConnection)]
+pub enum AnyConnection {
+    Postgresql(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+pub type Pool = r2d2::Pool<ConnectionManager>;
+pub type PooledConnection = r2d2::PooledConnection<ConnectionManager>;
+
+/// Storage-layer failures. `Unavailable` means the database cannot be reached or is
+/// too busy right now: the proxy fails closed with 503.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Query(DieselError),
+}
+
+impl From<DieselError> for StoreError {
+    fn from(e: DieselError) -> Self {
+        let unavailable = match &e {
+            DieselError::DatabaseError(kind, info) => {
+                matches!(
+                    kind,
+                    DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand
+                ) || is_transient_message(info.message())
+            }
+            DieselError::BrokenTransactionManager => true,
+            _ => false,
+        };
+        if unavailable {
+            Self::Unavailable(e.to_string())
+        } else {
+            Self::Query(e)
+        }
+    }
+}
+
+impl From<r2d2::Error> for StoreError {
+    fn from(e: r2d2::Error) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+fn is_transient_message(msg: &str) -> bool {
+    let msg = msg.to_ascii_lowercase();
+    [
+        "database is locked",
+        "readonly database",
+        "disk is full",
+        "terminating connection",
+        "server closed the connection",
+        "could not connect",
+        "connection refused",
+    ]
+    .iter()
+    .any(|m| msg.contains(m))
+}
+
+/// r2d2 manager that picks the backend from the URL scheme, so a bad URL reports the
+/// real connection error instead of "no backend accepted it".
+#[derive(Debug, Clone)]
+pub struct ConnectionManager {
+    url: DatabaseUrl,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Connection(#[from] diesel::ConnectionError),
+    #[error(transparent)]
+    Query(#[from] DieselError),
+    #[error("cannot create the database folder {0}: {1}")]
+    Folder(String, std::io::Error),
+}
+
+impl r2d2::ManageConnection for ConnectionManager {
+    type Connection = AnyConnection;
+    type Error = ConnectError;
+
+    fn connect(&self) -> Result<AnyConnection, ConnectError> {
+        match &self.url {
+            DatabaseUrl::Sqlite(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| ConnectError::Folder(dir.display().to_string(), e))?;
+                }
+                let mut conn = SqliteConnection::establish(&path.to_string_lossy())?;
+                // WAL + NORMAL survives a killed process (not a power cut) at ~10 µs a
+                // commit; busy_timeout makes writers queue instead of failing.
+                conn.batch_execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                )?;
+                Ok(AnyConnection::Sqlite(conn))
+            }
+            DatabaseUrl::Postgres(url) => {
+                let conn = PgConnection::establish(url.expose_secret())?;
+                Ok(AnyConnection::Postgresql(conn))
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut AnyConnection) -> Result<(), ConnectError> {
+        conn.batch_execute("SELECT 1").map_err(ConnectError::from)
+    }
+
+    fn has_broken(&self, conn: &mut AnyConnection) -> bool {
+        match conn {
+            AnyConnection::Postgresql(c) => c.is_broken(),
+            AnyConnection::Sqlite(c) => c.is_broken(),
+        }
+    }
+}
+
+/// The connection pool plus what the backend is.
+#[derive(Clone)]
+pub struct Database {
+    pool: Pool,
+    url: DatabaseUrl,
+}
+
+impl Database {
+    /// Builds the pool without connecting yet (so a service can start while its
+    /// database is still coming up and answer 503 meanwhile).
+    pub fn new(url: &DatabaseUrl, pool_size: u32) -> Self {
+        let size = match url {
+            // One writer at a time anyway; a few readers in WAL.
+            DatabaseUrl::Sqlite(_) => pool_size.min(8),
+            DatabaseUrl::Postgres(_) => pool_size,
+        };
+        let pool = r2d2::Pool::builder()
+            .max_size(size)
+            .min_idle(Some(0))
+            .connection_timeout(Duration::from_secs(3))
+            .test_on_check_out(false)
+            .build_unchecked(ConnectionManager { url: url.clone() });
+        Self {
+            pool,
+            url: url.clone(),
+        }
+    }
+
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+
+    pub fn conn(&self) -> Result<PooledConnection, StoreError> {
+        Ok(self.pool.get()?)
+    }
+
+    /// Runs pending migrations; on PostgreSQL under an advisory lock so replicas that
+    /// start together do not race. Returns the versions applied.
+    pub fn migrate(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn()?;
+        run_migrations(&mut conn)
+    }
+
+    pub fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        conn.batch_execute("SELECT 1")?;
+        Ok(())
+    }
+}
+
+pub fn run_migrations(conn: &mut AnyConnection) -> Result<Vec<String>, StoreError> {
+    let to_strings = |v: Vec<diesel::migration::MigrationVersion<'_>>| {
+        v.into_iter().map(|m| m.to_string()).collect::<Vec<_>>()
+    };
+    match conn {
+        AnyConnection::Sqlite(c) => c
+            .run_pending_migrations(SQLITE_MIGRATIONS)
+            .map(to_strings)
+            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}"))),
+        AnyConnection::Postgresql(c) => {
+            c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))?;
+            let result = c
+                .run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(to_strings)
+                .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")));
+            let unlocked =
+                c.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"));
+            let applied = result?;
+            unlocked?;
+            Ok(applied)
+        }
+    }
+}
+
+/// Runs `f` in a write transaction. On SQLite it is `BEGIN IMMEDIATE`, so the write
+/// lock is taken up front and a read-then-write can never fail with a stale snapshot;
+/// on PostgreSQL it is a plain transaction whose first statement locks the rows it
+/// touches. Retries a few times on a lost race (unique violation or serialization
+/// failure), which `f` must therefore tolerate being run again.
+pub fn write_tx<T, E, F>(conn: &mut AnyConnection, mut f: F) -> Result<T, E>
+where
+    F: FnMut(&mut AnyConnection) -> Result<T, E>,
+    E: From<DieselError> + RetryableError,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = run_tx(conn, &mut f);
+        match result {
+            Err(e) if attempt < 4 && e.is_retryable() => continue,
+            other => return other,
+        }
+    }
+}
+
+fn run_tx<T, E, F>(conn: &mut AnyConnection, f: &mut F) -> Result<T, E>
+where
+    F: FnMut(&mut AnyConnection) -> Result<T, E>,
+    E: From<DieselError>,
+{
+    match conn {
+        AnyConnection::Sqlite(c) => {
+            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?
+        }
+        AnyConnection::Postgresql(c) => AnsiTransactionManager::begin_transaction(c)?,
+    }
+    match f(conn) {
+        Ok(value) => {
+            <AnyConnection as Connection>::TransactionManager::commit_transaction(conn)?;
+            Ok(value)
+        }
+        Err(e) => {
+            <AnyConnection as Connection>::TransactionManager::rollback_transaction(conn)?;
+            Err(e)
+        }
+    }
+}
+
+/// Errors that mean "another transaction won a race; running again will succeed".
+pub trait RetryableError {
+    fn is_retryable(&self) -> bool;
+}
+
+impl RetryableError for DieselError {
+    fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            DieselError::DatabaseError(
+                DatabaseErrorKind::UniqueViolation | DatabaseErrorKind::SerializationFailure,
+                _
+            )
+        )
+    }
+}
+
+impl RetryableError for StoreError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Query(e) if e.is_retryable())
+    }
+}
+
+/// Flags are stored as INTEGER 0/1 on both backends.
+pub fn flag(b: bool) -> i32 {
+    i32::from(b)
+}

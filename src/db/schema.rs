@@ -1,0 +1,141 @@
+//! Hand-kept schema shared by both backends: only types Diesel's MultiConnection
+//! supports (BigInt, Integer, Text, Timestamp). Mirrors migrations/{sqlite,postgres}.
+
+diesel::table! {
+    plans (id) {
+        id -> BigInt,
+        name -> Text,
+        monthly_allowance -> BigInt,
+        is_default -> Integer,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    users (id) {
+        id -> BigInt,
+        external_id -> Nullable<Text>,
+        email -> Nullable<Text>,
+        name -> Nullable<Text>,
+        plan_id -> BigInt,
+        suspended_at -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    balances (user_id) {
+        user_id -> BigInt,
+        cycle -> Text,
+        allowance_left -> BigInt,
+        credits -> BigInt,
+        held -> BigInt,
+        used_this_cycle -> BigInt,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    holds (request_id) {
+        request_id -> Text,
+        user_id -> BigInt,
+        amount -> BigInt,
+        model -> Text,
+        endpoint -> Text,
+        stream -> Integer,
+        instance_id -> Text,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    ledger (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        kind -> Text,
+        delta_allowance -> BigInt,
+        delta_credits -> BigInt,
+        allowance_after -> BigInt,
+        credits_after -> BigInt,
+        cycle -> Text,
+        actor -> Text,
+        note -> Nullable<Text>,
+        request_id -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    usage_records (id) {
+        id -> BigInt,
+        request_id -> Text,
+        user_id -> BigInt,
+        model -> Text,
+        endpoint -> Text,
+        stream -> Integer,
+        prompt_tokens -> BigInt,
+        completion_tokens -> BigInt,
+        charged -> BigInt,
+        estimated -> Integer,
+        outcome -> Text,
+        status -> Integer,
+        latency_ms -> BigInt,
+        ttfb_ms -> Nullable<BigInt>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    model_weights (model) {
+        model -> Text,
+        input_milli -> BigInt,
+        output_milli -> BigInt,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    settings (key) {
+        key -> Text,
+        value -> Text,
+    }
+}
+
+diesel::table! {
+    admins (id) {
+        id -> BigInt,
+        email -> Text,
+        password_hash -> Text,
+        disabled_at -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    instances (id) {
+        id -> Text,
+        started_at -> Timestamp,
+        heartbeat_at -> Timestamp,
+    }
+}
+
+diesel::joinable!(users -> plans (plan_id));
+diesel::joinable!(balances -> users (user_id));
+diesel::joinable!(holds -> users (user_id));
+diesel::joinable!(ledger -> users (user_id));
+diesel::joinable!(usage_records -> users (user_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    plans,
+    users,
+    balances,
+    holds,
+    ledger,
+    usage_records,
+    model_weights,
+    settings,
+    admins,
+    instances,
+);

@@ -1,0 +1,224 @@
+//! Who is calling: parsed from the headers LibreChat fills in (SPEC section 2).
+
+use base64::Engine;
+use std::fmt;
+
+/// LibreChat's user id (a 24-hex Mongo id in practice). Accepts 1-128 visible ASCII
+/// characters so other OpenAI clients that send a `user` still work, and nothing that
+/// could smuggle whitespace or control characters into logs or emails.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UserKey(String);
+
+impl UserKey {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn parse(raw: &str) -> Result<Self, IdentityError> {
+        let s = raw.trim();
+        if s.is_empty() || is_placeholder(s) {
+            return Err(IdentityError::Missing);
+        }
+        if s.len() > Self::MAX_LEN || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(IdentityError::InvalidUserId);
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An email address that is safe to put in a mail header: one `@`, no whitespace or
+/// control characters (so no CRLF injection), at most 254 bytes, lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(raw: &str) -> Result<Self, IdentityError> {
+        let s = raw.trim();
+        let valid = s.len() <= 254
+            && s.chars().all(|c| !c.is_whitespace() && !c.is_control())
+            && !s.contains(['<', '>', '"', ',', ';', '(', ')', '\\'])
+            && match s.split_once('@') {
+                Some((local, domain)) => {
+                    !local.is_empty()
+                        && !domain.is_empty()
+                        && !domain.contains('@')
+                        && !domain.starts_with('.')
+                        && !domain.ends_with('.')
+                }
+                None => false,
+            };
+        if valid {
+            Ok(Self(s.to_lowercase()))
+        } else {
+            Err(IdentityError::InvalidEmail)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A display name: control characters removed, whitespace collapsed, at most 200
+/// characters. It may contain anything else, HTML included: every output escapes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    pub const MAX_CHARS: usize = 200;
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        let cleaned: String = raw
+            .split(|c: char| c.is_whitespace() || c.is_control())
+            .filter(|part| !part.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let cleaned: String = cleaned.chars().take(Self::MAX_CHARS).collect();
+        if cleaned.is_empty() || is_placeholder(&cleaned) {
+            None
+        } else {
+            Some(Self(cleaned))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The caller of a metered request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub key: UserKey,
+    pub email: Option<Email>,
+    pub name: Option<DisplayName>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("no user identity: send the X-LibreChat-User-Id header or the `user` field")]
+    Missing,
+    #[error("the user id must be 1-128 visible ASCII characters")]
+    InvalidUserId,
+    #[error("invalid email address")]
+    InvalidEmail,
+}
+
+/// A value LibreChat failed to resolve: older versions send the placeholder itself.
+fn is_placeholder(s: &str) -> bool {
+    s.starts_with("{{LIBRECHAT_")
+}
+
+/// Decodes a header value as LibreChat sends it (since v0.8.2): `b64:` + base64 of
+/// UTF-8 for text beyond Latin-1, otherwise raw bytes. Raw bytes are read as UTF-8
+/// when valid, else as Latin-1 (é arrives as the single byte 0xE9). Returns `None`
+/// for an empty value, an unresolved placeholder or undecodable base64.
+pub fn decode_header_value(bytes: &[u8]) -> Option<String> {
+    let text = if let Some(encoded) = bytes.strip_prefix(b"b64:") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim_ascii())
+            .ok()?;
+        String::from_utf8(decoded).ok()?
+    } else {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => s.to_owned(),
+            Err(_) => bytes.iter().map(|&b| char::from(b)).collect(),
+        }
+    };
+    let trimmed = text.trim();
+    if trimmed.is_empty() || is_placeholder(trimmed) {
+        None
+    } else {
+        Some(trimmed.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latin1_bytes_decode_to_unicode() {
+        assert_eq!(decode_header_value(b"Jos\xe9"), Some("José".to_string()));
+    }
+
+    #[test]
+    fn utf8_bytes_stay_utf8() {
+        assert_eq!(
+            decode_header_value("José".as_bytes()),
+            Some("José".to_string())
+        );
+    }
+
+    #[test]
+    fn b64_values_decode_as_utf8() {
+        // "Zoë 李" in UTF-8, base64.
+        let encoded = format!(
+            "b64:{}",
+            base64::engine::general_purpose::STANDARD.encode("Zoë 李")
+        );
+        assert_eq!(
+            decode_header_value(encoded.as_bytes()),
+            Some("Zoë 李".to_string())
+        );
+        assert_eq!(decode_header_value(b"b64:!!!not base64"), None);
+    }
+
+    #[test]
+    fn placeholders_and_blanks_are_missing() {
+        assert_eq!(decode_header_value(b"{{LIBRECHAT_USER_EMAIL}}"), None);
+        assert_eq!(decode_header_value(b"   "), None);
+        assert_eq!(decode_header_value(b""), None);
+        assert_eq!(
+            UserKey::parse("{{LIBRECHAT_USER_ID}}"),
+            Err(IdentityError::Missing)
+        );
+    }
+
+    #[test]
+    fn user_keys_reject_control_characters_and_huge_values() {
+        assert!(UserKey::parse("65f1c0ffee0000000000abcd").is_ok());
+        assert_eq!(UserKey::parse("a b"), Err(IdentityError::InvalidUserId));
+        assert_eq!(UserKey::parse("a\r\nb"), Err(IdentityError::InvalidUserId));
+        assert_eq!(
+            UserKey::parse(&"x".repeat(129)),
+            Err(IdentityError::InvalidUserId)
+        );
+    }
+
+    #[test]
+    fn emails_cannot_inject_headers() {
+        assert_eq!(
+            Email::parse("Ana@Example.COM").map(|e| e.to_string()),
+            Ok("ana@example.com".to_string())
+        );
+        assert!(Email::parse("ana@example.com\r\nBcc: x@evil.test").is_err());
+        assert!(Email::parse("ana@example.com\nBcc:x@evil.test").is_err());
+        assert!(Email::parse("Ana <ana@example.com>").is_err());
+        assert!(Email::parse("no-at-sign").is_err());
+        assert!(Email::parse("two@@example.com").is_err());
+    }
+
+    #[test]
+    fn names_lose_control_characters_but_keep_text() {
+        let name = DisplayName::parse("  Ana\r\n <b>Maria</b>\u{0}  ");
+        assert_eq!(name.map(|n| n.0), Some("Ana <b>Maria</b>".to_string()));
+        assert_eq!(DisplayName::parse("\r\n"), None);
+        let long = DisplayName::parse(&"é".repeat(500));
+        assert_eq!(long.map(|n| n.0.chars().count()), Some(200));
+    }
+}

@@ -1,0 +1,11 @@
+//! Value types that are parsed once at the edge and cannot hold invalid values.
+
+pub mod clock;
+pub mod cycle;
+pub mod identity;
+pub mod tokens;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use cycle::Cycle;
+pub use identity::{DisplayName, Email, Identity, UserKey};
+pub use tokens::{TokenAmount, Weights};

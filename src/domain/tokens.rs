@@ -1,0 +1,169 @@
+//! Token amounts and per-model weights (SPEC section 4).
+
+use std::fmt;
+
+/// Weights are stored as integers in thousandths: 1000 means 1.0.
+pub const WEIGHT_SCALE: i64 = 1000;
+
+/// A model's input and output weights, in thousandths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Weights {
+    input_milli: i64,
+    output_milli: i64,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Self {
+            input_milli: WEIGHT_SCALE,
+            output_milli: WEIGHT_SCALE,
+        }
+    }
+}
+
+impl Weights {
+    /// Largest weight accepted: 1000.0 per token.
+    pub const MAX_MILLI: i64 = 1_000_000;
+
+    pub fn from_milli(input_milli: i64, output_milli: i64) -> Option<Self> {
+        let ok = |w: i64| (0..=Self::MAX_MILLI).contains(&w);
+        (ok(input_milli) && ok(output_milli)).then_some(Self {
+            input_milli,
+            output_milli,
+        })
+    }
+
+    pub fn input_milli(&self) -> i64 {
+        self.input_milli
+    }
+
+    pub fn output_milli(&self) -> i64 {
+        self.output_milli
+    }
+
+    /// `ceil(prompt * w_in + completion * w_out)`, saturating instead of overflowing.
+    pub fn cost(&self, prompt_tokens: i64, completion_tokens: i64) -> i64 {
+        let milli = i128::from(prompt_tokens.max(0)) * i128::from(self.input_milli)
+            + i128::from(completion_tokens.max(0)) * i128::from(self.output_milli);
+        let tokens = (milli + i128::from(WEIGHT_SCALE) - 1) / i128::from(WEIGHT_SCALE);
+        i64::try_from(tokens).unwrap_or(i64::MAX)
+    }
+
+    /// The most completion tokens `budget` pays for on top of the prompt.
+    pub fn affordable_completion(&self, budget: i64, prompt_tokens: i64) -> i64 {
+        let prompt_milli = i128::from(prompt_tokens.max(0)) * i128::from(self.input_milli);
+        let left_milli = i128::from(budget) * i128::from(WEIGHT_SCALE) - prompt_milli;
+        if left_milli <= 0 {
+            return 0;
+        }
+        if self.output_milli == 0 {
+            return i64::MAX;
+        }
+        i64::try_from(left_milli / i128::from(self.output_milli)).unwrap_or(i64::MAX)
+    }
+}
+
+/// A positive amount of tokens an admin can grant: 1 to 10^12.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TokenAmount(i64);
+
+impl TokenAmount {
+    pub const MAX: i64 = 1_000_000_000_000;
+
+    pub fn new(n: i64) -> Result<Self, TokenAmountError> {
+        if n <= 0 {
+            Err(TokenAmountError::NotPositive)
+        } else if n > Self::MAX {
+            Err(TokenAmountError::TooLarge)
+        } else {
+            Ok(Self(n))
+        }
+    }
+
+    /// Parses "250000", "250_000" or "250.000" (Brazilian thousands separator).
+    pub fn parse(raw: &str) -> Result<Self, TokenAmountError> {
+        let s = raw.trim();
+        let digits: String = s.chars().filter(|c| !matches!(c, '_' | '.')).collect();
+        if digits.starts_with('-') {
+            return Err(TokenAmountError::NotPositive);
+        }
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(TokenAmountError::NotANumber);
+        }
+        match digits.parse::<i64>() {
+            Ok(n) => Self::new(n),
+            Err(_) => Err(TokenAmountError::TooLarge),
+        }
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for TokenAmount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenAmountError {
+    #[error("the amount must be a whole number of tokens, like 250000")]
+    NotANumber,
+    #[error("the amount must be greater than zero")]
+    NotPositive,
+    #[error("the amount is too large: at most 1000000000000 tokens")]
+    TooLarge,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_rounds_up_and_applies_weights() {
+        let w = Weights::from_milli(1500, 3000).unwrap_or_default();
+        // 10 * 1.5 + 3 * 3.0 = 24
+        assert_eq!(w.cost(10, 3), 24);
+        // 1 * 1.5 = 1.5 -> 2
+        assert_eq!(w.cost(1, 0), 2);
+        assert_eq!(Weights::default().cost(100, 50), 150);
+    }
+
+    #[test]
+    fn affordable_completion_never_exceeds_budget() {
+        let w = Weights::from_milli(1500, 3000).unwrap_or_default();
+        for budget in 0..200 {
+            for prompt in 0..20 {
+                let c = w.affordable_completion(budget, prompt);
+                if c > 0 {
+                    assert!(w.cost(prompt, c) <= budget, "{budget} {prompt} {c}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn amounts_are_validated() {
+        assert_eq!(TokenAmount::parse("250.000").map(|a| a.get()), Ok(250_000));
+        assert_eq!(TokenAmount::parse("0"), Err(TokenAmountError::NotPositive));
+        assert_eq!(TokenAmount::parse("-5"), Err(TokenAmountError::NotPositive));
+        assert_eq!(TokenAmount::parse("abc"), Err(TokenAmountError::NotANumber));
+        assert_eq!(TokenAmount::parse("1e9"), Err(TokenAmountError::NotANumber));
+        assert_eq!(
+            TokenAmount::parse("99999999999999999999999"),
+            Err(TokenAmountError::TooLarge)
+        );
+        assert_eq!(
+            TokenAmount::parse("1000000000001"),
+            Err(TokenAmountError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn weights_reject_out_of_range_values() {
+        assert!(Weights::from_milli(-1, 1000).is_none());
+        assert!(Weights::from_milli(1000, Weights::MAX_MILLI + 1).is_none());
+    }
+}

@@ -1,0 +1,408 @@
+//! Balances, holds and the append-only ledger (SPEC sections 4 and 5).
+//!
+//! Every mutation runs in one write transaction that first locks the user's balance
+//! row, so reservations of one user are serialized on any number of replicas and a
+//! user can never reserve more than `allowance_left + credits - held`.
+
+mod tx;
+pub mod views;
+
+use crate::db::{Database, StoreError, write_tx};
+use crate::domain::{Clock, Cycle, Email, Identity, TokenAmount, Weights};
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use views::{InvariantReport, UserSummary};
+
+/// What a metered request asks to reserve.
+#[derive(Debug, Clone)]
+pub struct ReserveRequest {
+    pub request_id: String,
+    pub identity: Identity,
+    pub model: String,
+    pub endpoint: &'static str,
+    pub stream: bool,
+    pub prompt_tokens: i64,
+    /// The completion the client asked for (or the configured default); `None` for
+    /// endpoints that produce no completion (embeddings).
+    pub requested_completion: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    Reserved(Reservation),
+    Blocked(Blocked),
+    Suspended,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub request_id: String,
+    pub user_id: i64,
+    pub amount: i64,
+    pub weights: Weights,
+    /// How many completion tokens the balance pays for (`None` for embeddings).
+    pub allowed_completion: Option<i64>,
+}
+
+/// Why a request was refused for balance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    pub plan_name: String,
+    pub used_percent: u8,
+}
+
+/// How a request ended, recorded with its usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    UpstreamError,
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    /// The upstream stream broke after some bytes were sent.
+    UpstreamBroken,
+    ClientDisconnected,
+    /// Released by the sweeper or at restart: the request's process died.
+    Abandoned,
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::UpstreamError => "upstream_error",
+            Self::UpstreamUnreachable => "upstream_unreachable",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamBroken => "upstream_broken",
+            Self::ClientDisconnected => "client_disconnected",
+            Self::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// The end of a metered request: what to charge and what to record.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    pub request_id: String,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    /// The weighted cost to debit; 0 releases the hold without a charge.
+    pub charge: i64,
+    /// True when the usage was counted by tokengate, not reported by upstream.
+    pub estimated: bool,
+    pub outcome: Outcome,
+    pub status: u16,
+    pub latency: Duration,
+    pub ttfb: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleResult {
+    Settled {
+        charged: i64,
+    },
+    /// The request id was settled or released before: nothing changed.
+    AlreadySettled,
+}
+
+/// Who made a ledger change.
+#[derive(Debug, Clone)]
+pub enum Actor {
+    System,
+    Admin(String),
+    Cli,
+}
+
+impl Actor {
+    pub fn label(&self) -> String {
+        match self {
+            Self::System => "system".into(),
+            Self::Admin(email) => format!("admin:{email}"),
+            Self::Cli => "cli".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("no user matches {0:?}")]
+    UserNotFound(String),
+    #[error("no plan named {0:?}")]
+    PlanNotFound(String),
+    #[error("a plan named {0:?} already exists")]
+    PlanExists(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<diesel::result::Error> for LedgerError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Store(StoreError::from(e))
+    }
+}
+
+impl crate::db::RetryableError for LedgerError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, Self::Store(e) if e.is_retryable())
+    }
+}
+
+/// How a user is named on the command line or in the dashboard: LibreChat id, email
+/// or tokengate's numeric id.
+pub fn parse_user_ref(raw: &str) -> UserRef {
+    let raw = raw.trim();
+    if let Ok(email) = Email::parse(raw) {
+        UserRef::Email(email)
+    } else if let Some(id) = raw.strip_prefix('#').and_then(|n| n.parse().ok()) {
+        UserRef::Id(id)
+    } else {
+        UserRef::External(raw.to_owned())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum UserRef {
+    Id(i64),
+    External(String),
+    Email(Email),
+}
+
+/// Handle on the ledger; cheap to clone.
+#[derive(Clone)]
+pub struct Ledger {
+    db: Database,
+    clock: Arc<dyn Clock>,
+    tz: Tz,
+    instance_id: String,
+    hold_max_age: Duration,
+}
+
+impl Ledger {
+    pub fn new(
+        db: Database,
+        clock: Arc<dyn Clock>,
+        tz: Tz,
+        instance_id: String,
+        hold_max_age: Duration,
+    ) -> Self {
+        Self {
+            db,
+            clock,
+            tz,
+            instance_id,
+            hold_max_age,
+        }
+    }
+
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    pub fn timezone(&self) -> Tz {
+        self.tz
+    }
+
+    pub fn current_cycle(&self) -> Cycle {
+        Cycle::containing(self.now(), self.tz)
+    }
+
+    /// Identifies (and if new, provisions) the user and reserves tokens for one request
+    /// in a single transaction.
+    pub fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+        let now = self.now();
+        let ctx = tx::Ctx::new(now, self.tz);
+        let expires = now + chrono::Duration::from_std(self.hold_max_age).unwrap_or_default();
+        let mut conn = self.db.conn()?;
+        write_tx(&mut conn, |c| {
+            tx::reserve(c, &ctx, req, &self.instance_id, expires)
+        })
+    }
+
+    /// Charges what a request used and releases its hold. Idempotent per request id.
+    pub fn settle(&self, s: &Settlement) -> Result<SettleResult, StoreError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
+        let mut conn = self.db.conn()?;
+        write_tx(&mut conn, |c| tx::settle(c, &ctx, s))
+    }
+
+    /// Adds non-expiring credits; takes effect on the user's very next request.
+    pub fn grant_credits(
+        &self,
+        user: &UserRef,
+        amount: TokenAmount,
+        actor: &Actor,
+        note: Option<&str>,
+    ) -> Result<UserSummary, LedgerError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
+        let mut conn = self.db.conn()?;
+        let user_id = write_tx(&mut conn, |c| {
+            tx::grant_credits(c, &ctx, user, amount, actor, note)
+        })?;
+        self.user_summary(user_id)
+    }
+
+    /// Creates a user by email before their first chat; their first request that
+    /// carries this email links to it. Returns the existing user if one has the email.
+    pub fn create_user_by_email(
+        &self,
+        email: &Email,
+        name: Option<&str>,
+        actor: &Actor,
+    ) -> Result<i64, LedgerError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
+        let mut conn = self.db.conn()?;
+        write_tx(&mut conn, |c| {
+            tx::create_user_by_email(c, &ctx, email, name, actor)
+        })
+    }
+
+    /// Creates a plan; with `make_default`, new users start on it.
+    pub fn create_plan(
+        &self,
+        name: &str,
+        monthly_allowance: i64,
+        make_default: bool,
+    ) -> Result<i64, LedgerError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
+        let mut conn = self.db.conn()?;
+        write_tx(&mut conn, |c| {
+            tx::create_plan(c, &ctx, name, monthly_allowance, make_default)
+        })
+    }
+
+    pub fn set_weights(&self, model: &str, weights: Weights) -> Result<(), StoreError> {
+        let now = self.now().naive_utc();
+        let mut conn = self.db.conn()?;
+        write_tx(&mut conn, |c| tx::set_weights(c, model, weights, now))
+    }
+
+    pub fn set_suspended(&self, user: &UserRef, suspended: bool) -> Result<(), LedgerError> {
+        let now = self.now().naive_utc();
+        let mut conn = self.db.conn()?;
+        write_tx(&mut conn, |c| tx::set_suspended(c, user, suspended, now))
+    }
+
+    /// Records this process as alive and frees every hold a previous run of the same
+    /// instance left behind (it holds none yet, so all of them are dead).
+    pub fn register_instance(&self) -> Result<usize, StoreError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
+        let mut conn = self.db.conn()?;
+        write_tx(&mut conn, |c| {
+            tx::register_instance(c, &ctx, &self.instance_id)
+        })?;
+        self.release_holds(|h| h.instance_id == self.instance_id)
+    }
+
+    pub fn heartbeat(&self) -> Result<(), StoreError> {
+        let now = self.now().naive_utc();
+        let mut conn = self.db.conn()?;
+        write_tx(&mut conn, |c| tx::heartbeat(c, &self.instance_id, now))
+    }
+
+    /// Releases holds whose process stopped beating or that outlived the maximum age.
+    pub fn sweep_stale_holds(&self, instance_timeout: Duration) -> Result<usize, StoreError> {
+        let now = self.now();
+        let dead_before =
+            (now - chrono::Duration::from_std(instance_timeout).unwrap_or_default()).naive_utc();
+        let live = {
+            let mut conn = self.db.conn()?;
+            views::live_instances(&mut conn, dead_before)?
+        };
+        let now = now.naive_utc();
+        self.release_holds(|h| h.expires_at < now || !live.contains(&h.instance_id))
+    }
+
+    fn release_holds(&self, pick: impl Fn(&views::HoldRow) -> bool) -> Result<usize, StoreError> {
+        let holds = {
+            let mut conn = self.db.conn()?;
+            views::all_holds(&mut conn)?
+        };
+        let mut released = 0;
+        for hold in holds.iter().filter(|h| pick(h)) {
+            let age = (self.now().naive_utc() - hold.created_at)
+                .to_std()
+                .unwrap_or_default();
+            let result = self.settle(&Settlement {
+                request_id: hold.request_id.clone(),
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                charge: 0,
+                estimated: true,
+                outcome: Outcome::Abandoned,
+                status: 0,
+                latency: age,
+                ttfb: None,
+            })?;
+            if result != SettleResult::AlreadySettled {
+                released += 1;
+            }
+        }
+        Ok(released)
+    }
+
+    pub fn find_user(&self, user: &UserRef) -> Result<Option<i64>, StoreError> {
+        let mut conn = self.db.conn()?;
+        Ok(views::find_user(&mut conn, user)?)
+    }
+
+    /// A user's balance as of now (rolling the cycle first if it ended).
+    pub fn user_summary(&self, user_id: i64) -> Result<UserSummary, LedgerError> {
+        self.roll_if_needed(user_id)?;
+        let mut conn = self.db.conn()?;
+        views::user_summary(&mut conn, user_id, self.tz)?
+            .ok_or_else(|| LedgerError::UserNotFound(format!("#{user_id}")))
+    }
+
+    pub fn list_users(&self) -> Result<Vec<UserSummary>, LedgerError> {
+        let ids = {
+            let mut conn = self.db.conn()?;
+            views::user_ids(&mut conn)?
+        };
+        ids.into_iter().map(|id| self.user_summary(id)).collect()
+    }
+
+    pub fn ledger_entries(&self, user_id: i64) -> Result<Vec<views::LedgerEntry>, StoreError> {
+        let mut conn = self.db.conn()?;
+        Ok(views::ledger_entries(&mut conn, user_id)?)
+    }
+
+    pub fn usage_records(&self, user_id: i64) -> Result<Vec<views::UsageRecord>, StoreError> {
+        let mut conn = self.db.conn()?;
+        Ok(views::usage_records(&mut conn, user_id)?)
+    }
+
+    pub fn holds(&self) -> Result<Vec<views::HoldRow>, StoreError> {
+        let mut conn = self.db.conn()?;
+        Ok(views::all_holds(&mut conn)?)
+    }
+
+    /// Checks that the stored balance equals the sum of the ledger and that `held`
+    /// equals the holds in flight.
+    pub fn check_invariant(&self, user_id: i64) -> Result<InvariantReport, StoreError> {
+        let mut conn = self.db.conn()?;
+        Ok(views::invariant(&mut conn, user_id)?)
+    }
+
+    /// Starts a new cycle for the user if the calendar moved on (a page view counts
+    /// as much as a request).
+    fn roll_if_needed(&self, user_id: i64) -> Result<(), StoreError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
+        let stale = {
+            let mut conn = self.db.conn()?;
+            views::balance_cycle(&mut conn, user_id)?.is_some_and(|c| c != ctx.cycle_key)
+        };
+        if stale {
+            let mut conn = self.db.conn()?;
+            write_tx(&mut conn, |c| {
+                tx::lock_and_roll(c, &ctx, user_id).map(|_| ())
+            })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,620 @@
+//! Transaction bodies. Each runs inside `db::write_tx` and may be retried whole.
+
+use super::{
+    Actor, Blocked, Reservation, ReserveOutcome, ReserveRequest, SettleResult, Settlement, UserRef,
+};
+use crate::db::schema::{
+    balances, holds, instances, ledger, model_weights, plans, usage_records, users,
+};
+use crate::db::{AnyConnection, StoreError, flag};
+use crate::domain::{Cycle, Email, Identity, TokenAmount, Weights};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono_tz::Tz;
+use diesel::prelude::*;
+
+type Conn = AnyConnection;
+
+/// The moment a transaction runs in, and the cycle it falls in.
+pub(super) struct Ctx {
+    pub now: NaiveDateTime,
+    pub cycle_key: String,
+}
+
+impl Ctx {
+    pub fn new(now: DateTime<Utc>, tz: Tz) -> Self {
+        Self {
+            now: now.naive_utc(),
+            cycle_key: Cycle::containing(now, tz).key(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Queryable)]
+pub(super) struct BalanceRow {
+    pub cycle: String,
+    pub allowance_left: i64,
+    pub credits: i64,
+    pub held: i64,
+    pub used_this_cycle: i64,
+}
+
+const BALANCE_COLUMNS: (
+    balances::cycle,
+    balances::allowance_left,
+    balances::credits,
+    balances::held,
+    balances::used_this_cycle,
+) = (
+    balances::cycle,
+    balances::allowance_left,
+    balances::credits,
+    balances::held,
+    balances::used_this_cycle,
+);
+
+struct LedgerChange<'a> {
+    kind: &'a str,
+    delta_allowance: i64,
+    delta_credits: i64,
+    actor: String,
+    note: Option<&'a str>,
+    request_id: Option<&'a str>,
+}
+
+pub(super) fn reserve(
+    c: &mut Conn,
+    ctx: &Ctx,
+    req: &ReserveRequest,
+    instance_id: &str,
+    expires_at: DateTime<Utc>,
+) -> Result<ReserveOutcome, StoreError> {
+    let (user_id, suspended) = upsert_user(c, ctx, &req.identity)?;
+    if suspended {
+        return Ok(ReserveOutcome::Suspended);
+    }
+    let bal = lock_and_roll(c, ctx, user_id)?;
+    let weights = weights_for(c, &req.model)?;
+    let remaining = bal.allowance_left + bal.credits - bal.held;
+    let prompt_cost = weights.cost(req.prompt_tokens, 0);
+
+    let (amount, allowed_completion) = match req.requested_completion {
+        None => (prompt_cost, None),
+        Some(requested) => {
+            let allowed =
+                requested.min(weights.affordable_completion(remaining, req.prompt_tokens));
+            (
+                weights.cost(req.prompt_tokens, allowed.max(0)),
+                Some(allowed),
+            )
+        }
+    };
+    let affordable =
+        remaining > 0 && remaining >= amount && allowed_completion.is_none_or(|n| n >= 1);
+    if !affordable {
+        return Ok(ReserveOutcome::Blocked(blocked_info(c, user_id, &bal)?));
+    }
+
+    // The guard makes the write itself refuse to overspend, whatever happened above.
+    let updated = diesel::update(
+        balances::table
+            .filter(balances::user_id.eq(user_id))
+            .filter((balances::allowance_left + balances::credits - balances::held).ge(amount)),
+    )
+    .set((
+        balances::held.eq(balances::held + amount),
+        balances::updated_at.eq(ctx.now),
+    ))
+    .execute(c)?;
+    if updated != 1 {
+        return Ok(ReserveOutcome::Blocked(blocked_info(c, user_id, &bal)?));
+    }
+    diesel::insert_into(holds::table)
+        .values((
+            holds::request_id.eq(&req.request_id),
+            holds::user_id.eq(user_id),
+            holds::amount.eq(amount),
+            holds::model.eq(&req.model),
+            holds::endpoint.eq(req.endpoint),
+            holds::stream.eq(flag(req.stream)),
+            holds::instance_id.eq(instance_id),
+            holds::created_at.eq(ctx.now),
+            holds::expires_at.eq(expires_at.naive_utc()),
+        ))
+        .execute(c)?;
+    Ok(ReserveOutcome::Reserved(Reservation {
+        request_id: req.request_id.clone(),
+        user_id,
+        amount,
+        weights,
+        allowed_completion,
+    }))
+}
+
+pub(super) fn settle(c: &mut Conn, ctx: &Ctx, s: &Settlement) -> Result<SettleResult, StoreError> {
+    // Deleting the hold is the idempotency key: a second settlement finds nothing.
+    let hold: Option<(i64, i64, String, String, i32)> =
+        diesel::delete(holds::table.filter(holds::request_id.eq(&s.request_id)))
+            .returning((
+                holds::user_id,
+                holds::amount,
+                holds::model,
+                holds::endpoint,
+                holds::stream,
+            ))
+            .get_result(c)
+            .optional()?;
+    let Some((user_id, held_amount, model, endpoint, stream)) = hold else {
+        return Ok(SettleResult::AlreadySettled);
+    };
+    let bal = lock_and_roll(c, ctx, user_id)?;
+    let charge = s.charge.max(0);
+    // Allowance first, then credits. Usage beyond the reservation (a prompt estimate
+    // below the real count) is still charged: credits may dip below zero, as a debt.
+    let from_allowance = charge.min(bal.allowance_left.max(0));
+    let from_credits = charge - from_allowance;
+    let allowance_left = bal.allowance_left - from_allowance;
+    let credits = bal.credits - from_credits;
+    diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
+        .set((
+            balances::allowance_left.eq(allowance_left),
+            balances::credits.eq(credits),
+            balances::held.eq(balances::held - held_amount),
+            balances::used_this_cycle.eq(balances::used_this_cycle + charge),
+            balances::updated_at.eq(ctx.now),
+        ))
+        .execute(c)?;
+    if charge > 0 {
+        append_ledger(
+            c,
+            ctx,
+            user_id,
+            &LedgerChange {
+                kind: "usage",
+                delta_allowance: -from_allowance,
+                delta_credits: -from_credits,
+                actor: Actor::System.label(),
+                note: None,
+                request_id: Some(&s.request_id),
+            },
+            allowance_left,
+            credits,
+        )?;
+    }
+    diesel::insert_into(usage_records::table)
+        .values((
+            usage_records::request_id.eq(&s.request_id),
+            usage_records::user_id.eq(user_id),
+            usage_records::model.eq(model),
+            usage_records::endpoint.eq(endpoint),
+            usage_records::stream.eq(stream),
+            usage_records::prompt_tokens.eq(s.prompt_tokens),
+            usage_records::completion_tokens.eq(s.completion_tokens),
+            usage_records::charged.eq(charge),
+            usage_records::estimated.eq(flag(s.estimated)),
+            usage_records::outcome.eq(s.outcome.as_str()),
+            usage_records::status.eq(i32::from(s.status)),
+            usage_records::latency_ms.eq(millis(s.latency)),
+            usage_records::ttfb_ms.eq(s.ttfb.map(millis)),
+            usage_records::created_at.eq(ctx.now),
+        ))
+        .execute(c)?;
+    Ok(SettleResult::Settled { charged: charge })
+}
+
+pub(super) fn grant_credits(
+    c: &mut Conn,
+    ctx: &Ctx,
+    user: &UserRef,
+    amount: TokenAmount,
+    actor: &Actor,
+    note: Option<&str>,
+) -> Result<i64, super::LedgerError> {
+    let user_id = super::views::find_user(c, user)?
+        .ok_or_else(|| super::LedgerError::UserNotFound(describe(user)))?;
+    let bal = lock_and_roll(c, ctx, user_id)?;
+    let credits = bal.credits.saturating_add(amount.get());
+    diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
+        .set((
+            balances::credits.eq(credits),
+            balances::updated_at.eq(ctx.now),
+        ))
+        .execute(c)?;
+    append_ledger(
+        c,
+        ctx,
+        user_id,
+        &LedgerChange {
+            kind: "topup",
+            delta_allowance: 0,
+            delta_credits: amount.get(),
+            actor: actor.label(),
+            note,
+            request_id: None,
+        },
+        bal.allowance_left,
+        credits,
+    )?;
+    Ok(user_id)
+}
+
+pub(super) fn create_user_by_email(
+    c: &mut Conn,
+    ctx: &Ctx,
+    email: &Email,
+    name: Option<&str>,
+    actor: &Actor,
+) -> Result<i64, super::LedgerError> {
+    if let Some(id) = super::views::find_user(c, &UserRef::Email(email.clone()))? {
+        return Ok(id);
+    }
+    Ok(insert_user(
+        c,
+        ctx,
+        None,
+        Some(email.as_str()),
+        name,
+        &actor.label(),
+    )?)
+}
+
+pub(super) fn create_plan(
+    c: &mut Conn,
+    ctx: &Ctx,
+    name: &str,
+    monthly_allowance: i64,
+    make_default: bool,
+) -> Result<i64, super::LedgerError> {
+    let exists: i64 = plans::table
+        .filter(plans::name.eq(name))
+        .count()
+        .get_result(c)?;
+    if exists > 0 {
+        return Err(super::LedgerError::PlanExists(name.to_owned()));
+    }
+    if make_default {
+        diesel::update(plans::table.filter(plans::is_default.eq(1)))
+            .set(plans::is_default.eq(0))
+            .execute(c)?;
+    }
+    let id = diesel::insert_into(plans::table)
+        .values((
+            plans::name.eq(name),
+            plans::monthly_allowance.eq(monthly_allowance),
+            plans::is_default.eq(flag(make_default)),
+            plans::created_at.eq(ctx.now),
+        ))
+        .returning(plans::id)
+        .get_result(c)?;
+    Ok(id)
+}
+
+pub(super) fn set_weights(
+    c: &mut Conn,
+    model: &str,
+    w: Weights,
+    now: NaiveDateTime,
+) -> Result<(), StoreError> {
+    let updated = diesel::update(model_weights::table.filter(model_weights::model.eq(model)))
+        .set((
+            model_weights::input_milli.eq(w.input_milli()),
+            model_weights::output_milli.eq(w.output_milli()),
+            model_weights::updated_at.eq(now),
+        ))
+        .execute(c)?;
+    if updated == 0 {
+        diesel::insert_into(model_weights::table)
+            .values((
+                model_weights::model.eq(model),
+                model_weights::input_milli.eq(w.input_milli()),
+                model_weights::output_milli.eq(w.output_milli()),
+                model_weights::updated_at.eq(now),
+            ))
+            .execute(c)?;
+    }
+    Ok(())
+}
+
+pub(super) fn set_suspended(
+    c: &mut Conn,
+    user: &UserRef,
+    suspended: bool,
+    now: NaiveDateTime,
+) -> Result<(), super::LedgerError> {
+    let user_id = super::views::find_user(c, user)?
+        .ok_or_else(|| super::LedgerError::UserNotFound(describe(user)))?;
+    diesel::update(users::table.find(user_id))
+        .set((
+            users::suspended_at.eq(suspended.then_some(now)),
+            users::updated_at.eq(now),
+        ))
+        .execute(c)?;
+    Ok(())
+}
+
+pub(super) fn register_instance(c: &mut Conn, ctx: &Ctx, id: &str) -> Result<(), StoreError> {
+    diesel::delete(instances::table.find(id)).execute(c)?;
+    diesel::insert_into(instances::table)
+        .values((
+            instances::id.eq(id),
+            instances::started_at.eq(ctx.now),
+            instances::heartbeat_at.eq(ctx.now),
+        ))
+        .execute(c)?;
+    Ok(())
+}
+
+pub(super) fn heartbeat(c: &mut Conn, id: &str, now: NaiveDateTime) -> Result<(), StoreError> {
+    let updated = diesel::update(instances::table.find(id))
+        .set(instances::heartbeat_at.eq(now))
+        .execute(c)?;
+    if updated == 0 {
+        diesel::insert_into(instances::table)
+            .values((
+                instances::id.eq(id),
+                instances::started_at.eq(now),
+                instances::heartbeat_at.eq(now),
+            ))
+            .execute(c)?;
+    }
+    Ok(())
+}
+
+/// Finds the caller's user row, linking a pre-created user by email or creating one
+/// on the default plan. The first statement is a write so that, on both backends,
+/// the transaction holds its lock before it reads anything.
+fn upsert_user(c: &mut Conn, ctx: &Ctx, who: &Identity) -> Result<(i64, bool), StoreError> {
+    let email = who.email.as_ref().map(Email::as_str);
+    let name = who.name.as_ref().map(|n| n.as_str());
+    let known: Option<(i64, Option<NaiveDateTime>)> =
+        diesel::update(users::table.filter(users::external_id.eq(who.key.as_str())))
+            .set(&UserRefresh {
+                email,
+                name,
+                updated_at: ctx.now,
+            })
+            .returning((users::id, users::suspended_at))
+            .get_result(c)
+            .optional()?;
+    if let Some((id, suspended_at)) = known {
+        return Ok((id, suspended_at.is_some()));
+    }
+    if let Some(email) = email {
+        let precreated: Option<i64> = users::table
+            .filter(users::external_id.is_null())
+            .filter(users::email.eq(email))
+            .order(users::id.asc())
+            .select(users::id)
+            .first(c)
+            .optional()?;
+        if let Some(id) = precreated {
+            let linked: Option<Option<NaiveDateTime>> =
+                diesel::update(users::table.find(id).filter(users::external_id.is_null()))
+                    .set((
+                        users::external_id.eq(who.key.as_str()),
+                        users::name.eq(name),
+                        users::updated_at.eq(ctx.now),
+                    ))
+                    .returning(users::suspended_at)
+                    .get_result(c)
+                    .optional()?;
+            if let Some(suspended_at) = linked {
+                return Ok((id, suspended_at.is_some()));
+            }
+        }
+    }
+    let id = insert_user(
+        c,
+        ctx,
+        Some(who.key.as_str()),
+        email,
+        name,
+        &Actor::System.label(),
+    )?;
+    Ok((id, false))
+}
+
+#[derive(AsChangeset)]
+#[diesel(table_name = users)]
+struct UserRefresh<'a> {
+    email: Option<&'a str>,
+    name: Option<&'a str>,
+    updated_at: NaiveDateTime,
+}
+
+/// Creates a user on the default plan with a full first allowance.
+fn insert_user(
+    c: &mut Conn,
+    ctx: &Ctx,
+    external_id: Option<&str>,
+    email: Option<&str>,
+    name: Option<&str>,
+    actor: &str,
+) -> Result<i64, StoreError> {
+    let (plan_id, allowance): (i64, i64) = plans::table
+        .order((plans::is_default.desc(), plans::id.asc()))
+        .select((plans::id, plans::monthly_allowance))
+        .first(c)?;
+    let user_id: i64 = diesel::insert_into(users::table)
+        .values((
+            users::external_id.eq(external_id),
+            users::email.eq(email),
+            users::name.eq(name),
+            users::plan_id.eq(plan_id),
+            users::created_at.eq(ctx.now),
+            users::updated_at.eq(ctx.now),
+        ))
+        .returning(users::id)
+        .get_result(c)?;
+    diesel::insert_into(balances::table)
+        .values((
+            balances::user_id.eq(user_id),
+            balances::cycle.eq(&ctx.cycle_key),
+            balances::allowance_left.eq(allowance),
+            balances::credits.eq(0_i64),
+            balances::held.eq(0_i64),
+            balances::used_this_cycle.eq(0_i64),
+            balances::updated_at.eq(ctx.now),
+        ))
+        .execute(c)?;
+    append_ledger(
+        c,
+        ctx,
+        user_id,
+        &LedgerChange {
+            kind: "cycle_grant",
+            delta_allowance: allowance,
+            delta_credits: 0,
+            actor: actor.to_owned(),
+            note: None,
+            request_id: None,
+        },
+        allowance,
+        0,
+    )?;
+    Ok(user_id)
+}
+
+/// Locks the user's balance row (a write, so it blocks concurrent writers of the same
+/// row on PostgreSQL) and starts a new cycle if the calendar moved on.
+pub(super) fn lock_and_roll(
+    c: &mut Conn,
+    ctx: &Ctx,
+    user_id: i64,
+) -> Result<BalanceRow, StoreError> {
+    let bal: BalanceRow = diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
+        .set(balances::updated_at.eq(ctx.now))
+        .returning(BALANCE_COLUMNS)
+        .get_result(c)?;
+    if bal.cycle == ctx.cycle_key {
+        return Ok(bal);
+    }
+    // Only forward: a clock that steps back must never grant a cycle twice.
+    let (Some(stored), Some(current)) = (Cycle::parse(&bal.cycle), Cycle::parse(&ctx.cycle_key))
+    else {
+        return Ok(bal);
+    };
+    if stored > current {
+        return Ok(bal);
+    }
+    let allowance: i64 = users::table
+        .inner_join(plans::table)
+        .filter(users::id.eq(user_id))
+        .select(plans::monthly_allowance)
+        .first(c)?;
+    if bal.allowance_left != 0 {
+        append_ledger(
+            c,
+            ctx,
+            user_id,
+            &LedgerChange {
+                kind: "expiry",
+                delta_allowance: -bal.allowance_left,
+                delta_credits: 0,
+                actor: Actor::System.label(),
+                note: Some(&bal.cycle),
+                request_id: None,
+            },
+            0,
+            bal.credits,
+        )?;
+    }
+    append_ledger(
+        c,
+        ctx,
+        user_id,
+        &LedgerChange {
+            kind: "cycle_grant",
+            delta_allowance: allowance,
+            delta_credits: 0,
+            actor: Actor::System.label(),
+            note: None,
+            request_id: None,
+        },
+        allowance,
+        bal.credits,
+    )?;
+    diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
+        .set((
+            balances::cycle.eq(&ctx.cycle_key),
+            balances::allowance_left.eq(allowance),
+            balances::used_this_cycle.eq(0_i64),
+        ))
+        .execute(c)?;
+    Ok(BalanceRow {
+        cycle: ctx.cycle_key.clone(),
+        allowance_left: allowance,
+        used_this_cycle: 0,
+        ..bal
+    })
+}
+
+fn append_ledger(
+    c: &mut Conn,
+    ctx: &Ctx,
+    user_id: i64,
+    change: &LedgerChange<'_>,
+    allowance_after: i64,
+    credits_after: i64,
+) -> Result<(), StoreError> {
+    diesel::insert_into(ledger::table)
+        .values((
+            ledger::user_id.eq(user_id),
+            ledger::kind.eq(change.kind),
+            ledger::delta_allowance.eq(change.delta_allowance),
+            ledger::delta_credits.eq(change.delta_credits),
+            ledger::allowance_after.eq(allowance_after),
+            ledger::credits_after.eq(credits_after),
+            ledger::cycle.eq(&ctx.cycle_key),
+            ledger::actor.eq(&change.actor),
+            ledger::note.eq(change.note),
+            ledger::request_id.eq(change.request_id),
+            ledger::created_at.eq(ctx.now),
+        ))
+        .execute(c)?;
+    Ok(())
+}
+
+fn weights_for(c: &mut Conn, model: &str) -> Result<Weights, StoreError> {
+    let row: Option<(i64, i64)> = model_weights::table
+        .find(model)
+        .select((model_weights::input_milli, model_weights::output_milli))
+        .first(c)
+        .optional()?;
+    Ok(row
+        .and_then(|(i, o)| Weights::from_milli(i, o))
+        .unwrap_or_default())
+}
+
+fn blocked_info(c: &mut Conn, user_id: i64, bal: &BalanceRow) -> Result<Blocked, StoreError> {
+    let plan_name: String = users::table
+        .inner_join(plans::table)
+        .filter(users::id.eq(user_id))
+        .select(plans::name)
+        .first(c)?;
+    Ok(Blocked {
+        plan_name,
+        used_percent: used_percent(bal.used_this_cycle, bal.allowance_left + bal.credits),
+    })
+}
+
+/// `used / (used + left)`, as a whole percent from 0 to 100.
+pub(super) fn used_percent(used: i64, left: i64) -> u8 {
+    let total = i128::from(used.max(0)) + i128::from(left.max(0));
+    if total == 0 {
+        return 100;
+    }
+    let pct = i128::from(used.max(0)) * 100 / total;
+    u8::try_from(pct.clamp(0, 100)).unwrap_or(100)
+}
+
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn describe(user: &UserRef) -> String {
+    match user {
+        UserRef::Id(id) => format!("#{id}"),
+        UserRef::External(id) => id.clone(),
+        UserRef::Email(e) => e.to_string(),
+    }
+}

@@ -1,0 +1,285 @@
+//! Read-only queries: summaries for the CLI and dashboard, and the invariant check.
+
+use super::UserRef;
+use crate::db::AnyConnection;
+use crate::db::schema::{balances, holds, instances, ledger, plans, usage_records, users};
+use crate::domain::Cycle;
+use chrono::NaiveDateTime;
+use chrono_tz::Tz;
+use diesel::dsl::sql;
+use diesel::prelude::*;
+use diesel::sql_types::BigInt;
+use serde::Serialize;
+
+type Conn = AnyConnection;
+
+/// A user and their balance, as admins see it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UserSummary {
+    pub id: i64,
+    pub external_id: Option<String>,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub plan: String,
+    pub monthly_allowance: i64,
+    pub suspended: bool,
+    pub cycle: String,
+    /// When the current cycle's allowance expires (RFC 3339, UTC).
+    pub cycle_resets_at: String,
+    pub allowance_left: i64,
+    pub credits: i64,
+    pub held: i64,
+    pub used_this_cycle: i64,
+    /// `allowance_left + credits - held`: what the next request can use.
+    pub remaining: i64,
+    pub used_percent: u8,
+}
+
+#[derive(Debug, Clone, Serialize, Queryable)]
+pub struct LedgerEntry {
+    pub id: i64,
+    pub kind: String,
+    pub delta_allowance: i64,
+    pub delta_credits: i64,
+    pub allowance_after: i64,
+    pub credits_after: i64,
+    pub cycle: String,
+    pub actor: String,
+    pub note: Option<String>,
+    pub request_id: Option<String>,
+    pub created_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Queryable)]
+pub struct UsageRecord {
+    pub request_id: String,
+    pub model: String,
+    pub endpoint: String,
+    pub stream: i32,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub charged: i64,
+    pub estimated: i32,
+    pub outcome: String,
+    pub status: i32,
+    pub latency_ms: i64,
+    pub ttfb_ms: Option<i64>,
+    pub created_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable)]
+pub struct HoldRow {
+    pub request_id: String,
+    pub user_id: i64,
+    pub amount: i64,
+    pub instance_id: String,
+    pub created_at: NaiveDateTime,
+    pub expires_at: NaiveDateTime,
+}
+
+/// Stored balance against the sum of the ledger, and `held` against the holds.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct InvariantReport {
+    pub allowance_left: i64,
+    pub ledger_allowance: i64,
+    pub credits: i64,
+    pub ledger_credits: i64,
+    pub held: i64,
+    pub holds_total: i64,
+}
+
+impl InvariantReport {
+    pub fn holds(&self) -> bool {
+        self.allowance_left == self.ledger_allowance
+            && self.credits == self.ledger_credits
+            && self.held == self.holds_total
+    }
+}
+
+pub(super) fn find_user(c: &mut Conn, user: &UserRef) -> QueryResult<Option<i64>> {
+    match user {
+        UserRef::Id(id) => users::table.find(*id).select(users::id).first(c).optional(),
+        UserRef::External(ext) => users::table
+            .filter(users::external_id.eq(ext))
+            .select(users::id)
+            .first(c)
+            .optional(),
+        UserRef::Email(email) => users::table
+            .filter(users::email.eq(email.as_str()))
+            .order(users::id.asc())
+            .select(users::id)
+            .first(c)
+            .optional(),
+    }
+}
+
+pub(super) fn user_ids(c: &mut Conn) -> QueryResult<Vec<i64>> {
+    users::table
+        .order(users::id.asc())
+        .select(users::id)
+        .load(c)
+}
+
+pub(super) fn balance_cycle(c: &mut Conn, user_id: i64) -> QueryResult<Option<String>> {
+    balances::table
+        .find(user_id)
+        .select(balances::cycle)
+        .first(c)
+        .optional()
+}
+
+type SummaryRow = (
+    (
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<NaiveDateTime>,
+    ),
+    (String, i64),
+    (String, i64, i64, i64, i64),
+);
+
+pub(super) fn user_summary(c: &mut Conn, user_id: i64, tz: Tz) -> QueryResult<Option<UserSummary>> {
+    let row: Option<SummaryRow> = users::table
+        .inner_join(plans::table)
+        .inner_join(balances::table)
+        .filter(users::id.eq(user_id))
+        .select((
+            (
+                users::id,
+                users::external_id,
+                users::email,
+                users::name,
+                users::suspended_at,
+            ),
+            (plans::name, plans::monthly_allowance),
+            (
+                balances::cycle,
+                balances::allowance_left,
+                balances::credits,
+                balances::held,
+                balances::used_this_cycle,
+            ),
+        ))
+        .first(c)
+        .optional()?;
+    Ok(row.map(
+        |(
+            (id, external_id, email, name, suspended_at),
+            (plan, monthly_allowance),
+            (cycle, allowance_left, credits, held, used),
+        )| {
+            let resets = Cycle::parse(&cycle)
+                .map(|cy| cy.ends_at(tz).to_rfc3339())
+                .unwrap_or_default();
+            UserSummary {
+                id,
+                external_id,
+                email,
+                name,
+                plan,
+                monthly_allowance,
+                suspended: suspended_at.is_some(),
+                cycle,
+                cycle_resets_at: resets,
+                allowance_left,
+                credits,
+                held,
+                used_this_cycle: used,
+                remaining: allowance_left + credits - held,
+                used_percent: super::tx::used_percent(used, allowance_left + credits),
+            }
+        },
+    ))
+}
+
+pub(super) fn ledger_entries(c: &mut Conn, user_id: i64) -> QueryResult<Vec<LedgerEntry>> {
+    ledger::table
+        .filter(ledger::user_id.eq(user_id))
+        .order(ledger::id.asc())
+        .select((
+            ledger::id,
+            ledger::kind,
+            ledger::delta_allowance,
+            ledger::delta_credits,
+            ledger::allowance_after,
+            ledger::credits_after,
+            ledger::cycle,
+            ledger::actor,
+            ledger::note,
+            ledger::request_id,
+            ledger::created_at,
+        ))
+        .load(c)
+}
+
+pub(super) fn usage_records(c: &mut Conn, user_id: i64) -> QueryResult<Vec<UsageRecord>> {
+    usage_records::table
+        .filter(usage_records::user_id.eq(user_id))
+        .order(usage_records::id.asc())
+        .select((
+            usage_records::request_id,
+            usage_records::model,
+            usage_records::endpoint,
+            usage_records::stream,
+            usage_records::prompt_tokens,
+            usage_records::completion_tokens,
+            usage_records::charged,
+            usage_records::estimated,
+            usage_records::outcome,
+            usage_records::status,
+            usage_records::latency_ms,
+            usage_records::ttfb_ms,
+            usage_records::created_at,
+        ))
+        .load(c)
+}
+
+pub(super) fn all_holds(c: &mut Conn) -> QueryResult<Vec<HoldRow>> {
+    holds::table
+        .order(holds::created_at.asc())
+        .select((
+            holds::request_id,
+            holds::user_id,
+            holds::amount,
+            holds::instance_id,
+            holds::created_at,
+            holds::expires_at,
+        ))
+        .load(c)
+}
+
+pub(super) fn live_instances(c: &mut Conn, alive_after: NaiveDateTime) -> QueryResult<Vec<String>> {
+    instances::table
+        .filter(instances::heartbeat_at.gt(alive_after))
+        .select(instances::id)
+        .load(c)
+}
+
+pub(super) fn invariant(c: &mut Conn, user_id: i64) -> QueryResult<InvariantReport> {
+    let (allowance_left, credits, held): (i64, i64, i64) = balances::table
+        .find(user_id)
+        .select((balances::allowance_left, balances::credits, balances::held))
+        .first(c)?;
+    // SUM(BIGINT) is NUMERIC on PostgreSQL: cast back so both backends agree.
+    let (ledger_allowance, ledger_credits): (i64, i64) = ledger::table
+        .filter(ledger::user_id.eq(user_id))
+        .select((
+            sql::<BigInt>("CAST(COALESCE(SUM(delta_allowance), 0) AS BIGINT)"),
+            sql::<BigInt>("CAST(COALESCE(SUM(delta_credits), 0) AS BIGINT)"),
+        ))
+        .first(c)?;
+    let holds_total: i64 = holds::table
+        .filter(holds::user_id.eq(user_id))
+        .select(sql::<BigInt>("CAST(COALESCE(SUM(amount), 0) AS BIGINT)"))
+        .first(c)?;
+    Ok(InvariantReport {
+        allowance_left,
+        ledger_allowance,
+        credits,
+        ledger_credits,
+        held,
+        holds_total,
+    })
+}

@@ -1,0 +1,20 @@
+//! tokengate: a per-user token metering sidecar between LibreChat and LiteLLM.
+//!
+//! Where to find things:
+//! - [`proxy`]: the `/v1` hot path (auth, identity, estimate, reserve, forward, settle).
+//! - [`ledger`]: balances, holds, the append-only ledger and usage records.
+//! - [`db`]: connections, pools and migrations for SQLite and PostgreSQL.
+//! - [`domain`]: value types parsed at the edge (identities, weights, cycles).
+//! - [`config`]: environment configuration; [`cli`]: the command line.
+//! - [`startup`]: wiring the HTTP server and background tasks.
+
+pub mod bootstrap;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod ledger;
+pub mod ops;
+pub mod proxy;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,267 @@
+//! Parsing and rewriting OpenAI request bodies. Everything the client sent is kept;
+//! only `user`, `stream_options.include_usage` and the completion limit change.
+
+use super::ApiError;
+use super::estimate;
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    pub fn path(&self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "/chat/completions",
+            Self::Completions => "/completions",
+            Self::Embeddings => "/embeddings",
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "chat.completions",
+            Self::Completions => "completions",
+            Self::Embeddings => "embeddings",
+        }
+    }
+
+    fn produces_completion(&self) -> bool {
+        !matches!(self, Self::Embeddings)
+    }
+}
+
+/// A validated request body.
+#[derive(Debug)]
+pub struct ParsedRequest {
+    pub body: Map<String, Value>,
+    pub model: String,
+    pub stream: bool,
+    /// `max_completion_tokens`, else `max_tokens`, if the client named one.
+    pub requested_max: Option<i64>,
+    pub body_user: Option<String>,
+    pub prompt_tokens: i64,
+}
+
+pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest, ApiError> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid_body(format!("The request body is not valid JSON: {e}.")))?;
+    let Value::Object(body) = value else {
+        return Err(ApiError::invalid_body(
+            "The request body must be a JSON object.",
+        ));
+    };
+    let model = match body.get("model") {
+        Some(Value::String(m))
+            if !m.trim().is_empty() && m.len() <= 256 && !m.chars().any(char::is_control) =>
+        {
+            m.clone()
+        }
+        _ => {
+            return Err(field_error(
+                "`model` must be a non-empty string of at most 256 characters.",
+                "model",
+            ));
+        }
+    };
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(field_error("`stream` must be true or false.", "stream")),
+    };
+    if stream && !endpoint.produces_completion() {
+        return Err(field_error("This endpoint does not stream.", "stream"));
+    }
+    let mut requested_max = None;
+    for key in ["max_tokens", "max_completion_tokens"] {
+        match body.get(key) {
+            None | Some(Value::Null) => {}
+            Some(v) => match v.as_i64() {
+                Some(n) if n >= 1 => {
+                    // `max_completion_tokens` wins when both are present.
+                    if key == "max_completion_tokens" || requested_max.is_none() {
+                        requested_max = Some(n);
+                    }
+                }
+                _ => {
+                    return Err(ApiError::InvalidBody {
+                        message: format!("`{key}` must be a whole number of at least 1."),
+                        param: Some(if key == "max_tokens" {
+                            "max_tokens"
+                        } else {
+                            "max_completion_tokens"
+                        }),
+                    });
+                }
+            },
+        }
+    }
+    let body_user = match body.get("user") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(field_error("`user` must be a string.", "user")),
+    };
+    let prompt_tokens = match endpoint {
+        Endpoint::ChatCompletions => match body.get("messages") {
+            Some(Value::Array(m)) if !m.is_empty() => estimate::chat_prompt(&body),
+            _ => {
+                return Err(field_error(
+                    "`messages` must be a non-empty array.",
+                    "messages",
+                ));
+            }
+        },
+        Endpoint::Completions => match body.get("prompt") {
+            Some(p @ (Value::String(_) | Value::Array(_))) => estimate::prompt_input(Some(p)),
+            _ => {
+                return Err(field_error(
+                    "`prompt` must be a string or an array.",
+                    "prompt",
+                ));
+            }
+        },
+        Endpoint::Embeddings => match body.get("input") {
+            Some(i @ (Value::String(_) | Value::Array(_))) => estimate::prompt_input(Some(i)),
+            _ => {
+                return Err(field_error(
+                    "`input` must be a string or an array.",
+                    "input",
+                ));
+            }
+        },
+    };
+    Ok(ParsedRequest {
+        body,
+        model,
+        stream,
+        requested_max,
+        body_user,
+        prompt_tokens,
+    })
+}
+
+fn field_error(message: &str, param: &'static str) -> ApiError {
+    ApiError::InvalidBody {
+        message: message.to_owned(),
+        param: Some(param),
+    }
+}
+
+/// The body sent upstream: `user` set to the LibreChat id, usage asked for on
+/// streams, and the completion limit set to what the reservation pays for.
+pub fn rewrite(
+    mut body: Map<String, Value>,
+    user: &str,
+    stream: bool,
+    allowed_completion: Option<i64>,
+) -> Result<Vec<u8>, ApiError> {
+    body.insert("user".into(), Value::String(user.to_owned()));
+    if stream {
+        let options = body
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !options.is_object() {
+            *options = Value::Object(Map::new());
+        }
+        if let Value::Object(o) = options {
+            o.insert("include_usage".into(), Value::Bool(true));
+        }
+    }
+    if let Some(allowed) = allowed_completion {
+        // The limit is always explicit, so upstream can never generate more than the
+        // reservation covers. Lower whichever fields the client used.
+        let mut set_any = false;
+        for key in ["max_completion_tokens", "max_tokens"] {
+            if let Some(v) = body.get_mut(key).filter(|v| !v.is_null()) {
+                if v.as_i64().is_none_or(|n| n > allowed) {
+                    *v = Value::from(allowed);
+                }
+                set_any = true;
+            }
+        }
+        if !set_any {
+            body.insert("max_tokens".into(), Value::from(allowed));
+        }
+    }
+    serde_json::to_vec(&body).map_err(|_| ApiError::Internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse_json(v: Value, e: Endpoint) -> Result<ParsedRequest, ApiError> {
+        parse(v.to_string().as_bytes(), e)
+    }
+
+    #[test]
+    fn rejects_bad_shapes_with_the_field_named() {
+        let cases = [
+            json!([1, 2]),
+            json!({"messages": [{"role": "user", "content": "x"}]}),
+            json!({"model": "", "messages": [{"role": "user", "content": "x"}]}),
+            json!({"model": "m", "messages": []}),
+            json!({"model": "m", "messages": "hi"}),
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}),
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}),
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": -5}),
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1.5}),
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "user": 42}),
+        ];
+        for case in cases {
+            assert!(
+                matches!(
+                    parse_json(case.clone(), Endpoint::ChatCompletions),
+                    Err(ApiError::InvalidBody { .. })
+                ),
+                "{case}"
+            );
+        }
+        assert!(matches!(
+            parse(b"{\"model\":", Endpoint::ChatCompletions),
+            Err(ApiError::InvalidBody { .. })
+        ));
+        let deep = "[".repeat(10_000);
+        assert!(matches!(
+            parse(deep.as_bytes(), Endpoint::ChatCompletions),
+            Err(ApiError::InvalidBody { .. })
+        ));
+    }
+
+    #[test]
+    fn rewrite_forces_usage_and_clamps() {
+        let parsed = parse_json(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": true, "max_tokens": 500, "stream_options": {"foo": 1}, "temperature": 0.2}),
+            Endpoint::ChatCompletions,
+        );
+        let Ok(parsed) = parsed else {
+            panic!("valid body refused")
+        };
+        assert_eq!(parsed.requested_max, Some(500));
+        let out = rewrite(parsed.body, "u1", true, Some(120)).unwrap_or_default();
+        let v: Value = serde_json::from_slice(&out).unwrap_or_default();
+        assert_eq!(v["user"], "u1");
+        assert_eq!(
+            v["stream_options"],
+            json!({"foo": 1, "include_usage": true})
+        );
+        assert_eq!(v["max_tokens"], 120);
+        assert_eq!(v["temperature"], 0.2);
+    }
+
+    #[test]
+    fn rewrite_sets_a_limit_when_the_client_named_none() {
+        let Ok(parsed) = parse_json(json!({"model": "m", "prompt": "x"}), Endpoint::Completions)
+        else {
+            panic!("valid body refused")
+        };
+        let out = rewrite(parsed.body, "u1", false, Some(4096)).unwrap_or_default();
+        let v: Value = serde_json::from_slice(&out).unwrap_or_default();
+        assert_eq!(v["max_tokens"], 4096);
+        assert!(v.get("stream_options").is_none());
+    }
+}

@@ -1,0 +1,318 @@
+//! The OpenAI-compatible `/v1` surface: authenticate, identify, estimate, reserve,
+//! forward, stream back unchanged, settle (SPEC sections 3 and 5).
+
+pub mod auth;
+pub mod block;
+pub mod body;
+pub mod error;
+pub mod estimate;
+pub mod meter;
+pub mod sse;
+pub mod upstream;
+
+pub use body::Endpoint;
+pub use error::ApiError;
+
+use crate::domain::identity::{IdentityError, decode_header_value};
+use crate::domain::{DisplayName, Email, Identity, UserKey};
+use crate::ledger::{Outcome, ReserveOutcome, ReserveRequest};
+use crate::startup::AppState;
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use meter::{Meter, MeteredStream};
+use std::time::Instant;
+
+pub const USER_ID_HEADER: &str = "x-librechat-user-id";
+pub const USER_EMAIL_HEADER: &str = "x-librechat-user-email";
+pub const USER_NAME_HEADER: &str = "x-librechat-user-name";
+
+/// Longest error body read from upstream before passing it on.
+const MAX_UPSTREAM_ERROR_BYTES: usize = 1 << 20;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/v1")
+            .route("/chat/completions", web::post().to(chat_completions))
+            .route("/completions", web::post().to(completions))
+            .route("/embeddings", web::post().to(embeddings))
+            .route("/models", web::get().to(models))
+            .default_service(web::to(not_found)),
+    );
+}
+
+async fn chat_completions(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    metered(req, payload, state, Endpoint::ChatCompletions).await
+}
+
+async fn completions(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    metered(req, payload, state, Endpoint::Completions).await
+}
+
+async fn embeddings(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    metered(req, payload, state, Endpoint::Embeddings).await
+}
+
+async fn not_found(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if !state
+        .keys
+        .check_header(req.headers().get(header::AUTHORIZATION))
+    {
+        return Err(ApiError::InvalidApiKey);
+    }
+    let path: String = req.path().chars().take(200).collect();
+    Err(ApiError::NotFound(format!("{} {}", req.method(), path)))
+}
+
+/// `GET /v1/models`: passed through; needs a client key, never a balance.
+async fn models(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if !state
+        .keys
+        .check_header(req.headers().get(header::AUTHORIZATION))
+    {
+        return Err(ApiError::InvalidApiKey);
+    }
+    let res = state.upstream.get("/models", None).await?;
+    let status = res.status().as_u16();
+    let content_type = content_type_of(&res);
+    let body = read_limited(res, MAX_UPSTREAM_ERROR_BYTES * 8).await?;
+    Ok(HttpResponse::build(status_code(status))
+        .insert_header((header::CONTENT_TYPE, content_type))
+        .body(body))
+}
+
+async fn metered(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    endpoint: Endpoint,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    if !state
+        .keys
+        .check_header(req.headers().get(header::AUTHORIZATION))
+    {
+        state.metrics.record_rejection("invalid_api_key");
+        return Err(ApiError::InvalidApiKey);
+    }
+    let bytes = read_body(&req, payload, state.config.max_body_bytes).await?;
+    let parsed = body::parse(&bytes, endpoint)?;
+    let identity = identify(req.headers(), parsed.body_user.as_deref())?;
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let requested_completion = match endpoint {
+        Endpoint::Embeddings => None,
+        _ => Some(
+            parsed
+                .requested_max
+                .unwrap_or(state.config.default_max_completion),
+        ),
+    };
+
+    let reserve = ReserveRequest {
+        request_id: request_id.clone(),
+        identity: identity.clone(),
+        model: parsed.model.clone(),
+        endpoint: endpoint.name(),
+        stream: parsed.stream,
+        prompt_tokens: parsed.prompt_tokens,
+        requested_completion,
+    };
+    let ledger = state.ledger.clone();
+    let outcome = web::block(move || ledger.reserve(&reserve))
+        .await
+        .map_err(|_| ApiError::Internal)??;
+    let reservation = match outcome {
+        ReserveOutcome::Reserved(r) => r,
+        ReserveOutcome::Blocked(b) => {
+            state.metrics.record_rejection("insufficient_quota");
+            tracing::info!(user = %identity.key, model = %parsed.model, used_percent = b.used_percent, "blocked: tokens exhausted");
+            let msg = block::block_message(
+                state.config.locale,
+                b.used_percent,
+                &b.plan_name,
+                state.config.support_contact.as_deref(),
+            );
+            return Err(ApiError::InsufficientQuota(msg));
+        }
+        ReserveOutcome::Suspended => {
+            state.metrics.record_rejection("user_suspended");
+            return Err(ApiError::Suspended(block::suspended_message(
+                state.config.locale,
+                state.config.support_contact.as_deref(),
+            )));
+        }
+    };
+
+    let meter = Meter {
+        ledger: state.ledger.clone(),
+        metrics: state.metrics.clone(),
+        request_id: request_id.clone(),
+        weights: reservation.weights,
+        prompt_estimate: parsed.prompt_tokens,
+        started,
+    };
+    let upstream_body = match body::rewrite(
+        parsed.body,
+        identity.key.as_str(),
+        parsed.stream,
+        reservation.allowed_completion,
+    ) {
+        Ok(b) => b,
+        Err(e) => {
+            meter
+                .settle(meter.settlement(Outcome::UpstreamError, 500, None, "", None))
+                .await;
+            return Err(e);
+        }
+    };
+
+    let response = match state
+        .upstream
+        .post_json(endpoint.path(), upstream_body, parsed.stream)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let outcome = match e {
+                upstream::UpstreamError::Timeout => Outcome::UpstreamTimeout,
+                upstream::UpstreamError::Unreachable => Outcome::UpstreamUnreachable,
+            };
+            tracing::warn!(request_id = %request_id, outcome = outcome.as_str(), "upstream request failed");
+            meter
+                .settle(meter.settlement(outcome, 502, None, "", None))
+                .await;
+            return Err(e.into());
+        }
+    };
+
+    let status = response.status().as_u16();
+    let content_type = content_type_of(&response);
+    if !response.status().is_success() {
+        // Upstream's own error, passed through unchanged; nothing was used.
+        let ttfb = Some(started.elapsed());
+        let body = read_limited(response, MAX_UPSTREAM_ERROR_BYTES).await;
+        meter
+            .settle(meter.settlement(Outcome::UpstreamError, status, None, "", ttfb))
+            .await;
+        let body = body?;
+        return Ok(HttpResponse::build(status_code(status))
+            .insert_header((header::CONTENT_TYPE, content_type))
+            .insert_header(("x-request-id", request_id))
+            .body(body));
+    }
+
+    if parsed.stream && content_type.starts_with("text/event-stream") {
+        let stream = MeteredStream::new(Box::pin(response.bytes_stream()), meter, status);
+        return Ok(HttpResponse::build(status_code(status))
+            .insert_header((header::CONTENT_TYPE, content_type))
+            .insert_header((header::CACHE_CONTROL, "no-cache"))
+            .insert_header(("x-accel-buffering", "no"))
+            .insert_header(("x-request-id", request_id))
+            .streaming(stream));
+    }
+
+    let ttfb = Some(started.elapsed());
+    let body = match response.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            let err = upstream::UpstreamError::from_reqwest(&e);
+            meter
+                .settle(meter.settlement(Outcome::UpstreamBroken, status, None, "", ttfb))
+                .await;
+            return Err(err.into());
+        }
+    };
+    let (usage, text) = sse::scan_json_response(&body);
+    meter
+        .settle(meter.settlement(Outcome::Completed, status, usage, &text, ttfb))
+        .await;
+    Ok(HttpResponse::build(status_code(status))
+        .insert_header((header::CONTENT_TYPE, content_type))
+        .insert_header(("x-request-id", request_id))
+        .body(body))
+}
+
+/// Identity from LibreChat's headers, else the body's `user` (SPEC section 2).
+pub fn identify(headers: &HeaderMap, body_user: Option<&str>) -> Result<Identity, ApiError> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| decode_header_value(v.as_bytes()))
+    };
+    let key = match header(USER_ID_HEADER).or_else(|| body_user.map(str::to_owned)) {
+        Some(raw) => UserKey::parse(&raw),
+        None => Err(IdentityError::Missing),
+    }
+    .map_err(|e| ApiError::MissingUser(e.to_string()))?;
+    Ok(Identity {
+        key,
+        // A malformed email is ignored rather than refused: the chat must still work.
+        email: header(USER_EMAIL_HEADER).and_then(|e| Email::parse(&e).ok()),
+        name: header(USER_NAME_HEADER).and_then(|n| DisplayName::parse(&n)),
+    })
+}
+
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::BodyTooLarge(limit));
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(8192).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::invalid_body(format!("The request body could not be read: {e}."))
+        })?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::BodyTooLarge(limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+async fn read_limited(res: reqwest::Response, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let mut stream = res.bytes_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::from(upstream::UpstreamError::from_reqwest(&e)))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::UpstreamUnavailable);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+fn content_type_of(res: &reqwest::Response) -> String {
+    res.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_owned()
+}
+
+fn status_code(status: u16) -> actix_web::http::StatusCode {
+    actix_web::http::StatusCode::from_u16(status)
+        .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY)
+}

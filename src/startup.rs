@@ -1,0 +1,162 @@
+//! Builds the application: database, bootstrap, background tasks, HTTP server.
+
+use crate::bootstrap::{self, Generated};
+use crate::config::Config;
+use crate::db::Database;
+use crate::domain::{Clock, SystemClock};
+use crate::ledger::Ledger;
+use crate::proxy::auth::ClientKeys;
+use crate::proxy::upstream::Upstream;
+use crate::telemetry::Metrics;
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, web};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often an instance proves it is alive, and when it counts as dead.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+const INSTANCE_DEAD_AFTER: Duration = Duration::from_secs(30);
+
+/// Shared by every request handler.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub ledger: Ledger,
+    pub keys: ClientKeys,
+    pub upstream: Upstream,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+    #[error("database: {0}")]
+    Store(#[from] crate::db::StoreError),
+    #[error("first-start setup: {0}")]
+    Bootstrap(#[from] bootstrap::BootstrapError),
+    #[error("upstream client: {0}")]
+    Upstream(String),
+}
+
+pub struct Application {
+    server: Server,
+    port: u16,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    pub fn build(config: Config) -> Result<Self, StartupError> {
+        Self::build_with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// Connects, migrates, bootstraps and binds. Must run inside an actix system.
+    pub fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        let db = Database::new(&config.database_url, config.db_pool_size);
+        let applied = db.migrate()?;
+        if !applied.is_empty() {
+            tracing::info!(migrations = ?applied, "database migrated");
+        }
+        let mut generated = Generated::default();
+        let keys = bootstrap::client_keys(&db, &config, &mut generated)?;
+        bootstrap::first_admin(&db, &config, clock.now().naive_utc(), &mut generated)?;
+        print_generated(&generated);
+
+        let ledger = Ledger::new(
+            db,
+            clock,
+            config.timezone,
+            config.instance_id.clone(),
+            config.hold_max_age,
+        );
+        let released = ledger.register_instance()?;
+        if released > 0 {
+            tracing::warn!(released, instance = %config.instance_id, "released holds left by a previous run of this instance");
+        }
+        crate::proxy::estimate::warm_up();
+
+        let upstream = Upstream::new(&config).map_err(|e| StartupError::Upstream(e.to_string()))?;
+        let listener = TcpListener::bind(&config.listen)
+            .map_err(|e| StartupError::Bind(config.listen.clone(), e))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| StartupError::Bind(config.listen.clone(), e))?
+            .port();
+        let state = web::Data::new(AppState {
+            config: Arc::new(config),
+            ledger,
+            keys,
+            upstream,
+            metrics: Arc::new(Metrics::default()),
+        });
+        let app_state = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .configure(crate::ops::configure)
+                .configure(crate::proxy::configure)
+        })
+        .listen(listener)
+        .map_err(|e| StartupError::Bind(String::from("listener"), e))?
+        .shutdown_timeout(30)
+        .run();
+        tracing::info!(port, database = %state.config.database_url.redacted(), upstream = %state.upstream.base_url(), "tokengate listening");
+        Ok(Self {
+            server,
+            port,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped, keeping the heartbeat and the stale-hold sweeper running.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let ledger = self.state.ledger.clone();
+        let background = actix_web::rt::spawn(async move {
+            let mut tick = actix_web::rt::time::interval(HEARTBEAT_EVERY);
+            loop {
+                tick.tick().await;
+                let l = ledger.clone();
+                match web::block(move || {
+                    l.heartbeat()?;
+                    l.sweep_stale_holds(INSTANCE_DEAD_AFTER)
+                })
+                .await
+                {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => tracing::warn!(released = n, "released stale holds"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "heartbeat or sweep failed"),
+                    Err(_) => tracing::warn!("heartbeat task was cancelled"),
+                }
+            }
+        });
+        let result = self.server.await;
+        background.abort();
+        result
+    }
+}
+
+/// Shown once, on stdout (not in the logs), when first start generated secrets.
+fn print_generated(g: &Generated) {
+    if let Some(key) = &g.client_key {
+        println!(
+            "\n==> Generated a client key for LibreChat (shown only now; set TOKENGATE_CLIENT_KEYS to choose your own):\n    {key}\n"
+        );
+    }
+    if let Some((email, password)) = &g.admin {
+        println!(
+            "==> Created the first admin (shown only now):\n    email:    {email}\n    password: {password}\n"
+        );
+    }
+}

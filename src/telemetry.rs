@@ -1,0 +1,96 @@
+//! Logs (tracing, text or JSON) and Prometheus counters. Never logs prompts, keys or
+//! passwords.
+
+use crate::config::LogFormat;
+use crate::ledger::Outcome;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+const OUTCOMES: [Outcome; 7] = [
+    Outcome::Completed,
+    Outcome::UpstreamError,
+    Outcome::UpstreamUnreachable,
+    Outcome::UpstreamTimeout,
+    Outcome::UpstreamBroken,
+    Outcome::ClientDisconnected,
+    Outcome::Abandoned,
+];
+const REJECTIONS: [&str; 3] = ["invalid_api_key", "insufficient_quota", "user_suspended"];
+
+#[derive(Default)]
+pub struct Metrics {
+    settled: [AtomicU64; 7],
+    charged: AtomicU64,
+    rejected: [AtomicU64; 3],
+}
+
+impl Metrics {
+    pub fn record_settlement(&self, outcome: Outcome, charged: i64) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.settled[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.charged
+            .fetch_add(u64::try_from(charged).unwrap_or(0), Ordering::Relaxed);
+    }
+
+    pub fn record_rejection(&self, code: &str) {
+        if let Some(i) = REJECTIONS.iter().position(|c| *c == code) {
+            self.rejected[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn rejections(&self, code: &str) -> u64 {
+        REJECTIONS
+            .iter()
+            .position(|c| *c == code)
+            .map_or(0, |i| self.rejected[i].load(Ordering::Relaxed))
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str(
+            "# HELP tokengate_requests_settled_total Metered requests settled, by outcome.\n",
+        );
+        out.push_str("# TYPE tokengate_requests_settled_total counter\n");
+        for (i, o) in OUTCOMES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "tokengate_requests_settled_total{{outcome=\"{}\"}} {}",
+                o.as_str(),
+                self.settled[i].load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP tokengate_requests_rejected_total Requests refused before reaching upstream, by code.\n");
+        out.push_str("# TYPE tokengate_requests_rejected_total counter\n");
+        for (i, code) in REJECTIONS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "tokengate_requests_rejected_total{{code=\"{code}\"}} {}",
+                self.rejected[i].load(Ordering::Relaxed)
+            );
+        }
+        out.push_str(
+            "# HELP tokengate_tokens_charged_total Weighted tokens debited from balances.\n",
+        );
+        out.push_str("# TYPE tokengate_tokens_charged_total counter\n");
+        let _ = writeln!(
+            out,
+            "tokengate_tokens_charged_total {}",
+            self.charged.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
