@@ -231,21 +231,21 @@ impl Config {
         .trim_end_matches('/')
         .to_owned();
         let admin_email = get("TOKENGATE_ADMIN_EMAIL");
-        if let Some(e) = &admin_email {
-            if crate::domain::Email::parse(e).is_err() {
-                problems
-                    .borrow_mut()
-                    .push(format!("TOKENGATE_ADMIN_EMAIL={e:?}: not an email address"));
-            }
+        if let Some(e) = &admin_email
+            && crate::domain::Email::parse(e).is_err()
+        {
+            problems
+                .borrow_mut()
+                .push(format!("TOKENGATE_ADMIN_EMAIL={e:?}: not an email address"));
         }
         let admin_password = get("TOKENGATE_ADMIN_PASSWORD");
-        if let Some(p) = &admin_password {
-            if p.chars().count() < crate::bootstrap::MIN_PASSWORD_CHARS {
-                problems.borrow_mut().push(format!(
-                    "TOKENGATE_ADMIN_PASSWORD: must have at least {} characters",
-                    crate::bootstrap::MIN_PASSWORD_CHARS
-                ));
-            }
+        if let Some(p) = &admin_password
+            && p.chars().count() < crate::bootstrap::MIN_PASSWORD_CHARS
+        {
+            problems.borrow_mut().push(format!(
+                "TOKENGATE_ADMIN_PASSWORD: must have at least {} characters",
+                crate::bootstrap::MIN_PASSWORD_CHARS
+            ));
         }
         let default_max_raw = parse("TOKENGATE_DEFAULT_MAX_COMPLETION", "4096", &|v| match v
             .parse::<i64>()
@@ -300,24 +300,23 @@ impl Config {
                     .collect()
             })
             .unwrap_or_default();
-        if let Some(v) = get("TOKENGATE_CLIENT_KEYS") {
-            if v.split(',')
+        if let Some(v) = get("TOKENGATE_CLIENT_KEYS")
+            && v.split(',')
                 .map(str::trim)
                 .any(|k| !k.is_empty() && k.len() < 16)
-            {
-                problems.borrow_mut().push(
-                    "TOKENGATE_CLIENT_KEYS: every key must have at least 16 characters".into(),
-                );
-            }
+        {
+            problems
+                .borrow_mut()
+                .push("TOKENGATE_CLIENT_KEYS: every key must have at least 16 characters".into());
         }
         let smtp_url = get("TOKENGATE_SMTP_URL");
-        if let Some(url) = &smtp_url {
-            if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
-                problems.borrow_mut().push(format!(
-                    "TOKENGATE_SMTP_URL={}: must start with smtp:// or smtps://",
-                    redact_url(url)
-                ));
-            }
+        if let Some(url) = &smtp_url
+            && !(url.starts_with("smtp://") || url.starts_with("smtps://"))
+        {
+            problems.borrow_mut().push(format!(
+                "TOKENGATE_SMTP_URL={}: must start with smtp:// or smtps://",
+                redact_url(url)
+            ));
         }
 
         match database_url {

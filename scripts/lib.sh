@@ -1,0 +1,41 @@
+# Shared by scripts/*.sh: pinned versions and the cache of installed tools.
+LITELLM_VERSION="1.106.2"
+CACHE_DIR="${TOKENGATE_CACHE_DIR:-$HOME/.cache/tokengate}"
+LITELLM_VENV="$CACHE_DIR/litellm-$LITELLM_VERSION"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Installs litellm[proxy] (which brings the openai SDK) into a cached venv.
+ensure_litellm() {
+  if [ -x "$LITELLM_VENV/bin/litellm" ] && "$LITELLM_VENV/bin/python" -c 'import openai, litellm' 2>/dev/null; then
+    return 0
+  fi
+  log "installing litellm[proxy]==$LITELLM_VERSION into $LITELLM_VENV (about a minute, cached afterwards)"
+  rm -rf "$LITELLM_VENV"
+  python3 -m venv "$LITELLM_VENV" || die "python3 -m venv failed: install python3-venv"
+  "$LITELLM_VENV/bin/pip" install --quiet --disable-pip-version-check "litellm[proxy]==$LITELLM_VERSION" \
+    || die "could not install litellm[proxy]==$LITELLM_VERSION from PyPI"
+}
+
+# Finds PostgreSQL's server binaries, installing Debian's packages where missing.
+pg_bindir() {
+  local dir
+  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$dir" ] || [ ! -x "$dir/initdb" ]; then
+    log "PostgreSQL server binaries not found; installing Debian's postgresql" 
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2 \
+        || die "could not install PostgreSQL with apt-get"
+    else
+      die "PostgreSQL server binaries are missing and this user cannot apt-get install postgresql"
+    fi
+    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  fi
+  [ -x "$dir/initdb" ] || die "PostgreSQL's initdb is still missing after install"
+  echo "$dir"
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: formatting and lints, then every test
+# on SQLite and again on a throwaway PostgreSQL cluster, with a real LiteLLM proxy
+# and the official openai SDK installed from PyPI. Stops everything it started.
+#
+#   scripts/test.sh                 # everything
+#   scripts/test.sh -- FILTER       # only tests whose name matches FILTER
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+filter=()
+if [ "${1:-}" = "--" ]; then shift; filter=("$@"); fi
+
+command -v cargo >/dev/null || die "cargo is missing: install Rust (rustup) first"
+ensure_litellm
+PGBIN=$(pg_bindir)
+
+WORK=$(mktemp -d /tmp/tokengate-test.XXXXXX)
+chmod 755 "$WORK"
+PGDATA="$WORK/pgdata"
+PGPORT=$(free_port)
+as_pg() {
+  # initdb and postgres refuse to run as root: use the postgres system user.
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+mkdir -p "$PGDATA"
+[ "$(id -u)" = 0 ] && chown postgres "$PGDATA" "$WORK"
+
+cleanup() {
+  as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+log "starting a throwaway PostgreSQL on 127.0.0.1:$PGPORT"
+as_pg "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --no-locale >"$WORK/initdb.log" 2>&1 \
+  || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
+as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$WORK/postgres.log" -w \
+  -o "-p $PGPORT -k $WORK -c listen_addresses=127.0.0.1 -c max_connections=400" start >/dev/null \
+  || { cat "$WORK/postgres.log" >&2; die "PostgreSQL did not start"; }
+
+export TOKENGATE_TEST_PG_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
+export TOKENGATE_TEST_LITELLM="$LITELLM_VENV/bin/litellm"
+export TOKENGATE_TEST_PYTHON="$LITELLM_VENV/bin/python"
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --quiet --all-targets --all-features -- -D warnings
+
+if cargo nextest --version >/dev/null 2>&1; then
+  run_tests() { cargo nextest run --no-fail-fast "${filter[@]}"; }
+else
+  run_tests() { cargo test --no-fail-fast -- "${filter[@]}"; }
+fi
+
+status=0
+log "tests on SQLite"
+TOKENGATE_TEST_BACKEND=sqlite run_tests || status=1
+log "tests on PostgreSQL"
+TOKENGATE_TEST_BACKEND=postgres run_tests || status=1
+if [ "$status" -ne 0 ]; then die "some tests failed (see above)"; fi
+log "all tests passed on SQLite and PostgreSQL"

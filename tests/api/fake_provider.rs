@@ -1,0 +1,233 @@
+//! A deterministic OpenAI-compatible provider: exact usage, chunked SSE whose events
+//! and `data:` prefixes are split across chunks, and failures chosen by model name:
+//! `fail-400`, `fail-500`, `hang` (streams 3 tokens then waits forever),
+//! `trickle` (streams 3 tokens, then one more every 20 ms until the client leaves),
+//! `no-usage` (never reports usage), anything else answers normally.
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Completion tokens produced when the request allows more.
+pub const NATURAL_COMPLETION: i64 = 40;
+/// Bytes per chunk on the wire: small and odd, so every event is split.
+const PIECE: usize = 7;
+
+#[derive(Default)]
+pub struct FakeState {
+    pub requests: Mutex<Vec<Value>>,
+    pub streams_sent: Mutex<Vec<Vec<u8>>>,
+    pub count: AtomicUsize,
+}
+
+pub struct FakeProvider {
+    pub port: u16,
+    pub state: Arc<FakeState>,
+}
+
+impl FakeProvider {
+    pub fn start() -> Self {
+        let state = Arc::new(FakeState::default());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let data = web::Data::from(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(web::PayloadConfig::new(64 << 20))
+                .route("/v1/chat/completions", web::post().to(chat))
+                .route("/v1/completions", web::post().to(completions))
+                .route("/v1/embeddings", web::post().to(embeddings))
+                .route("/v1/models", web::get().to(models))
+        })
+        .workers(2)
+        .listen(listener)
+        .unwrap()
+        .run();
+        actix_web::rt::spawn(server);
+        Self { port, state }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+
+    pub fn last_request(&self) -> Value {
+        self.state
+            .requests
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.state.count.load(Ordering::SeqCst)
+    }
+
+    pub fn last_stream(&self) -> Vec<u8> {
+        self.state
+            .streams_sent
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// Deterministic prompt count: one per whitespace-separated word, plus 7.
+pub fn prompt_tokens_of(body: &Value) -> i64 {
+    let mut words = 0;
+    if let Some(messages) = body["messages"].as_array() {
+        for m in messages {
+            words += m["content"]
+                .as_str()
+                .map_or(0, |s| s.split_whitespace().count());
+        }
+    }
+    for key in ["prompt", "input"] {
+        if let Some(s) = body[key].as_str() {
+            words += s.split_whitespace().count();
+        }
+    }
+    words as i64 + 7
+}
+
+fn completion_tokens_of(body: &Value) -> i64 {
+    let max = body["max_completion_tokens"]
+        .as_i64()
+        .or_else(|| body["max_tokens"].as_i64());
+    max.map_or(NATURAL_COMPLETION, |m| m.min(NATURAL_COMPLETION))
+}
+
+fn record(state: &FakeState, body: &Value) {
+    state.count.fetch_add(1, Ordering::SeqCst);
+    state.requests.lock().unwrap().push(body.clone());
+}
+
+fn failure(model: &str) -> Option<HttpResponse> {
+    match model {
+        "fail-400" => Some(HttpResponse::BadRequest().json(json!({"error": {"message": "fake: invalid parameter", "type": "invalid_request_error", "code": "bad_param", "param": "temperature"}}))),
+        "fail-500" => Some(HttpResponse::InternalServerError().json(json!({"error": {"message": "fake: provider exploded", "type": "server_error", "code": null, "param": null}}))),
+        _ => None,
+    }
+}
+
+async fn chat(state: web::Data<FakeState>, body: web::Bytes) -> HttpResponse {
+    generate(state, body, true).await
+}
+
+async fn completions(state: web::Data<FakeState>, body: web::Bytes) -> HttpResponse {
+    generate(state, body, false).await
+}
+
+async fn generate(state: web::Data<FakeState>, body: web::Bytes, chat: bool) -> HttpResponse {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    record(&state, &body);
+    let model = body["model"].as_str().unwrap_or("").to_owned();
+    if let Some(res) = failure(&model) {
+        return res;
+    }
+    let prompt = prompt_tokens_of(&body);
+    let completion = completion_tokens_of(&body);
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    if !stream {
+        if model == "hang" {
+            futures_util::future::pending::<()>().await;
+        }
+        let text = "tok ".repeat(completion as usize);
+        let choice = if chat {
+            json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
+        } else {
+            json!({"index": 0, "text": text, "finish_reason": "stop"})
+        };
+        let mut res = json!({"id": "fake-1", "object": if chat { "chat.completion" } else { "text_completion" }, "created": 1_700_000_000, "model": model, "choices": [choice]});
+        if model != "no-usage" {
+            res["usage"] = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
+        }
+        return HttpResponse::Ok()
+            .content_type("application/json")
+            .body(res.to_string());
+    }
+
+    let include_usage = body["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false)
+        && model != "no-usage";
+    let mut events = Vec::new();
+    let chunk = |delta: Value| {
+        if chat {
+            json!({"id": "fake-1", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [{"index": 0, "delta": delta}]})
+        } else {
+            json!({"id": "fake-1", "object": "text_completion", "created": 1_700_000_000, "model": model, "choices": [{"index": 0, "text": delta["content"].as_str().unwrap_or("")}]})
+        }
+    };
+    events.push(chunk(json!({"role": "assistant", "content": ""})));
+    let tokens = if matches!(model.as_str(), "hang" | "trickle") {
+        3
+    } else {
+        completion
+    };
+    for _ in 0..tokens {
+        events.push(chunk(json!({"content": "tok "})));
+    }
+    let mut wire = Vec::new();
+    for e in &events {
+        wire.extend_from_slice(format!("data: {e}\n\n").as_bytes());
+    }
+    if !matches!(model.as_str(), "hang" | "trickle") {
+        if include_usage {
+            let usage = json!({"id": "fake-1", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [{"index": 0, "delta": {}}],
+                "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}});
+            wire.extend_from_slice(format!("data: {usage}\r\n\r\n").as_bytes());
+        }
+        wire.extend_from_slice(b"data: [DONE]\n\n");
+    }
+    state.streams_sent.lock().unwrap().push(wire.clone());
+    let pieces: Vec<Result<Bytes, actix_web::Error>> = wire
+        .chunks(PIECE)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let hang = model == "hang";
+    let trickle = model == "trickle";
+    let tail = futures_util::stream::once(async move {
+        if hang {
+            futures_util::future::pending::<()>().await;
+        }
+        Ok(Bytes::new())
+    });
+    // Like a real model still generating: output keeps coming, so a write to a client
+    // that left fails and the proxy notices the disconnect.
+    let more = futures_util::stream::unfold(trickle, |go| async move {
+        if !go {
+            return None;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+        let event = json!({"choices": [{"index": 0, "delta": {"content": "tok "}}]});
+        Some((Ok(Bytes::from(format!("data: {event}\n\n"))), true))
+    });
+    let body = futures_util::stream::iter(pieces).chain(tail).chain(more);
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(body)
+}
+
+use futures_util::StreamExt;
+
+async fn embeddings(state: web::Data<FakeState>, body: web::Bytes) -> HttpResponse {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    record(&state, &body);
+    let prompt = prompt_tokens_of(&body);
+    HttpResponse::Ok().json(json!({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+        "model": body["model"], "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}))
+}
+
+async fn models(_req: HttpRequest) -> HttpResponse {
+    HttpResponse::Ok().json(json!({"object": "list", "data": [{"id": "fake-model", "object": "model", "owned_by": "fake"}]}))
+}

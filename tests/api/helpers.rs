@@ -1,0 +1,261 @@
+//! Test harness: a fresh database per test (SQLite file or PostgreSQL database, by
+//! `TOKENGATE_TEST_BACKEND`), the real application on port 0, typed helpers.
+
+use crate::fake_provider::FakeProvider;
+use chrono::{TimeZone, Utc};
+use diesel::Connection;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokengate::config::Config;
+use tokengate::domain::{Clock, ManualClock};
+use tokengate::ledger::{InvariantReport, Ledger, UserSummary, parse_user_ref};
+use tokengate::startup::Application;
+
+pub const CLIENT_KEY: &str = "tg-test-client-key-0123456789";
+pub const USER: &str = "65f1c0ffee0000000000abcd";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn backend() -> Backend {
+    match std::env::var("TOKENGATE_TEST_BACKEND").as_deref() {
+        Ok("postgres") => Backend::Postgres,
+        Ok("sqlite") | Err(_) => Backend::Sqlite,
+        Ok(other) => panic!("TOKENGATE_TEST_BACKEND={other:?}: expected sqlite or postgres"),
+    }
+}
+
+/// A database of its own for one test.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub fn new() -> Self {
+        match backend() {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}/tokengate.db", dir.path().display());
+                Self {
+                    url,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let admin = std::env::var("TOKENGATE_TEST_PG_URL").expect(
+                    "TOKENGATE_TEST_BACKEND=postgres needs TOKENGATE_TEST_PG_URL (scripts/test.sh starts a cluster and sets it)",
+                );
+                let name = format!("tg_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = diesel::PgConnection::establish(&admin)
+                    .expect("cannot reach the test PostgreSQL");
+                diesel::RunQueryDsl::execute(
+                    diesel::sql_query(format!("CREATE DATABASE {name}")),
+                    &mut conn,
+                )
+                .unwrap();
+                let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+                Self {
+                    url: format!("{base}/{name}"),
+                    _dir: None,
+                }
+            }
+        }
+    }
+}
+
+pub struct TestOptions {
+    pub upstream: Option<String>,
+    pub env: Vec<(&'static str, String)>,
+    pub start: chrono::DateTime<Utc>,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        Self {
+            upstream: None,
+            env: Vec::new(),
+            start: Utc.with_ymd_and_hms(2026, 11, 15, 12, 0, 0).unwrap(),
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub db: Arc<TestDb>,
+    pub ledger: Ledger,
+    pub clock: Arc<ManualClock>,
+    pub fake: Arc<FakeProvider>,
+    pub client: reqwest::Client,
+    pub state: actix_web::web::Data<tokengate::startup::AppState>,
+}
+
+pub fn config_for(db_url: &str, upstream: &str, extra: &[(&'static str, String)]) -> Config {
+    let mut vars: HashMap<String, String> = HashMap::new();
+    vars.insert("TOKENGATE_LISTEN".into(), "127.0.0.1:0".into());
+    vars.insert("TOKENGATE_DATABASE_URL".into(), db_url.into());
+    vars.insert("TOKENGATE_UPSTREAM_URL".into(), upstream.into());
+    vars.insert("TOKENGATE_CLIENT_KEYS".into(), CLIENT_KEY.into());
+    vars.insert(
+        "TOKENGATE_ADMIN_PASSWORD".into(),
+        "test-admin-password".into(),
+    );
+    vars.insert(
+        "TOKENGATE_SUPPORT_CONTACT".into(),
+        "suporte@iasolaris.com.br".into(),
+    );
+    vars.insert(
+        "TOKENGATE_INSTANCE_ID".into(),
+        format!("test-{}", uuid::Uuid::new_v4()),
+    );
+    for (k, v) in extra {
+        vars.insert((*k).into(), v.clone());
+    }
+    Config::from_lookup(|k| vars.get(k).cloned()).unwrap()
+}
+
+pub async fn spawn_app(opts: TestOptions) -> TestApp {
+    let fake = Arc::new(FakeProvider::start());
+    let db = Arc::new(TestDb::new());
+    spawn_on(db, fake, opts).await
+}
+
+/// Another instance on the same database and provider (a replica).
+pub async fn spawn_replica(of: &TestApp) -> TestApp {
+    spawn_on(of.db.clone(), of.fake.clone(), TestOptions::default()).await
+}
+
+async fn spawn_on(db: Arc<TestDb>, fake: Arc<FakeProvider>, opts: TestOptions) -> TestApp {
+    let upstream = opts.upstream.clone().unwrap_or_else(|| fake.base_url());
+    let config = config_for(&db.url, &upstream, &opts.env);
+    let clock = Arc::new(ManualClock::new(opts.start));
+    let app = Application::build_with_clock(config, clock.clone() as Arc<dyn Clock>).unwrap();
+    let port = app.port();
+    let state = app.state();
+    actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        db,
+        ledger: state.ledger.clone(),
+        clock,
+        fake,
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap(),
+        state,
+    }
+}
+
+pub fn chat_body(model: &str, content: &str, stream: bool, max_tokens: Option<i64>) -> Value {
+    let mut body = json!({"model": model, "messages": [{"role": "user", "content": content}], "stream": stream});
+    if let Some(m) = max_tokens {
+        body["max_tokens"] = json!(m);
+    }
+    body
+}
+
+impl TestApp {
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}{}", self.address, path))
+            .bearer_auth(CLIENT_KEY)
+            .header("content-type", "application/json")
+    }
+
+    /// A chat request as LibreChat sends it, for user `user`.
+    pub async fn chat_as(&self, user: &str, body: &Value) -> reqwest::Response {
+        self.post("/v1/chat/completions")
+            .header("x-librechat-user-id", user)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn chat(&self, body: &Value) -> reqwest::Response {
+        self.chat_as(USER, body).await
+    }
+
+    pub fn user_id(&self, user: &str) -> i64 {
+        self.ledger
+            .find_user(&parse_user_ref(user))
+            .unwrap()
+            .expect("user not provisioned")
+    }
+
+    pub fn summary(&self, user: &str) -> UserSummary {
+        self.ledger.user_summary(self.user_id(user)).unwrap()
+    }
+
+    /// Total charged to a user over all usage records.
+    pub fn charged(&self, user: &str) -> i64 {
+        self.ledger
+            .usage_records(self.user_id(user))
+            .unwrap()
+            .iter()
+            .map(|r| r.charged)
+            .sum()
+    }
+
+    /// The ledger invariant: stored balance equals the sum of the ledger, and `held`
+    /// equals the holds in flight.
+    pub fn assert_invariant(&self, user: &str) -> InvariantReport {
+        let report = self.ledger.check_invariant(self.user_id(user)).unwrap();
+        assert!(report.holds(), "ledger invariant broken: {report:?}");
+        report
+    }
+
+    /// Makes new users start with exactly `allowance` tokens.
+    pub fn default_plan(&self, allowance: i64) {
+        self.ledger
+            .create_plan(&format!("Teste {allowance}"), allowance, true)
+            .unwrap();
+    }
+
+    /// Waits (bounded) until the user has no hold in flight: settlement after a client
+    /// disconnect happens in the background.
+    pub async fn wait_for_no_holds(&self, user: &str) {
+        let id = self.user_id(user);
+        wait_until(Duration::from_secs(20), || {
+            let ledger = self.ledger.clone();
+            async move { ledger.holds().unwrap().iter().all(|h| h.user_id != id) }
+        })
+        .await;
+    }
+}
+
+/// Polls `check` until it is true or `limit` passes (then fails the test). Waits on a
+/// condition, never a fixed time.
+pub async fn wait_until<F, Fut>(limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        actix_web::rt::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real application against a fake provider, on the backend
+//! chosen by TOKENGATE_TEST_BACKEND (scripts/test.sh runs both).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cli;
+mod concurrency;
+mod fake_provider;
+mod helpers;
+mod metering;
+mod real_clients;
+mod surface;

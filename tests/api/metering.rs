@@ -1,0 +1,409 @@
+//! Reserve, forward, settle: exact debits, the block, the clamp, failures.
+
+use crate::fake_provider::{NATURAL_COMPLETION, prompt_tokens_of};
+use crate::helpers::*;
+use chrono::{TimeZone, Utc};
+use serde_json::{Value, json};
+use tokengate::domain::{TokenAmount, Weights};
+use tokengate::ledger::{Actor, parse_user_ref};
+
+#[actix_web::test]
+async fn non_streaming_debit_equals_reported_usage() {
+    let app = spawn_app(TestOptions::default()).await;
+    let body = chat_body("fake-model", "Qual é a capital do Brasil?", false, Some(25));
+    let res = app.chat(&body).await;
+    assert_eq!(res.status(), 200);
+    let json: Value = res.json().await.unwrap();
+    let usage = &json["usage"];
+    let expected =
+        usage["prompt_tokens"].as_i64().unwrap() + usage["completion_tokens"].as_i64().unwrap();
+    assert_eq!(usage["completion_tokens"], 25);
+
+    let s = app.summary(USER);
+    assert_eq!(s.used_this_cycle, expected);
+    assert_eq!(s.allowance_left, 1_000_000 - expected);
+    assert_eq!(s.held, 0);
+    assert_eq!(app.charged(USER), expected);
+    // Upstream saw the LibreChat id as `user`.
+    assert_eq!(app.fake.last_request()["user"], USER);
+    app.assert_invariant(USER);
+}
+
+#[actix_web::test]
+async fn streaming_is_byte_identical_and_debits_reported_usage() {
+    let app = spawn_app(TestOptions::default()).await;
+    let body = chat_body("fake-model", "Conte uma história curta", true, None);
+    let res = app.chat(&body).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let received = res.bytes().await.unwrap();
+
+    let sent = app.fake.last_stream();
+    assert!(!sent.is_empty());
+    assert_eq!(
+        received.as_ref(),
+        sent.as_slice(),
+        "the client must get upstream's bytes unchanged"
+    );
+
+    let upstream_req = app.fake.last_request();
+    assert_eq!(
+        upstream_req["stream_options"]["include_usage"], true,
+        "usage must be asked for"
+    );
+    let expected = prompt_tokens_of(&upstream_req) + NATURAL_COMPLETION;
+    assert_eq!(app.charged(USER), expected);
+    assert_eq!(app.summary(USER).used_this_cycle, expected);
+    let records = app.ledger.usage_records(app.user_id(USER)).unwrap();
+    assert_eq!(records[0].estimated, 0);
+    assert_eq!(records[0].stream, 1);
+    app.assert_invariant(USER);
+}
+
+#[actix_web::test]
+async fn stream_without_usage_is_charged_by_estimate_and_marked() {
+    let app = spawn_app(TestOptions::default()).await;
+    let res = app.chat(&chat_body("no-usage", "Oi", true, Some(10))).await;
+    assert_eq!(res.status(), 200);
+    let _ = res.bytes().await.unwrap();
+    let records = app.ledger.usage_records(app.user_id(USER)).unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].estimated, 1);
+    let streamed = tokengate::proxy::estimate::count_text(&"tok ".repeat(10));
+    assert_eq!(records[0].completion_tokens, streamed);
+    assert_eq!(records[0].charged, records[0].prompt_tokens + streamed);
+    app.assert_invariant(USER);
+}
+
+#[actix_web::test]
+async fn exhausted_balance_gets_the_429_block() {
+    let app = spawn_app(TestOptions::default()).await;
+    app.default_plan(60);
+    // First request: allowed, but clamped to what 60 tokens pay for.
+    let first = app
+        .chat(&chat_body("fake-model", "um dois três", false, Some(1000)))
+        .await;
+    assert_eq!(first.status(), 200);
+    let upstream_max = app.fake.last_request()["max_tokens"].as_i64().unwrap();
+    assert!(
+        upstream_max < 60,
+        "max_tokens must be clamped, got {upstream_max}"
+    );
+    let _ = first.bytes().await;
+
+    let before = app.fake.request_count();
+    let res = app
+        .chat(&chat_body("fake-model", "mais uma pergunta", true, None))
+        .await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["x-should-retry"], "false");
+    assert!(res.headers().get("retry-after").is_none());
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "insufficient_quota");
+    assert_eq!(body["error"]["code"], "insufficient_quota");
+    assert_eq!(body["error"]["param"], Value::Null);
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("Seus tokens acabaram: você já usou"),
+        "{msg}"
+    );
+    assert!(msg.contains("plano Teste 60"), "{msg}");
+    assert!(msg.contains("suporte@iasolaris.com.br"), "{msg}");
+    assert!(msg.chars().count() <= 300 && !msg.contains(['{', '}', '\n']));
+    assert_eq!(
+        app.fake.request_count(),
+        before,
+        "a blocked request never reaches upstream"
+    );
+    app.assert_invariant(USER);
+}
+
+#[actix_web::test]
+async fn block_message_in_english() {
+    let app = spawn_app(TestOptions {
+        env: vec![("TOKENGATE_LOCALE", "en".into())],
+        ..Default::default()
+    })
+    .await;
+    app.default_plan(5);
+    let res = app
+        .chat(&chat_body(
+            "fake-model",
+            "a long question with many words in it",
+            false,
+            None,
+        ))
+        .await;
+    assert_eq!(res.status(), 429);
+    let body: Value = res.json().await.unwrap();
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.starts_with("You are out of tokens"), "{msg}");
+}
+
+#[actix_web::test]
+async fn clamp_keeps_spend_within_balance() {
+    let app = spawn_app(TestOptions::default()).await;
+    app.default_plan(30);
+    let res = app
+        .chat(&chat_body("fake-model", "olá", false, Some(500)))
+        .await;
+    assert_eq!(res.status(), 200);
+    let sent = app.fake.last_request();
+    let prompt_estimate = 30 - sent["max_tokens"].as_i64().unwrap();
+    assert!(prompt_estimate > 0);
+    let s = app.summary(USER);
+    assert!(s.used_this_cycle <= 30, "spent {} of 30", s.used_this_cycle);
+    assert!(s.remaining >= 0);
+    app.assert_invariant(USER);
+}
+
+#[actix_web::test]
+async fn upstream_down_is_502_and_free() {
+    let port = free_port();
+    let app = spawn_app(TestOptions {
+        upstream: Some(format!("http://127.0.0.1:{port}/v1")),
+        ..Default::default()
+    })
+    .await;
+    let res = app.chat(&chat_body("fake-model", "olá", true, None)).await;
+    assert_eq!(res.status(), 502);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "upstream_error");
+    assert_eq!(body["error"]["code"], "upstream_unavailable");
+    let s = app.summary(USER);
+    assert_eq!(
+        (s.used_this_cycle, s.held, s.allowance_left),
+        (0, 0, 1_000_000)
+    );
+    let records = app.ledger.usage_records(app.user_id(USER)).unwrap();
+    assert_eq!(records[0].outcome, "upstream_unreachable");
+    app.assert_invariant(USER);
+}
+
+#[actix_web::test]
+async fn upstream_errors_pass_through_unchanged_and_free() {
+    let app = spawn_app(TestOptions::default()).await;
+    for (model, status) in [("fail-400", 400), ("fail-500", 500)] {
+        let res = app.chat(&chat_body(model, "olá", false, None)).await;
+        assert_eq!(res.status(), status);
+        let body: Value = res.json().await.unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("fake: "),
+            "{body}"
+        );
+    }
+    let s = app.summary(USER);
+    assert_eq!((s.used_this_cycle, s.held), (0, 0));
+    app.assert_invariant(USER);
+}
+
+#[actix_web::test]
+async fn client_disconnect_charges_what_was_streamed() {
+    let app = spawn_app(TestOptions::default()).await;
+    let mut res = app
+        .chat(&chat_body("trickle", "olá mundo", true, None))
+        .await;
+    assert_eq!(res.status(), 200);
+    // Read until the three tokens the provider sends before it stalls.
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).matches("tok ").count().eq(&3) {
+        let chunk = res.chunk().await.unwrap().expect("stream ended early");
+        got.extend_from_slice(&chunk);
+    }
+    assert!(
+        app.summary(USER).held > 0,
+        "a hold is in flight while streaming"
+    );
+    drop(res);
+    app.wait_for_no_holds(USER).await;
+    let records = app.ledger.usage_records(app.user_id(USER)).unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].outcome, "client_disconnected");
+    // Charged for the prompt and the tokens delivered before the disconnect was seen.
+    assert!(records[0].completion_tokens >= 3, "{:?}", records[0]);
+    assert!(
+        records[0].completion_tokens < 1000,
+        "the stream was cut: {:?}",
+        records[0]
+    );
+    assert_eq!(records[0].estimated, 1);
+    assert_eq!(
+        records[0].charged,
+        records[0].prompt_tokens + records[0].completion_tokens
+    );
+    assert_eq!(app.summary(USER).used_this_cycle, records[0].charged);
+    app.assert_invariant(USER);
+}
+
+#[actix_web::test]
+async fn cycle_rollover_resets_allowance_and_keeps_credits() {
+    let app = spawn_app(TestOptions::default()).await;
+    let res = app
+        .chat(&chat_body("fake-model", "olá", false, Some(10)))
+        .await;
+    assert_eq!(res.status(), 200);
+    app.ledger
+        .grant_credits(
+            &parse_user_ref(USER),
+            TokenAmount::new(500).unwrap(),
+            &Actor::Cli,
+            Some("bônus"),
+        )
+        .unwrap();
+    let before = app.summary(USER);
+    assert!(before.used_this_cycle > 0);
+    assert_eq!(before.cycle, "2026-11");
+
+    // 02:30 UTC on Dec 1st is still November in São Paulo: no reset yet.
+    app.clock
+        .set(Utc.with_ymd_and_hms(2026, 12, 1, 2, 30, 0).unwrap());
+    assert_eq!(app.summary(USER).cycle, "2026-11");
+    // 03:00 UTC is midnight in São Paulo: a new cycle.
+    app.clock
+        .set(Utc.with_ymd_and_hms(2026, 12, 1, 3, 0, 0).unwrap());
+    let res = app
+        .chat(&chat_body("fake-model", "olá", false, Some(10)))
+        .await;
+    assert_eq!(res.status(), 200);
+    let after = app.summary(USER);
+    assert_eq!(after.cycle, "2026-12");
+    assert_eq!(after.credits, 500, "credits do not expire");
+    assert_eq!(after.allowance_left, 1_000_000 - after.used_this_cycle);
+    let kinds: Vec<String> = app
+        .ledger
+        .ledger_entries(app.user_id(USER))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "cycle_grant",
+            "usage",
+            "topup",
+            "expiry",
+            "cycle_grant",
+            "usage"
+        ]
+    );
+    app.assert_invariant(USER);
+}
+
+#[actix_web::test]
+async fn usage_takes_allowance_first_then_credits() {
+    let app = spawn_app(TestOptions::default()).await;
+    app.default_plan(50);
+    app.ledger
+        .create_user_by_email(
+            &tokengate::domain::Email::parse("ana@example.com").unwrap(),
+            None,
+            &Actor::Cli,
+        )
+        .unwrap();
+    let res = app
+        .post("/v1/chat/completions")
+        .header("x-librechat-user-id", USER)
+        .header("x-librechat-user-email", "ana@example.com")
+        .body(chat_body("fake-model", "a", false, Some(1)).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    app.ledger
+        .grant_credits(
+            &parse_user_ref(USER),
+            TokenAmount::new(1000).unwrap(),
+            &Actor::Cli,
+            None,
+        )
+        .unwrap();
+    let res = app
+        .chat(&chat_body("fake-model", "b", false, Some(40)))
+        .await;
+    assert_eq!(res.status(), 200);
+    let s = app.summary(USER);
+    assert_eq!(s.allowance_left, 0);
+    assert_eq!(s.credits, 1000 - (s.used_this_cycle - 50));
+    app.assert_invariant(USER);
+}
+
+#[actix_web::test]
+async fn model_weights_scale_the_charge() {
+    let app = spawn_app(TestOptions::default()).await;
+    app.ledger
+        .set_weights("fake-model", Weights::from_milli(2500, 4000).unwrap())
+        .unwrap();
+    let res = app
+        .chat(&chat_body("fake-model", "pergunta cara", false, Some(10)))
+        .await;
+    let json: Value = res.json().await.unwrap();
+    let p = json["usage"]["prompt_tokens"].as_i64().unwrap();
+    let c = json["usage"]["completion_tokens"].as_i64().unwrap();
+    // ceil(p * 2.5 + c * 4.0)
+    let expected = (p * 2500 + c * 4000 + 999) / 1000;
+    assert_eq!(app.charged(USER), expected);
+    app.assert_invariant(USER);
+}
+
+#[actix_web::test]
+async fn settlement_is_idempotent_per_request_id() {
+    let app = spawn_app(TestOptions::default()).await;
+    let res = app
+        .chat(&chat_body("fake-model", "olá", false, Some(5)))
+        .await;
+    assert_eq!(res.status(), 200);
+    let record = app
+        .ledger
+        .usage_records(app.user_id(USER))
+        .unwrap()
+        .remove(0);
+    let before = app.summary(USER);
+    let again = app.ledger.settle(&tokengate::ledger::Settlement {
+        request_id: record.request_id.clone(),
+        prompt_tokens: 100,
+        completion_tokens: 100,
+        charge: 200,
+        estimated: false,
+        outcome: tokengate::ledger::Outcome::Completed,
+        status: 200,
+        latency: std::time::Duration::ZERO,
+        ttfb: None,
+    });
+    assert_eq!(
+        again.unwrap(),
+        tokengate::ledger::SettleResult::AlreadySettled
+    );
+    assert_eq!(app.summary(USER), before);
+    app.assert_invariant(USER);
+}
+
+#[actix_web::test]
+async fn completions_and_embeddings_are_metered() {
+    let app = spawn_app(TestOptions::default()).await;
+    let res = app
+        .post("/v1/completions")
+        .header("x-librechat-user-id", USER)
+        .body(json!({"model": "fake-model", "prompt": "Era uma vez", "max_tokens": 6}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let c: Value = res.json().await.unwrap();
+    let res = app
+        .post("/v1/embeddings")
+        .header("x-librechat-user-id", USER)
+        .body(json!({"model": "fake-embed", "input": "texto para vetor"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let e: Value = res.json().await.unwrap();
+    let expected = c["usage"]["total_tokens"].as_i64().unwrap()
+        + e["usage"]["prompt_tokens"].as_i64().unwrap();
+    assert_eq!(app.charged(USER), expected);
+    app.assert_invariant(USER);
+}

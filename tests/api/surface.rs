@@ -1,0 +1,412 @@
+//! The HTTP surface: keys, identity, errors in the OpenAI shape, operations routes,
+//! and recovery of holds after a killed process.
+
+use crate::helpers::*;
+use base64::Engine;
+use serde_json::{Value, json};
+use tokengate::domain::Email;
+use tokengate::ledger::{Actor, parse_user_ref};
+
+async fn error_of(res: reqwest::Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
+}
+
+#[actix_web::test]
+async fn client_key_is_required_everywhere_on_v1() {
+    let app = spawn_app(TestOptions::default()).await;
+    let body = chat_body("fake-model", "olá", false, None).to_string();
+    for auth in [
+        None,
+        Some("Bearer wrong-key-0123456789"),
+        Some("Basic dGc6dGc="),
+        Some("Bearer "),
+    ] {
+        let mut req = app
+            .client
+            .post(format!("{}/v1/chat/completions", app.address))
+            .header("x-librechat-user-id", USER)
+            .body(body.clone());
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let (status, err) = error_of(req.send().await.unwrap()).await;
+        assert_eq!(status, 401, "{auth:?}");
+        assert_eq!(err["error"]["code"], "invalid_api_key");
+        assert_eq!(err["error"]["type"], "invalid_request_error");
+    }
+    let res = app
+        .client
+        .get(format!("{}/v1/models", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(app.fake.request_count(), 0);
+}
+
+#[actix_web::test]
+async fn identity_comes_from_headers_or_body_user() {
+    let app = spawn_app(TestOptions::default()).await;
+    // No header, no body user: 400 missing_user.
+    let res = app
+        .post("/v1/chat/completions")
+        .body(chat_body("fake-model", "olá", false, None).to_string())
+        .send()
+        .await
+        .unwrap();
+    let (status, err) = error_of(res).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (400, Some("missing_user"))
+    );
+    // Unresolved placeholders count as missing.
+    let res = app
+        .post("/v1/chat/completions")
+        .header("x-librechat-user-id", "{{LIBRECHAT_USER_ID}}")
+        .body(chat_body("fake-model", "olá", false, None).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    // Body `user` is the fallback.
+    let mut body = chat_body("fake-model", "olá", false, Some(3));
+    body["user"] = json!("body-user-42");
+    let res = app
+        .post("/v1/chat/completions")
+        .header("x-librechat-user-id", "")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        app.ledger
+            .find_user(&parse_user_ref("body-user-42"))
+            .unwrap()
+            .is_some()
+    );
+    // Control characters in the id are refused.
+    let mut body = chat_body("fake-model", "olá", false, None);
+    body["user"] = json!("evil\r\nid");
+    let res = app
+        .post("/v1/chat/completions")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+}
+
+#[actix_web::test]
+async fn latin1_and_b64_headers_are_decoded() {
+    let app = spawn_app(TestOptions::default()).await;
+    let name = reqwest::header::HeaderValue::from_bytes(b"Jos\xe9 Concei\xe7\xe3o").unwrap();
+    let res = app
+        .post("/v1/chat/completions")
+        .header("x-librechat-user-id", "latin1-user")
+        .header("x-librechat-user-name", name)
+        .header("x-librechat-user-email", "jose@example.com")
+        .body(chat_body("fake-model", "olá", false, Some(2)).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let s = app.summary("latin1-user");
+    assert_eq!(s.name.as_deref(), Some("José Conceição"));
+    assert_eq!(s.email.as_deref(), Some("jose@example.com"));
+
+    let b64 = format!(
+        "b64:{}",
+        base64::engine::general_purpose::STANDARD.encode("Zoë 李 <b>")
+    );
+    let res = app
+        .post("/v1/chat/completions")
+        .header("x-librechat-user-id", "b64-user")
+        .header("x-librechat-user-name", b64)
+        .header("x-librechat-user-email", "{{LIBRECHAT_USER_EMAIL}}")
+        .body(chat_body("fake-model", "olá", false, Some(2)).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let s = app.summary("b64-user");
+    assert_eq!(s.name.as_deref(), Some("Zoë 李 <b>"));
+    assert_eq!(s.email, None, "a placeholder is no email");
+
+    // A changed name is updated on the next request; a malformed email is ignored.
+    let res = app
+        .post("/v1/chat/completions")
+        .header("x-librechat-user-id", "b64-user")
+        .header("x-librechat-user-name", "Zoe")
+        .header("x-librechat-user-email", "broken@@example.com")
+        .body(chat_body("fake-model", "olá", false, Some(2)).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(app.summary("b64-user").name.as_deref(), Some("Zoe"));
+    assert_eq!(app.summary("b64-user").email, None);
+}
+
+#[actix_web::test]
+async fn precreated_user_is_linked_by_email_and_suspension_blocks() {
+    let app = spawn_app(TestOptions::default()).await;
+    let email = Email::parse("maria@example.com").unwrap();
+    let id = app
+        .ledger
+        .create_user_by_email(&email, Some("Maria"), &Actor::Cli)
+        .unwrap();
+    let res = app
+        .post("/v1/chat/completions")
+        .header("x-librechat-user-id", USER)
+        .header("x-librechat-user-email", "Maria@Example.com")
+        .body(chat_body("fake-model", "olá", false, Some(2)).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        app.user_id(USER),
+        id,
+        "the first request links to the pre-created user"
+    );
+    assert_eq!(app.ledger.list_users().unwrap().len(), 1);
+
+    app.ledger
+        .set_suspended(&parse_user_ref(USER), true)
+        .unwrap();
+    let (status, err) =
+        error_of(app.chat(&chat_body("fake-model", "olá", false, None)).await).await;
+    assert_eq!(status, 403);
+    assert_eq!(err["error"]["type"], "permission_error");
+    assert_eq!(err["error"]["code"], "user_suspended");
+    app.ledger
+        .set_suspended(&parse_user_ref(USER), false)
+        .unwrap();
+    assert_eq!(
+        app.chat(&chat_body("fake-model", "olá", false, Some(2)))
+            .await
+            .status(),
+        200
+    );
+    app.assert_invariant(USER);
+}
+
+#[actix_web::test]
+async fn bad_bodies_get_clear_openai_errors_and_change_nothing() {
+    let app = spawn_app(TestOptions {
+        env: vec![("TOKENGATE_MAX_BODY_BYTES", "4096".into())],
+        ..Default::default()
+    })
+    .await;
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("not json".into(), 400, "invalid_body"),
+        ("{\"model\": 5}".into(), 400, "invalid_body"),
+        (
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0})
+                .to_string(),
+            400,
+            "invalid_body",
+        ),
+        (
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1})
+                .to_string(),
+            400,
+            "invalid_body",
+        ),
+        ("[".repeat(3000), 400, "invalid_body"),
+        (
+            json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(5000)}]})
+                .to_string(),
+            413,
+            "body_too_large",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let res = app
+            .post("/v1/chat/completions")
+            .header("x-librechat-user-id", USER)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let (got, err) = error_of(res).await;
+        assert_eq!(got, status, "{}", &body[..body.len().min(60)]);
+        assert_eq!(err["error"]["code"], code);
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    let res = app
+        .post("/v1/chat/completions")
+        .header("x-librechat-user-id", USER)
+        .body(vec![0xff, 0xfe, 0x00])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(app.fake.request_count(), 0);
+    assert!(
+        app.ledger
+            .find_user(&parse_user_ref(USER))
+            .unwrap()
+            .is_none(),
+        "nothing was provisioned"
+    );
+}
+
+#[actix_web::test]
+async fn unknown_routes_are_404_and_models_pass_through() {
+    let app = spawn_app(TestOptions::default()).await;
+    let res = app
+        .post("/v1/images/generations")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let (status, err) = error_of(res).await;
+    assert_eq!(status, 404);
+    assert_eq!(err["error"]["type"], "invalid_request_error");
+    assert_eq!(app.fake.request_count(), 0, "never forwarded unmetered");
+
+    // /v1/models needs a key but no user, and is never blocked for balance.
+    app.default_plan(0);
+    let res = app
+        .client
+        .get(format!("{}/v1/models", app.address))
+        .bearer_auth(CLIENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let models: Value = res.json().await.unwrap();
+    assert_eq!(models["data"][0]["id"], "fake-model");
+}
+
+#[actix_web::test]
+async fn health_readiness_and_metrics() {
+    let app = spawn_app(TestOptions::default()).await;
+    let res = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = app
+        .client
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let ready: Value = res.json().await.unwrap();
+    assert_eq!(
+        (ready["database"].as_str(), ready["upstream"].as_str()),
+        (Some("ok"), Some("ok"))
+    );
+    let _ = app
+        .chat(&chat_body("fake-model", "olá", false, Some(3)))
+        .await
+        .bytes()
+        .await;
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tokengate_requests_settled_total{outcome=\"completed\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// A process killed with requests in flight leaves holds; its restart frees them.
+#[actix_web::test]
+async fn holds_of_a_killed_process_are_released_on_restart() {
+    let fake = crate::fake_provider::FakeProvider::start();
+    let db = TestDb::new();
+    let port = free_port();
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .env("TOKENGATE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("TOKENGATE_DATABASE_URL", &db.url)
+            .env("TOKENGATE_UPSTREAM_URL", fake.base_url())
+            .env("TOKENGATE_CLIENT_KEYS", CLIENT_KEY)
+            .env("TOKENGATE_ADMIN_PASSWORD", "test-admin-password")
+            .env("TOKENGATE_INSTANCE_ID", "kill-test")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let ready = |client: reqwest::Client, base: String| async move {
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    };
+    let mut child = spawn();
+    wait_until(std::time::Duration::from_secs(30), || {
+        ready(client.clone(), base.clone())
+    })
+    .await;
+
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let mut res = client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .header("x-librechat-user-id", USER)
+            .body(chat_body("hang", "olá", true, None).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let _ = res.chunk().await.unwrap();
+        streams.push(res);
+    }
+    let config = config_for(&db.url, &fake.base_url(), &[]);
+    let ledger = tokengate::ledger::Ledger::new(
+        tokengate::db::Database::new(&config.database_url, 2),
+        std::sync::Arc::new(tokengate::domain::SystemClock),
+        config.timezone,
+        "observer".into(),
+        config.hold_max_age,
+    );
+    assert_eq!(ledger.holds().unwrap().len(), 5);
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(streams);
+    let mut child = spawn();
+    wait_until(std::time::Duration::from_secs(30), || {
+        ready(client.clone(), base.clone())
+    })
+    .await;
+    assert!(
+        ledger.holds().unwrap().is_empty(),
+        "restart must release the dead process's holds"
+    );
+    let user = ledger.find_user(&parse_user_ref(USER)).unwrap().unwrap();
+    let summary = ledger.user_summary(user).unwrap();
+    assert_eq!((summary.held, summary.used_this_cycle), (0, 0));
+    assert!(ledger.check_invariant(user).unwrap().holds());
+    let records = ledger.usage_records(user).unwrap();
+    assert!(
+        records.iter().all(|r| r.outcome == "abandoned"),
+        "{records:?}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
