@@ -151,28 +151,33 @@ async fn charges_equal_the_usage_litellm_reports() {
             .all(|r| r.estimated == 0 && r.outcome == "completed"),
         "{records:?}"
     );
-    // LiteLLM passed tokengate's `user` on to the provider.
-    assert_eq!(fake.last_request()["user"], USER);
+    // tokengate sets `user` upstream (checked against the fake provider directly);
+    // LiteLLM 1.106.2 does not pass it on to an `openai/` provider, so it is not
+    // asserted here.
     app.assert_invariant(USER);
     drop(litellm);
 }
 
-fn run_openai(app: &TestApp, user: &str, mode: &str) -> Value {
+/// Runs the SDK script on the blocking pool: the servers spawned by the test need
+/// this thread's runtime to keep running while the script waits for them.
+async fn run_openai(app: &TestApp, user: &str, mode: &str) -> Value {
     let python = required_env("TOKENGATE_TEST_PYTHON");
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/clients/openai_client.py"
     );
-    let out = Command::new(python)
-        .args([
-            script,
-            &format!("{}/v1", app.address),
-            CLIENT_KEY,
-            user,
-            mode,
-        ])
-        .output()
-        .unwrap();
+    let args = [
+        script.to_owned(),
+        format!("{}/v1", app.address),
+        CLIENT_KEY.to_owned(),
+        user.to_owned(),
+        mode.to_owned(),
+    ];
+    let out = actix_web::rt::task::spawn_blocking(move || {
+        Command::new(python).args(args).output().unwrap()
+    })
+    .await
+    .unwrap();
     assert!(
         out.status.success(),
         "openai client failed: {}",
@@ -184,8 +189,7 @@ fn run_openai(app: &TestApp, user: &str, mode: &str) -> Value {
 #[actix_web::test]
 async fn official_openai_sdk_streams_and_does_not_retry_the_block() {
     let app = spawn_app(TestOptions::default()).await;
-    // The servers run on their own threads, so blocking this one on the SDK is fine.
-    let out = run_openai(&app, USER, "chat");
+    let out = run_openai(&app, USER, "chat").await;
     assert_eq!(out["nonstream_text"], "tok tok tok tok tok ");
     assert_eq!(out["stream_text"], "tok tok tok tok tok tok tok ");
     let charged = out["nonstream_total"].as_i64().unwrap() + out["stream_total"].as_i64().unwrap();
@@ -194,7 +198,7 @@ async fn official_openai_sdk_streams_and_does_not_retry_the_block() {
     // A user with nothing left: the SDK gets the 429 once and does not retry it.
     app.default_plan(0);
     let before = app.state.metrics.rejections("insufficient_quota");
-    let out = run_openai(&app, "user-with-nothing", "blocked");
+    let out = run_openai(&app, "user-with-nothing", "blocked").await;
     let blocked = &out["blocked"];
     assert_eq!(blocked["status"], 429);
     assert_eq!(blocked["code"], "insufficient_quota");
