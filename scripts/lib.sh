@@ -18,18 +18,31 @@ ensure_litellm() {
     || die "could not install litellm[proxy]==$LITELLM_VERSION from PyPI"
 }
 
+# Installs Debian packages (as root; otherwise says what is missing).
+apt_install() {
+  [ "$(id -u)" = 0 ] || die "missing Debian packages ($*) and this user cannot apt-get install them"
+  log "installing Debian packages: $*"
+  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2 \
+    || die "could not install $* with apt-get"
+}
+
+# The tests' real SMTP server is aiosmtpd on Debian's python3; openssl makes the
+# certificate for the STARTTLS and implicit-TLS tests.
+ensure_smtp_tools() {
+  local missing=()
+  /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || missing+=(python3-aiosmtpd)
+  command -v openssl >/dev/null || missing+=(openssl)
+  if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
+  /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || die "python3-aiosmtpd is still missing after install"
+}
+
 # Finds PostgreSQL's server binaries, installing Debian's packages where missing.
 pg_bindir() {
   local dir
   dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
   if [ -z "$dir" ] || [ ! -x "$dir/initdb" ]; then
-    log "PostgreSQL server binaries not found; installing Debian's postgresql" 
-    if [ "$(id -u)" = 0 ]; then
-      apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2 \
-        || die "could not install PostgreSQL with apt-get"
-    else
-      die "PostgreSQL server binaries are missing and this user cannot apt-get install postgresql"
-    fi
+    log "PostgreSQL server binaries not found"
+    apt_install postgresql
     dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
   fi
   [ -x "$dir/initdb" ] || die "PostgreSQL's initdb is still missing after install"

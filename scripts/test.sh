@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: formatting and lints, then every test
 # on SQLite and again on a throwaway PostgreSQL cluster, with a real LiteLLM proxy
-# and the official openai SDK installed from PyPI. Stops everything it started.
+# and the official openai SDK installed from PyPI, and real SMTP servers (Debian's
+# python3-aiosmtpd) started by the tests. Stops everything it started.
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -- FILTER       # only tests whose name matches FILTER
@@ -15,6 +16,7 @@ if [ "${1:-}" = "--" ]; then shift; filter=("$@"); fi
 
 command -v cargo >/dev/null || die "cargo is missing: install Rust (rustup) first"
 ensure_litellm
+ensure_smtp_tools
 PGBIN=$(pg_bindir)
 
 WORK=$(mktemp -d /tmp/tokengate-test.XXXXXX)
@@ -44,6 +46,7 @@ as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$WORK/postgres.log" -w \
 export TOKENGATE_TEST_PG_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
 export TOKENGATE_TEST_LITELLM="$LITELLM_VENV/bin/litellm"
 export TOKENGATE_TEST_PYTHON="$LITELLM_VENV/bin/python"
+export TOKENGATE_TEST_SMTP_PYTHON=/usr/bin/python3
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

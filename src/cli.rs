@@ -38,6 +38,16 @@ enum Command {
     /// Inspect users and balances.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Check mail delivery.
+    #[command(subcommand)]
+    Mail(MailCommand),
+}
+
+#[derive(Subcommand)]
+enum MailCommand {
+    /// Send a test message to ADDRESS with the configured TOKENGATE_SMTP_URL (or write
+    /// it under TOKENGATE_MAIL_DIR when none is set).
+    Test { address: String },
 }
 
 #[derive(Subcommand)]
@@ -98,6 +108,7 @@ pub fn main() -> ExitCode {
         }
         Command::Users(UsersCommand::List { json }) => users_list(&config, json),
         Command::Users(UsersCommand::Show { user, json }) => users_show(&config, &user, json),
+        Command::Mail(MailCommand::Test { address }) => mail_test(&config, &address),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,6 +127,20 @@ fn serve(config: Config) -> CmdResult {
         app.run_until_stopped().await?;
         Ok(())
     })
+}
+
+fn mail_test(config: &Config, address: &str) -> CmdResult {
+    let to = Email::parse(address).map_err(|e| format!("{address:?}: {e}"))?;
+    let outcome = actix_web::rt::System::new()
+        .block_on(async { crate::alerts::worker::send_test(config, to.as_str()).await })?;
+    match outcome {
+        (crate::mail::Delivered::Smtp, via) => println!("Test message sent to {to} via {via}."),
+        (crate::mail::Delivered::File(path), _) => println!(
+            "No TOKENGATE_SMTP_URL is set: the test message was written to {}.",
+            path.display()
+        ),
+    }
+    Ok(())
 }
 
 fn open(config: &Config) -> Result<Ledger, Box<dyn std::error::Error>> {
@@ -172,6 +197,11 @@ fn check(config: &Config) -> CmdResult {
         }
         Err(e) => return Err(format!("upstream {}: {e:?}", config.upstream_url).into()),
     }
+    let mailer = crate::mail::Mailer::from_config(config)?;
+    actix_web::rt::System::new()
+        .block_on(mailer.check())
+        .map_err(|e| format!("mail ({}): {e}", mailer.describe()))?;
+    println!("mail ({}): ok", mailer.describe());
     Ok(())
 }
 

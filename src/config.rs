@@ -122,6 +122,11 @@ pub struct Config {
     /// Identifies this process's holds; a restart with the same id frees them at once.
     pub instance_id: String,
     pub db_pool_size: u32,
+    /// Where mail goes as `.eml` files when no SMTP server is configured.
+    pub mail_dir: PathBuf,
+    /// Per SMTP command (connect, each reply).
+    pub smtp_timeout: Duration,
+    pub mail_retry: crate::alerts::RetryPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -288,6 +293,33 @@ impl Config {
                 _ => Err("expected a number from 1 to 256".into()),
             },
         );
+        let mut mail_durations = Vec::new();
+        for (key, default, max) in [
+            ("TOKENGATE_SMTP_TIMEOUT_SECS", "30", 600.0),
+            ("TOKENGATE_MAIL_RETRY_BASE_SECS", "30", 86_400.0),
+            ("TOKENGATE_MAIL_RETRY_MAX_SECS", "3600", 604_800.0),
+        ] {
+            let value = get(key).unwrap_or_else(|| default.to_owned());
+            match value.parse::<f64>() {
+                Ok(n) if (0.01..=max).contains(&n) => {
+                    mail_durations.push(Duration::from_secs_f64(n));
+                }
+                _ => {
+                    problems.borrow_mut().push(format!(
+                        "{key}={value:?}: expected seconds from 0.01 to {max}"
+                    ));
+                    mail_durations.push(Duration::from_secs(default.parse().unwrap_or(30)));
+                }
+            }
+        }
+        let max_attempts_raw = parse("TOKENGATE_MAIL_MAX_ATTEMPTS", "10", &|v| match v
+            .parse::<u32>()
+        {
+            Ok(n) if (1..=100).contains(&n) => Ok(()),
+            _ => Err("expected a number of attempts from 1 to 100".into()),
+        });
+        let mail_dir =
+            PathBuf::from(get("TOKENGATE_MAIL_DIR").unwrap_or_else(|| "data/mail".into()));
         let instance_id =
             get("TOKENGATE_INSTANCE_ID").unwrap_or_else(|| default_instance_id(&listen));
 
@@ -315,6 +347,13 @@ impl Config {
         {
             problems.borrow_mut().push(format!(
                 "TOKENGATE_SMTP_URL={}: must start with smtp:// or smtps://",
+                redact_url(url)
+            ));
+        } else if let Some(url) = &smtp_url
+            && lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url).is_err()
+        {
+            problems.borrow_mut().push(format!(
+                "TOKENGATE_SMTP_URL={}: expected smtps://user:pass@host:465, smtp://user:pass@host:587?tls=required or smtp://host:25",
                 redact_url(url)
             ));
         }
@@ -348,6 +387,13 @@ impl Config {
                 hold_max_age: durations[2],
                 instance_id,
                 db_pool_size: pool_raw.parse().unwrap_or(16),
+                mail_dir,
+                smtp_timeout: mail_durations[0],
+                mail_retry: crate::alerts::RetryPolicy {
+                    base: mail_durations[1],
+                    max_delay: mail_durations[2],
+                    max_attempts: max_attempts_raw.parse().unwrap_or(10),
+                },
             }),
             _ => Err(ConfigError {
                 problems: problems.into_inner(),

@@ -1,10 +1,13 @@
 //! Builds the application: database, bootstrap, background tasks, HTTP server.
 
+use crate::alerts::AlertPolicy;
+use crate::alerts::worker::MailWorker;
 use crate::bootstrap::{self, Generated};
 use crate::config::Config;
 use crate::db::Database;
 use crate::domain::{Clock, SystemClock};
 use crate::ledger::Ledger;
+use crate::mail::{Mailer, Templates};
 use crate::proxy::auth::ClientKeys;
 use crate::proxy::upstream::Upstream;
 use crate::telemetry::Metrics;
@@ -37,12 +40,15 @@ pub enum StartupError {
     Bootstrap(#[from] bootstrap::BootstrapError),
     #[error("upstream client: {0}")]
     Upstream(String),
+    #[error("mail: {0}")]
+    Mail(String),
 }
 
 pub struct Application {
     server: Server,
     port: u16,
     state: web::Data<AppState>,
+    mail_worker: MailWorker,
 }
 
 impl Application {
@@ -63,12 +69,16 @@ impl Application {
         print_generated(&generated);
 
         let ledger = Ledger::new(
-            db,
+            db.clone(),
             clock,
             config.timezone,
             config.instance_id.clone(),
             config.hold_max_age,
-        );
+        )
+        .with_alert_policy(AlertPolicy {
+            thresholds: config.alert_thresholds.clone(),
+            admin_emails: config.admin_emails.clone(),
+        });
         let released = ledger.register_instance()?;
         if released > 0 {
             tracing::warn!(released, instance = %config.instance_id, "released holds left by a previous run of this instance");
@@ -82,8 +92,19 @@ impl Application {
             .local_addr()
             .map_err(|e| StartupError::Bind(config.listen.clone(), e))?
             .port();
+        let mailer = Mailer::from_config(&config).map_err(|e| StartupError::Mail(e.to_string()))?;
+        let templates = Templates::new().map_err(|e| StartupError::Mail(e.to_string()))?;
+        let config = Arc::new(config);
+        let mail_worker = MailWorker::new(
+            db,
+            Arc::new(mailer),
+            Arc::new(templates),
+            config.clone(),
+            config.instance_id.clone(),
+            ledger.outbox_signal(),
+        );
         let state = web::Data::new(AppState {
-            config: Arc::new(config),
+            config,
             ledger,
             keys,
             upstream,
@@ -105,6 +126,7 @@ impl Application {
             server,
             port,
             state,
+            mail_worker,
         })
     }
 
@@ -120,8 +142,10 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until stopped, keeping the heartbeat and the stale-hold sweeper running.
+    /// Serves until stopped, keeping the heartbeat, the stale-hold sweeper and the
+    /// mail worker running.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let mail = actix_web::rt::spawn(self.mail_worker.run());
         let ledger = self.state.ledger.clone();
         let background = actix_web::rt::spawn(async move {
             let mut tick = actix_web::rt::time::interval(HEARTBEAT_EVERY);
@@ -143,6 +167,7 @@ impl Application {
         });
         let result = self.server.await;
         background.abort();
+        mail.abort();
         result
     }
 }

@@ -121,7 +121,43 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    alerts (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        cycle -> Text,
+        threshold -> Integer,
+        used_this_cycle -> BigInt,
+        allowance_left -> BigInt,
+        credits -> BigInt,
+        recipient -> Nullable<Text>,
+        delivery -> Text,
+        request_id -> Nullable<Text>,
+        created_at -> Timestamp,
+        rearmed_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    outbox (id) {
+        id -> BigInt,
+        alert_id -> BigInt,
+        role -> Text,
+        recipient -> Text,
+        state -> Text,
+        attempts -> Integer,
+        next_attempt_at -> Timestamp,
+        claimed_by -> Nullable<Text>,
+        claimed_until -> Nullable<Timestamp>,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamp,
+        sent_at -> Nullable<Timestamp>,
+    }
+}
+
 diesel::joinable!(users -> plans (plan_id));
+diesel::joinable!(alerts -> users (user_id));
+diesel::joinable!(outbox -> alerts (alert_id));
 diesel::joinable!(balances -> users (user_id));
 diesel::joinable!(holds -> users (user_id));
 diesel::joinable!(ledger -> users (user_id));
@@ -138,4 +174,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     settings,
     admins,
     instances,
+    alerts,
+    outbox,
 );

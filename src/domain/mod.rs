@@ -8,4 +8,4 @@ pub mod tokens;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use cycle::Cycle;
 pub use identity::{DisplayName, Email, Identity, UserKey};
-pub use tokens::{TokenAmount, Weights};
+pub use tokens::{TokenAmount, Weights, used_percent};

@@ -117,6 +117,17 @@ pub enum TokenAmountError {
     TooLarge,
 }
 
+/// `used / (used + left)` (SPEC section 4), as a whole percent from 0 to 100, rounded
+/// down: a threshold `t` is reached exactly when `used * 100 >= t * (used + left)`.
+pub fn used_percent(used: i64, left: i64) -> u8 {
+    let total = i128::from(used.max(0)) + i128::from(left.max(0));
+    if total == 0 {
+        return 100;
+    }
+    let pct = i128::from(used.max(0)) * 100 / total;
+    u8::try_from(pct.clamp(0, 100)).unwrap_or(100)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

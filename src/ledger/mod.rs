@@ -7,12 +7,14 @@
 mod tx;
 pub mod views;
 
+use crate::alerts::AlertPolicy;
 use crate::db::{Database, StoreError, write_tx};
 use crate::domain::{Clock, Cycle, Email, Identity, TokenAmount, Weights};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 pub use views::{InvariantReport, UserSummary};
 
@@ -177,6 +179,9 @@ pub struct Ledger {
     tz: Tz,
     instance_id: String,
     hold_max_age: Duration,
+    alerts: Arc<AlertPolicy>,
+    /// Woken when a settlement queues alert mail, so the worker sends at once.
+    outbox_signal: Arc<Notify>,
 }
 
 impl Ledger {
@@ -193,7 +198,23 @@ impl Ledger {
             tz,
             instance_id,
             hold_max_age,
+            alerts: Arc::new(AlertPolicy::default()),
+            outbox_signal: Arc::new(Notify::new()),
         }
+    }
+
+    /// Sets the thresholds and admin copies alerts are written with.
+    pub fn with_alert_policy(mut self, policy: AlertPolicy) -> Self {
+        self.alerts = Arc::new(policy);
+        self
+    }
+
+    pub fn outbox_signal(&self) -> Arc<Notify> {
+        self.outbox_signal.clone()
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
     }
 
     pub fn db(&self) -> &Database {
@@ -224,11 +245,16 @@ impl Ledger {
         })
     }
 
-    /// Charges what a request used and releases its hold. Idempotent per request id.
+    /// Charges what a request used and releases its hold, writing any alert the usage
+    /// crossed in the same transaction. Idempotent per request id.
     pub fn settle(&self, s: &Settlement) -> Result<SettleResult, StoreError> {
         let ctx = tx::Ctx::new(self.now(), self.tz);
         let mut conn = self.db.conn()?;
-        write_tx(&mut conn, |c| tx::settle(c, &ctx, s))
+        let (result, queued) = write_tx(&mut conn, |c| tx::settle(c, &ctx, s, &self.alerts))?;
+        if queued > 0 {
+            self.outbox_signal.notify_one();
+        }
+        Ok(result)
     }
 
     /// Adds non-expiring credits; takes effect on the user's very next request.

@@ -3,11 +3,14 @@
 use super::{
     Actor, Blocked, Reservation, ReserveOutcome, ReserveRequest, SettleResult, Settlement, UserRef,
 };
+use crate::alerts::{AlertPolicy, store as alert_store};
 use crate::db::schema::{
     balances, holds, instances, ledger, model_weights, plans, usage_records, users,
 };
 use crate::db::{AnyConnection, StoreError, flag};
-use crate::domain::{Cycle, Email, Identity, TokenAmount, Weights};
+use crate::domain::{
+    Clock, Cycle, Email, Identity, SystemClock, TokenAmount, Weights, used_percent,
+};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 use diesel::prelude::*;
@@ -18,6 +21,9 @@ type Conn = AnyConnection;
 pub(super) struct Ctx {
     pub now: NaiveDateTime,
     pub cycle_key: String,
+    /// Wall-clock time for scheduling mail: delivery runs in real time even when
+    /// the ledger's clock is set (in tests) to another day.
+    pub wall: NaiveDateTime,
 }
 
 impl Ctx {
@@ -25,6 +31,7 @@ impl Ctx {
         Self {
             now: now.naive_utc(),
             cycle_key: Cycle::containing(now, tz).key(),
+            wall: SystemClock.now().naive_utc(),
         }
     }
 }
@@ -130,7 +137,13 @@ pub(super) fn reserve(
     }))
 }
 
-pub(super) fn settle(c: &mut Conn, ctx: &Ctx, s: &Settlement) -> Result<SettleResult, StoreError> {
+/// Returns the result and how many alert messages were queued.
+pub(super) fn settle(
+    c: &mut Conn,
+    ctx: &Ctx,
+    s: &Settlement,
+    policy: &AlertPolicy,
+) -> Result<(SettleResult, usize), StoreError> {
     // Deleting the hold is the idempotency key: a second settlement finds nothing.
     let hold: Option<(i64, i64, String, String, i32)> =
         diesel::delete(holds::table.filter(holds::request_id.eq(&s.request_id)))
@@ -144,7 +157,7 @@ pub(super) fn settle(c: &mut Conn, ctx: &Ctx, s: &Settlement) -> Result<SettleRe
             .get_result(c)
             .optional()?;
     let Some((user_id, held_amount, model, endpoint, stream)) = hold else {
-        return Ok(SettleResult::AlreadySettled);
+        return Ok((SettleResult::AlreadySettled, 0));
     };
     let bal = lock_and_roll(c, ctx, user_id)?;
     let charge = s.charge.max(0);
@@ -198,7 +211,27 @@ pub(super) fn settle(c: &mut Conn, ctx: &Ctx, s: &Settlement) -> Result<SettleRe
             usage_records::created_at.eq(ctx.now),
         ))
         .execute(c)?;
-    Ok(SettleResult::Settled { charged: charge })
+    let queued = if charge > 0 {
+        let used = bal.used_this_cycle + charge;
+        alert_store::record_crossings(
+            c,
+            policy,
+            &alert_store::Snapshot {
+                user_id,
+                cycle: &ctx.cycle_key,
+                used_percent: used_percent(used, allowance_left + credits),
+                used_this_cycle: used,
+                allowance_left,
+                credits,
+                request_id: Some(&s.request_id),
+            },
+            ctx.now,
+            ctx.wall,
+        )?
+    } else {
+        0
+    };
+    Ok((SettleResult::Settled { charged: charge }, queued))
 }
 
 pub(super) fn grant_credits(
@@ -233,6 +266,13 @@ pub(super) fn grant_credits(
         },
         bal.allowance_left,
         credits,
+    )?;
+    alert_store::rearm(
+        c,
+        user_id,
+        &ctx.cycle_key,
+        used_percent(bal.used_this_cycle, bal.allowance_left + credits),
+        ctx.now,
     )?;
     Ok(user_id)
 }
@@ -595,16 +635,6 @@ fn blocked_info(c: &mut Conn, user_id: i64, bal: &BalanceRow) -> Result<Blocked,
         plan_name,
         used_percent: used_percent(bal.used_this_cycle, bal.allowance_left + bal.credits),
     })
-}
-
-/// `used / (used + left)`, as a whole percent from 0 to 100.
-pub(super) fn used_percent(used: i64, left: i64) -> u8 {
-    let total = i128::from(used.max(0)) + i128::from(left.max(0));
-    if total == 0 {
-        return 100;
-    }
-    let pct = i128::from(used.max(0)) * 100 / total;
-    u8::try_from(pct.clamp(0, 100)).unwrap_or(100)
 }
 
 fn millis(d: std::time::Duration) -> i64 {

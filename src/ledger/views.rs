@@ -188,7 +188,7 @@ pub(super) fn user_summary(c: &mut Conn, user_id: i64, tz: Tz) -> QueryResult<Op
                 held,
                 used_this_cycle: used,
                 remaining: allowance_left + credits - held,
-                used_percent: super::tx::used_percent(used, allowance_left + credits),
+                used_percent: crate::domain::used_percent(used, allowance_left + credits),
             }
         },
     ))

@@ -127,7 +127,11 @@ pub async fn spawn_app(opts: TestOptions) -> TestApp {
 
 /// Another instance on the same database and provider (a replica).
 pub async fn spawn_replica(of: &TestApp) -> TestApp {
-    spawn_on(of.db.clone(), of.fake.clone(), TestOptions::default()).await
+    spawn_replica_with(of, TestOptions::default()).await
+}
+
+pub async fn spawn_replica_with(of: &TestApp, opts: TestOptions) -> TestApp {
+    spawn_on(of.db.clone(), of.fake.clone(), opts).await
 }
 
 async fn spawn_on(db: Arc<TestDb>, fake: Arc<FakeProvider>, opts: TestOptions) -> TestApp {

@@ -2,10 +2,12 @@
 //! chosen by TOKENGATE_TEST_BACKEND (scripts/test.sh runs both).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod alerts;
 mod cli;
 mod concurrency;
 mod fake_provider;
 mod helpers;
 mod metering;
 mod real_clients;
+mod smtp;
 mod surface;

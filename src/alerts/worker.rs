@@ -1,0 +1,326 @@
+//! The mail worker: runs inside every tokengate process, claims due outbox rows,
+//! renders and sends them, and records each result.
+//!
+//! A claim is a lease (`claimed_by`, `claimed_until`) taken in a write transaction,
+//! so on any number of replicas each message has one sender at a time. A failed
+//! attempt is retried with exponential backoff up to `TOKENGATE_MAIL_MAX_ATTEMPTS`,
+//! then marked failed for admins to see; a message that cannot be built (an invalid
+//! address) fails at once. One bad message never holds up the others.
+
+use super::Role;
+use super::store::{self, AlertFacts, Claimed};
+use crate::config::{Config, Locale};
+use crate::db::{Database, StoreError, write_tx};
+use crate::domain::{Cycle, used_percent};
+use crate::i18n;
+use crate::mail::{Delivered, Kind, MailError, Mailer, Outgoing, Templates};
+use chrono::{NaiveDateTime, Utc};
+use futures_util::StreamExt;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Messages claimed per round.
+const BATCH: i64 = 16;
+/// Messages of a round in flight at once: SMTP servers limit connections per client.
+const PARALLEL: usize = 4;
+/// Longest idle wait: how soon a replica notices mail queued by another one.
+const POLL: Duration = Duration::from_secs(5);
+
+pub struct MailWorker {
+    db: Database,
+    mailer: Arc<Mailer>,
+    templates: Arc<Templates>,
+    config: Arc<Config>,
+    worker_id: String,
+    signal: Arc<Notify>,
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    pub sent: usize,
+    pub retrying: usize,
+    pub failed: usize,
+}
+
+impl Round {
+    pub fn handled(&self) -> usize {
+        self.sent + self.retrying + self.failed
+    }
+}
+
+impl MailWorker {
+    pub fn new(
+        db: Database,
+        mailer: Arc<Mailer>,
+        templates: Arc<Templates>,
+        config: Arc<Config>,
+        worker_id: String,
+        signal: Arc<Notify>,
+    ) -> Self {
+        Self {
+            db,
+            mailer,
+            templates,
+            config,
+            worker_id,
+            signal,
+        }
+    }
+
+    /// Runs until the task is dropped.
+    pub async fn run(self) {
+        match self.blocking(store::release_claims).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                messages = n,
+                "took back mail a previous run of this instance was sending"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot release old mail claims"),
+        }
+        tracing::info!(transport = %self.mailer.describe(), "mail worker started");
+        loop {
+            match self.run_once().await {
+                // Something was due: look again at once, more may be.
+                Ok(round) if round.handled() > 0 => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "mail worker cannot read the outbox"),
+            }
+            let wait = self.idle_wait().await;
+            tokio::select! {
+                () = self.signal.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Claims one batch of due messages and delivers it.
+    pub async fn run_once(&self) -> Result<Round, StoreError> {
+        let now = wall_now();
+        let lease = chrono::Duration::from_std(self.lease()).unwrap_or_default();
+        let claimed = self
+            .blocking(move |c, id| write_tx(c, |c| store::claim(c, id, now, now + lease, BATCH)))
+            .await?;
+        let results: Vec<_> = futures_util::stream::iter(claimed)
+            .map(|row| self.deliver(row))
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        let mut round = Round::default();
+        for r in results {
+            match r? {
+                Attempt::Sent => round.sent += 1,
+                Attempt::Retrying => round.retrying += 1,
+                Attempt::Failed => round.failed += 1,
+            }
+        }
+        Ok(round)
+    }
+
+    async fn deliver(&self, row: Claimed) -> Result<Attempt, StoreError> {
+        let alert_id = row.alert_id;
+        let facts = self
+            .blocking(move |c, _| store::alert_facts(c, alert_id))
+            .await?;
+        let outcome = match facts {
+            Some(facts) => match self.compose(&row, &facts) {
+                Ok(mail) => self.mailer.send(&mail).await,
+                Err(e) => Err(e),
+            },
+            None => Err(MailError::Build(format!("alert {alert_id} not found"))),
+        };
+        let now = wall_now();
+        let id = row.id;
+        match outcome {
+            Ok(delivered) => {
+                let kept = self
+                    .blocking(move |c, me| store::mark_sent(c, id, me, now))
+                    .await?;
+                match &delivered {
+                    Delivered::Smtp => {
+                        tracing::info!(outbox = id, alert = alert_id, role = %row.role, "alert mail sent");
+                    }
+                    Delivered::File(path) => tracing::info!(
+                        outbox = id,
+                        alert = alert_id,
+                        role = %row.role,
+                        file = %path.display(),
+                        "alert mail written to a file (no TOKENGATE_SMTP_URL)"
+                    ),
+                }
+                if !kept {
+                    tracing::warn!(
+                        outbox = id,
+                        "mail was sent after its lease ran out; another worker may send it too"
+                    );
+                }
+                Ok(Attempt::Sent)
+            }
+            Err(e) => {
+                let attempts = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
+                let policy = self.config.mail_retry;
+                let give_up = e.is_permanent() || attempts >= policy.max_attempts;
+                let retry_at = (!give_up).then(|| {
+                    now + chrono::Duration::from_std(policy.delay_after(attempts))
+                        .unwrap_or_default()
+                });
+                let error = truncate(&e.to_string(), 500);
+                self.blocking(move |c, me| store::mark_attempt_failed(c, id, me, &error, retry_at))
+                    .await?;
+                if give_up {
+                    tracing::error!(outbox = id, alert = alert_id, attempts, error = %e, "alert mail failed for good");
+                    Ok(Attempt::Failed)
+                } else {
+                    tracing::warn!(outbox = id, alert = alert_id, attempts, error = %e, "alert mail not sent; will retry");
+                    Ok(Attempt::Retrying)
+                }
+            }
+        }
+    }
+
+    fn compose(&self, row: &Claimed, facts: &AlertFacts) -> Result<Outgoing, MailError> {
+        let locale = self.config.locale;
+        let kind = if row.role == Role::Admin.as_str() {
+            Kind::AlertAdmin
+        } else {
+            Kind::AlertUser
+        };
+        let ctx = AlertContext::new(facts, &self.config, locale);
+        let rendered = self
+            .templates
+            .render(kind, locale, &ctx)
+            .map_err(|e| MailError::Build(e.to_string()))?;
+        Ok(Outgoing {
+            to: row.recipient.clone(),
+            rendered,
+            message_id: format!("tokengate.alert-{}.{}", row.alert_id, row.id),
+        })
+    }
+
+    /// Until the next message is due, within bounds.
+    async fn idle_wait(&self) -> Duration {
+        let next = self.blocking(|c, _| store::next_due(c)).await;
+        match next {
+            Ok(Some(at)) => (at - wall_now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .clamp(Duration::from_millis(10), POLL),
+            _ => POLL,
+        }
+    }
+
+    /// Long enough that a live sender never loses its lease: every SMTP step of a
+    /// batch may hit its timeout.
+    fn lease(&self) -> Duration {
+        (self.config.smtp_timeout * 10).max(Duration::from_secs(600))
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut crate::db::AnyConnection, &str) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        let id = self.worker_id.clone();
+        actix_web::web::block(move || {
+            let mut conn = db.conn()?;
+            f(&mut conn, &id)
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable("mail worker task was cancelled".into()))?
+    }
+}
+
+enum Attempt {
+    Sent,
+    Retrying,
+    Failed,
+}
+
+/// The values alert templates see, formatted for the locale.
+#[derive(Serialize)]
+struct AlertContext {
+    name: Option<String>,
+    user_label: String,
+    threshold: i32,
+    percent: u8,
+    blocked: bool,
+    plan_name: String,
+    plan_allowance: String,
+    used: String,
+    left: String,
+    resets_on: String,
+    contact: Option<String>,
+    notified: bool,
+    dashboard_url: String,
+}
+
+impl AlertContext {
+    fn new(f: &AlertFacts, config: &Config, locale: Locale) -> Self {
+        let left = f.allowance_left + f.credits;
+        let resets_on = Cycle::parse(&f.cycle)
+            .map(|c| {
+                let start = c.next().starts_at(config.timezone);
+                i18n::date(start.with_timezone(&config.timezone).date_naive(), locale)
+            })
+            .unwrap_or_default();
+        let user_label = match (&f.user_email, &f.external_id) {
+            (Some(email), _) => email.clone(),
+            (None, Some(ext)) => format!("#{} ({})", f.user_id, truncate(ext, 64)),
+            (None, None) => format!("#{}", f.user_id),
+        };
+        Self {
+            name: f.user_name.clone(),
+            user_label,
+            threshold: f.threshold,
+            percent: used_percent(f.used_this_cycle, left),
+            blocked: f.threshold >= 100,
+            plan_name: f.plan_name.clone(),
+            plan_allowance: i18n::tokens(f.plan_allowance, locale),
+            used: i18n::tokens(f.used_this_cycle, locale),
+            left: i18n::tokens(left.max(0), locale),
+            resets_on,
+            contact: config.support_contact.clone(),
+            notified: f.user_notified,
+            dashboard_url: format!("{}/admin/users/{}", config.public_url, f.user_id),
+        }
+    }
+}
+
+fn wall_now() -> NaiveDateTime {
+    crate::domain::Clock::now(&crate::domain::SystemClock).naive_utc()
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    s.chars().take(max_chars).collect()
+}
+
+/// Sends the message `tokengate mail test` asks for, with the configured transport.
+pub async fn send_test(config: &Config, to: &str) -> Result<(Delivered, String), MailError> {
+    let mailer = Mailer::from_config(config)?;
+    let templates = Templates::new().map_err(|e| MailError::Build(e.to_string()))?;
+    #[derive(Serialize)]
+    struct TestContext<'a> {
+        transport: &'a str,
+        from: String,
+    }
+    let rendered = templates
+        .render(
+            Kind::Test,
+            config.locale,
+            &TestContext {
+                transport: mailer.describe(),
+                from: mailer.from_address(),
+            },
+        )
+        .map_err(|e| MailError::Build(e.to_string()))?;
+    let mail = Outgoing {
+        to: to.to_owned(),
+        rendered,
+        message_id: format!("tokengate.test-{}", Utc::now().timestamp_micros()),
+    };
+    let delivered = mailer.send(&mail).await?;
+    Ok((delivered, mailer.describe().to_owned()))
+}

@@ -1,0 +1,56 @@
+//! Number and date formats for user-facing text: Brazilian by default
+//! (1.000.000 tokens, 01/12/2026), English with `TOKENGATE_LOCALE=en`.
+
+use crate::config::Locale;
+use chrono::NaiveDate;
+
+/// A whole number with the locale's thousands separator: `1.000.000` or `1,000,000`.
+pub fn tokens(n: i64, locale: Locale) -> String {
+    let sep = match locale {
+        Locale::PtBr => '.',
+        Locale::En => ',',
+    };
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if n < 0 {
+        out.push('-');
+    }
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(sep);
+        }
+        out.push(d);
+    }
+    out
+}
+
+/// A calendar date: `01/12/2026` (dd/mm/aaaa) or `December 1, 2026`.
+pub fn date(d: NaiveDate, locale: Locale) -> String {
+    match locale {
+        Locale::PtBr => d.format("%d/%m/%Y").to_string(),
+        Locale::En => d.format("%B %-d, %Y").to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brazilian_and_english_thousands() {
+        assert_eq!(tokens(0, Locale::PtBr), "0");
+        assert_eq!(tokens(999, Locale::PtBr), "999");
+        assert_eq!(tokens(1000, Locale::PtBr), "1.000");
+        assert_eq!(tokens(1_000_000, Locale::PtBr), "1.000.000");
+        assert_eq!(tokens(250_000, Locale::En), "250,000");
+        assert_eq!(tokens(-12_345, Locale::PtBr), "-12.345");
+        assert_eq!(tokens(i64::MIN, Locale::En), "-9,223,372,036,854,775,808");
+    }
+
+    #[test]
+    fn dates_in_each_locale() {
+        let d = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap_or_default();
+        assert_eq!(date(d, Locale::PtBr), "01/12/2026");
+        assert_eq!(date(d, Locale::En), "December 1, 2026");
+    }
+}

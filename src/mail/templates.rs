@@ -1,0 +1,277 @@
+//! Message templates from `templates/mail/`, compiled into the binary.
+//!
+//! Each message has a plain-text template, which also sets `subject`, and an HTML
+//! template. HTML templates escape every value (minijinja's auto-escape for `.html`),
+//! so names and addresses cannot inject markup; subjects are flattened to one line.
+
+use crate::config::Locale;
+use minijinja::{Environment, Value};
+use serde::Serialize;
+
+const SOURCES: &[(&str, &str)] = &[
+    (
+        "layout.html",
+        include_str!("../../templates/mail/layout.html"),
+    ),
+    (
+        "alert_user.pt-BR.txt",
+        include_str!("../../templates/mail/alert_user.pt-BR.txt"),
+    ),
+    (
+        "alert_user.pt-BR.html",
+        include_str!("../../templates/mail/alert_user.pt-BR.html"),
+    ),
+    (
+        "alert_user.en.txt",
+        include_str!("../../templates/mail/alert_user.en.txt"),
+    ),
+    (
+        "alert_user.en.html",
+        include_str!("../../templates/mail/alert_user.en.html"),
+    ),
+    (
+        "alert_admin.pt-BR.txt",
+        include_str!("../../templates/mail/alert_admin.pt-BR.txt"),
+    ),
+    (
+        "alert_admin.pt-BR.html",
+        include_str!("../../templates/mail/alert_admin.pt-BR.html"),
+    ),
+    (
+        "alert_admin.en.txt",
+        include_str!("../../templates/mail/alert_admin.en.txt"),
+    ),
+    (
+        "alert_admin.en.html",
+        include_str!("../../templates/mail/alert_admin.en.html"),
+    ),
+    (
+        "test.pt-BR.txt",
+        include_str!("../../templates/mail/test.pt-BR.txt"),
+    ),
+    (
+        "test.pt-BR.html",
+        include_str!("../../templates/mail/test.pt-BR.html"),
+    ),
+    (
+        "test.en.txt",
+        include_str!("../../templates/mail/test.en.txt"),
+    ),
+    (
+        "test.en.html",
+        include_str!("../../templates/mail/test.en.html"),
+    ),
+];
+
+/// Which message to render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// To the user whose usage crossed a threshold.
+    AlertUser,
+    /// The admins' copy of an alert.
+    AlertAdmin,
+    /// `tokengate mail test`.
+    Test,
+}
+
+impl Kind {
+    fn stem(self) -> &'static str {
+        match self {
+            Self::AlertUser => "alert_user",
+            Self::AlertAdmin => "alert_admin",
+            Self::Test => "test",
+        }
+    }
+}
+
+fn lang(locale: Locale) -> &'static str {
+    match locale {
+        Locale::PtBr => "pt-BR",
+        Locale::En => "en",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("mail template {name}: {source}")]
+pub struct TemplateError {
+    name: String,
+    #[source]
+    source: minijinja::Error,
+}
+
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl Templates {
+    /// Compiles every template; an error here is a bug in `templates/mail/`.
+    pub fn new() -> Result<Self, TemplateError> {
+        let mut env = Environment::new();
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(|source| TemplateError {
+                name: "syntax".into(),
+                source,
+            })?;
+        env.set_syntax(syntax);
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        for (name, source) in SOURCES {
+            env.add_template(name, source)
+                .map_err(|source| TemplateError {
+                    name: (*name).to_owned(),
+                    source,
+                })?;
+        }
+        Ok(Self { env })
+    }
+
+    pub fn render(
+        &self,
+        kind: Kind,
+        locale: Locale,
+        ctx: &impl Serialize,
+    ) -> Result<Rendered, TemplateError> {
+        let lang = lang(locale);
+        let text_name = format!("{}.{lang}.txt", kind.stem());
+        let html_name = format!("{}.{lang}.html", kind.stem());
+        let fail = |name: &str| {
+            let name = name.to_owned();
+            move |source| TemplateError { name, source }
+        };
+        let ctx = Value::from(minijinja::value::Serde(ctx));
+        let text_tmpl = self
+            .env
+            .get_template(&text_name)
+            .map_err(fail(&text_name))?;
+        let captured = text_tmpl
+            .render_captured(ctx.clone())
+            .map_err(fail(&text_name))?;
+        let subject = captured
+            .state()
+            .lookup("subject")
+            .map(|v| one_line(&v.to_string()))
+            .unwrap_or_default();
+        let text = tidy(captured.output());
+        let html = self
+            .env
+            .get_template(&html_name)
+            .map_err(fail(&html_name))?
+            .render(minijinja::context! { subject => &subject, lang => lang, ..ctx })
+            .map_err(fail(&html_name))?;
+        Ok(Rendered {
+            subject,
+            text,
+            html,
+        })
+    }
+}
+
+/// A header-safe subject: control characters (CR, LF, ...) become spaces.
+fn one_line(s: &str) -> String {
+    s.split(|c: char| c.is_control())
+        .flat_map(str::split_whitespace)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Plain text without the blank lines conditional blocks leave behind.
+fn tidy(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut blank_run = 0;
+    for line in s.trim().lines() {
+        if line.trim().is_empty() {
+            blank_run += 1;
+            if blank_run > 1 {
+                continue;
+            }
+        } else {
+            blank_run = 0;
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn alert_ctx(name: &str, blocked: bool) -> serde_json::Value {
+        json!({
+            "name": name, "user_label": "ana@example.com", "threshold": if blocked { 100 } else { 80 },
+            "percent": if blocked { 100 } else { 83 }, "blocked": blocked, "plan_name": "Mensal",
+            "used": "830.000", "left": "170.000", "plan_allowance": "1.000.000",
+            "resets_on": "01/12/2026", "contact": "suporte@example.com", "notified": true,
+            "dashboard_url": "http://127.0.0.1:8080/admin/users/7",
+        })
+    }
+
+    #[test]
+    fn every_template_renders_in_both_languages() -> Result<(), TemplateError> {
+        let t = Templates::new()?;
+        for locale in [Locale::PtBr, Locale::En] {
+            for kind in [Kind::AlertUser, Kind::AlertAdmin] {
+                for blocked in [false, true] {
+                    let r = t.render(kind, locale, &alert_ctx("Ana", blocked))?;
+                    assert!(!r.subject.is_empty());
+                    assert!(r.text.contains("830"), "{}", r.text);
+                    assert!(r.html.contains("<html lang="), "{}", r.html);
+                    assert!(!r.text.contains("\n\n\n"), "{}", r.text);
+                }
+            }
+            let r = t.render(
+                Kind::Test,
+                locale,
+                &json!({"transport": "smtp://mail:25", "from": "a@b.c"}),
+            )?;
+            assert!(r.subject.starts_with("tokengate"));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn subjects_read_at_a_glance() -> Result<(), TemplateError> {
+        let t = Templates::new()?;
+        let warn = t.render(Kind::AlertUser, Locale::PtBr, &alert_ctx("Ana", false))?;
+        assert_eq!(
+            warn.subject,
+            "Aviso: você já usou 80% dos seus tokens deste mês"
+        );
+        let out = t.render(Kind::AlertUser, Locale::En, &alert_ctx("Ana", true))?;
+        assert_eq!(out.subject, "You are out of tokens: chat is paused");
+        Ok(())
+    }
+
+    #[test]
+    fn names_cannot_inject_markup_or_headers() -> Result<(), TemplateError> {
+        let t = Templates::new()?;
+        let mut ctx = alert_ctx("<script>alert(1)</script>", false);
+        ctx["user_label"] = json!("x@example.com\r\nBcc: evil@example.com");
+        let r = t.render(Kind::AlertAdmin, Locale::PtBr, &ctx)?;
+        assert!(!r.html.contains("<script>"), "{}", r.html);
+        assert!(r.html.contains("&lt;script&gt;"), "{}", r.html);
+        assert!(!r.subject.contains('\n') && !r.subject.contains('\r'));
+        Ok(())
+    }
+
+    #[test]
+    fn a_missing_value_is_an_error_not_a_blank() -> Result<(), TemplateError> {
+        let t = Templates::new()?;
+        assert!(
+            t.render(Kind::AlertUser, Locale::PtBr, &json!({"name": "Ana"}))
+                .is_err()
+        );
+        Ok(())
+    }
+}
