@@ -132,7 +132,7 @@ fn serve(config: Config) -> CmdResult {
 fn mail_test(config: &Config, address: &str) -> CmdResult {
     let to = Email::parse(address).map_err(|e| format!("{address:?}: {e}"))?;
     let outcome = actix_web::rt::System::new()
-        .block_on(async { crate::alerts::worker::send_test(config, to.as_str()).await })?;
+        .block_on(async { crate::mail::send_test(config, to.as_str()).await })?;
     match outcome {
         (crate::mail::Delivered::Smtp, via) => println!("Test message sent to {to} via {via}."),
         (crate::mail::Delivered::File(path), _) => println!(

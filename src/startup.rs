@@ -95,6 +95,7 @@ impl Application {
         let mailer = Mailer::from_config(&config).map_err(|e| StartupError::Mail(e.to_string()))?;
         let templates = Templates::new().map_err(|e| StartupError::Mail(e.to_string()))?;
         let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::default());
         let mail_worker = MailWorker::new(
             db,
             Arc::new(mailer),
@@ -102,13 +103,14 @@ impl Application {
             config.clone(),
             config.instance_id.clone(),
             ledger.outbox_signal(),
+            metrics.clone(),
         );
         let state = web::Data::new(AppState {
             config,
             ledger,
             keys,
             upstream,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
         });
         let app_state = state.clone();
         let server = HttpServer::new(move || {

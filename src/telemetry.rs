@@ -34,9 +34,35 @@ pub struct Metrics {
     settled: [AtomicU64; 7],
     charged: AtomicU64,
     rejected: [AtomicU64; 3],
+    /// Alert mail: sent, attempts that will be retried, given up.
+    mail: [AtomicU64; 3],
+}
+
+/// What happened to one attempt at sending an alert message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailResult {
+    Sent,
+    Retrying,
+    Failed,
+}
+
+impl MailResult {
+    const ALL: [Self; 3] = [Self::Sent, Self::Retrying, Self::Failed];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Retrying => "retrying",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 impl Metrics {
+    pub fn record_mail(&self, result: MailResult) {
+        self.mail[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn record_settlement(&self, outcome: Outcome, charged: i64) {
         if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
             self.settled[i].fetch_add(1, Ordering::Relaxed);
@@ -91,6 +117,18 @@ impl Metrics {
             "tokengate_tokens_charged_total {}",
             self.charged.load(Ordering::Relaxed)
         );
+        out.push_str(
+            "# HELP tokengate_mail_attempts_total Attempts at sending alert mail, by result.\n",
+        );
+        out.push_str("# TYPE tokengate_mail_attempts_total counter\n");
+        for r in MailResult::ALL {
+            let _ = writeln!(
+                out,
+                "tokengate_mail_attempts_total{{result=\"{}\"}} {}",
+                r.label(),
+                self.mail[r as usize].load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }

@@ -14,7 +14,8 @@ use crate::db::{Database, StoreError, write_tx};
 use crate::domain::{Cycle, used_percent};
 use crate::i18n;
 use crate::mail::{Delivered, Kind, MailError, Mailer, Outgoing, Templates};
-use chrono::{NaiveDateTime, Utc};
+use crate::telemetry::{MailResult, Metrics};
+use chrono::NaiveDateTime;
 use futures_util::StreamExt;
 use serde::Serialize;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub struct MailWorker {
     config: Arc<Config>,
     worker_id: String,
     signal: Arc<Notify>,
+    metrics: Arc<Metrics>,
 }
 
 /// What one round did.
@@ -59,6 +61,7 @@ impl MailWorker {
         config: Arc<Config>,
         worker_id: String,
         signal: Arc<Notify>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             db,
@@ -67,6 +70,7 @@ impl MailWorker {
             config,
             worker_id,
             signal,
+            metrics,
         }
     }
 
@@ -110,16 +114,18 @@ impl MailWorker {
             .await;
         let mut round = Round::default();
         for r in results {
-            match r? {
-                Attempt::Sent => round.sent += 1,
-                Attempt::Retrying => round.retrying += 1,
-                Attempt::Failed => round.failed += 1,
+            let result = r?;
+            self.metrics.record_mail(result);
+            match result {
+                MailResult::Sent => round.sent += 1,
+                MailResult::Retrying => round.retrying += 1,
+                MailResult::Failed => round.failed += 1,
             }
         }
         Ok(round)
     }
 
-    async fn deliver(&self, row: Claimed) -> Result<Attempt, StoreError> {
+    async fn deliver(&self, row: Claimed) -> Result<MailResult, StoreError> {
         let alert_id = row.alert_id;
         let facts = self
             .blocking(move |c, _| store::alert_facts(c, alert_id))
@@ -156,7 +162,7 @@ impl MailWorker {
                         "mail was sent after its lease ran out; another worker may send it too"
                     );
                 }
-                Ok(Attempt::Sent)
+                Ok(MailResult::Sent)
             }
             Err(e) => {
                 let attempts = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
@@ -171,10 +177,10 @@ impl MailWorker {
                     .await?;
                 if give_up {
                     tracing::error!(outbox = id, alert = alert_id, attempts, error = %e, "alert mail failed for good");
-                    Ok(Attempt::Failed)
+                    Ok(MailResult::Failed)
                 } else {
                     tracing::warn!(outbox = id, alert = alert_id, attempts, error = %e, "alert mail not sent; will retry");
-                    Ok(Attempt::Retrying)
+                    Ok(MailResult::Retrying)
                 }
             }
         }
@@ -233,12 +239,6 @@ impl MailWorker {
     }
 }
 
-enum Attempt {
-    Sent,
-    Retrying,
-    Failed,
-}
-
 /// The values alert templates see, formatted for the locale.
 #[derive(Serialize)]
 struct AlertContext {
@@ -295,32 +295,4 @@ fn wall_now() -> NaiveDateTime {
 
 fn truncate(s: &str, max_chars: usize) -> String {
     s.chars().take(max_chars).collect()
-}
-
-/// Sends the message `tokengate mail test` asks for, with the configured transport.
-pub async fn send_test(config: &Config, to: &str) -> Result<(Delivered, String), MailError> {
-    let mailer = Mailer::from_config(config)?;
-    let templates = Templates::new().map_err(|e| MailError::Build(e.to_string()))?;
-    #[derive(Serialize)]
-    struct TestContext<'a> {
-        transport: &'a str,
-        from: String,
-    }
-    let rendered = templates
-        .render(
-            Kind::Test,
-            config.locale,
-            &TestContext {
-                transport: mailer.describe(),
-                from: mailer.from_address(),
-            },
-        )
-        .map_err(|e| MailError::Build(e.to_string()))?;
-    let mail = Outgoing {
-        to: to.to_owned(),
-        rendered,
-        message_id: format!("tokengate.test-{}", Utc::now().timestamp_micros()),
-    };
-    let delivered = mailer.send(&mail).await?;
-    Ok((delivered, mailer.describe().to_owned()))
 }

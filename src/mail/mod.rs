@@ -10,6 +10,7 @@ use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::AsyncSmtpTransport;
 use lettre::{Address, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 pub use templates::{Kind, Rendered, Templates};
@@ -155,6 +156,34 @@ impl Mailer {
             )
             .map_err(|e| MailError::Build(e.to_string()))
     }
+}
+
+/// Sends the message `tokengate mail test` asks for, with the configured transport.
+pub async fn send_test(config: &Config, to: &str) -> Result<(Delivered, String), MailError> {
+    let mailer = Mailer::from_config(config)?;
+    let templates = Templates::new().map_err(|e| MailError::Build(e.to_string()))?;
+    #[derive(Serialize)]
+    struct TestContext<'a> {
+        transport: &'a str,
+        from: String,
+    }
+    let rendered = templates
+        .render(
+            Kind::Test,
+            config.locale,
+            &TestContext {
+                transport: mailer.describe(),
+                from: mailer.from_address(),
+            },
+        )
+        .map_err(|e| MailError::Build(e.to_string()))?;
+    let mail = Outgoing {
+        to: to.to_owned(),
+        rendered,
+        message_id: format!("tokengate.test-{}", chrono::Utc::now().timestamp_micros()),
+    };
+    let delivered = mailer.send(&mail).await?;
+    Ok((delivered, mailer.describe().to_owned()))
 }
 
 /// Addresses are checked again here, whatever checked them before: a bad one fails

@@ -555,6 +555,22 @@ async fn a_rejected_recipient_fails_after_the_retries_without_blocking_others() 
     let mail = smtp.messages();
     assert_eq!(mail.len(), 5);
     assert!(mail.iter().all(|m| m.to() != "recusado@example.com"));
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "tokengate_mail_attempts_total{result=\"sent\"} 5",
+        "tokengate_mail_attempts_total{result=\"retrying\"} 2",
+        "tokengate_mail_attempts_total{result=\"failed\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
 }
 
 #[actix_web::test]
