@@ -76,6 +76,21 @@ pub enum Locale {
 }
 
 impl Locale {
+    /// The text for this locale: `locale.pick("Usuários", "Users")`.
+    pub fn pick<'a>(self, pt_br: &'a str, en: &'a str) -> &'a str {
+        match self {
+            Self::PtBr => pt_br,
+            Self::En => en,
+        }
+    }
+
+    pub fn html_lang(self) -> &'static str {
+        match self {
+            Self::PtBr => "pt-BR",
+            Self::En => "en",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
             "pt-br" | "pt_br" | "pt" => Some(Self::PtBr),
@@ -127,6 +142,8 @@ pub struct Config {
     /// Per SMTP command (connect, each reply).
     pub smtp_timeout: Duration,
     pub mail_retry: crate::alerts::RetryPolicy,
+    /// The dashboard's CSS and scripts (`static/` in the repository).
+    pub static_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -318,6 +335,8 @@ impl Config {
             Ok(n) if (1..=100).contains(&n) => Ok(()),
             _ => Err("expected a number of attempts from 1 to 100".into()),
         });
+        let static_dir =
+            PathBuf::from(get("TOKENGATE_STATIC_DIR").unwrap_or_else(|| "static".into()));
         let mail_dir =
             PathBuf::from(get("TOKENGATE_MAIL_DIR").unwrap_or_else(|| "data/mail".into()));
         let instance_id =
@@ -388,6 +407,7 @@ impl Config {
                 instance_id,
                 db_pool_size: pool_raw.parse().unwrap_or(16),
                 mail_dir,
+                static_dir,
                 smtp_timeout: mail_durations[0],
                 mail_retry: crate::alerts::RetryPolicy {
                     base: mail_durations[1],

@@ -32,6 +32,16 @@ pub fn date(d: NaiveDate, locale: Locale) -> String {
     }
 }
 
+/// A UTC timestamp shown in the configured time zone: `22/11/2026 14:03` or
+/// `Nov 22, 2026 14:03`.
+pub fn datetime(utc: chrono::NaiveDateTime, tz: chrono_tz::Tz, locale: Locale) -> String {
+    let local = utc.and_utc().with_timezone(&tz);
+    match locale {
+        Locale::PtBr => local.format("%d/%m/%Y %H:%M").to_string(),
+        Locale::En => local.format("%b %-d, %Y %H:%M").to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 //! Where to find things:
 //! - [`proxy`]: the `/v1` hot path (auth, identity, estimate, reserve, forward, settle).
 //! - [`ledger`]: balances, holds, the append-only ledger and usage records.
+//! - [`admin`]: the admin dashboard (maud pages, sessions, CSRF).
 //! - [`alerts`]: threshold alerts, their outbox and the mail worker; [`mail`]: SMTP
 //!   and message templates; [`i18n`]: pt-BR and English number and date formats.
 //! - [`db`]: connections, pools and migrations for SQLite and PostgreSQL.
@@ -10,6 +11,7 @@
 //! - [`config`]: environment configuration; [`cli`]: the command line.
 //! - [`startup`]: wiring the HTTP server and background tasks.
 
+pub mod admin;
 pub mod alerts;
 pub mod bootstrap;
 pub mod cli;

@@ -112,12 +112,17 @@ impl Application {
             upstream,
             metrics,
         });
+        let session_key = crate::admin::session::load_key(state.ledger.db())?;
+        let secure_cookie = state.config.public_url.starts_with("https://");
+        let static_dir = state.config.static_dir.clone();
         let app_state = state.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
                 .configure(crate::ops::configure)
                 .configure(crate::proxy::configure)
+                .configure(|cfg| crate::admin::configure(cfg, session_key.clone(), secure_cookie))
+                .service(actix_files::Files::new("/static", &static_dir).prefer_utf8(true))
         })
         .listen(listener)
         .map_err(|e| StartupError::Bind(String::from("listener"), e))?

@@ -155,7 +155,28 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    audit_log (id) {
+        id -> BigInt,
+        actor -> Text,
+        action -> Text,
+        user_id -> Nullable<BigInt>,
+        details -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    login_failures (id) {
+        id -> BigInt,
+        email -> Text,
+        address -> Text,
+        created_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(users -> plans (plan_id));
+diesel::joinable!(audit_log -> users (user_id));
 diesel::joinable!(alerts -> users (user_id));
 diesel::joinable!(outbox -> alerts (alert_id));
 diesel::joinable!(balances -> users (user_id));
@@ -176,4 +197,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     instances,
     alerts,
     outbox,
+    audit_log,
+    login_failures,
 );

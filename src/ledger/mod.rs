@@ -4,6 +4,8 @@
 //! row, so reservations of one user are serialized on any number of replicas and a
 //! user can never reserve more than `allowance_left + credits - held`.
 
+pub mod audit;
+pub mod stats;
 mod tx;
 pub mod views;
 
@@ -12,6 +14,7 @@ use crate::db::{Database, StoreError, write_tx};
 use crate::domain::{Clock, Cycle, Email, Identity, TokenAmount, Weights};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use diesel::prelude::*;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -294,24 +297,147 @@ impl Ledger {
         name: &str,
         monthly_allowance: i64,
         make_default: bool,
+        actor: &Actor,
     ) -> Result<i64, LedgerError> {
         let ctx = tx::Ctx::new(self.now(), self.tz);
         let mut conn = self.db.conn()?;
         write_tx(&mut conn, |c| {
-            tx::create_plan(c, &ctx, name, monthly_allowance, make_default)
+            tx::create_plan(c, &ctx, name, monthly_allowance, make_default, actor)
         })
     }
 
-    pub fn set_weights(&self, model: &str, weights: Weights) -> Result<(), StoreError> {
-        let now = self.now().naive_utc();
+    /// Renames a plan or changes its allowance; users get the new allowance from their
+    /// next cycle.
+    pub fn update_plan(
+        &self,
+        plan_id: i64,
+        name: &str,
+        monthly_allowance: i64,
+        actor: &Actor,
+    ) -> Result<(), LedgerError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
         let mut conn = self.db.conn()?;
-        write_tx(&mut conn, |c| tx::set_weights(c, model, weights, now))
+        write_tx(&mut conn, |c| {
+            tx::update_plan(c, &ctx, plan_id, name, monthly_allowance, actor)
+        })
     }
 
-    pub fn set_suspended(&self, user: &UserRef, suspended: bool) -> Result<(), LedgerError> {
+    pub fn set_default_plan(&self, plan_id: i64, actor: &Actor) -> Result<(), LedgerError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
+        let mut conn = self.db.conn()?;
+        write_tx(&mut conn, |c| tx::set_default_plan(c, &ctx, plan_id, actor))
+    }
+
+    /// Moves a user to another plan now; this cycle's allowance changes by the
+    /// difference between the two plans.
+    pub fn change_plan(
+        &self,
+        user_id: i64,
+        plan_id: i64,
+        actor: &Actor,
+    ) -> Result<(), LedgerError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
+        let mut conn = self.db.conn()?;
+        write_tx(&mut conn, |c| {
+            tx::change_plan(c, &ctx, user_id, plan_id, actor)
+        })
+    }
+
+    pub fn set_weights(
+        &self,
+        model: &str,
+        weights: Weights,
+        actor: &Actor,
+    ) -> Result<(), StoreError> {
         let now = self.now().naive_utc();
         let mut conn = self.db.conn()?;
-        write_tx(&mut conn, |c| tx::set_suspended(c, user, suspended, now))
+        write_tx(&mut conn, |c| {
+            tx::set_weights(c, model, weights, now, actor)
+        })
+    }
+
+    pub fn set_suspended(
+        &self,
+        user: &UserRef,
+        suspended: bool,
+        actor: &Actor,
+    ) -> Result<(), LedgerError> {
+        let now = self.now().naive_utc();
+        let mut conn = self.db.conn()?;
+        write_tx(&mut conn, |c| {
+            tx::set_suspended(c, user, suspended, now, actor)
+        })
+    }
+
+    /// The dashboard's overview of usage and user states.
+    pub fn overview(&self) -> Result<stats::Overview, StoreError> {
+        let now = self.now();
+        let cycle = self.current_cycle();
+        let mut conn = self.db.conn()?;
+        stats::overview(
+            &mut conn,
+            now,
+            self.tz,
+            &cycle.key(),
+            cycle.starts_at(self.tz),
+        )
+    }
+
+    /// A page of the user list and the number of users that match.
+    pub fn list_users_page(
+        &self,
+        q: &stats::UserQuery,
+    ) -> Result<(Vec<stats::UserRow>, i64), StoreError> {
+        let key = self.current_cycle().key();
+        let mut conn = self.db.conn()?;
+        stats::list_users(&mut conn, q, &key)
+    }
+
+    /// What a user spent this cycle, per model.
+    pub fn usage_by_model(&self, user_id: i64) -> Result<Vec<stats::ModelUsage>, StoreError> {
+        let since = self.current_cycle().starts_at(self.tz);
+        let mut conn = self.db.conn()?;
+        Ok(stats::usage_by_model(&mut conn, user_id, since)?)
+    }
+
+    /// Every plan, with how many users are on it.
+    pub fn plans(&self) -> Result<Vec<views::PlanRow>, StoreError> {
+        let mut conn = self.db.conn()?;
+        Ok(views::plans(&mut conn)?)
+    }
+
+    /// Every model with a weight set.
+    pub fn weights(&self) -> Result<Vec<(String, Weights)>, StoreError> {
+        let mut conn = self.db.conn()?;
+        Ok(views::weights(&mut conn)?)
+    }
+
+    /// A user's newest ledger entries first.
+    pub fn recent_ledger_entries(
+        &self,
+        user_id: i64,
+        limit: i64,
+    ) -> Result<Vec<views::LedgerEntry>, StoreError> {
+        let mut conn = self.db.conn()?;
+        Ok(views::recent_ledger_entries(&mut conn, user_id, limit)?)
+    }
+
+    pub fn audit_count(&self) -> Result<i64, StoreError> {
+        let mut conn = self.db.conn()?;
+        Ok(crate::db::schema::audit_log::table
+            .count()
+            .get_result(&mut conn)?)
+    }
+
+    /// The audit log, newest first (of one user, or of everything).
+    pub fn audit_entries(
+        &self,
+        user_id: Option<i64>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<audit::AuditEntry>, StoreError> {
+        let mut conn = self.db.conn()?;
+        audit::entries(&mut conn, user_id, limit, offset)
     }
 
     /// Records this process as alive and frees every hold a previous run of the same

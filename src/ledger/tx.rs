@@ -1,5 +1,6 @@
 //! Transaction bodies. Each runs inside `db::write_tx` and may be retried whole.
 
+use super::audit::{self, Action};
 use super::{
     Actor, Blocked, Reservation, ReserveOutcome, ReserveRequest, SettleResult, Settlement, UserRef,
 };
@@ -14,6 +15,7 @@ use crate::domain::{
 use chrono::{DateTime, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 use diesel::prelude::*;
+use serde_json::json;
 
 type Conn = AnyConnection;
 
@@ -274,7 +276,153 @@ pub(super) fn grant_credits(
         used_percent(bal.used_this_cycle, bal.allowance_left + credits),
         ctx.now,
     )?;
+    audit::record(
+        c,
+        actor,
+        Action::GrantCredits,
+        Some(user_id),
+        &json!({"tokens": amount.get(), "note": note}),
+        ctx.now,
+    )?;
     Ok(user_id)
+}
+
+/// Moves a user to another plan at once: the current cycle's allowance changes by the
+/// difference between the plans (never below zero), as an `adjustment` in the ledger.
+pub(super) fn change_plan(
+    c: &mut Conn,
+    ctx: &Ctx,
+    user_id: i64,
+    plan_id: i64,
+    actor: &Actor,
+) -> Result<(), super::LedgerError> {
+    let bal = lock_and_roll(c, ctx, user_id)?;
+    let (old_id, old_name, old_allowance): (i64, String, i64) = users::table
+        .inner_join(plans::table)
+        .filter(users::id.eq(user_id))
+        .select((plans::id, plans::name, plans::monthly_allowance))
+        .first(c)?;
+    let (new_name, new_allowance): (String, i64) = plans::table
+        .find(plan_id)
+        .select((plans::name, plans::monthly_allowance))
+        .first(c)
+        .optional()?
+        .ok_or_else(|| super::LedgerError::PlanNotFound(format!("#{plan_id}")))?;
+    if old_id == plan_id {
+        return Ok(());
+    }
+    let allowance_left = (bal.allowance_left + new_allowance - old_allowance).max(0);
+    let delta = allowance_left - bal.allowance_left;
+    diesel::update(users::table.find(user_id))
+        .set((users::plan_id.eq(plan_id), users::updated_at.eq(ctx.now)))
+        .execute(c)?;
+    diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
+        .set(balances::allowance_left.eq(allowance_left))
+        .execute(c)?;
+    let note = format!("{old_name} -> {new_name}");
+    if delta != 0 {
+        append_ledger(
+            c,
+            ctx,
+            user_id,
+            &LedgerChange {
+                kind: "adjustment",
+                delta_allowance: delta,
+                delta_credits: 0,
+                actor: actor.label(),
+                note: Some(&note),
+                request_id: None,
+            },
+            allowance_left,
+            bal.credits,
+        )?;
+    }
+    alert_store::rearm(
+        c,
+        user_id,
+        &ctx.cycle_key,
+        used_percent(bal.used_this_cycle, allowance_left + bal.credits),
+        ctx.now,
+    )?;
+    audit::record(
+        c,
+        actor,
+        Action::ChangePlan,
+        Some(user_id),
+        &json!({"from": old_name, "to": new_name, "allowance_delta": delta}),
+        ctx.now,
+    )?;
+    Ok(())
+}
+
+/// Renames a plan or changes its monthly allowance (from each user's next cycle).
+pub(super) fn update_plan(
+    c: &mut Conn,
+    ctx: &Ctx,
+    plan_id: i64,
+    name: &str,
+    monthly_allowance: i64,
+    actor: &Actor,
+) -> Result<(), super::LedgerError> {
+    let (old_name, old_allowance): (String, i64) = plans::table
+        .find(plan_id)
+        .select((plans::name, plans::monthly_allowance))
+        .first(c)
+        .optional()?
+        .ok_or_else(|| super::LedgerError::PlanNotFound(format!("#{plan_id}")))?;
+    let clash: i64 = plans::table
+        .filter(plans::name.eq(name))
+        .filter(plans::id.ne(plan_id))
+        .count()
+        .get_result(c)?;
+    if clash > 0 {
+        return Err(super::LedgerError::PlanExists(name.to_owned()));
+    }
+    diesel::update(plans::table.find(plan_id))
+        .set((
+            plans::name.eq(name),
+            plans::monthly_allowance.eq(monthly_allowance),
+        ))
+        .execute(c)?;
+    audit::record(
+        c,
+        actor,
+        Action::EditPlan,
+        None,
+        &json!({"plan": name, "old_name": old_name, "allowance": monthly_allowance, "old_allowance": old_allowance}),
+        ctx.now,
+    )?;
+    Ok(())
+}
+
+/// New users start on the default plan.
+pub(super) fn set_default_plan(
+    c: &mut Conn,
+    ctx: &Ctx,
+    plan_id: i64,
+    actor: &Actor,
+) -> Result<(), super::LedgerError> {
+    let name: String = plans::table
+        .find(plan_id)
+        .select(plans::name)
+        .first(c)
+        .optional()?
+        .ok_or_else(|| super::LedgerError::PlanNotFound(format!("#{plan_id}")))?;
+    diesel::update(plans::table.filter(plans::is_default.eq(1)))
+        .set(plans::is_default.eq(0))
+        .execute(c)?;
+    diesel::update(plans::table.find(plan_id))
+        .set(plans::is_default.eq(1))
+        .execute(c)?;
+    audit::record(
+        c,
+        actor,
+        Action::SetDefaultPlan,
+        None,
+        &json!({"plan": name}),
+        ctx.now,
+    )?;
+    Ok(())
 }
 
 pub(super) fn create_user_by_email(
@@ -287,14 +435,16 @@ pub(super) fn create_user_by_email(
     if let Some(id) = super::views::find_user(c, &UserRef::Email(email.clone()))? {
         return Ok(id);
     }
-    Ok(insert_user(
+    let id = insert_user(c, ctx, None, Some(email.as_str()), name, &actor.label())?;
+    audit::record(
         c,
-        ctx,
-        None,
-        Some(email.as_str()),
-        name,
-        &actor.label(),
-    )?)
+        actor,
+        Action::CreateUser,
+        Some(id),
+        &json!({"email": email.as_str(), "name": name}),
+        ctx.now,
+    )?;
+    Ok(id)
 }
 
 pub(super) fn create_plan(
@@ -303,6 +453,7 @@ pub(super) fn create_plan(
     name: &str,
     monthly_allowance: i64,
     make_default: bool,
+    actor: &Actor,
 ) -> Result<i64, super::LedgerError> {
     let exists: i64 = plans::table
         .filter(plans::name.eq(name))
@@ -325,6 +476,14 @@ pub(super) fn create_plan(
         ))
         .returning(plans::id)
         .get_result(c)?;
+    audit::record(
+        c,
+        actor,
+        Action::CreatePlan,
+        None,
+        &json!({"plan": name, "allowance": monthly_allowance, "default": make_default}),
+        ctx.now,
+    )?;
     Ok(id)
 }
 
@@ -333,6 +492,7 @@ pub(super) fn set_weights(
     model: &str,
     w: Weights,
     now: NaiveDateTime,
+    actor: &Actor,
 ) -> Result<(), StoreError> {
     let updated = diesel::update(model_weights::table.filter(model_weights::model.eq(model)))
         .set((
@@ -351,6 +511,14 @@ pub(super) fn set_weights(
             ))
             .execute(c)?;
     }
+    audit::record(
+        c,
+        actor,
+        Action::SetWeights,
+        None,
+        &json!({"model": model, "input_milli": w.input_milli(), "output_milli": w.output_milli()}),
+        now,
+    )?;
     Ok(())
 }
 
@@ -359,6 +527,7 @@ pub(super) fn set_suspended(
     user: &UserRef,
     suspended: bool,
     now: NaiveDateTime,
+    actor: &Actor,
 ) -> Result<(), super::LedgerError> {
     let user_id = super::views::find_user(c, user)?
         .ok_or_else(|| super::LedgerError::UserNotFound(describe(user)))?;
@@ -368,6 +537,12 @@ pub(super) fn set_suspended(
             users::updated_at.eq(now),
         ))
         .execute(c)?;
+    let action = if suspended {
+        Action::Suspend
+    } else {
+        Action::Reactivate
+    };
+    audit::record(c, actor, action, Some(user_id), &json!({}), now)?;
     Ok(())
 }
 

@@ -2,7 +2,9 @@
 
 use super::UserRef;
 use crate::db::AnyConnection;
-use crate::db::schema::{balances, holds, instances, ledger, plans, usage_records, users};
+use crate::db::schema::{
+    balances, holds, instances, ledger, model_weights, plans, usage_records, users,
+};
 use crate::domain::Cycle;
 use chrono::NaiveDateTime;
 use chrono_tz::Tz;
@@ -194,10 +196,86 @@ pub(super) fn user_summary(c: &mut Conn, user_id: i64, tz: Tz) -> QueryResult<Op
     ))
 }
 
+/// A plan as the dashboard lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanRow {
+    pub id: i64,
+    pub name: String,
+    pub monthly_allowance: i64,
+    pub is_default: bool,
+    pub users: i64,
+}
+
+pub(super) fn plans(c: &mut Conn) -> QueryResult<Vec<PlanRow>> {
+    let rows: Vec<(i64, String, i64, i32)> = plans::table
+        .order(plans::name.asc())
+        .select((
+            plans::id,
+            plans::name,
+            plans::monthly_allowance,
+            plans::is_default,
+        ))
+        .load(c)?;
+    let counts: Vec<(i64, i64)> = users::table
+        .group_by(users::plan_id)
+        .select((users::plan_id, diesel::dsl::count_star()))
+        .load(c)?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, name, monthly_allowance, is_default)| PlanRow {
+            id,
+            name,
+            monthly_allowance,
+            is_default: is_default != 0,
+            users: counts.iter().find(|(p, _)| *p == id).map_or(0, |(_, n)| *n),
+        })
+        .collect())
+}
+
+pub(super) fn weights(c: &mut Conn) -> QueryResult<Vec<(String, crate::domain::Weights)>> {
+    let rows: Vec<(String, i64, i64)> = model_weights::table
+        .order(model_weights::model.asc())
+        .select((
+            model_weights::model,
+            model_weights::input_milli,
+            model_weights::output_milli,
+        ))
+        .load(c)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(m, i, o)| crate::domain::Weights::from_milli(i, o).map(|w| (m, w)))
+        .collect())
+}
+
 pub(super) fn ledger_entries(c: &mut Conn, user_id: i64) -> QueryResult<Vec<LedgerEntry>> {
     ledger::table
         .filter(ledger::user_id.eq(user_id))
         .order(ledger::id.asc())
+        .select((
+            ledger::id,
+            ledger::kind,
+            ledger::delta_allowance,
+            ledger::delta_credits,
+            ledger::allowance_after,
+            ledger::credits_after,
+            ledger::cycle,
+            ledger::actor,
+            ledger::note,
+            ledger::request_id,
+            ledger::created_at,
+        ))
+        .load(c)
+}
+
+pub(super) fn recent_ledger_entries(
+    c: &mut Conn,
+    user_id: i64,
+    limit: i64,
+) -> QueryResult<Vec<LedgerEntry>> {
+    ledger::table
+        .filter(ledger::user_id.eq(user_id))
+        .order(ledger::id.desc())
+        .limit(limit)
         .select((
             ledger::id,
             ledger::kind,

@@ -59,7 +59,7 @@ async fn alert_app(smtp: &SmtpServer, extra: &[(&'static str, String)]) -> TestA
 fn heavy_models(app: &TestApp) {
     for (model, w) in [("w10", 10_000), ("w100", 100_000), ("w1000", 1_000_000)] {
         app.ledger
-            .set_weights(model, Weights::from_milli(1000, w).unwrap())
+            .set_weights(model, Weights::from_milli(1000, w).unwrap(), &Actor::Cli)
             .unwrap();
     }
 }
@@ -403,7 +403,11 @@ async fn one_usage_across_two_thresholds_sends_one_message() {
     let smtp = SmtpServer::start(SmtpOptions::default()).await;
     let app = alert_app(&smtp, &[("TOKENGATE_ALERT_THRESHOLDS", "80,90,100".into())]).await;
     app.ledger
-        .set_weights("wmax", Weights::from_milli(1_000_000, 1_000_000).unwrap())
+        .set_weights(
+            "wmax",
+            Weights::from_milli(1_000_000, 1_000_000).unwrap(),
+            &Actor::Cli,
+        )
         .unwrap();
     spend_to(&app, ANA, 790_000).await;
     // One request of about 200,000 tokens (its prompt costs 1,000 a token) crosses
@@ -909,7 +913,11 @@ async fn alerts_written_before_a_kill_are_sent_once_after_restart() {
         config.hold_max_age,
     );
     ledger
-        .set_weights("w1000", Weights::from_milli(1000, 1_000_000).unwrap())
+        .set_weights(
+            "w1000",
+            Weights::from_milli(1000, 1_000_000).unwrap(),
+            &Actor::Cli,
+        )
         .unwrap();
     // 20 requests of 40,008 tokens: 80.016% of the allowance.
     for _ in 0..20 {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokengate::config::Config;
 use tokengate::domain::{Clock, ManualClock};
-use tokengate::ledger::{InvariantReport, Ledger, UserSummary, parse_user_ref};
+use tokengate::ledger::{Actor, InvariantReport, Ledger, UserSummary, parse_user_ref};
 use tokengate::startup::Application;
 
 pub const CLIENT_KEY: &str = "tg-test-client-key-0123456789";
@@ -218,7 +218,7 @@ impl TestApp {
     /// Makes new users start with exactly `allowance` tokens.
     pub fn default_plan(&self, allowance: i64) {
         self.ledger
-            .create_plan(&format!("Teste {allowance}"), allowance, true)
+            .create_plan(&format!("Teste {allowance}"), allowance, true, &Actor::Cli)
             .unwrap();
     }
 

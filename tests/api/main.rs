@@ -2,6 +2,7 @@
 //! chosen by TOKENGATE_TEST_BACKEND (scripts/test.sh runs both).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
 mod alerts;
 mod cli;
 mod concurrency;

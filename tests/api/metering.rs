@@ -335,7 +335,11 @@ async fn usage_takes_allowance_first_then_credits() {
 async fn model_weights_scale_the_charge() {
     let app = spawn_app(TestOptions::default()).await;
     app.ledger
-        .set_weights("fake-model", Weights::from_milli(2500, 4000).unwrap())
+        .set_weights(
+            "fake-model",
+            Weights::from_milli(2500, 4000).unwrap(),
+            &Actor::Cli,
+        )
         .unwrap();
     let res = app
         .chat(&chat_body("fake-model", "pergunta cara", false, Some(10)))

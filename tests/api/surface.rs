@@ -174,7 +174,7 @@ async fn precreated_user_is_linked_by_email_and_suspension_blocks() {
     assert_eq!(app.ledger.list_users().unwrap().len(), 1);
 
     app.ledger
-        .set_suspended(&parse_user_ref(USER), true)
+        .set_suspended(&parse_user_ref(USER), true, &tokengate::ledger::Actor::Cli)
         .unwrap();
     let (status, err) =
         error_of(app.chat(&chat_body("fake-model", "olá", false, None)).await).await;
@@ -182,7 +182,7 @@ async fn precreated_user_is_linked_by_email_and_suspension_blocks() {
     assert_eq!(err["error"]["type"], "permission_error");
     assert_eq!(err["error"]["code"], "user_suspended");
     app.ledger
-        .set_suspended(&parse_user_ref(USER), false)
+        .set_suspended(&parse_user_ref(USER), false, &tokengate::ledger::Actor::Cli)
         .unwrap();
     assert_eq!(
         app.chat(&chat_body("fake-model", "olá", false, Some(2)))

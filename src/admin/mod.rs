@@ -1,0 +1,137 @@
+//! The admin dashboard (SPEC section 8): server-rendered maud pages under `/admin`.
+//!
+//! - [`session`]: the signed session cookie, CSRF tokens and the Origin check;
+//! - [`accounts`]: admin accounts and sign-in rate limits;
+//! - [`views`]: the layout and shared pieces (numbers, bars, the SVG chart);
+//! - [`pages`]: one module per page, handlers next to their markup.
+//!
+//! Every value a user controls (names, emails, notes) goes through maud's escaping;
+//! nothing here uses `PreEscaped` on such data.
+
+pub mod accounts;
+pub mod pages;
+pub mod session;
+pub mod views;
+
+use crate::config::Locale;
+use crate::db::RetryableError;
+use crate::startup::AppState;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError, web};
+
+/// Mounts `/admin`; `key` signs the session cookie.
+pub fn configure(cfg: &mut web::ServiceConfig, key: actix_web::cookie::Key, secure: bool) {
+    cfg.service(
+        web::scope("/admin")
+            .wrap(session::middleware(key, secure))
+            .wrap(
+                actix_web::middleware::DefaultHeaders::new()
+                    .add((header::CACHE_CONTROL, "no-store"))
+                    .add((header::X_FRAME_OPTIONS, "DENY"))
+                    .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+                    .add((header::REFERRER_POLICY, "same-origin"))
+                    .add((
+                        header::CONTENT_SECURITY_POLICY,
+                        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; form-action 'self'; frame-ancestors 'none'",
+                    )),
+            )
+            .configure(pages::routes),
+    );
+}
+
+/// Errors of admin pages, each answered with a readable page.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Not signed in (or the session ended): go to the sign-in page, then come back.
+    #[error("sign-in required")]
+    SignInRequired(String),
+    /// A POST without this session's CSRF token, or from another site.
+    #[error("forbidden")]
+    Forbidden,
+    #[error("not found")]
+    NotFound,
+    /// The change clashes with what exists (a plan name already taken).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("storage: {0}")]
+    Store(#[from] crate::db::StoreError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<crate::ledger::LedgerError> for AdminError {
+    fn from(e: crate::ledger::LedgerError) -> Self {
+        match e {
+            crate::ledger::LedgerError::Store(s) => Self::Store(s),
+            crate::ledger::LedgerError::UserNotFound(_)
+            | crate::ledger::LedgerError::PlanNotFound(_) => Self::NotFound,
+            crate::ledger::LedgerError::PlanExists(name) => Self::Conflict(name),
+        }
+    }
+}
+
+impl From<actix_web::error::BlockingError> for AdminError {
+    fn from(_: actix_web::error::BlockingError) -> Self {
+        Self::Internal("background task cancelled".into())
+    }
+}
+
+impl ResponseError for AdminError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::SignInRequired(_) => StatusCode::SEE_OTHER,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Store(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Self::SignInRequired(next) = self {
+            let target = format!("/admin/login?next={}", views::url_encode(next));
+            return HttpResponse::SeeOther()
+                .insert_header((header::LOCATION, target))
+                .finish();
+        }
+        // The locale is not at hand here; error pages are short and bilingual.
+        let (title, text) = match self {
+            Self::Forbidden => (
+                "Ação recusada / Action refused",
+                "O formulário expirou ou veio de outro site. Volte, recarregue a página e tente de novo. / The form expired or came from another site. Go back, reload the page and try again.",
+            ),
+            Self::Conflict(_) => (
+                "Conflito / Conflict",
+                "Já existe um item com esse nome. / An item with that name already exists.",
+            ),
+            Self::NotFound => (
+                "Página não encontrada / Page not found",
+                "O endereço não existe ou o item foi removido. / The address does not exist or the item was removed.",
+            ),
+            Self::Store(e) if e.is_retryable() => (
+                "Banco de dados indisponível / Database unavailable",
+                "Tente de novo em alguns segundos. / Try again in a few seconds.",
+            ),
+            _ => (
+                "Erro interno / Internal error",
+                "Algo deu errado; o erro foi registrado. / Something went wrong; the error was logged.",
+            ),
+        };
+        if matches!(self, Self::Store(_) | Self::Internal(_)) {
+            tracing::error!(error = %self, "admin page failed");
+        }
+        let mut res = HttpResponse::build(self.status_code());
+        res.insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        ));
+        res.body(views::error_page(title, text).into_string())
+    }
+}
+
+/// The configured language of admin pages.
+pub fn locale(state: &AppState) -> Locale {
+    state.config.locale
+}

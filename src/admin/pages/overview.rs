@@ -1,0 +1,93 @@
+//! The overview: usage today and this cycle, user states, top users, 30 days.
+
+use super::{locale, render, with_ledger};
+use crate::admin::AdminError;
+use crate::admin::session::SignedIn;
+use crate::admin::views::{self, Nav};
+use crate::startup::AppState;
+use actix_web::{HttpResponse, web};
+use maud::html;
+
+pub async fn show(state: web::Data<AppState>, me: SignedIn) -> Result<HttpResponse, AdminError> {
+    let l = locale(&state);
+    let o = with_ledger(&state, |ledger| ledger.overview()).await?;
+    let cycle = state.ledger.current_cycle();
+    let cards = [
+        (
+            l.pick("Tokens usados hoje", "Tokens used today"),
+            views::tokens(o.used_today, l),
+            None,
+        ),
+        (
+            l.pick("Tokens usados neste ciclo", "Tokens used this cycle"),
+            views::tokens(o.used_cycle, l),
+            None,
+        ),
+        (
+            l.pick("Usuários ativos no ciclo", "Active users this cycle"),
+            views::tokens(o.active_users, l),
+            None,
+        ),
+        (
+            l.pick("Acima de 80%", "Over 80%"),
+            views::tokens(o.over_80, l),
+            Some("/admin/users?state=over80"),
+        ),
+        (
+            l.pick("Bloqueados (sem saldo)", "Blocked (no balance left)"),
+            views::tokens(o.blocked, l),
+            Some("/admin/users?state=blocked"),
+        ),
+        (
+            l.pick("Suspensos", "Suspended"),
+            views::tokens(o.suspended, l),
+            Some("/admin/users?state=suspended"),
+        ),
+    ];
+    let body = html! {
+        p.muted {
+            (l.pick("Ciclo", "Cycle")) " " (cycle.key()) " · "
+            (o.total_users) " " (l.pick("usuários", "users"))
+        }
+        section.cards {
+            @for (label, value, link) in &cards {
+                div.card {
+                    span.label { (label) }
+                    @match link {
+                        Some(href) => a.value href=(href) { (value) },
+                        None => span.value { (value) },
+                    }
+                }
+            }
+        }
+        section {
+            h2 { (l.pick("Uso por dia", "Usage per day")) }
+            (views::daily_chart(&o.daily, l))
+        }
+        section {
+            h2 { (l.pick("Quem mais usou neste ciclo", "Top users this cycle")) }
+            @if o.top_users.is_empty() {
+                p.empty { (l.pick("Ninguém usou tokens neste ciclo ainda.", "Nobody has used tokens this cycle yet.")) }
+            } @else {
+                table {
+                    thead { tr { th { (l.pick("Usuário", "User")) } th.num { "Tokens" } } }
+                    tbody {
+                        @for t in &o.top_users {
+                            tr {
+                                td { a href=(format!("/admin/users/{}", t.user_id)) { (t.label) } }
+                                td.num { (views::tokens(t.tokens, l)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(render(
+        &state,
+        &me,
+        l.pick("Visão geral", "Overview"),
+        Nav::Overview,
+        body,
+    ))
+}

@@ -1,0 +1,173 @@
+//! Model weights: what a token of each model costs from the balance.
+
+use super::{actor, back, locale, one_line, render, with_ledger};
+use crate::admin::AdminError;
+use crate::admin::session::SignedIn;
+use crate::admin::views::{self, Nav};
+use crate::config::Locale;
+use crate::domain::Weights;
+use crate::startup::AppState;
+use actix_web::{HttpRequest, HttpResponse, web};
+use maud::html;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// A weight as people write it: `1`, `1.5` or `1,5`, up to three decimals.
+pub fn parse_weight(raw: &str) -> Option<i64> {
+    let s = raw.trim().replace(',', ".");
+    let (whole, frac) = s.split_once('.').unwrap_or((&s, ""));
+    if whole.is_empty() && frac.is_empty() || frac.len() > 3 {
+        return None;
+    }
+    if !whole
+        .chars()
+        .chain(frac.chars())
+        .all(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
+    let whole: i64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let frac: i64 = format!("{frac:0<3}").parse().ok()?;
+    let milli = whole.checked_mul(1000)?.checked_add(frac)?;
+    (0..=Weights::MAX_MILLI).contains(&milli).then_some(milli)
+}
+
+fn show_weight(milli: i64, l: Locale) -> String {
+    let s = format!("{}.{:03}", milli / 1000, milli % 1000);
+    let s = s.trim_end_matches('0').trim_end_matches('.').to_owned();
+    match l {
+        Locale::PtBr => s.replace('.', ","),
+        Locale::En => s,
+    }
+}
+
+/// The models LiteLLM serves, offered as suggestions; empty when it cannot be reached.
+async fn upstream_models(state: &AppState) -> Vec<String> {
+    let Ok(res) = state
+        .upstream
+        .get("/models", Some(Duration::from_secs(3)))
+        .await
+    else {
+        return Vec::new();
+    };
+    let Ok(bytes) = res.bytes().await else {
+        return Vec::new();
+    };
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<String> = body["data"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m["id"].as_str().map(|s| one_line(s, 200)))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpResponse, AdminError> {
+    let l = locale(&state);
+    let weights = with_ledger(&state, |ledger| ledger.weights()).await?;
+    let models = upstream_models(&state).await;
+    let body = html! {
+        p.muted { (l.pick(
+            "Um pedido custa tokens de entrada × peso de entrada + tokens de saída × peso de saída. Modelos sem peso custam 1 e 1.",
+            "A request costs input tokens × input weight + output tokens × output weight. Models without a weight cost 1 and 1.")) }
+        @if weights.is_empty() {
+            p.empty { (l.pick("Nenhum peso definido: todo modelo custa 1 token por token.", "No weights set: every model costs 1 token per token.")) }
+        } @else {
+            table.weights {
+                thead { tr { th { (l.pick("Modelo", "Model")) } th.num { (l.pick("Entrada", "Input")) } th.num { (l.pick("Saída", "Output")) } } }
+                tbody { @for (model, w) in &weights { tr {
+                    td { code { (model) } } td.num { (show_weight(w.input_milli(), l)) } td.num { (show_weight(w.output_milli(), l)) }
+                } } }
+            }
+        }
+        form.stack method="post" action="/admin/weights" {
+            h2 { (l.pick("Definir pesos", "Set weights")) }
+            (views::csrf_input(&me.csrf))
+            label { (l.pick("Modelo", "Model"))
+                input type="text" name="model" list="models" required maxlength="200"; }
+            datalist #models { @for m in &models { option value=(m) {} } }
+            label { (l.pick("Peso de entrada", "Input weight")) input type="text" name="input" required inputmode="decimal" placeholder="1"; }
+            label { (l.pick("Peso de saída", "Output weight")) input type="text" name="output" required inputmode="decimal" placeholder="1"; }
+            button type="submit" { (l.pick("Salvar", "Save")) }
+            @if models.is_empty() { p.muted { (l.pick("O LiteLLM não respondeu: digite o nome do modelo.", "LiteLLM did not answer: type the model name.")) } }
+        }
+    };
+    Ok(render(
+        &state,
+        &me,
+        l.pick("Pesos dos modelos", "Model weights"),
+        Nav::Weights,
+        body,
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct WeightForm {
+    csrf: String,
+    model: String,
+    input: String,
+    output: String,
+}
+
+pub async fn set(
+    state: web::Data<AppState>,
+    me: SignedIn,
+    req: HttpRequest,
+    form: web::Form<WeightForm>,
+) -> Result<HttpResponse, AdminError> {
+    me.check_post(&req, &state, &form.csrf)?;
+    let l = locale(&state);
+    let model = one_line(&form.model, 200);
+    let weights = parse_weight(&form.input)
+        .zip(parse_weight(&form.output))
+        .and_then(|(i, o)| Weights::from_milli(i, o));
+    let (true, Some(w)) = (!model.is_empty(), weights) else {
+        return Ok(back(&me, "/admin/weights", false, l.pick(
+            "Pesos recusados: informe o modelo e pesos de 0 a 1000, com até 3 casas decimais (como 1,5).",
+            "Weights refused: give the model and weights from 0 to 1000, with up to 3 decimals (like 1.5).")));
+    };
+    let who = actor(&me);
+    let m = model.clone();
+    with_ledger(&state, move |ledger| ledger.set_weights(&m, w, &who)).await?;
+    Ok(back(
+        &me,
+        "/admin/weights",
+        true,
+        format!(
+            "{} {model}.",
+            l.pick("Pesos salvos para", "Weights saved for")
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_parse_like_people_write_them() {
+        assert_eq!(parse_weight("1"), Some(1000));
+        assert_eq!(parse_weight("1,5"), Some(1500));
+        assert_eq!(parse_weight("0.125"), Some(125));
+        assert_eq!(parse_weight("1000"), Some(1_000_000));
+        assert_eq!(parse_weight("1000.001"), None);
+        assert_eq!(parse_weight("-1"), None);
+        assert_eq!(parse_weight("1.2345"), None);
+        assert_eq!(parse_weight("abc"), None);
+        assert_eq!(parse_weight(""), None);
+        assert_eq!(show_weight(1500, Locale::PtBr), "1,5");
+        assert_eq!(show_weight(2000, Locale::En), "2");
+    }
+}

@@ -1,0 +1,130 @@
+//! The audit log: every admin action (and every CLI change), written in the same
+//! transaction as the change itself, so the log and the books never disagree.
+
+use super::Actor;
+use crate::db::schema::audit_log;
+use crate::db::{AnyConnection, StoreError};
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use serde::Serialize;
+
+/// What was done. Stored as text; the dashboard names each in the user's language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    GrantCredits,
+    ChangePlan,
+    Suspend,
+    Reactivate,
+    CreatePlan,
+    EditPlan,
+    SetDefaultPlan,
+    SetWeights,
+    AddAdmin,
+    DisableAdmin,
+    EnableAdmin,
+    ChangePassword,
+    CreateUser,
+}
+
+impl Action {
+    pub const ALL: [Self; 13] = [
+        Self::GrantCredits,
+        Self::ChangePlan,
+        Self::Suspend,
+        Self::Reactivate,
+        Self::CreatePlan,
+        Self::EditPlan,
+        Self::SetDefaultPlan,
+        Self::SetWeights,
+        Self::AddAdmin,
+        Self::DisableAdmin,
+        Self::EnableAdmin,
+        Self::ChangePassword,
+        Self::CreateUser,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GrantCredits => "grant_credits",
+            Self::ChangePlan => "change_plan",
+            Self::Suspend => "suspend",
+            Self::Reactivate => "reactivate",
+            Self::CreatePlan => "create_plan",
+            Self::EditPlan => "edit_plan",
+            Self::SetDefaultPlan => "set_default_plan",
+            Self::SetWeights => "set_weights",
+            Self::AddAdmin => "add_admin",
+            Self::DisableAdmin => "disable_admin",
+            Self::EnableAdmin => "enable_admin",
+            Self::ChangePassword => "change_password",
+            Self::CreateUser => "create_user",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, Serialize, Queryable)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub actor: String,
+    pub action: String,
+    pub user_id: Option<i64>,
+    /// JSON: amounts, names and notes of the change.
+    pub details: String,
+    pub created_at: NaiveDateTime,
+}
+
+/// Records an action unless the system itself made it (automatic changes are in the
+/// ledger, not the audit log).
+pub(crate) fn record(
+    c: &mut AnyConnection,
+    actor: &Actor,
+    action: Action,
+    user_id: Option<i64>,
+    details: &serde_json::Value,
+    now: NaiveDateTime,
+) -> Result<(), StoreError> {
+    if matches!(actor, Actor::System) {
+        return Ok(());
+    }
+    diesel::insert_into(audit_log::table)
+        .values((
+            audit_log::actor.eq(actor.label()),
+            audit_log::action.eq(action.as_str()),
+            audit_log::user_id.eq(user_id),
+            audit_log::details.eq(details.to_string()),
+            audit_log::created_at.eq(now),
+        ))
+        .execute(c)?;
+    Ok(())
+}
+
+/// The newest entries first, of one user or of everything.
+pub(crate) fn entries(
+    c: &mut AnyConnection,
+    user_id: Option<i64>,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<AuditEntry>, StoreError> {
+    let mut q = audit_log::table
+        .select((
+            audit_log::id,
+            audit_log::actor,
+            audit_log::action,
+            audit_log::user_id,
+            audit_log::details,
+            audit_log::created_at,
+        ))
+        .order(audit_log::id.desc())
+        .limit(limit)
+        .offset(offset)
+        .into_boxed();
+    if let Some(id) = user_id {
+        q = q.filter(audit_log::user_id.eq(id));
+    }
+    Ok(q.load(c)?)
+}
