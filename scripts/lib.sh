@@ -36,6 +36,13 @@ ensure_smtp_tools() {
   /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || die "python3-aiosmtpd is still missing after install"
 }
 
+# Debian's Chromium and chromedriver for the dashboard's browser test (no browser
+# download works on the closed network).
+ensure_browser() {
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return 0; fi
+  apt_install chromium chromium-driver
+}
+
 # Finds PostgreSQL's server binaries, installing Debian's packages where missing.
 pg_bindir() {
   local dir

@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh machine: formatting and lints, then every test
 # on SQLite and again on a throwaway PostgreSQL cluster, with a real LiteLLM proxy
 # and the official openai SDK installed from PyPI, and real SMTP servers (Debian's
-# python3-aiosmtpd) started by the tests. Stops everything it started.
+# python3-aiosmtpd) and a headless Chromium (Debian's) started by the tests. Stops
+# everything it started. Browser screenshots land in test-artifacts/screenshots/.
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -- FILTER       # only tests whose name matches FILTER
@@ -17,6 +18,7 @@ if [ "${1:-}" = "--" ]; then shift; filter=("$@"); fi
 command -v cargo >/dev/null || die "cargo is missing: install Rust (rustup) first"
 ensure_litellm
 ensure_smtp_tools
+ensure_browser
 PGBIN=$(pg_bindir)
 
 WORK=$(mktemp -d /tmp/tokengate-test.XXXXXX)

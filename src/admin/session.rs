@@ -150,7 +150,15 @@ impl FromRequest for SignedIn {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let session = req.get_session();
         let state = req.app_data::<web::Data<AppState>>().cloned();
-        let next = req.uri().path().to_owned();
+        // After signing in, come back to the page; a form post cannot be replayed.
+        let next = if req.method() == actix_web::http::Method::GET {
+            req.uri()
+                .path_and_query()
+                .map_or("/admin", |p| p.as_str())
+                .to_owned()
+        } else {
+            "/admin".to_owned()
+        };
         Box::pin(async move {
             let state = state.ok_or(AdminError::Internal("no app state".into()))?;
             let stored = session

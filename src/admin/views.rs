@@ -168,7 +168,9 @@ pub fn daily_chart(days: &[(NaiveDate, i64)], l: Locale) -> Markup {
                         title { (crate::i18n::date(*day, l)) ": " (tokens(*value, l)) " tokens" }
                     }
                     @if i % 5 == 0 || i + 1 == days.len() {
-                        text x=(format!("{:.1}", x + slot / 2.0)) y=(H - 4.0) class="label" text-anchor="middle" {
+                        @let anchor = if i == 0 { "start" } else if i + 1 == days.len() { "end" } else { "middle" };
+                        @let at = match anchor { "start" => x, "end" => x + slot, _ => x + slot / 2.0 };
+                        text x=(format!("{at:.1}")) y=(H - 4.0) class="label" text-anchor=(anchor) {
                             (day.format("%d/%m").to_string())
                         }
                     }

@@ -4,6 +4,7 @@
 
 mod admin;
 mod alerts;
+mod browser;
 mod cli;
 mod concurrency;
 mod fake_provider;
