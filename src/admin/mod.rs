@@ -36,6 +36,14 @@ pub fn configure(cfg: &mut web::ServiceConfig, key: actix_web::cookie::Key, secu
                         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; form-action 'self'; frame-ancestors 'none'",
                     )),
             )
+            // Malformed forms, queries and ids get the same readable pages.
+            .app_data(
+                web::FormConfig::default()
+                    .limit(64 * 1024)
+                    .error_handler(|_, _| AdminError::BadRequest.into()),
+            )
+            .app_data(web::QueryConfig::default().error_handler(|_, _| AdminError::BadRequest.into()))
+            .app_data(web::PathConfig::default().error_handler(|_, _| AdminError::NotFound.into()))
             .configure(pages::routes),
     );
 }
@@ -51,6 +59,9 @@ pub enum AdminError {
     Forbidden,
     #[error("not found")]
     NotFound,
+    /// A form or query that cannot be read at all.
+    #[error("bad request")]
+    BadRequest,
     /// The change clashes with what exists (a plan name already taken).
     #[error("conflict: {0}")]
     Conflict(String),
@@ -83,6 +94,7 @@ impl ResponseError for AdminError {
             Self::SignInRequired(_) => StatusCode::SEE_OTHER,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Store(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -101,6 +113,10 @@ impl ResponseError for AdminError {
             Self::Forbidden => (
                 "Ação recusada / Action refused",
                 "O formulário expirou ou veio de outro site. Volte, recarregue a página e tente de novo. / The form expired or came from another site. Go back, reload the page and try again.",
+            ),
+            Self::BadRequest => (
+                "Pedido inválido / Invalid request",
+                "O formulário chegou incompleto ou grande demais. Volte e tente de novo. / The form arrived incomplete or too large. Go back and try again.",
             ),
             Self::Conflict(_) => (
                 "Conflito / Conflict",

@@ -633,6 +633,19 @@ async fn pages_render_in_english_with_english_numbers() {
     assert!(body.contains("Page not found"));
     let (status, _) = admin.get("/admin/users/999999").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = admin.get("/admin/users/not-a-number").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("Page not found"));
+    let huge = "x".repeat(100_000);
+    let res = admin
+        .post(
+            &format!("/admin/users/{id}/credits"),
+            &[("tokens", "10"), ("note", &huge)],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(res.text().await.unwrap().contains("Invalid request"));
+    assert_eq!(app.summary(USER).credits, 0);
     let css = app
         .client
         .get(format!("{}/static/admin.css", app.address))
@@ -673,4 +686,62 @@ async fn overview_counts_usage_and_states() {
     let ok = admin.page("/admin/users?state=ok").await;
     assert!(ok.contains(&format!("/admin/users/{}", app.user_id("second-user"))));
     assert!(!ok.contains(&format!("/admin/users/{}\"", app.user_id(USER))));
+}
+
+#[actix_web::test]
+async fn sessions_survive_restarts_and_work_on_replicas() {
+    let app = spawn_app(TestOptions::default()).await;
+    let admin = Admin::signed_in(&app).await;
+    // Another instance on the same database (or this one restarted) reads the same key.
+    let replica = spawn_replica(&app).await;
+    let on_replica = Admin {
+        client: admin.client.clone(),
+        base: replica.address.clone(),
+        origin: replica.address.clone(),
+    };
+    let page = on_replica.page("/admin/users").await;
+    assert!(
+        page.contains("admin@localhost"),
+        "signed in on the replica too"
+    );
+    // A tampered cookie is no session at all.
+    let forged = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{}/admin", app.address))
+        .header("cookie", "tokengate_admin=eyJhZG1pbiI6IjEifQ%3D%3D")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::SEE_OTHER);
+}
+
+#[actix_web::test]
+async fn the_cookie_is_secure_when_served_over_https() {
+    let app = spawn_app(TestOptions {
+        env: vec![(
+            "TOKENGATE_PUBLIC_URL",
+            "https://tokens.iasolaris.com.br".into(),
+        )],
+        ..TestOptions::default()
+    })
+    .await;
+    let admin = Admin {
+        origin: "https://tokens.iasolaris.com.br".into(),
+        ..Admin::new(&app)
+    };
+    // The login page's own cookie (CSRF token) is Secure, so a plain-http client does
+    // not send it back: read it from the header instead.
+    let res = admin
+        .client
+        .get(format!("{}/admin/login", app.address))
+        .send()
+        .await
+        .unwrap();
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
 }
