@@ -568,6 +568,19 @@ async fn a_rejected_recipient_fails_after_the_retries_without_blocking_others() 
         .text()
         .await
         .unwrap();
+    // The dashboard shows the failure and why.
+    let admin = crate::admin::Admin::signed_in(&app).await;
+    let page = admin.page("/admin/alerts").await;
+    for text in [
+        "recusado@example.com",
+        "falhou",
+        "3 tentativas",
+        "550",
+        "1 mensagens falharam",
+    ] {
+        assert!(page.contains(text), "{text:?} not on the alerts page");
+    }
+    assert!(page.contains("enviado"));
     for line in [
         "tokengate_mail_attempts_total{result=\"sent\"} 5",
         "tokengate_mail_attempts_total{result=\"retrying\"} 2",
