@@ -2,6 +2,10 @@
 LITELLM_VERSION="1.106.2"
 CACHE_DIR="${TOKENGATE_CACHE_DIR:-$HOME/.cache/tokengate}"
 LITELLM_VENV="$CACHE_DIR/litellm-$LITELLM_VERSION"
+# LibreChat's own packages, for the deployment tests: its config schema and its
+# chat client, at the versions checked against LibreChat v0.8.8-rc1.
+NPM_PACKAGES="librechat-data-provider@0.8.524 @librechat/agents@3.9.2 js-yaml@4.1.0"
+NPM_DIR="$CACHE_DIR/npm-$(printf '%s' "$NPM_PACKAGES" | sha256sum | cut -c1-12)"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -41,6 +45,25 @@ ensure_smtp_tools() {
 ensure_browser() {
   if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return 0; fi
   apt_install chromium chromium-driver
+}
+
+# Installs LibreChat's npm packages into a cached folder (about a minute the first time).
+ensure_npm_packages() {
+  command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+  if [ -f "$NPM_DIR/.complete" ]; then return 0; fi
+  log "installing $NPM_PACKAGES into $NPM_DIR (about a minute, cached afterwards)"
+  rm -rf "$NPM_DIR" && mkdir -p "$NPM_DIR"
+  printf '{"private": true}\n' > "$NPM_DIR/package.json"
+  # shellcheck disable=SC2086
+  (cd "$NPM_DIR" && npm install --no-audit --no-fund --loglevel=error $NPM_PACKAGES) >&2 \
+    || die "could not install $NPM_PACKAGES from npm"
+  touch "$NPM_DIR/.complete"
+}
+
+# A Compose implementation to validate docker-compose.yml (Debian's docker-compose
+# parses and checks files without a container engine).
+ensure_compose() {
+  command -v docker-compose >/dev/null || apt_install docker-compose
 }
 
 # Finds PostgreSQL's server binaries, installing Debian's packages where missing.

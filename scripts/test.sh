@@ -2,8 +2,9 @@
 # The whole test suite, from a fresh machine: formatting and lints, then every test
 # on SQLite and again on a throwaway PostgreSQL cluster, with a real LiteLLM proxy
 # and the official openai SDK installed from PyPI, and real SMTP servers (Debian's
-# python3-aiosmtpd) and a headless Chromium (Debian's) started by the tests. Stops
-# everything it started. Browser screenshots land in test-artifacts/screenshots/.
+# python3-aiosmtpd) and a headless Chromium (Debian's) started by the tests,
+# LibreChat's own npm packages and Debian's docker-compose for the deployment pack.
+# Stops everything it started. Browser screenshots land in test-artifacts/screenshots/.
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -- FILTER       # only tests whose name matches FILTER
@@ -19,6 +20,8 @@ command -v cargo >/dev/null || die "cargo is missing: install Rust (rustup) firs
 ensure_litellm
 ensure_smtp_tools
 ensure_browser
+ensure_npm_packages
+ensure_compose
 PGBIN=$(pg_bindir)
 
 WORK=$(mktemp -d /tmp/tokengate-test.XXXXXX)
@@ -49,6 +52,15 @@ export TOKENGATE_TEST_PG_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
 export TOKENGATE_TEST_LITELLM="$LITELLM_VENV/bin/litellm"
 export TOKENGATE_TEST_PYTHON="$LITELLM_VENV/bin/python"
 export TOKENGATE_TEST_SMTP_PYTHON=/usr/bin/python3
+export TOKENGATE_TEST_NODE_MODULES="$NPM_DIR/node_modules"
+
+# The container image: built where an engine runs; said plainly where none does.
+if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+  log "docker build (a container engine is available)"
+  docker build --quiet -t tokengate:test . >/dev/null || die "the Dockerfile does not build"
+else
+  log "no container engine runs here: the Dockerfile was NOT built (docker-compose.yml is still validated below)"
+fi
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -29,6 +29,9 @@ enum Command {
     Migrate,
     /// Validate the configuration and test the database and upstream.
     Check,
+    /// Exit 0 when the running server on TOKENGATE_LISTEN is ready (for container
+    /// health checks).
+    Healthcheck,
     /// Manage admin accounts.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -102,6 +105,7 @@ pub fn main() -> ExitCode {
         Command::Serve => serve(config),
         Command::Migrate => migrate(&config),
         Command::Check => check(&config),
+        Command::Healthcheck => healthcheck(&config),
         Command::Admin(AdminCommand::Add { email }) => admin_add(&config, &email),
         Command::Credits(CreditsCommand::Grant { user, tokens, note }) => {
             grant(&config, &user, tokens, note.as_deref())
@@ -127,6 +131,33 @@ fn serve(config: Config) -> CmdResult {
         app.run_until_stopped().await?;
         Ok(())
     })
+}
+
+fn healthcheck(config: &Config) -> CmdResult {
+    let addr: std::net::SocketAddr = config.listen.parse()?;
+    // A server listening on every interface answers on loopback.
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+        ip if ip.is_unspecified() => "[::1]".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let url = format!("http://{host}:{}/readyz", addr.port());
+    let status = actix_web::rt::System::new().block_on(async {
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(3))
+            .build()?
+            .get(&url)
+            .send()
+            .await
+            .map(|r| r.status())
+    })?;
+    if status.is_success() {
+        println!("ready");
+        Ok(())
+    } else {
+        Err(format!("{url} answered {status}").into())
+    }
 }
 
 fn mail_test(config: &Config, address: &str) -> CmdResult {

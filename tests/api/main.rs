@@ -7,6 +7,7 @@ mod alerts;
 mod browser;
 mod cli;
 mod concurrency;
+mod deploy;
 mod fake_provider;
 mod helpers;
 mod metering;

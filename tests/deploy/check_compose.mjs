@@ -1,0 +1,78 @@
+// Checks the shape of the Compose stack, as resolved by `docker-compose config`:
+// the services exist, images are pinned, tokengate is private and ordered by health,
+// and the names that wire LibreChat -> tokengate -> LiteLLM resolve.
+//
+//   node check_compose.mjs RESOLVED_COMPOSE_YAML LIBRECHAT_YAML ENV_FILE
+import fs from 'node:fs';
+import yaml from 'js-yaml';
+
+const [composeFile, librechatFile, envFile] = process.argv.slice(2);
+const compose = yaml.load(fs.readFileSync(composeFile, 'utf8'));
+const librechat = yaml.load(fs.readFileSync(librechatFile, 'utf8'));
+const env = Object.fromEntries(
+  fs.readFileSync(envFile, 'utf8').split('\n')
+    .filter((l) => /^[A-Z_]+=/.test(l))
+    .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+);
+const problems = [];
+const check = (ok, text) => { if (!ok) problems.push(text); };
+const services = compose.services ?? {};
+const envOf = (svc) => {
+  const e = services[svc]?.environment ?? {};
+  return Array.isArray(e)
+    ? Object.fromEntries(e.map((x) => [x.split('=')[0], x.split('=').slice(1).join('=')]))
+    : e;
+};
+const healthy = (svc, dep) => services[svc]?.depends_on?.[dep]?.condition === 'service_healthy';
+
+for (const name of ['api', 'mongodb', 'meilisearch', 'vectordb', 'rag_api', 'litellm', 'tokengate', 'tokengate-db', 'mailpit']) {
+  check(services[name], `service ${name} is missing`);
+}
+for (const [name, svc] of Object.entries(services)) {
+  const image = svc.image ?? '';
+  const tag = image.includes(':') ? image.slice(image.lastIndexOf(':') + 1) : '';
+  check(tag && !tag.includes('/') && tag !== 'latest', `${name}: image ${image || '(none)'} is not pinned to a version`);
+  check(['always', 'unless-stopped', 'on-failure'].some((r) => String(svc.restart ?? '').startsWith(r)), `${name}: no restart policy`);
+}
+const tg = services.tokengate ?? {};
+check(tg.build, 'tokengate: not built from this repository');
+check(!tg.ports || tg.ports.length === 0, 'tokengate: must not publish ports (only LibreChat reaches it)');
+check(tg.healthcheck, 'tokengate: no health check');
+check(healthy('tokengate', 'tokengate-db') && healthy('tokengate', 'litellm'), 'tokengate: must wait for a healthy database and LiteLLM');
+check(healthy('api', 'tokengate'), 'api: must wait for a healthy tokengate');
+for (const name of ['tokengate-db', 'litellm']) check(services[name]?.healthcheck, `${name}: no health check`);
+check(String(envOf('tokengate').TOKENGATE_DATABASE_URL ?? '').includes('@tokengate-db:'), 'tokengate: database URL does not name tokengate-db');
+
+// LibreChat -> tokengate.
+const endpoint = (librechat.endpoints?.custom ?? []).find((e) => e.name === 'IA SOLARIS');
+check(endpoint, 'librechat.yaml: no "IA SOLARIS" custom endpoint');
+if (endpoint) {
+  const url = new URL(endpoint.baseURL);
+  check(services[url.hostname], `librechat.yaml: baseURL host ${url.hostname} is not a service`);
+  check(url.hostname === 'tokengate', 'librechat.yaml: baseURL must point at tokengate');
+  const listen = String(envOf('tokengate').TOKENGATE_LISTEN ?? '');
+  check(listen.endsWith(`:${url.port}`), `librechat.yaml: port ${url.port} is not tokengate's (${listen})`);
+  check(url.pathname.replace(/\/$/, '') === '/v1', 'librechat.yaml: baseURL must end in /v1');
+  const h = endpoint.headers ?? {};
+  check(h['X-LibreChat-User-Id'] === '{{LIBRECHAT_USER_ID}}', 'librechat.yaml: user id header');
+  check(h['X-LibreChat-User-Email'] === '{{LIBRECHAT_USER_EMAIL}}', 'librechat.yaml: email header');
+  check(h['X-LibreChat-User-Name'] === '{{LIBRECHAT_USER_NAME}}', 'librechat.yaml: name header');
+  const keyVar = /^\$\{(\w+)\}$/.exec(endpoint.apiKey ?? '')?.[1];
+  check(keyVar && env[keyVar], `librechat.yaml: apiKey must come from a variable in ${envFile}`);
+  check(envOf('tokengate').TOKENGATE_CLIENT_KEYS === env[keyVar], 'tokengate does not accept the key LibreChat sends');
+}
+const mounts = (services.api?.volumes ?? []).map((v) => (typeof v === 'string' ? v.split(':')[1] : v.target));
+check(mounts.includes('/app/librechat.yaml'), 'api: librechat.yaml is not mounted at /app/librechat.yaml');
+
+// tokengate -> LiteLLM.
+const upstream = new URL(envOf('tokengate').TOKENGATE_UPSTREAM_URL ?? 'http://invalid');
+check(upstream.hostname === 'litellm' && services.litellm, `tokengate: upstream host ${upstream.hostname} is not the litellm service`);
+const litellmCmd = (services.litellm?.command ?? []).join(' ');
+check(litellmCmd.includes(`--port ${upstream.port}`), `tokengate: upstream port ${upstream.port} is not LiteLLM's`);
+check(envOf('tokengate').TOKENGATE_UPSTREAM_KEY === envOf('litellm').LITELLM_MASTER_KEY, 'tokengate: upstream key is not LiteLLM\'s master key');
+
+if (problems.length) {
+  for (const p of problems) console.error(p);
+  process.exit(1);
+}
+console.log(`ok: ${Object.keys(services).length} services`);
