@@ -78,5 +78,8 @@ log "tests on SQLite"
 TOKENGATE_TEST_BACKEND=sqlite run_tests || status=1
 log "tests on PostgreSQL"
 TOKENGATE_TEST_BACKEND=postgres run_tests || status=1
+log "benchmark harness, smoke run (debug build; bench/run.sh gives the real figures)"
+TOKENGATE_BENCH_BIN="$PWD/target/debug/tokengate" timeout 300 \
+  cargo test --quiet --bench proxy -- --smoke || status=1
 if [ "$status" -ne 0 ]; then die "some tests failed (see above)"; fi
 log "all tests passed on SQLite and PostgreSQL"

@@ -124,6 +124,13 @@ impl Application {
                 .configure(|cfg| crate::admin::configure(cfg, session_key.clone(), secure_cookie))
                 .service(actix_files::Files::new("/static", &static_dir).prefer_utf8(true))
         })
+        // Streamed answers are many small writes: without TCP_NODELAY, Nagle's
+        // algorithm holds each one until the client's delayed ACK, about 40 ms.
+        .on_connect(|conn, _| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
+        })
         .listen(listener)
         .map_err(|e| StartupError::Bind(String::from("listener"), e))?
         .shutdown_timeout(30)

@@ -1,0 +1,729 @@
+//! The measuring stick for tokengate's overhead (issue 6). Run it with
+//! `bench/run.sh` (full, about 10 minutes) or `bench/run.sh --smoke` (seconds).
+//!
+//! Scenarios, side by side in one run on this machine, loopback only:
+//! - A: load -> fake upstream (a fast OpenAI-compatible server in this process);
+//! - B: load -> tokengate (release binary, full metering) -> fake upstream, on SQLite
+//!   and, with `TOKENGATE_BENCH_PG_URL`, on PostgreSQL;
+//! - C: load -> LiteLLM -> fake upstream, and D: load -> tokengate -> LiteLLM -> fake
+//!   upstream, with `TOKENGATE_BENCH_LITELLM` (the `litellm` executable).
+//!
+//! Requests look like LibreChat's: a streamed chat carrying a conversation of about
+//! 4,000 tokens, and a small non-streamed title request. Every run is bounded in time.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CLIENT_KEY: &str = "tg-bench-client-key-0123456789";
+const PROMPT_TOKENS: i64 = 4000;
+const COMPLETION_TOKENS: i64 = 20;
+
+// ---------------------------------------------------------------- fake upstream
+
+#[derive(Clone, Copy)]
+struct StreamShape {
+    chunks: usize,
+    gap: Duration,
+}
+
+fn fake_upstream(shape: StreamShape) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake upstream");
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    std::thread::spawn(move || {
+        let sys = actix_web::rt::System::new();
+        sys.block_on(async move {
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(web::PayloadConfig::new(64 << 20))
+                    .app_data(web::Data::new(shape))
+                    .route("/v1/chat/completions", web::post().to(chat))
+                    .route("/v1/models", web::get().to(models))
+            })
+            .workers(1)
+            .backlog(4096)
+            .max_connections(100_000)
+            .listen(listener)
+            .expect("listen")
+            .run();
+            let _ = server.await;
+        });
+    });
+    port
+}
+
+async fn models() -> HttpResponse {
+    HttpResponse::Ok()
+        .json(json!({"object": "list", "data": [{"id": "bench-model", "object": "model"}]}))
+}
+
+async fn chat(shape: web::Data<StreamShape>, body: Bytes) -> HttpResponse {
+    // Only `stream` matters; the fake does not parse the conversation.
+    let stream = memchr_find(&body, b"\"stream\":true");
+    let usage = json!({"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS, "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS});
+    if !stream {
+        return HttpResponse::Ok().json(json!({
+            "id": "bench-1", "object": "chat.completion", "created": 1_700_000_000, "model": "bench-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Um título curto"}, "finish_reason": "stop"}],
+            "usage": usage,
+        }));
+    }
+    let shape = **shape;
+    let events = async_stream(shape, usage);
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(events)
+}
+
+fn async_stream(
+    shape: StreamShape,
+    usage: Value,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::unfold(0usize, move |i| {
+        let usage = usage.clone();
+        async move {
+            if i > shape.chunks + 1 {
+                return None;
+            }
+            if i > 0 && !shape.gap.is_zero() && i <= shape.chunks {
+                tokio::time::sleep(shape.gap).await;
+            }
+            let event = if i < shape.chunks {
+                format!(
+                    "data: {}\n\n",
+                    json!({"id": "bench-1", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "bench-model",
+                           "choices": [{"index": 0, "delta": {"content": "tok "}}]})
+                )
+            } else if i == shape.chunks {
+                format!(
+                    "data: {}\n\n",
+                    json!({"id": "bench-1", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "bench-model",
+                           "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage})
+                )
+            } else {
+                "data: [DONE]\n\n".to_owned()
+            };
+            Some((Ok(Bytes::from(event)), i + 1))
+        }
+    })
+}
+
+fn memchr_find(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+// ---------------------------------------------------------------- requests
+
+/// A LibreChat-shaped streamed chat: system prompt plus a history of about 4,000 tokens.
+fn chat_body() -> String {
+    let mut messages = vec![
+        json!({"role": "system", "content": "Você é um assistente prestativo da IA SOLARIS. Responda em português do Brasil."}),
+    ];
+    let turn = "Explique com detalhes como funciona a energia solar fotovoltaica, incluindo painéis, inversores e baterias, e dê exemplos práticos para uma casa em São Paulo. ";
+    for i in 0..40 {
+        let role = if i % 2 == 0 { "user" } else { "assistant" };
+        messages.push(json!({"role": role, "content": turn.repeat(3)}));
+    }
+    json!({"model": "bench-model", "stream": true, "messages": messages, "user": "65f1c0ffee0000000000beef"}).to_string()
+}
+
+/// LibreChat's title request: small and not streamed.
+fn title_body() -> String {
+    json!({"model": "bench-model", "stream": false, "max_tokens": 16,
+           "messages": [{"role": "user", "content": "Escreva um título curto para: energia solar em casa"}]})
+    .to_string()
+}
+
+// ---------------------------------------------------------------- load
+
+#[derive(Default, Clone)]
+struct Stats {
+    ok: usize,
+    errors: usize,
+    latencies: Vec<Duration>,
+    ttfb: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Stats {
+    fn merge(&mut self, other: Stats) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        self.latencies.extend(other.latencies);
+        self.ttfb.extend(other.ttfb);
+    }
+    fn rps(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+#[derive(Clone)]
+struct Target {
+    url: String,
+    metered: bool,
+    /// Bearer key for an unmetered target (LiteLLM's master key).
+    key: Option<&'static str>,
+}
+
+/// The fixed rate for scenarios with LiteLLM in the path.
+const LITELLM_RATE: u32 = 10;
+const LITELLM_KEY: &str = "sk-bench-litellm-master-key-0123456789";
+
+fn client(conns: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(conns)
+        .tcp_nodelay(true)
+        .build()
+        .expect("client")
+}
+
+/// Sends one request and reads the whole answer; returns (latency, time to the first
+/// `data:` event) or None on an error.
+async fn one(
+    client: &reqwest::Client,
+    t: &Target,
+    body: &'static str,
+    user: &str,
+    started: Instant,
+) -> Option<(Duration, Option<Duration>)> {
+    let mut req = client
+        .post(&t.url)
+        .header("content-type", "application/json")
+        .body(body);
+    if t.metered {
+        req = req
+            .bearer_auth(CLIENT_KEY)
+            .header("x-librechat-user-id", user);
+    } else if let Some(key) = t.key {
+        req = req.bearer_auth(key);
+    }
+    let mut res = req.send().await.ok()?;
+    if !res.status().is_success() {
+        return None;
+    }
+    let mut ttfb = None;
+    while let Some(chunk) = res.chunk().await.ok()? {
+        if ttfb.is_none() && memchr_find(&chunk, b"data:") {
+            ttfb = Some(started.elapsed());
+        }
+    }
+    Some((started.elapsed(), ttfb))
+}
+
+/// Closed loop: `conns` workers send back to back for `dur`.
+async fn saturate(
+    t: &Target,
+    body: &'static str,
+    conns: usize,
+    dur: Duration,
+    users: usize,
+) -> Stats {
+    let client = client(conns);
+    let deadline = Instant::now() + dur;
+    let begin = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..conns {
+        let (client, t) = (client.clone(), t.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = Stats::default();
+            let mut n = w;
+            while Instant::now() < deadline {
+                let user = format!("user-{}", n % users);
+                n += conns;
+                match one(&client, &t, body, &user, Instant::now()).await {
+                    Some((lat, ttfb)) => {
+                        s.ok += 1;
+                        s.latencies.push(lat);
+                        s.ttfb.extend(ttfb);
+                    }
+                    None => s.errors += 1,
+                }
+            }
+            s
+        }));
+    }
+    let mut total = Stats::default();
+    for task in tasks {
+        if let Ok(s) = task.await {
+            total.merge(s);
+        }
+    }
+    total.elapsed = begin.elapsed();
+    total
+}
+
+/// Open loop at `rate` requests/s, latency measured from the intended send time (no
+/// coordinated omission), over at most `conns` connections.
+async fn fixed_rate(
+    t: &Target,
+    body: &'static str,
+    rate: u32,
+    dur: Duration,
+    conns: usize,
+    users: usize,
+) -> Stats {
+    let client = client(conns);
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let begin = Instant::now();
+    let total_requests = (dur.as_secs_f64() * f64::from(rate)) as usize;
+    let gate = Arc::new(tokio::sync::Semaphore::new(conns));
+    let mut tasks = Vec::with_capacity(total_requests);
+    for i in 0..total_requests {
+        let intended = begin + period * i as u32;
+        tokio::time::sleep_until(tokio::time::Instant::from_std(intended)).await;
+        let (client, t, gate) = (client.clone(), t.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.ok()?;
+            one(&client, &t, body, &format!("user-{}", i % users), intended).await
+        }));
+    }
+    let mut s = Stats::default();
+    for task in tasks {
+        match task.await.ok().flatten() {
+            Some((lat, ttfb)) => {
+                s.ok += 1;
+                s.latencies.push(lat);
+                s.ttfb.extend(ttfb);
+            }
+            None => s.errors += 1,
+        }
+    }
+    s.elapsed = begin.elapsed();
+    s
+}
+
+// ---------------------------------------------------------------- processes
+
+struct Proc {
+    child: Child,
+    port: u16,
+    /// tokengate's database, to grant credits from the command line.
+    db_url: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+async fn wait_ready(url: &str) {
+    let client = reqwest::Client::new();
+    // LiteLLM's first start on a cold machine takes a while.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while Instant::now() < deadline {
+        if client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} did not become ready");
+}
+
+/// The release binary, or `TOKENGATE_BENCH_BIN` (the smoke run in the test command
+/// uses the debug build it already has: its figures only show the harness works).
+fn tokengate_bin() -> PathBuf {
+    std::env::var_os("TOKENGATE_BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/tokengate")
+        })
+}
+
+async fn start_tokengate(
+    db_url: Option<String>,
+    upstream: &str,
+    upstream_key: Option<&str>,
+) -> Proc {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = db_url.unwrap_or_else(|| format!("sqlite://{}/bench.db", dir.path().display()));
+    let child = Command::new(tokengate_bin())
+        .env("TOKENGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TOKENGATE_DATABASE_URL", &db)
+        .env("TOKENGATE_UPSTREAM_URL", upstream)
+        .env("TOKENGATE_UPSTREAM_KEY", upstream_key.unwrap_or(""))
+        .env("TOKENGATE_CLIENT_KEYS", CLIENT_KEY)
+        .env("TOKENGATE_ADMIN_PASSWORD", "bench-admin-password")
+        .env("TOKENGATE_MAIL_DIR", dir.path().join("mail"))
+        .env("TOKENGATE_ALERT_THRESHOLDS", "100")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start target/release/tokengate (bench/run.sh builds it)");
+    let p = Proc {
+        child,
+        port,
+        db_url: Some(db),
+        _dir: Some(dir),
+    };
+    wait_ready(&format!("http://127.0.0.1:{port}/readyz")).await;
+    p
+}
+
+async fn start_litellm(bin: &str, upstream_port: u16) -> Proc {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "model_list:\n  - model_name: bench-model\n    litellm_params:\n      model: openai/bench-model\n      api_base: http://127.0.0.1:{upstream_port}/v1\n      api_key: anything\ngeneral_settings:\n  master_key: {LITELLM_KEY}\n"
+        ),
+    )
+    .expect("write config");
+    let child = Command::new(bin)
+        .args([
+            "--config",
+            &config.display().to_string(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .envs([
+            ("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
+            ("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True"),
+            ("LITELLM_LOCAL_AUTOROUTER_PRESETS", "True"),
+            ("LITELLM_LOCAL_BLOG_POSTS", "True"),
+            ("LITELLM_LOCAL_POLICY_TEMPLATES", "True"),
+            ("LITELLM_DONT_SHOW_FEEDBACK_BOX", "True"),
+            ("NO_DOCKER", "1"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start litellm");
+    let p = Proc {
+        child,
+        port,
+        db_url: None,
+        _dir: Some(dir),
+    };
+    wait_ready(&format!("http://127.0.0.1:{port}/health/liveliness")).await;
+    p
+}
+
+// ---------------------------------------------------------------- the run
+
+struct Settings {
+    smoke: bool,
+    secs: Duration,
+    rates: Vec<u32>,
+    conns: usize,
+    out: Option<PathBuf>,
+}
+
+fn settings() -> Settings {
+    let args: Vec<String> = std::env::args().collect();
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
+    Settings {
+        smoke,
+        secs: if smoke {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(10)
+        },
+        rates: if smoke {
+            vec![100]
+        } else {
+            vec![500, 1000, 2000]
+        },
+        conns: 64,
+        out,
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+struct Row {
+    scenario: String,
+    load: String,
+    stats: Stats,
+}
+
+async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
+    let chat: &'static str = Box::leak(chat_body().into_boxed_str());
+    let title: &'static str = Box::leak(title_body().into_boxed_str());
+    let shape = StreamShape {
+        chunks: 20,
+        gap: Duration::ZERO,
+    };
+    let fake = fake_upstream(shape);
+    let fake_url = format!("http://127.0.0.1:{fake}/v1");
+    wait_ready(&format!("{fake_url}/models")).await;
+
+    let mut targets: Vec<(String, Target, Option<Proc>)> = vec![(
+        "A direct".into(),
+        Target {
+            url: format!("{fake_url}/chat/completions"),
+            metered: false,
+            key: None,
+        },
+        None,
+    )];
+    let tg = start_tokengate(None, &fake_url, None).await;
+    targets.push((
+        "B tokengate (SQLite)".into(),
+        Target {
+            url: format!("http://127.0.0.1:{}/v1/chat/completions", tg.port),
+            metered: true,
+            key: None,
+        },
+        Some(tg),
+    ));
+    if let Ok(pg) = std::env::var("TOKENGATE_BENCH_PG_URL") {
+        let tg = start_tokengate(Some(pg), &fake_url, None).await;
+        targets.push((
+            "B tokengate (PostgreSQL)".into(),
+            Target {
+                url: format!("http://127.0.0.1:{}/v1/chat/completions", tg.port),
+                metered: true,
+                key: None,
+            },
+            Some(tg),
+        ));
+    }
+    let mut notes = Vec::new();
+    if let Ok(bin) = std::env::var("TOKENGATE_BENCH_LITELLM") {
+        let litellm = start_litellm(&bin, fake).await;
+        let litellm_url = format!("http://127.0.0.1:{}/v1", litellm.port);
+        let tg = start_tokengate(None, &litellm_url, Some(LITELLM_KEY)).await;
+        targets.push((
+            "C LiteLLM".into(),
+            Target {
+                url: format!("{litellm_url}/chat/completions"),
+                metered: false,
+                key: Some(LITELLM_KEY),
+            },
+            Some(litellm),
+        ));
+        targets.push((
+            "D tokengate -> LiteLLM".into(),
+            Target {
+                url: format!("http://127.0.0.1:{}/v1/chat/completions", tg.port),
+                metered: true,
+                key: None,
+            },
+            Some(tg),
+        ));
+    } else {
+        notes.push("LiteLLM scenarios skipped: TOKENGATE_BENCH_LITELLM is not set.".into());
+    }
+
+    let mut rows = Vec::new();
+    for (name, t, proc_) in &targets {
+        let idle = proc_.as_ref().map(Proc::rss_kib);
+        // Warm up connections and caches.
+        let _ = saturate(t, chat, 8, Duration::from_millis(300), 1000).await;
+        let s = saturate(t, chat, st.conns, st.secs, 1000).await;
+        rows.push(Row {
+            scenario: name.clone(),
+            load: format!("stream, saturation, {} conns", st.conns),
+            stats: s,
+        });
+        let s = saturate(t, title, st.conns, st.secs, 1000).await;
+        rows.push(Row {
+            scenario: name.clone(),
+            load: format!("title, saturation, {} conns", st.conns),
+            stats: s,
+        });
+        // LiteLLM serves a few dozen of these requests a second here: a fixed rate it
+        // can sustain, or its queue, not its latency, is what gets measured.
+        let slow_litellm = name.starts_with('C') || name.starts_with('D');
+        let rates = if slow_litellm {
+            vec![LITELLM_RATE]
+        } else {
+            st.rates.clone()
+        };
+        for rate in &rates {
+            let s = fixed_rate(t, chat, *rate, st.secs, st.conns, 1000).await;
+            rows.push(Row {
+                scenario: name.clone(),
+                load: format!("stream, {rate}/s"),
+                stats: s,
+            });
+        }
+        if !st.smoke && name.starts_with('B') {
+            // One user gets everything: enough credits that no request is refused.
+            if let Some(db) = proc_.as_ref().and_then(|p| p.db_url.clone()) {
+                let granted = Command::new(tokengate_bin())
+                    .args(["credits", "grant", "user-0", "1000000000000"])
+                    .env("TOKENGATE_DATABASE_URL", db)
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(granted, "could not grant credits to the hot user");
+            }
+            let s = fixed_rate(t, chat, 1000, st.secs, st.conns, 1).await;
+            rows.push(Row {
+                scenario: name.clone(),
+                load: "stream, 1000/s, one hot user".into(),
+                stats: s,
+            });
+        }
+        if let (Some(p), Some(idle)) = (proc_, idle) {
+            notes.push(format!(
+                "{name}: RSS {} MiB at idle, {} MiB after the runs",
+                idle / 1024,
+                p.rss_kib() / 1024
+            ));
+        }
+    }
+    (rows, notes)
+}
+
+fn report(st: &Settings, rows: &mut [Row], notes: &[String]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| scenario | load | ok | errors | req/s | p50 ms | p99 ms | TTFB p50 ms | TTFB p99 ms |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows.iter_mut() {
+        let s = &mut r.stats;
+        let (p50, p99) = (pct(&mut s.latencies, 0.5), pct(&mut s.latencies, 0.99));
+        let (t50, t99) = (pct(&mut s.ttfb, 0.5), pct(&mut s.ttfb, 0.99));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} |",
+            r.scenario,
+            r.load,
+            s.ok,
+            s.errors,
+            s.rps(),
+            ms(p50),
+            ms(p99),
+            ms(t50),
+            ms(t99)
+        );
+    }
+    // Added latency of B over A at each fixed rate.
+    let _ = writeln!(out);
+    for rate in &st.rates {
+        let load = format!("stream, {rate}/s");
+        let find = |prefix: &str| {
+            rows.iter()
+                .find(|r| r.scenario.starts_with(prefix) && r.load == load)
+        };
+        if let (Some(a), Some(b)) = (find("A"), find("B tokengate (SQLite)")) {
+            let (mut la, mut lb) = (a.stats.latencies.clone(), b.stats.latencies.clone());
+            let (mut ta, mut tb) = (a.stats.ttfb.clone(), b.stats.ttfb.clone());
+            let _ = writeln!(
+                out,
+                "- {load}: tokengate (SQLite) adds {} µs at p50 and {} µs at p99; time to first byte +{} µs at p99.",
+                (pct(&mut lb, 0.5).as_micros() as i128 - pct(&mut la, 0.5).as_micros() as i128),
+                (pct(&mut lb, 0.99).as_micros() as i128 - pct(&mut la, 0.99).as_micros() as i128),
+                (pct(&mut tb, 0.99).as_micros() as i128 - pct(&mut ta, 0.99).as_micros() as i128),
+            );
+        }
+    }
+    for n in notes {
+        let _ = writeln!(out, "- {n}");
+    }
+    out
+}
+
+fn main() {
+    // `cargo bench` passes --bench; ignore what is not ours.
+    let st = settings();
+    if !tokengate_bin().exists() {
+        eprintln!(
+            "{} is missing: run bench/run.sh, which builds it",
+            tokengate_bin().display()
+        );
+        std::process::exit(2);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (mut rows, notes) = rt.block_on(run(&st));
+    let table = report(&st, &mut rows, &notes);
+    println!("{table}");
+    let failed = rows.iter().any(|r| r.stats.ok == 0);
+    if let Some(path) = &st.out {
+        let doc = format!(
+            "{}\n\n## Figures\n\nGenerated by `bench/run.sh` on {} ({}).\n\n{table}",
+            include_str!("../bench/BENCHMARKS.head.md").trim_end(),
+            chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+            machine()
+        );
+        if let Err(e) = std::fs::write(path, doc) {
+            eprintln!("cannot write {}: {e}", path.display());
+            std::process::exit(1);
+        }
+    }
+    if failed {
+        eprintln!("a scenario completed no request");
+        std::process::exit(1);
+    }
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpus} CPUs, {model}")
+}
