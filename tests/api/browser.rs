@@ -64,15 +64,31 @@ async fn save(client: &fantoccini::Client, name: &str) {
     std::fs::write(screenshot_path(name), png).unwrap();
 }
 
-async fn text_of(client: &fantoccini::Client, css: &str) -> String {
-    client
-        .wait()
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+/// Waits (bounded) until the element's text satisfies `ok`, and returns it. Polls
+/// because a click or submit may return before the next page has replaced this one
+/// (an element of the old page then goes stale).
+async fn text_when(client: &fantoccini::Client, css: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    loop {
+        if let Ok(el) = client.find(Locator::Css(css)).await
+            && let Ok(text) = el.text().await
+        {
+            if ok(&text) {
+                return text;
+            }
+            last = text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{css}: text {last:?} never matched"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn expect_text(client: &fantoccini::Client, css: &str, expected: &str) {
+    text_when(client, css, |t| t == expected).await;
 }
 
 #[actix_web::test]
@@ -138,7 +154,7 @@ async fn an_admin_finds_a_blocked_user_and_grants_credits_in_chromium() {
     form.set_by_name("email", ADMIN_EMAIL).await.unwrap();
     form.set_by_name("password", ADMIN_PASSWORD).await.unwrap();
     form.submit().await.unwrap();
-    assert_eq!(text_of(&client, "main h1").await, "Visão geral");
+    expect_text(&client, "main h1", "Visão geral").await;
     save(&client, "overview").await;
 
     // The overview links to the blocked users; Maria is there.
@@ -176,8 +192,8 @@ async fn an_admin_finds_a_blocked_user_and_grants_credits_in_chromium() {
         .click()
         .await
         .unwrap();
-    assert_eq!(text_of(&client, "main h1").await, "maria@example.com");
-    assert_eq!(text_of(&client, "#remaining").await, "0");
+    expect_text(&client, "main h1", "maria@example.com").await;
+    expect_text(&client, "#remaining", "0").await;
 
     // Grant credits; the page shows the new balance.
     let grant = client
@@ -192,13 +208,12 @@ async fn an_admin_finds_a_blocked_user_and_grants_credits_in_chromium() {
         .await
         .unwrap();
     grant.submit().await.unwrap();
-    let flash = text_of(&client, "p.flash.ok").await;
-    assert!(
-        flash.contains("Créditos concedidos: 100.000 tokens."),
-        "{flash}"
-    );
-    assert_eq!(text_of(&client, "#credits").await, "100.000");
-    assert_eq!(text_of(&client, "#remaining").await, "100.000");
+    text_when(&client, "p.flash.ok", |t| {
+        t.contains("Créditos concedidos: 100.000 tokens.")
+    })
+    .await;
+    expect_text(&client, "#credits", "100.000").await;
+    expect_text(&client, "#remaining", "100.000").await;
     save(&client, "user-detail").await;
 
     // The same pages on a phone-sized screen.
@@ -207,7 +222,7 @@ async fn an_admin_finds_a_blocked_user_and_grants_credits_in_chromium() {
         .goto(&format!("{}/admin", app.address))
         .await
         .unwrap();
-    assert_eq!(text_of(&client, "main h1").await, "Visão geral");
+    expect_text(&client, "main h1", "Visão geral").await;
     save(&client, "overview-phone").await;
 
     client.close().await.unwrap();
