@@ -247,23 +247,38 @@ pub(super) fn weights(c: &mut Conn) -> QueryResult<Vec<(String, crate::domain::W
         .collect())
 }
 
+/// The columns of [`LedgerEntry`], in its field order.
+const LEDGER_COLUMNS: (
+    ledger::id,
+    ledger::kind,
+    ledger::delta_allowance,
+    ledger::delta_credits,
+    ledger::allowance_after,
+    ledger::credits_after,
+    ledger::cycle,
+    ledger::actor,
+    ledger::note,
+    ledger::request_id,
+    ledger::created_at,
+) = (
+    ledger::id,
+    ledger::kind,
+    ledger::delta_allowance,
+    ledger::delta_credits,
+    ledger::allowance_after,
+    ledger::credits_after,
+    ledger::cycle,
+    ledger::actor,
+    ledger::note,
+    ledger::request_id,
+    ledger::created_at,
+);
+
 pub(super) fn ledger_entries(c: &mut Conn, user_id: i64) -> QueryResult<Vec<LedgerEntry>> {
     ledger::table
         .filter(ledger::user_id.eq(user_id))
         .order(ledger::id.asc())
-        .select((
-            ledger::id,
-            ledger::kind,
-            ledger::delta_allowance,
-            ledger::delta_credits,
-            ledger::allowance_after,
-            ledger::credits_after,
-            ledger::cycle,
-            ledger::actor,
-            ledger::note,
-            ledger::request_id,
-            ledger::created_at,
-        ))
+        .select(LEDGER_COLUMNS)
         .load(c)
 }
 
@@ -276,19 +291,7 @@ pub(super) fn recent_ledger_entries(
         .filter(ledger::user_id.eq(user_id))
         .order(ledger::id.desc())
         .limit(limit)
-        .select((
-            ledger::id,
-            ledger::kind,
-            ledger::delta_allowance,
-            ledger::delta_credits,
-            ledger::allowance_after,
-            ledger::credits_after,
-            ledger::cycle,
-            ledger::actor,
-            ledger::note,
-            ledger::request_id,
-            ledger::created_at,
-        ))
+        .select(LEDGER_COLUMNS)
         .load(c)
 }
 

@@ -559,15 +559,7 @@ async fn a_rejected_recipient_fails_after_the_retries_without_blocking_others() 
     let mail = smtp.messages();
     assert_eq!(mail.len(), 5);
     assert!(mail.iter().all(|m| m.to() != "recusado@example.com"));
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     // The dashboard shows the failure and why.
     let admin = crate::admin::Admin::signed_in(&app).await;
     let page = admin.page("/admin/alerts").await;

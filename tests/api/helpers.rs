@@ -172,6 +172,18 @@ impl TestApp {
             .header("content-type", "application/json")
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// A chat request as LibreChat sends it, for user `user`.
     pub async fn chat_as(&self, user: &str, body: &Value) -> reqwest::Response {
         self.post("/v1/chat/completions")

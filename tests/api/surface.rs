@@ -313,15 +313,7 @@ async fn health_readiness_and_metrics() {
         .await
         .bytes()
         .await;
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("tokengate_requests_settled_total{outcome=\"completed\"} 1"),
         "{metrics}"
