@@ -4,9 +4,9 @@
 #   bench/run.sh           full run; writes BENCHMARKS.md
 #   bench/run.sh --smoke   a few seconds, checks the harness and prints figures
 #
-# With TOKENGATE_BENCH_PG_URL (a PostgreSQL database URL) scenario B also runs on
-# PostgreSQL; with TOKENGATE_BENCH_LITELLM (the litellm executable; scripts/lib.sh's
-# ensure_litellm installs the pinned one) scenarios C and D run too.
+# The full run starts a throwaway PostgreSQL cluster (or uses TOKENGATE_BENCH_PG_URL)
+# for scenario B on PostgreSQL, and the pinned LiteLLM (or TOKENGATE_BENCH_LITELLM)
+# for scenarios C and D. `--only B` runs scenario A and the B scenarios only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -18,6 +18,16 @@ if [ "${1:-}" != "--smoke" ]; then
   if [ -z "${TOKENGATE_BENCH_LITELLM:-}" ]; then
     ensure_litellm
     export TOKENGATE_BENCH_LITELLM="$LITELLM_VENV/bin/litellm"
+  fi
+  if [ -z "${TOKENGATE_BENCH_PG_URL:-}" ]; then
+    WORK=$(mktemp -d /tmp/tokengate-bench.XXXXXX)
+    cleanup() {
+      stop_throwaway_postgres
+      rm -rf "$WORK"
+    }
+    trap cleanup EXIT
+    start_throwaway_postgres "$WORK"
+    export TOKENGATE_BENCH_PG_URL="$PG_URL"
   fi
 fi
 log "building tokengate (release)"

@@ -451,6 +451,44 @@ async fn start_litellm(bin: &str, upstream_port: u16) -> Proc {
     p
 }
 
+/// tokengate's `tokengate_phase_seconds` sums and counts, by phase.
+async fn phase_totals(p: Option<&Proc>) -> Vec<(String, f64, f64)> {
+    let Some(p) = p.filter(|p| p.db_url.is_some()) else {
+        return Vec::new();
+    };
+    let Ok(res) = reqwest::get(format!("http://127.0.0.1:{}/metrics", p.port)).await else {
+        return Vec::new();
+    };
+    let text = res.text().await.unwrap_or_default();
+    let value = |metric: &str, phase: &str| {
+        let prefix = format!("{metric}{{phase=\"{phase}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    ["parse", "reserve", "upstream", "settle"]
+        .iter()
+        .map(|p| {
+            (
+                (*p).to_owned(),
+                value("tokengate_phase_seconds_sum", p),
+                value("tokengate_phase_seconds_count", p),
+            )
+        })
+        .collect()
+}
+
+fn phase_means(before: &[(String, f64, f64)], after: &[(String, f64, f64)]) -> Option<String> {
+    let parts: Vec<String> = before
+        .iter()
+        .zip(after)
+        .filter(|(b, a)| a.2 > b.2)
+        .map(|(b, a)| format!("{} {:.0} µs", a.0, (a.1 - b.1) / (a.2 - b.2) * 1e6))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
 // ---------------------------------------------------------------- the run
 
 struct Settings {
@@ -459,6 +497,9 @@ struct Settings {
     rates: Vec<u32>,
     conns: usize,
     out: Option<PathBuf>,
+    /// `--only B`: scenario A (the reference) plus those whose name starts with B;
+    /// `--only rss`: the memory measure alone.
+    only: Option<String>,
 }
 
 fn settings() -> Settings {
@@ -483,6 +524,11 @@ fn settings() -> Settings {
         },
         conns: 64,
         out,
+        only: args
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|i| args.get(i + 1))
+            .cloned(),
     }
 }
 
@@ -567,6 +613,11 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
 
     let mut rows = Vec::new();
     for (name, t, proc_) in &targets {
+        if let Some(only) = &st.only
+            && (only == "rss" || (!name.starts_with('A') && !name.starts_with(only.as_str())))
+        {
+            continue;
+        }
         let idle = proc_.as_ref().map(Proc::rss_kib);
         // Warm up connections and caches.
         let _ = saturate(t, chat, 8, Duration::from_millis(300), 1000).await;
@@ -591,7 +642,12 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
             st.rates.clone()
         };
         for rate in &rates {
+            let before = phase_totals(proc_.as_ref()).await;
             let s = fixed_rate(t, chat, *rate, st.secs, st.conns, 1000).await;
+            let after = phase_totals(proc_.as_ref()).await;
+            if let Some(phases) = phase_means(&before, &after) {
+                notes.push(format!("{name}, stream {rate}/s, tokengate's own mean time per request (/metrics): {phases}"));
+            }
             rows.push(Row {
                 scenario: name.clone(),
                 load: format!("stream, {rate}/s"),
@@ -615,6 +671,19 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
                 load: "stream, 1000/s, one hot user".into(),
                 stats: s,
             });
+            // 100,000 users in the database, the traffic spread over all of them.
+            let began = Instant::now();
+            provision(t, title, 100_000, st.conns).await;
+            notes.push(format!(
+                "{name}: 100,000 users provisioned through the proxy (one title request each) in {:.0} s",
+                began.elapsed().as_secs_f64()
+            ));
+            let s = fixed_rate(t, chat, 1000, st.secs, st.conns, 100_000).await;
+            rows.push(Row {
+                scenario: name.clone(),
+                load: "stream, 1000/s, 100,000 users".into(),
+                stats: s,
+            });
         }
         if let (Some(p), Some(idle)) = (proc_, idle) {
             notes.push(format!(
@@ -624,7 +693,104 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
             ));
         }
     }
+    // Memory with many streams open at once: a slow upstream (one chunk every 200 ms)
+    // keeps every stream open while the count of streams that got their first event
+    // climbs to the target; RSS is read at that moment.
+    let open = if st.smoke { 100 } else { 1000 };
+    let slow = fake_upstream(StreamShape {
+        chunks: 20,
+        gap: Duration::from_millis(200),
+    });
+    let slow_url = format!("http://127.0.0.1:{slow}/v1");
+    wait_ready(&format!("{slow_url}/models")).await;
+    let tg = start_tokengate(None, &slow_url, None).await;
+    let idle = tg.rss_kib();
+    let target = Target {
+        url: format!("http://127.0.0.1:{}/v1/chat/completions", tg.port),
+        metered: true,
+        key: None,
+    };
+    let (peak, ok) = concurrent_streams(&target, chat, open, &tg).await;
+    notes.push(format!(
+        "B tokengate (SQLite): RSS {} MiB at idle, {} MiB with {open} streams open at once ({ok} of {open} completed)",
+        idle / 1024,
+        peak / 1024
+    ));
     (rows, notes)
+}
+
+/// One title request for each of `users` users, `conns` at a time.
+async fn provision(t: &Target, body: &'static str, users: usize, conns: usize) {
+    let client = client(conns);
+    let mut tasks = Vec::new();
+    for w in 0..conns {
+        let (client, t) = (client.clone(), t.clone());
+        tasks.push(tokio::spawn(async move {
+            for n in (w..users).step_by(conns) {
+                let _ = one(&client, &t, body, &format!("user-{n}"), Instant::now()).await;
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+/// Opens `n` streams at once and returns tokengate's RSS (KiB) once all of them have
+/// received their first event, and how many completed.
+async fn concurrent_streams(t: &Target, body: &'static str, n: usize, p: &Proc) -> (u64, usize) {
+    let client = client(n);
+    let started = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (client, t, started) = (client.clone(), t.clone(), started.clone());
+        tasks.push(tokio::spawn(async move {
+            let res = client
+                .post(&t.url)
+                .header("content-type", "application/json")
+                .bearer_auth(CLIENT_KEY)
+                .header("x-librechat-user-id", format!("user-{}", i % 1000))
+                .body(body)
+                .send()
+                .await;
+            let Ok(mut res) = res else {
+                started.add_permits(1);
+                return false;
+            };
+            let mut first = true;
+            let mut ok = res.status().is_success();
+            loop {
+                match res.chunk().await {
+                    Ok(Some(_)) => {
+                        if first {
+                            first = false;
+                            started.add_permits(1);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if first {
+                started.add_permits(1);
+            }
+            ok
+        }));
+    }
+    // Every stream has had its first event (or failed) when all permits are in.
+    let all = u32::try_from(n).unwrap_or(u32::MAX);
+    let _ = started.acquire_many(all).await;
+    let peak = p.rss_kib();
+    let mut ok = 0;
+    for task in tasks {
+        if task.await.unwrap_or(false) {
+            ok += 1;
+        }
+    }
+    (peak, ok)
 }
 
 fn report(st: &Settings, rows: &mut [Row], notes: &[String]) -> String {
@@ -660,12 +826,15 @@ fn report(st: &Settings, rows: &mut [Row], notes: &[String]) -> String {
             rows.iter()
                 .find(|r| r.scenario.starts_with(prefix) && r.load == load)
         };
-        if let (Some(a), Some(b)) = (find("A"), find("B tokengate (SQLite)")) {
+        for backend in ["SQLite", "PostgreSQL"] {
+            let (Some(a), Some(b)) = (find("A"), find(&format!("B tokengate ({backend})"))) else {
+                continue;
+            };
             let (mut la, mut lb) = (a.stats.latencies.clone(), b.stats.latencies.clone());
             let (mut ta, mut tb) = (a.stats.ttfb.clone(), b.stats.ttfb.clone());
             let _ = writeln!(
                 out,
-                "- {load}: tokengate (SQLite) adds {} µs at p50 and {} µs at p99; time to first byte +{} µs at p99.",
+                "- {load}: tokengate ({backend}) adds {} µs at p50 and {} µs at p99; time to first byte +{} µs at p99.",
                 (pct(&mut lb, 0.5).as_micros() as i128 - pct(&mut la, 0.5).as_micros() as i128),
                 (pct(&mut lb, 0.99).as_micros() as i128 - pct(&mut la, 0.99).as_micros() as i128),
                 (pct(&mut tb, 0.99).as_micros() as i128 - pct(&mut ta, 0.99).as_micros() as i128),

@@ -79,6 +79,34 @@ pg_bindir() {
   echo "$dir"
 }
 
+# Starts a throwaway PostgreSQL cluster under $1 (a fresh folder) on a free port and
+# sets PG_URL; stop_throwaway_postgres stops it. initdb and postgres refuse to run
+# as root, so as root they run as the postgres system user.
+start_throwaway_postgres() {
+  PG_WORK=$1
+  PGBIN=$(pg_bindir)
+  PGDATA="$PG_WORK/pgdata"
+  PGPORT=$(free_port)
+  mkdir -p "$PGDATA"
+  chmod 755 "$PG_WORK"
+  [ "$(id -u)" = 0 ] && chown postgres "$PGDATA" "$PG_WORK"
+  log "starting a throwaway PostgreSQL on 127.0.0.1:$PGPORT"
+  as_pg "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --no-locale >"$PG_WORK/initdb.log" 2>&1 \
+    || { cat "$PG_WORK/initdb.log" >&2; die "initdb failed"; }
+  as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PG_WORK/postgres.log" -w \
+    -o "-p $PGPORT -k $PG_WORK -c listen_addresses=127.0.0.1 -c max_connections=400" start >/dev/null \
+    || { cat "$PG_WORK/postgres.log" >&2; die "PostgreSQL did not start"; }
+  PG_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
+}
+
+stop_throwaway_postgres() {
+  [ -n "${PGDATA:-}" ] && as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }

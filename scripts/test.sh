@@ -22,33 +22,15 @@ ensure_smtp_tools
 ensure_browser
 ensure_npm_packages
 ensure_compose
-PGBIN=$(pg_bindir)
-
 WORK=$(mktemp -d /tmp/tokengate-test.XXXXXX)
-chmod 755 "$WORK"
-PGDATA="$WORK/pgdata"
-PGPORT=$(free_port)
-as_pg() {
-  # initdb and postgres refuse to run as root: use the postgres system user.
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-mkdir -p "$PGDATA"
-[ "$(id -u)" = 0 ] && chown postgres "$PGDATA" "$WORK"
-
 cleanup() {
-  as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null 2>&1 || true
+  stop_throwaway_postgres
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+start_throwaway_postgres "$WORK"
 
-log "starting a throwaway PostgreSQL on 127.0.0.1:$PGPORT"
-as_pg "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --no-locale >"$WORK/initdb.log" 2>&1 \
-  || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
-as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$WORK/postgres.log" -w \
-  -o "-p $PGPORT -k $WORK -c listen_addresses=127.0.0.1 -c max_connections=400" start >/dev/null \
-  || { cat "$WORK/postgres.log" >&2; die "PostgreSQL did not start"; }
-
-export TOKENGATE_TEST_PG_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
+export TOKENGATE_TEST_PG_URL="$PG_URL"
 export TOKENGATE_TEST_LITELLM="$LITELLM_VENV/bin/litellm"
 export TOKENGATE_TEST_PYTHON="$LITELLM_VENV/bin/python"
 export TOKENGATE_TEST_SMTP_PYTHON=/usr/bin/python3

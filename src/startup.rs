@@ -83,7 +83,6 @@ impl Application {
         if released > 0 {
             tracing::warn!(released, instance = %config.instance_id, "released holds left by a previous run of this instance");
         }
-        crate::proxy::estimate::warm_up();
 
         let upstream = Upstream::new(&config).map_err(|e| StartupError::Upstream(e.to_string()))?;
         let listener = TcpListener::bind(&config.listen)

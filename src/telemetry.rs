@@ -36,6 +36,35 @@ pub struct Metrics {
     rejected: [AtomicU64; 3],
     /// Alert mail: sent, attempts that will be retried, given up.
     mail: [AtomicU64; 3],
+    /// tokengate's own time per phase of a metered request: microseconds and count.
+    phase_micros: [AtomicU64; 4],
+    phase_count: [AtomicU64; 4],
+}
+
+/// The phases of a metered request, as in its `Server-Timing` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Client key, body read and parse, identity, prompt estimate.
+    Parse,
+    /// The reservation's durable write.
+    Reserve,
+    /// From sending upstream to its response headers.
+    Upstream,
+    /// The settlement's durable write.
+    Settle,
+}
+
+impl Phase {
+    const ALL: [Self; 4] = [Self::Parse, Self::Reserve, Self::Upstream, Self::Settle];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Parse => "parse",
+            Self::Reserve => "reserve",
+            Self::Upstream => "upstream",
+            Self::Settle => "settle",
+        }
+    }
 }
 
 /// What happened to one attempt at sending an alert message.
@@ -59,6 +88,12 @@ impl MailResult {
 }
 
 impl Metrics {
+    pub fn record_phase(&self, phase: Phase, took: std::time::Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.phase_micros[phase as usize].fetch_add(micros, Ordering::Relaxed);
+        self.phase_count[phase as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn record_mail(&self, result: MailResult) {
         self.mail[result as usize].fetch_add(1, Ordering::Relaxed);
     }
@@ -127,6 +162,26 @@ impl Metrics {
                 "tokengate_mail_attempts_total{{result=\"{}\"}} {}",
                 r.label(),
                 self.mail[r as usize].load(Ordering::Relaxed)
+            );
+        }
+        out.push_str(
+            "# HELP tokengate_phase_seconds tokengate's own time per phase of a metered request.\n",
+        );
+        out.push_str("# TYPE tokengate_phase_seconds summary\n");
+        for p in Phase::ALL {
+            let micros = self.phase_micros[p as usize].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "tokengate_phase_seconds_sum{{phase=\"{}\"}} {}.{:06}",
+                p.label(),
+                micros / 1_000_000,
+                micros % 1_000_000
+            );
+            let _ = writeln!(
+                out,
+                "tokengate_phase_seconds_count{{phase=\"{}\"}} {}",
+                p.label(),
+                self.phase_count[p as usize].load(Ordering::Relaxed)
             );
         }
         out

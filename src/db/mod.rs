@@ -1,5 +1,6 @@
 //! One binary, two databases: SQLite (embedded default) and PostgreSQL, chosen by URL.
 
+mod batch;
 pub mod schema;
 
 use crate::config::DatabaseUrl;
@@ -11,6 +12,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use secrecy::ExposeSecret;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -140,6 +142,8 @@ impl r2d2::ManageConnection for ConnectionManager {
 pub struct Database {
     pool: Pool,
     url: DatabaseUrl,
+    /// SQLite's group-commit writer, started by the first `write`.
+    writer: Arc<OnceLock<batch::WriteQueue>>,
 }
 
 impl Database {
@@ -160,6 +164,38 @@ impl Database {
         Self {
             pool,
             url: url.clone(),
+            writer: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Runs `f` as a write transaction off the async runtime. On SQLite it joins the
+    /// writer thread's next group commit (see `batch`); on PostgreSQL it runs in a
+    /// transaction of its own on a pooled connection, so row locks, not a single
+    /// process, keep replicas apart. `f` may run more than once after a lost race.
+    pub async fn write<T, F>(&self, mut f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut AnyConnection) -> Result<T, StoreError> + Send + 'static,
+    {
+        match &self.url {
+            DatabaseUrl::Sqlite(_) => {
+                let manager = ConnectionManager {
+                    url: self.url.clone(),
+                };
+                self.writer
+                    .get_or_init(|| batch::WriteQueue::start(manager))
+                    .submit(f)
+                    .await
+            }
+            DatabaseUrl::Postgres(_) => {
+                let pool = self.pool.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut conn = pool.get()?;
+                    write_tx(&mut conn, &mut f)
+                })
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("write task failed: {e}")))?
+            }
         }
     }
 

@@ -237,20 +237,35 @@ impl Ledger {
     }
 
     /// Identifies (and if new, provisions) the user and reserves tokens for one request
-    /// in a single transaction.
-    pub fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+    /// in a single transaction (on SQLite, a savepoint in the next group commit).
+    pub async fn reserve(&self, req: ReserveRequest) -> Result<ReserveOutcome, StoreError> {
         let now = self.now();
         let ctx = tx::Ctx::new(now, self.tz);
         let expires = now + chrono::Duration::from_std(self.hold_max_age).unwrap_or_default();
-        let mut conn = self.db.conn()?;
-        write_tx(&mut conn, |c| {
-            tx::reserve(c, &ctx, req, &self.instance_id, expires)
-        })
+        let instance_id = self.instance_id.clone();
+        self.db
+            .write(move |c| tx::reserve(c, &ctx, &req, &instance_id, expires))
+            .await
     }
 
     /// Charges what a request used and releases its hold, writing any alert the usage
-    /// crossed in the same transaction. Idempotent per request id.
-    pub fn settle(&self, s: &Settlement) -> Result<SettleResult, StoreError> {
+    /// crossed in the same transaction. Idempotent per request id. Returns once the
+    /// settlement is durable.
+    pub async fn settle(&self, s: Settlement) -> Result<SettleResult, StoreError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
+        let policy = self.alerts.clone();
+        let (result, queued) = self
+            .db
+            .write(move |c| tx::settle(c, &ctx, &s, &policy))
+            .await?;
+        if queued > 0 {
+            self.outbox_signal.notify_one();
+        }
+        Ok(result)
+    }
+
+    /// `settle` for callers off the async runtime (the hold sweeper).
+    pub fn settle_blocking(&self, s: &Settlement) -> Result<SettleResult, StoreError> {
         let ctx = tx::Ctx::new(self.now(), self.tz);
         let mut conn = self.db.conn()?;
         let (result, queued) = write_tx(&mut conn, |c| tx::settle(c, &ctx, s, &self.alerts))?;
@@ -480,7 +495,7 @@ impl Ledger {
             let age = (self.now().naive_utc() - hold.created_at)
                 .to_std()
                 .unwrap_or_default();
-            let result = self.settle(&Settlement {
+            let result = self.settle_blocking(&Settlement {
                 request_id: hold.request_id.clone(),
                 prompt_tokens: 0,
                 completion_tokens: 0,

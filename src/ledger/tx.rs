@@ -575,22 +575,30 @@ pub(super) fn heartbeat(c: &mut Conn, id: &str, now: NaiveDateTime) -> Result<()
 }
 
 /// Finds the caller's user row, linking a pre-created user by email or creating one
-/// on the default plan. The first statement is a write so that, on both backends,
-/// the transaction holds its lock before it reads anything.
+/// on the default plan. Email and name are written only when LibreChat sent new
+/// ones: most requests only read the row, which keeps the hot path's writes (and on
+/// PostgreSQL, dead row versions) down. Concurrency is settled by the balance row's
+/// lock taken next, and a lost race to create the user by a retry.
 fn upsert_user(c: &mut Conn, ctx: &Ctx, who: &Identity) -> Result<(i64, bool), StoreError> {
     let email = who.email.as_ref().map(Email::as_str);
     let name = who.name.as_ref().map(|n| n.as_str());
-    let known: Option<(i64, Option<NaiveDateTime>)> =
-        diesel::update(users::table.filter(users::external_id.eq(who.key.as_str())))
-            .set(&UserRefresh {
-                email,
-                name,
-                updated_at: ctx.now,
-            })
-            .returning((users::id, users::suspended_at))
-            .get_result(c)
-            .optional()?;
-    if let Some((id, suspended_at)) = known {
+    let known: Option<KnownUser> = users::table
+        .filter(users::external_id.eq(who.key.as_str()))
+        .select((users::id, users::suspended_at, users::email, users::name))
+        .first(c)
+        .optional()?;
+    if let Some((id, suspended_at, stored_email, stored_name)) = known {
+        let changed = (email.is_some() && email != stored_email.as_deref())
+            || (name.is_some() && name != stored_name.as_deref());
+        if changed {
+            diesel::update(users::table.find(id))
+                .set(&UserRefresh {
+                    email,
+                    name,
+                    updated_at: ctx.now,
+                })
+                .execute(c)?;
+        }
         return Ok((id, suspended_at.is_some()));
     }
     if let Some(email) = email {
@@ -627,6 +635,9 @@ fn upsert_user(c: &mut Conn, ctx: &Ctx, who: &Identity) -> Result<(i64, bool), S
     )?;
     Ok((id, false))
 }
+
+/// id, suspended_at, email, name.
+type KnownUser = (i64, Option<NaiveDateTime>, Option<String>, Option<String>);
 
 #[derive(AsChangeset)]
 #[diesel(table_name = users)]

@@ -4,8 +4,7 @@
 use super::estimate;
 use super::sse::{SseScanner, Usage};
 use crate::ledger::{Ledger, Outcome, SettleResult, Settlement};
-use crate::telemetry::Metrics;
-use actix_web::web;
+use crate::telemetry::{Metrics, Phase};
 use bytes::Bytes;
 use futures_util::future::LocalBoxFuture;
 use futures_util::{FutureExt, Stream, StreamExt};
@@ -69,16 +68,16 @@ impl Meter {
     /// Settles on the blocking pool; on failure keeps retrying in the background so an
     /// acknowledged request is not lost to a database blip.
     pub async fn settle(&self, settlement: Settlement) {
-        let ledger = self.ledger.clone();
-        let s = settlement.clone();
-        let result = web::block(move || ledger.settle(&s)).await;
-        match result {
-            Ok(Ok(r)) => self.record(&settlement, r),
-            Ok(Err(e)) => {
+        let settling = Instant::now();
+        match self.ledger.settle(settlement.clone()).await {
+            Ok(r) => {
+                self.metrics.record_phase(Phase::Settle, settling.elapsed());
+                self.record(&settlement, r);
+            }
+            Err(e) => {
                 tracing::warn!(request_id = %settlement.request_id, error = %e, "settlement failed; retrying in the background");
                 spawn_retry(self.clone(), settlement);
             }
-            Err(_) => spawn_retry(self.clone(), settlement),
         }
     }
 
@@ -110,9 +109,7 @@ fn spawn_retry(meter: Meter, settlement: Settlement) {
         let mut delay = Duration::from_millis(250);
         for _ in 0..12 {
             actix_web::rt::time::sleep(delay).await;
-            let ledger = meter.ledger.clone();
-            let s = settlement.clone();
-            if let Ok(Ok(r)) = web::block(move || ledger.settle(&s)).await {
+            if let Ok(r) = meter.ledger.settle(settlement.clone()).await {
                 meter.record(&settlement, r);
                 return;
             }

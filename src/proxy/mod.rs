@@ -17,12 +17,13 @@ use crate::domain::identity::{IdentityError, decode_header_value};
 use crate::domain::{DisplayName, Email, Identity, UserKey};
 use crate::ledger::{Outcome, ReserveOutcome, ReserveRequest};
 use crate::startup::AppState;
+use crate::telemetry::Phase;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use meter::{Meter, MeteredStream};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub const USER_ID_HEADER: &str = "x-librechat-user-id";
 pub const USER_EMAIL_HEADER: &str = "x-librechat-user-email";
@@ -130,10 +131,15 @@ async fn metered(
         prompt_tokens: parsed.prompt_tokens,
         requested_completion,
     };
-    let ledger = state.ledger.clone();
-    let outcome = web::block(move || ledger.reserve(&reserve))
-        .await
-        .map_err(|_| ApiError::Internal)??;
+    let mut timing = Timing {
+        parse: started.elapsed(),
+        ..Timing::default()
+    };
+    state.metrics.record_phase(Phase::Parse, timing.parse);
+    let reserving = Instant::now();
+    let outcome = state.ledger.reserve(reserve).await?;
+    timing.reserve = reserving.elapsed();
+    state.metrics.record_phase(Phase::Reserve, timing.reserve);
     let reservation = match outcome {
         ReserveOutcome::Reserved(r) => r,
         ReserveOutcome::Blocked(b) => {
@@ -179,6 +185,7 @@ async fn metered(
         }
     };
 
+    let sending = Instant::now();
     let response = match state
         .upstream
         .post_json(endpoint.path(), upstream_body, parsed.stream)
@@ -198,6 +205,8 @@ async fn metered(
         }
     };
 
+    timing.upstream = sending.elapsed();
+    state.metrics.record_phase(Phase::Upstream, timing.upstream);
     let status = response.status().as_u16();
     let content_type = content_type_of(&response);
     if !response.status().is_success() {
@@ -215,12 +224,14 @@ async fn metered(
     }
 
     if parsed.stream && content_type.starts_with("text/event-stream") {
+        // The settlement comes after the last byte: its time is only in /metrics.
         let stream = MeteredStream::new(Box::pin(response.bytes_stream()), meter, status);
         return Ok(HttpResponse::build(status_code(status))
             .insert_header((header::CONTENT_TYPE, content_type))
             .insert_header((header::CACHE_CONTROL, "no-cache"))
             .insert_header(("x-accel-buffering", "no"))
             .insert_header(("x-request-id", request_id))
+            .insert_header(("server-timing", timing.header()))
             .streaming(stream));
     }
 
@@ -236,13 +247,42 @@ async fn metered(
         }
     };
     let (usage, text) = sse::scan_json_response(&body);
+    let settling = Instant::now();
     meter
         .settle(meter.settlement(Outcome::Completed, status, usage, &text, ttfb))
         .await;
+    timing.settle = Some(settling.elapsed());
     Ok(HttpResponse::build(status_code(status))
         .insert_header((header::CONTENT_TYPE, content_type))
         .insert_header(("x-request-id", request_id))
+        .insert_header(("server-timing", timing.header()))
         .body(body))
+}
+
+/// tokengate's own time on one request, sent back as `Server-Timing` so a slow answer
+/// can be told apart from a slow upstream.
+#[derive(Default)]
+struct Timing {
+    parse: Duration,
+    reserve: Duration,
+    upstream: Duration,
+    settle: Option<Duration>,
+}
+
+impl Timing {
+    fn header(&self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let mut h = format!(
+            "parse;dur={:.3}, reserve;dur={:.3}, upstream;dur={:.3}",
+            ms(self.parse),
+            ms(self.reserve),
+            ms(self.upstream)
+        );
+        if let Some(settle) = self.settle {
+            h.push_str(&format!(", settle;dur={:.3}", ms(settle)));
+        }
+        h
+    }
 }
 
 /// Identity from LibreChat's headers, else the body's `user` (SPEC section 2).

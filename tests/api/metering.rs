@@ -366,7 +366,7 @@ async fn settlement_is_idempotent_per_request_id() {
         .unwrap()
         .remove(0);
     let before = app.summary(USER);
-    let again = app.ledger.settle(&tokengate::ledger::Settlement {
+    let again = app.ledger.settle_blocking(&tokengate::ledger::Settlement {
         request_id: record.request_id.clone(),
         prompt_tokens: 100,
         completion_tokens: 100,
@@ -410,4 +410,42 @@ async fn completions_and_embeddings_are_metered() {
         + e["usage"]["prompt_tokens"].as_i64().unwrap();
     assert_eq!(app.charged(USER), expected);
     app.assert_invariant(USER);
+}
+
+/// The `dur` of one phase in a `Server-Timing` header, in milliseconds.
+fn phase_ms(header: &str, phase: &str) -> Option<f64> {
+    header.split(',').find_map(|part| {
+        let (name, dur) = part.trim().split_once(";dur=")?;
+        (name == phase).then(|| dur.parse().ok()).flatten()
+    })
+}
+
+#[actix_web::test]
+async fn server_timing_breaks_down_tokengates_own_time() {
+    let app = spawn_app(TestOptions::default()).await;
+    let res = app
+        .chat(&chat_body("fake-model", "Oi", false, Some(5)))
+        .await;
+    assert_eq!(res.status(), 200);
+    let header = res.headers()["server-timing"].to_str().unwrap().to_owned();
+    for phase in ["parse", "reserve", "upstream", "settle"] {
+        let ms = phase_ms(&header, phase).unwrap_or_else(|| panic!("{phase} in {header}"));
+        assert!((0.0..10_000.0).contains(&ms), "{phase}: {ms} in {header}");
+    }
+
+    // A stream's settlement comes after its headers: only three phases there.
+    let res = app
+        .chat(&chat_body("fake-model", "Oi", true, Some(5)))
+        .await;
+    let header = res.headers()["server-timing"].to_str().unwrap().to_owned();
+    assert!(phase_ms(&header, "upstream").is_some(), "{header}");
+    assert!(phase_ms(&header, "settle").is_none(), "{header}");
+    res.bytes().await.unwrap();
+
+    // All four are summed in /metrics, the stream's settlement included.
+    let metrics = app.metrics().await;
+    for (phase, count) in [("parse", 2), ("reserve", 2), ("upstream", 2), ("settle", 2)] {
+        let line = format!("tokengate_phase_seconds_count{{phase=\"{phase}\"}} {count}");
+        assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+    }
 }
