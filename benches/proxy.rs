@@ -712,8 +712,28 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
     };
     let (peak, ok) = concurrent_streams(&target, chat, open, &tg).await;
     notes.push(format!(
-        "B tokengate (SQLite): RSS {} MiB at idle, {} MiB with {open} streams open at once ({ok} of {open} completed)",
+        "B tokengate (SQLite): RSS {} MiB at idle, {} MiB with {open} streams of the 4,000-token chat open at once ({ok} of {open} completed)",
         idle / 1024,
+        peak / 1024
+    ));
+    // The same with a small body, in a fresh process: how much of the memory per stream
+    // follows the size of the request.
+    drop(tg);
+    let tg = start_tokengate(None, &slow_url, None).await;
+    let small: &'static str = Box::leak(
+        json!({"model": "bench-model", "stream": true,
+               "messages": [{"role": "user", "content": "Olá! Tudo bem?"}]})
+        .to_string()
+        .into_boxed_str(),
+    );
+    let target = Target {
+        url: format!("http://127.0.0.1:{}/v1/chat/completions", tg.port),
+        metered: true,
+        key: None,
+    };
+    let (peak, ok) = concurrent_streams(&target, small, open, &tg).await;
+    notes.push(format!(
+        "B tokengate (SQLite): RSS {} MiB with {open} streams of a one-line chat open at once ({ok} of {open} completed)",
         peak / 1024
     ));
     (rows, notes)
