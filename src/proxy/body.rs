@@ -152,12 +152,34 @@ fn field_error(message: &str, param: &'static str) -> ApiError {
 
 /// The body sent upstream: `user` set to the LibreChat id, usage asked for on
 /// streams, and the completion limit set to what the reservation pays for.
-pub fn rewrite(
+/// The completion-limit fields, in the order they are written back.
+const LIMIT_FIELDS: [&str; 2] = ["max_completion_tokens", "max_tokens"];
+
+/// A body ready for upstream except for its completion limit, which depends on the
+/// reservation. Serialized before the reservation so that neither the client's bytes
+/// nor the parsed tree (several times the body's size) stay alive while it waits:
+/// under a burst of long conversations that was most of the memory.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The JSON object without the limit fields, ending with its closing brace.
+    json: Vec<u8>,
+    /// What the client sent in each of `LIMIT_FIELDS`: absent (`None`), `null`
+    /// (`Some(None)`) or a count. `None` for endpoints without a completion, whose
+    /// fields were left in place.
+    limits: Option<[Option<Option<i64>>; 2]>,
+}
+
+/// Sets `user`, forces usage into streams and takes the limit fields out, to be put
+/// back by `Prepared::finish`. Everything else the client sent is kept.
+/// `size_hint` is the client's body length: the output is about as long, and sizing
+/// the buffer once avoids growing it by doubling (up to twice the memory per request).
+pub fn prepare(
     mut body: Map<String, Value>,
     user: &str,
     stream: bool,
-    allowed_completion: Option<i64>,
-) -> Result<Vec<u8>, ApiError> {
+    endpoint: Endpoint,
+    size_hint: usize,
+) -> Result<Prepared, ApiError> {
     body.insert("user".into(), Value::String(user.to_owned()));
     if stream {
         let options = body
@@ -170,23 +192,55 @@ pub fn rewrite(
             o.insert("include_usage".into(), Value::Bool(true));
         }
     }
-    if let Some(allowed) = allowed_completion {
-        // The limit is always explicit, so upstream can never generate more than the
-        // reservation covers. Lower whichever fields the client used.
-        let mut set_any = false;
-        for key in ["max_completion_tokens", "max_tokens"] {
-            if let Some(v) = body.get_mut(key).filter(|v| !v.is_null()) {
-                if v.as_i64().is_none_or(|n| n > allowed) {
-                    *v = Value::from(allowed);
-                }
-                set_any = true;
+    let limits = endpoint.produces_completion().then(|| {
+        LIMIT_FIELDS.map(|key| {
+            body.remove(key)
+                .map(|v| if v.is_null() { None } else { v.as_i64() })
+        })
+    });
+    // Room for `user`, `stream_options` and the limit fields added here.
+    let mut json = Vec::with_capacity(size_hint + user.len() + 128);
+    serde_json::to_writer(&mut json, &body).map_err(|_| ApiError::Internal)?;
+    Ok(Prepared { json, limits })
+}
+
+impl Prepared {
+    /// The body to send. The limit is always explicit, so upstream can never generate
+    /// more than the reservation covers: each limit field the client used is lowered
+    /// to `allowed`, or `max_tokens` is added when it used none.
+    pub fn finish(self, allowed: Option<i64>) -> Vec<u8> {
+        let (Some(limits), Some(allowed)) = (self.limits, allowed) else {
+            return self.json;
+        };
+        let mut json = self.json;
+        if json.last() != Some(&b'}') {
+            return json;
+        }
+        json.pop();
+        let mut push = |key: &str, value: Option<i64>| {
+            if json.len() > 1 {
+                json.push(b',');
+            }
+            json.push(b'"');
+            json.extend_from_slice(key.as_bytes());
+            json.extend_from_slice(b"\":");
+            match value {
+                Some(n) => json.extend_from_slice(n.to_string().as_bytes()),
+                None => json.extend_from_slice(b"null"),
+            }
+        };
+        let named_any = limits.iter().any(|l| matches!(l, Some(Some(_))));
+        for (key, sent) in LIMIT_FIELDS.iter().zip(limits) {
+            match sent {
+                Some(Some(n)) => push(key, Some(n.min(allowed))),
+                _ if !named_any && *key == "max_tokens" => push(key, Some(allowed)),
+                Some(None) => push(key, None),
+                None => {}
             }
         }
-        if !set_any {
-            body.insert("max_tokens".into(), Value::from(allowed));
-        }
+        json.push(b'}');
+        json
     }
-    serde_json::to_vec(&body).map_err(|_| ApiError::Internal)
 }
 
 #[cfg(test)]
@@ -232,18 +286,24 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn rewrite_forces_usage_and_clamps() {
-        let parsed = parse_json(
-            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": true, "max_tokens": 500, "stream_options": {"foo": 1}, "temperature": 0.2}),
-            Endpoint::ChatCompletions,
-        );
-        let Ok(parsed) = parsed else {
+    fn prepared(v: Value, e: Endpoint, stream: bool, allowed: Option<i64>) -> Value {
+        let Ok(parsed) = parse_json(v, e) else {
             panic!("valid body refused")
         };
-        assert_eq!(parsed.requested_max, Some(500));
-        let out = rewrite(parsed.body, "u1", true, Some(120)).unwrap_or_default();
-        let v: Value = serde_json::from_slice(&out).unwrap_or_default();
+        let out = prepare(parsed.body, "u1", stream, e, 64)
+            .map(|p| p.finish(allowed))
+            .unwrap_or_default();
+        serde_json::from_slice(&out).unwrap_or_default()
+    }
+
+    #[test]
+    fn rewrite_forces_usage_and_clamps() {
+        let v = prepared(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": true, "max_tokens": 500, "stream_options": {"foo": 1}, "temperature": 0.2}),
+            Endpoint::ChatCompletions,
+            true,
+            Some(120),
+        );
         assert_eq!(v["user"], "u1");
         assert_eq!(
             v["stream_options"],
@@ -251,17 +311,53 @@ mod tests {
         );
         assert_eq!(v["max_tokens"], 120);
         assert_eq!(v["temperature"], 0.2);
+        assert!(v.get("max_completion_tokens").is_none());
     }
 
     #[test]
     fn rewrite_sets_a_limit_when_the_client_named_none() {
-        let Ok(parsed) = parse_json(json!({"model": "m", "prompt": "x"}), Endpoint::Completions)
-        else {
-            panic!("valid body refused")
-        };
-        let out = rewrite(parsed.body, "u1", false, Some(4096)).unwrap_or_default();
-        let v: Value = serde_json::from_slice(&out).unwrap_or_default();
+        let v = prepared(
+            json!({"model": "m", "prompt": "x"}),
+            Endpoint::Completions,
+            false,
+            Some(4096),
+        );
         assert_eq!(v["max_tokens"], 4096);
         assert!(v.get("stream_options").is_none());
+        // A null limit counts as none.
+        let v = prepared(
+            json!({"model": "m", "prompt": "x", "max_tokens": null, "max_completion_tokens": null}),
+            Endpoint::Completions,
+            false,
+            Some(70),
+        );
+        assert_eq!(v["max_tokens"], 70);
+        assert_eq!(v["max_completion_tokens"], Value::Null);
+    }
+
+    #[test]
+    fn rewrite_lowers_every_limit_the_client_used_and_keeps_smaller_ones() {
+        let v = prepared(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 900, "max_tokens": 50}),
+            Endpoint::ChatCompletions,
+            false,
+            Some(300),
+        );
+        assert_eq!(v["max_completion_tokens"], 300);
+        assert_eq!(v["max_tokens"], 50);
+    }
+
+    #[test]
+    fn embeddings_are_sent_as_they_came_apart_from_user() {
+        let v = prepared(
+            json!({"model": "m", "input": "x", "max_tokens": 7}),
+            Endpoint::Embeddings,
+            false,
+            None,
+        );
+        assert_eq!(
+            v,
+            json!({"model": "m", "input": "x", "max_tokens": 7, "user": "u1"})
+        );
     }
 }

@@ -109,8 +109,10 @@ async fn metered(
         state.metrics.record_rejection("invalid_api_key");
         return Err(ApiError::InvalidApiKey);
     }
-    let bytes = read_body(&req, payload, state.config.max_body_bytes).await?;
-    let parsed = body::parse(&bytes, endpoint)?;
+    let (parsed, body_len) = {
+        let bytes = read_body(&req, payload, state.config.max_body_bytes).await?;
+        (body::parse(&bytes, endpoint)?, bytes.len())
+    };
     let identity = identify(req.headers(), parsed.body_user.as_deref())?;
     let request_id = uuid::Uuid::new_v4().to_string();
     let requested_completion = match endpoint {
@@ -122,13 +124,23 @@ async fn metered(
         ),
     };
 
+    let body::ParsedRequest {
+        body,
+        model,
+        stream,
+        prompt_tokens,
+        ..
+    } = parsed;
+    // Serialized now: the parsed tree is freed before the reservation waits.
+    let prepared = body::prepare(body, identity.key.as_str(), stream, endpoint, body_len)?;
+
     let reserve = ReserveRequest {
         request_id: request_id.clone(),
         identity: identity.clone(),
-        model: parsed.model.clone(),
+        model: model.clone(),
         endpoint: endpoint.name(),
-        stream: parsed.stream,
-        prompt_tokens: parsed.prompt_tokens,
+        stream,
+        prompt_tokens,
         requested_completion,
     };
     let mut timing = Timing {
@@ -144,7 +156,7 @@ async fn metered(
         ReserveOutcome::Reserved(r) => r,
         ReserveOutcome::Blocked(b) => {
             state.metrics.record_rejection("insufficient_quota");
-            tracing::info!(user = %identity.key, model = %parsed.model, used_percent = b.used_percent, "blocked: tokens exhausted");
+            tracing::info!(user = %identity.key, model = %model, used_percent = b.used_percent, "blocked: tokens exhausted");
             let msg = block::block_message(
                 state.config.locale,
                 b.used_percent,
@@ -167,28 +179,15 @@ async fn metered(
         metrics: state.metrics.clone(),
         request_id: request_id.clone(),
         weights: reservation.weights,
-        prompt_estimate: parsed.prompt_tokens,
+        prompt_estimate: prompt_tokens,
         started,
     };
-    let upstream_body = match body::rewrite(
-        parsed.body,
-        identity.key.as_str(),
-        parsed.stream,
-        reservation.allowed_completion,
-    ) {
-        Ok(b) => b,
-        Err(e) => {
-            meter
-                .settle(meter.settlement(Outcome::UpstreamError, 500, None, "", None))
-                .await;
-            return Err(e);
-        }
-    };
+    let upstream_body = prepared.finish(reservation.allowed_completion);
 
     let sending = Instant::now();
     let response = match state
         .upstream
-        .post_json(endpoint.path(), upstream_body, parsed.stream)
+        .post_json(endpoint.path(), upstream_body, stream)
         .await
     {
         Ok(r) => r,
@@ -223,7 +222,7 @@ async fn metered(
             .body(body));
     }
 
-    if parsed.stream && content_type.starts_with("text/event-stream") {
+    if stream && content_type.starts_with("text/event-stream") {
         // The settlement comes after the last byte: its time is only in /metrics.
         let stream = MeteredStream::new(Box::pin(response.bytes_stream()), meter, status);
         return Ok(HttpResponse::build(status_code(status))
