@@ -142,7 +142,8 @@ impl r2d2::ManageConnection for ConnectionManager {
 pub struct Database {
     pool: Pool,
     url: DatabaseUrl,
-    /// SQLite's group-commit writer, started by the first `write`.
+    /// SQLite's one write connection and its writer thread, started by the first
+    /// `write`.
     writer: Arc<OnceLock<batch::WriteQueue>>,
 }
 
@@ -168,10 +169,11 @@ impl Database {
         }
     }
 
-    /// Runs `f` as a write transaction off the async runtime. On SQLite it joins the
-    /// writer thread's next group commit (see `batch`); on PostgreSQL it runs in a
-    /// transaction of its own on a pooled connection, so row locks, not a single
-    /// process, keep replicas apart. `f` may run more than once after a lost race.
+    /// Runs `f` as a write transaction. On SQLite it runs inline when the writer
+    /// connection is free, else in the writer thread's next group commit (see
+    /// `batch`). On PostgreSQL it runs on the blocking pool, in a transaction of its
+    /// own on a pooled connection, so row locks, not a single process, keep replicas
+    /// apart. `f` may run more than once after a lost race.
     pub async fn write<T, F>(&self, mut f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,

@@ -237,7 +237,8 @@ impl Ledger {
     }
 
     /// Identifies (and if new, provisions) the user and reserves tokens for one request
-    /// in a single transaction (on SQLite, a savepoint in the next group commit).
+    /// in a single transaction (on SQLite, run inline or in the next group commit; see
+    /// `db::batch`).
     pub async fn reserve(&self, req: ReserveRequest) -> Result<ReserveOutcome, StoreError> {
         let now = self.now();
         let ctx = tx::Ctx::new(now, self.tz);

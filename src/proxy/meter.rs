@@ -65,8 +65,8 @@ impl Meter {
         }
     }
 
-    /// Settles on the blocking pool; on failure keeps retrying in the background so an
-    /// acknowledged request is not lost to a database blip.
+    /// Settles durably (`Ledger::settle`); on failure keeps retrying in the background
+    /// so an acknowledged request is not lost to a database blip.
     pub async fn settle(&self, settlement: Settlement) {
         let settling = Instant::now();
         match self.ledger.settle(settlement.clone()).await {

@@ -224,14 +224,14 @@ async fn metered(
 
     if stream && content_type.starts_with("text/event-stream") {
         // The settlement comes after the last byte: its time is only in /metrics.
-        let stream = MeteredStream::new(Box::pin(response.bytes_stream()), meter, status);
+        let metered = MeteredStream::new(Box::pin(response.bytes_stream()), meter, status);
         return Ok(HttpResponse::build(status_code(status))
             .insert_header((header::CONTENT_TYPE, content_type))
             .insert_header((header::CACHE_CONTROL, "no-cache"))
             .insert_header(("x-accel-buffering", "no"))
             .insert_header(("x-request-id", request_id))
             .insert_header(("server-timing", timing.header()))
-            .streaming(stream));
+            .streaming(metered));
     }
 
     let ttfb = Some(started.elapsed());
