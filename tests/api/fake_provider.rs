@@ -189,10 +189,18 @@ async fn generate(state: web::Data<FakeState>, body: web::Bytes, chat: bool) -> 
         wire.extend_from_slice(b"data: [DONE]\n\n");
     }
     state.streams_sent.lock().unwrap().push(wire.clone());
+    // "slow": a healthy answer that takes a while, a piece every 50 ms.
+    let slow = model == "slow";
     let pieces: Vec<Result<Bytes, actix_web::Error>> = wire
-        .chunks(PIECE)
+        .chunks(if slow { 200 } else { PIECE })
         .map(|c| Ok(Bytes::copy_from_slice(c)))
         .collect();
+    let pieces = futures_util::stream::iter(pieces).then(move |piece| async move {
+        if slow {
+            actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        piece
+    });
     let hang = model == "hang";
     let trickle = model == "trickle";
     let tail = futures_util::stream::once(async move {
@@ -211,7 +219,7 @@ async fn generate(state: web::Data<FakeState>, body: web::Bytes, chat: bool) -> 
         let event = json!({"choices": [{"index": 0, "delta": {"content": "tok "}}]});
         Some((Ok(Bytes::from(format!("data: {event}\n\n"))), true))
     });
-    let body = futures_util::stream::iter(pieces).chain(tail).chain(more);
+    let body = pieces.chain(tail).chain(more);
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))

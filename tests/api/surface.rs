@@ -320,7 +320,8 @@ async fn health_readiness_and_metrics() {
     );
 }
 
-/// A process killed with requests in flight leaves holds; its restart frees them.
+/// A process killed (SIGKILL) with 100 streams in flight leaves their holds; its
+/// restart frees them, and what was settled before the kill stays charged once.
 #[actix_web::test]
 async fn holds_of_a_killed_process_are_released_on_restart() {
     let fake = crate::fake_provider::FakeProvider::start();
@@ -354,20 +355,37 @@ async fn holds_of_a_killed_process_are_released_on_restart() {
     })
     .await;
 
-    let mut streams = Vec::new();
-    for _ in 0..5 {
-        let mut res = client
+    // Settled before the kill: these must stay charged, once each.
+    let done = chat_body("fake-model", "olá", true, Some(10));
+    for _ in 0..20 {
+        let res = client
             .post(format!("{base}/v1/chat/completions"))
             .bearer_auth(CLIENT_KEY)
             .header("x-librechat-user-id", USER)
-            .body(chat_body("hang", "olá", true, None).to_string())
+            .body(done.to_string())
             .send()
             .await
             .unwrap();
         assert_eq!(res.status(), 200);
-        let _ = res.chunk().await.unwrap();
-        streams.push(res);
+        res.bytes().await.unwrap();
     }
+    let opened = (0..100).map(|_| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let mut res = client
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(CLIENT_KEY)
+                .header("x-librechat-user-id", USER)
+                .body(chat_body("hang", "olá", true, Some(10)).to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            let _ = res.chunk().await.unwrap();
+            res
+        }
+    });
+    let streams = futures_util::future::join_all(opened).await;
     let config = config_for(&db.url, &fake.base_url(), &[]);
     let ledger = tokengate::ledger::Ledger::new(
         tokengate::db::Database::new(&config.database_url, 2),
@@ -376,7 +394,7 @@ async fn holds_of_a_killed_process_are_released_on_restart() {
         "observer".into(),
         config.hold_max_age,
     );
-    assert_eq!(ledger.holds().unwrap().len(), 5);
+    assert_eq!(ledger.holds().unwrap().len(), 100);
 
     child.kill().unwrap();
     child.wait().unwrap();
@@ -392,13 +410,149 @@ async fn holds_of_a_killed_process_are_released_on_restart() {
     );
     let user = ledger.find_user(&parse_user_ref(USER)).unwrap().unwrap();
     let summary = ledger.user_summary(user).unwrap();
-    assert_eq!((summary.held, summary.used_this_cycle), (0, 0));
+    let per_request = crate::fake_provider::prompt_tokens_of(&done) + 10;
+    assert_eq!(
+        (summary.held, summary.used_this_cycle),
+        (0, 20 * per_request)
+    );
     assert!(ledger.check_invariant(user).unwrap().holds());
     let records = ledger.usage_records(user).unwrap();
-    assert!(
-        records.iter().all(|r| r.outcome == "abandoned"),
+    let count = |outcome: &str| records.iter().filter(|r| r.outcome == outcome).count();
+    assert_eq!(
+        (count("completed"), count("abandoned")),
+        (20, 100),
         "{records:?}"
+    );
+    // Each settled request is charged once: one usage entry per completed record.
+    let mut completed: Vec<String> = records
+        .iter()
+        .filter(|r| r.outcome == "completed")
+        .map(|r| r.request_id.clone())
+        .collect();
+    completed.sort();
+    assert_eq!(charged_request_ids(&ledger, user), completed);
+    // Back in service: the next chat is served and charged.
+    let res = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-librechat-user-id", USER)
+        .body(done.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.bytes().await.unwrap();
+    assert_eq!(
+        ledger.user_summary(user).unwrap().used_this_cycle,
+        21 * per_request
     );
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// A deploy stops the process with SIGTERM: streams in flight run to their end and
+/// are settled before it exits, and it exits cleanly.
+#[actix_web::test]
+async fn sigterm_lets_streams_in_flight_finish_and_settle() {
+    let fake = crate::fake_provider::FakeProvider::start();
+    let db = TestDb::new();
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .env("TOKENGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TOKENGATE_DATABASE_URL", &db.url)
+        .env("TOKENGATE_UPSTREAM_URL", fake.base_url())
+        .env("TOKENGATE_CLIENT_KEYS", CLIENT_KEY)
+        .env("TOKENGATE_ADMIN_PASSWORD", "test-admin-password")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until(std::time::Duration::from_secs(30), || {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            client
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await;
+
+    let body = chat_body("slow", "olá", true, Some(10));
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let mut res = client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .header("x-librechat-user-id", USER)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let first = res.chunk().await.unwrap().unwrap_or_default();
+        streams.push((res, first.to_vec()));
+    }
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+
+    for (mut res, mut received) in streams {
+        while let Some(chunk) = res.chunk().await.expect("the stream must not be cut") {
+            received.extend_from_slice(&chunk);
+        }
+        assert!(
+            received.ends_with(b"data: [DONE]\n\n"),
+            "cut short: {}",
+            String::from_utf8_lossy(&received)
+        );
+    }
+    let mut exited = None;
+    wait_until(std::time::Duration::from_secs(30), || {
+        exited = child.try_wait().unwrap();
+        std::future::ready(exited.is_some())
+    })
+    .await;
+    assert!(exited.unwrap().success(), "{exited:?}");
+
+    let config = config_for(&db.url, &fake.base_url(), &[]);
+    let ledger = tokengate::ledger::Ledger::new(
+        tokengate::db::Database::new(&config.database_url, 2),
+        std::sync::Arc::new(tokengate::domain::SystemClock),
+        config.timezone,
+        "observer".into(),
+        config.hold_max_age,
+    );
+    assert!(ledger.holds().unwrap().is_empty());
+    let user = ledger.find_user(&parse_user_ref(USER)).unwrap().unwrap();
+    let records = ledger.usage_records(user).unwrap();
+    assert_eq!(records.len(), 5);
+    assert!(
+        records.iter().all(|r| r.outcome == "completed"),
+        "{records:?}"
+    );
+    let per_request = crate::fake_provider::prompt_tokens_of(&body) + 10;
+    assert_eq!(
+        ledger.user_summary(user).unwrap().used_this_cycle,
+        5 * per_request
+    );
+    assert!(ledger.check_invariant(user).unwrap().holds());
+}
+
+/// The request ids of a user's `usage` ledger entries, one per charged request.
+fn charged_request_ids(ledger: &tokengate::ledger::Ledger, user: i64) -> Vec<String> {
+    let mut ids: Vec<String> = ledger
+        .ledger_entries(user)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "usage")
+        .filter_map(|e| e.request_id)
+        .collect();
+    ids.sort();
+    ids
 }
