@@ -26,6 +26,12 @@ pub enum ApiError {
     UpstreamUnavailable,
     #[error("The AI service took too long to answer. Please try again.")]
     UpstreamTimeout,
+    /// A success status with a body that is not an OpenAI answer (an HTML error page
+    /// from a proxy, a truncated body): nothing usable happened, so nothing is charged.
+    #[error(
+        "The AI service sent an answer that could not be read. Please try again; this request was not charged."
+    )]
+    UpstreamGarbled,
     #[error("The usage database is unavailable right now; requests are refused until it is back.")]
     StorageUnavailable,
     #[error("Unknown API route: {0}")]
@@ -50,7 +56,9 @@ impl ApiError {
             Self::BodyTooLarge(_) => ("invalid_request_error", "body_too_large"),
             Self::Suspended(_) => ("permission_error", "user_suspended"),
             Self::InsufficientQuota(_) => ("insufficient_quota", "insufficient_quota"),
-            Self::UpstreamUnavailable => ("upstream_error", "upstream_unavailable"),
+            Self::UpstreamUnavailable | Self::UpstreamGarbled => {
+                ("upstream_error", "upstream_unavailable")
+            }
             Self::UpstreamTimeout => ("upstream_error", "upstream_timeout"),
             Self::StorageUnavailable => ("server_error", "storage_unavailable"),
             Self::NotFound(_) => ("invalid_request_error", "not_found"),
@@ -67,7 +75,7 @@ impl ResponseError for ApiError {
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Suspended(_) => StatusCode::FORBIDDEN,
             Self::InsufficientQuota(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnavailable | Self::UpstreamGarbled => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,

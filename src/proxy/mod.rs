@@ -245,7 +245,13 @@ async fn metered(
             return Err(err.into());
         }
     };
-    let (usage, text) = sse::scan_json_response(&body);
+    let Some((usage, text)) = sse::scan_json_response(&body) else {
+        tracing::warn!(request_id = %request_id, status, content_type = %content_type, "upstream answered with a body that is not JSON; not charged");
+        meter
+            .settle(meter.settlement(Outcome::UpstreamError, 502, None, "", ttfb))
+            .await;
+        return Err(ApiError::UpstreamGarbled);
+    };
     let settling = Instant::now();
     meter
         .settle(meter.settlement(Outcome::Completed, status, usage, &text, ttfb))

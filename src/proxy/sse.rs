@@ -196,7 +196,8 @@ impl SseScanner {
 }
 
 /// Usage and text of a complete (non-streaming) JSON response.
-pub fn scan_json_response(body: &[u8]) -> (Option<Usage>, String) {
+/// Usage and text of a non-streamed answer; `None` when the body is not a JSON object.
+pub fn scan_json_response(body: &[u8]) -> Option<(Option<Usage>, String)> {
     match serde_json::from_slice::<Chunk>(body) {
         Ok(chunk) => {
             let usage = chunk.usage.and_then(RawUsage::into_usage);
@@ -214,9 +215,9 @@ pub fn scan_json_response(body: &[u8]) -> (Option<Usage>, String) {
                     text.push_str(part);
                 }
             }
-            (usage, text)
+            Some((usage, text))
         }
-        Err(_) => (None, String::new()),
+        Err(_) => None,
     }
 }
 
@@ -287,17 +288,32 @@ mod tests {
     #[test]
     fn json_response_usage() {
         let body = br#"{"choices":[{"message":{"role":"assistant","content":"Oi"}}],"usage":{"prompt_tokens":5,"completion_tokens":1}}"#;
-        let (usage, text) = scan_json_response(body);
+        let (usage, text) = scan_json_response(body).unwrap_or_default();
         assert_eq!(
             usage.map(|u| u.prompt_tokens + u.completion_tokens),
             Some(6)
         );
         assert_eq!(text, "Oi");
         let (usage, _) =
-            scan_json_response(br#"{"data":[],"usage":{"prompt_tokens":7,"total_tokens":7}}"#);
+            scan_json_response(br#"{"data":[],"usage":{"prompt_tokens":7,"total_tokens":7}}"#)
+                .unwrap_or_default();
         assert_eq!(
             usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
             Some((7, 0))
         );
+    }
+
+    #[test]
+    fn a_body_that_is_not_a_json_object_is_not_an_answer() {
+        let bodies: [&[u8]; 5] = [
+            b"<html>502 Bad Gateway</html>",
+            b"",
+            b"[1,2]",
+            br#""ok""#,
+            br#"{"choices": [{"#,
+        ];
+        for body in bodies {
+            assert!(scan_json_response(body).is_none(), "{body:?}");
+        }
     }
 }

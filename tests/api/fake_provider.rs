@@ -114,6 +114,8 @@ fn failure(model: &str) -> Option<HttpResponse> {
     match model {
         "fail-400" => Some(HttpResponse::BadRequest().json(json!({"error": {"message": "fake: invalid parameter", "type": "invalid_request_error", "code": "bad_param", "param": "temperature"}}))),
         "fail-500" => Some(HttpResponse::InternalServerError().json(json!({"error": {"message": "fake: provider exploded", "type": "server_error", "code": null, "param": null}}))),
+        // A proxy in the way answering 200 with a page instead of JSON.
+        "garbage" => Some(HttpResponse::Ok().content_type("text/html").body("<html><body>502 Bad Gateway</body></html>")),
         _ => None,
     }
 }

@@ -449,3 +449,93 @@ async fn server_timing_breaks_down_tokengates_own_time() {
         assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
     }
 }
+
+/// LiteLLM silent, stalling or answering garbage: a clear error, and a charge only for
+/// what was delivered. A long but healthy generation is never cut by the idle timeout.
+#[actix_web::test]
+async fn stalls_and_unreadable_answers_get_clear_errors_and_cost_only_what_was_delivered() {
+    let app = spawn_app(TestOptions {
+        env: vec![("TOKENGATE_UPSTREAM_IDLE_TIMEOUT_SECS", "1".into())],
+        ..Default::default()
+    })
+    .await;
+    let error_of = |v: &Value| {
+        (
+            v["error"]["type"].as_str().unwrap_or_default().to_owned(),
+            v["error"]["code"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+
+    // Silent before the first byte: 504 after the idle timeout, nothing charged.
+    let res = app.chat(&chat_body("hang", "olá", false, Some(10))).await;
+    assert_eq!(res.status(), 504);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        error_of(&body),
+        ("upstream_error".into(), "upstream_timeout".into())
+    );
+
+    // 200 with an HTML page instead of an answer: 502, nothing charged.
+    for stream in [false, true] {
+        let res = app
+            .chat(&chat_body("garbage", "olá", stream, Some(10)))
+            .await;
+        assert_eq!(res.status(), 502);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(
+            error_of(&body),
+            ("upstream_error".into(), "upstream_unavailable".into())
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("not charged"),
+            "{body}"
+        );
+    }
+    let s = app.summary(USER);
+    assert_eq!((s.used_this_cycle, s.held), (0, 0));
+
+    // A generation of about 1.5 s, a piece every 50 ms, outlives the 1 s idle timeout.
+    let slow = chat_body("slow", "olá", true, Some(40));
+    let res = app.chat(&slow).await;
+    assert_eq!(res.status(), 200);
+    let received = res.bytes().await.unwrap();
+    assert!(received.ends_with(b"data: [DONE]\n\n"));
+    let healthy = prompt_tokens_of(&app.fake.last_request()) + 40;
+    assert_eq!(app.summary(USER).used_this_cycle, healthy);
+
+    // Stalled mid-stream: cut after the idle timeout; the delivered part is charged as
+    // an estimate, the rest of the reservation is released.
+    let mut res = app.chat(&chat_body("hang", "olá", true, Some(10))).await;
+    assert_eq!(res.status(), 200);
+    let mut cut = false;
+    loop {
+        match res.chunk().await {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        cut,
+        "a stalled stream must end as an error, not as a clean end"
+    );
+    let records = app.ledger.usage_records(app.user_id(USER)).unwrap();
+    let outcomes: Vec<&str> = records.iter().map(|r| r.outcome.as_str()).collect();
+    assert!(outcomes.contains(&"upstream_timeout"), "{outcomes:?}");
+    assert!(outcomes.contains(&"upstream_broken"), "{outcomes:?}");
+    let broken = records
+        .iter()
+        .find(|r| r.outcome == "upstream_broken")
+        .unwrap();
+    assert_eq!(broken.estimated, 1);
+    let s = app.summary(USER);
+    assert_eq!(s.held, 0);
+    assert_eq!(s.used_this_cycle, healthy + broken.charged);
+    app.assert_invariant(USER);
+}
