@@ -31,6 +31,8 @@ trap cleanup EXIT
 start_throwaway_postgres "$WORK"
 
 export TOKENGATE_TEST_PG_URL="$PG_URL"
+# For tests that stop and start a PostgreSQL server of their own.
+export TOKENGATE_TEST_PG_BIN="$PGBIN"
 export TOKENGATE_TEST_LITELLM="$LITELLM_VENV/bin/litellm"
 export TOKENGATE_TEST_PYTHON="$LITELLM_VENV/bin/python"
 export TOKENGATE_TEST_SMTP_PYTHON=/usr/bin/python3

@@ -11,6 +11,7 @@ mod deploy;
 mod fake_provider;
 mod helpers;
 mod metering;
+mod outage;
 mod real_clients;
 mod smtp;
 mod surface;

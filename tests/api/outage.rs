@@ -1,0 +1,263 @@
+//! The database going away under traffic: fail closed, recover by itself, lose no
+//! settlement that was acknowledged.
+
+use crate::helpers::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tokengate::ledger::parse_user_ref;
+
+/// A PostgreSQL server of the test's own, so stopping it disturbs no other test.
+struct OwnPostgres {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+fn as_postgres(cmd: &Path) -> Command {
+    // initdb and postgres refuse to run as root.
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(cmd);
+        c
+    } else {
+        Command::new(cmd)
+    }
+}
+
+impl OwnPostgres {
+    fn start() -> Self {
+        let bin = PathBuf::from(std::env::var("TOKENGATE_TEST_PG_BIN").expect(
+            "TOKENGATE_TEST_PG_BIN is not set: run the suite with scripts/test.sh, which finds PostgreSQL's binaries",
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        if is_root() {
+            let owned = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(owned.success());
+        }
+        let status = as_postgres(&bin.join("initdb"))
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "-D",
+            ])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "initdb failed");
+        let pg = Self {
+            bin,
+            data,
+            port: free_port(),
+            _dir: dir,
+        };
+        pg.up();
+        pg
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn ctl(&self, args: &[&str]) {
+        let status = as_postgres(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl {args:?} failed");
+    }
+
+    fn up(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.data.display()
+        );
+        self.ctl(&["-w", "-o", &opts, "-l", "/dev/null", "start"]);
+    }
+
+    fn down(&self) {
+        self.ctl(&["-w", "-m", "fast", "stop"]);
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[actix_web::test]
+async fn postgres_down_fails_closed_and_recovers_without_losing_a_settlement() {
+    let pg = tokio::task::spawn_blocking(OwnPostgres::start)
+        .await
+        .unwrap();
+    let fake = crate::fake_provider::FakeProvider::start();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .env("TOKENGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TOKENGATE_DATABASE_URL", pg.url())
+        .env("TOKENGATE_UPSTREAM_URL", fake.base_url())
+        .env("TOKENGATE_CLIENT_KEYS", CLIENT_KEY)
+        .env("TOKENGATE_ADMIN_PASSWORD", "test-admin-password")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    // A short answer, and a long one (about 1.4 s) that is still streaming when the
+    // database goes away.
+    let short = chat_body("slow", "olá", true, Some(10)).to_string();
+    let long = chat_body("slow", "olá", true, Some(60)).to_string();
+    let send = |body: &String| {
+        client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .header("x-librechat-user-id", USER)
+            .body(body.clone())
+            .send()
+    };
+    let chat = || send(&short);
+    wait_until(Duration::from_secs(30), || async {
+        client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+
+    // Acknowledged before the outage.
+    let mut acknowledged = 0;
+    for _ in 0..3 {
+        let res = chat().await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.bytes().await.unwrap();
+        acknowledged += 1;
+    }
+    // In flight when the database goes away: their settlement has to wait for it.
+    let mut in_flight = Vec::new();
+    for _ in 0..3 {
+        let mut res = send(&long).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let first = res.chunk().await.unwrap().unwrap_or_default();
+        in_flight.push((res, first.to_vec()));
+    }
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.down();
+        pg
+    })
+    .await
+    .unwrap();
+    let stopped_at = chrono::Utc::now().naive_utc();
+
+    // Fail closed: no chat reaches upstream without a reservation.
+    let upstream_before = fake.request_count();
+    let res = chat().await.unwrap();
+    assert_eq!(res.status(), 503);
+    let err: Value = res.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "storage_unavailable");
+    assert_eq!(fake.request_count(), upstream_before);
+
+    // The streams that were in flight still reach their end for the user.
+    for (mut res, mut received) in in_flight {
+        while let Some(chunk) = res.chunk().await.unwrap() {
+            received.extend_from_slice(&chunk);
+        }
+        assert!(received.ends_with(b"data: [DONE]\n\n"));
+    }
+
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.up();
+        pg
+    })
+    .await
+    .unwrap();
+
+    // Recovers by itself.
+    wait_until(Duration::from_secs(30), || async {
+        match chat().await {
+            Ok(res) if res.status() == 200 => res.bytes().await.is_ok(),
+            _ => false,
+        }
+    })
+    .await;
+    acknowledged += 1;
+    let short_cost =
+        crate::fake_provider::prompt_tokens_of(&serde_json::from_str(&short).unwrap()) + 10;
+    // The fake provider stops at its natural length, 40 tokens, below the 60 asked.
+    let long_cost = short_cost - 10 + crate::fake_provider::NATURAL_COMPLETION;
+
+    // Every acknowledged request is charged once, including those whose settlement
+    // waited for the database; nothing stays held.
+    let config = config_for(&pg.url(), &fake.base_url(), &[]);
+    let ledger = tokengate::ledger::Ledger::new(
+        tokengate::db::Database::new(&config.database_url, 2),
+        std::sync::Arc::new(tokengate::domain::SystemClock),
+        config.timezone,
+        "observer".into(),
+        config.hold_max_age,
+    );
+    let user = ledger.find_user(&parse_user_ref(USER)).unwrap().unwrap();
+    let completed = || {
+        ledger
+            .usage_records(user)
+            .unwrap()
+            .iter()
+            .filter(|r| r.outcome == "completed")
+            .count()
+    };
+    wait_until(Duration::from_secs(60), || {
+        std::future::ready(completed() == acknowledged + 3 && ledger.holds().unwrap().is_empty())
+    })
+    .await;
+    assert_eq!(
+        ledger.user_summary(user).unwrap().used_this_cycle,
+        acknowledged as i64 * short_cost + 3 * long_cost
+    );
+    // The long streams ended while the database was down: their settlements waited
+    // and were written once it came back.
+    let late = ledger
+        .usage_records(user)
+        .unwrap()
+        .iter()
+        .filter(|r| r.created_at > stopped_at)
+        .count();
+    assert!(late >= 3, "{late} settlements after the outage began");
+    assert!(ledger.check_invariant(user).unwrap().holds());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(pg);
+}
