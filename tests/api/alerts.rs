@@ -876,47 +876,16 @@ async fn alerts_written_before_a_kill_are_sent_once_after_restart() {
     let db = TestDb::new();
     let port = free_port();
     let mut smtp = SmtpServer::down(SmtpOptions::default());
-    let env = mail_env(&smtp);
-    let spawn = || {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"));
-        for (k, v) in &env {
-            cmd.env(k, v);
-        }
-        cmd.env("TOKENGATE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("TOKENGATE_DATABASE_URL", &db.url)
-            .env("TOKENGATE_UPSTREAM_URL", fake.base_url())
-            .env("TOKENGATE_CLIENT_KEYS", CLIENT_KEY)
-            .env("TOKENGATE_ADMIN_PASSWORD", "test-admin-password")
-            .env("TOKENGATE_INSTANCE_ID", "mail-kill-test")
-            .env("TOKENGATE_MAIL_MAX_ATTEMPTS", "100")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let mut env = mail_env(&smtp);
+    env.push(("TOKENGATE_INSTANCE_ID", "mail-kill-test".into()));
+    env.push(("TOKENGATE_MAIL_MAX_ATTEMPTS", "100".into()));
+    let spawn = || tokengate_process(port, &db.url, &fake.base_url(), &env);
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let ready = || {
-        let (client, base) = (client.clone(), base.clone());
-        async move {
-            client
-                .get(format!("{base}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        }
-    };
     let mut child = spawn();
-    wait_until(Duration::from_secs(30), ready).await;
-    let config = config_for(&db.url, &fake.base_url(), &[]);
-    let observer = tokengate::db::Database::new(&config.database_url, 2);
-    let ledger = tokengate::ledger::Ledger::new(
-        observer.clone(),
-        std::sync::Arc::new(tokengate::domain::SystemClock),
-        config.timezone,
-        "observer".into(),
-        config.hold_max_age,
-    );
+    wait_ready(&client, &base).await;
+    let ledger = observer_ledger(&db.url, &fake.base_url());
+    let observer = ledger.db().clone();
     ledger
         .set_weights(
             "w1000",
@@ -948,7 +917,7 @@ async fn alerts_written_before_a_kill_are_sent_once_after_restart() {
 
     smtp.up().await;
     let mut child = spawn();
-    wait_until(Duration::from_secs(30), ready).await;
+    wait_ready(&client, &base).await;
     wait_until(Duration::from_secs(30), || {
         let done = alerts::messages(&observer)
             .unwrap()

@@ -275,3 +275,50 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The tokengate binary on 127.0.0.1:`port` with the test client key, for tests that
+/// kill, stop or restart the process; `env` adds or overrides variables.
+pub fn tokengate_process(
+    port: u16,
+    db_url: &str,
+    upstream: &str,
+    env: &[(&str, String)],
+) -> std::process::Child {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"));
+    cmd.env("TOKENGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TOKENGATE_DATABASE_URL", db_url)
+        .env("TOKENGATE_UPSTREAM_URL", upstream)
+        .env("TOKENGATE_CLIENT_KEYS", CLIENT_KEY)
+        .env("TOKENGATE_ADMIN_PASSWORD", "test-admin-password");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the tokengate process at `base` is ready (its database reachable).
+pub async fn wait_ready(client: &reqwest::Client, base: &str) {
+    wait_until(Duration::from_secs(30), || async {
+        client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
+
+/// A ledger on the database of a separately running tokengate, to read its books.
+pub fn observer_ledger(db_url: &str, upstream: &str) -> tokengate::ledger::Ledger {
+    let config = config_for(db_url, upstream, &[]);
+    tokengate::ledger::Ledger::new(
+        tokengate::db::Database::new(&config.database_url, 2),
+        std::sync::Arc::new(tokengate::domain::SystemClock),
+        config.timezone,
+        "observer".into(),
+        config.hold_max_age,
+    )
+}

@@ -125,16 +125,7 @@ async fn postgres_down_fails_closed_and_recovers_without_losing_a_settlement() {
         .unwrap();
     let fake = crate::fake_provider::FakeProvider::start();
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .env("TOKENGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TOKENGATE_DATABASE_URL", pg.url())
-        .env("TOKENGATE_UPSTREAM_URL", fake.base_url())
-        .env("TOKENGATE_CLIENT_KEYS", CLIENT_KEY)
-        .env("TOKENGATE_ADMIN_PASSWORD", "test-admin-password")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = tokengate_process(port, &pg.url(), &fake.base_url(), &[]);
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     // A short answer, and a long one (about 1.4 s) that is still streaming when the
@@ -150,14 +141,7 @@ async fn postgres_down_fails_closed_and_recovers_without_losing_a_settlement() {
             .send()
     };
     let chat = || send(&short);
-    wait_until(Duration::from_secs(30), || async {
-        client
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    wait_ready(&client, &base).await;
 
     // Acknowledged before the outage.
     let mut acknowledged = 0;
@@ -222,14 +206,7 @@ async fn postgres_down_fails_closed_and_recovers_without_losing_a_settlement() {
 
     // Every acknowledged request is charged once, including those whose settlement
     // waited for the database; nothing stays held.
-    let config = config_for(&pg.url(), &fake.base_url(), &[]);
-    let ledger = tokengate::ledger::Ledger::new(
-        tokengate::db::Database::new(&config.database_url, 2),
-        std::sync::Arc::new(tokengate::domain::SystemClock),
-        config.timezone,
-        "observer".into(),
-        config.hold_max_age,
-    );
+    let ledger = observer_ledger(&pg.url(), &fake.base_url());
     let user = ledger.find_user(&parse_user_ref(USER)).unwrap().unwrap();
     let completed = || {
         ledger

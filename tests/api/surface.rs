@@ -327,33 +327,12 @@ async fn holds_of_a_killed_process_are_released_on_restart() {
     let fake = crate::fake_provider::FakeProvider::start();
     let db = TestDb::new();
     let port = free_port();
-    let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
-            .env("TOKENGATE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("TOKENGATE_DATABASE_URL", &db.url)
-            .env("TOKENGATE_UPSTREAM_URL", fake.base_url())
-            .env("TOKENGATE_CLIENT_KEYS", CLIENT_KEY)
-            .env("TOKENGATE_ADMIN_PASSWORD", "test-admin-password")
-            .env("TOKENGATE_INSTANCE_ID", "kill-test")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let env = [("TOKENGATE_INSTANCE_ID", "kill-test".to_owned())];
+    let spawn = || tokengate_process(port, &db.url, &fake.base_url(), &env);
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let ready = |client: reqwest::Client, base: String| async move {
-        client
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    };
     let mut child = spawn();
-    wait_until(std::time::Duration::from_secs(30), || {
-        ready(client.clone(), base.clone())
-    })
-    .await;
+    wait_ready(&client, &base).await;
 
     // Settled before the kill: these must stay charged, once each.
     let done = chat_body("fake-model", "olá", true, Some(10));
@@ -386,24 +365,14 @@ async fn holds_of_a_killed_process_are_released_on_restart() {
         }
     });
     let streams = futures_util::future::join_all(opened).await;
-    let config = config_for(&db.url, &fake.base_url(), &[]);
-    let ledger = tokengate::ledger::Ledger::new(
-        tokengate::db::Database::new(&config.database_url, 2),
-        std::sync::Arc::new(tokengate::domain::SystemClock),
-        config.timezone,
-        "observer".into(),
-        config.hold_max_age,
-    );
+    let ledger = observer_ledger(&db.url, &fake.base_url());
     assert_eq!(ledger.holds().unwrap().len(), 100);
 
     child.kill().unwrap();
     child.wait().unwrap();
     drop(streams);
     let mut child = spawn();
-    wait_until(std::time::Duration::from_secs(30), || {
-        ready(client.clone(), base.clone())
-    })
-    .await;
+    wait_ready(&client, &base).await;
     assert!(
         ledger.holds().unwrap().is_empty(),
         "restart must release the dead process's holds"
@@ -457,29 +426,10 @@ async fn sigterm_lets_streams_in_flight_finish_and_settle() {
     let fake = crate::fake_provider::FakeProvider::start();
     let db = TestDb::new();
     let port = free_port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .env("TOKENGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TOKENGATE_DATABASE_URL", &db.url)
-        .env("TOKENGATE_UPSTREAM_URL", fake.base_url())
-        .env("TOKENGATE_CLIENT_KEYS", CLIENT_KEY)
-        .env("TOKENGATE_ADMIN_PASSWORD", "test-admin-password")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = tokengate_process(port, &db.url, &fake.base_url(), &[]);
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    wait_until(std::time::Duration::from_secs(30), || {
-        let (client, base) = (client.clone(), base.clone());
-        async move {
-            client
-                .get(format!("{base}/healthz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        }
-    })
-    .await;
+    wait_ready(&client, &base).await;
 
     let body = chat_body("slow", "olá", true, Some(10));
     let mut streams = Vec::new();
@@ -520,14 +470,7 @@ async fn sigterm_lets_streams_in_flight_finish_and_settle() {
     .await;
     assert!(exited.unwrap().success(), "{exited:?}");
 
-    let config = config_for(&db.url, &fake.base_url(), &[]);
-    let ledger = tokengate::ledger::Ledger::new(
-        tokengate::db::Database::new(&config.database_url, 2),
-        std::sync::Arc::new(tokengate::domain::SystemClock),
-        config.timezone,
-        "observer".into(),
-        config.hold_max_age,
-    );
+    let ledger = observer_ledger(&db.url, &fake.base_url());
     assert!(ledger.holds().unwrap().is_empty());
     let user = ledger.find_user(&parse_user_ref(USER)).unwrap().unwrap();
     let records = ledger.usage_records(user).unwrap();
