@@ -12,6 +12,7 @@ use lettre::{Address, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use templates::{Kind, Rendered, Templates};
 
@@ -25,6 +26,8 @@ pub enum MailError {
     Build(String),
     #[error("SMTP: {0}")]
     Smtp(#[from] lettre::transport::smtp::Error),
+    #[error("SMTP: timed out: the server did not finish within {} s (TOKENGATE_SMTP_TIMEOUT_SECS)", .0.as_secs_f64())]
+    Timeout(Duration),
     #[error("cannot write {path}: {source}")]
     File {
         path: PathBuf,
@@ -64,6 +67,10 @@ enum Transport {
 
 pub struct Mailer {
     transport: Transport,
+    /// The longest one SMTP conversation may take. lettre's own timeout covers only
+    /// the connect on its async transport, so a server that accepts and then stalls
+    /// would otherwise hold a send forever.
+    deadline: Duration,
     from: Mailbox,
     /// Shown in logs and the test mail; never carries a password.
     description: String,
@@ -88,6 +95,7 @@ impl Mailer {
         };
         Ok(Self {
             transport,
+            deadline: config.smtp_timeout,
             from: Mailbox::new(None, from),
             description,
         })
@@ -105,7 +113,7 @@ impl Mailer {
     pub async fn check(&self) -> Result<(), MailError> {
         match &self.transport {
             Transport::Smtp(smtp) => {
-                smtp.test_connection().await?;
+                self.bounded(smtp.test_connection()).await?;
                 Ok(())
             }
             Transport::Files(dir) => {
@@ -123,12 +131,22 @@ impl Mailer {
         let message = self.build(mail)?;
         match &self.transport {
             Transport::Smtp(smtp) => {
-                smtp.send(message).await?;
+                self.bounded(smtp.send(message)).await?;
                 Ok(Delivered::Smtp)
             }
             Transport::Files(dir) => write_eml(dir, &mail.message_id, &message.formatted())
                 .await
                 .map(Delivered::File),
+        }
+    }
+
+    async fn bounded<T>(
+        &self,
+        conversation: impl Future<Output = Result<T, lettre::transport::smtp::Error>>,
+    ) -> Result<T, MailError> {
+        match tokio::time::timeout(self.deadline, conversation).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(MailError::Timeout(self.deadline)),
         }
     }
 

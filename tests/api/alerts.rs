@@ -521,6 +521,62 @@ async fn smtp_down_delays_mail_and_loses_none() {
     assert_each_once(&mail, &sent);
 }
 
+/// A server that accepts the connection and then stops answering: chats go on
+/// meanwhile, each stalled attempt ends at `TOKENGATE_SMTP_TIMEOUT_SECS` and is
+/// retried, and once the server answers again every message arrives exactly once.
+#[actix_web::test]
+async fn a_stalled_smtp_server_never_holds_up_chat_and_loses_no_mail() {
+    let smtp = SmtpServer::start(SmtpOptions {
+        stalled: true,
+        ..SmtpOptions::default()
+    })
+    .await;
+    let app = alert_app(
+        &smtp,
+        &[
+            ("TOKENGATE_SMTP_TIMEOUT_SECS", "1".into()),
+            ("TOKENGATE_MAIL_MAX_ATTEMPTS", "100".into()),
+        ],
+    )
+    .await;
+    spend_to(&app, ANA, 800_000).await;
+    // The mail worker is now inside an SMTP session that does not answer...
+    wait_until(Duration::from_secs(30), || {
+        let held = smtp.held();
+        async move { held >= 1 }
+    })
+    .await;
+    // ...and chat is served all the same, for this user and for others.
+    for p in [ANA, person(1), person(2)] {
+        let res = chat_person(&app, p, "fake-model", 5).await;
+        assert_eq!(res.status(), 200);
+    }
+    // Attempts end at the timeout, are recorded and retried; nothing is given up.
+    wait_until(Duration::from_secs(30), || {
+        let retried = outbox(&app)
+            .iter()
+            .all(|m| m.attempts >= 2 && m.state == DeliveryState::Pending);
+        async move { retried }
+    })
+    .await;
+    let waiting = outbox(&app);
+    assert_eq!(waiting.len(), 3, "{waiting:?}");
+    let error = waiting[0].last_error.clone().unwrap_or_default();
+    assert!(error.to_lowercase().contains("timed out"), "{error}");
+    assert!(smtp.messages().is_empty());
+
+    smtp.release();
+    let sent = outbox_settled(&app).await;
+    assert!(
+        sent.iter().all(|m| m.state == DeliveryState::Sent),
+        "{sent:?}"
+    );
+    let mail = smtp.wait_for(3).await;
+    assert_each_once(&mail, &sent);
+    one_alert_mail(&mail, "ana@example.com");
+    app.assert_invariant(ANA.id);
+}
+
 #[actix_web::test]
 async fn a_rejected_recipient_fails_after_the_retries_without_blocking_others() {
     let smtp = SmtpServer::start(SmtpOptions {

@@ -23,6 +23,8 @@ pub struct SmtpOptions {
     /// `(certificate, key)` PEM files for TLS.
     pub cert: Option<(PathBuf, PathBuf)>,
     pub auth: Option<(String, String)>,
+    /// A stalled server: every RCPT waits until [`SmtpServer::release`].
+    pub stalled: bool,
 }
 
 impl Default for SmtpOptions {
@@ -32,6 +34,7 @@ impl Default for SmtpOptions {
             tls: Tls::Plain,
             cert: None,
             auth: None,
+            stalled: false,
         }
     }
 }
@@ -154,6 +157,9 @@ impl SmtpServer {
         if let Some((user, pass)) = &self.opts.auth {
             cmd.args(["--auth", &format!("{user}:{pass}")]);
         }
+        if self.opts.stalled {
+            cmd.arg("--hold-until").arg(self.gate());
+        }
         let mut child = cmd.spawn().unwrap_or_else(|e| {
             panic!("cannot start {python} for the SMTP server (scripts/test.sh installs python3-aiosmtpd): {e}")
         });
@@ -180,6 +186,26 @@ impl SmtpServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    fn gate(&self) -> PathBuf {
+        self.out.path().join("release")
+    }
+
+    /// How many RCPT commands a stalled server has held so far.
+    pub fn held(&self) -> usize {
+        std::fs::read_dir(self.out.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("release.held-"))
+            })
+            .count()
+    }
+
+    /// Lets a stalled server answer again.
+    pub fn release(&self) {
+        std::fs::write(self.gate(), b"").unwrap();
     }
 
     /// Every message received so far, in arrival order.

@@ -2,12 +2,14 @@
 
 Every accepted message is saved as one JSON file in --out: the envelope sender and
 recipients and the raw message. Options make it refuse some recipients (--reject
-PREFIX, answered 550 at RCPT), speak STARTTLS or implicit TLS (--tls, with --cert and
+PREFIX, answered 550 at RCPT), hold every RCPT until a file exists (--hold-until FILE,
+a server that stalls; each held RCPT first creates FILE.held-N), speak STARTTLS or implicit TLS (--tls, with --cert and
 --key) and require authentication (--auth USER:PASSWORD). It prints READY once it
 accepts connections and stops on SIGTERM.
 """
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -20,13 +22,23 @@ from aiosmtpd.smtp import AuthResult
 
 
 class Handler:
-    def __init__(self, out, reject):
+    def __init__(self, out, reject, hold_until):
         self.out = out
         self.reject = reject
+        self.hold_until = hold_until
         self.count = 0
+        self.held = 0
         self.lock = threading.Lock()
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.hold_until:
+            with self.lock:
+                self.held += 1
+                n = self.held
+            open(f"{self.hold_until}.held-{n}", "w").close()
+            # A stalled server: the client's own timeout is what ends the wait.
+            while not os.path.exists(self.hold_until):
+                await asyncio.sleep(0.02)
         if any(address.lower().startswith(p) for p in self.reject):
             return "550 5.1.1 Mailbox unavailable"
         envelope.rcpt_tos.append(address)
@@ -54,6 +66,7 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--reject", action="append", default=[])
+    ap.add_argument("--hold-until")
     ap.add_argument("--tls", choices=["none", "starttls", "implicit"], default="none")
     ap.add_argument("--cert")
     ap.add_argument("--key")
@@ -88,7 +101,7 @@ def main():
         )
 
     controller = Controller(
-        Handler(args.out, [p.lower() for p in args.reject]),
+        Handler(args.out, [p.lower() for p in args.reject], args.hold_until),
         hostname="127.0.0.1",
         port=args.port,
         server_hostname="localhost",
