@@ -12,6 +12,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use secrecy::ExposeSecret;
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -96,6 +97,11 @@ pub enum ConnectError {
     Query(#[from] DieselError),
     #[error("cannot create the database folder {0}: {1}")]
     Folder(String, std::io::Error),
+    #[error("the SQLite database {path} cannot be written: {source}")]
+    NotWritable {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl r2d2::ManageConnection for ConnectionManager {
@@ -109,14 +115,10 @@ impl r2d2::ManageConnection for ConnectionManager {
                     std::fs::create_dir_all(dir)
                         .map_err(|e| ConnectError::Folder(dir.display().to_string(), e))?;
                 }
-                let mut conn = SqliteConnection::establish(&path.to_string_lossy())?;
-                // WAL + NORMAL survives a killed process (not a power cut) at ~10 µs a
-                // commit; busy_timeout makes writers queue instead of failing.
-                conn.batch_execute(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
-                )?;
-                Ok(AnyConnection::Sqlite(conn))
+                if let Some(e) = not_writable(path) {
+                    return Err(e);
+                }
+                connect_sqlite(path).map(AnyConnection::Sqlite)
             }
             DatabaseUrl::Postgres(url) => {
                 let conn = PgConnection::establish(url.expose_secret())?;
@@ -135,6 +137,35 @@ impl r2d2::ManageConnection for ConnectionManager {
             AnyConnection::Sqlite(c) => c.is_broken(),
         }
     }
+}
+
+fn connect_sqlite(path: &Path) -> Result<SqliteConnection, ConnectError> {
+    let mut conn = SqliteConnection::establish(&path.to_string_lossy())?;
+    // WAL + NORMAL survives a killed process (not a power cut) at ~10 µs a
+    // commit; busy_timeout makes writers queue instead of failing.
+    conn.batch_execute(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+    )?;
+    Ok(conn)
+}
+
+/// Checked before each new SQLite connection (they are pooled, so rarely): on a file
+/// it cannot write, SQLite silently opens read-only and later says only "attempt to
+/// write a readonly database", while the OS names the cause (a read-only mount,
+/// permissions).
+fn not_writable(path: &Path) -> Option<ConnectError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .err()
+        .map(|source| ConnectError::NotWritable {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 /// The connection pool plus what the backend is.

@@ -69,6 +69,17 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// A SQLite database at `path`, whatever backend the suite runs on (for tests
+    /// of SQLite's own storage).
+    pub fn sqlite_at(path: &std::path::Path) -> Self {
+        Self {
+            url: format!("sqlite://{}", path.display()),
+            _dir: None,
+        }
+    }
+}
+
 pub struct TestOptions {
     pub upstream: Option<String>,
     pub env: Vec<(&'static str, String)>,
@@ -132,6 +143,11 @@ pub async fn spawn_replica(of: &TestApp) -> TestApp {
 
 pub async fn spawn_replica_with(of: &TestApp, opts: TestOptions) -> TestApp {
     spawn_on(of.db.clone(), of.fake.clone(), opts).await
+}
+
+/// An instance on a database of the test's choosing.
+pub async fn spawn_app_on(db: TestDb, opts: TestOptions) -> TestApp {
+    spawn_on(Arc::new(db), Arc::new(FakeProvider::start()), opts).await
 }
 
 async fn spawn_on(db: Arc<TestDb>, fake: Arc<FakeProvider>, opts: TestOptions) -> TestApp {

@@ -8,6 +8,7 @@ mod browser;
 mod cli;
 mod concurrency;
 mod deploy;
+mod disk;
 mod fake_provider;
 mod helpers;
 mod metering;

@@ -1,0 +1,298 @@
+//! The disk under SQLite going wrong: full, or remounted read-only while tokengate
+//! runs. Chat fails closed with 503 `storage_unavailable`, nothing is forwarded
+//! without a reservation, what was answered is charged once, the file stays intact,
+//! and service comes back by itself when the disk does.
+//!
+//! The disk is a small tmpfs mounted by the test, so the suite must run as root (as
+//! CI and `scripts/test.sh` do); SQLite is used on both backends' passes.
+
+use crate::helpers::*;
+use diesel::{Connection, RunQueryDsl, sql_query};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// A tmpfs of a few MiB, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mib: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let size = format!("size={mib}m");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &size, "tokengate-test"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs: the disk tests need root (scripts/test.sh runs as root in CI)"
+        );
+        Self { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn remount(&self, mode: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(self.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount {mode} failed");
+    }
+
+    /// Writes a file until the disk has no byte left.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        loop {
+            match f.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+        }
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn integrity_check(db: &Path) -> String {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        integrity_check: String,
+    }
+    let mut conn = diesel::SqliteConnection::establish(&db.display().to_string()).unwrap();
+    let rows: Vec<Row> = sql_query("PRAGMA integrity_check").load(&mut conn).unwrap();
+    rows.into_iter()
+        .map(|r| r.integrity_check)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn small_chat() -> Value {
+    chat_body("fake-model", "olá", false, Some(5))
+}
+
+/// What one chat costs, learned from one that succeeded.
+fn cost_of_one(app: &TestApp) -> i64 {
+    app.summary(USER).used_this_cycle
+}
+
+/// Sends chats until the storage refuses one; every answer must be a 200 or a clear
+/// 503. Returns how many were answered 200.
+async fn chat_until_refused(app: &TestApp, limit: usize) -> usize {
+    let mut ok = 0;
+    for _ in 0..limit {
+        let res = app.chat(&small_chat()).await;
+        let status = res.status().as_u16();
+        let body: Value = res.json().await.unwrap();
+        match status {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(body["error"]["code"], "storage_unavailable", "{body}");
+                assert!(
+                    body["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| !m.is_empty())
+                );
+                return ok;
+            }
+            other => panic!("a chat got {other}: {body}"),
+        }
+    }
+    panic!("{limit} chats went through: the storage never refused one");
+}
+
+/// Waits until chat is served again, then until every hold is settled.
+async fn recovered(app: &TestApp) -> usize {
+    let answered = std::cell::Cell::new(0);
+    wait_until(Duration::from_secs(30), || async {
+        let ok = app.chat(&small_chat()).await.status() == 200;
+        answered.set(answered.get() + usize::from(ok));
+        ok
+    })
+    .await;
+    wait_until(Duration::from_secs(30), || {
+        let held = app.summary(USER).held;
+        async move { held == 0 }
+    })
+    .await;
+    answered.get()
+}
+
+/// The disk fills while a stream is running: new chats get 503 and never reach the
+/// provider, the stream still delivers its whole answer, and its settlement, which
+/// met the full disk, is written once the disk has room again.
+#[actix_web::test]
+async fn a_full_disk_fails_closed_and_loses_no_charge() {
+    let disk = SmallDisk::mount(8);
+    let db = disk.path().join("tokengate.db");
+    let app = spawn_app_on(TestDb::sqlite_at(&db), TestOptions::default()).await;
+    assert_eq!(app.chat(&small_chat()).await.status(), 200);
+    let cost = cost_of_one(&app);
+    assert!(cost > 0);
+    let mut stream = app.chat(&chat_body("slow", "olá", true, None)).await;
+    assert_eq!(stream.status(), 200);
+    let mut received = stream.chunk().await.unwrap().unwrap().to_vec();
+
+    let filler = disk.fill();
+    let ok = 1 + chat_until_refused(&app, 5_000).await;
+    let res = app.chat(&small_chat()).await;
+    assert_eq!(res.status(), 503, "still full");
+    // Refused requests never reached the provider: only the answered ones and the
+    // stream did.
+    assert_eq!(app.fake.request_count(), ok + 1);
+
+    while let Some(chunk) = stream.chunk().await.expect("the stream must not be cut") {
+        received.extend_from_slice(&chunk);
+    }
+    assert!(received.ends_with(b"data: [DONE]\n\n"));
+    assert!(
+        app.summary(USER).held > 0,
+        "the stream's settlement cannot be written yet"
+    );
+
+    std::fs::remove_file(filler).unwrap();
+    let ok = ok + recovered(&app).await;
+    assert_eq!(app.fake.request_count(), ok + 1);
+    // Each answered chat is charged once, the stream's late settlement included.
+    let records = app.ledger.usage_records(app.user_id(USER)).unwrap();
+    assert_eq!(records.len(), ok + 1, "one usage record per answered chat");
+    let streamed: Vec<_> = records.iter().filter(|r| r.model == "slow").collect();
+    assert_eq!(streamed.len(), 1);
+    assert_eq!(
+        (streamed[0].outcome.as_str(), streamed[0].completion_tokens),
+        ("completed", crate::fake_provider::NATURAL_COMPLETION)
+    );
+    let used = app.summary(USER).used_this_cycle;
+    assert_eq!(used, cost * ok as i64 + streamed[0].charged);
+    assert_eq!(app.charged(USER), used);
+    app.assert_invariant(USER);
+    assert_eq!(integrity_check(&db), "ok");
+}
+
+/// A database whose disk is read-only when tokengate starts (a volume mounted `ro`,
+/// say) stops the start with a message naming the file and the cause; once the disk
+/// is writable again the same database serves, with its books intact.
+///
+/// (A tmpfs cannot be remounted read-only while files are open for writing, so the
+/// disk turns read-only between two runs; under a running process SQLite's
+/// "readonly database" fails closed like a full disk.)
+#[actix_web::test]
+async fn a_read_only_database_stops_the_start_clearly_and_loses_nothing() {
+    let disk = SmallDisk::mount(16);
+    let db = disk.path().join("tokengate.db");
+    let url = format!("sqlite://{}", db.display());
+    let fake = crate::fake_provider::FakeProvider::start();
+    let client = reqwest::Client::new();
+    let run = |port| tokengate_process(port, &url, &fake.base_url(), &[]);
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut first = run(port);
+    wait_ready(&client, &base).await;
+    for _ in 0..3 {
+        let res = client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .header("x-librechat-user-id", USER)
+            .json(&small_chat())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    disk.remount("ro");
+    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .arg("serve")
+        .env("TOKENGATE_DATABASE_URL", &url)
+        .env("TOKENGATE_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("TOKENGATE_UPSTREAM_URL", fake.base_url())
+        .env("TOKENGATE_CLIENT_KEYS", CLIENT_KEY)
+        .env("TOKENGATE_ADMIN_PASSWORD", "test-admin-password")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{} cannot be written", db.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+
+    disk.remount("rw");
+    assert_eq!(integrity_check(&db), "ok");
+    let ledger = observer_ledger(&url, &fake.base_url());
+    let user = ledger
+        .find_user(&tokengate::ledger::parse_user_ref(USER))
+        .unwrap()
+        .unwrap();
+    assert_eq!(ledger.usage_records(user).unwrap().len(), 3);
+    assert!(ledger.check_invariant(user).unwrap().holds());
+    drop(ledger);
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut again = run(port);
+    wait_ready(&client, &base).await;
+    let res = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-librechat-user-id", USER)
+        .json(&small_chat())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    again.kill().unwrap();
+    again.wait().unwrap();
+}
+
+#[actix_web::test]
+async fn starting_on_a_read_only_disk_is_a_clear_error() {
+    let disk = SmallDisk::mount(4);
+    disk.remount("ro");
+    let db = disk.path().join("tokengate.db");
+    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .arg("serve")
+        .env(
+            "TOKENGATE_DATABASE_URL",
+            format!("sqlite://{}", db.display()),
+        )
+        .env("TOKENGATE_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("TOKENGATE_UPSTREAM_URL", "http://127.0.0.1:9")
+        .env("TOKENGATE_CLIENT_KEYS", CLIENT_KEY)
+        .env("TOKENGATE_ADMIN_PASSWORD", "test-admin-password")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{} cannot be written", db.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+}
