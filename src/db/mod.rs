@@ -143,9 +143,11 @@ fn connect_sqlite(path: &Path) -> Result<SqliteConnection, ConnectError> {
     let mut conn = SqliteConnection::establish(&path.to_string_lossy())?;
     // WAL + NORMAL survives a killed process (not a power cut) at ~10 µs a
     // commit; busy_timeout makes writers queue instead of failing.
+    // busy_timeout first: switching a new file to WAL needs a lock another process
+    // starting at the same moment may hold.
     conn.batch_execute(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+        "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+         PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
     )?;
     Ok(conn)
 }
@@ -254,14 +256,31 @@ impl Database {
     }
 }
 
+/// A migration's own error, carried out of the transaction that holds them all.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct MigrationFailed(String);
+
+impl From<DieselError> for MigrationFailed {
+    fn from(e: DieselError) -> Self {
+        Self(e.to_string())
+    }
+}
+
 pub fn run_migrations(conn: &mut AnyConnection) -> Result<Vec<String>, StoreError> {
     let to_strings = |v: Vec<diesel::migration::MigrationVersion<'_>>| {
         v.into_iter().map(|m| m.to_string()).collect::<Vec<_>>()
     };
     match conn {
+        // One write transaction around them all: processes that start together on
+        // one file queue on SQLite's write lock, and those that come second find
+        // nothing pending (each migration becomes a savepoint inside it).
         AnyConnection::Sqlite(c) => c
-            .run_pending_migrations(SQLITE_MIGRATIONS)
-            .map(to_strings)
+            .immediate_transaction(|c| {
+                c.run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map(to_strings)
+                    .map_err(|e| MigrationFailed(e.to_string()))
+            })
             .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}"))),
         AnyConnection::Postgresql(c) => {
             c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))?;

@@ -70,10 +70,6 @@ async fn two_hundred_concurrent_requests_never_overspend() {
 
 #[actix_web::test]
 async fn two_instances_on_one_database_never_overspend() {
-    if backend() != Backend::Postgres {
-        // Replicas share PostgreSQL; SQLite is a single-host embedded default.
-        return;
-    }
     let a = spawn_app(TestOptions::default()).await;
     let b = spawn_replica(&a).await;
     fire_and_check(&[&a, &b]).await;

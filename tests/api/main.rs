@@ -14,5 +14,6 @@ mod helpers;
 mod metering;
 mod outage;
 mod real_clients;
+mod replicas;
 mod smtp;
 mod surface;
