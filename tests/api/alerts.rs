@@ -398,6 +398,48 @@ async fn hostile_names_are_escaped_and_users_without_email_are_recorded() {
     );
 }
 
+/// LibreChat's `b64:` headers can carry any bytes: line breaks in the email or the
+/// name must never become mail headers or recipients.
+#[actix_web::test]
+async fn line_breaks_sent_in_headers_never_reach_mail_headers() {
+    use base64::Engine;
+    let smtp = SmtpServer::start(SmtpOptions::default()).await;
+    let app = alert_app(&smtp, &[]).await;
+    let b64 = |s: &str| -> &'static str {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(s);
+        Box::leak(format!("b64:{encoded}").into_boxed_str())
+    };
+    let eve = Person {
+        id: "eve-1",
+        email: Some(b64("eve@example.com\r\nBcc: spy@evil.example")),
+        name: Some(b64("Eve\r\nBcc: spy@evil.example\r\n\r\n<b>x</b>")),
+    };
+    spend_to(&app, eve, 800_000).await;
+    let summary = app.summary(eve.id);
+    assert_eq!(
+        summary.email, None,
+        "an address with a line break is no address"
+    );
+    assert_eq!(
+        summary.name.as_deref(),
+        Some("Eve Bcc: spy@evil.example <b>x</b>")
+    );
+    let sent = outbox_settled(&app).await;
+    assert_eq!(sent.len(), 2, "the admins' copies only: {sent:?}");
+    let mail = smtp.wait_for(2).await;
+    for m in &mail {
+        assert!(m.rcpt_tos.iter().all(|r| ADMINS.contains(&r.as_str())));
+        let head = m.raw.split("\r\n\r\n").next().unwrap();
+        assert!(
+            !head
+                .lines()
+                .any(|l| l.to_ascii_lowercase().starts_with("bcc")),
+            "{head}"
+        );
+        assert!(!head.contains("evil"), "{head}");
+    }
+}
+
 #[actix_web::test]
 async fn one_usage_across_two_thresholds_sends_one_message() {
     let smtp = SmtpServer::start(SmtpOptions::default()).await;

@@ -11,6 +11,7 @@ mod deploy;
 mod disk;
 mod fake_provider;
 mod helpers;
+mod hostile;
 mod metering;
 mod outage;
 mod real_clients;

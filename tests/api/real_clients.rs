@@ -154,6 +154,25 @@ async fn charges_equal_the_usage_litellm_reports() {
     // tokengate sets `user` upstream (checked against the fake provider directly);
     // LiteLLM 1.106.2 does not pass it on to an `openai/` provider, so it is not
     // asserted here.
+
+    // A model LiteLLM does not know: its own 400 reaches the client, nothing is
+    // charged, and the provider behind LiteLLM is never asked.
+    let asked = fake.request_count();
+    let charged = app.charged(USER);
+    let res = app
+        .chat(&chat_body("no-such-model", "olá", true, Some(5)))
+        .await;
+    assert_eq!(res.status(), 400);
+    let err: Value = res.json().await.unwrap();
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no-such-model")),
+        "{err}"
+    );
+    assert_eq!(fake.request_count(), asked);
+    assert_eq!(app.charged(USER), charged);
+    assert_eq!(app.summary(USER).held, 0);
     app.assert_invariant(USER);
     drop(litellm);
 }
