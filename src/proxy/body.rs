@@ -244,12 +244,37 @@ impl Prepared {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     fn parse_json(v: Value, e: Endpoint) -> Result<ParsedRequest, ApiError> {
         parse(v.to_string().as_bytes(), e)
+    }
+
+    /// Found by the body fuzz target: without serde_json's `float_roundtrip`, some
+    /// numbers came out one ulp off.
+    #[test]
+    fn numbers_reach_upstream_unchanged() {
+        let sent = r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":1.3333333333333336e+107,"top_p":0.7000000000000001,"seed":18446744073709551615}"#;
+        let parsed = parse(sent.as_bytes(), Endpoint::ChatCompletions).unwrap();
+        let out = prepare(
+            parsed.body,
+            "u",
+            false,
+            Endpoint::ChatCompletions,
+            sent.len(),
+        )
+        .unwrap()
+        .finish(Some(10));
+        let out: Map<String, Value> = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            out["temperature"].as_f64(),
+            Some(1.333_333_333_333_333_6e107)
+        );
+        assert_eq!(out["top_p"].as_f64(), Some(0.700_000_000_000_000_1));
+        assert_eq!(out["seed"].as_u64(), Some(u64::MAX));
     }
 
     #[test]

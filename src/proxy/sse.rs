@@ -61,6 +61,9 @@ const MAX_TEXT_BYTES: usize = 8 << 20;
 #[derive(Debug, Default)]
 pub struct SseScanner {
     line: Vec<u8>,
+    /// The current line outgrew `MAX_EVENT_BYTES`; `line` keeps its start, enough
+    /// to tell a `data` field from a comment.
+    line_truncated: bool,
     data: Vec<u8>,
     has_data: bool,
     oversized: bool,
@@ -89,10 +92,7 @@ impl SseScanner {
                 Some(i) => {
                     self.push_line_bytes(&rest[..i]);
                     self.after_cr = rest[i] == b'\r';
-                    let line = std::mem::take(&mut self.line);
-                    self.on_line(&line);
-                    self.line = line;
-                    self.line.clear();
+                    self.end_line();
                     rest = &rest[i + 1..];
                 }
                 None => {
@@ -106,8 +106,7 @@ impl SseScanner {
     /// Call at the end of the stream: an event not followed by a blank line still counts.
     pub fn finish(&mut self) {
         if !self.line.is_empty() {
-            let line = std::mem::take(&mut self.line);
-            self.on_line(&line);
+            self.end_line();
         }
         self.dispatch();
     }
@@ -125,15 +124,27 @@ impl SseScanner {
         self.events
     }
 
+    /// Keeps at most `MAX_EVENT_BYTES` of a line, the same bytes however the line
+    /// was split into chunks.
     fn push_line_bytes(&mut self, bytes: &[u8]) {
-        if self.line.len() + bytes.len() <= MAX_EVENT_BYTES {
+        let room = MAX_EVENT_BYTES - self.line.len();
+        if bytes.len() <= room {
             self.line.extend_from_slice(bytes);
         } else {
-            self.oversized = true;
+            self.line.extend_from_slice(&bytes[..room]);
+            self.line_truncated = true;
         }
     }
 
-    fn on_line(&mut self, line: &[u8]) {
+    fn end_line(&mut self) {
+        let line = std::mem::take(&mut self.line);
+        let truncated = std::mem::take(&mut self.line_truncated);
+        self.on_line(&line, truncated);
+        self.line = line;
+        self.line.clear();
+    }
+
+    fn on_line(&mut self, line: &[u8], truncated: bool) {
         if line.is_empty() {
             self.dispatch();
             return;
@@ -149,6 +160,12 @@ impl SseScanner {
             None => (line, &b""[..]),
         };
         if field == b"data" {
+            if truncated {
+                // Too long to parse: the event passes through unread.
+                self.oversized = true;
+                self.has_data = true;
+                return;
+            }
             if self.has_data {
                 self.data.push(b'\n');
             }
@@ -195,7 +212,6 @@ impl SseScanner {
     }
 }
 
-/// Usage and text of a complete (non-streaming) JSON response.
 /// Usage and text of a non-streamed answer; `None` when the body is not a JSON object.
 pub fn scan_json_response(body: &[u8]) -> Option<(Option<Usage>, String)> {
     match serde_json::from_slice::<Chunk>(body) {
@@ -265,6 +281,50 @@ mod tests {
                 assert_eq!(s.text(), "Olá, mundo", "split {i} {j}");
             }
         }
+    }
+
+    /// A line longer than an event may be is read the same however it is split: an
+    /// oversized `data` line makes its event unreadable (it used to count as a blank
+    /// line when it arrived in one chunk, dispatching half an event), while an
+    /// oversized comment changes nothing.
+    #[test]
+    fn oversized_lines_are_read_the_same_whole_or_in_pieces() {
+        let big = "x".repeat(MAX_EVENT_BYTES + 10);
+        let usage = |p: i64| {
+            format!("data: {{\"usage\":{{\"prompt_tokens\":{p},\"completion_tokens\":1}}}}\n")
+        };
+        let stream = format!(
+            "{}data: {big}\n\n{}: {big}\n\n{}\n",
+            usage(1),
+            usage(2),
+            usage(3)
+        );
+        let whole = {
+            let mut s = SseScanner::new();
+            s.feed(stream.as_bytes());
+            s.finish();
+            s
+        };
+        let pieces = {
+            let mut s = SseScanner::new();
+            for piece in stream.as_bytes().chunks(4096) {
+                s.feed(piece);
+            }
+            s.finish();
+            s
+        };
+        for s in [&whole, &pieces] {
+            assert_eq!(s.usage().map(|u| u.prompt_tokens), Some(3));
+            // The first event is too big to read; the others are read.
+            assert_eq!(s.events(), 2);
+        }
+        let first_only = {
+            let mut s = SseScanner::new();
+            s.feed(format!("{}data: {big}\n\n", usage(1)).as_bytes());
+            s.finish();
+            s
+        };
+        assert_eq!(first_only.usage(), None, "half an event is never read");
     }
 
     #[test]
