@@ -1,5 +1,6 @@
 # Shared by scripts/*.sh: pinned versions and the cache of installed tools.
 LITELLM_VERSION="1.106.2"
+CARGO_FUZZ_VERSION="0.13.2"
 CACHE_DIR="${TOKENGATE_CACHE_DIR:-$HOME/.cache/tokengate}"
 LITELLM_VENV="$CACHE_DIR/litellm-$LITELLM_VERSION"
 # LibreChat's own packages, for the deployment tests: its config schema and its
@@ -20,6 +21,16 @@ ensure_litellm() {
   python3 -m venv "$LITELLM_VENV" || die "python3 -m venv failed: install python3-venv"
   "$LITELLM_VENV/bin/pip" install --quiet --disable-pip-version-check "litellm[proxy]==$LITELLM_VERSION" \
     || die "could not install litellm[proxy]==$LITELLM_VERSION from PyPI"
+}
+
+# cargo-fuzz from crates.io (libFuzzer itself is built by the libfuzzer-sys crate,
+# with the machine's C++ compiler).
+ensure_cargo_fuzz() {
+  if cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then return 0; fi
+  command -v c++ >/dev/null || apt_install g++
+  log "installing cargo-fuzz $CARGO_FUZZ_VERSION (about a minute, once)"
+  cargo install --quiet --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION" \
+    || die "could not install cargo-fuzz $CARGO_FUZZ_VERSION from crates.io"
 }
 
 # Installs Debian packages (as root; otherwise says what is missing).

@@ -5,6 +5,7 @@
 # python3-aiosmtpd) and a headless Chromium (Debian's) started by the tests,
 # LibreChat's own npm packages and Debian's docker-compose for the deployment pack.
 # Stops everything it started. Browser screenshots land in test-artifacts/screenshots/.
+# Ends with a bounded coverage-guided fuzzing run (scripts/fuzz.sh).
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -- FILTER       # only tests whose name matches FILTER
@@ -65,5 +66,9 @@ TOKENGATE_TEST_BACKEND=postgres run_tests || status=1
 log "benchmark harness, smoke run (debug build; bench/run.sh gives the real figures)"
 TOKENGATE_BENCH_BIN="$PWD/target/debug/tokengate" timeout 300 \
   cargo test --quiet --bench proxy -- --smoke || status=1
+if [ ${#filter[@]} -eq 0 ]; then
+  log "fuzzing, bounded run (scripts/fuzz.sh SECONDS runs longer)"
+  bash scripts/fuzz.sh "${TOKENGATE_FUZZ_SECONDS:-20}" || status=1
+fi
 if [ "$status" -ne 0 ]; then die "some tests failed (see above)"; fi
 log "all tests passed on SQLite and PostgreSQL"
