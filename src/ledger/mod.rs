@@ -514,6 +514,11 @@ impl Ledger {
         Ok(released)
     }
 
+    /// How long a hold lives before the sweeper releases it uncharged.
+    pub fn hold_max_age(&self) -> Duration {
+        self.hold_max_age
+    }
+
     pub fn find_user(&self, user: &UserRef) -> Result<Option<i64>, StoreError> {
         let mut conn = self.db.conn()?;
         Ok(views::find_user(&mut conn, user)?)

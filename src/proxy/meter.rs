@@ -106,17 +106,40 @@ impl Meter {
 
 fn spawn_retry(meter: Meter, settlement: Settlement) {
     actix_web::rt::spawn(async move {
-        let mut delay = Duration::from_millis(250);
-        for _ in 0..12 {
+        let hold_life = meter
+            .ledger
+            .hold_max_age()
+            .saturating_sub(meter.started.elapsed());
+        for delay in retry_delays(hold_life) {
             actix_web::rt::time::sleep(delay).await;
             if let Ok(r) = meter.ledger.settle(settlement.clone()).await {
                 meter.record(&settlement, r);
                 return;
             }
-            delay = (delay * 2).min(Duration::from_secs(30));
         }
-        tracing::error!(request_id = %settlement.request_id, "settlement failed after retries; the hold will be released by the sweeper");
+        tracing::error!(
+            request_id = %settlement.request_id,
+            prompt_tokens = settlement.prompt_tokens,
+            completion_tokens = settlement.completion_tokens,
+            charge = settlement.charge,
+            "settlement failed for as long as its hold lives; the sweeper releases the hold uncharged"
+        );
     });
+}
+
+/// When a failed settlement is tried again: doubling from 250 ms to 30 s apart, for
+/// as long as the request's hold still lives. Once the sweeper has released the hold
+/// (after `TOKENGATE_HOLD_MAX_AGE_SECS`) the charge could no longer be written, so a
+/// database outage shorter than that loses no charge.
+fn retry_delays(hold_life: Duration) -> impl Iterator<Item = Duration> {
+    let mut next = Duration::from_millis(250);
+    let mut waited = Duration::ZERO;
+    std::iter::from_fn(move || {
+        let delay = next;
+        waited += delay;
+        next = (next * 2).min(Duration::from_secs(30));
+        (waited < hold_life).then_some(delay)
+    })
 }
 
 type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>>>>;
@@ -217,5 +240,23 @@ impl Drop for MeteredStream {
             );
             meter.settle_detached(s);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_last_as_long_as_the_hold() {
+        let hour = Duration::from_secs(3600);
+        let delays: Vec<Duration> = retry_delays(hour).collect();
+        let total: Duration = delays.iter().sum();
+        assert_eq!(delays[0], Duration::from_millis(250));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(30)));
+        assert!(total < hour && total > hour - Duration::from_secs(30), "{total:?}");
+        // Well past the 3 minutes that twelve retries used to cover.
+        assert!(delays.len() > 100);
+        assert_eq!(retry_delays(Duration::ZERO).count(), 0);
     }
 }
