@@ -22,15 +22,20 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(sse body headers)
 
+# The same flags for build and run, or `cargo fuzz run` builds again.
+flags=(-s none --codegen-units 16)
 ensure_cargo_fuzz
-log "building the fuzz targets (release, coverage instrumentation)"
-cargo fuzz build -s none >/dev/null
+log "building the fuzz targets (coverage instrumentation; a few minutes the first time)"
+if ! cargo fuzz build "${flags[@]}" >fuzz/build.log 2>&1; then
+  tail -n 40 fuzz/build.log >&2
+  die "the fuzz targets do not build (log: fuzz/build.log)"
+fi
 status=0
 for t in "${targets[@]}"; do
   mkdir -p "fuzz/corpus/$t"
   cp -n fuzz/seeds/"$t"/* fuzz/regressions/"$t"/* "fuzz/corpus/$t/" 2>/dev/null || true
   log "fuzzing $t for ${seconds} s"
-  if ! cargo fuzz run -s none "$t" "fuzz/corpus/$t" -- \
+  if ! cargo fuzz run "${flags[@]}" "$t" "fuzz/corpus/$t" -- \
       -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
       -print_final_stats=1 >"fuzz/$t.log" 2>&1; then
     tail -n 40 "fuzz/$t.log" >&2

@@ -141,10 +141,10 @@ impl r2d2::ManageConnection for ConnectionManager {
 
 fn connect_sqlite(path: &Path) -> Result<SqliteConnection, ConnectError> {
     let mut conn = SqliteConnection::establish(&path.to_string_lossy())?;
-    // WAL + NORMAL survives a killed process (not a power cut) at ~10 µs a
-    // commit; busy_timeout makes writers queue instead of failing.
-    // busy_timeout first: switching a new file to WAL needs a lock another process
-    // starting at the same moment may hold.
+    // busy_timeout makes writers queue instead of failing; it comes first because
+    // switching a new file to WAL needs a lock that another process starting at the
+    // same moment may hold. WAL + NORMAL survives a killed process (not a power cut)
+    // at ~10 µs a commit.
     conn.batch_execute(
         "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
          PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
