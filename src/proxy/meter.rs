@@ -254,7 +254,10 @@ mod tests {
         let total: Duration = delays.iter().sum();
         assert_eq!(delays[0], Duration::from_millis(250));
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(30)));
-        assert!(total < hour && total > hour - Duration::from_secs(30), "{total:?}");
+        assert!(
+            total < hour && total > hour - Duration::from_secs(30),
+            "{total:?}"
+        );
         // Well past the 3 minutes that twelve retries used to cover.
         assert!(delays.len() > 100);
         assert_eq!(retry_delays(Duration::ZERO).count(), 0);

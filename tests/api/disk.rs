@@ -89,6 +89,46 @@ fn integrity_check(db: &Path) -> String {
         .join("; ")
 }
 
+/// `tokengate serve` on `db` must refuse to start, naming the file and the OS's
+/// reason. Run off the test thread: the refusal takes r2d2's connection timeout.
+async fn assert_start_refused(db: &Path, upstream: String) {
+    let url = format!("sqlite://{}", db.display());
+    let out = actix_web::rt::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .arg("serve")
+            .env("TOKENGATE_DATABASE_URL", url)
+            .env("TOKENGATE_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("TOKENGATE_UPSTREAM_URL", upstream)
+            .env("TOKENGATE_CLIENT_KEYS", CLIENT_KEY)
+            .env("TOKENGATE_ADMIN_PASSWORD", "test-admin-password")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{} cannot be written", db.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+}
+
+/// One small chat through the tokengate process at `base`.
+async fn chat_at(client: &reqwest::Client, base: &str) -> u16 {
+    client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-librechat-user-id", USER)
+        .json(&small_chat())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 fn small_chat() -> Value {
     chat_body("fake-model", "olá", false, Some(5))
 }
@@ -196,8 +236,8 @@ async fn a_full_disk_fails_closed_and_loses_no_charge() {
 /// is writable again the same database serves, with its books intact.
 ///
 /// (A tmpfs cannot be remounted read-only while files are open for writing, so the
-/// disk turns read-only between two runs; under a running process SQLite's
-/// "readonly database" fails closed like a full disk.)
+/// disk turns read-only between two runs. Under a running process, SQLite's
+/// "readonly database" error maps to 503 `storage_unavailable`, as a full disk does.)
 #[actix_web::test]
 async fn a_read_only_database_stops_the_start_clearly_and_loses_nothing() {
     let disk = SmallDisk::mount(16);
@@ -212,36 +252,13 @@ async fn a_read_only_database_stops_the_start_clearly_and_loses_nothing() {
     let mut first = run(port);
     wait_ready(&client, &base).await;
     for _ in 0..3 {
-        let res = client
-            .post(format!("{base}/v1/chat/completions"))
-            .bearer_auth(CLIENT_KEY)
-            .header("x-librechat-user-id", USER)
-            .json(&small_chat())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
+        assert_eq!(chat_at(&client, &base).await, 200);
     }
     first.kill().unwrap();
     first.wait().unwrap();
 
     disk.remount("ro");
-    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .arg("serve")
-        .env("TOKENGATE_DATABASE_URL", &url)
-        .env("TOKENGATE_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .env("TOKENGATE_UPSTREAM_URL", fake.base_url())
-        .env("TOKENGATE_CLIENT_KEYS", CLIENT_KEY)
-        .env("TOKENGATE_ADMIN_PASSWORD", "test-admin-password")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&format!("{} cannot be written", db.display())),
-        "{stderr}"
-    );
-    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    assert_start_refused(&db, fake.base_url()).await;
 
     disk.remount("rw");
     assert_eq!(integrity_check(&db), "ok");
@@ -258,15 +275,7 @@ async fn a_read_only_database_stops_the_start_clearly_and_loses_nothing() {
     let base = format!("http://127.0.0.1:{port}");
     let mut again = run(port);
     wait_ready(&client, &base).await;
-    let res = client
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
-        .header("x-librechat-user-id", USER)
-        .json(&small_chat())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    assert_eq!(chat_at(&client, &base).await, 200);
     again.kill().unwrap();
     again.wait().unwrap();
 }
@@ -275,24 +284,9 @@ async fn a_read_only_database_stops_the_start_clearly_and_loses_nothing() {
 async fn starting_on_a_read_only_disk_is_a_clear_error() {
     let disk = SmallDisk::mount(4);
     disk.remount("ro");
-    let db = disk.path().join("tokengate.db");
-    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .arg("serve")
-        .env(
-            "TOKENGATE_DATABASE_URL",
-            format!("sqlite://{}", db.display()),
-        )
-        .env("TOKENGATE_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .env("TOKENGATE_UPSTREAM_URL", "http://127.0.0.1:9")
-        .env("TOKENGATE_CLIENT_KEYS", CLIENT_KEY)
-        .env("TOKENGATE_ADMIN_PASSWORD", "test-admin-password")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&format!("{} cannot be written", db.display())),
-        "{stderr}"
-    );
-    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    assert_start_refused(
+        &disk.path().join("tokengate.db"),
+        "http://127.0.0.1:9".into(),
+    )
+    .await;
 }
