@@ -49,6 +49,7 @@ fi
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 log "cargo clippy"
 cargo clippy --quiet --all-targets --all-features -- -D warnings
 
