@@ -6,7 +6,6 @@ use crate::helpers::*;
 use base64::Engine;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
-use tokengate::ledger::parse_user_ref;
 
 /// Sends `body` as USER with extra headers and returns status and error JSON.
 async fn send(app: &TestApp, headers: &[(&str, &[u8])], body: &[u8]) -> (u16, Value) {
@@ -73,7 +72,7 @@ async fn malformed_bodies_are_refused_field_by_field() {
         ("user a number", json!({"model": "m", "messages": msg, "user": 7}).to_string(), "invalid_body"),
         ("an array", "[1,2,3]".into(), "invalid_body"),
         ("truncated", r#"{"model":"m","messages":[{"role""#.into(), "invalid_body"),
-        ("duplicate-free garbage", "\u{feff}{}".into(), "invalid_body"),
+        ("a byte-order mark first", "\u{feff}{}".into(), "invalid_body"),
     ];
     for (case, body, code) in cases {
         let (status, err) = send(&app, user, body.as_bytes()).await;
@@ -296,10 +295,4 @@ async fn a_huge_max_tokens_reserves_only_what_the_balance_pays_for() {
         assert!(left >= 0, "overspent: {left}");
     }
     app.assert_invariant("big-spender");
-    assert!(
-        app.ledger
-            .find_user(&parse_user_ref("big-spender"))
-            .unwrap()
-            .is_some()
-    );
 }
