@@ -2,10 +2,10 @@
 
 Every accepted message is saved as one JSON file in --out: the envelope sender and
 recipients and the raw message. Options make it refuse some recipients (--reject
-PREFIX, answered 550 at RCPT), hold every RCPT until a file exists (--hold-until FILE,
-a server that stalls; each held RCPT first creates FILE.held-N), speak STARTTLS or implicit TLS (--tls, with --cert and
---key) and require authentication (--auth USER:PASSWORD). It prints READY once it
-accepts connections and stops on SIGTERM.
+PREFIX, answered 550 at RCPT), stall: hold every RCPT until a file exists
+(--hold-until FILE; each held RCPT first creates FILE.held-N), speak STARTTLS or
+implicit TLS (--tls, with --cert and --key) and require authentication (--auth
+USER:PASSWORD). It prints READY once it accepts connections and stops on SIGTERM.
 """
 
 import argparse
