@@ -117,16 +117,8 @@ async fn assert_start_refused(db: &Path, upstream: String) {
 
 /// One small chat through the tokengate process at `base`.
 async fn chat_at(client: &reqwest::Client, base: &str) -> u16 {
-    client
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
-        .header("x-librechat-user-id", USER)
-        .json(&small_chat())
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    let res = chat_process(client, base, USER, &small_chat()).await;
+    res.status().as_u16()
 }
 
 fn small_chat() -> Value {

@@ -315,6 +315,24 @@ pub fn tokengate_process(
         .unwrap()
 }
 
+/// A chat sent as `user` to the tokengate process at `base`.
+pub async fn chat_process(
+    client: &reqwest::Client,
+    base: &str,
+    user: &str,
+    body: &Value,
+) -> reqwest::Response {
+    client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-librechat-user-id", user)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Waits until the tokengate process at `base` is ready (its database reachable).
 pub async fn wait_ready(client: &reqwest::Client, base: &str) {
     wait_until(Duration::from_secs(30), || async {

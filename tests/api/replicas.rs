@@ -47,19 +47,11 @@ async fn three_processes_started_together_migrate_once_and_never_overspend() {
     // replicas, try to spend it many times over.
     let body = chat_body("fake-model", "um dois três", false, Some(20));
     let statuses = join_all((0..REQUESTS).map(|i| {
-        let (client, body) = (client.clone(), body.to_string());
+        let (client, body) = (client.clone(), body.clone());
         let base = bases[i % REPLICAS].clone();
         let user = USERS[i % USERS.len()];
         async move {
-            let res = client
-                .post(format!("{base}/v1/chat/completions"))
-                .bearer_auth(CLIENT_KEY)
-                .header("x-librechat-user-id", user)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
+            let res = chat_process(&client, &base, user, &body).await;
             (user, res.status().as_u16())
         }
     }))

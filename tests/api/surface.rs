@@ -337,28 +337,15 @@ async fn holds_of_a_killed_process_are_released_on_restart() {
     // Settled before the kill: these must stay charged, once each.
     let done = chat_body("fake-model", "olá", true, Some(10));
     for _ in 0..20 {
-        let res = client
-            .post(format!("{base}/v1/chat/completions"))
-            .bearer_auth(CLIENT_KEY)
-            .header("x-librechat-user-id", USER)
-            .body(done.to_string())
-            .send()
-            .await
-            .unwrap();
+        let res = chat_process(&client, &base, USER, &done).await;
         assert_eq!(res.status(), 200);
         res.bytes().await.unwrap();
     }
     let opened = (0..100).map(|_| {
         let (client, base) = (client.clone(), base.clone());
         async move {
-            let mut res = client
-                .post(format!("{base}/v1/chat/completions"))
-                .bearer_auth(CLIENT_KEY)
-                .header("x-librechat-user-id", USER)
-                .body(chat_body("hang", "olá", true, Some(10)).to_string())
-                .send()
-                .await
-                .unwrap();
+            let hang = chat_body("hang", "olá", true, Some(10));
+            let mut res = chat_process(&client, &base, USER, &hang).await;
             assert_eq!(res.status(), 200);
             let _ = res.chunk().await.unwrap();
             res
@@ -401,14 +388,7 @@ async fn holds_of_a_killed_process_are_released_on_restart() {
     completed.sort();
     assert_eq!(charged_request_ids(&ledger, user), completed);
     // Back in service: the next chat is served and charged.
-    let res = client
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
-        .header("x-librechat-user-id", USER)
-        .body(done.to_string())
-        .send()
-        .await
-        .unwrap();
+    let res = chat_process(&client, &base, USER, &done).await;
     assert_eq!(res.status(), 200);
     res.bytes().await.unwrap();
     assert_eq!(
@@ -434,14 +414,7 @@ async fn sigterm_lets_streams_in_flight_finish_and_settle() {
     let body = chat_body("slow", "olá", true, Some(10));
     let mut streams = Vec::new();
     for _ in 0..5 {
-        let mut res = client
-            .post(format!("{base}/v1/chat/completions"))
-            .bearer_auth(CLIENT_KEY)
-            .header("x-librechat-user-id", USER)
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
+        let mut res = chat_process(&client, &base, USER, &body).await;
         assert_eq!(res.status(), 200);
         let first = res.chunk().await.unwrap().unwrap_or_default();
         streams.push((res, first.to_vec()));
