@@ -3,6 +3,7 @@
 #
 #   bench/run.sh           full run; writes BENCHMARKS.md
 #   bench/run.sh --smoke   a few seconds, checks the harness and prints figures
+#   bench/run.sh --quick   saturation and 1,000/s only, printed, for trying a change
 #
 # The full run starts a throwaway PostgreSQL cluster (or uses TOKENGATE_BENCH_PG_URL)
 # for scenario B on PostgreSQL, and the pinned LiteLLM (or TOKENGATE_BENCH_LITELLM)
@@ -13,8 +14,14 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 args=("$@")
+case " $* " in
+  *" --smoke "* | *" --quick "*) write_results=false ;;
+  *) write_results=true ;;
+esac
 if [ "${1:-}" != "--smoke" ]; then
-  args+=(--out BENCHMARKS.md)
+  if $write_results; then
+    args+=(--out BENCHMARKS.md)
+  fi
   if [ -z "${TOKENGATE_BENCH_LITELLM:-}" ]; then
     ensure_litellm
     export TOKENGATE_BENCH_LITELLM="$LITELLM_VENV/bin/litellm"

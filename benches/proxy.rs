@@ -152,6 +152,9 @@ struct Stats {
     latencies: Vec<Duration>,
     ttfb: Vec<Duration>,
     elapsed: Duration,
+    /// CPU time the process in the middle (tokengate, or LiteLLM in C) spent per
+    /// successful request, user plus system; None for the direct scenario.
+    cpu_per_request: Option<Duration>,
 }
 
 impl Stats {
@@ -328,6 +331,21 @@ impl Drop for Proc {
 }
 
 impl Proc {
+    /// User plus system CPU time of the process, all threads, from /proc/PID/stat
+    /// (in USER_HZ ticks, which Linux fixes at 100 per second for user space).
+    fn cpu_time(&self) -> Duration {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                // The command name may hold spaces; the fields after it are plain.
+                let rest = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+                Some(Duration::from_millis(ticks * 10))
+            })
+            .unwrap_or_default()
+    }
+
     fn rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
@@ -493,6 +511,9 @@ fn phase_means(before: &[(String, f64, f64)], after: &[(String, f64, f64)]) -> O
 
 struct Settings {
     smoke: bool,
+    /// `--quick`: saturation and 1,000/s only, no user-count rows, no memory measure;
+    /// for trying a change, not for BENCHMARKS.md.
+    quick: bool,
     secs: Duration,
     rates: Vec<u32>,
     conns: usize,
@@ -505,6 +526,7 @@ struct Settings {
 fn settings() -> Settings {
     let args: Vec<String> = std::env::args().collect();
     let smoke = args.iter().any(|a| a == "--smoke");
+    let quick = args.iter().any(|a| a == "--quick");
     let out = args
         .iter()
         .position(|a| a == "--out")
@@ -512,6 +534,7 @@ fn settings() -> Settings {
         .map(PathBuf::from);
     Settings {
         smoke,
+        quick,
         secs: if smoke {
             Duration::from_secs(1)
         } else {
@@ -519,6 +542,8 @@ fn settings() -> Settings {
         },
         rates: if smoke {
             vec![100]
+        } else if quick {
+            vec![1000]
         } else {
             vec![500, 1000, 2000]
         },
@@ -621,13 +646,14 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
         let idle = proc_.as_ref().map(Proc::rss_kib);
         // Warm up connections and caches.
         let _ = saturate(t, chat, 8, Duration::from_millis(300), 1000).await;
-        let s = saturate(t, chat, st.conns, st.secs, 1000).await;
+        let p = proc_.as_ref();
+        let s = with_cpu(p, saturate(t, chat, st.conns, st.secs, 1000)).await;
         rows.push(Row {
             scenario: name.clone(),
             load: format!("stream, saturation, {} conns", st.conns),
             stats: s,
         });
-        let s = saturate(t, title, st.conns, st.secs, 1000).await;
+        let s = with_cpu(p, saturate(t, title, st.conns, st.secs, 1000)).await;
         rows.push(Row {
             scenario: name.clone(),
             load: format!("title, saturation, {} conns", st.conns),
@@ -643,7 +669,7 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
         };
         for rate in &rates {
             let before = phase_totals(proc_.as_ref()).await;
-            let s = fixed_rate(t, chat, *rate, st.secs, st.conns, 1000).await;
+            let s = with_cpu(p, fixed_rate(t, chat, *rate, st.secs, st.conns, 1000)).await;
             let after = phase_totals(proc_.as_ref()).await;
             if let Some(phases) = phase_means(&before, &after) {
                 notes.push(format!("{name}, stream {rate}/s, tokengate's own mean time per request (/metrics): {phases}"));
@@ -654,7 +680,7 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
                 stats: s,
             });
         }
-        if !st.smoke && name.starts_with('B') {
+        if !st.smoke && !st.quick && name.starts_with('B') {
             // One user gets everything: enough credits that no request is refused.
             if let Some(db) = proc_.as_ref().and_then(|p| p.db_url.clone()) {
                 let granted = Command::new(tokengate_bin())
@@ -665,7 +691,7 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
                     .is_ok_and(|s| s.success());
                 assert!(granted, "could not grant credits to the hot user");
             }
-            let s = fixed_rate(t, chat, 1000, st.secs, st.conns, 1).await;
+            let s = with_cpu(p, fixed_rate(t, chat, 1000, st.secs, st.conns, 1)).await;
             rows.push(Row {
                 scenario: name.clone(),
                 load: "stream, 1000/s, one hot user".into(),
@@ -678,7 +704,7 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
                 "{name}: 100,000 users provisioned through the proxy (one title request each) in {:.0} s",
                 began.elapsed().as_secs_f64()
             ));
-            let s = fixed_rate(t, chat, 1000, st.secs, st.conns, 100_000).await;
+            let s = with_cpu(p, fixed_rate(t, chat, 1000, st.secs, st.conns, 100_000)).await;
             rows.push(Row {
                 scenario: name.clone(),
                 load: "stream, 1000/s, 100,000 users".into(),
@@ -696,6 +722,9 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
     // Memory with many streams open at once: a slow upstream (one chunk every 200 ms)
     // keeps every stream open while the count of streams that got their first event
     // climbs to the target; RSS is read at that moment.
+    if st.quick {
+        return (rows, notes);
+    }
     let open = if st.smoke { 100 } else { 1000 };
     let slow = fake_upstream(StreamShape {
         chunks: 20,
@@ -737,6 +766,16 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
         peak / 1024
     ));
     (rows, notes)
+}
+
+/// Runs one load and adds the CPU time the process in the middle spent per request.
+async fn with_cpu(p: Option<&Proc>, load: impl std::future::Future<Output = Stats>) -> Stats {
+    let before = p.map(Proc::cpu_time);
+    let mut s = load.await;
+    if let (Some(p), Some(before), Ok(n @ 1..)) = (p, before, u32::try_from(s.ok)) {
+        s.cpu_per_request = Some(p.cpu_time().saturating_sub(before) / n);
+    }
+    s
 }
 
 /// One title request for each of `users` users, `conns` at a time.
@@ -817,16 +856,16 @@ fn report(st: &Settings, rows: &mut [Row], notes: &[String]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| scenario | load | ok | errors | req/s | p50 ms | p99 ms | TTFB p50 ms | TTFB p99 ms |"
+        "| scenario | load | ok | errors | req/s | p50 ms | p99 ms | TTFB p50 ms | TTFB p99 ms | CPU µs/req |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows.iter_mut() {
         let s = &mut r.stats;
         let (p50, p99) = (pct(&mut s.latencies, 0.5), pct(&mut s.latencies, 0.99));
         let (t50, t99) = (pct(&mut s.ttfb, 0.5), pct(&mut s.ttfb, 0.99));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
             r.scenario,
             r.load,
             s.ok,
@@ -835,7 +874,9 @@ fn report(st: &Settings, rows: &mut [Row], notes: &[String]) -> String {
             ms(p50),
             ms(p99),
             ms(t50),
-            ms(t99)
+            ms(t99),
+            s.cpu_per_request
+                .map_or_else(|| "".to_owned(), |d| d.as_micros().to_string())
         );
     }
     // Added latency of B over A at each fixed rate.
