@@ -2,6 +2,7 @@
 
 mod batch;
 pub mod schema;
+pub(crate) mod statement;
 
 use crate::config::DatabaseUrl;
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};

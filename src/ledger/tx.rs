@@ -8,6 +8,7 @@ use crate::alerts::{AlertPolicy, store as alert_store};
 use crate::db::schema::{
     balances, holds, instances, ledger, model_weights, plans, usage_records, users,
 };
+use crate::db::statement::{FixedUpdate, on_backend};
 use crate::db::{AnyConnection, StoreError, flag};
 use crate::domain::{
     Clock, Cycle, Email, Identity, SystemClock, TokenAmount, Weights, used_percent,
@@ -104,32 +105,33 @@ pub(super) fn reserve(
     }
 
     // The guard makes the write itself refuse to overspend, whatever happened above.
-    let updated = diesel::update(
-        balances::table
-            .filter(balances::user_id.eq(user_id))
-            .filter((balances::allowance_left + balances::credits - balances::held).ge(amount)),
-    )
-    .set((
-        balances::held.eq(balances::held + amount),
-        balances::updated_at.eq(ctx.now),
-    ))
-    .execute(c)?;
+    let guarded = FixedUpdate(
+        diesel::update(
+            balances::table
+                .filter(balances::user_id.eq(user_id))
+                .filter((balances::allowance_left + balances::credits - balances::held).ge(amount)),
+        )
+        .set((
+            balances::held.eq(balances::held + amount),
+            balances::updated_at.eq(ctx.now),
+        )),
+    );
+    let updated = on_backend!(c, |c| guarded.execute(c))?;
     if updated != 1 {
         return Ok(ReserveOutcome::Blocked(blocked_info(c, user_id, &bal)?));
     }
-    diesel::insert_into(holds::table)
-        .values((
-            holds::request_id.eq(&req.request_id),
-            holds::user_id.eq(user_id),
-            holds::amount.eq(amount),
-            holds::model.eq(&req.model),
-            holds::endpoint.eq(req.endpoint),
-            holds::stream.eq(flag(req.stream)),
-            holds::instance_id.eq(instance_id),
-            holds::created_at.eq(ctx.now),
-            holds::expires_at.eq(expires_at.naive_utc()),
-        ))
-        .execute(c)?;
+    let hold = diesel::insert_into(holds::table).values((
+        holds::request_id.eq(&req.request_id),
+        holds::user_id.eq(user_id),
+        holds::amount.eq(amount),
+        holds::model.eq(&req.model),
+        holds::endpoint.eq(req.endpoint),
+        holds::stream.eq(flag(req.stream)),
+        holds::instance_id.eq(instance_id),
+        holds::created_at.eq(ctx.now),
+        holds::expires_at.eq(expires_at.naive_utc()),
+    ));
+    on_backend!(c, |c| hold.execute(c))?;
     Ok(ReserveOutcome::Reserved(Reservation {
         request_id: req.request_id.clone(),
         user_id,
@@ -147,17 +149,16 @@ pub(super) fn settle(
     policy: &AlertPolicy,
 ) -> Result<(SettleResult, usize), StoreError> {
     // Deleting the hold is the idempotency key: a second settlement finds nothing.
+    let released = diesel::delete(holds::table.filter(holds::request_id.eq(&s.request_id)))
+        .returning((
+            holds::user_id,
+            holds::amount,
+            holds::model,
+            holds::endpoint,
+            holds::stream,
+        ));
     let hold: Option<(i64, i64, String, String, i32)> =
-        diesel::delete(holds::table.filter(holds::request_id.eq(&s.request_id)))
-            .returning((
-                holds::user_id,
-                holds::amount,
-                holds::model,
-                holds::endpoint,
-                holds::stream,
-            ))
-            .get_result(c)
-            .optional()?;
+        on_backend!(c, |c| released.get_result(c).optional())?;
     let Some((user_id, held_amount, model, endpoint, stream)) = hold else {
         return Ok((SettleResult::AlreadySettled, 0));
     };
@@ -169,15 +170,16 @@ pub(super) fn settle(
     let from_credits = charge - from_allowance;
     let allowance_left = bal.allowance_left - from_allowance;
     let credits = bal.credits - from_credits;
-    diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
-        .set((
+    let debit = FixedUpdate(
+        diesel::update(balances::table.filter(balances::user_id.eq(user_id))).set((
             balances::allowance_left.eq(allowance_left),
             balances::credits.eq(credits),
             balances::held.eq(balances::held - held_amount),
             balances::used_this_cycle.eq(balances::used_this_cycle + charge),
             balances::updated_at.eq(ctx.now),
-        ))
-        .execute(c)?;
+        )),
+    );
+    on_backend!(c, |c| debit.execute(c))?;
     if charge > 0 {
         append_ledger(
             c,
@@ -195,24 +197,23 @@ pub(super) fn settle(
             credits,
         )?;
     }
-    diesel::insert_into(usage_records::table)
-        .values((
-            usage_records::request_id.eq(&s.request_id),
-            usage_records::user_id.eq(user_id),
-            usage_records::model.eq(model),
-            usage_records::endpoint.eq(endpoint),
-            usage_records::stream.eq(stream),
-            usage_records::prompt_tokens.eq(s.prompt_tokens),
-            usage_records::completion_tokens.eq(s.completion_tokens),
-            usage_records::charged.eq(charge),
-            usage_records::estimated.eq(flag(s.estimated)),
-            usage_records::outcome.eq(s.outcome.as_str()),
-            usage_records::status.eq(i32::from(s.status)),
-            usage_records::latency_ms.eq(millis(s.latency)),
-            usage_records::ttfb_ms.eq(s.ttfb.map(millis)),
-            usage_records::created_at.eq(ctx.now),
-        ))
-        .execute(c)?;
+    let record = diesel::insert_into(usage_records::table).values((
+        usage_records::request_id.eq(&s.request_id),
+        usage_records::user_id.eq(user_id),
+        usage_records::model.eq(&model),
+        usage_records::endpoint.eq(&endpoint),
+        usage_records::stream.eq(stream),
+        usage_records::prompt_tokens.eq(s.prompt_tokens),
+        usage_records::completion_tokens.eq(s.completion_tokens),
+        usage_records::charged.eq(charge),
+        usage_records::estimated.eq(flag(s.estimated)),
+        usage_records::outcome.eq(s.outcome.as_str()),
+        usage_records::status.eq(i32::from(s.status)),
+        usage_records::latency_ms.eq(millis(s.latency)),
+        usage_records::ttfb_ms.eq(s.ttfb.map(millis)),
+        usage_records::created_at.eq(ctx.now),
+    ));
+    on_backend!(c, |c| record.execute(c))?;
     let queued = if charge > 0 {
         let used = bal.used_this_cycle + charge;
         alert_store::record_crossings(
@@ -582,11 +583,10 @@ pub(super) fn heartbeat(c: &mut Conn, id: &str, now: NaiveDateTime) -> Result<()
 fn upsert_user(c: &mut Conn, ctx: &Ctx, who: &Identity) -> Result<(i64, bool), StoreError> {
     let email = who.email.as_ref().map(Email::as_str);
     let name = who.name.as_ref().map(|n| n.as_str());
-    let known: Option<KnownUser> = users::table
+    let lookup = users::table
         .filter(users::external_id.eq(who.key.as_str()))
-        .select((users::id, users::suspended_at, users::email, users::name))
-        .first(c)
-        .optional()?;
+        .select((users::id, users::suspended_at, users::email, users::name));
+    let known: Option<KnownUser> = on_backend!(c, |c| lookup.first(c).optional())?;
     if let Some((id, suspended_at, stored_email, stored_name)) = known {
         let changed = (email.is_some() && email != stored_email.as_deref())
             || (name.is_some() && name != stored_name.as_deref());
@@ -707,10 +707,12 @@ pub(super) fn lock_and_roll(
     ctx: &Ctx,
     user_id: i64,
 ) -> Result<BalanceRow, StoreError> {
-    let bal: BalanceRow = diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
-        .set(balances::updated_at.eq(ctx.now))
-        .returning(BALANCE_COLUMNS)
-        .get_result(c)?;
+    let lock = FixedUpdate(
+        diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
+            .set(balances::updated_at.eq(ctx.now))
+            .returning(BALANCE_COLUMNS),
+    );
+    let bal: BalanceRow = on_backend!(c, |c| lock.get_result(c))?;
     if bal.cycle == ctx.cycle_key {
         return Ok(bal);
     }
@@ -782,30 +784,28 @@ fn append_ledger(
     allowance_after: i64,
     credits_after: i64,
 ) -> Result<(), StoreError> {
-    diesel::insert_into(ledger::table)
-        .values((
-            ledger::user_id.eq(user_id),
-            ledger::kind.eq(change.kind),
-            ledger::delta_allowance.eq(change.delta_allowance),
-            ledger::delta_credits.eq(change.delta_credits),
-            ledger::allowance_after.eq(allowance_after),
-            ledger::credits_after.eq(credits_after),
-            ledger::cycle.eq(&ctx.cycle_key),
-            ledger::actor.eq(&change.actor),
-            ledger::note.eq(change.note),
-            ledger::request_id.eq(change.request_id),
-            ledger::created_at.eq(ctx.now),
-        ))
-        .execute(c)?;
+    let entry = diesel::insert_into(ledger::table).values((
+        ledger::user_id.eq(user_id),
+        ledger::kind.eq(change.kind),
+        ledger::delta_allowance.eq(change.delta_allowance),
+        ledger::delta_credits.eq(change.delta_credits),
+        ledger::allowance_after.eq(allowance_after),
+        ledger::credits_after.eq(credits_after),
+        ledger::cycle.eq(&ctx.cycle_key),
+        ledger::actor.eq(&change.actor),
+        ledger::note.eq(change.note),
+        ledger::request_id.eq(change.request_id),
+        ledger::created_at.eq(ctx.now),
+    ));
+    on_backend!(c, |c| entry.execute(c))?;
     Ok(())
 }
 
 fn weights_for(c: &mut Conn, model: &str) -> Result<Weights, StoreError> {
-    let row: Option<(i64, i64)> = model_weights::table
+    let lookup = model_weights::table
         .find(model)
-        .select((model_weights::input_milli, model_weights::output_milli))
-        .first(c)
-        .optional()?;
+        .select((model_weights::input_milli, model_weights::output_milli));
+    let row: Option<(i64, i64)> = on_backend!(c, |c| lookup.first(c).optional())?;
     Ok(row
         .and_then(|(i, o)| Weights::from_milli(i, o))
         .unwrap_or_default())
