@@ -498,11 +498,22 @@ async fn stalls_and_unreadable_answers_get_clear_errors_and_cost_only_what_was_d
     assert_eq!((s.used_this_cycle, s.held), (0, 0));
 
     // A generation of about 1.5 s, a piece every 50 ms, outlives the 1 s idle timeout.
+    // Each piece reaches the client as it is generated: tokengate gathers only chunks
+    // that arrive together, never waits for more.
     let slow = chat_body("slow", "olá", true, Some(40));
-    let res = app.chat(&slow).await;
+    let mut res = app.chat(&slow).await;
     assert_eq!(res.status(), 200);
-    let received = res.bytes().await.unwrap();
+    let (mut received, mut reads) = (Vec::new(), 0);
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        received.extend_from_slice(&chunk);
+        reads += 1;
+    }
     assert!(received.ends_with(b"data: [DONE]\n\n"));
+    let pieces = app.fake.last_stream().len().div_ceil(200);
+    assert!(
+        reads * 2 >= pieces,
+        "{pieces} pieces 50 ms apart reached the client in only {reads} reads"
+    );
     let healthy = prompt_tokens_of(&app.fake.last_request()) + 40;
     assert_eq!(app.summary(USER).used_this_cycle, healthy);
 
