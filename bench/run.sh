@@ -14,14 +14,13 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 args=("$@")
+# --smoke and --quick print their figures and need no other service.
 case " $* " in
-  *" --smoke "* | *" --quick "*) write_results=false ;;
-  *) write_results=true ;;
+  *" --smoke "* | *" --quick "*) full=false ;;
+  *) full=true ;;
 esac
-if [ "${1:-}" != "--smoke" ]; then
-  if $write_results; then
-    args+=(--out BENCHMARKS.md)
-  fi
+if $full; then
+  args+=(--out BENCHMARKS.md)
   if [ -z "${TOKENGATE_BENCH_LITELLM:-}" ]; then
     ensure_litellm
     export TOKENGATE_BENCH_LITELLM="$LITELLM_VENV/bin/litellm"

@@ -597,7 +597,8 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
         },
         Some(tg),
     ));
-    if let Ok(pg) = std::env::var("TOKENGATE_BENCH_PG_URL") {
+    let external = |var: &str| std::env::var(var).ok().filter(|_| !st.quick);
+    if let Some(pg) = external("TOKENGATE_BENCH_PG_URL") {
         let tg = start_tokengate(Some(pg), &fake_url, None).await;
         targets.push((
             "B tokengate (PostgreSQL)".into(),
@@ -610,7 +611,7 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
         ));
     }
     let mut notes = Vec::new();
-    if let Ok(bin) = std::env::var("TOKENGATE_BENCH_LITELLM") {
+    if let Some(bin) = external("TOKENGATE_BENCH_LITELLM") {
         let litellm = start_litellm(&bin, fake).await;
         let litellm_url = format!("http://127.0.0.1:{}/v1", litellm.port);
         let tg = start_tokengate(None, &litellm_url, Some(LITELLM_KEY)).await;
@@ -633,7 +634,9 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
             Some(tg),
         ));
     } else {
-        notes.push("LiteLLM scenarios skipped: TOKENGATE_BENCH_LITELLM is not set.".into());
+        notes.push(
+            "LiteLLM scenarios skipped: --quick, or TOKENGATE_BENCH_LITELLM is not set.".into(),
+        );
     }
 
     let mut rows = Vec::new();
