@@ -151,6 +151,8 @@ struct Stats {
     errors: usize,
     latencies: Vec<Duration>,
     ttfb: Vec<Duration>,
+    /// tokengate's own phases of each answer, from its `Server-Timing` header.
+    phases: Vec<Phases>,
     elapsed: Duration,
     /// CPU time the process in the middle (tokengate, or LiteLLM in C) spent per
     /// successful request, user plus system; None for the direct scenario.
@@ -158,11 +160,22 @@ struct Stats {
 }
 
 impl Stats {
+    fn add(&mut self, answer: Option<Answer>) {
+        let Some(a) = answer else {
+            self.errors += 1;
+            return;
+        };
+        self.ok += 1;
+        self.latencies.push(a.latency);
+        self.ttfb.extend(a.ttfb);
+        self.phases.extend(a.phases);
+    }
     fn merge(&mut self, other: Stats) {
         self.ok += other.ok;
         self.errors += other.errors;
         self.latencies.extend(other.latencies);
         self.ttfb.extend(other.ttfb);
+        self.phases.extend(other.phases);
     }
     fn rps(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -198,15 +211,40 @@ fn client(conns: usize) -> reqwest::Client {
         .expect("client")
 }
 
-/// Sends one request and reads the whole answer; returns (latency, time to the first
-/// `data:` event) or None on an error.
+/// tokengate's parse, reserve and upstream times for one answer.
+type Phases = [Duration; 3];
+const PHASE_NAMES: [&str; 3] = ["parse", "reserve", "upstream"];
+
+struct Answer {
+    latency: Duration,
+    /// Time to the first `data:` event, for streams.
+    ttfb: Option<Duration>,
+    phases: Option<Phases>,
+}
+
+/// Reads `parse;dur=0.084, reserve;dur=0.173, upstream;dur=0.263` (milliseconds).
+fn phases_of(res: &reqwest::Response) -> Option<Phases> {
+    let header = res.headers().get("server-timing")?.to_str().ok()?;
+    let mut out = [Duration::ZERO; 3];
+    for (slot, name) in out.iter_mut().zip(PHASE_NAMES) {
+        let ms: f64 = header
+            .split(',')
+            .find_map(|m| m.trim().strip_prefix(name)?.strip_prefix(";dur="))?
+            .parse()
+            .ok()?;
+        *slot = Duration::from_secs_f64(ms / 1000.0);
+    }
+    Some(out)
+}
+
+/// Sends one request and reads the whole answer; None on an error.
 async fn one(
     client: &reqwest::Client,
     t: &Target,
     body: &'static str,
     user: &str,
     started: Instant,
-) -> Option<(Duration, Option<Duration>)> {
+) -> Option<Answer> {
     let mut req = client
         .post(&t.url)
         .header("content-type", "application/json")
@@ -222,13 +260,18 @@ async fn one(
     if !res.status().is_success() {
         return None;
     }
+    let phases = phases_of(&res);
     let mut ttfb = None;
     while let Some(chunk) = res.chunk().await.ok()? {
         if ttfb.is_none() && memchr_find(&chunk, b"data:") {
             ttfb = Some(started.elapsed());
         }
     }
-    Some((started.elapsed(), ttfb))
+    Some(Answer {
+        latency: started.elapsed(),
+        ttfb,
+        phases,
+    })
 }
 
 /// Closed loop: `conns` workers send back to back for `dur`.
@@ -251,14 +294,7 @@ async fn saturate(
             while Instant::now() < deadline {
                 let user = format!("user-{}", n % users);
                 n += conns;
-                match one(&client, &t, body, &user, Instant::now()).await {
-                    Some((lat, ttfb)) => {
-                        s.ok += 1;
-                        s.latencies.push(lat);
-                        s.ttfb.extend(ttfb);
-                    }
-                    None => s.errors += 1,
-                }
+                s.add(one(&client, &t, body, &user, Instant::now()).await);
             }
             s
         }));
@@ -300,14 +336,7 @@ async fn fixed_rate(
     }
     let mut s = Stats::default();
     for task in tasks {
-        match task.await.ok().flatten() {
-            Some((lat, ttfb)) => {
-                s.ok += 1;
-                s.latencies.push(lat);
-                s.ttfb.extend(ttfb);
-            }
-            None => s.errors += 1,
-        }
+        s.add(task.await.ok().flatten());
     }
     s.elapsed = begin.elapsed();
     s
@@ -904,6 +933,30 @@ fn report(st: &Settings, rows: &mut [Row], notes: &[String]) -> String {
                 (pct(&mut tb, 0.99).as_micros() as i128 - pct(&mut ta, 0.99).as_micros() as i128),
             );
         }
+    }
+    // Where tokengate's tail comes from, at fixed rates.
+    for r in rows.iter().filter(|r| !r.load.contains("saturation")) {
+        if r.stats.phases.is_empty() {
+            continue;
+        }
+        let parts: Vec<String> = (0..PHASE_NAMES.len())
+            .map(|i| {
+                let mut v: Vec<Duration> = r.stats.phases.iter().map(|p| p[i]).collect();
+                format!(
+                    "{} {} / {} µs",
+                    PHASE_NAMES[i],
+                    pct(&mut v, 0.5).as_micros(),
+                    pct(&mut v, 0.99).as_micros()
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "- {}, {}: tokengate's own time per request at p50 / p99 (Server-Timing): {}",
+            r.scenario,
+            r.load,
+            parts.join(", ")
+        );
     }
     for n in notes {
         let _ = writeln!(out, "- {n}");
