@@ -9,6 +9,7 @@ use crate::domain::{Clock, SystemClock};
 use crate::ledger::Ledger;
 use crate::mail::{Mailer, Templates};
 use crate::proxy::auth::ClientKeys;
+use crate::proxy::settler::Settler;
 use crate::proxy::upstream::Upstream;
 use crate::telemetry::Metrics;
 use actix_web::dev::Server;
@@ -20,6 +21,8 @@ use std::time::Duration;
 /// How often an instance proves it is alive, and when it counts as dead.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 const INSTANCE_DEAD_AFTER: Duration = Duration::from_secs(30);
+/// How long a stopping instance waits for settlements still being written.
+const SETTLE_DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// Shared by every request handler.
 pub struct AppState {
@@ -28,6 +31,7 @@ pub struct AppState {
     pub keys: ClientKeys,
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
+    pub settler: Settler,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +46,8 @@ pub enum StartupError {
     Upstream(String),
     #[error("mail: {0}")]
     Mail(String),
+    #[error("cannot start the settlement thread: {0}")]
+    Settler(std::io::Error),
 }
 
 pub struct Application {
@@ -104,12 +110,15 @@ impl Application {
             ledger.outbox_signal(),
             metrics.clone(),
         );
+        let settler =
+            Settler::start(ledger.clone(), metrics.clone()).map_err(StartupError::Settler)?;
         let state = web::Data::new(AppState {
             config,
             ledger,
             keys,
             upstream,
             metrics,
+            settler,
         });
         let session_key = crate::admin::session::load_key(state.ledger.db())?;
         let secure_cookie = state.config.public_url.starts_with("https://");
@@ -179,6 +188,9 @@ impl Application {
             }
         });
         let result = self.server.await;
+        // No request runs any more; the settlements of the last ones may still be
+        // on their way to the database.
+        self.state.settler.drain(SETTLE_DRAIN_LIMIT).await;
         background.abort();
         mail.abort();
         result

@@ -7,6 +7,7 @@ pub mod body;
 pub mod error;
 pub mod estimate;
 pub mod meter;
+pub mod settler;
 pub mod sse;
 pub mod upstream;
 
@@ -28,6 +29,10 @@ use std::time::{Duration, Instant};
 pub const USER_ID_HEADER: &str = "x-librechat-user-id";
 pub const USER_EMAIL_HEADER: &str = "x-librechat-user-email";
 pub const USER_NAME_HEADER: &str = "x-librechat-user-name";
+
+/// Longest a request waits for its user's previous settlements (`Settler::caught_up`);
+/// after that it reserves against their holds, which only errs on the safe side.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(2);
 
 /// Longest error body read from upstream before passing it on.
 const MAX_UPSTREAM_ERROR_BYTES: usize = 1 << 20;
@@ -152,6 +157,12 @@ async fn metered(
     };
     state.metrics.record_phase(Phase::Parse, timing.parse);
     let reserving = Instant::now();
+    // A request of this user that ended a moment ago may still be settling; its hold
+    // must not shrink what this one may spend (LibreChat's title request follows the
+    // first answer at once).
+    if !state.settler.caught_up(&identity.key, CATCH_UP_LIMIT).await {
+        tracing::warn!(user = %identity.key, "a previous settlement of this user is still being written; reserving against its hold");
+    }
     let outcome = state.ledger.reserve(reserve).await?;
     timing.reserve = reserving.elapsed();
     state.metrics.record_phase(Phase::Reserve, timing.reserve);
@@ -178,8 +189,8 @@ async fn metered(
     };
 
     let meter = Meter {
-        ledger: state.ledger.clone(),
-        metrics: state.metrics.clone(),
+        settler: state.settler.clone(),
+        user: identity.key.clone(),
         request_id: request_id.clone(),
         weights: reservation.weights,
         prompt_estimate: prompt_tokens,
@@ -200,9 +211,7 @@ async fn metered(
                 upstream::UpstreamError::Unreachable => Outcome::UpstreamUnreachable,
             };
             tracing::warn!(request_id = %request_id, outcome = outcome.as_str(), "upstream request failed");
-            meter
-                .settle(meter.settlement(outcome, 502, None, "", None))
-                .await;
+            meter.close(outcome, 502, None, "", None);
             return Err(e.into());
         }
     };
@@ -215,9 +224,7 @@ async fn metered(
         // Upstream's own error, passed through unchanged; nothing was used.
         let ttfb = Some(started.elapsed());
         let body = read_limited(response, MAX_UPSTREAM_ERROR_BYTES).await;
-        meter
-            .settle(meter.settlement(Outcome::UpstreamError, status, None, "", ttfb))
-            .await;
+        meter.close(Outcome::UpstreamError, status, None, "", ttfb);
         let body = body?;
         return Ok(HttpResponse::build(status_code(status))
             .insert_header((header::CONTENT_TYPE, content_type))
@@ -226,7 +233,8 @@ async fn metered(
     }
 
     if stream && content_type.starts_with("text/event-stream") {
-        // The settlement comes after the last byte: its time is only in /metrics.
+        // The settlement is written while the answer goes out (`settler`): its time
+        // is only in /metrics.
         let metered = MeteredStream::new(Box::pin(response.bytes_stream()), meter, status);
         return Ok(HttpResponse::build(status_code(status))
             .insert_header((header::CONTENT_TYPE, content_type))
@@ -242,24 +250,16 @@ async fn metered(
         Ok(b) => b,
         Err(e) => {
             let err = upstream::UpstreamError::from_reqwest(&e);
-            meter
-                .settle(meter.settlement(Outcome::UpstreamBroken, status, None, "", ttfb))
-                .await;
+            meter.close(Outcome::UpstreamBroken, status, None, "", ttfb);
             return Err(err.into());
         }
     };
     let Some((usage, text)) = sse::scan_json_response(&body) else {
         tracing::warn!(request_id = %request_id, status, content_type = %content_type, "upstream answered with a body that is not JSON; not charged");
-        meter
-            .settle(meter.settlement(Outcome::UpstreamError, 502, None, "", ttfb))
-            .await;
+        meter.close(Outcome::UpstreamError, 502, None, "", ttfb);
         return Err(ApiError::UpstreamGarbled);
     };
-    let settling = Instant::now();
-    meter
-        .settle(meter.settlement(Outcome::Completed, status, usage, &text, ttfb))
-        .await;
-    timing.settle = Some(settling.elapsed());
+    meter.close(Outcome::Completed, status, usage, &text, ttfb);
     Ok(HttpResponse::build(status_code(status))
         .insert_header((header::CONTENT_TYPE, content_type))
         .insert_header(("x-request-id", request_id))
@@ -268,28 +268,24 @@ async fn metered(
 }
 
 /// tokengate's own time on one request, sent back as `Server-Timing` so a slow answer
-/// can be told apart from a slow upstream.
+/// can be told apart from a slow upstream. The settlement is written after the answer
+/// has gone (`settler`): its time is in /metrics only.
 #[derive(Default)]
 struct Timing {
     parse: Duration,
     reserve: Duration,
     upstream: Duration,
-    settle: Option<Duration>,
 }
 
 impl Timing {
     fn header(&self) -> String {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let mut h = format!(
+        format!(
             "parse;dur={:.3}, reserve;dur={:.3}, upstream;dur={:.3}",
             ms(self.parse),
             ms(self.reserve),
             ms(self.upstream)
-        );
-        if let Some(settle) = self.settle {
-            h.push_str(&format!(", settle;dur={:.3}", ms(settle)));
-        }
-        h
+        )
     }
 }
 

@@ -256,7 +256,7 @@ async fn posts_without_the_csrf_token_or_from_another_site_change_nothing() {
 }
 
 fn grants(app: &TestApp) -> Vec<tokengate::ledger::audit::AuditEntry> {
-    let all = app.ledger.audit_entries(None, 100, 0).unwrap();
+    let all = app.ledger().audit_entries(None, 100, 0).unwrap();
     all.into_iter()
         .filter(|e| e.action == "grant_credits")
         .collect()
@@ -284,7 +284,7 @@ async fn a_grant_writes_the_ledger_and_audit_and_the_next_request_passes() {
     );
     assert_eq!(app.summary(USER).credits, 250_000);
     let topup = app
-        .ledger
+        .ledger()
         .ledger_entries(id)
         .unwrap()
         .into_iter()
@@ -343,7 +343,7 @@ async fn bad_amounts_are_refused_with_a_message_and_change_nothing() {
         assert!(page.contains(message), "{amount}: {message:?} missing");
     }
     assert_eq!(app.summary(USER).credits, 0);
-    assert!(app.ledger.audit_entries(None, 10, 0).unwrap().is_empty());
+    assert!(app.ledger().audit_entries(None, 10, 0).unwrap().is_empty());
 }
 
 #[actix_web::test]
@@ -416,7 +416,7 @@ async fn plans_weights_suspension_and_plan_changes() {
         )
         .await;
     assert!(page.contains("Franquia recusada"), "{page}");
-    let plans = app.ledger.plans().unwrap();
+    let plans = app.ledger().plans().unwrap();
     let pro = plans.iter().find(|p| p.name == "Pro").unwrap();
     assert_eq!((pro.monthly_allowance, plans.len()), (5_000_000, 2));
 
@@ -452,7 +452,7 @@ async fn plans_weights_suspension_and_plan_changes() {
         )
         .await;
     assert!(page.contains("Pesos recusados"));
-    let w = app.ledger.weights().unwrap();
+    let w = app.ledger().weights().unwrap();
     assert_eq!(
         (w[0].1.input_milli(), w[0].1.output_milli()),
         (2500, 10_000)
@@ -484,7 +484,7 @@ async fn plans_weights_suspension_and_plan_changes() {
     assert_eq!(res.status(), 200);
 
     let actions: Vec<String> = app
-        .ledger
+        .ledger()
         .audit_entries(None, 20, 0)
         .unwrap()
         .into_iter()
@@ -559,7 +559,7 @@ async fn admins_change_passwords_add_and_disable_each_other() {
             .status(),
         StatusCode::SEE_OTHER
     );
-    let accounts = tokengate::admin::accounts::list(app.ledger.db()).unwrap();
+    let accounts = tokengate::admin::accounts::list(app.ledger().db()).unwrap();
     let maria_id = accounts
         .iter()
         .find(|a| a.email.starts_with("maria"))

@@ -58,7 +58,7 @@ async fn alert_app(smtp: &SmtpServer, extra: &[(&'static str, String)]) -> TestA
 /// Models whose output costs 10, 100 and 1000 tokens, to spend a balance quickly.
 fn heavy_models(app: &TestApp) {
     for (model, w) in [("w10", 10_000), ("w100", 100_000), ("w1000", 1_000_000)] {
-        app.ledger
+        app.ledger()
             .set_weights(model, Weights::from_milli(1000, w).unwrap(), &Actor::Cli)
             .unwrap();
     }
@@ -85,8 +85,8 @@ async fn chat_person(app: &TestApp, p: Person, model: &str, max: i64) -> reqwest
 async fn spend_to(app: &TestApp, p: Person, target: i64) {
     let prompt = prompt_tokens_of(&chat_body("w1", "oi", false, None));
     loop {
-        let used = match app.ledger.find_user(&parse_user_ref(p.id)).unwrap() {
-            Some(id) => app.ledger.user_summary(id).unwrap().used_this_cycle,
+        let used = match app.ledger().find_user(&parse_user_ref(p.id)).unwrap() {
+            Some(id) => app.ledger().user_summary(id).unwrap().used_this_cycle,
             None => 0,
         };
         if used >= target {
@@ -109,13 +109,13 @@ async fn spend_to(app: &TestApp, p: Person, target: i64) {
 
 fn alerts_of(app: &TestApp, p: Person) -> Vec<Alert> {
     let id = app.user_id(p.id);
-    let mut list = alerts::list(app.ledger.db(), Some(id), 100).unwrap();
+    let mut list = alerts::list(app.ledger().db(), Some(id), 100).unwrap();
     list.reverse();
     list
 }
 
 fn outbox(app: &TestApp) -> Vec<OutboxMessage> {
-    alerts::messages(app.ledger.db()).unwrap()
+    alerts::messages(app.ledger().db()).unwrap()
 }
 
 /// Waits until no message is pending any more: every one was sent or failed.
@@ -245,7 +245,7 @@ async fn thresholds_mail_the_user_and_admins_once_per_crossing_and_rearm() {
     );
 
     // A top-up under 80% re-arms both thresholds; crossing 80% again mails again.
-    app.ledger
+    app.ledger()
         .grant_credits(
             &parse_user_ref(ANA.id),
             TokenAmount::new(300_000).unwrap(),
@@ -444,7 +444,7 @@ async fn line_breaks_sent_in_headers_never_reach_mail_headers() {
 async fn one_usage_across_two_thresholds_sends_one_message() {
     let smtp = SmtpServer::start(SmtpOptions::default()).await;
     let app = alert_app(&smtp, &[("TOKENGATE_ALERT_THRESHOLDS", "80,90,100".into())]).await;
-    app.ledger
+    app.ledger()
         .set_weights(
             "wmax",
             Weights::from_milli(1_000_000, 1_000_000).unwrap(),
@@ -693,7 +693,7 @@ async fn a_restarted_instance_takes_back_what_it_was_sending() {
     {
         use diesel::prelude::*;
         use tokengate::db::schema::outbox;
-        let mut conn = app.ledger.db().conn().unwrap();
+        let mut conn = app.ledger().db().conn().unwrap();
         let alert_id = alerts_of(&app, ANA)[0].id;
         let far = Utc::now().naive_utc() + chrono::Duration::hours(1);
         diesel::insert_into(outbox::table)

@@ -76,7 +76,7 @@ async fn grant_list_and_show_users() {
     let out = tokengate(&app.db, &["users", "list"], None);
     assert!(text(&out.stdout).contains(USER));
 
-    let entries = app.ledger.ledger_entries(app.user_id(USER)).unwrap();
+    let entries = app.ledger().ledger_entries(app.user_id(USER)).unwrap();
     let topup = entries.iter().find(|e| e.kind == "topup").unwrap();
     assert_eq!(
         (topup.actor.as_str(), topup.note.as_deref()),

@@ -36,7 +36,7 @@ async fn fire_and_check(apps: &[&TestApp]) {
 
     let s = first.summary(USER);
     let charged = first.charged(USER);
-    let records = first.ledger.usage_records(first.user_id(USER)).unwrap();
+    let records = first.ledger().usage_records(first.user_id(USER)).unwrap();
     let prompt_reported: i64 = records.iter().map(|r| r.prompt_tokens).sum();
     // Reservations use the tokenizer's estimate; the charge uses the provider's count.
     let estimate_error = records.len() as i64 * (10 - estimated_prompt());

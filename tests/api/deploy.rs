@@ -193,10 +193,10 @@ async fn librechats_client_streams_through_tokengate_and_surfaces_the_block() {
 
     // Out of tokens: one attempt, and the error LibreChat shows carries the block text.
     let tiny = app
-        .ledger
+        .ledger()
         .create_plan("Vazio", 1, false, &tokengate::ledger::Actor::Cli)
         .unwrap();
-    app.ledger
+    app.ledger()
         .change_plan(app.user_id(user), tiny, &tokengate::ledger::Actor::Cli)
         .unwrap();
     assert!(app.summary(user).remaining <= 0);

@@ -208,7 +208,7 @@ async fn a_full_disk_fails_closed_and_loses_no_charge() {
     let ok = ok + recovered(&app).await;
     assert_eq!(app.fake.request_count(), ok + 1);
     // Each answered chat is charged once, the stream's late settlement included.
-    let records = app.ledger.usage_records(app.user_id(USER)).unwrap();
+    let records = app.ledger().usage_records(app.user_id(USER)).unwrap();
     assert_eq!(records.len(), ok + 1, "one usage record per answered chat");
     let streamed: Vec<_> = records.iter().filter(|r| r.model == "slow").collect();
     assert_eq!(streamed.len(), 1);
@@ -246,6 +246,8 @@ async fn a_read_only_database_stops_the_start_clearly_and_loses_nothing() {
     for _ in 0..3 {
         assert_eq!(chat_at(&client, &base).await, 200);
     }
+    // Settled (an answer goes out before its settlement is written), then killed.
+    no_holds_left(&observer_ledger(&url, &fake.base_url())).await;
     first.kill().unwrap();
     first.wait().unwrap();
 

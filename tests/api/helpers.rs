@@ -99,7 +99,8 @@ impl Default for TestOptions {
 pub struct TestApp {
     pub address: String,
     pub db: Arc<TestDb>,
-    pub ledger: Ledger,
+    /// Read through `ledger()`, which first waits for settlements in flight.
+    raw_ledger: Ledger,
     pub clock: Arc<ManualClock>,
     pub fake: Arc<FakeProvider>,
     pub client: reqwest::Client,
@@ -161,7 +162,7 @@ async fn spawn_on(db: Arc<TestDb>, fake: Arc<FakeProvider>, opts: TestOptions) -
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         db,
-        ledger: state.ledger.clone(),
+        raw_ledger: state.ledger.clone(),
         clock,
         fake,
         client: reqwest::Client::builder()
@@ -188,8 +189,9 @@ impl TestApp {
             .header("content-type", "application/json")
     }
 
-    /// The Prometheus text of `/metrics`.
+    /// The Prometheus text of `/metrics`, once the settlements in flight are written.
     pub async fn metrics(&self) -> String {
+        self.settled();
         self.client
             .get(format!("{}/metrics", self.address))
             .send()
@@ -215,19 +217,37 @@ impl TestApp {
     }
 
     pub fn user_id(&self, user: &str) -> i64 {
-        self.ledger
+        self.ledger()
             .find_user(&parse_user_ref(user))
             .unwrap()
             .expect("user not provisioned")
     }
 
+    /// Waits (bounded) until the settlements of the answers given so far are written
+    /// or gone to retry: an answer goes out before its settlement is written
+    /// (`tokengate::proxy::settler`).
+    pub fn settled(&self) {
+        assert!(
+            self.state
+                .settler
+                .attempted_blocking(Duration::from_secs(20)),
+            "settlements still unwritten after 20 s"
+        );
+    }
+
+    /// The ledger, once the settlements in flight are written.
+    pub fn ledger(&self) -> &Ledger {
+        self.settled();
+        &self.raw_ledger
+    }
+
     pub fn summary(&self, user: &str) -> UserSummary {
-        self.ledger.user_summary(self.user_id(user)).unwrap()
+        self.ledger().user_summary(self.user_id(user)).unwrap()
     }
 
     /// Total charged to a user over all usage records.
     pub fn charged(&self, user: &str) -> i64 {
-        self.ledger
+        self.ledger()
             .usage_records(self.user_id(user))
             .unwrap()
             .iter()
@@ -238,14 +258,14 @@ impl TestApp {
     /// The ledger invariant: stored balance equals the sum of the ledger, and `held`
     /// equals the holds in flight.
     pub fn assert_invariant(&self, user: &str) -> InvariantReport {
-        let report = self.ledger.check_invariant(self.user_id(user)).unwrap();
+        let report = self.ledger().check_invariant(self.user_id(user)).unwrap();
         assert!(report.holds(), "ledger invariant broken: {report:?}");
         report
     }
 
     /// Makes new users start with exactly `allowance` tokens.
     pub fn default_plan(&self, allowance: i64) {
-        self.ledger
+        self.ledger()
             .create_plan(&format!("Teste {allowance}"), allowance, true, &Actor::Cli)
             .unwrap();
     }
@@ -255,11 +275,21 @@ impl TestApp {
     pub async fn wait_for_no_holds(&self, user: &str) {
         let id = self.user_id(user);
         wait_until(Duration::from_secs(20), || {
-            let ledger = self.ledger.clone();
+            let ledger = self.ledger().clone();
             async move { ledger.holds().unwrap().iter().all(|h| h.user_id != id) }
         })
         .await;
     }
+}
+
+/// Waits (bounded) until no hold is in flight in the database: another process's
+/// answers go out before their settlements are written.
+pub async fn no_holds_left(ledger: &Ledger) {
+    wait_until(Duration::from_secs(20), || {
+        let empty = ledger.holds().unwrap().is_empty();
+        async move { empty }
+    })
+    .await;
 }
 
 /// Polls `check` until it is true or `limit` passes (then fails the test). Waits on a

@@ -34,7 +34,7 @@ fn assert_clear(status: u16, err: &Value, want: u16, code: &str, case: &str) {
 fn nothing_happened(app: &TestApp) {
     assert_eq!(app.fake.request_count(), 0, "forwarded");
     assert!(
-        app.ledger.list_users().unwrap().is_empty(),
+        app.ledger().list_users().unwrap().is_empty(),
         "a user was written"
     );
 }
@@ -265,7 +265,7 @@ async fn odd_but_harmless_input_is_served_and_stored_verbatim() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(app.summary("crlf-email").email, None);
-    assert_eq!(app.ledger.list_users().unwrap().len(), 3);
+    assert_eq!(app.ledger().list_users().unwrap().len(), 3);
     for user in [sql_id, "nul-content", "crlf-email"] {
         app.assert_invariant(user);
     }

@@ -54,7 +54,7 @@ async fn streaming_is_byte_identical_and_debits_reported_usage() {
     let expected = prompt_tokens_of(&upstream_req) + NATURAL_COMPLETION;
     assert_eq!(app.charged(USER), expected);
     assert_eq!(app.summary(USER).used_this_cycle, expected);
-    let records = app.ledger.usage_records(app.user_id(USER)).unwrap();
+    let records = app.ledger().usage_records(app.user_id(USER)).unwrap();
     assert_eq!(records[0].estimated, 0);
     assert_eq!(records[0].stream, 1);
     app.assert_invariant(USER);
@@ -66,7 +66,7 @@ async fn stream_without_usage_is_charged_by_estimate_and_marked() {
     let res = app.chat(&chat_body("no-usage", "Oi", true, Some(10))).await;
     assert_eq!(res.status(), 200);
     let _ = res.bytes().await.unwrap();
-    let records = app.ledger.usage_records(app.user_id(USER)).unwrap();
+    let records = app.ledger().usage_records(app.user_id(USER)).unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].estimated, 1);
     let streamed = tokengate::proxy::estimate::count_text(&"tok ".repeat(10));
@@ -175,7 +175,7 @@ async fn upstream_down_is_502_and_free() {
         (s.used_this_cycle, s.held, s.allowance_left),
         (0, 0, 1_000_000)
     );
-    let records = app.ledger.usage_records(app.user_id(USER)).unwrap();
+    let records = app.ledger().usage_records(app.user_id(USER)).unwrap();
     assert_eq!(records[0].outcome, "upstream_unreachable");
     app.assert_invariant(USER);
 }
@@ -219,7 +219,7 @@ async fn client_disconnect_charges_what_was_streamed() {
     );
     drop(res);
     app.wait_for_no_holds(USER).await;
-    let records = app.ledger.usage_records(app.user_id(USER)).unwrap();
+    let records = app.ledger().usage_records(app.user_id(USER)).unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].outcome, "client_disconnected");
     // Charged for the prompt and the tokens delivered before the disconnect was seen.
@@ -245,7 +245,7 @@ async fn cycle_rollover_resets_allowance_and_keeps_credits() {
         .chat(&chat_body("fake-model", "olá", false, Some(10)))
         .await;
     assert_eq!(res.status(), 200);
-    app.ledger
+    app.ledger()
         .grant_credits(
             &parse_user_ref(USER),
             TokenAmount::new(500).unwrap(),
@@ -273,7 +273,7 @@ async fn cycle_rollover_resets_allowance_and_keeps_credits() {
     assert_eq!(after.credits, 500, "credits do not expire");
     assert_eq!(after.allowance_left, 1_000_000 - after.used_this_cycle);
     let kinds: Vec<String> = app
-        .ledger
+        .ledger()
         .ledger_entries(app.user_id(USER))
         .unwrap()
         .into_iter()
@@ -297,7 +297,7 @@ async fn cycle_rollover_resets_allowance_and_keeps_credits() {
 async fn usage_takes_allowance_first_then_credits() {
     let app = spawn_app(TestOptions::default()).await;
     app.default_plan(50);
-    app.ledger
+    app.ledger()
         .create_user_by_email(
             &tokengate::domain::Email::parse("ana@example.com").unwrap(),
             None,
@@ -313,7 +313,7 @@ async fn usage_takes_allowance_first_then_credits() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    app.ledger
+    app.ledger()
         .grant_credits(
             &parse_user_ref(USER),
             TokenAmount::new(1000).unwrap(),
@@ -334,7 +334,7 @@ async fn usage_takes_allowance_first_then_credits() {
 #[actix_web::test]
 async fn model_weights_scale_the_charge() {
     let app = spawn_app(TestOptions::default()).await;
-    app.ledger
+    app.ledger()
         .set_weights(
             "fake-model",
             Weights::from_milli(2500, 4000).unwrap(),
@@ -361,22 +361,24 @@ async fn settlement_is_idempotent_per_request_id() {
         .await;
     assert_eq!(res.status(), 200);
     let record = app
-        .ledger
+        .ledger()
         .usage_records(app.user_id(USER))
         .unwrap()
         .remove(0);
     let before = app.summary(USER);
-    let again = app.ledger.settle_blocking(&tokengate::ledger::Settlement {
-        request_id: record.request_id.clone(),
-        prompt_tokens: 100,
-        completion_tokens: 100,
-        charge: 200,
-        estimated: false,
-        outcome: tokengate::ledger::Outcome::Completed,
-        status: 200,
-        latency: std::time::Duration::ZERO,
-        ttfb: None,
-    });
+    let again = app
+        .ledger()
+        .settle_blocking(&tokengate::ledger::Settlement {
+            request_id: record.request_id.clone(),
+            prompt_tokens: 100,
+            completion_tokens: 100,
+            charge: 200,
+            estimated: false,
+            outcome: tokengate::ledger::Outcome::Completed,
+            status: 200,
+            latency: std::time::Duration::ZERO,
+            ttfb: None,
+        });
     assert_eq!(
         again.unwrap(),
         tokengate::ledger::SettleResult::AlreadySettled
@@ -427,22 +429,23 @@ async fn server_timing_breaks_down_tokengates_own_time() {
         .chat(&chat_body("fake-model", "Oi", false, Some(5)))
         .await;
     assert_eq!(res.status(), 200);
-    let header = res.headers()["server-timing"].to_str().unwrap().to_owned();
-    for phase in ["parse", "reserve", "upstream", "settle"] {
-        let ms = phase_ms(&header, phase).unwrap_or_else(|| panic!("{phase} in {header}"));
-        assert!((0.0..10_000.0).contains(&ms), "{phase}: {ms} in {header}");
+    // The settlement is written after the answer has gone: three phases here, for a
+    // title answer and a stream alike.
+    for res in [
+        res,
+        app.chat(&chat_body("fake-model", "Oi", true, Some(5)))
+            .await,
+    ] {
+        let header = res.headers()["server-timing"].to_str().unwrap().to_owned();
+        for phase in ["parse", "reserve", "upstream"] {
+            let ms = phase_ms(&header, phase).unwrap_or_else(|| panic!("{phase} in {header}"));
+            assert!((0.0..10_000.0).contains(&ms), "{phase}: {ms} in {header}");
+        }
+        assert!(phase_ms(&header, "settle").is_none(), "{header}");
+        res.bytes().await.unwrap();
     }
 
-    // A stream's settlement comes after its headers: only three phases there.
-    let res = app
-        .chat(&chat_body("fake-model", "Oi", true, Some(5)))
-        .await;
-    let header = res.headers()["server-timing"].to_str().unwrap().to_owned();
-    assert!(phase_ms(&header, "upstream").is_some(), "{header}");
-    assert!(phase_ms(&header, "settle").is_none(), "{header}");
-    res.bytes().await.unwrap();
-
-    // All four are summed in /metrics, the stream's settlement included.
+    // All four are summed in /metrics, the settlements included.
     let metrics = app.metrics().await;
     for (phase, count) in [("parse", 2), ("reserve", 2), ("upstream", 2), ("settle", 2)] {
         let line = format!("tokengate_phase_seconds_count{{phase=\"{phase}\"}} {count}");
@@ -536,7 +539,7 @@ async fn stalls_and_unreadable_answers_get_clear_errors_and_cost_only_what_was_d
         cut,
         "a stalled stream must end as an error, not as a clean end"
     );
-    let records = app.ledger.usage_records(app.user_id(USER)).unwrap();
+    let records = app.ledger().usage_records(app.user_id(USER)).unwrap();
     let outcomes: Vec<&str> = records.iter().map(|r| r.outcome.as_str()).collect();
     assert!(outcomes.contains(&"upstream_timeout"), "{outcomes:?}");
     assert!(outcomes.contains(&"upstream_broken"), "{outcomes:?}");
@@ -548,5 +551,114 @@ async fn stalls_and_unreadable_answers_get_clear_errors_and_cost_only_what_was_d
     let s = app.summary(USER);
     assert_eq!(s.held, 0);
     assert_eq!(s.used_this_cycle, healthy + broken.charged);
+    app.assert_invariant(USER);
+}
+
+// ------------------------------------------------- settling after the answer
+
+/// LibreChat asks for a conversation's title the moment its first answer ends. The
+/// answer's settlement is written after the answer has gone, so the title request
+/// must wait for it: a user whose balance pays for both, once the answer's hold is
+/// replaced by its charge, gets the whole title, never one cut to what is left
+/// beside the hold. Twenty users, each with the exact balance, one after the other.
+#[actix_web::test]
+async fn a_title_right_after_the_answer_gets_the_allowance_the_charge_left() {
+    let app = spawn_app(TestOptions::default()).await;
+    let answer = chat_body("fake-model", "Conte uma história", true, Some(2000));
+    let title = chat_body("fake-model", "Dê um título", false, Some(100));
+    let (p1, p2) = (prompt_tokens_of(&answer), prompt_tokens_of(&title));
+    // Beside the answer's hold (p1 + 2000) only p2 + 50 is left: the title would be
+    // cut to 50 tokens. After the charge (p1 + 40) there is room for all 100.
+    app.default_plan(p1 + 2000 + p2 + 50);
+    for i in 0..20 {
+        let user = format!("title-user-{i}");
+        let res = app.chat_as(&user, &answer).await;
+        assert_eq!(res.status(), 200);
+        res.bytes().await.unwrap();
+        let res = app.chat_as(&user, &title).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            app.fake.last_request()["max_tokens"],
+            100,
+            "{user}: the title was cut to what the answer's hold left"
+        );
+        res.bytes().await.unwrap();
+        assert_eq!(
+            app.summary(&user).used_this_cycle,
+            p1 + NATURAL_COMPLETION + p2 + NATURAL_COMPLETION
+        );
+    }
+}
+
+/// Holds the write lock a settlement needs: SQLite's database lock, or PostgreSQL's
+/// lock on the user's balance row. Released on drop.
+struct StalledWrites {
+    conn: Box<dyn diesel::connection::SimpleConnection>,
+}
+
+impl StalledWrites {
+    fn take(app: &TestApp, user: &str) -> Self {
+        use diesel::Connection;
+        let (mut conn, lock): (Box<dyn diesel::connection::SimpleConnection>, String) =
+            match backend() {
+                Backend::Sqlite => {
+                    let path = app.db.url.strip_prefix("sqlite://").unwrap();
+                    (
+                        Box::new(diesel::SqliteConnection::establish(path).unwrap()),
+                        "BEGIN IMMEDIATE".to_owned(),
+                    )
+                }
+                Backend::Postgres => (
+                    Box::new(diesel::PgConnection::establish(&app.db.url).unwrap()),
+                    format!(
+                        "BEGIN; SELECT 1 FROM balances WHERE user_id = {} FOR UPDATE",
+                        app.user_id(user)
+                    ),
+                ),
+            };
+        conn.batch_execute(&lock).unwrap();
+        Self { conn }
+    }
+}
+
+impl Drop for StalledWrites {
+    fn drop(&mut self) {
+        self.conn.batch_execute("ROLLBACK").unwrap();
+    }
+}
+
+/// A request waits for the settlements of its own user's earlier requests, and only
+/// for those: another user's request is not held up by them, and once the stalled
+/// settlement is written the wait ends with the charge in the balance.
+#[actix_web::test]
+async fn a_request_waits_only_for_its_own_users_earlier_settlements() {
+    let app = spawn_app(TestOptions::default()).await;
+    let settler = &app.state.settler;
+    let key = |u: &str| tokengate::domain::UserKey::parse(u).unwrap();
+    let mut stream = app.chat(&chat_body("slow", "olá", true, Some(10))).await;
+    assert_eq!(stream.status(), 200);
+    stream.chunk().await.unwrap();
+
+    let stalled = StalledWrites::take(&app, USER);
+    stream.bytes().await.unwrap();
+    let limit = std::time::Duration::from_millis(300);
+    assert!(
+        !settler.caught_up(&key(USER), limit).await,
+        "the stalled settlement was not waited for"
+    );
+    assert!(
+        settler.caught_up(&key("someone-else"), limit).await,
+        "another user must not wait"
+    );
+
+    drop(stalled);
+    assert!(
+        settler
+            .caught_up(&key(USER), std::time::Duration::from_secs(20))
+            .await
+    );
+    let s = app.summary(USER);
+    assert_eq!((s.held, s.used_this_cycle), (0, app.charged(USER)));
+    assert!(s.used_this_cycle > 0);
     app.assert_invariant(USER);
 }

@@ -144,7 +144,7 @@ async fn charges_equal_the_usage_litellm_reports() {
         reported + streamed,
         "streaming charge equals LiteLLM's usage"
     );
-    let records = app.ledger.usage_records(app.user_id(USER)).unwrap();
+    let records = app.ledger().usage_records(app.user_id(USER)).unwrap();
     assert!(
         records
             .iter()

@@ -62,6 +62,7 @@ async fn three_processes_started_together_migrate_once_and_never_overspend() {
     );
     let served = statuses.iter().filter(|(_, s)| *s == 200).count();
     assert_eq!(fake.request_count(), served, "forwarded = served");
+    no_holds_left(&ledger).await;
 
     let mut request_ids = HashSet::new();
     for user in USERS {

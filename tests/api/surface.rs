@@ -81,7 +81,7 @@ async fn identity_comes_from_headers_or_body_user() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert!(
-        app.ledger
+        app.ledger()
             .find_user(&parse_user_ref("body-user-42"))
             .unwrap()
             .is_some()
@@ -154,7 +154,7 @@ async fn precreated_user_is_linked_by_email_and_suspension_blocks() {
     let app = spawn_app(TestOptions::default()).await;
     let email = Email::parse("maria@example.com").unwrap();
     let id = app
-        .ledger
+        .ledger()
         .create_user_by_email(&email, Some("Maria"), &Actor::Cli)
         .unwrap();
     let res = app
@@ -171,9 +171,9 @@ async fn precreated_user_is_linked_by_email_and_suspension_blocks() {
         id,
         "the first request links to the pre-created user"
     );
-    assert_eq!(app.ledger.list_users().unwrap().len(), 1);
+    assert_eq!(app.ledger().list_users().unwrap().len(), 1);
 
-    app.ledger
+    app.ledger()
         .set_suspended(&parse_user_ref(USER), true, &tokengate::ledger::Actor::Cli)
         .unwrap();
     let (status, err) =
@@ -181,7 +181,7 @@ async fn precreated_user_is_linked_by_email_and_suspension_blocks() {
     assert_eq!(status, 403);
     assert_eq!(err["error"]["type"], "permission_error");
     assert_eq!(err["error"]["code"], "user_suspended");
-    app.ledger
+    app.ledger()
         .set_suspended(&parse_user_ref(USER), false, &tokengate::ledger::Actor::Cli)
         .unwrap();
     assert_eq!(
@@ -250,7 +250,7 @@ async fn bad_bodies_get_clear_openai_errors_and_change_nothing() {
     assert_eq!(res.status(), 400);
     assert_eq!(app.fake.request_count(), 0);
     assert!(
-        app.ledger
+        app.ledger()
             .find_user(&parse_user_ref(USER))
             .unwrap()
             .is_none(),
@@ -341,6 +341,8 @@ async fn holds_of_a_killed_process_are_released_on_restart() {
         assert_eq!(res.status(), 200);
         res.bytes().await.unwrap();
     }
+    let ledger = observer_ledger(&db.url, &fake.base_url());
+    no_holds_left(&ledger).await;
     let opened = (0..100).map(|_| {
         let (client, base) = (client.clone(), base.clone());
         async move {
@@ -352,7 +354,6 @@ async fn holds_of_a_killed_process_are_released_on_restart() {
         }
     });
     let streams = futures_util::future::join_all(opened).await;
-    let ledger = observer_ledger(&db.url, &fake.base_url());
     assert_eq!(ledger.holds().unwrap().len(), 100);
 
     child.kill().unwrap();
@@ -391,6 +392,7 @@ async fn holds_of_a_killed_process_are_released_on_restart() {
     let res = chat_process(&client, &base, USER, &done).await;
     assert_eq!(res.status(), 200);
     res.bytes().await.unwrap();
+    no_holds_left(&ledger).await;
     assert_eq!(
         ledger.user_summary(user).unwrap().used_this_cycle,
         21 * per_request

@@ -1,0 +1,311 @@
+//! Settling metered requests after their answer has left.
+//!
+//! A client does not wait for its request's settlement: the request's hold keeps its
+//! tokens out of every other reservation until the settlement replaces it with the
+//! exact charge, so nothing can be overspent meanwhile, and the end of a stream (or a
+//! whole title answer) reaches the client a settlement sooner, about 250 µs on
+//! SQLite. Three things must not be lost on the way:
+//! - **A settlement at shutdown.** Settlements run on a thread and runtime of their
+//!   own (`tokengate-settle`), not on the HTTP workers, whose tasks are dropped when
+//!   the server stops; `drain` waits for them after it has stopped.
+//! - **A user's next request seeing the previous one settled.** LibreChat asks for a
+//!   conversation's title the moment the first answer ends; a user near their limit
+//!   would find that answer's hold still in the balance. `caught_up` makes a request
+//!   wait for the settlements of the same user's requests that ended before it
+//!   arrived (in this process). There is rarely one: it is a single hash lookup.
+//! - **A settlement that fails** (a database blip). It is retried in the background
+//!   for as long as its hold lives.
+
+use crate::domain::UserKey;
+use crate::ledger::{Ledger, SettleResult, Settlement};
+use crate::telemetry::{Metrics, Phase};
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, oneshot};
+
+/// Hands settlements to the settlement thread; cheap to clone.
+#[derive(Clone)]
+pub struct Settler {
+    shared: Arc<Shared>,
+    thread: Arc<SettleThread>,
+}
+
+/// The runtime settlements run on. Dropping the last handle stops its thread.
+struct SettleThread {
+    runtime: tokio::runtime::Handle,
+    _stop: oneshot::Sender<()>,
+}
+
+struct Shared {
+    ledger: Ledger,
+    metrics: Arc<Metrics>,
+    in_flight: Mutex<InFlight>,
+    /// Woken whenever a settlement is written or goes to retry.
+    changed: Notify,
+    changed_blocking: Condvar,
+}
+
+#[derive(Default)]
+struct InFlight {
+    next_id: u64,
+    /// Per user, the settlements on their first attempt, oldest first.
+    by_user: HashMap<UserKey, Vec<u64>>,
+    /// Every settlement not yet written, retries included.
+    total: usize,
+    /// Settlements waiting for a retry, kept to be logged if the process stops first.
+    retrying: HashMap<u64, Settlement>,
+}
+
+impl Settler {
+    /// Starts the settlement thread.
+    pub fn start(ledger: Ledger, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .thread_name("tokengate-settle")
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("tokengate-settle".into())
+            .spawn(move || {
+                // Runs the settlements until every `Settler` is gone.
+                let _ = runtime.block_on(stopped);
+            })?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                ledger,
+                metrics,
+                in_flight: Mutex::new(InFlight::default()),
+                changed: Notify::new(),
+                changed_blocking: Condvar::new(),
+            }),
+            thread: Arc::new(SettleThread {
+                runtime: handle,
+                _stop: stop,
+            }),
+        })
+    }
+
+    /// Settles `settlement` for `user` in the background. Returns at once.
+    pub fn submit(&self, user: UserKey, settlement: Settlement) {
+        let id = {
+            let mut f = self.shared.lock();
+            let id = f.next_id;
+            f.next_id += 1;
+            f.total += 1;
+            f.by_user.entry(user.clone()).or_default().push(id);
+            id
+        };
+        let shared = self.shared.clone();
+        self.thread
+            .runtime
+            .spawn(async move { shared.settle(id, user, settlement).await });
+    }
+
+    /// Waits until the settlements of `user`'s requests submitted before this call are
+    /// written (or have gone to retry), for at most `limit`; false if one still is not.
+    /// Returns at once when there are none, the usual case.
+    pub async fn caught_up(&self, user: &UserKey, limit: Duration) -> bool {
+        let Some(last) = self
+            .shared
+            .lock()
+            .by_user
+            .get(user)
+            .and_then(|ids| ids.last().copied())
+        else {
+            return true;
+        };
+        self.shared
+            .wait_until(limit, |f| {
+                f.by_user.get(user).is_none_or(|ids| ids[0] > last)
+            })
+            .await
+    }
+
+    /// Waits until no settlement is in flight, for at most `limit`; false if some are
+    /// still unwritten then.
+    pub async fn idle(&self, limit: Duration) -> bool {
+        self.shared.wait_until(limit, |f| f.total == 0).await
+    }
+
+    /// Waits, off the async runtime, until every settlement submitted so far has been
+    /// written or has gone to retry, for at most `limit`; false if not. For tests and
+    /// tools that read balances right after an answer.
+    pub fn attempted_blocking(&self, limit: Duration) -> bool {
+        let f = self.shared.lock();
+        let (f, _) = self
+            .shared
+            .changed_blocking
+            .wait_timeout_while(f, limit, |f| !f.by_user.is_empty())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f.by_user.is_empty()
+    }
+
+    /// At shutdown, once no request can start: waits up to `limit` for the
+    /// settlements in flight, and logs, with their charges, those that could not be
+    /// written (their holds are released uncharged at the next start).
+    pub async fn drain(&self, limit: Duration) {
+        if self.idle(limit).await {
+            return;
+        }
+        let f = self.shared.lock();
+        for s in f.retrying.values() {
+            tracing::error!(
+                request_id = %s.request_id,
+                prompt_tokens = s.prompt_tokens,
+                completion_tokens = s.completion_tokens,
+                charge = s.charge,
+                "stopping with this settlement unwritten"
+            );
+        }
+        tracing::error!(
+            unwritten = f.total,
+            "stopping with settlements unwritten; their holds are released uncharged"
+        );
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, InFlight> {
+        // The counters stay consistent under a panic elsewhere: keep going.
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until `done` holds, for at most `limit`; false if it did not.
+    async fn wait_until(&self, limit: Duration, done: impl Fn(&InFlight) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a change right after it still wakes us.
+            changed.as_mut().enable();
+            if done(&self.lock()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return done(&self.lock());
+            }
+        }
+    }
+
+    fn wake(&self) {
+        self.changed.notify_waiters();
+        self.changed_blocking.notify_all();
+    }
+
+    /// The first attempt is over: later requests of `user` no longer wait for it.
+    fn first_attempt_over(&self, f: &mut InFlight, id: u64, user: &UserKey) {
+        if let Some(ids) = f.by_user.get_mut(user) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                f.by_user.remove(user);
+            }
+        }
+    }
+
+    async fn settle(&self, id: u64, user: UserKey, s: Settlement) {
+        let settling = Instant::now();
+        match self.ledger.settle(s.clone()).await {
+            Ok(result) => {
+                self.metrics.record_phase(Phase::Settle, settling.elapsed());
+                self.record(&s, result);
+                {
+                    let mut f = self.lock();
+                    self.first_attempt_over(&mut f, id, &user);
+                    f.total -= 1;
+                }
+                self.wake();
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %s.request_id, error = %e, "settlement failed; retrying in the background");
+                {
+                    let mut f = self.lock();
+                    self.first_attempt_over(&mut f, id, &user);
+                    f.retrying.insert(id, s.clone());
+                }
+                self.wake();
+                self.retry(&s).await;
+                {
+                    let mut f = self.lock();
+                    f.retrying.remove(&id);
+                    f.total -= 1;
+                }
+                self.wake();
+            }
+        }
+    }
+
+    async fn retry(&self, s: &Settlement) {
+        let hold_life = self.ledger.hold_max_age().saturating_sub(s.latency);
+        for delay in retry_delays(hold_life) {
+            tokio::time::sleep(delay).await;
+            if let Ok(result) = self.ledger.settle(s.clone()).await {
+                self.record(s, result);
+                return;
+            }
+        }
+        tracing::error!(
+            request_id = %s.request_id,
+            prompt_tokens = s.prompt_tokens,
+            completion_tokens = s.completion_tokens,
+            charge = s.charge,
+            "settlement failed for as long as its hold lives; the sweeper releases the hold uncharged"
+        );
+    }
+
+    fn record(&self, s: &Settlement, result: SettleResult) {
+        if let SettleResult::Settled { charged } = result {
+            self.metrics.record_settlement(s.outcome, charged);
+            tracing::info!(
+                request_id = %s.request_id,
+                outcome = s.outcome.as_str(),
+                status = s.status,
+                prompt_tokens = s.prompt_tokens,
+                completion_tokens = s.completion_tokens,
+                charged,
+                estimated = s.estimated,
+                latency_ms = s.latency.as_millis() as u64,
+                "settled"
+            );
+        }
+    }
+}
+
+/// When a failed settlement is tried again: doubling from 250 ms to 30 s apart, for
+/// as long as the request's hold still lives. Once the sweeper has released the hold
+/// (after `TOKENGATE_HOLD_MAX_AGE_SECS`) the charge could no longer be written, so a
+/// database outage shorter than that loses no charge.
+fn retry_delays(hold_life: Duration) -> impl Iterator<Item = Duration> {
+    let mut next = Duration::from_millis(250);
+    let mut waited = Duration::ZERO;
+    std::iter::from_fn(move || {
+        let delay = next;
+        waited += delay;
+        next = (next * 2).min(Duration::from_secs(30));
+        (waited < hold_life).then_some(delay)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_last_as_long_as_the_hold() {
+        let hour = Duration::from_secs(3600);
+        let delays: Vec<Duration> = retry_delays(hour).collect();
+        let total: Duration = delays.iter().sum();
+        assert_eq!(delays[0], Duration::from_millis(250));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(30)));
+        assert!(
+            total < hour && total > hour - Duration::from_secs(30),
+            "{total:?}"
+        );
+        // Well past the 3 minutes that twelve retries used to cover.
+        assert!(delays.len() > 100);
+        assert_eq!(retry_delays(Duration::ZERO).count(), 0);
+    }
+}
