@@ -265,6 +265,40 @@ impl Ledger {
         Ok(result)
     }
 
+    /// Settles several requests in one transaction, one commit for all: each in a
+    /// savepoint of its own, so one that fails is rolled back alone and reported in
+    /// its place. The outer error means the transaction failed and nothing was
+    /// written. Callers order the settlements by user, so that two instances settling
+    /// at once lock balance rows in the same order.
+    pub async fn settle_many(
+        &self,
+        settlements: Arc<[Settlement]>,
+    ) -> Result<Vec<Result<SettleResult, StoreError>>, StoreError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
+        let policy = self.alerts.clone();
+        let (results, queued) = self
+            .db
+            .write(move |c| {
+                let mut queued = 0;
+                let results = settlements
+                    .iter()
+                    .map(|s| {
+                        c.transaction(|c| tx::settle(c, &ctx, s, &policy))
+                            .map(|(result, q)| {
+                                queued += q;
+                                result
+                            })
+                    })
+                    .collect::<Vec<_>>();
+                Ok((results, queued))
+            })
+            .await?;
+        if queued > 0 {
+            self.outbox_signal.notify_one();
+        }
+        Ok(results)
+    }
+
     /// `settle` for callers off the async runtime (the hold sweeper).
     pub fn settle_blocking(&self, s: &Settlement) -> Result<SettleResult, StoreError> {
         let ctx = tx::Ctx::new(self.now(), self.tz);

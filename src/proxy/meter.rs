@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 pub struct Meter {
     pub settler: Settler,
     pub user: UserKey,
+    /// tokengate's id of `user`, from the reservation.
+    pub user_id: i64,
     pub request_id: String,
     pub weights: crate::domain::Weights,
     pub prompt_estimate: i64,
@@ -75,7 +77,7 @@ impl Meter {
         ttfb: Option<Duration>,
     ) {
         let s = self.settlement(outcome, status, usage, delivered_text, ttfb);
-        self.settler.submit(self.user, s);
+        self.settler.submit(self.user, self.user_id, s);
     }
 }
 

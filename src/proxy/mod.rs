@@ -191,6 +191,7 @@ async fn metered(
     let meter = Meter {
         settler: state.settler.clone(),
         user: identity.key.clone(),
+        user_id: reservation.user_id,
         request_id: request_id.clone(),
         weights: reservation.weights,
         prompt_estimate: prompt_tokens,

@@ -15,6 +15,12 @@
 //!   arrived (in this process). There is rarely one: it is a single hash lookup.
 //! - **A settlement that fails** (a database blip). It is retried in the background
 //!   for as long as its hold lives.
+//!
+//! Settlements waiting together are written together: one transaction and one commit
+//! for all of them (`Ledger::settle_many`), each in a savepoint of its own. On
+//! PostgreSQL, where every commit waits for its WAL flush, that is most of the cost
+//! of a settlement under load; one batch at a time also keeps settlements from
+//! crowding reservations out of the connection pool.
 
 use crate::domain::UserKey;
 use crate::ledger::{Ledger, SettleResult, Settlement};
@@ -22,19 +28,25 @@ use crate::telemetry::{Metrics, Phase};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, mpsc};
 
-/// Hands settlements to the settlement thread; cheap to clone.
+/// Most settlements in one transaction: bounds how long it holds its locks.
+const MAX_BATCH: usize = 256;
+
+/// Hands settlements to the settlement thread; cheap to clone. When the last handle
+/// is dropped, the thread writes what it was given and stops.
 #[derive(Clone)]
 pub struct Settler {
     shared: Arc<Shared>,
-    thread: Arc<SettleThread>,
+    jobs: mpsc::UnboundedSender<Job>,
 }
 
-/// The runtime settlements run on. Dropping the last handle stops its thread.
-struct SettleThread {
-    runtime: tokio::runtime::Handle,
-    _stop: oneshot::Sender<()>,
+struct Job {
+    id: u64,
+    user: UserKey,
+    /// The balance row the settlement locks: batches lock rows in this order.
+    user_id: i64,
+    settlement: Settlement,
 }
 
 struct Shared {
@@ -64,31 +76,24 @@ impl Settler {
             .enable_time()
             .thread_name("tokengate-settle")
             .build()?;
-        let handle = runtime.handle().clone();
-        let (stop, stopped) = oneshot::channel::<()>();
+        let shared = Arc::new(Shared {
+            ledger,
+            metrics,
+            in_flight: Mutex::new(InFlight::default()),
+            changed: Notify::new(),
+            changed_blocking: Condvar::new(),
+        });
+        let (jobs, queue) = mpsc::unbounded_channel();
+        let writer = shared.clone();
         std::thread::Builder::new()
             .name("tokengate-settle".into())
-            .spawn(move || {
-                // Runs the settlements until every `Settler` is gone.
-                let _ = runtime.block_on(stopped);
-            })?;
-        Ok(Self {
-            shared: Arc::new(Shared {
-                ledger,
-                metrics,
-                in_flight: Mutex::new(InFlight::default()),
-                changed: Notify::new(),
-                changed_blocking: Condvar::new(),
-            }),
-            thread: Arc::new(SettleThread {
-                runtime: handle,
-                _stop: stop,
-            }),
-        })
+            .spawn(move || runtime.block_on(writer.run(queue)))?;
+        Ok(Self { shared, jobs })
     }
 
-    /// Settles `settlement` for `user` in the background. Returns at once.
-    pub fn submit(&self, user: UserKey, settlement: Settlement) {
+    /// Settles `settlement` of `user` (tokengate's id `user_id`) in the background.
+    /// Returns at once.
+    pub fn submit(&self, user: UserKey, user_id: i64, settlement: Settlement) {
         let id = {
             let mut f = self.shared.lock();
             let id = f.next_id;
@@ -97,10 +102,18 @@ impl Settler {
             f.by_user.entry(user.clone()).or_default().push(id);
             id
         };
-        let shared = self.shared.clone();
-        self.thread
-            .runtime
-            .spawn(async move { shared.settle(id, user, settlement).await });
+        let job = Job {
+            id,
+            user,
+            user_id,
+            settlement,
+        };
+        if let Err(mpsc::error::SendError(job)) = self.jobs.send(job) {
+            // Only if the settlement thread died: the hold is released uncharged by
+            // the sweeper, so say what it was.
+            tracing::error!(request_id = %job.settlement.request_id, charge = job.settlement.charge, "the settlement thread is gone; settlement lost");
+            self.shared.finished(&job, false);
+        }
     }
 
     /// Waits until the settlements of `user`'s requests submitted before this call are
@@ -196,44 +209,73 @@ impl Shared {
         self.changed_blocking.notify_all();
     }
 
-    /// The first attempt is over: later requests of `user` no longer wait for it.
-    fn first_attempt_over(&self, f: &mut InFlight, id: u64, user: &UserKey) {
-        if let Some(ids) = f.by_user.get_mut(user) {
-            ids.retain(|i| *i != id);
-            if ids.is_empty() {
-                f.by_user.remove(user);
+    /// The first attempt is over: later requests of this user no longer wait for it.
+    /// A settlement going to retry stays counted in `total` until `retried`.
+    fn finished(&self, job: &Job, retrying: bool) {
+        {
+            let mut f = self.lock();
+            if let Some(ids) = f.by_user.get_mut(&job.user) {
+                ids.retain(|i| *i != job.id);
+                if ids.is_empty() {
+                    f.by_user.remove(&job.user);
+                }
+            }
+            if retrying {
+                f.retrying.insert(job.id, job.settlement.clone());
+            } else {
+                f.total -= 1;
             }
         }
+        self.wake();
     }
 
-    async fn settle(&self, id: u64, user: UserKey, s: Settlement) {
-        let settling = Instant::now();
-        match self.ledger.settle(s.clone()).await {
-            Ok(result) => {
-                self.metrics.record_phase(Phase::Settle, settling.elapsed());
-                self.record(&s, result);
-                {
-                    let mut f = self.lock();
-                    self.first_attempt_over(&mut f, id, &user);
-                    f.total -= 1;
+    fn retried(&self, id: u64) {
+        {
+            let mut f = self.lock();
+            f.retrying.remove(&id);
+            f.total -= 1;
+        }
+        self.wake();
+    }
+
+    /// The settlement thread: takes what is waiting, writes it in one transaction,
+    /// and sends what failed to be retried on its own.
+    async fn run(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<Job>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            batch.sort_by_key(|j: &Job| (j.user_id, j.id));
+            let settling = Instant::now();
+            let settlements: Arc<[Settlement]> =
+                batch.iter().map(|j| j.settlement.clone()).collect();
+            let results = self.ledger.settle_many(settlements).await;
+            let took = settling.elapsed();
+            let mut results = match results {
+                Ok(r) => r.into_iter().map(Some).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, settlements = batch.len(), "writing settlements failed; retrying each in the background");
+                    Vec::new()
                 }
-                self.wake();
             }
-            Err(e) => {
-                tracing::warn!(request_id = %s.request_id, error = %e, "settlement failed; retrying in the background");
-                {
-                    let mut f = self.lock();
-                    self.first_attempt_over(&mut f, id, &user);
-                    f.retrying.insert(id, s.clone());
+            .into_iter();
+            for job in batch.drain(..) {
+                match results.next().flatten() {
+                    Some(Ok(result)) => {
+                        self.metrics.record_phase(Phase::Settle, took);
+                        self.record(&job.settlement, result);
+                        self.finished(&job, false);
+                    }
+                    failed => {
+                        if let Some(Err(e)) = failed {
+                            tracing::warn!(request_id = %job.settlement.request_id, error = %e, "settlement failed; retrying in the background");
+                        }
+                        self.finished(&job, true);
+                        let shared = self.clone();
+                        tokio::spawn(async move {
+                            shared.retry(&job.settlement).await;
+                            shared.retried(job.id);
+                        });
+                    }
                 }
-                self.wake();
-                self.retry(&s).await;
-                {
-                    let mut f = self.lock();
-                    f.retrying.remove(&id);
-                    f.total -= 1;
-                }
-                self.wake();
             }
         }
     }

@@ -34,6 +34,9 @@ async fn fire_and_check(apps: &[&TestApp]) {
         "only 200s and 429s expected: {statuses:?}"
     );
 
+    for app in apps {
+        app.settled();
+    }
     let s = first.summary(USER);
     let charged = first.charged(USER);
     let records = first.ledger().usage_records(first.user_id(USER)).unwrap();
