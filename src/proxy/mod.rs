@@ -30,8 +30,9 @@ pub const USER_ID_HEADER: &str = "x-librechat-user-id";
 pub const USER_EMAIL_HEADER: &str = "x-librechat-user-email";
 pub const USER_NAME_HEADER: &str = "x-librechat-user-name";
 
-/// Longest a request waits for its user's previous settlements (`Settler::caught_up`);
-/// after that it reserves against their holds, which only errs on the safe side.
+/// Longest a request waits for its user's previous settlements, or for a backlog of
+/// settlements to shrink (`Settler::caught_up`); after that it reserves against their
+/// holds, which only errs on the safe side.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(2);
 
 /// Longest error body read from upstream before passing it on.
@@ -159,9 +160,10 @@ async fn metered(
     let reserving = Instant::now();
     // A request of this user that ended a moment ago may still be settling; its hold
     // must not shrink what this one may spend (LibreChat's title request follows the
-    // first answer at once).
+    // first answer at once). This is also where a backlog of settlements slows
+    // admissions down.
     if !state.settler.caught_up(&identity.key, CATCH_UP_LIMIT).await {
-        tracing::warn!(user = %identity.key, "a previous settlement of this user is still being written; reserving against its hold");
+        tracing::warn!(user = %identity.key, "settlements are still being written; reserving against their holds");
     }
     let outcome = state.ledger.reserve(reserve).await?;
     timing.reserve = reserving.elapsed();

@@ -32,6 +32,10 @@ use tokio::sync::{Notify, mpsc};
 
 /// Most settlements in one transaction: bounds how long it holds its locks.
 const MAX_BATCH: usize = 256;
+/// Most settlements waiting for their first attempt. Past it, new requests wait
+/// before reserving (`caught_up`): a database that cannot keep up with settlements
+/// slows admissions down instead of growing the queue and the holds without bound.
+pub const MAX_WAITING: usize = 2048;
 
 /// Hands settlements to the settlement thread; cheap to clone. When the last handle
 /// is dropped, the thread writes what it was given and stops.
@@ -61,6 +65,8 @@ struct Shared {
 #[derive(Default)]
 struct InFlight {
     next_id: u64,
+    /// Settlements on their first attempt (the sum of `by_user`'s lengths).
+    attempting: usize,
     /// Per user, the settlements on their first attempt, oldest first.
     by_user: HashMap<UserKey, Vec<u64>>,
     /// Every settlement not yet written, retries included.
@@ -99,6 +105,7 @@ impl Settler {
             let id = f.next_id;
             f.next_id += 1;
             f.total += 1;
+            f.attempting += 1;
             f.by_user.entry(user.clone()).or_default().push(id);
             id
         };
@@ -117,28 +124,30 @@ impl Settler {
     }
 
     /// Waits until the settlements of `user`'s requests submitted before this call are
-    /// written (or have gone to retry), for at most `limit`; false if one still is not.
-    /// Returns at once when there are none, the usual case.
+    /// written (or have gone to retry), and until fewer than `MAX_WAITING`
+    /// settlements wait to be written, for at most `limit`; false if that did not
+    /// happen. Returns at once in the usual case, where there is nothing to wait for.
     pub async fn caught_up(&self, user: &UserKey, limit: Duration) -> bool {
-        let Some(last) = self
-            .shared
-            .lock()
-            .by_user
-            .get(user)
-            .and_then(|ids| ids.last().copied())
-        else {
-            return true;
+        let last = {
+            let f = self.shared.lock();
+            let last = f.by_user.get(user).and_then(|ids| ids.last().copied());
+            if last.is_none() && f.attempting < MAX_WAITING {
+                return true;
+            }
+            last
         };
         self.shared
             .wait_until(limit, |f| {
-                f.by_user.get(user).is_none_or(|ids| ids[0] > last)
+                let own_done =
+                    last.is_none_or(|last| f.by_user.get(user).is_none_or(|ids| ids[0] > last));
+                own_done && f.attempting < MAX_WAITING
             })
             .await
     }
 
     /// Waits until no settlement is in flight, for at most `limit`; false if some are
     /// still unwritten then.
-    pub async fn idle(&self, limit: Duration) -> bool {
+    async fn idle(&self, limit: Duration) -> bool {
         self.shared.wait_until(limit, |f| f.total == 0).await
     }
 
@@ -150,9 +159,9 @@ impl Settler {
         let (f, _) = self
             .shared
             .changed_blocking
-            .wait_timeout_while(f, limit, |f| !f.by_user.is_empty())
+            .wait_timeout_while(f, limit, |f| f.attempting > 0)
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f.by_user.is_empty()
+        f.attempting == 0
     }
 
     /// At shutdown, once no request can start: waits up to `limit` for the
@@ -214,6 +223,7 @@ impl Shared {
     fn finished(&self, job: &Job, retrying: bool) {
         {
             let mut f = self.lock();
+            f.attempting -= 1;
             if let Some(ids) = f.by_user.get_mut(&job.user) {
                 ids.retain(|i| *i != job.id);
                 if ids.is_empty() {

@@ -590,33 +590,29 @@ async fn a_title_right_after_the_answer_gets_the_allowance_the_charge_left() {
     }
 }
 
-/// Holds the write lock a settlement needs: SQLite's database lock, or PostgreSQL's
-/// lock on the user's balance row. Released on drop.
+/// Holds the write lock a settlement needs, until dropped: SQLite's database lock,
+/// or on PostgreSQL a lock on the holds table, whose row a settlement deletes first.
 struct StalledWrites {
     conn: Box<dyn diesel::connection::SimpleConnection>,
 }
 
 impl StalledWrites {
-    fn take(app: &TestApp, user: &str) -> Self {
+    fn take(app: &TestApp) -> Self {
         use diesel::Connection;
-        let (mut conn, lock): (Box<dyn diesel::connection::SimpleConnection>, String) =
-            match backend() {
-                Backend::Sqlite => {
-                    let path = app.db.url.strip_prefix("sqlite://").unwrap();
-                    (
-                        Box::new(diesel::SqliteConnection::establish(path).unwrap()),
-                        "BEGIN IMMEDIATE".to_owned(),
-                    )
-                }
-                Backend::Postgres => (
-                    Box::new(diesel::PgConnection::establish(&app.db.url).unwrap()),
-                    format!(
-                        "BEGIN; SELECT 1 FROM balances WHERE user_id = {} FOR UPDATE",
-                        app.user_id(user)
-                    ),
-                ),
-            };
-        conn.batch_execute(&lock).unwrap();
+        let (mut conn, lock): (Box<dyn diesel::connection::SimpleConnection>, _) = match backend() {
+            Backend::Sqlite => {
+                let path = app.db.url.strip_prefix("sqlite://").unwrap();
+                (
+                    Box::new(diesel::SqliteConnection::establish(path).unwrap()),
+                    "BEGIN IMMEDIATE",
+                )
+            }
+            Backend::Postgres => (
+                Box::new(diesel::PgConnection::establish(&app.db.url).unwrap()),
+                "BEGIN; LOCK TABLE holds IN EXCLUSIVE MODE",
+            ),
+        };
+        conn.batch_execute(lock).unwrap();
         Self { conn }
     }
 }
@@ -639,7 +635,7 @@ async fn a_request_waits_only_for_its_own_users_earlier_settlements() {
     assert_eq!(stream.status(), 200);
     stream.chunk().await.unwrap();
 
-    let stalled = StalledWrites::take(&app, USER);
+    let stalled = StalledWrites::take(&app);
     stream.bytes().await.unwrap();
     let limit = std::time::Duration::from_millis(300);
     assert!(
@@ -660,5 +656,58 @@ async fn a_request_waits_only_for_its_own_users_earlier_settlements() {
     let s = app.summary(USER);
     assert_eq!((s.held, s.used_this_cycle), (0, app.charged(USER)));
     assert!(s.used_this_cycle > 0);
+    app.assert_invariant(USER);
+}
+
+/// When the database cannot keep up with settlements, new requests wait before they
+/// reserve, instead of the queue of settlements (and the holds it keeps) growing
+/// without bound; they go on once the backlog is written.
+#[actix_web::test]
+async fn a_backlog_of_settlements_holds_new_requests_back() {
+    use tokengate::ledger::{Outcome, Settlement};
+    use tokengate::proxy::settler::MAX_WAITING;
+    let app = spawn_app(TestOptions::default()).await;
+    let settler = &app.state.settler;
+    let key = |u: &str| tokengate::domain::UserKey::parse(u).unwrap();
+    let res = app
+        .chat(&chat_body("fake-model", "olá", false, Some(5)))
+        .await;
+    assert_eq!(res.status(), 200);
+    let user_id = app.user_id(USER);
+
+    let stalled = StalledWrites::take(&app);
+    for i in 0..MAX_WAITING {
+        let settlement = Settlement {
+            request_id: format!("no-such-request-{i}"),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            charge: 0,
+            estimated: false,
+            outcome: Outcome::Completed,
+            status: 200,
+            latency: std::time::Duration::ZERO,
+            ttfb: None,
+        };
+        settler.submit(key(USER), user_id, settlement);
+    }
+    let limit = std::time::Duration::from_millis(300);
+    assert!(
+        !settler.caught_up(&key("a-newcomer"), limit).await,
+        "a full backlog must hold even a user with nothing pending"
+    );
+
+    drop(stalled);
+    assert!(
+        settler
+            .caught_up(&key("a-newcomer"), std::time::Duration::from_secs(20))
+            .await
+    );
+    let res = app
+        .chat_as(
+            "a-newcomer",
+            &chat_body("fake-model", "olá", false, Some(5)),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
     app.assert_invariant(USER);
 }
