@@ -173,13 +173,7 @@ impl Settler {
         }
         let f = self.shared.lock();
         for s in f.retrying.values() {
-            tracing::error!(
-                request_id = %s.request_id,
-                prompt_tokens = s.prompt_tokens,
-                completion_tokens = s.completion_tokens,
-                charge = s.charge,
-                "stopping with this settlement unwritten"
-            );
+            log_unwritten(s, "stopping with this settlement unwritten");
         }
         tracing::error!(
             unwritten = f.total,
@@ -260,7 +254,7 @@ impl Shared {
             let results = self.ledger.settle_many(settlements).await;
             let took = settling.elapsed();
             let mut results = match results {
-                Ok(r) => r.into_iter().map(Some).collect(),
+                Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, settlements = batch.len(), "writing settlements failed; retrying each in the background");
                     Vec::new()
@@ -268,7 +262,7 @@ impl Shared {
             }
             .into_iter();
             for job in batch.drain(..) {
-                match results.next().flatten() {
+                match results.next() {
                     Some(Ok(result)) => {
                         self.metrics.record_phase(Phase::Settle, took);
                         self.record(&job.settlement, result);
@@ -299,12 +293,9 @@ impl Shared {
                 return;
             }
         }
-        tracing::error!(
-            request_id = %s.request_id,
-            prompt_tokens = s.prompt_tokens,
-            completion_tokens = s.completion_tokens,
-            charge = s.charge,
-            "settlement failed for as long as its hold lives; the sweeper releases the hold uncharged"
+        log_unwritten(
+            s,
+            "settlement failed for as long as its hold lives; the sweeper releases the hold uncharged",
         );
     }
 
@@ -324,6 +315,18 @@ impl Shared {
             );
         }
     }
+}
+
+/// Logs a settlement that will not be written, with what it would have charged, so
+/// that it can be reconciled by hand: its hold is released uncharged.
+fn log_unwritten(s: &Settlement, why: &str) {
+    tracing::error!(
+        request_id = %s.request_id,
+        prompt_tokens = s.prompt_tokens,
+        completion_tokens = s.completion_tokens,
+        charge = s.charge,
+        "{why}"
+    );
 }
 
 /// When a failed settlement is tried again: doubling from 250 ms to 30 s apart, for

@@ -99,7 +99,7 @@ impl Default for TestOptions {
 pub struct TestApp {
     pub address: String,
     pub db: Arc<TestDb>,
-    /// Read through `ledger()`, which first waits for settlements in flight.
+    /// Read through `ledger()`, which first waits for the settlements submitted.
     raw_ledger: Ledger,
     pub clock: Arc<ManualClock>,
     pub fake: Arc<FakeProvider>,
@@ -189,7 +189,7 @@ impl TestApp {
             .header("content-type", "application/json")
     }
 
-    /// The Prometheus text of `/metrics`, once the settlements in flight are written.
+    /// The Prometheus text of `/metrics`, once the settlements submitted are attempted.
     pub async fn metrics(&self) -> String {
         self.settled();
         self.client
@@ -235,7 +235,7 @@ impl TestApp {
         );
     }
 
-    /// The ledger, once the settlements in flight are written.
+    /// The ledger, once every settlement submitted so far has been attempted.
     pub fn ledger(&self) -> &Ledger {
         self.settled();
         &self.raw_ledger
