@@ -322,6 +322,31 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A tokengate process that is killed when dropped, so a test that fails halfway
+/// leaves no server running.
+pub struct TokengateProcess(std::process::Child);
+
+impl std::ops::Deref for TokengateProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for TokengateProcess {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for TokengateProcess {
+    fn drop(&mut self) {
+        // Already gone when the test stopped or killed it: nothing to do then.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The tokengate binary on 127.0.0.1:`port` with the test client key, for tests that
 /// kill, stop or restart the process; `env` adds or overrides variables.
 pub fn tokengate_process(
@@ -329,7 +354,7 @@ pub fn tokengate_process(
     db_url: &str,
     upstream: &str,
     env: &[(&str, String)],
-) -> std::process::Child {
+) -> TokengateProcess {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"));
     cmd.env("TOKENGATE_LISTEN", format!("127.0.0.1:{port}"))
         .env("TOKENGATE_DATABASE_URL", db_url)
@@ -339,10 +364,12 @@ pub fn tokengate_process(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
+    TokengateProcess(
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// A chat sent as `user` to the tokengate process at `base`.
