@@ -182,7 +182,16 @@ impl Shared {
             let mut conn = r2d2::ManageConnection::connect(&self.manager)
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             if let AnyConnection::Sqlite(c) = &mut conn {
-                c.batch_execute("PRAGMA busy_timeout = 0; PRAGMA wal_autocheckpoint = 0;")?;
+                // `temp_store = MEMORY` keeps the savepoints' sub-journal in memory. By
+                // default SQLite spills it to a new temporary file once it passes
+                // 64 KiB, which a batch of settlements does: creating and writing that
+                // file cost about 15% of tokengate's CPU under load (BENCHMARKS.md).
+                // In memory it is emptied after each job's savepoint, so it stays
+                // the size of one job's pages.
+                c.batch_execute(
+                    "PRAGMA busy_timeout = 0; PRAGMA wal_autocheckpoint = 0; \
+                     PRAGMA temp_store = MEMORY;",
+                )?;
             }
             *slot = Some(conn);
         }
@@ -289,6 +298,39 @@ impl WriteQueue {
         if let Some(result) = self.shared.try_inline(&mut f) {
             return result;
         }
+        Self::answer(self.enqueue(f)).await
+    }
+
+    /// Runs `f` on each item as a job of its own, all queued at once, so that they
+    /// share the writer's commits while each has its own savepoint: one that fails is
+    /// rolled back alone. Better than one job doing them all, whose savepoints would
+    /// nest inside the job's own: SQLite empties the savepoint journal only when the
+    /// outermost savepoint is released, so it would hold every page of every item.
+    pub async fn submit_each<I, T, F>(&self, items: Arc<[I]>, f: F) -> Vec<Result<T, StoreError>>
+    where
+        I: Send + Sync + 'static,
+        T: Send + 'static,
+        F: Fn(&mut AnyConnection, &I) -> Result<T, StoreError> + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let answers: Vec<_> = (0..items.len())
+            .map(|i| {
+                let (items, f) = (items.clone(), f.clone());
+                self.enqueue(Box::new(move |c: &mut AnyConnection| match items.get(i) {
+                    Some(item) => f(c, item),
+                    None => Err(StoreError::Unavailable("no such item".into())),
+                }))
+            })
+            .collect();
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            results.push(Self::answer(answer).await);
+        }
+        results
+    }
+
+    /// Queues a job for the writer thread; the receiver gets its result.
+    fn enqueue<T: Send + 'static>(&self, f: Box<Work<T>>) -> Result<Answer<T>, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Box::new(Pending {
             f,
@@ -302,11 +344,17 @@ impl WriteQueue {
                 "the database writer stopped".into(),
             ));
         }
-        answer
+        Ok(answer)
+    }
+
+    async fn answer<T>(answer: Result<Answer<T>, StoreError>) -> Result<T, StoreError> {
+        answer?
             .await
             .map_err(|_| StoreError::Unavailable("the database writer stopped".into()))?
     }
 }
+
+type Answer<T> = tokio::sync::oneshot::Receiver<Result<T, StoreError>>;
 
 fn writer(shared: &Shared, rx: &mpsc::Receiver<Box<dyn Job>>) {
     let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);

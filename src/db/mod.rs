@@ -235,6 +235,44 @@ impl Database {
         }
     }
 
+    /// Runs `f` on each item, each in a savepoint of its own so that one that fails
+    /// is rolled back alone and reported in its place, with as few commits as the
+    /// backend allows. On SQLite the items are jobs of the writer thread's group
+    /// commit; on PostgreSQL they share one transaction on a pooled connection. The
+    /// outer error means that transaction failed and nothing was written.
+    pub async fn write_each<I, T, F>(
+        &self,
+        items: Arc<[I]>,
+        f: F,
+    ) -> Result<Vec<Result<T, StoreError>>, StoreError>
+    where
+        I: Send + Sync + 'static,
+        T: Send + 'static,
+        F: Fn(&mut AnyConnection, &I) -> Result<T, StoreError> + Send + Sync + 'static,
+    {
+        match &self.url {
+            DatabaseUrl::Sqlite(_) => {
+                let manager = ConnectionManager {
+                    url: self.url.clone(),
+                };
+                Ok(self
+                    .writer
+                    .get_or_init(|| batch::WriteQueue::start(manager))
+                    .submit_each(items, f)
+                    .await)
+            }
+            DatabaseUrl::Postgres(_) => {
+                self.write(move |c| {
+                    Ok(items
+                        .iter()
+                        .map(|item| c.transaction(|c| f(c, item)))
+                        .collect::<Vec<_>>())
+                })
+                .await
+            }
+        }
+    }
+
     pub fn url(&self) -> &DatabaseUrl {
         &self.url
     }

@@ -276,23 +276,20 @@ impl Ledger {
     ) -> Result<Vec<Result<SettleResult, StoreError>>, StoreError> {
         let ctx = tx::Ctx::new(self.now(), self.tz);
         let policy = self.alerts.clone();
-        let (results, queued) = self
+        let results = self
             .db
-            .write(move |c| {
-                let mut queued = 0;
-                let results = settlements
-                    .iter()
-                    .map(|s| {
-                        c.transaction(|c| tx::settle(c, &ctx, s, &policy))
-                            .map(|(result, q)| {
-                                queued += q;
-                                result
-                            })
-                    })
-                    .collect::<Vec<_>>();
-                Ok((results, queued))
-            })
+            .write_each(settlements, move |c, s| tx::settle(c, &ctx, s, &policy))
             .await?;
+        let mut queued = 0;
+        let results = results
+            .into_iter()
+            .map(|r| {
+                r.map(|(result, q)| {
+                    queued += q;
+                    result
+                })
+            })
+            .collect();
         if queued > 0 {
             self.outbox_signal.notify_one();
         }

@@ -77,3 +77,60 @@ async fn two_instances_on_one_database_never_overspend() {
     let b = spawn_replica(&a).await;
     fire_and_check(&[&a, &b]).await;
 }
+
+/// Settlements written together (`Database::write_each`, what the settler uses): each
+/// in a savepoint of its own, so one that fails is rolled back alone, whether it
+/// returned an error after writing or a statement failed inside it, and the others
+/// are written.
+#[actix_web::test]
+async fn writes_done_together_fail_one_at_a_time() {
+    use diesel::prelude::*;
+    use tokengate::config::DatabaseUrl;
+    use tokengate::db::schema::settings;
+    use tokengate::db::{Database, StoreError};
+
+    let test_db = TestDb::new();
+    let db = Database::new(&DatabaseUrl::parse(&test_db.url).unwrap(), 4);
+    db.migrate().unwrap();
+    let items: std::sync::Arc<[usize]> = (0..300).collect();
+    let results = db
+        .write_each(items, |c, &i| {
+            diesel::insert_into(settings::table)
+                .values((
+                    settings::key.eq(format!("k{i:03}")),
+                    settings::value.eq("v"),
+                ))
+                .execute(c)?;
+            if i % 10 == 7 {
+                return Err(StoreError::Unavailable("refused".into()));
+            }
+            if i == 20 {
+                diesel::insert_into(settings::table)
+                    .values((settings::key.eq("k000"), settings::value.eq("dup")))
+                    .execute(c)?;
+            }
+            Ok(i)
+        })
+        .await
+        .unwrap();
+    let refused = |i: usize| i % 10 == 7 || i == 20;
+    assert_eq!(results.len(), 300);
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(n) => assert!(*n == i && !refused(i), "item {i} wrote but should not"),
+            Err(e) => assert!(refused(i), "item {i} failed: {e}"),
+        }
+    }
+    let mut conn = db.conn().unwrap();
+    let written: Vec<String> = settings::table
+        .filter(settings::key.like("k%"))
+        .order(settings::key)
+        .select(settings::key)
+        .load(&mut conn)
+        .unwrap();
+    let expected: Vec<String> = (0..300)
+        .filter(|&i| !refused(i))
+        .map(|i| format!("k{i:03}"))
+        .collect();
+    assert_eq!(written, expected);
+}
