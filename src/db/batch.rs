@@ -306,12 +306,18 @@ impl WriteQueue {
     /// rolled back alone. Better than one job doing them all, whose savepoints would
     /// nest inside the job's own: SQLite empties the savepoint journal only when the
     /// outermost savepoint is released, so it would hold every page of every item.
+    /// Several are always queued (the writer thread runs them in one transaction);
+    /// one alone may run inline, as with `submit`.
     pub async fn submit_each<I, T, F>(&self, items: Arc<[I]>, f: F) -> Vec<Result<T, StoreError>>
     where
         I: Send + Sync + 'static,
         T: Send + 'static,
         F: Fn(&mut AnyConnection, &I) -> Result<T, StoreError> + Send + Sync + 'static,
     {
+        if let [_] = &*items {
+            // One alone may run inline, as `submit` does.
+            return vec![self.submit(move |c| f(c, &items[0])).await];
+        }
         let f = Arc::new(f);
         let answers: Vec<_> = (0..items.len())
             .map(|i| {

@@ -3,7 +3,12 @@
 
 use super::ApiError;
 use super::estimate;
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -34,31 +39,40 @@ impl Endpoint {
     }
 }
 
-/// A validated request body.
+/// A validated request body, borrowing the client's bytes: each field is kept as the
+/// JSON text the client sent, so what is not rewritten goes upstream byte for byte
+/// (numbers included) without building a tree of the whole body and writing it out
+/// again. On a 4,000-token history that halves the cost of this step (BENCHMARKS.md).
 #[derive(Debug)]
-pub struct ParsedRequest {
-    pub body: Map<String, Value>,
+pub struct ParsedRequest<'a> {
+    /// The client's fields in the order sent, each key once, with its last value (as
+    /// any JSON parser that keeps one value per key would read it, so a limit field
+    /// cannot be sent twice to be read one way here and another way upstream).
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    endpoint: Endpoint,
     pub model: String,
     pub stream: bool,
     /// `max_completion_tokens`, else `max_tokens`, if the client named one.
     pub requested_max: Option<i64>,
     pub body_user: Option<String>,
     pub prompt_tokens: i64,
+    /// What the client sent in each of `LIMIT_FIELDS`: absent (`None`), `null`
+    /// (`Some(None)`) or a count.
+    limits: [Option<Option<i64>>; 2],
+    size: usize,
 }
 
-pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest, ApiError> {
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::invalid_body(format!("The request body is not valid JSON: {e}.")))?;
-    let Value::Object(body) = value else {
-        return Err(ApiError::invalid_body(
-            "The request body must be a JSON object.",
-        ));
-    };
-    let model = match body.get("model") {
+/// The completion-limit fields, in the order they are written back.
+const LIMIT_FIELDS: [&str; 2] = ["max_completion_tokens", "max_tokens"];
+
+pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiError> {
+    let fields = top_level(bytes)?;
+    let get = |key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
+    let model = match value_of(get("model"), "model")? {
         Some(Value::String(m))
             if !m.trim().is_empty() && m.len() <= 256 && !m.chars().any(char::is_control) =>
         {
-            m.clone()
+            m
         }
         _ => {
             return Err(field_error(
@@ -67,55 +81,60 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest, ApiError
             ));
         }
     };
-    let stream = match body.get("stream") {
+    let stream = match value_of(get("stream"), "stream")? {
         None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
+        Some(Value::Bool(b)) => b,
         Some(_) => return Err(field_error("`stream` must be true or false.", "stream")),
     };
     if stream && !endpoint.produces_completion() {
         return Err(field_error("This endpoint does not stream.", "stream"));
     }
-    let mut requested_max = None;
-    for key in ["max_tokens", "max_completion_tokens"] {
-        match body.get(key) {
-            None | Some(Value::Null) => {}
+    let mut limits = [None, None];
+    for (slot, key) in limits.iter_mut().zip(LIMIT_FIELDS) {
+        *slot = match value_of(get(key), key)? {
+            None => None,
+            Some(Value::Null) => Some(None),
             Some(v) => match v.as_i64() {
-                Some(n) if n >= 1 => {
-                    // `max_completion_tokens` wins when both are present.
-                    if key == "max_completion_tokens" || requested_max.is_none() {
-                        requested_max = Some(n);
-                    }
-                }
+                Some(n) if n >= 1 => Some(Some(n)),
                 _ => {
-                    return Err(ApiError::InvalidBody {
-                        message: format!("`{key}` must be a whole number of at least 1."),
-                        param: Some(if key == "max_tokens" {
-                            "max_tokens"
-                        } else {
-                            "max_completion_tokens"
-                        }),
-                    });
+                    return Err(field_error(
+                        &format!("`{key}` must be a whole number of at least 1."),
+                        key,
+                    ));
                 }
             },
-        }
+        };
     }
-    let body_user = match body.get("user") {
+    // `max_completion_tokens` wins when both are present.
+    let requested_max = limits.iter().find_map(|l| l.flatten());
+    let body_user = match value_of(get("user"), "user")? {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::String(s)) => Some(s),
         Some(_) => return Err(field_error("`user` must be a string.", "user")),
     };
     let prompt_tokens = match endpoint {
-        Endpoint::ChatCompletions => match body.get("messages") {
-            Some(Value::Array(m)) if !m.is_empty() => estimate::chat_prompt(&body),
-            _ => {
+        Endpoint::ChatCompletions => {
+            let messages = get("messages")
+                .filter(|m| m.get().starts_with('['))
+                .ok_or_else(|| field_error("`messages` must be a non-empty array.", "messages"))?;
+            let estimate: estimate::Messages =
+                serde_json::from_str(messages.get()).map_err(|e| json_error(&e, "messages"))?;
+            if estimate.count == 0 {
                 return Err(field_error(
                     "`messages` must be a non-empty array.",
                     "messages",
                 ));
             }
-        },
-        Endpoint::Completions => match body.get("prompt") {
-            Some(p @ (Value::String(_) | Value::Array(_))) => estimate::prompt_input(Some(p)),
+            let mut tokens = estimate.tokens;
+            for key in estimate::DEFINITION_FIELDS {
+                if let Some(v) = value_of(get(key), key)? {
+                    tokens = tokens.saturating_add(estimate::definitions(&v));
+                }
+            }
+            tokens
+        }
+        Endpoint::Completions => match value_of(get("prompt"), "prompt")? {
+            Some(p @ (Value::String(_) | Value::Array(_))) => estimate::prompt_input(Some(&p)),
             _ => {
                 return Err(field_error(
                     "`prompt` must be a string or an array.",
@@ -123,8 +142,8 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest, ApiError
                 ));
             }
         },
-        Endpoint::Embeddings => match body.get("input") {
-            Some(i @ (Value::String(_) | Value::Array(_))) => estimate::prompt_input(Some(i)),
+        Endpoint::Embeddings => match value_of(get("input"), "input")? {
+            Some(i @ (Value::String(_) | Value::Array(_))) => estimate::prompt_input(Some(&i)),
             _ => {
                 return Err(field_error(
                     "`input` must be a string or an array.",
@@ -133,14 +152,97 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest, ApiError
             }
         },
     };
+    // Every other field goes upstream as sent: checked here as a whole JSON parser
+    // would check it (depth, escapes, numbers), so upstream never gets what this
+    // proxy would have refused.
+    for (key, value) in &fields {
+        if !is_read_above(key, endpoint) {
+            serde_json::from_str::<Valid>(value.get()).map_err(|e| json_error(&e, ""))?;
+        }
+    }
     Ok(ParsedRequest {
-        body,
+        fields,
+        endpoint,
         model,
         stream,
         requested_max,
         body_user,
         prompt_tokens,
+        limits,
+        size: bytes.len(),
     })
+}
+
+/// The fields `parse` reads (and so checks) itself.
+fn is_read_above(key: &str, endpoint: Endpoint) -> bool {
+    matches!(
+        key,
+        "model" | "stream" | "max_tokens" | "max_completion_tokens" | "user"
+    ) || match endpoint {
+        Endpoint::ChatCompletions => {
+            key == "messages" || estimate::DEFINITION_FIELDS.contains(&key)
+        }
+        Endpoint::Completions => key == "prompt",
+        Endpoint::Embeddings => key == "input",
+    }
+}
+
+/// The top-level object's fields as raw JSON text, last value of each key kept.
+fn top_level(bytes: &[u8]) -> Result<Vec<(Cow<'_, str>, &RawValue)>, ApiError> {
+    let mut fields = match serde_json::from_slice::<TopLevel<'_>>(bytes) {
+        Ok(TopLevel(fields)) => fields,
+        Err(e) => {
+            // Tell "not an object" from "not JSON"; only an error pays for a second look.
+            return Err(match serde_json::from_slice::<Valid>(bytes) {
+                Ok(_) => ApiError::invalid_body("The request body must be a JSON object."),
+                Err(_) => {
+                    ApiError::invalid_body(format!("The request body is not valid JSON: {e}."))
+                }
+            });
+        }
+    };
+    let mut last: HashMap<&str, usize> = HashMap::with_capacity(fields.len());
+    for (i, (key, _)) in fields.iter().enumerate() {
+        last.insert(key, i);
+    }
+    if last.len() < fields.len() {
+        let keep: Vec<bool> = fields
+            .iter()
+            .enumerate()
+            .map(|(i, (key, _))| last.get(key.as_ref()) == Some(&i))
+            .collect();
+        // A value that a later copy of its key replaces is not sent, but a body that
+        // is not valid JSON is refused whole, wherever the fault is.
+        for ((_, value), kept) in fields.iter().zip(&keep) {
+            if !kept {
+                serde_json::from_str::<Valid>(value.get()).map_err(|e| json_error(&e, ""))?;
+            }
+        }
+        let mut flags = keep.into_iter();
+        fields.retain(|_| flags.next().unwrap_or(false));
+    }
+    Ok(fields)
+}
+
+/// A field parsed as a value, if present.
+fn value_of(raw: Option<&RawValue>, param: &'static str) -> Result<Option<Value>, ApiError> {
+    raw.map(|r| serde_json::from_str(r.get()).map_err(|e| json_error(&e, param)))
+        .transpose()
+}
+
+/// A JSON error inside a field. Its position would count from the field's start, so
+/// only the cause is told.
+fn json_error(e: &serde_json::Error, param: &'static str) -> ApiError {
+    let cause = e.to_string();
+    let cause = cause.split(" at line ").next().unwrap_or_default();
+    if param.is_empty() {
+        ApiError::invalid_body(format!("The request body is not valid JSON: {cause}."))
+    } else {
+        ApiError::InvalidBody {
+            message: format!("`{param}` is not valid JSON: {cause}."),
+            param: Some(param),
+        }
+    }
 }
 
 fn field_error(message: &str, param: &'static str) -> ApiError {
@@ -150,58 +252,154 @@ fn field_error(message: &str, param: &'static str) -> ApiError {
     }
 }
 
-/// The body sent upstream: `user` set to the LibreChat id, usage asked for on
-/// streams, and the completion limit set to what the reservation pays for.
-/// The completion-limit fields, in the order they are written back.
-const LIMIT_FIELDS: [&str; 2] = ["max_completion_tokens", "max_tokens"];
+/// The top-level object, each value left as the client's JSON text.
+struct TopLevel<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = TopLevel<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8).min(64));
+                while let Some(Key(key)) = map.next_key()? {
+                    fields.push((key, map.next_value()?));
+                }
+                Ok(TopLevel(fields))
+            }
+        }
+        d.deserialize_map(Fields)
+    }
+}
+
+/// An object key, borrowed from the body unless it had escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct K;
+        impl<'de> Visitor<'de> for K {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(K)
+    }
+}
+
+/// Any JSON value, checked as `Value` would be and dropped as it is read.
+pub(super) struct Valid;
+
+impl<'de> Deserialize<'de> for Valid {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Valid;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Valid, E> {
+                Ok(Valid)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Valid, E> {
+                Ok(Valid)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Valid, E> {
+                Ok(Valid)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Valid, E> {
+                Ok(Valid)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Valid, E> {
+                Ok(Valid)
+            }
+            fn visit_unit<E>(self) -> Result<Valid, E> {
+                Ok(Valid)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Valid, A::Error> {
+                while seq.next_element::<Valid>()?.is_some() {}
+                Ok(Valid)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Valid, A::Error> {
+                while map.next_entry::<Valid, Valid>()?.is_some() {}
+                Ok(Valid)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 
 /// A body ready for upstream except for its completion limit, which depends on the
-/// reservation. Serialized before the reservation so that neither the client's bytes
-/// nor the parsed tree (several times the body's size) stay alive while it waits:
-/// under a burst of long conversations that was most of the memory.
+/// reservation. Written before the reservation so that the client's bytes are not
+/// kept alive while it waits: under a burst of long conversations that was most of
+/// the memory.
 #[derive(Debug)]
 pub struct Prepared {
     /// The JSON object without the limit fields, ending with its closing brace.
     json: Vec<u8>,
-    /// What the client sent in each of `LIMIT_FIELDS`: absent (`None`), `null`
-    /// (`Some(None)`) or a count. `None` for endpoints without a completion, whose
+    /// The client's limit fields; `None` for endpoints without a completion, whose
     /// fields were left in place.
     limits: Option<[Option<Option<i64>>; 2]>,
 }
 
-/// Sets `user`, forces usage into streams and takes the limit fields out, to be put
-/// back by `Prepared::finish`. Everything else the client sent is kept.
-/// `size_hint` is the client's body length: the output is about as long, and sizing
-/// the buffer once avoids growing it by doubling (up to twice the memory per request).
-pub fn prepare(
-    mut body: Map<String, Value>,
-    user: &str,
-    stream: bool,
-    endpoint: Endpoint,
-    size_hint: usize,
-) -> Result<Prepared, ApiError> {
-    body.insert("user".into(), Value::String(user.to_owned()));
-    if stream {
-        let options = body
-            .entry("stream_options")
-            .or_insert_with(|| Value::Object(Map::new()));
-        if !options.is_object() {
-            *options = Value::Object(Map::new());
+impl ParsedRequest<'_> {
+    /// Sets `user`, forces usage into streams and takes the limit fields out, to be
+    /// put back by `Prepared::finish`. Every other field goes as the client wrote it.
+    pub fn prepare(&self, user: &str) -> Result<Prepared, ApiError> {
+        let completes = self.endpoint.produces_completion();
+        // About the client's length, plus `user`, `stream_options` and the limits.
+        let mut json = Vec::with_capacity(self.size + user.len() + 128);
+        json.push(b'{');
+        let mut stream_options = None;
+        for (key, value) in &self.fields {
+            if key == "user" || (completes && LIMIT_FIELDS.contains(&key.as_ref())) {
+                continue;
+            }
+            if self.stream && key == "stream_options" {
+                stream_options = Some(*value);
+                continue;
+            }
+            write_key(&mut json, key)?;
+            json.extend_from_slice(value.get().as_bytes());
         }
-        if let Value::Object(o) = options {
-            o.insert("include_usage".into(), Value::Bool(true));
+        write_key(&mut json, "user")?;
+        serde_json::to_writer(&mut json, user).map_err(|_| ApiError::Internal)?;
+        if self.stream {
+            // The client's options are kept; usage is forced on.
+            let mut options = match stream_options.map(|o| serde_json::from_str(o.get())) {
+                Some(Ok(Value::Object(o))) => o,
+                _ => Map::new(),
+            };
+            options.insert("include_usage".into(), Value::Bool(true));
+            write_key(&mut json, "stream_options")?;
+            serde_json::to_writer(&mut json, &options).map_err(|_| ApiError::Internal)?;
         }
-    }
-    let limits = endpoint.produces_completion().then(|| {
-        LIMIT_FIELDS.map(|key| {
-            body.remove(key)
-                .map(|v| if v.is_null() { None } else { v.as_i64() })
+        json.push(b'}');
+        Ok(Prepared {
+            json,
+            limits: completes.then_some(self.limits),
         })
-    });
-    // Room for `user`, `stream_options` and the limit fields added here.
-    let mut json = Vec::with_capacity(size_hint + user.len() + 128);
-    serde_json::to_writer(&mut json, &body).map_err(|_| ApiError::Internal)?;
-    Ok(Prepared { json, limits })
+    }
+}
+
+/// Writes `,"key":` (no comma after the opening brace).
+fn write_key(json: &mut Vec<u8>, key: &str) -> Result<(), ApiError> {
+    if json.len() > 1 {
+        json.push(b',');
+    }
+    serde_json::to_writer(&mut *json, key).map_err(|_| ApiError::Internal)?;
+    json.push(b':');
+    Ok(())
 }
 
 impl Prepared {
@@ -249,8 +447,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn parse_json(v: Value, e: Endpoint) -> Result<ParsedRequest, ApiError> {
-        parse(v.to_string().as_bytes(), e)
+    fn parse_json(v: Value, e: Endpoint) -> Result<i64, ApiError> {
+        parse(v.to_string().as_bytes(), e).map(|p| p.prompt_tokens)
     }
 
     /// Found by the body fuzz target: without serde_json's `float_roundtrip`, some
@@ -259,15 +457,7 @@ mod tests {
     fn numbers_reach_upstream_unchanged() {
         let sent = r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":1.3333333333333336e+107,"top_p":0.7000000000000001,"seed":18446744073709551615}"#;
         let parsed = parse(sent.as_bytes(), Endpoint::ChatCompletions).unwrap();
-        let out = prepare(
-            parsed.body,
-            "u",
-            false,
-            Endpoint::ChatCompletions,
-            sent.len(),
-        )
-        .unwrap()
-        .finish(Some(10));
+        let out = parsed.prepare("u").unwrap().finish(Some(10));
         let out: Map<String, Value> = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             out["temperature"].as_f64(),
@@ -312,10 +502,13 @@ mod tests {
     }
 
     fn prepared(v: Value, e: Endpoint, stream: bool, allowed: Option<i64>) -> Value {
-        let Ok(parsed) = parse_json(v, e) else {
+        let sent = v.to_string();
+        let Ok(parsed) = parse(sent.as_bytes(), e) else {
             panic!("valid body refused")
         };
-        let out = prepare(parsed.body, "u1", stream, e, 64)
+        assert_eq!(parsed.stream, stream);
+        let out = parsed
+            .prepare("u1")
             .map(|p| p.finish(allowed))
             .unwrap_or_default();
         serde_json::from_slice(&out).unwrap_or_default()
@@ -370,6 +563,94 @@ mod tests {
         );
         assert_eq!(v["max_completion_tokens"], 300);
         assert_eq!(v["max_tokens"], 50);
+    }
+
+    fn sent_upstream(sent: &str, allowed: i64) -> String {
+        let parsed = parse(sent.as_bytes(), Endpoint::ChatCompletions).unwrap();
+        String::from_utf8(parsed.prepare("u1").unwrap().finish(Some(allowed))).unwrap()
+    }
+
+    #[test]
+    fn fields_not_rewritten_go_upstream_byte_for_byte() {
+        let sent = r#"{ "model" : "m", "messages":[ {"role":"user","content":"x"} ], "temperature": 1.0e0, "metadata": {"a" : [1, 2.50]}, "user": "client" }"#;
+        assert_eq!(
+            sent_upstream(sent, 10),
+            r#"{"model":"m","messages":[ {"role":"user","content":"x"} ],"temperature":1.0e0,"metadata":{"a" : [1, 2.50]},"user":"u1","max_tokens":10}"#
+        );
+    }
+
+    /// A key sent twice counts once, with its last value, as upstream reads it: a
+    /// limit cannot be smuggled past the clamp in the first copy.
+    #[test]
+    fn a_key_sent_twice_is_read_and_sent_once_with_its_last_value() {
+        for (first, last) in [(5, 900), (900, 5)] {
+            let sent = format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"max_tokens":{first},"max_tokens":{last}}}"#
+            );
+            let parsed = parse(sent.as_bytes(), Endpoint::ChatCompletions).unwrap();
+            assert_eq!(parsed.requested_max, Some(last));
+            let out = sent_upstream(&sent, 100);
+            assert_eq!(out.matches("max_tokens").count(), 1, "{out}");
+            let out: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(out["max_tokens"], last.min(100));
+        }
+        // The copy that is not sent must still be valid.
+        let sent = r#"{"model":"m","messages":[1e400],"messages":[{"role":"user","content":"x"}]}"#;
+        assert!(parse(sent.as_bytes(), Endpoint::ChatCompletions).is_err());
+        let sent = r#"{"model":"a","messages":[{"role":"user","content":"x"}],"model":"b"}"#;
+        let out = sent_upstream(sent, 10);
+        assert_eq!(out.matches("model").count(), 1, "{out}");
+        assert!(out.contains(r#""model":"b""#), "{out}");
+    }
+
+    /// Fields passed through untouched are still checked as a whole JSON parser
+    /// would: upstream never gets what this proxy would refuse to read.
+    #[test]
+    fn fields_passed_through_are_checked_too() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for bad in [r#""\ud800""#, deep.as_str(), "1e400"] {
+            let sent = format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"metadata":{bad}}}"#
+            );
+            let err = parse(sent.as_bytes(), Endpoint::ChatCompletions).unwrap_err();
+            assert!(
+                matches!(&err, ApiError::InvalidBody { message, .. } if message.starts_with("The request body is not valid JSON")),
+                "{bad}: {err:?}"
+            );
+        }
+        let err = parse(b"[1, 2]", Endpoint::ChatCompletions).unwrap_err();
+        assert!(
+            matches!(&err, ApiError::InvalidBody { message, .. } if message == "The request body must be a JSON object."),
+            "{err:?}"
+        );
+        let err = parse(b"{\"model\":", Endpoint::ChatCompletions).unwrap_err();
+        assert!(
+            matches!(&err, ApiError::InvalidBody { message, .. } if message.starts_with("The request body is not valid JSON")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn the_estimate_counts_every_kind_of_message_field() {
+        let sent = json!({"model": "m", "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "Hello world"},
+                {"type": "image_url", "image_url": {"url": "data:x"}}
+            ]},
+            "stray",
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "1"}]}
+        ], "tools": [{"type": "function"}]});
+        let tokens = parse_json(sent, Endpoint::ChatCompletions).unwrap();
+        let c = estimate::count_text;
+        let expected = 3
+            + 3 * 3
+            + c("user")
+            + c("Hello world")
+            + 765
+            + c("assistant")
+            + c(r#"[{"id":"1"}]"#)
+            + c(r#"[{"type":"function"}]"#);
+        assert_eq!(tokens, expected);
     }
 
     #[test]

@@ -17,7 +17,10 @@
 //! can cost is bounded: the prompt error of the requests in flight when a balance
 //! runs out, charged as debt against the user's credits.
 
+use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+use std::fmt;
 
 /// Tokens per message for role and separators, as OpenAI counts them.
 const PER_MESSAGE: i64 = 3;
@@ -180,30 +183,169 @@ pub fn count_text(text: &str) -> i64 {
     i64::try_from(tokens).unwrap_or(i64::MAX)
 }
 
-/// Prompt tokens of a chat request: messages, plus tool and function definitions.
-pub fn chat_prompt(body: &serde_json::Map<String, Value>) -> i64 {
-    let mut total = REPLY_PRIMING;
-    if let Some(Value::Array(messages)) = body.get("messages") {
-        for message in messages {
-            total += PER_MESSAGE;
-            if let Value::Object(m) = message {
-                for (key, value) in m {
-                    total += match (key.as_str(), value) {
-                        ("content", v) => content(v),
-                        (_, Value::String(s)) => count_text(s),
-                        (_, Value::Null) => 0,
-                        (_, other) => count_text(&other.to_string()),
-                    };
+/// Fields of a chat request that the model reads besides `messages`, counted as
+/// their compact JSON text.
+pub const DEFINITION_FIELDS: [&str; 3] = ["tools", "functions", "response_format"];
+
+/// Tokens of one of `DEFINITION_FIELDS`.
+pub fn definitions(v: &Value) -> i64 {
+    count_text(&v.to_string())
+}
+
+/// A chat's `messages`, estimated while they are read, without building a tree of
+/// the conversation: each message costs `PER_MESSAGE` plus its fields (`content`
+/// as text or parts; any other string as text; anything else as its JSON text), and
+/// the reply `REPLY_PRIMING`. Anything in the array that is not an object costs only
+/// `PER_MESSAGE`. Deserializing checks the JSON as `Value` would.
+#[derive(Debug, Default)]
+pub struct Messages {
+    pub tokens: i64,
+    pub count: usize,
+}
+
+impl<'de> Deserialize<'de> for Messages {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Messages;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of messages")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Messages, A::Error> {
+                let mut m = Messages {
+                    tokens: REPLY_PRIMING,
+                    count: 0,
+                };
+                while let Some(Message(tokens)) = seq.next_element()? {
+                    m.tokens = m.tokens.saturating_add(PER_MESSAGE + tokens);
+                    m.count += 1;
                 }
+                Ok(m)
             }
         }
+        d.deserialize_seq(V)
     }
-    for key in ["tools", "functions", "response_format"] {
-        if let Some(v) = body.get(key) {
-            total += count_text(&v.to_string());
+}
+
+/// One element of `messages`: its tokens (0 unless it is an object).
+struct Message(i64);
+
+impl<'de> Deserialize<'de> for Message {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Message;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a message")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
+                let mut tokens = 0i64;
+                while let Some(IsContent(content)) = map.next_key()? {
+                    let Counted(n) = if content {
+                        map.next_value_seed(Counting { content: true })?
+                    } else {
+                        map.next_value_seed(Counting { content: false })?
+                    };
+                    tokens = tokens.saturating_add(n);
+                }
+                Ok(Message(tokens))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Message, A::Error> {
+                Value::deserialize(SeqAccessDeserializer::new(seq)).map(|_| Message(0))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Message, E> {
+                Ok(Message(0))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Message, E> {
+                Ok(Message(0))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Message, E> {
+                Ok(Message(0))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Message, E> {
+                Ok(Message(0))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Message, E> {
+                Ok(Message(0))
+            }
+            fn visit_unit<E>(self) -> Result<Message, E> {
+                Ok(Message(0))
+            }
         }
+        d.deserialize_any(V)
     }
-    total
+}
+
+/// Whether a message's key is `content`.
+struct IsContent(bool);
+
+impl<'de> Deserialize<'de> for IsContent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = IsContent;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<IsContent, E> {
+                Ok(IsContent(v == "content"))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A message field's tokens.
+struct Counted(i64);
+
+/// Counts a message field: strings as text, `null` as nothing, `content` parts as
+/// `content_parts` does, anything else as its JSON text.
+struct Counting {
+    content: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Counting {
+    type Value = Counted;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Counted, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Counting {
+    type Value = Counted;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a message field")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Counted, E> {
+        Ok(Counted(count_text(v)))
+    }
+    fn visit_unit<E>(self) -> Result<Counted, E> {
+        Ok(Counted(0))
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Counted, E> {
+        Ok(Counted(definitions(&Value::from(v))))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Counted, E> {
+        Ok(Counted(definitions(&Value::from(v))))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Counted, E> {
+        Ok(Counted(definitions(&Value::from(v))))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Counted, E> {
+        Ok(Counted(definitions(&Value::from(v))))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Counted, A::Error> {
+        let v = Value::deserialize(SeqAccessDeserializer::new(seq))?;
+        Ok(Counted(if self.content {
+            content_parts(&v)
+        } else {
+            definitions(&v)
+        }))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Counted, A::Error> {
+        let v = Value::deserialize(MapAccessDeserializer::new(map))?;
+        Ok(Counted(definitions(&v)))
+    }
 }
 
 /// Prompt tokens of a completions `prompt` or an embeddings `input`: a string, an
@@ -225,9 +367,10 @@ pub fn prompt_input(value: Option<&Value>) -> i64 {
     }
 }
 
-fn content(v: &Value) -> i64 {
+/// Tokens of a `content` array: text parts as text, images at `PER_IMAGE`, other
+/// parts as their JSON text.
+fn content_parts(v: &Value) -> i64 {
     match v {
-        Value::String(s) => count_text(s),
         Value::Array(parts) => parts
             .iter()
             .map(|part| match part.get("type").and_then(Value::as_str) {
@@ -239,7 +382,6 @@ fn content(v: &Value) -> i64 {
                 _ => count_text(&part.to_string()),
             })
             .sum(),
-        Value::Null => 0,
         other => count_text(&other.to_string()),
     }
 }
@@ -280,8 +422,8 @@ mod tests {
 
     #[test]
     fn counts_messages_with_overhead() {
-        let body = json!({"messages": [{"role": "user", "content": "Hello world"}]});
-        let n = body.as_object().map(chat_prompt).unwrap_or(0);
+        let body = json!([{"role": "user", "content": "Hello world"}]).to_string();
+        let n = serde_json::from_str::<Messages>(&body).map_or(0, |m| m.tokens);
         // "user" (1) + "Hello world" (2) + 3 per message + 3 priming.
         assert_eq!(n, 9);
     }

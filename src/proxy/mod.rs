@@ -115,33 +115,38 @@ async fn metered(
         state.metrics.record_rejection("invalid_api_key");
         return Err(ApiError::InvalidApiKey);
     }
-    let (parsed, body_len) = {
+    // The body is parsed, checked and written out for upstream (all but the limit)
+    // before the reservation waits; the client's bytes are freed at the end of this
+    // block.
+    let (identity, prepared, model, stream, prompt_tokens, requested_max) = {
         let bytes = read_body(&req, payload, state.config.max_body_bytes).await?;
-        (body::parse(&bytes, endpoint)?, bytes.len())
+        let parsed = body::parse(&bytes, endpoint)?;
+        let identity = identify(req.headers(), parsed.body_user.as_deref())?;
+        let prepared = parsed.prepare(identity.key.as_str())?;
+        let body::ParsedRequest {
+            model,
+            stream,
+            prompt_tokens,
+            requested_max,
+            ..
+        } = parsed;
+        (
+            identity,
+            prepared,
+            model,
+            stream,
+            prompt_tokens,
+            requested_max,
+        )
     };
-    let identity = identify(req.headers(), parsed.body_user.as_deref())?;
     // Time-ordered (UUIDv7): holds and usage records are keyed by it, and ids that
     // grow with time append at the end of those B-trees instead of writing a random
     // page each, so consecutive requests (one group commit) share their index pages.
     let request_id = uuid::Uuid::now_v7().to_string();
     let requested_completion = match endpoint {
         Endpoint::Embeddings => None,
-        _ => Some(
-            parsed
-                .requested_max
-                .unwrap_or(state.config.default_max_completion),
-        ),
+        _ => Some(requested_max.unwrap_or(state.config.default_max_completion)),
     };
-
-    let body::ParsedRequest {
-        body,
-        model,
-        stream,
-        prompt_tokens,
-        ..
-    } = parsed;
-    // Serialized now: the parsed tree is freed before the reservation waits.
-    let prepared = body::prepare(body, identity.key.as_str(), stream, endpoint, body_len)?;
 
     let reserve = ReserveRequest {
         request_id: request_id.clone(),

@@ -2,7 +2,7 @@
 
 use crate::helpers::*;
 use futures_util::future::join_all;
-use serde_json::Value;
+use tokengate::proxy::body::Endpoint;
 
 const MAX_TOKENS: i64 = 20;
 const REQUESTS: usize = 200;
@@ -58,11 +58,10 @@ async fn fire_and_check(apps: &[&TestApp]) {
 }
 
 fn estimated_prompt() -> i64 {
-    let body = chat_body("fake-model", "um dois três", false, Some(MAX_TOKENS));
-    let Value::Object(map) = body else {
-        unreachable!()
-    };
-    tokengate::proxy::estimate::chat_prompt(&map)
+    let body = chat_body("fake-model", "um dois três", false, Some(MAX_TOKENS)).to_string();
+    tokengate::proxy::body::parse(body.as_bytes(), Endpoint::ChatCompletions)
+        .unwrap()
+        .prompt_tokens
 }
 
 #[actix_web::test]
