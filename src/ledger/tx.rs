@@ -700,19 +700,30 @@ fn insert_user(
     Ok(user_id)
 }
 
-/// Locks the user's balance row (a write, so it blocks concurrent writers of the same
-/// row on PostgreSQL) and starts a new cycle if the calendar moved on.
+/// Locks the user's balance row and starts a new cycle if the calendar moved on.
 pub(super) fn lock_and_roll(
     c: &mut Conn,
     ctx: &Ctx,
     user_id: i64,
 ) -> Result<BalanceRow, StoreError> {
-    let lock = FixedUpdate(
-        diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
-            .set(balances::updated_at.eq(ctx.now))
-            .returning(BALANCE_COLUMNS),
-    );
-    let bal: BalanceRow = on_backend!(c, |c| lock.get_result(c))?;
+    let bal: BalanceRow = match c {
+        // SQLite's write transactions begin IMMEDIATE (`write_tx`, `db::batch`): the
+        // whole database is already locked against other writers, so reading the row
+        // is enough, one write fewer per request. (Were a caller's transaction
+        // deferred, a writer in between would make its first write fail with
+        // SQLITE_BUSY, never let it write over a newer balance.)
+        AnyConnection::Sqlite(c) => balances::table
+            .filter(balances::user_id.eq(user_id))
+            .select(BALANCE_COLUMNS)
+            .first(c)?,
+        // PostgreSQL locks rows: a write blocks the row's other writers until commit.
+        AnyConnection::Postgresql(c) => FixedUpdate(
+            diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
+                .set(balances::updated_at.eq(ctx.now))
+                .returning(BALANCE_COLUMNS),
+        )
+        .get_result(c)?,
+    };
     if bal.cycle == ctx.cycle_key {
         return Ok(bal);
     }

@@ -59,6 +59,7 @@ pub struct ParsedRequest<'a> {
     /// What the client sent in each of `LIMIT_FIELDS`: absent (`None`), `null`
     /// (`Some(None)`) or a count.
     limits: [Option<Option<i64>>; 2],
+    /// The client's body length: the body sent upstream is about as long.
     size: usize,
 }
 
