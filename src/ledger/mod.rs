@@ -265,11 +265,12 @@ impl Ledger {
         Ok(result)
     }
 
-    /// Settles several requests in one transaction, one commit for all: each in a
-    /// savepoint of its own, so one that fails is rolled back alone and reported in
-    /// its place. The outer error means the transaction failed and nothing was
-    /// written. Callers order the settlements by user, so that two instances settling
-    /// at once lock balance rows in the same order.
+    /// Settles several requests together (`Database::write_each`): one transaction
+    /// and one commit on PostgreSQL, the writer thread's group commit on SQLite. Each
+    /// is in a savepoint of its own, so one that fails is rolled back alone and
+    /// reported in its place. The outer error means the transaction failed and
+    /// nothing was written. Callers order the settlements by user, so that two
+    /// instances settling at once lock balance rows in the same order.
     pub async fn settle_many(
         &self,
         settlements: Arc<[Settlement]>,

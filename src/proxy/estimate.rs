@@ -217,7 +217,7 @@ impl<'de> Deserialize<'de> for Messages {
                     count: 0,
                 };
                 while let Some(Message(tokens)) = seq.next_element()? {
-                    m.tokens = m.tokens.saturating_add(PER_MESSAGE + tokens);
+                    m.tokens = m.tokens.saturating_add(PER_MESSAGE.saturating_add(tokens));
                     m.count += 1;
                 }
                 Ok(m)
@@ -240,12 +240,9 @@ impl<'de> Deserialize<'de> for Message {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
                 let mut tokens = 0i64;
+                // A key sent twice is counted twice: only ever an over-estimate.
                 while let Some(IsContent(content)) = map.next_key()? {
-                    let Counted(n) = if content {
-                        map.next_value_seed(Counting { content: true })?
-                    } else {
-                        map.next_value_seed(Counting { content: false })?
-                    };
+                    let Counted(n) = map.next_value_seed(Counting { content })?;
                     tokens = tokens.saturating_add(n);
                 }
                 Ok(Message(tokens))

@@ -16,8 +16,9 @@
 //! - **A settlement that fails** (a database blip). It is retried in the background
 //!   for as long as its hold lives.
 //!
-//! Settlements waiting together are written together: one transaction and one commit
-//! for all of them (`Ledger::settle_many`), each in a savepoint of its own. On
+//! Settlements waiting together are written together (`Ledger::settle_many`), each in
+//! a savepoint of its own: one transaction and one commit on PostgreSQL, the writer
+//! thread's group commit on SQLite. On
 //! PostgreSQL, where every commit waits for its WAL flush, that is most of the cost
 //! of a settlement under load; one batch at a time also keeps settlements from
 //! crowding reservations out of the connection pool.
