@@ -176,16 +176,15 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
 
 /// The fields `parse` reads (and so checks) itself.
 fn is_read_above(key: &str, endpoint: Endpoint) -> bool {
-    matches!(
-        key,
-        "model" | "stream" | "max_tokens" | "max_completion_tokens" | "user"
-    ) || match endpoint {
-        Endpoint::ChatCompletions => {
-            key == "messages" || estimate::DEFINITION_FIELDS.contains(&key)
+    matches!(key, "model" | "stream" | "user")
+        || LIMIT_FIELDS.contains(&key)
+        || match endpoint {
+            Endpoint::ChatCompletions => {
+                key == "messages" || estimate::DEFINITION_FIELDS.contains(&key)
+            }
+            Endpoint::Completions => key == "prompt",
+            Endpoint::Embeddings => key == "input",
         }
-        Endpoint::Completions => key == "prompt",
-        Endpoint::Embeddings => key == "input",
-    }
 }
 
 /// The top-level object's fields as raw JSON text, last value of each key kept.

@@ -18,10 +18,9 @@
 //!
 //! Settlements waiting together are written together (`Ledger::settle_many`), each in
 //! a savepoint of its own: one transaction and one commit on PostgreSQL, the writer
-//! thread's group commit on SQLite. On
-//! PostgreSQL, where every commit waits for its WAL flush, that is most of the cost
-//! of a settlement under load; one batch at a time also keeps settlements from
-//! crowding reservations out of the connection pool.
+//! thread's group commit on SQLite. On PostgreSQL, where every commit waits for its
+//! WAL flush, that is most of the cost of a settlement under load; one batch at a
+//! time also keeps settlements from crowding reservations out of the connection pool.
 
 use crate::domain::UserKey;
 use crate::ledger::{Ledger, SettleResult, Settlement};
