@@ -359,6 +359,24 @@ impl Drop for Proc {
     }
 }
 
+/// A process's resident memory, in KiB.
+#[derive(Clone, Copy)]
+struct Memory {
+    rss_kib: u64,
+    anon_kib: u64,
+}
+
+impl std::fmt::Display for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} MiB ({} MiB private)",
+            self.rss_kib / 1024,
+            self.anon_kib / 1024
+        )
+    }
+}
+
 impl Proc {
     /// User plus system CPU time of the process, all threads, from /proc/PID/stat
     /// (in USER_HZ ticks, which Linux fixes at 100 per second for user space).
@@ -375,16 +393,26 @@ impl Proc {
             .unwrap_or_default()
     }
 
-    fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|n| n.parse().ok())
-            })
-            .unwrap_or(0)
+    /// Resident memory from /proc/PID/status: all of it, and the private part.
+    ///
+    /// RSS also counts the pages of the binary and its libraries that are mapped from
+    /// the page cache (about 20 MiB, shared and dropped first under memory pressure);
+    /// `RssAnon` is the memory the process itself allocated.
+    fn memory(&self) -> Memory {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        Memory {
+            rss_kib: field("VmRSS:"),
+            anon_kib: field("RssAnon:"),
+        }
     }
 }
 
@@ -675,7 +703,7 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
         {
             continue;
         }
-        let idle = proc_.as_ref().map(Proc::rss_kib);
+        let idle = proc_.as_ref().map(Proc::memory);
         // Warm up connections and caches.
         let _ = saturate(t, chat, 8, Duration::from_millis(300), 1000).await;
         let p = proc_.as_ref();
@@ -745,9 +773,8 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
         }
         if let (Some(p), Some(idle)) = (proc_, idle) {
             notes.push(format!(
-                "{name}: RSS {} MiB at idle, {} MiB after the runs",
-                idle / 1024,
-                p.rss_kib() / 1024
+                "{name}: RSS {idle} at idle, {} after the runs",
+                p.memory()
             ));
         }
     }
@@ -765,7 +792,7 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
     let slow_url = format!("http://127.0.0.1:{slow}/v1");
     wait_ready(&format!("{slow_url}/models")).await;
     let tg = start_tokengate(None, &slow_url, None).await;
-    let idle = tg.rss_kib();
+    let idle = tg.memory();
     let target = Target {
         url: format!("http://127.0.0.1:{}/v1/chat/completions", tg.port),
         metered: true,
@@ -773,9 +800,7 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
     };
     let (peak, ok) = concurrent_streams(&target, chat, open, &tg).await;
     notes.push(format!(
-        "B tokengate (SQLite): RSS {} MiB at idle, {} MiB with {open} streams of the 4,000-token chat open at once ({ok} of {open} completed)",
-        idle / 1024,
-        peak / 1024
+        "B tokengate (SQLite): RSS {idle} at idle, {peak} with {open} streams of the 4,000-token chat open at once ({ok} of {open} completed)"
     ));
     // The same with a small body, in a fresh process: how much of the memory per stream
     // follows the size of the request.
@@ -794,8 +819,7 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
     };
     let (peak, ok) = concurrent_streams(&target, small, open, &tg).await;
     notes.push(format!(
-        "B tokengate (SQLite): RSS {} MiB with {open} streams of a one-line chat open at once ({ok} of {open} completed)",
-        peak / 1024
+        "B tokengate (SQLite): RSS {peak} with {open} streams of a one-line chat open at once ({ok} of {open} completed)"
     ));
     (rows, notes)
 }
@@ -827,9 +851,9 @@ async fn provision(t: &Target, body: &'static str, users: usize, conns: usize) {
     }
 }
 
-/// Opens `n` streams at once and returns tokengate's RSS (KiB) once all of them have
+/// Opens `n` streams at once and returns tokengate's resident memory once all of them have
 /// received their first event, and how many completed.
-async fn concurrent_streams(t: &Target, body: &'static str, n: usize, p: &Proc) -> (u64, usize) {
+async fn concurrent_streams(t: &Target, body: &'static str, n: usize, p: &Proc) -> (Memory, usize) {
     let client = client(n);
     let started = Arc::new(tokio::sync::Semaphore::new(0));
     let mut tasks = Vec::new();
@@ -874,7 +898,7 @@ async fn concurrent_streams(t: &Target, body: &'static str, n: usize, p: &Proc) 
     // Every stream has had its first event (or failed) when all permits are in.
     let all = u32::try_from(n).unwrap_or(u32::MAX);
     let _ = started.acquire_many(all).await;
-    let peak = p.rss_kib();
+    let peak = p.memory();
     let mut ok = 0;
     for task in tasks {
         if task.await.unwrap_or(false) {

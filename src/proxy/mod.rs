@@ -330,17 +330,33 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::BodyTooLarge(limit));
     }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(8192).min(limit));
+    // A body that arrives in one piece is used as it is: actix reads whatever the
+    // socket holds (up to 32 KiB) before it hands the payload on, so a LibreChat chat
+    // usually comes as one chunk, and copying it would only add a transient buffer of
+    // its size per request. Only a body in several pieces is gathered into one.
+    let mut first = bytes::Bytes::new();
+    let mut gathered: Option<BytesMut> = None;
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
             ApiError::invalid_body(format!("The request body could not be read: {e}."))
         })?;
-        if buf.len() + chunk.len() > limit {
+        let read = gathered.as_ref().map_or(first.len(), BytesMut::len);
+        if read + chunk.len() > limit {
             return Err(ApiError::BodyTooLarge(limit));
         }
-        buf.extend_from_slice(&chunk);
+        match &mut gathered {
+            Some(buf) => buf.extend_from_slice(&chunk),
+            None if first.is_empty() => first = chunk,
+            None => {
+                let capacity = declared.unwrap_or(read + chunk.len()).min(limit);
+                let mut buf = BytesMut::with_capacity(capacity);
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&chunk);
+                gathered = Some(buf);
+            }
+        }
     }
-    Ok(buf.freeze())
+    Ok(gathered.map_or(first, BytesMut::freeze))
 }
 
 async fn read_limited(res: reqwest::Response, limit: usize) -> Result<bytes::Bytes, ApiError> {

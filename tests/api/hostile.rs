@@ -6,6 +6,7 @@ use crate::helpers::*;
 use base64::Engine;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
+use tokengate::ledger::parse_user_ref;
 
 /// Sends `body` as USER with extra headers and returns status and error JSON.
 async fn send(app: &TestApp, headers: &[(&str, &[u8])], body: &[u8]) -> (u16, Value) {
@@ -295,4 +296,48 @@ async fn a_huge_max_tokens_reserves_only_what_the_balance_pays_for() {
         assert!(left >= 0, "overspent: {left}");
     }
     app.assert_invariant("big-spender");
+}
+
+/// A chat request in `Transfer-Encoding: chunked`, its body cut into `pieces` chunks
+/// at byte offsets that fall inside multi-byte characters as well.
+fn chunked_chat(user: &str, body: &str, pieces: usize) -> Vec<u8> {
+    let mut req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\nContent-Type: application/json\r\nx-librechat-user-id: {user}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for piece in body.as_bytes().chunks(body.len().div_ceil(pieces)) {
+        req.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        req.extend_from_slice(piece);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    req
+}
+
+#[actix_web::test]
+async fn a_body_sent_in_pieces_is_read_whole_and_held_to_the_limit() {
+    let app = spawn_app(TestOptions {
+        env: vec![("TOKENGATE_MAX_BODY_BYTES", "4096".into())],
+        ..Default::default()
+    })
+    .await;
+    let content = "olá, ação e coração: ".repeat(20);
+    let body = chat_body("fake-model", &content, false, Some(3)).to_string();
+    let answer = raw_request(&app, chunked_chat("in-pieces", &body, 7)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(app.fake.last_request()["messages"][0]["content"], content);
+    app.assert_invariant("in-pieces");
+    // Without a Content-Length nothing can be refused up front: the limit holds as the
+    // pieces add up, and nothing reaches the provider or the ledger.
+    let body = chat_body("fake-model", &"x".repeat(5000), false, Some(3)).to_string();
+    let answer = raw_request(&app, chunked_chat("too-big", &body, 4)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("body_too_large"), "{answer}");
+    assert_eq!(app.fake.request_count(), 1);
+    assert!(
+        app.ledger()
+            .find_user(&parse_user_ref("too-big"))
+            .unwrap()
+            .is_none()
+    );
 }
