@@ -313,13 +313,13 @@ async fn saturate(
 /// coordinated omission), over at most `conns` connections.
 async fn fixed_rate(
     t: &Target,
+    client: &reqwest::Client,
     body: &'static str,
     rate: u32,
     dur: Duration,
     conns: usize,
     users: usize,
 ) -> Stats {
-    let client = client(conns);
     let period = Duration::from_secs_f64(1.0 / f64::from(rate));
     let begin = Instant::now();
     let total_requests = (dur.as_secs_f64() * f64::from(rate)) as usize;
@@ -340,6 +340,59 @@ async fn fixed_rate(
     }
     s.elapsed = begin.elapsed();
     s
+}
+
+/// Rounds each fixed rate is cut into, the scenarios taking turns (A B, B A, A B,
+/// B A), so that the shared VM's drift over a minute falls on all of them alike
+/// rather than on whichever ran later.
+const ROUNDS: u32 = 4;
+
+/// One scenario's share of an interleaved fixed-rate measure.
+struct Interleaved<'a> {
+    target: &'a Target,
+    proc_: Option<&'a Proc>,
+    /// Kept across rounds, so its connections are opened once.
+    client: reqwest::Client,
+    stats: Stats,
+    /// CPU time of the process in the middle, over its rounds.
+    cpu: Duration,
+    /// tokengate's /metrics phase totals before the first round.
+    before: Vec<(String, f64, f64)>,
+}
+
+async fn take_turns(runs: &mut [Interleaved<'_>], body: &'static str, rate: u32, st: &Settings) {
+    let slot = st.secs / ROUNDS;
+    for round in 0..ROUNDS {
+        let mut order: Vec<usize> = (0..runs.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let run = &mut runs[i];
+            // Connections closed while the others had their turn are opened again
+            // before the clock starts, not by the first measured requests.
+            warm(run.target, &run.client, st.conns).await;
+            let cpu = run.proc_.map(Proc::cpu_time);
+            let s = fixed_rate(run.target, &run.client, body, rate, slot, st.conns, 1000).await;
+            if let (Some(p), Some(before)) = (run.proc_, cpu) {
+                run.cpu += p.cpu_time().saturating_sub(before);
+            }
+            run.stats.elapsed += s.elapsed;
+            run.stats.merge(s);
+        }
+    }
+}
+
+/// `conns` concurrent requests to a cheap route of the target's server.
+async fn warm(t: &Target, client: &reqwest::Client, conns: usize) {
+    let base = t.url.split("/v1/").next().unwrap_or(&t.url);
+    let url = if t.metered {
+        format!("{base}/readyz")
+    } else {
+        format!("{base}/v1/models")
+    };
+    let gets = (0..conns).map(|_| client.get(&url).send());
+    let _ = futures_util::future::join_all(gets).await;
 }
 
 // ---------------------------------------------------------------- processes
@@ -696,14 +749,17 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
         );
     }
 
+    let selected = |name: &str| match &st.only {
+        Some(only) => only != "rss" && (name.starts_with('A') || name.starts_with(only.as_str())),
+        None => true,
+    };
+    // LiteLLM serves a few dozen of these requests a second here: a fixed rate it can
+    // sustain, or its queue, not its latency, is what gets measured.
+    let slow_litellm = |name: &str| name.starts_with('C') || name.starts_with('D');
     let mut rows = Vec::new();
-    for (name, t, proc_) in &targets {
-        if let Some(only) = &st.only
-            && (only == "rss" || (!name.starts_with('A') && !name.starts_with(only.as_str())))
-        {
-            continue;
-        }
-        let idle = proc_.as_ref().map(Proc::memory);
+    let mut idle = Vec::new();
+    for (name, t, proc_) in targets.iter().filter(|(name, ..)| selected(name)) {
+        idle.push(proc_.as_ref().map(|p| (name.clone(), p.memory())));
         // Warm up connections and caches.
         let _ = saturate(t, chat, 8, Duration::from_millis(300), 1000).await;
         let p = proc_.as_ref();
@@ -719,27 +775,63 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
             load: format!("title, saturation, {} conns", st.conns),
             stats: s,
         });
-        // LiteLLM serves a few dozen of these requests a second here: a fixed rate it
-        // can sustain, or its queue, not its latency, is what gets measured.
-        let slow_litellm = name.starts_with('C') || name.starts_with('D');
-        let rates = if slow_litellm {
-            vec![LITELLM_RATE]
-        } else {
-            st.rates.clone()
-        };
-        for rate in &rates {
-            let before = phase_totals(proc_.as_ref()).await;
-            let s = with_cpu(p, fixed_rate(t, chat, *rate, st.secs, st.conns, 1000)).await;
-            let after = phase_totals(proc_.as_ref()).await;
-            if let Some(phases) = phase_means(&before, &after) {
+        if slow_litellm(name) {
+            let s = with_cpu(
+                p,
+                fixed_rate(
+                    t,
+                    &client(st.conns),
+                    chat,
+                    LITELLM_RATE,
+                    st.secs,
+                    st.conns,
+                    1000,
+                ),
+            )
+            .await;
+            rows.push(Row {
+                scenario: name.clone(),
+                load: format!("stream, {LITELLM_RATE}/s"),
+                stats: s,
+            });
+        }
+    }
+    // The fixed rates, where the budgets compare B with A, take turns.
+    let interleaved: Vec<_> = targets
+        .iter()
+        .filter(|(name, ..)| selected(name) && !slow_litellm(name))
+        .collect();
+    for rate in &st.rates {
+        let mut runs = Vec::new();
+        for (_, t, p) in &interleaved {
+            runs.push(Interleaved {
+                target: t,
+                proc_: p.as_ref(),
+                client: client(st.conns),
+                stats: Stats::default(),
+                cpu: Duration::ZERO,
+                before: phase_totals(p.as_ref()).await,
+            });
+        }
+        take_turns(&mut runs, chat, *rate, st).await;
+        for ((name, ..), run) in interleaved.iter().zip(runs) {
+            let after = phase_totals(run.proc_).await;
+            if let Some(phases) = phase_means(&run.before, &after) {
                 notes.push(format!("{name}, stream {rate}/s, tokengate's own mean time per request (/metrics): {phases}"));
+            }
+            let mut stats = run.stats;
+            if let (Some(_), Ok(n @ 1..)) = (run.proc_, u32::try_from(stats.ok)) {
+                stats.cpu_per_request = Some(run.cpu / n);
             }
             rows.push(Row {
                 scenario: name.clone(),
                 load: format!("stream, {rate}/s"),
-                stats: s,
+                stats,
             });
         }
+    }
+    for (name, t, proc_) in targets.iter().filter(|(name, ..)| selected(name)) {
+        let p = proc_.as_ref();
         if !st.smoke && !st.quick && name.starts_with('B') {
             // One user gets everything: enough credits that no request is refused.
             if let Some(db) = proc_.as_ref().and_then(|p| p.db_url.clone()) {
@@ -751,7 +843,11 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
                     .is_ok_and(|s| s.success());
                 assert!(granted, "could not grant credits to the hot user");
             }
-            let s = with_cpu(p, fixed_rate(t, chat, 1000, st.secs, st.conns, 1)).await;
+            let s = with_cpu(
+                p,
+                fixed_rate(t, &client(st.conns), chat, 1000, st.secs, st.conns, 1),
+            )
+            .await;
             rows.push(Row {
                 scenario: name.clone(),
                 load: "stream, 1000/s, one hot user".into(),
@@ -764,20 +860,30 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
                 "{name}: 100,000 users provisioned through the proxy (one title request each) in {:.0} s",
                 began.elapsed().as_secs_f64()
             ));
-            let s = with_cpu(p, fixed_rate(t, chat, 1000, st.secs, st.conns, 100_000)).await;
+            let s = with_cpu(
+                p,
+                fixed_rate(t, &client(st.conns), chat, 1000, st.secs, st.conns, 100_000),
+            )
+            .await;
             rows.push(Row {
                 scenario: name.clone(),
                 load: "stream, 1000/s, 100,000 users".into(),
                 stats: s,
             });
         }
-        if let (Some(p), Some(idle)) = (proc_, idle) {
+        if let (Some(p), Some(Some((_, idle)))) = (
+            p,
+            idle.iter()
+                .find(|i| i.as_ref().is_some_and(|(n, _)| n == name)),
+        ) {
             notes.push(format!(
                 "{name}: RSS {idle} at idle, {} after the runs",
                 p.memory()
             ));
         }
     }
+    // The table lists each scenario's rows together, in the order of `targets`.
+    rows.sort_by_key(|r| targets.iter().position(|(name, ..)| *name == r.scenario));
     // Memory with many streams open at once: a slow upstream (one chunk every 200 ms)
     // keeps every stream open while the count of streams that got their first event
     // climbs to the target; RSS is read at that moment.
