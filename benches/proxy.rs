@@ -759,7 +759,9 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
     let mut rows = Vec::new();
     let mut idle = Vec::new();
     for (name, t, proc_) in targets.iter().filter(|(name, ..)| selected(name)) {
-        idle.push(proc_.as_ref().map(|p| (name.clone(), p.memory())));
+        if let Some(p) = proc_ {
+            idle.push((name.clone(), p.memory()));
+        }
         // Warm up connections and caches.
         let _ = saturate(t, chat, 8, Duration::from_millis(300), 1000).await;
         let p = proc_.as_ref();
@@ -871,11 +873,7 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
                 stats: s,
             });
         }
-        if let (Some(p), Some(Some((_, idle)))) = (
-            p,
-            idle.iter()
-                .find(|i| i.as_ref().is_some_and(|(n, _)| n == name)),
-        ) {
+        if let (Some(p), Some((_, idle))) = (p, idle.iter().find(|(n, _)| n == name)) {
             notes.push(format!(
                 "{name}: RSS {idle} at idle, {} after the runs",
                 p.memory()
@@ -957,8 +955,8 @@ async fn provision(t: &Target, body: &'static str, users: usize, conns: usize) {
     }
 }
 
-/// Opens `n` streams at once and returns tokengate's resident memory once all of them have
-/// received their first event, and how many completed.
+/// Opens `n` streams at once and returns tokengate's resident memory once all of them
+/// have received their first event, and how many completed.
 async fn concurrent_streams(t: &Target, body: &'static str, n: usize, p: &Proc) -> (Memory, usize) {
     let client = client(n);
     let started = Arc::new(tokio::sync::Semaphore::new(0));

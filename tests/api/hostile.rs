@@ -299,7 +299,7 @@ async fn a_huge_max_tokens_reserves_only_what_the_balance_pays_for() {
 }
 
 /// A chat request in `Transfer-Encoding: chunked`, its body cut into `pieces` chunks
-/// at byte offsets that fall inside multi-byte characters as well.
+/// at fixed byte offsets, whatever characters they cut through.
 fn chunked_chat(user: &str, body: &str, pieces: usize) -> Vec<u8> {
     let mut req = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\nContent-Type: application/json\r\nx-librechat-user-id: {user}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
