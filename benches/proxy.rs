@@ -358,6 +358,8 @@ struct Interleaved<'a> {
     cpu: Duration,
     /// tokengate's /metrics phase totals before the first round.
     before: Vec<(String, f64, f64)>,
+    /// SQLite's write paths before the first round (`sqlite_writes`).
+    writes_before: Option<[f64; 3]>,
 }
 
 async fn take_turns(runs: &mut [Interleaved<'_>], body: &'static str, rate: u32, st: &Settings) {
@@ -580,20 +582,28 @@ async fn start_litellm(bin: &str, upstream_port: u16) -> Proc {
 }
 
 /// tokengate's `tokengate_phase_seconds` sums and counts, by phase.
+/// tokengate's `/metrics` text; `None` for a process that is not tokengate.
+async fn metrics_text(p: Option<&Proc>) -> Option<String> {
+    let p = p.filter(|p| p.db_url.is_some())?;
+    let res = reqwest::get(format!("http://127.0.0.1:{}/metrics", p.port))
+        .await
+        .ok()?;
+    res.text().await.ok()
+}
+
+/// The value on the line that starts with `prefix` (a metric and its labels).
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+}
+
 async fn phase_totals(p: Option<&Proc>) -> Vec<(String, f64, f64)> {
-    let Some(p) = p.filter(|p| p.db_url.is_some()) else {
+    let Some(text) = metrics_text(p).await else {
         return Vec::new();
     };
-    let Ok(res) = reqwest::get(format!("http://127.0.0.1:{}/metrics", p.port)).await else {
-        return Vec::new();
-    };
-    let text = res.text().await.unwrap_or_default();
-    let value = |metric: &str, phase: &str| {
-        let prefix = format!("{metric}{{phase=\"{phase}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
+    let value = |name: &str, phase: &str| {
+        metric(&text, &format!("{name}{{phase=\"{phase}\"}} ")).unwrap_or(0.0)
     };
     ["parse", "reserve", "upstream", "settle"]
         .iter()
@@ -605,6 +615,19 @@ async fn phase_totals(p: Option<&Proc>) -> Vec<(String, f64, f64)> {
             )
         })
         .collect()
+}
+
+/// SQLite's writes so far by path (inline, queued behind a busy connection, together
+/// in a batch of settlements); `None` on PostgreSQL.
+async fn sqlite_writes(p: Option<&Proc>) -> Option<[f64; 3]> {
+    let text = metrics_text(p).await?;
+    let path = |path: &str| {
+        metric(
+            &text,
+            &format!("tokengate_sqlite_writes_total{{path=\"{path}\"}} "),
+        )
+    };
+    Some([path("inline")?, path("queued")?, path("together")?])
 }
 
 fn phase_means(before: &[(String, f64, f64)], after: &[(String, f64, f64)]) -> Option<String> {
@@ -813,6 +836,7 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
                 stats: Stats::default(),
                 cpu: Duration::ZERO,
                 before: phase_totals(p.as_ref()).await,
+                writes_before: sqlite_writes(p.as_ref()).await,
             });
         }
         take_turns(&mut runs, chat, *rate, st).await;
@@ -820,6 +844,18 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
             let after = phase_totals(run.proc_).await;
             if let Some(phases) = phase_means(&run.before, &after) {
                 notes.push(format!("{name}, stream {rate}/s, tokengate's own mean time per request (/metrics): {phases}"));
+            }
+            if let (Some(before), Some(after)) = (run.writes_before, sqlite_writes(run.proc_).await)
+            {
+                let [inline, queued, together] = [0, 1, 2].map(|i| after[i] - before[i]);
+                let all = inline + queued + together;
+                if all > 0.0 {
+                    notes.push(format!(
+                        "{name}, stream {rate}/s: of {all:.0} SQLite writes, {queued:.0} ({:.1}%) found the write connection busy and were queued, {together:.0} ({:.1}%) were settlements written together",
+                        queued / all * 100.0,
+                        together / all * 100.0
+                    ));
+                }
             }
             let mut stats = run.stats;
             if let (Some(_), Ok(n @ 1..)) = (run.proc_, u32::try_from(stats.ok)) {

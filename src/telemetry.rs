@@ -187,3 +187,16 @@ impl Metrics {
         out
     }
 }
+
+/// Appends SQLite's write paths (`db::WriteCounts`) to a `/metrics` text.
+pub fn render_sqlite_writes(out: &mut String, w: crate::db::WriteCounts) {
+    out.push_str("# HELP tokengate_sqlite_writes_total Reservations and settlements on SQLite's write connection, by path: inline (at once, on the request's thread), queued (the connection was busy: the writer thread's next group commit), together (a batch of settlements, one group commit).\n");
+    out.push_str("# TYPE tokengate_sqlite_writes_total counter\n");
+    for (path, n) in [
+        ("inline", w.inline),
+        ("queued", w.queued),
+        ("together", w.together),
+    ] {
+        let _ = writeln!(out, "tokengate_sqlite_writes_total{{path=\"{path}\"}} {n}");
+    }
+}

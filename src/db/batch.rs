@@ -22,7 +22,7 @@ use diesel::connection::{
     AnsiTransactionManager, Connection, SimpleConnection, TransactionManager,
 };
 use diesel::result::Error as DieselError;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -162,12 +162,32 @@ fn begin_patiently(c: &mut AnyConnection) -> Result<(), StoreError> {
     }
 }
 
+/// Writes submitted here so far (the hot path's: reservations and settlements), by how
+/// they ran. A growing share of `queued` writes means requests wait for each other's
+/// commits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteCounts {
+    /// At once, on the caller's thread.
+    pub inline: u64,
+    /// In the writer thread's next group commit, because the connection was busy:
+    /// another write in progress, others already waiting, or another connection
+    /// holding the lock.
+    pub queued: u64,
+    /// In the writer thread's group commit because several were submitted together
+    /// (`submit_each`: a batch of settlements).
+    pub together: u64,
+}
+
 /// What the inline path and the writer thread share.
 struct Shared {
     manager: ConnectionManager,
     conn: Mutex<Option<AnyConnection>>,
     /// Jobs sent to the writer thread and not finished yet.
     queued: AtomicUsize,
+    /// Writes so far by how they ran (see `WriteCounts`).
+    ran_inline: AtomicU64,
+    ran_queued: AtomicU64,
+    ran_together: AtomicU64,
     commits: AtomicU32,
     checkpoint: Option<mpsc::SyncSender<()>>,
 }
@@ -236,6 +256,7 @@ impl Shared {
                 return Some(Err(e.into()));
             }
         }
+        self.ran_inline.fetch_add(1, Ordering::Relaxed);
         match alone(c, f, false) {
             Ok(result) => {
                 self.committed();
@@ -272,6 +293,9 @@ impl WriteQueue {
             manager,
             conn: Mutex::new(None),
             queued: AtomicUsize::new(0),
+            ran_inline: AtomicU64::new(0),
+            ran_queued: AtomicU64::new(0),
+            ran_together: AtomicU64::new(0),
             commits: AtomicU32::new(0),
             checkpoint,
         });
@@ -287,6 +311,15 @@ impl WriteQueue {
         Self { tx, shared }
     }
 
+    /// How the writes so far ran.
+    pub fn counts(&self) -> WriteCounts {
+        WriteCounts {
+            inline: self.shared.ran_inline.load(Ordering::Relaxed),
+            queued: self.shared.ran_queued.load(Ordering::Relaxed),
+            together: self.shared.ran_together.load(Ordering::Relaxed),
+        }
+    }
+
     /// Runs `f` as a write transaction and returns its result once committed. `f` may
     /// run more than once (after a lost race), as with `write_tx`.
     pub async fn submit<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -298,6 +331,7 @@ impl WriteQueue {
         if let Some(result) = self.shared.try_inline(&mut f) {
             return result;
         }
+        self.shared.ran_queued.fetch_add(1, Ordering::Relaxed);
         Self::answer(self.enqueue(f)).await
     }
 
@@ -319,6 +353,9 @@ impl WriteQueue {
             return vec![self.submit(move |c| f(c, &items[0])).await];
         }
         let f = Arc::new(f);
+        self.shared
+            .ran_together
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
         let answers: Vec<_> = (0..items.len())
             .map(|i| {
                 let (items, f) = (items.clone(), f.clone());

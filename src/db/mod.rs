@@ -1,6 +1,7 @@
 //! One binary, two databases: SQLite (embedded default) and PostgreSQL, chosen by URL.
 
 mod batch;
+pub use batch::WriteCounts;
 pub mod schema;
 pub(crate) mod statement;
 
@@ -200,6 +201,20 @@ impl Database {
             pool,
             url: url.clone(),
             writer: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// How SQLite's writes have run so far; `None` on PostgreSQL, whose writes take
+    /// any pooled connection.
+    pub fn write_counts(&self) -> Option<WriteCounts> {
+        match &self.url {
+            DatabaseUrl::Sqlite(_) => Some(
+                self.writer
+                    .get()
+                    .map(batch::WriteQueue::counts)
+                    .unwrap_or_default(),
+            ),
+            DatabaseUrl::Postgres(_) => None,
         }
     }
 

@@ -451,6 +451,22 @@ async fn server_timing_breaks_down_tokengates_own_time() {
         let line = format!("tokengate_phase_seconds_count{{phase=\"{phase}\"}} {count}");
         assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
     }
+    // On SQLite, how its writes ran: two reservations and two settlements at least,
+    // whichever path each took. PostgreSQL has no write connection of its own.
+    let writes = |path: &str| -> Option<u64> {
+        let prefix = format!("tokengate_sqlite_writes_total{{path=\"{path}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map(|n| n.parse().unwrap())
+    };
+    match backend() {
+        Backend::Sqlite => {
+            let paths = ["inline", "queued", "together"].map(|p| writes(p).unwrap());
+            assert!(paths.iter().sum::<u64>() >= 4, "{paths:?}");
+        }
+        Backend::Postgres => assert_eq!(writes("inline"), None),
+    }
 }
 
 /// LiteLLM silent, stalling or answering garbage: a clear error, and a charge only for
