@@ -331,8 +331,11 @@ impl WriteQueue {
         if let Some(result) = self.shared.try_inline(&mut f) {
             return result;
         }
-        self.shared.ran_queued.fetch_add(1, Ordering::Relaxed);
-        Self::answer(self.enqueue(f)).await
+        let queued = self.enqueue(f);
+        if queued.is_ok() {
+            self.shared.ran_queued.fetch_add(1, Ordering::Relaxed);
+        }
+        Self::answer(queued).await
     }
 
     /// Runs `f` on each item as a job of its own, all queued at once, so that they
@@ -353,16 +356,18 @@ impl WriteQueue {
             return vec![self.submit(move |c| f(c, &items[0])).await];
         }
         let f = Arc::new(f);
-        self.shared
-            .ran_together
-            .fetch_add(items.len() as u64, Ordering::Relaxed);
         let answers: Vec<_> = (0..items.len())
             .map(|i| {
                 let (items, f) = (items.clone(), f.clone());
-                self.enqueue(Box::new(move |c: &mut AnyConnection| match items.get(i) {
-                    Some(item) => f(c, item),
-                    None => Err(StoreError::Unavailable("no such item".into())),
-                }))
+                let queued =
+                    self.enqueue(Box::new(move |c: &mut AnyConnection| match items.get(i) {
+                        Some(item) => f(c, item),
+                        None => Err(StoreError::Unavailable("no such item".into())),
+                    }));
+                if queued.is_ok() {
+                    self.shared.ran_together.fetch_add(1, Ordering::Relaxed);
+                }
+                queued
             })
             .collect();
         let mut results = Vec::with_capacity(answers.len());

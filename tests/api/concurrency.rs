@@ -114,6 +114,10 @@ async fn writes_done_together_fail_one_at_a_time() {
         .unwrap();
     let refused = |i: usize| i % 10 == 7 || i == 20;
     assert_eq!(results.len(), 300);
+    // On SQLite they went to the writer thread together, and `/metrics` says so.
+    if let Some(counts) = db.write_counts() {
+        assert_eq!((counts.inline, counts.queued, counts.together), (0, 0, 300));
+    }
     for (i, r) in results.iter().enumerate() {
         match r {
             Ok(n) => assert!(*n == i && !refused(i), "item {i} wrote but should not"),
