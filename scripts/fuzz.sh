@@ -28,6 +28,9 @@ ensure_cargo_fuzz
 log "building the fuzz targets (coverage instrumentation; a few minutes the first time)"
 if ! cargo fuzz build "${flags[@]}" >fuzz/build.log 2>&1; then
   tail -n 40 fuzz/build.log >&2
+  if grep -q "No space left on device" fuzz/build.log; then
+    die "the disk is full ($(df -Pm . | awk 'NR==2 {print $4}') MB free): the fuzz build needs about 1,000 MB"
+  fi
   die "the fuzz targets do not build (log: fuzz/build.log)"
 fi
 status=0

@@ -9,6 +9,7 @@ NPM_PACKAGES="librechat-data-provider@0.8.524 @librechat/agents@3.9.2 js-yaml@4.
 NPM_DIR="$CACHE_DIR/npm-$(printf '%s' "$NPM_PACKAGES" | sha256sum | cut -c1-12)"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # Installs litellm[proxy] (which brings the openai SDK) into a cached venv.
