@@ -3,6 +3,9 @@
 //!
 //! Scenarios, side by side in one run on this machine, loopback only:
 //! - A: load -> fake upstream (a fast OpenAI-compatible server in this process);
+//! - O: load -> bare hop -> fake upstream: the least any proxy built on tokengate's
+//!   HTTP stack adds, an actix-web server forwarding with reqwest as tokengate does,
+//!   with no metering (this harness, started again as a process of its own);
 //! - B: load -> tokengate (release binary, full metering) -> fake upstream, on SQLite
 //!   and, with `TOKENGATE_BENCH_PG_URL`, on PostgreSQL;
 //! - C: load -> LiteLLM -> fake upstream, and D: load -> tokengate -> LiteLLM -> fake
@@ -122,6 +125,84 @@ fn memchr_find(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 // ---------------------------------------------------------------- requests
+
+// ---------------------------------------------------------------- bare hop
+
+/// Serves the bare hop on `port` in front of `upstream` (`http://host:port/v1`) until
+/// killed: tokengate's HTTP stack and settings (actix-web with its default workers,
+/// TCP_NODELAY both ways, one reqwest client per worker) with nothing in between.
+fn bare_hop(port: u16, upstream: String) -> std::io::Result<()> {
+    actix_web::rt::System::new().block_on(async move {
+        HttpServer::new(move || {
+            let client = reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(60))
+                .tcp_nodelay(true)
+                .build()
+                .expect("client");
+            App::new()
+                .app_data(web::PayloadConfig::new(64 << 20))
+                .app_data(web::Data::new((client, upstream.clone())))
+                .default_service(web::to(forward))
+        })
+        .on_connect(|conn, _| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
+        })
+        .bind(("127.0.0.1", port))?
+        .run()
+        .await
+    })
+}
+
+async fn forward(
+    req: actix_web::HttpRequest,
+    body: Bytes,
+    to: web::Data<(reqwest::Client, String)>,
+) -> HttpResponse {
+    let (client, upstream) = &**to;
+    let path = req.path().strip_prefix("/v1").unwrap_or(req.path());
+    // actix-web and reqwest use different majors of the `http` crate.
+    let Ok(method) = reqwest::Method::from_bytes(req.method().as_str().as_bytes()) else {
+        return HttpResponse::MethodNotAllowed().finish();
+    };
+    let mut out = client.request(method, format!("{upstream}{path}"));
+    if let Some(ct) = req.headers().get("content-type") {
+        out = out.header("content-type", ct.as_bytes());
+    }
+    let Ok(res) = out.body(body).send().await else {
+        return HttpResponse::BadGateway().finish();
+    };
+    let Ok(status) = actix_web::http::StatusCode::from_u16(res.status().as_u16()) else {
+        return HttpResponse::BadGateway().finish();
+    };
+    let mut answer = HttpResponse::build(status);
+    if let Some(ct) = res.headers().get("content-type") {
+        answer.insert_header(("content-type", ct.as_bytes()));
+    }
+    answer.streaming(futures_util::TryStreamExt::map_err(
+        res.bytes_stream(),
+        std::io::Error::other,
+    ))
+}
+
+async fn start_bare_hop(upstream: &str) -> Proc {
+    let port = free_port();
+    let child = Command::new(std::env::current_exe().expect("this harness's path"))
+        .args(["--bare-hop", &port.to_string(), upstream])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the bare hop");
+    let p = Proc {
+        child,
+        port,
+        db_url: None,
+        _dir: None,
+    };
+    wait_ready(&format!("http://127.0.0.1:{port}/v1/models")).await;
+    p
+}
 
 /// A LibreChat-shaped streamed chat: system prompt plus a history of about 4,000 tokens.
 fn chat_body() -> String {
@@ -720,6 +801,16 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
         },
         None,
     )];
+    let hop = start_bare_hop(&fake_url).await;
+    targets.push((
+        "O bare hop".into(),
+        Target {
+            url: format!("http://127.0.0.1:{}/v1/chat/completions", hop.port),
+            metered: false,
+            key: None,
+        },
+        Some(hop),
+    ));
     let tg = start_tokengate(None, &fake_url, None).await;
     targets.push((
         "B tokengate (SQLite)".into(),
@@ -773,7 +864,12 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
     }
 
     let selected = |name: &str| match &st.only {
-        Some(only) => only != "rss" && (name.starts_with('A') || name.starts_with(only.as_str())),
+        Some(only) => {
+            only != "rss"
+                && (name.starts_with('A')
+                    || name.starts_with('O')
+                    || name.starts_with(only.as_str()))
+        }
         None => true,
     };
     // LiteLLM serves a few dozen of these requests a second here: a fixed rate it can
@@ -1083,19 +1179,38 @@ fn report(st: &Settings, rows: &mut [Row], notes: &[String]) -> String {
             rows.iter()
                 .find(|r| r.scenario.starts_with(prefix) && r.load == load)
         };
-        for backend in ["SQLite", "PostgreSQL"] {
-            let (Some(a), Some(b)) = (find("A"), find(&format!("B tokengate ({backend})"))) else {
-                continue;
-            };
-            let (mut la, mut lb) = (a.stats.latencies.clone(), b.stats.latencies.clone());
-            let (mut ta, mut tb) = (a.stats.ttfb.clone(), b.stats.ttfb.clone());
+        let added = |over: &Row, by: &Row| {
+            let (mut la, mut lb) = (over.stats.latencies.clone(), by.stats.latencies.clone());
+            let (mut ta, mut tb) = (over.stats.ttfb.clone(), by.stats.ttfb.clone());
+            let diff = |b: Duration, a: Duration| b.as_micros() as i128 - a.as_micros() as i128;
+            format!(
+                "adds {} µs at p50 and {} µs at p99; time to first byte +{} µs at p99",
+                diff(pct(&mut lb, 0.5), pct(&mut la, 0.5)),
+                diff(pct(&mut lb, 0.99), pct(&mut la, 0.99)),
+                diff(pct(&mut tb, 0.99), pct(&mut ta, 0.99)),
+            )
+        };
+        if let (Some(a), Some(o)) = (find("A"), find("O")) {
             let _ = writeln!(
                 out,
-                "- {load}: tokengate ({backend}) adds {} µs at p50 and {} µs at p99; time to first byte +{} µs at p99.",
-                (pct(&mut lb, 0.5).as_micros() as i128 - pct(&mut la, 0.5).as_micros() as i128),
-                (pct(&mut lb, 0.99).as_micros() as i128 - pct(&mut la, 0.99).as_micros() as i128),
-                (pct(&mut tb, 0.99).as_micros() as i128 - pct(&mut ta, 0.99).as_micros() as i128),
+                "- {load}: the bare hop {} (the stack's floor).",
+                added(a, o)
             );
+        }
+        for backend in ["SQLite", "PostgreSQL"] {
+            let Some(b) = find(&format!("B tokengate ({backend})")) else {
+                continue;
+            };
+            if let Some(a) = find("A") {
+                let _ = writeln!(out, "- {load}: tokengate ({backend}) {}.", added(a, b));
+            }
+            if let Some(o) = find("O") {
+                let _ = writeln!(
+                    out,
+                    "- {load}: over the bare hop, tokengate's metering ({backend}) {}.",
+                    added(o, b)
+                );
+            }
         }
     }
     // Where tokengate's tail comes from, at fixed rates.
@@ -1129,6 +1244,17 @@ fn report(st: &Settings, rows: &mut [Row], notes: &[String]) -> String {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, port, upstream] = &args[..]
+        && flag == "--bare-hop"
+    {
+        let port = port.parse().expect("--bare-hop PORT UPSTREAM");
+        if let Err(e) = bare_hop(port, upstream.clone()) {
+            eprintln!("bare hop: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     // `cargo bench` passes --bench; ignore what is not ours.
     let st = settings();
     if !tokengate_bin().exists() {
