@@ -7,7 +7,7 @@
 #
 # The full run starts a throwaway PostgreSQL cluster (or uses TOKENGATE_BENCH_PG_URL)
 # for scenario B on PostgreSQL, and the pinned LiteLLM (or TOKENGATE_BENCH_LITELLM)
-# for scenarios C and D. `--only B` runs scenario A and the B scenarios only.
+# for scenarios C and D. `--only B` runs scenarios A and O and the B scenarios only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh

@@ -732,7 +732,7 @@ struct Settings {
     rates: Vec<u32>,
     conns: usize,
     out: Option<PathBuf>,
-    /// `--only B`: scenario A (the reference) plus those whose name starts with B;
+    /// `--only B`: scenarios A and O (the references) plus those whose name starts with B;
     /// `--only rss`: the memory measure alone.
     only: Option<String>,
 }
@@ -1027,36 +1027,34 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
     });
     let slow_url = format!("http://127.0.0.1:{slow}/v1");
     wait_ready(&format!("{slow_url}/models")).await;
-    let tg = start_tokengate(None, &slow_url, None).await;
-    let idle = tg.memory();
-    let target = Target {
-        url: format!("http://127.0.0.1:{}/v1/chat/completions", tg.port),
-        metered: true,
-        key: None,
-    };
-    let (peak, ok) = concurrent_streams(&target, chat, open, &tg).await;
-    notes.push(format!(
-        "B tokengate (SQLite): RSS {idle} at idle, {peak} with {open} streams of the 4,000-token chat open at once ({ok} of {open} completed)"
-    ));
-    // The same with a small body, in a fresh process: how much of the memory per stream
-    // follows the size of the request.
-    drop(tg);
-    let tg = start_tokengate(None, &slow_url, None).await;
     let small: &'static str = Box::leak(
         json!({"model": "bench-model", "stream": true,
                "messages": [{"role": "user", "content": "Olá! Tudo bem?"}]})
         .to_string()
         .into_boxed_str(),
     );
-    let target = Target {
-        url: format!("http://127.0.0.1:{}/v1/chat/completions", tg.port),
-        metered: true,
-        key: None,
-    };
-    let (peak, ok) = concurrent_streams(&target, small, open, &tg).await;
-    notes.push(format!(
-        "B tokengate (SQLite): RSS {peak} with {open} streams of a one-line chat open at once ({ok} of {open} completed)"
-    ));
+    // Each measure in a fresh process. The one-line chat shows how much of the memory
+    // per stream follows the size of the request; the bare hop, how much of it is the
+    // HTTP stack's own.
+    for (name, bare) in [("B tokengate (SQLite)", false), ("O bare hop", true)] {
+        for (body, what) in [(chat, "the 4,000-token chat"), (small, "a one-line chat")] {
+            let p = if bare {
+                start_bare_hop(&slow_url).await
+            } else {
+                start_tokengate(None, &slow_url, None).await
+            };
+            let idle = p.memory();
+            let target = Target {
+                url: format!("http://127.0.0.1:{}/v1/chat/completions", p.port),
+                metered: !bare,
+                key: None,
+            };
+            let (peak, ok) = concurrent_streams(&target, body, open, &p).await;
+            notes.push(format!(
+                "{name}: RSS {idle} at idle, {peak} with {open} streams of {what} open at once ({ok} of {open} completed)"
+            ));
+        }
+    }
     (rows, notes)
 }
 
