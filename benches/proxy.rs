@@ -1182,7 +1182,7 @@ fn report(st: &Settings, rows: &mut [Row], notes: &[String]) -> String {
             let (mut ta, mut tb) = (over.stats.ttfb.clone(), by.stats.ttfb.clone());
             let diff = |b: Duration, a: Duration| b.as_micros() as i128 - a.as_micros() as i128;
             format!(
-                "adds {} µs at p50 and {} µs at p99; time to first byte +{} µs at p99",
+                "adds {} µs at p50 and {} µs at p99; time to first byte {:+} µs at p99",
                 diff(pct(&mut lb, 0.5), pct(&mut la, 0.5)),
                 diff(pct(&mut lb, 0.99), pct(&mut la, 0.99)),
                 diff(pct(&mut tb, 0.99), pct(&mut ta, 0.99)),
