@@ -20,7 +20,9 @@ ensure_litellm() {
   log "installing litellm[proxy]==$LITELLM_VERSION into $LITELLM_VENV (about a minute, cached afterwards)"
   rm -rf "$LITELLM_VENV"
   python3 -m venv "$LITELLM_VENV" || die "python3 -m venv failed: install python3-venv"
-  "$LITELLM_VENV/bin/pip" install --quiet --disable-pip-version-check "litellm[proxy]==$LITELLM_VERSION" \
+  # No wheel cache: the venv is the cache, and CI's disk is small.
+  "$LITELLM_VENV/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir \
+    "litellm[proxy]==$LITELLM_VERSION" \
     || die "could not install litellm[proxy]==$LITELLM_VERSION from PyPI"
 }
 
@@ -40,6 +42,8 @@ apt_install() {
   log "installing Debian packages: $*"
   apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2 \
     || die "could not install $* with apt-get"
+  # The downloaded .deb files are not needed once installed.
+  apt-get clean
 }
 
 # The tests' real SMTP server is aiosmtpd on Debian's python3; openssl makes the
@@ -66,9 +70,13 @@ ensure_npm_packages() {
   log "installing $NPM_PACKAGES into $NPM_DIR (about a minute, cached afterwards)"
   rm -rf "$NPM_DIR" && mkdir -p "$NPM_DIR"
   printf '{"private": true}\n' > "$NPM_DIR/package.json"
+  # npm's download cache goes in the folder and is removed after: node_modules is
+  # the cache that matters, and CI's disk is small.
   # shellcheck disable=SC2086
-  (cd "$NPM_DIR" && npm install --no-audit --no-fund --loglevel=error $NPM_PACKAGES) >&2 \
+  (cd "$NPM_DIR" && npm install --no-audit --no-fund --loglevel=error \
+      --cache "$NPM_DIR/.npm-cache" $NPM_PACKAGES) >&2 \
     || die "could not install $NPM_PACKAGES from npm"
+  rm -rf "$NPM_DIR/.npm-cache"
   touch "$NPM_DIR/.complete"
 }
 
