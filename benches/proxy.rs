@@ -124,8 +124,6 @@ fn memchr_find(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-// ---------------------------------------------------------------- requests
-
 // ---------------------------------------------------------------- bare hop
 
 /// Serves the bare hop on `port` in front of `upstream` (`http://host:port/v1`) until
@@ -203,6 +201,8 @@ async fn start_bare_hop(upstream: &str) -> Proc {
     wait_ready(&format!("http://127.0.0.1:{port}/v1/models")).await;
     p
 }
+
+// ---------------------------------------------------------------- requests
 
 /// A LibreChat-shaped streamed chat: system prompt plus a history of about 4,000 tokens.
 fn chat_body() -> String {

@@ -22,7 +22,7 @@ command -v cargo >/dev/null || die "cargo is missing: install Rust (rustup) firs
 # clone would write about 1 GB of them for nothing.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # A full disk mid-run shows up as a compiler error far from its cause, so say up front
-# what there is. Measured from a clean clone: 1.4 GB of test builds and 1 GB of fuzz
+# what there is. Measured from a clean clone: 1.5 GB of test builds and 1 GB of fuzz
 # builds; on a new machine also about 2.3 GB of LiteLLM, npm and crates.io caches and
 # Debian packages (Chromium, PostgreSQL).
 free_mb=$(df -Pm . | awk 'NR==2 {print $4}')
