@@ -41,7 +41,9 @@ pub struct Email(String);
 
 impl Email {
     pub fn parse(raw: &str) -> Result<Self, IdentityError> {
-        let s = raw.trim();
+        // Checked as stored: lowercasing can lengthen a string (U+023E 'Ⱦ' is two bytes,
+        // its lowercase 'ⱦ' three), and the limit is on what is kept and mailed to.
+        let s = raw.trim().to_lowercase();
         let valid = s.len() <= 254
             && s.chars().all(|c| !c.is_whitespace() && !c.is_control())
             && !s.contains(['<', '>', '"', ',', ';', '(', ')', '\\'])
@@ -56,7 +58,7 @@ impl Email {
                 None => false,
             };
         if valid {
-            Ok(Self(s.to_lowercase()))
+            Ok(Self(s))
         } else {
             Err(IdentityError::InvalidEmail)
         }
@@ -213,6 +215,20 @@ mod tests {
         assert!(Email::parse("Ana <ana@example.com>").is_err());
         assert!(Email::parse("no-at-sign").is_err());
         assert!(Email::parse("two@@example.com").is_err());
+    }
+
+    #[test]
+    fn the_length_limit_holds_for_the_lowercased_email() {
+        // Found by the headers fuzz target: 'Ⱦ' (two bytes) lowercases to 'ⱦ' (three),
+        // so 127 of them fit the limit as sent and break it as stored.
+        let raw = format!("{}@example.com", "\u{23E}".repeat(118));
+        assert!(raw.len() <= 254);
+        assert_eq!(Email::parse(&raw), Err(IdentityError::InvalidEmail));
+        let fits = format!("{}@example.com", "\u{23E}".repeat(80));
+        assert_eq!(
+            Email::parse(&fits).map(|e| e.as_str().len()),
+            Ok(80 * 3 + 12)
+        );
     }
 
     #[test]
