@@ -220,7 +220,7 @@ mod tests {
     #[test]
     fn the_length_limit_holds_for_the_lowercased_email() {
         // Found by the headers fuzz target: 'Ⱦ' (two bytes) lowercases to 'ⱦ' (three),
-        // so 127 of them fit the limit as sent and break it as stored.
+        // so this address fits the limit as sent (248 bytes) and not as stored (366).
         let raw = format!("{}@example.com", "\u{23E}".repeat(118));
         assert!(raw.len() <= 254);
         assert_eq!(Email::parse(&raw), Err(IdentityError::InvalidEmail));
