@@ -604,7 +604,8 @@ async fn start_tokengate(
         .env("TOKENGATE_ADMIN_PASSWORD", "bench-admin-password")
         .env("TOKENGATE_MAIL_DIR", dir.path().join("mail"))
         .env("TOKENGATE_ALERT_THRESHOLDS", "100")
-        .env("RUST_LOG", "warn")
+        // tokengate's default level: one line per settlement, as deployed.
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
