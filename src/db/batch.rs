@@ -22,8 +22,9 @@ use diesel::connection::{
     AnsiTransactionManager, Connection, SimpleConnection, TransactionManager,
 };
 use diesel::result::Error as DieselError;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, mpsc};
 use std::time::{Duration, Instant};
 
 /// Most jobs in one transaction: bounds how long the write lock is held at a time, so
@@ -219,12 +220,23 @@ impl Shared {
             .ok_or_else(|| StoreError::Unavailable("no database connection".into()))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<AnyConnection>> {
-        // A panic inside a transaction leaves diesel's manager marked broken, and the
-        // next begin fails and replaces the connection: the data is safe to reuse.
+    fn lock(&self) -> MutexGuard<'_, Option<AnyConnection>> {
         self.conn
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| self.recover(poisoned.into_inner()))
+    }
+
+    /// After a panic in a transaction (the mutex is then poisoned): that transaction
+    /// may still be open on the connection, so the connection is dropped, which rolls
+    /// it back, and the next use opens a fresh one. Without this, `try_lock` would
+    /// fail for good and every later write would take the writer thread's queue.
+    fn recover<'a>(
+        &self,
+        mut slot: MutexGuard<'a, Option<AnyConnection>>,
+    ) -> MutexGuard<'a, Option<AnyConnection>> {
+        *slot = None;
+        self.conn.clear_poison();
+        slot
     }
 
     fn committed(&self) {
@@ -243,7 +255,11 @@ impl Shared {
         if self.queued.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let mut slot = self.conn.try_lock().ok()?;
+        let mut slot = match self.conn.try_lock() {
+            Ok(slot) => slot,
+            Err(TryLockError::Poisoned(poisoned)) => self.recover(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => return None,
+        };
         let c = match self.connection(&mut slot) {
             Ok(c) => c,
             Err(_) => return None,
@@ -416,9 +432,15 @@ fn writer(shared: &Shared, rx: &mpsc::Receiver<Box<dyn Job>>) {
         }
         let outcome = {
             let mut slot = shared.lock();
-            let outcome = shared
-                .connection(&mut slot)
-                .and_then(|c| run_batch(c, &mut jobs));
+            // A panic in a job (a bug) fails its batch, not the thread: were the
+            // thread to end, every write that found the connection busy would fail
+            // from then on.
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                shared
+                    .connection(&mut slot)
+                    .and_then(|c| run_batch(c, &mut jobs))
+            }))
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("a ledger write panicked".into())));
             if outcome.is_err() {
                 // A broken connection is replaced on the next use.
                 *slot = None;
@@ -500,6 +522,7 @@ mod tests {
     use crate::db::schema::settings;
     use crate::db::{Database, StoreError};
     use diesel::prelude::*;
+    use futures_util::FutureExt;
 
     fn database() -> (tempfile::TempDir, Database) {
         let dir = tempfile::tempdir().unwrap();
@@ -557,6 +580,92 @@ mod tests {
             .map(|i| format!("k{i:02}"))
             .collect();
         assert_eq!(keys(&db), expected);
+    }
+
+    fn insert_key(c: &mut crate::db::AnyConnection, key: &str) -> Result<(), StoreError> {
+        diesel::insert_into(settings::table)
+            .values((settings::key.eq(key), settings::value.eq("v")))
+            .execute(c)?;
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_that_panics_leaves_nothing_behind_and_the_next_runs_inline() {
+        let (_dir, db) = database();
+        let write = db.write(|c| -> Result<(), StoreError> {
+            insert_key(c, "k1")?;
+            panic!("a bug in a transaction");
+        });
+        let panicked = std::panic::AssertUnwindSafe(write).catch_unwind().await;
+        assert!(panicked.is_err());
+
+        db.write(|c| insert_key(c, "k2")).await.unwrap();
+        // The panicked transaction was rolled back, not committed by the next one.
+        assert_eq!(keys(&db), vec!["k2".to_owned()]);
+        let counts = db.write_counts().unwrap();
+        assert_eq!((counts.inline, counts.queued), (2, 0), "{counts:?}");
+    }
+
+    /// A write on another thread, inline, that inserts a key and keeps the connection
+    /// until released: writes submitted meanwhile find it in use and queue.
+    struct Holder {
+        release: std::sync::mpsc::Sender<()>,
+        thread: std::thread::JoinHandle<Result<(), StoreError>>,
+    }
+
+    impl Holder {
+        async fn start(db: &Database, key: &'static str) -> Self {
+            let (entered, in_use) = tokio::sync::oneshot::channel();
+            let (release, wait) = std::sync::mpsc::channel::<()>();
+            let db = db.clone();
+            let thread = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                let mut entered = Some(entered);
+                runtime.block_on(db.write(move |c| {
+                    insert_key(c, key)?;
+                    if let Some(entered) = entered.take() {
+                        entered.send(()).unwrap();
+                        wait.recv().unwrap();
+                    }
+                    Ok(())
+                }))
+            });
+            in_use.await.unwrap();
+            Self { release, thread }
+        }
+
+        fn release(self) {
+            self.release.send(()).unwrap();
+            self.thread.join().unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queued_write_that_panics_fails_alone_and_the_writer_thread_goes_on() {
+        let (_dir, db) = database();
+        let holder = Holder::start(&db, "k1").await;
+        let buggy = db.write(|c| -> Result<(), StoreError> {
+            insert_key(c, "k2")?;
+            panic!("a bug in a queued transaction");
+        });
+        tokio::pin!(buggy);
+        // Polled once: it finds the connection in use and queues.
+        assert!(futures_util::poll!(buggy.as_mut()).is_pending());
+        holder.release();
+        assert!(buggy.await.is_err());
+
+        // The writer thread still runs what queues next.
+        let holder = Holder::start(&db, "k3").await;
+        let next = db.write(|c| insert_key(c, "k4"));
+        tokio::pin!(next);
+        assert!(futures_util::poll!(next.as_mut()).is_pending());
+        holder.release();
+        next.await.unwrap();
+
+        assert_eq!(keys(&db), vec!["k1", "k3", "k4"]);
+        assert_eq!(db.write_counts().unwrap().queued, 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,10 @@
 //!   arrived (in this process). There is rarely one: it is a single hash lookup.
 //! - **A settlement that fails** (a database blip). It is retried in the background
 //!   for as long as its hold lives.
+//! - **The settlement thread itself, to a panic.** Were it to end, every later
+//!   request would go unsettled and its hold be released uncharged: free service
+//!   until a restart. A batch that panics is settled again one by one, and one that
+//!   still fails (or panics) goes to retry like any other.
 //!
 //! Settlements waiting together are written together (`Ledger::settle_many`), each in
 //! a savepoint of its own: one transaction and one commit on PostgreSQL, the writer
@@ -22,6 +26,7 @@
 //! WAL flush, that is most of the cost of a settlement under load; one batch at a
 //! time also keeps settlements from crowding reservations out of the connection pool.
 
+use crate::db::StoreError;
 use crate::domain::UserKey;
 use crate::ledger::{Ledger, SettleResult, Settlement};
 use crate::telemetry::{Metrics, Phase};
@@ -251,7 +256,13 @@ impl Shared {
             let settling = Instant::now();
             let settlements: Arc<[Settlement]> =
                 batch.iter().map(|j| j.settlement.clone()).collect();
-            let results = self.ledger.settle_many(settlements).await;
+            let results = match unwinding(self.ledger.settle_many(settlements)).await {
+                Ok(results) => results,
+                Err(panic) => {
+                    tracing::error!(panic = %panic, settlements = batch.len(), "settling a batch panicked; settling each alone");
+                    Ok(self.settle_each(&batch).await)
+                }
+            };
             let took = settling.elapsed();
             let mut results = match results {
                 Ok(r) => r,
@@ -284,13 +295,33 @@ impl Shared {
         }
     }
 
+    /// Settles each job in a transaction of its own, a panic counting as a failure.
+    async fn settle_each(&self, batch: &[Job]) -> Vec<Result<SettleResult, StoreError>> {
+        let mut results = Vec::with_capacity(batch.len());
+        for job in batch {
+            let settled = unwinding(self.ledger.settle(job.settlement.clone())).await;
+            results.push(settled.unwrap_or_else(|panic| {
+                Err(StoreError::Unavailable(format!(
+                    "settling panicked: {panic}"
+                )))
+            }));
+        }
+        results
+    }
+
     async fn retry(&self, s: &Settlement) {
         let hold_life = self.ledger.hold_max_age().saturating_sub(s.latency);
         for delay in retry_delays(hold_life) {
             tokio::time::sleep(delay).await;
-            if let Ok(result) = self.ledger.settle(s.clone()).await {
-                self.record(s, result);
-                return;
+            match unwinding(self.ledger.settle(s.clone())).await {
+                Ok(Ok(result)) => {
+                    self.record(s, result);
+                    return;
+                }
+                Ok(Err(_)) => {}
+                Err(panic) => {
+                    tracing::error!(request_id = %s.request_id, panic = %panic, "settling panicked; retrying")
+                }
             }
         }
         log_unwritten(
@@ -315,6 +346,23 @@ impl Shared {
             );
         }
     }
+}
+
+/// Runs `f` to completion, a panic inside it becoming its message. The settlement
+/// thread's state is safe to reuse after one: `InFlight` is not held while settling,
+/// and the write connection is replaced after a panic (`db::batch`).
+async fn unwinding<F: std::future::Future>(f: F) -> Result<F::Output, String> {
+    use futures_util::FutureExt;
+    std::panic::AssertUnwindSafe(f)
+        .catch_unwind()
+        .await
+        .map_err(|panic| {
+            panic
+                .downcast_ref::<&str>()
+                .map(|m| (*m).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned())
+        })
 }
 
 /// Logs a settlement that will not be written, with what it would have charged, so

@@ -7,6 +7,7 @@ use diesel::Connection;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokengate::config::Config;
 use tokengate::domain::{Clock, ManualClock};
@@ -84,6 +85,8 @@ pub struct TestOptions {
     pub upstream: Option<String>,
     pub env: Vec<(&'static str, String)>,
     pub start: chrono::DateTime<Utc>,
+    /// The first settlement attempt panics (`SettlementBug`).
+    pub settlement_panics_once: bool,
 }
 
 impl Default for TestOptions {
@@ -92,7 +95,25 @@ impl Default for TestOptions {
             upstream: None,
             env: Vec::new(),
             start: Utc.with_ymd_and_hms(2026, 11, 15, 12, 0, 0).unwrap(),
+            settlement_panics_once: false,
         }
+    }
+}
+
+/// A stand-in for a bug on the settlement thread: the test's clock, which panics
+/// the first time that thread reads it (at the start of a settlement).
+struct SettlementBug {
+    clock: Arc<ManualClock>,
+    armed: AtomicBool,
+}
+
+impl Clock for SettlementBug {
+    fn now(&self) -> chrono::DateTime<Utc> {
+        let settling = std::thread::current().name() == Some("tokengate-settle");
+        if settling && self.armed.swap(false, Ordering::SeqCst) {
+            panic!("a bug on the settlement thread (test)");
+        }
+        self.clock.now()
     }
 }
 
@@ -155,7 +176,15 @@ async fn spawn_on(db: Arc<TestDb>, fake: Arc<FakeProvider>, opts: TestOptions) -
     let upstream = opts.upstream.clone().unwrap_or_else(|| fake.base_url());
     let config = config_for(&db.url, &upstream, &opts.env);
     let clock = Arc::new(ManualClock::new(opts.start));
-    let app = Application::build_with_clock(config, clock.clone() as Arc<dyn Clock>).unwrap();
+    let app_clock: Arc<dyn Clock> = if opts.settlement_panics_once {
+        Arc::new(SettlementBug {
+            clock: clock.clone(),
+            armed: AtomicBool::new(true),
+        })
+    } else {
+        clock.clone()
+    };
+    let app = Application::build_with_clock(config, app_clock).unwrap();
     let port = app.port();
     let state = app.state();
     actix_web::rt::spawn(app.run_until_stopped());

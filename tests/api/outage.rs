@@ -238,3 +238,35 @@ async fn postgres_down_fails_closed_and_recovers_without_losing_a_settlement() {
     child.wait().unwrap();
     drop(pg);
 }
+
+/// A bug that panics on the settlement thread must not stop settlements. The thread
+/// used to end there, and from then on every answer went uncharged (its hold
+/// released by the sweeper): free service until a restart.
+#[actix_web::test]
+async fn a_panic_while_settling_loses_neither_that_charge_nor_later_ones() {
+    let app = spawn_app(TestOptions {
+        settlement_panics_once: true,
+        ..Default::default()
+    })
+    .await;
+    let body = chat_body("fake-model", "Qual é a capital do Brasil?", false, Some(25));
+    let mut expected = 0;
+    for _ in 0..2 {
+        let res = app.chat(&body).await;
+        assert_eq!(res.status(), 200);
+        let json: Value = res.json().await.unwrap();
+        let usage = &json["usage"];
+        expected +=
+            usage["prompt_tokens"].as_i64().unwrap() + usage["completion_tokens"].as_i64().unwrap();
+    }
+
+    let s = app.summary(USER);
+    assert_eq!(s.used_this_cycle, expected);
+    assert_eq!(s.held, 0);
+    assert_eq!(app.charged(USER), expected);
+    assert_eq!(
+        app.ledger().usage_records(app.user_id(USER)).unwrap().len(),
+        2
+    );
+    app.assert_invariant(USER);
+}
