@@ -238,6 +238,8 @@ struct Stats {
     /// CPU time the process in the middle (tokengate, or LiteLLM in C) spent per
     /// successful request, user plus system; None for the direct scenario.
     cpu_per_request: Option<Duration>,
+    /// The p50 latency of each round of a fixed rate taken in turns (`take_turns`).
+    round_p50s: Vec<Duration>,
 }
 
 impl Stats {
@@ -461,6 +463,9 @@ async fn take_turns(runs: &mut [Interleaved<'_>], body: &'static str, rate: u32,
                 run.cpu += p.cpu_time().saturating_sub(before);
             }
             run.stats.elapsed += s.elapsed;
+            run.stats
+                .round_p50s
+                .push(pct(&mut s.latencies.clone(), 0.5));
             run.stats.merge(s);
         }
     }
@@ -1182,9 +1187,20 @@ fn report(st: &Settings, rows: &mut [Row], notes: &[String]) -> String {
             let (mut la, mut lb) = (over.stats.latencies.clone(), by.stats.latencies.clone());
             let (mut ta, mut tb) = (over.stats.ttfb.clone(), by.stats.ttfb.clone());
             let diff = |b: Duration, a: Duration| b.as_micros() as i128 - a.as_micros() as i128;
+            // Each round's two measures ran one after the other, so their difference
+            // is spared most of the VM's drift: the spread of these says how far the
+            // whole run's figure can be trusted.
+            let by_round: Vec<String> = over
+                .stats
+                .round_p50s
+                .iter()
+                .zip(&by.stats.round_p50s)
+                .map(|(a, b)| format!("{:+}", diff(*b, *a)))
+                .collect();
             format!(
-                "adds {} µs at p50 and {} µs at p99; time to first byte {:+} µs at p99",
+                "adds {} µs at p50 (by round: {}) and {} µs at p99; time to first byte {:+} µs at p99",
                 diff(pct(&mut lb, 0.5), pct(&mut la, 0.5)),
+                by_round.join(", "),
                 diff(pct(&mut lb, 0.99), pct(&mut la, 0.99)),
                 diff(pct(&mut tb, 0.99), pct(&mut ta, 0.99)),
             )
