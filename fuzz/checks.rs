@@ -38,7 +38,7 @@ pub fn sse(data: &[u8]) {
     if let Some(u) = whole.usage() {
         assert!(u.prompt_tokens >= 0 && u.completion_tokens >= 0);
     }
-    if let Some((Some(u), _)) = scan_json_response(stream) {
+    if let Some(u) = scan_json_response(stream).and_then(|a| a.usage) {
         assert!(u.prompt_tokens >= 0 && u.completion_tokens >= 0);
     }
 }

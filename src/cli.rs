@@ -2,13 +2,12 @@
 
 use crate::config::Config;
 use crate::db::Database;
-use crate::domain::{Email, SystemClock, TokenAmount};
+use crate::domain::{Email, TokenAmount};
 use crate::ledger::{Actor, Ledger, UserSummary, parse_user_ref};
 use crate::startup::Application;
 use clap::{Parser, Subcommand};
 use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -179,7 +178,7 @@ fn open(config: &Config) -> Result<Ledger, Box<dyn std::error::Error>> {
     db.migrate()?;
     Ok(Ledger::new(
         db,
-        Arc::new(SystemClock),
+        config.clock(),
         config.timezone,
         config.instance_id.clone(),
         config.hold_max_age,
@@ -257,7 +256,7 @@ fn admin_add(config: &Config, email: &str) -> CmdResult {
         &db,
         email.as_str(),
         &password,
-        chrono::Utc::now().naive_utc(),
+        config.clock().now().naive_utc(),
     )?;
     if generated {
         println!("Admin {email} created. Password (shown only now): {password}");

@@ -144,6 +144,10 @@ pub struct Config {
     pub mail_retry: crate::alerts::RetryPolicy,
     /// The dashboard's CSS and scripts (`static/` in the repository).
     pub static_dir: PathBuf,
+    /// `TOKENGATE_TEST_NOW`: a fixed instant that replaces the clock of the ledger
+    /// (cycles, holds, timestamps), so that the server and the command line of one
+    /// test agree on the date whatever the calendar says. For tests only.
+    pub test_now: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -341,6 +345,17 @@ impl Config {
             PathBuf::from(get("TOKENGATE_MAIL_DIR").unwrap_or_else(|| "data/mail".into()));
         let instance_id =
             get("TOKENGATE_INSTANCE_ID").unwrap_or_else(|| default_instance_id(&listen));
+        let test_now = get("TOKENGATE_TEST_NOW").and_then(|v| {
+            match chrono::DateTime::parse_from_rfc3339(&v) {
+                Ok(t) => Some(t.with_timezone(&chrono::Utc)),
+                Err(_) => {
+                    problems.borrow_mut().push(format!(
+                        "TOKENGATE_TEST_NOW={v:?}: expected an RFC 3339 instant, like 2026-11-15T12:00:00Z"
+                    ));
+                    None
+                }
+            }
+        });
 
         let client_keys = get("TOKENGATE_CLIENT_KEYS")
             .map(|v| {
@@ -414,10 +429,21 @@ impl Config {
                     max_delay: mail_durations[2],
                     max_attempts: max_attempts_raw.parse().unwrap_or(10),
                 },
+                test_now,
             }),
             _ => Err(ConfigError {
                 problems: problems.into_inner(),
             }),
+        }
+    }
+}
+
+impl Config {
+    /// The ledger's clock: the system's, or the fixed instant of `TOKENGATE_TEST_NOW`.
+    pub fn clock(&self) -> std::sync::Arc<dyn crate::domain::Clock> {
+        match self.test_now {
+            Some(t) => std::sync::Arc::new(crate::domain::ManualClock::new(t)),
+            None => std::sync::Arc::new(crate::domain::SystemClock),
         }
     }
 }

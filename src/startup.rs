@@ -5,7 +5,7 @@ use crate::alerts::worker::MailWorker;
 use crate::bootstrap::{self, Generated};
 use crate::config::Config;
 use crate::db::Database;
-use crate::domain::{Clock, SystemClock};
+use crate::domain::Clock;
 use crate::ledger::Ledger;
 use crate::mail::{Mailer, Templates};
 use crate::proxy::auth::ClientKeys;
@@ -59,7 +59,11 @@ pub struct Application {
 
 impl Application {
     pub fn build(config: Config) -> Result<Self, StartupError> {
-        Self::build_with_clock(config, Arc::new(SystemClock))
+        if let Some(now) = config.test_now {
+            tracing::warn!(%now, "TOKENGATE_TEST_NOW is set: the ledger's clock stands still (for tests only)");
+        }
+        let clock = config.clock();
+        Self::build_with_clock(config, clock)
     }
 
     /// Connects, migrates, bootstraps and binds. Must run inside an actix system.

@@ -93,42 +93,43 @@ pub fn list(db: &Database) -> Result<Vec<AdminAccount>, StoreError> {
         .load(&mut c)?)
 }
 
-/// Whether sign-in is refused for now: too many recent failures for this account or
-/// from this address.
-pub fn locked_out(
+/// Records a sign-in attempt before its password is checked, and returns false
+/// (recording nothing) when the account or the address already has too many recent
+/// failures. Recording first is what makes the limit hold against attempts sent in
+/// parallel: each one is counted before any of them is verified. A successful
+/// sign-in then clears the account's attempts (`clear_failures`).
+pub fn begin_attempt(
     db: &Database,
     email: &str,
     address: &str,
     now: NaiveDateTime,
 ) -> Result<bool, StoreError> {
     let since = now - Duration::minutes(FAILURE_WINDOW_MINUTES);
-    let mut c = db.conn()?;
-    let by_account: i64 = login_failures::table
-        .filter(login_failures::email.eq(email))
-        .filter(login_failures::created_at.ge(since))
-        .count()
-        .get_result(&mut c)?;
-    let by_address: i64 = login_failures::table
-        .filter(login_failures::address.eq(address))
-        .filter(login_failures::created_at.ge(since))
-        .count()
-        .get_result(&mut c)?;
-    Ok(by_account >= MAX_FAILURES_PER_ACCOUNT || by_address >= MAX_FAILURES_PER_ADDRESS)
-}
-
-pub fn record_failure(
-    db: &Database,
-    email: &str,
-    address: &str,
-    now: NaiveDateTime,
-) -> Result<(), StoreError> {
-    let mut c = db.conn()?;
-    write_tx(&mut c, |c| {
+    db.write_blocking(move |c| {
+        if let crate::db::AnyConnection::Postgresql(pg) = c {
+            // Attempts on other connections are counted only once committed: take
+            // turns, so that no two of them count before either is recorded.
+            diesel::sql_query(format!("SELECT pg_advisory_xact_lock({SIGN_IN_LOCK_KEY})"))
+                .execute(pg)?;
+        }
         // Old rows only slow the count down.
         diesel::delete(
             login_failures::table.filter(login_failures::created_at.lt(now - Duration::days(1))),
         )
         .execute(c)?;
+        let by_account: i64 = login_failures::table
+            .filter(login_failures::email.eq(email))
+            .filter(login_failures::created_at.ge(since))
+            .count()
+            .get_result(c)?;
+        let by_address: i64 = login_failures::table
+            .filter(login_failures::address.eq(address))
+            .filter(login_failures::created_at.ge(since))
+            .count()
+            .get_result(c)?;
+        if by_account >= MAX_FAILURES_PER_ACCOUNT || by_address >= MAX_FAILURES_PER_ADDRESS {
+            return Ok(false);
+        }
         diesel::insert_into(login_failures::table)
             .values((
                 login_failures::email.eq(email),
@@ -136,16 +137,45 @@ pub fn record_failure(
                 login_failures::created_at.eq(now),
             ))
             .execute(c)?;
-        Ok::<_, StoreError>(())
+        Ok(true)
     })
 }
 
+/// Key of the PostgreSQL advisory lock that serializes recording sign-in attempts.
+const SIGN_IN_LOCK_KEY: i64 = 0x7369_676e_696e; // "signin"
+
 pub fn clear_failures(db: &Database, email: &str) -> Result<(), StoreError> {
-    let mut c = db.conn()?;
-    write_tx(&mut c, |c| {
-        diesel::delete(login_failures::table.filter(login_failures::email.eq(email))).execute(c)?;
-        Ok::<_, StoreError>(())
+    let email = email.to_owned();
+    db.write_blocking(move |c| {
+        diesel::delete(login_failures::table.filter(login_failures::email.eq(&email)))
+            .execute(c)?;
+        Ok(())
     })
+}
+
+/// Password hashes computed at once: argon2id takes about 19 MiB and tens of
+/// milliseconds of a core each, so a burst of sign-ins must queue for a core rather
+/// than all run together.
+fn hashing_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        tokio::sync::Semaphore::new(cores.clamp(1, 4))
+    })
+}
+
+/// Longest a sign-in or password change waits for a hashing slot.
+const HASHING_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `f` (which hashes or verifies a password) on the blocking pool once a
+/// hashing slot is free; `None` when none came free within `HASHING_WAIT`.
+pub async fn with_hashing_slot<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<Option<T>, actix_web::error::BlockingError> {
+    let Ok(Ok(_slot)) = tokio::time::timeout(HASHING_WAIT, hashing_slots().acquire()).await else {
+        return Ok(None);
+    };
+    actix_web::web::block(f).await.map(Some)
 }
 
 /// A hash to verify against when the email is unknown, so both cases take as long.

@@ -65,6 +65,9 @@ pub enum AdminError {
     /// The change clashes with what exists (a plan name already taken).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// Every password-hashing slot stayed busy (a burst of sign-ins).
+    #[error("busy")]
+    Busy,
     #[error("storage: {0}")]
     Store(#[from] crate::db::StoreError),
     #[error("internal: {0}")]
@@ -96,7 +99,11 @@ impl ResponseError for AdminError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::Store(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            // The database is down, locked or full: worth trying again in a moment.
+            Self::Store(crate::db::StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            // Another change to the same rows won every retry: reload and redo it.
+            Self::Store(e) if e.is_retryable() => StatusCode::CONFLICT,
             Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -126,9 +133,17 @@ impl ResponseError for AdminError {
                 "Página não encontrada / Page not found",
                 "O endereço não existe ou o item foi removido. / The address does not exist or the item was removed.",
             ),
-            Self::Store(e) if e.is_retryable() => (
+            Self::Busy => (
+                "Ocupado / Busy",
+                "Muitas pessoas entrando ao mesmo tempo. Tente de novo em alguns segundos. / Too many sign-ins at once. Try again in a few seconds.",
+            ),
+            Self::Store(crate::db::StoreError::Unavailable(_)) => (
                 "Banco de dados indisponível / Database unavailable",
                 "Tente de novo em alguns segundos. / Try again in a few seconds.",
+            ),
+            Self::Store(e) if e.is_retryable() => (
+                "Alteração simultânea / Concurrent change",
+                "Outra alteração mudou os mesmos dados ao mesmo tempo. Recarregue a página e tente de novo. / Another change touched the same data at the same moment. Reload the page and try again.",
             ),
             _ => (
                 "Erro interno / Internal error",
@@ -136,6 +151,7 @@ impl ResponseError for AdminError {
             ),
         };
         if matches!(self, Self::Store(_) | Self::Internal(_)) {
+            // Logged with its cause, which the page does not show.
             tracing::error!(error = %self, "admin page failed");
         }
         let mut res = HttpResponse::build(self.status_code());
@@ -150,4 +166,31 @@ impl ResponseError for AdminError {
 /// The configured language of admin pages.
 pub fn locale(state: &AppState) -> Locale {
     state.config.locale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::StoreError;
+    use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+    /// An outage is worth retrying in a moment (503); a change that lost every retry
+    /// to a concurrent one is a conflict (409); anything else is our fault (500).
+    #[actix_web::test]
+    async fn storage_errors_get_the_status_that_says_what_to_do() {
+        let outage = AdminError::Store(StoreError::Unavailable("connection refused".into()));
+        let lost_race = AdminError::Store(StoreError::Query(DieselError::DatabaseError(
+            DatabaseErrorKind::UniqueViolation,
+            Box::new(String::from("duplicate key")),
+        )));
+        let bug = AdminError::Store(StoreError::Query(DieselError::NotFound));
+        assert_eq!(outage.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(lost_race.status_code(), StatusCode::CONFLICT);
+        assert_eq!(bug.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+        for (e, says) in [(&outage, "indisponível"), (&lost_race, "Recarregue")] {
+            let body = actix_web::body::to_bytes(e.error_response().into_body()).await;
+            let text = String::from_utf8(body.map(|b| b.to_vec()).unwrap_or_default());
+            assert!(text.unwrap_or_default().contains(says), "{e:?}");
+        }
+    }
 }

@@ -288,6 +288,16 @@ impl Database {
         }
     }
 
+    /// `write` for callers off the async runtime (the dashboard's blocking tasks, the
+    /// command line, the sweeper).
+    pub fn write_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnMut(&mut AnyConnection) -> Result<T, StoreError>,
+    {
+        let mut conn = self.conn()?;
+        write_tx(&mut conn, f)
+    }
+
     pub fn url(&self) -> &DatabaseUrl {
         &self.url
     }

@@ -80,13 +80,36 @@ impl TokenAmount {
         }
     }
 
-    /// Parses "250000", "250_000" or "250.000" (Brazilian thousands separator).
+    /// Parses a whole number of tokens: plain digits ("250000") or digits grouped in
+    /// threes by one kind of separator: "250.000" (pt-BR), "250,000" (English),
+    /// "250 000" or "250_000". Anything else that looks like a decimal ("1.5",
+    /// "2,50", "1.000,5") is refused rather than guessed: read one way it grants 15
+    /// tokens, read the other 1.
     pub fn parse(raw: &str) -> Result<Self, TokenAmountError> {
         let s = raw.trim();
-        let digits: String = s.chars().filter(|c| !matches!(c, '_' | '.')).collect();
-        if digits.starts_with('-') {
+        if s.starts_with('-') {
             return Err(TokenAmountError::NotPositive);
         }
+        let is_separator = |c: char| matches!(c, '.' | ',' | '_' | ' ' | '\u{a0}' | '\u{202f}');
+        let mut separators = s.chars().filter(|c| is_separator(*c));
+        let digits: String = match separators.next() {
+            None => s.to_owned(),
+            Some(sep) => {
+                if separators.any(|c| c != sep) {
+                    return Err(TokenAmountError::Ambiguous);
+                }
+                let groups: Vec<&str> = s.split(sep).collect();
+                let digits_only = |g: &str| g.bytes().all(|b| b.is_ascii_digit());
+                if !groups.iter().all(|g| digits_only(g)) {
+                    return Err(TokenAmountError::NotANumber);
+                }
+                let first_ok = (1..=3).contains(&groups[0].len());
+                if !first_ok || groups[1..].iter().any(|g| g.len() != 3) {
+                    return Err(TokenAmountError::Ambiguous);
+                }
+                groups.concat()
+            }
+        };
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return Err(TokenAmountError::NotANumber);
         }
@@ -111,6 +134,12 @@ impl fmt::Display for TokenAmount {
 pub enum TokenAmountError {
     #[error("the amount must be a whole number of tokens, like 250000")]
     NotANumber,
+    /// A separator that is not between groups of three digits: "1.5" could mean
+    /// 15 or 1.5.
+    #[error(
+        "the amount must be whole tokens: separators only between groups of three digits, like 250.000 or 250,000"
+    )]
+    Ambiguous,
     #[error("the amount must be greater than zero")]
     NotPositive,
     #[error("the amount is too large: at most 1000000000000 tokens")]
@@ -157,7 +186,46 @@ mod tests {
 
     #[test]
     fn amounts_are_validated() {
-        assert_eq!(TokenAmount::parse("250.000").map(|a| a.get()), Ok(250_000));
+        for ok in [
+            "250000",
+            "250.000",
+            "250,000",
+            "250_000",
+            "250 000",
+            " 1.000.000 ",
+            "1,000,000",
+            "999",
+        ] {
+            let expected = ok
+                .trim()
+                .replace(['.', ',', '_', ' '], "")
+                .parse::<i64>()
+                .unwrap_or(0);
+            assert_eq!(
+                TokenAmount::parse(ok).map(|a| a.get()),
+                Ok(expected),
+                "{ok}"
+            );
+        }
+        // Read as a decimal somewhere, or with a separator out of place: refused.
+        for ambiguous in [
+            "1.5",
+            "1,5",
+            "2,50",
+            "1.000,5",
+            "1,000.000",
+            "1000.000",
+            ".500",
+            "500.",
+            "1..000",
+            "12.3456",
+        ] {
+            assert_eq!(
+                TokenAmount::parse(ambiguous),
+                Err(TokenAmountError::Ambiguous),
+                "{ambiguous}"
+            );
+        }
         assert_eq!(TokenAmount::parse("0"), Err(TokenAmountError::NotPositive));
         assert_eq!(TokenAmount::parse("-5"), Err(TokenAmountError::NotPositive));
         assert_eq!(TokenAmount::parse("abc"), Err(TokenAmountError::NotANumber));

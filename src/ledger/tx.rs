@@ -288,8 +288,10 @@ pub(super) fn grant_credits(
     Ok(user_id)
 }
 
-/// Moves a user to another plan at once: the current cycle's allowance changes by the
-/// difference between the plans (never below zero), as an `adjustment` in the ledger.
+/// Moves a user to another plan at once: this cycle's allowance becomes the new
+/// plan's, less what the allowance already paid for this cycle (never below zero), as
+/// an `adjustment` in the ledger. It depends only on the plan moved to, not on the
+/// way there: A to B and back to A leaves what staying on A would have.
 pub(super) fn change_plan(
     c: &mut Conn,
     ctx: &Ctx,
@@ -298,10 +300,10 @@ pub(super) fn change_plan(
     actor: &Actor,
 ) -> Result<(), super::LedgerError> {
     let bal = lock_and_roll(c, ctx, user_id)?;
-    let (old_id, old_name, old_allowance): (i64, String, i64) = users::table
+    let (old_id, old_name): (i64, String) = users::table
         .inner_join(plans::table)
         .filter(users::id.eq(user_id))
-        .select((plans::id, plans::name, plans::monthly_allowance))
+        .select((plans::id, plans::name))
         .first(c)?;
     let (new_name, new_allowance): (String, i64) = plans::table
         .find(plan_id)
@@ -312,7 +314,8 @@ pub(super) fn change_plan(
     if old_id == plan_id {
         return Ok(());
     }
-    let allowance_left = (bal.allowance_left + new_allowance - old_allowance).max(0);
+    let allowance_spent = allowance_spent_this_cycle(c, user_id, &ctx.cycle_key)?;
+    let allowance_left = new_allowance.saturating_sub(allowance_spent).max(0);
     let delta = allowance_left - bal.allowance_left;
     diesel::update(users::table.find(user_id))
         .set((users::plan_id.eq(plan_id), users::updated_at.eq(ctx.now)))
@@ -354,6 +357,20 @@ pub(super) fn change_plan(
         ctx.now,
     )?;
     Ok(())
+}
+
+/// What this cycle's usage took from the allowance (not from credits), from the
+/// ledger.
+fn allowance_spent_this_cycle(c: &mut Conn, user_id: i64, cycle: &str) -> Result<i64, StoreError> {
+    let taken: Option<i64> = ledger::table
+        .filter(ledger::user_id.eq(user_id))
+        .filter(ledger::cycle.eq(cycle))
+        .filter(ledger::kind.eq("usage"))
+        .select(diesel::dsl::sql::<
+            diesel::sql_types::Nullable<diesel::sql_types::BigInt>,
+        >("CAST(SUM(delta_allowance) AS BIGINT)"))
+        .first(c)?;
+    Ok(-taken.unwrap_or(0))
 }
 
 /// Renames a plan or changes its monthly allowance (from each user's next cycle).

@@ -207,7 +207,18 @@ impl Stream for MeteredStream {
                     this.finished = true;
                 }
                 Poll::Ready(None) => {
-                    this.settle(Outcome::Completed, this.status);
+                    this.scanner.finish();
+                    // LiteLLM reports a provider's failure after its 200 as an error
+                    // event: alone it generated nothing; after some text it is a
+                    // broken stream, charged for what came.
+                    let outcome = if this.scanner.error_only() {
+                        Outcome::UpstreamError
+                    } else if this.scanner.error_seen() {
+                        Outcome::UpstreamBroken
+                    } else {
+                        Outcome::Completed
+                    };
+                    this.settle(outcome, this.status);
                     this.finished = true;
                 }
             }

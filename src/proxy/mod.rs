@@ -262,12 +262,19 @@ async fn metered(
             return Err(err.into());
         }
     };
-    let Some((usage, text)) = sse::scan_json_response(&body) else {
+    let Some(answer) = sse::scan_json_response(&body) else {
         tracing::warn!(request_id = %request_id, status, content_type = %content_type, "upstream answered with a body that is not JSON; not charged");
         meter.close(Outcome::UpstreamError, 502, None, "", ttfb);
         return Err(ApiError::UpstreamGarbled);
     };
-    meter.close(Outcome::Completed, status, usage, &text, ttfb);
+    if answer.error_only {
+        // LiteLLM's error after its 200: passed on as it came, and nothing was
+        // generated to charge for.
+        tracing::warn!(request_id = %request_id, status, "upstream answered 200 with only an error; not charged");
+        meter.close(Outcome::UpstreamError, status, None, "", ttfb);
+    } else {
+        meter.close(Outcome::Completed, status, answer.usage, &answer.text, ttfb);
+    }
     Ok(HttpResponse::build(status_code(status))
         .insert_header((header::CONTENT_TYPE, content_type))
         .insert_header(("x-request-id", request_id))

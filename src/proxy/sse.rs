@@ -11,46 +11,245 @@ pub struct Usage {
     pub completion_tokens: i64,
 }
 
+/// A usage object. Each field is read leniently (`Count`): a provider's odd field
+/// must not lose the usage it reported.
 #[derive(Deserialize)]
 struct RawUsage {
-    prompt_tokens: Option<i64>,
-    completion_tokens: Option<i64>,
+    #[serde(default)]
+    prompt_tokens: Count,
+    #[serde(default)]
+    completion_tokens: Count,
 }
 
 impl RawUsage {
     fn into_usage(self) -> Option<Usage> {
-        let prompt_tokens = self.prompt_tokens?.max(0);
+        let prompt_tokens = self.prompt_tokens.0?.max(0);
         Some(Usage {
             prompt_tokens,
-            completion_tokens: self.completion_tokens.unwrap_or(0).max(0),
+            completion_tokens: self.completion_tokens.0.unwrap_or(0).max(0),
         })
     }
 }
 
+/// One JSON object of an answer: a stream's event or a whole non-streamed body.
+/// Every field tolerates shapes it does not expect (they read as absent), so that an
+/// answer the provider billed is never taken for garbage.
 #[derive(Deserialize)]
 struct Chunk {
     #[serde(default)]
-    usage: Option<RawUsage>,
+    usage: Lenient<RawUsage>,
     #[serde(default)]
-    choices: Option<Vec<Choice>>,
+    choices: Choices,
+    /// LiteLLM reports an error met after its 200 (mid-stream, or as the whole body)
+    /// as an object with an `error` key.
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
 struct Choice {
     #[serde(default)]
-    delta: Option<Message>,
+    delta: Lenient<Message>,
     #[serde(default)]
-    message: Option<Message>,
+    message: Lenient<Message>,
     #[serde(default)]
-    text: Option<String>,
+    text: Text,
 }
 
 #[derive(Deserialize)]
 struct Message {
     #[serde(default)]
-    content: Option<String>,
+    content: Text,
     #[serde(default)]
-    reasoning_content: Option<String>,
+    reasoning_content: Text,
+}
+
+/// Text that may be a string or an array of content parts (`{"type": "text", "text":
+/// ...}`), as OpenAI-compatible servers send either; anything else reads as none.
+#[derive(Default)]
+struct Text(Option<String>);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("text or content parts")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text, E> {
+                Ok(Text(Some(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Text, E> {
+                Ok(Text(Some(v)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Text, A::Error> {
+                let mut text: Option<String> = None;
+                while let Some(part) = seq.next_element::<Lenient<Part>>()? {
+                    if let Some(Text(Some(t))) = part.0.map(|p| p.text) {
+                        text.get_or_insert_with(String::new).push_str(&t);
+                    }
+                }
+                Ok(Text(text))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Text, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Text(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Text, E> {
+                Ok(Text(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Text, E> {
+                Ok(Text(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Text, E> {
+                Ok(Text(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Text, E> {
+                Ok(Text(None))
+            }
+            fn visit_unit<E>(self) -> Result<Text, E> {
+                Ok(Text(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct Part {
+    #[serde(default)]
+    text: Text,
+}
+
+/// A token count: a whole number (a float is cut to one); anything else reads as none.
+#[derive(Default)]
+struct Count(Option<i64>);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let any = serde_json::Value::deserialize(d)?;
+        Ok(Count(match any {
+            serde_json::Value::Number(n) => n
+                .as_i64()
+                .or_else(|| n.as_u64().map(|u| i64::try_from(u).unwrap_or(i64::MAX)))
+                .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64)),
+            _ => None,
+        }))
+    }
+}
+
+/// `choices` when it is an array; each element that is not a choice is skipped.
+#[derive(Default)]
+struct Choices(Vec<Choice>);
+
+impl<'de> Deserialize<'de> for Choices {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Choices;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of choices")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Choices, A::Error> {
+                let mut out = Vec::new();
+                while let Some(c) = seq.next_element::<Lenient<Choice>>()? {
+                    out.extend(c.0);
+                }
+                Ok(Choices(out))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Choices, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Choices::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Choices, E> {
+                Ok(Choices::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Choices, E> {
+                Ok(Choices::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Choices, E> {
+                Ok(Choices::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Choices, E> {
+                Ok(Choices::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Choices, E> {
+                Ok(Choices::default())
+            }
+            fn visit_unit<E>(self) -> Result<Choices, E> {
+                Ok(Choices::default())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An object of type `T`, or none when the value is anything else (`null`, a string,
+/// a number, an array).
+struct Lenient<T>(Option<T>);
+
+impl<T> Default for Lenient<T> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = Lenient<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Lenient<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|t| Lenient(Some(t)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Lenient<T>, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_unit<E>(self) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
 }
 
 /// Longest event kept for parsing; larger ones pass through unparsed.
@@ -71,6 +270,10 @@ pub struct SseScanner {
     usage: Option<Usage>,
     text: String,
     events: u64,
+    /// An event carried an `error` object (LiteLLM's mid-stream error).
+    error_seen: bool,
+    /// An event carried at least one choice.
+    choices_seen: bool,
 }
 
 impl SseScanner {
@@ -122,6 +325,17 @@ impl SseScanner {
 
     pub fn events(&self) -> u64 {
         self.events
+    }
+
+    /// Whether the stream reported an error and nothing else: no choice, no usage.
+    /// Nothing was generated, so nothing is charged.
+    pub fn error_only(&self) -> bool {
+        self.error_seen && !self.choices_seen && self.usage.is_none()
+    }
+
+    /// Whether the stream reported an error at some point.
+    pub fn error_seen(&self) -> bool {
+        self.error_seen
     }
 
     /// Keeps at most `MAX_EVENT_BYTES` of a line, the same bytes however the line
@@ -181,7 +395,7 @@ impl SseScanner {
     fn dispatch(&mut self) {
         if self.has_data && !self.oversized && self.data.as_slice() != b"[DONE]" {
             self.events += 1;
-            if let Ok(chunk) = serde_json::from_slice::<Chunk>(&self.data) {
+            if let Some(chunk) = parse_object(&self.data) {
                 self.absorb(chunk);
             }
         }
@@ -191,50 +405,71 @@ impl SseScanner {
     }
 
     fn absorb(&mut self, chunk: Chunk) {
-        if let Some(usage) = chunk.usage.and_then(RawUsage::into_usage) {
+        if let Some(usage) = chunk.usage.0.and_then(RawUsage::into_usage) {
             self.usage = Some(usage);
         }
-        for choice in chunk.choices.into_iter().flatten() {
-            let parts = [
-                choice.delta.as_ref().and_then(|d| d.content.as_deref()),
-                choice
-                    .delta
-                    .as_ref()
-                    .and_then(|d| d.reasoning_content.as_deref()),
-                choice.text.as_deref(),
-            ];
-            for part in parts.into_iter().flatten() {
+        if chunk.error.is_some() {
+            self.error_seen = true;
+        }
+        for choice in chunk.choices.0 {
+            self.choices_seen = true;
+            for part in choice.texts().into_iter().flatten() {
                 if self.text.len() + part.len() <= MAX_TEXT_BYTES {
-                    self.text.push_str(part);
+                    self.text.push_str(&part);
                 }
             }
         }
     }
 }
 
-/// Usage and text of a non-streamed answer; `None` when the body is not a JSON object.
-pub fn scan_json_response(body: &[u8]) -> Option<(Option<Usage>, String)> {
-    match serde_json::from_slice::<Chunk>(body) {
-        Ok(chunk) => {
-            let usage = chunk.usage.and_then(RawUsage::into_usage);
-            let mut text = String::new();
-            for choice in chunk.choices.into_iter().flatten() {
-                let parts = [
-                    choice.message.as_ref().and_then(|m| m.content.as_deref()),
-                    choice
-                        .message
-                        .as_ref()
-                        .and_then(|m| m.reasoning_content.as_deref()),
-                    choice.text.as_deref(),
-                ];
-                for part in parts.into_iter().flatten() {
-                    text.push_str(part);
-                }
-            }
-            Some((usage, text))
-        }
-        Err(_) => None,
+impl Choice {
+    /// The completion text of a choice: a stream's delta, a whole message or a
+    /// completion's `text`, with any reasoning text.
+    fn texts(self) -> [Option<String>; 5] {
+        let (delta, message) = (self.delta.0, self.message.0);
+        let (dc, dr) = delta.map_or((None, None), |m| (m.content.0, m.reasoning_content.0));
+        let (mc, mr) = message.map_or((None, None), |m| (m.content.0, m.reasoning_content.0));
+        [dc, dr, mc, mr, self.text.0]
     }
+}
+
+/// A JSON object read as a `Chunk`; anything else (an array, which serde would
+/// also read into a struct, a string, garbage) is none.
+fn parse_object(bytes: &[u8]) -> Option<Chunk> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace())?;
+    if *first != b'{' {
+        return None;
+    }
+    serde_json::from_slice::<Chunk>(bytes).ok()
+}
+
+/// What a non-streamed answer reported.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct JsonAnswer {
+    pub usage: Option<Usage>,
+    pub text: String,
+    /// The body is an error (LiteLLM's `{"error": ...}` under a 200) with no choice in
+    /// it: nothing was generated.
+    pub error_only: bool,
+}
+
+/// Usage and text of a non-streamed answer; `None` when the body is not a JSON object.
+pub fn scan_json_response(body: &[u8]) -> Option<JsonAnswer> {
+    let chunk = parse_object(body)?;
+    let error = chunk.error.is_some();
+    let usage = chunk.usage.0.and_then(RawUsage::into_usage);
+    let choices = !chunk.choices.0.is_empty();
+    let mut text = String::new();
+    for choice in chunk.choices.0 {
+        for part in choice.texts().into_iter().flatten() {
+            text.push_str(&part);
+        }
+    }
+    Some(JsonAnswer {
+        error_only: error && !choices && usage.is_none(),
+        usage,
+        text,
+    })
 }
 
 #[cfg(test)]
@@ -348,19 +583,60 @@ mod tests {
     #[test]
     fn json_response_usage() {
         let body = br#"{"choices":[{"message":{"role":"assistant","content":"Oi"}}],"usage":{"prompt_tokens":5,"completion_tokens":1}}"#;
-        let (usage, text) = scan_json_response(body).unwrap_or_default();
+        let a = scan_json_response(body).unwrap_or_default();
         assert_eq!(
-            usage.map(|u| u.prompt_tokens + u.completion_tokens),
+            a.usage.map(|u| u.prompt_tokens + u.completion_tokens),
             Some(6)
         );
-        assert_eq!(text, "Oi");
-        let (usage, _) =
-            scan_json_response(br#"{"data":[],"usage":{"prompt_tokens":7,"total_tokens":7}}"#)
-                .unwrap_or_default();
+        assert_eq!(a.text, "Oi");
+        let a = scan_json_response(br#"{"data":[],"usage":{"prompt_tokens":7,"total_tokens":7}}"#)
+            .unwrap_or_default();
         assert_eq!(
-            usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+            a.usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
             Some((7, 0))
         );
+    }
+
+    /// Content as an array of parts (as some OpenAI-compatible servers answer), and
+    /// fields of shapes nobody expected, still give the usage the provider billed.
+    #[test]
+    fn odd_shapes_keep_the_usage_and_the_text() {
+        let parts = br#"{"choices":[{"message":{"role":"assistant","content":[{"type":"text","text":"Ola"},{"type":"image","url":"x"},{"type":"text","text":" mundo"}]}}],"usage":{"prompt_tokens":9,"completion_tokens":2}}"#;
+        let a = scan_json_response(parts).unwrap_or_default();
+        assert_eq!(
+            (a.text.as_str(), a.usage.map(|u| u.completion_tokens)),
+            ("Ola mundo", Some(2))
+        );
+        let odd =
+            br#"{"choices":{"0":"x"},"usage":{"prompt_tokens":12.0,"completion_tokens":"3"}}"#;
+        let a = scan_json_response(odd).unwrap_or_default();
+        assert_eq!(
+            a.usage,
+            Some(Usage {
+                prompt_tokens: 12,
+                completion_tokens: 0
+            })
+        );
+        let weird = br#"{"choices":[7,{"message":"hi"},{"message":{"content":{"a":1}},"text":["p"]}],"usage":null}"#;
+        assert_eq!(scan_json_response(weird), Some(JsonAnswer::default()));
+    }
+
+    /// LiteLLM reports an error met after its 200 as `{"error": ...}`: alone it
+    /// generated nothing; after choices, what was generated still counts.
+    #[test]
+    fn an_error_alone_is_told_apart_from_an_answer() {
+        let alone =
+            br#"{"error":{"message":"upstream exploded","type":"server_error","code":"500"}}"#;
+        assert!(scan_json_response(alone).is_some_and(|a| a.error_only));
+        let mut s = SseScanner::new();
+        s.feed(b"data: {\"error\":{\"message\":\"boom\"}}\n\ndata: [DONE]\n\n");
+        s.finish();
+        assert!(s.error_only());
+        let mut s = SseScanner::new();
+        s.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"Oi\"}}]}\n\ndata: {\"error\":{\"message\":\"boom\"}}\n\n");
+        s.finish();
+        assert!(s.error_seen() && !s.error_only());
+        assert_eq!(s.text(), "Oi");
     }
 
     #[test]

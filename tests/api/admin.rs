@@ -217,6 +217,47 @@ async fn wrong_passwords_are_refused_then_rate_limited() {
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
 }
 
+/// Wrong passwords sent all at once: each attempt is counted before its password is
+/// checked, so no more than the limit are ever checked. They used to be checked
+/// first and counted after, and all thirty got through to the password check.
+#[actix_web::test]
+async fn a_burst_of_parallel_wrong_passwords_gets_no_more_tries_than_the_limit() {
+    let app = spawn_app(TestOptions::default()).await;
+    let mut browsers = Vec::new();
+    for _ in 0..30 {
+        let admin = Admin::new(&app);
+        let csrf = csrf_of(&admin.page("/admin/login").await);
+        browsers.push((admin, csrf));
+    }
+    let attempts = browsers.iter().map(|(admin, csrf)| async move {
+        let form = [
+            ("email", ADMIN_EMAIL),
+            ("password", "wrong-password-123"),
+            ("csrf", csrf.as_str()),
+            ("next", "/admin"),
+        ];
+        admin.post("/admin/login", &form).await
+    });
+    let statuses: Vec<StatusCode> = futures_util::future::join_all(attempts)
+        .await
+        .iter()
+        .map(reqwest::Response::status)
+        .collect();
+    let checked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((checked, refused), (5, 25), "{statuses:?}");
+    let res = Admin::new(&app)
+        .sign_in_as(ADMIN_EMAIL, ADMIN_PASSWORD)
+        .await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
 #[actix_web::test]
 async fn posts_without_the_csrf_token_or_from_another_site_change_nothing() {
     let app = spawn_app(TestOptions::default()).await;
@@ -331,6 +372,10 @@ async fn bad_amounts_are_refused_with_a_message_and_change_nothing() {
         ("1e9", "use só números"),
         ("99999999999999999999", "o máximo é 1.000.000.000.000"),
         ("", "use só números"),
+        // A decimal is never guessed at: "1.5" used to grant 15 tokens.
+        ("1.5", "ponto ou vírgula só separam milhares"),
+        ("2,50", "ponto ou vírgula só separam milhares"),
+        ("1.000,5", "ponto ou vírgula só separam milhares"),
     ] {
         let page = admin
             .submit(
@@ -344,6 +389,18 @@ async fn bad_amounts_are_refused_with_a_message_and_change_nothing() {
     }
     assert_eq!(app.summary(USER).credits, 0);
     assert!(app.ledger().audit_entries(None, 10, 0).unwrap().is_empty());
+    // Thousands grouped the Brazilian way or the English way are both understood.
+    for (amount, credits) in [("250.000", 250_000), ("250,000", 500_000)] {
+        let page = admin
+            .submit(
+                &format!("/admin/users/{id}"),
+                &format!("/admin/users/{id}/credits"),
+                &[("tokens", amount)],
+            )
+            .await;
+        assert!(page.contains("Créditos concedidos"), "{amount}");
+        assert_eq!(app.summary(USER).credits, credits);
+    }
 }
 
 #[actix_web::test]
@@ -501,6 +558,64 @@ async fn plans_weights_suspension_and_plan_changes() {
             "reactivate"
         ]
     );
+}
+
+/// Moving between plans depends only on the plan moved to: A (1,000) with 100 left,
+/// to B (500) and back to A leaves 100, as if the user had stayed. It used to leave
+/// 500, 400 of it free.
+#[actix_web::test]
+async fn a_plan_change_and_back_restores_what_was_left() {
+    let app = spawn_app(TestOptions::default()).await;
+    app.default_plan(1_000);
+    let spend = chat_body("fake-model", "olá", false, Some(40));
+    let cost = crate::fake_provider::prompt_tokens_of(&spend) + 40;
+    let n = 900 / cost;
+    for _ in 0..n {
+        assert_eq!(app.chat(&spend).await.status(), 200);
+    }
+    let a_left = 1_000 - n * cost;
+    assert_eq!(app.summary(USER).allowance_left, a_left);
+    let plan = |name: &str| {
+        app.ledger()
+            .plans()
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name == name)
+            .unwrap()
+            .id
+    };
+    let a = plan("Teste 1000");
+    let b = app
+        .ledger()
+        .create_plan("B", 500, false, &tokengate::ledger::Actor::Cli)
+        .unwrap();
+    let id = app.user_id(USER);
+    // `ledger()` waits for the settlements of the answers given so far.
+    let change = |plan| {
+        app.ledger()
+            .change_plan(id, plan, &tokengate::ledger::Actor::Cli)
+            .unwrap()
+    };
+    change(b);
+    assert_eq!(app.summary(USER).allowance_left, (500 - n * cost).max(0));
+    change(a);
+    assert_eq!(app.summary(USER).allowance_left, a_left);
+    // Credits used while B had nothing left do not come back as allowance.
+    app.ledger()
+        .grant_credits(
+            &tokengate::ledger::parse_user_ref(USER),
+            tokengate::domain::TokenAmount::new(1_000).unwrap(),
+            &tokengate::ledger::Actor::Cli,
+            None,
+        )
+        .unwrap();
+    change(b);
+    assert_eq!(app.chat(&spend).await.status(), 200);
+    change(a);
+    let s = app.summary(USER);
+    assert_eq!(s.allowance_left, a_left);
+    assert_eq!(s.credits, 1_000 - cost);
+    app.assert_invariant(USER);
 }
 
 #[actix_web::test]

@@ -46,8 +46,10 @@ fn mail_env(smtp: &SmtpServer) -> Vec<(&'static str, String)> {
 async fn alert_app(smtp: &SmtpServer, extra: &[(&'static str, String)]) -> TestApp {
     let mut env = mail_env(smtp);
     env.extend(extra.iter().cloned());
+    // The messages name the cycle's renewal date.
     let app = spawn_app(TestOptions {
         env,
+        start: mid_november(),
         ..TestOptions::default()
     })
     .await;

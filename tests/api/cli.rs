@@ -10,6 +10,7 @@ fn tokengate(db: &TestDb, args: &[&str], stdin: Option<&str>) -> Output {
         .args(args)
         .env("TOKENGATE_DATABASE_URL", &db.url)
         .env("TOKENGATE_LOG_FORMAT", "text")
+        .env(test_now_env().0, test_now_env().1)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -92,6 +93,10 @@ async fn bad_arguments_fail_clearly() {
     for (args, needle) in [
         (vec!["credits", "grant", USER, "-5"], "greater than zero"),
         (vec!["credits", "grant", USER, "lots"], "whole number"),
+        (
+            vec!["credits", "grant", USER, "1.5"],
+            "groups of three digits",
+        ),
         (
             vec!["credits", "grant", USER, "99999999999999999999"],
             "too large",

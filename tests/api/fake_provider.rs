@@ -2,7 +2,9 @@
 //! and `data:` prefixes are split across chunks, and failures chosen by model name:
 //! `fail-400`, `fail-500`, `hang` (streams 3 tokens then waits forever),
 //! `trickle` (streams 3 tokens, then one more every 20 ms until the client leaves),
-//! `no-usage` (never reports usage), anything else answers normally.
+//! `no-usage` (never reports usage), `error-200` (a 200 whose body, or whose only
+//! event, is LiteLLM's `{"error": ...}`), `parts` (a non-streamed answer whose
+//! `content` is an array of parts), anything else answers normally.
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use bytes::Bytes;
@@ -114,6 +116,8 @@ fn failure(model: &str) -> Option<HttpResponse> {
     match model {
         "fail-400" => Some(HttpResponse::BadRequest().json(json!({"error": {"message": "fake: invalid parameter", "type": "invalid_request_error", "code": "bad_param", "param": "temperature"}}))),
         "fail-500" => Some(HttpResponse::InternalServerError().json(json!({"error": {"message": "fake: provider exploded", "type": "server_error", "code": null, "param": null}}))),
+        // LiteLLM's way to report a provider failure after it has answered 200.
+        "error-200" => Some(HttpResponse::Ok().json(json!({"error": {"message": "litellm.APIConnectionError: provider went away", "type": null, "param": null, "code": "500"}}))),
         // A proxy in the way answering 200 with a page instead of JSON.
         "garbage" => Some(HttpResponse::Ok().content_type("text/html").body("<html><body>502 Bad Gateway</body></html>")),
         _ => None,
@@ -132,18 +136,26 @@ async fn generate(state: web::Data<FakeState>, body: web::Bytes, chat: bool) -> 
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     record(&state, &body);
     let model = body["model"].as_str().unwrap_or("").to_owned();
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    if model == "error-200" && stream {
+        let event = json!({"error": {"message": "litellm.APIConnectionError: provider went away", "code": "500"}});
+        return HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .body(format!("data: {event}\n\n"));
+    }
     if let Some(res) = failure(&model) {
         return res;
     }
     let prompt = prompt_tokens_of(&body);
     let completion = completion_tokens_of(&body);
-    let stream = body["stream"].as_bool().unwrap_or(false);
     if !stream {
         if model == "hang" {
             futures_util::future::pending::<()>().await;
         }
         let text = "tok ".repeat(completion as usize);
-        let choice = if chat {
+        let choice = if chat && model == "parts" {
+            json!({"index": 0, "message": {"role": "assistant", "content": [{"type": "text", "text": text}]}, "finish_reason": "stop"})
+        } else if chat {
             json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
         } else {
             json!({"index": 0, "text": text, "finish_reason": "stop"})

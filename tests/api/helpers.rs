@@ -81,6 +81,31 @@ impl TestDb {
     }
 }
 
+/// The instant every test's clock starts at: `TOKENGATE_TEST_START` (RFC 3339), else
+/// mid-November 2026. Processes and command lines started by a test get the same
+/// instant (`TOKENGATE_TEST_NOW`), so nothing a test checks depends on the calendar;
+/// scripts/test.sh also runs the date-sensitive tests from a month's last second and
+/// from a year's last second.
+pub fn test_start() -> chrono::DateTime<Utc> {
+    match std::env::var("TOKENGATE_TEST_START") {
+        Ok(v) => chrono::DateTime::parse_from_rfc3339(&v)
+            .unwrap_or_else(|e| panic!("TOKENGATE_TEST_START={v:?}: {e}"))
+            .with_timezone(&Utc),
+        Err(_) => mid_november(),
+    }
+}
+
+/// 2026-11-15 12:00 UTC, for tests whose expectations name dates (a cycle's rollover,
+/// an email's renewal date).
+pub fn mid_november() -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 15, 12, 0, 0).unwrap()
+}
+
+/// `TOKENGATE_TEST_NOW` for a process or command line of this test run.
+pub fn test_now_env() -> (&'static str, String) {
+    ("TOKENGATE_TEST_NOW", test_start().to_rfc3339())
+}
+
 pub struct TestOptions {
     pub upstream: Option<String>,
     pub env: Vec<(&'static str, String)>,
@@ -94,7 +119,7 @@ impl Default for TestOptions {
         Self {
             upstream: None,
             env: Vec::new(),
-            start: Utc.with_ymd_and_hms(2026, 11, 15, 12, 0, 0).unwrap(),
+            start: test_start(),
             settlement_panics_once: false,
         }
     }
@@ -390,6 +415,8 @@ pub fn tokengate_process(
         .env("TOKENGATE_UPSTREAM_URL", upstream)
         .env("TOKENGATE_CLIENT_KEYS", CLIENT_KEY)
         .env("TOKENGATE_ADMIN_PASSWORD", "test-admin-password");
+    let (k, v) = test_now_env();
+    cmd.env(k, v);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -436,7 +463,9 @@ pub fn observer_ledger(db_url: &str, upstream: &str) -> tokengate::ledger::Ledge
     let config = config_for(db_url, upstream, &[]);
     tokengate::ledger::Ledger::new(
         tokengate::db::Database::new(&config.database_url, 2),
-        std::sync::Arc::new(tokengate::domain::SystemClock),
+        // The processes of a test run on its clock (`test_now_env`): were the
+        // observer on the calendar's, it would roll their users into another cycle.
+        std::sync::Arc::new(ManualClock::new(test_start())),
         config.timezone,
         "observer".into(),
         config.hold_max_age,

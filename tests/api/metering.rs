@@ -240,7 +240,11 @@ async fn client_disconnect_charges_what_was_streamed() {
 
 #[actix_web::test]
 async fn cycle_rollover_resets_allowance_and_keeps_credits() {
-    let app = spawn_app(TestOptions::default()).await;
+    let app = spawn_app(TestOptions {
+        start: mid_november(),
+        ..TestOptions::default()
+    })
+    .await;
     let res = app
         .chat(&chat_body("fake-model", "olá", false, Some(10)))
         .await;
@@ -516,6 +520,34 @@ async fn stalls_and_unreadable_answers_get_clear_errors_and_cost_only_what_was_d
     let s = app.summary(USER);
     assert_eq!((s.used_this_cycle, s.held), (0, 0));
 
+    // 200 with only LiteLLM's error object, as a body or as the stream's one event:
+    // passed on as it came, and nothing was generated, so nothing is charged.
+    for stream in [false, true] {
+        let res = app
+            .chat(&chat_body("error-200", "olá", stream, Some(10)))
+            .await;
+        assert_eq!(res.status(), 200);
+        assert!(res.text().await.unwrap().contains("provider went away"));
+    }
+    let s = app.summary(USER);
+    assert_eq!((s.used_this_cycle, s.held), (0, 0));
+    let records = app.ledger().usage_records(app.user_id(USER)).unwrap();
+    let errors = records
+        .iter()
+        .filter(|r| r.outcome == "upstream_error")
+        .count();
+    assert_eq!(errors, 4, "{records:?}");
+
+    // An answer whose content is an array of parts is an answer: served and charged
+    // what the provider reported (it used to be a 502, billed by the provider).
+    let res = app.chat(&chat_body("parts", "olá", false, Some(10))).await;
+    assert_eq!(res.status(), 200);
+    let json: Value = res.json().await.unwrap();
+    let usage = &json["usage"];
+    let billed =
+        usage["prompt_tokens"].as_i64().unwrap() + usage["completion_tokens"].as_i64().unwrap();
+    assert_eq!(app.summary(USER).used_this_cycle, billed);
+
     // A generation of about 1.5 s, a piece every 50 ms, outlives the 1 s idle timeout.
     // Each piece reaches the client as it is generated: tokengate gathers only chunks
     // that arrive together, never waits for more.
@@ -533,7 +565,7 @@ async fn stalls_and_unreadable_answers_get_clear_errors_and_cost_only_what_was_d
         reads * 2 >= pieces,
         "{pieces} pieces 50 ms apart reached the client in only {reads} reads"
     );
-    let healthy = prompt_tokens_of(&app.fake.last_request()) + 40;
+    let healthy = billed + prompt_tokens_of(&app.fake.last_request()) + 40;
     assert_eq!(app.summary(USER).used_this_cycle, healthy);
 
     // Stalled mid-stream: cut after the idle timeout; the delivered part is charged as

@@ -137,11 +137,12 @@ pub async fn change_password(
     let admin = me.admin.clone();
     let now = state.ledger.now().naive_utc();
     let form = form.into_inner();
-    let result = web::block(move || {
+    let result = accounts::with_hashing_slot(move || {
         accounts::change_password(&db, &admin, &form.current, &form.new, &form.confirm, now)?;
         accounts::by_id(&db, admin.id).map_err(AccountError::from)
     })
-    .await?;
+    .await?
+    .ok_or(AdminError::Busy)?;
     match result {
         Ok(Some(updated)) => {
             // This session continues under the new password; the others end.
@@ -186,7 +187,10 @@ pub async fn add_admin(
     let by = me.admin.clone();
     let now = state.ledger.now().naive_utc();
     let (e, password) = (email.to_string(), form.password.clone());
-    match web::block(move || accounts::add(&db, &by, &e, &password, now)).await? {
+    match accounts::with_hashing_slot(move || accounts::add(&db, &by, &e, &password, now))
+        .await?
+        .ok_or(AdminError::Busy)?
+    {
         Ok(()) => Ok(back(
             &me,
             "/admin/account",

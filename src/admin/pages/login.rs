@@ -96,7 +96,9 @@ pub async fn submit(
     let now = state.ledger.now().naive_utc();
     let db = state.ledger.db().clone();
     let (e, a) = (email.clone(), address.clone());
-    if web::block(move || accounts::locked_out(&db, &e, &a, now)).await?? {
+    // The attempt is counted before its password is checked, so that attempts sent
+    // in parallel cannot all pass the limit.
+    if !web::block(move || accounts::begin_attempt(&db, &e, &a, now)).await?? {
         tracing::warn!(%address, "admin sign-in refused: too many failures");
         return Ok(login_page(
             &state,
@@ -112,9 +114,9 @@ pub async fn submit(
     }
     let db = state.ledger.db().clone();
     let (e, password) = (email.clone(), form.password.clone());
-    // Hashing is slow on purpose: off the async threads. An unknown email is checked
-    // against a dummy hash so both answers take as long.
-    let admin = web::block(move || -> Result<_, crate::db::StoreError> {
+    // Hashing is slow on purpose: off the async threads, a few at a time. An unknown
+    // email is checked against a dummy hash so both answers take as long.
+    let checked = accounts::with_hashing_slot(move || -> Result<_, crate::db::StoreError> {
         let admin = accounts::by_email(&db, &e)?;
         let hash = admin
             .as_ref()
@@ -122,11 +124,22 @@ pub async fn submit(
         let ok = bootstrap::verify_password(&password, hash);
         Ok(admin.filter(|a| ok && a.disabled_at.is_none()))
     })
-    .await??;
-    let Some(admin) = admin else {
-        let db = state.ledger.db().clone();
-        let (e, a) = (email.clone(), address.clone());
-        web::block(move || accounts::record_failure(&db, &e, &a, now)).await??;
+    .await?;
+    let Some(admin) = checked else {
+        tracing::warn!(%address, "admin sign-in refused: every password check is busy");
+        return Ok(login_page(
+            &state,
+            &session,
+            &email,
+            &form.next,
+            Some(l.pick(
+                "Muitas entradas ao mesmo tempo. Tente de novo em alguns segundos.",
+                "Too many sign-ins at once. Try again in a few seconds.",
+            )),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ));
+    };
+    let Some(admin) = admin? else {
         tracing::warn!(%address, "admin sign-in failed");
         return Ok(login_page(
             &state,

@@ -346,6 +346,12 @@ fn token_error(e: &crate::domain::tokens::TokenAmountError, l: Locale) -> String
         E::NotPositive => l
             .pick("precisa ser maior que zero", "must be more than zero")
             .into(),
+        E::Ambiguous => l
+            .pick(
+                "use tokens inteiros; ponto ou vírgula só separam milhares, como 250.000",
+                "use whole tokens; a comma or a point only separates thousands, like 250,000",
+            )
+            .into(),
         E::TooLarge => format!(
             "{} {}",
             l.pick("o máximo é", "the most is"),
