@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::db::schema::{admins, settings};
-use crate::db::{Database, StoreError, write_tx};
+use crate::db::{Database, StoreError};
 use crate::proxy::auth::ClientKeys;
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
@@ -69,11 +69,11 @@ pub fn client_keys(
             .collect();
         return Ok(ClientKeys::from_digests(digests));
     }
-    let mut conn = db.conn()?;
     let candidate = format!("tg-{}", random_token(24)?);
     let candidate_digest = hex::encode(ClientKeys::digest(&candidate));
+    let digest = candidate_digest.clone();
     // Insert-if-absent in one transaction, so replicas starting together agree.
-    let stored: String = write_tx(&mut conn, |c| {
+    let stored: String = db.write_blocking(move |c| {
         let existing: Option<String> = settings::table
             .find(CLIENT_KEY_SETTING)
             .select(settings::value)
@@ -85,10 +85,10 @@ pub fn client_keys(
         diesel::insert_into(settings::table)
             .values((
                 settings::key.eq(CLIENT_KEY_SETTING),
-                settings::value.eq(&candidate_digest),
+                settings::value.eq(&digest),
             ))
             .execute(c)?;
-        Ok(candidate_digest.clone())
+        Ok(digest.clone())
     })?;
     if stored == candidate_digest {
         generated.client_key = Some(candidate);
@@ -108,8 +108,7 @@ pub fn first_admin(
     now: NaiveDateTime,
     generated: &mut Generated,
 ) -> Result<(), BootstrapError> {
-    let mut conn = db.conn()?;
-    let count: i64 = admins::table.count().get_result(&mut *conn)?;
+    let count: i64 = admins::table.count().get_result(&mut *db.conn()?)?;
     if count > 0 {
         return Ok(());
     }
@@ -123,12 +122,13 @@ pub fn first_admin(
         None => (random_token(12)?, true),
     };
     let hash = hash_password(&password)?;
-    let created = write_tx(&mut conn, |c| {
+    let address = email.clone();
+    let created = db.write_blocking(move |c| {
         let count: i64 = admins::table.count().get_result(c)?;
         if count > 0 {
             return Ok::<_, BootstrapError>(false);
         }
-        insert_admin(c, &email, &hash, now)?;
+        insert_admin(c, &address, &hash, now)?;
         Ok(true)
     })?;
     if created && show {
@@ -148,16 +148,16 @@ pub fn add_admin(
         return Err(BootstrapError::WeakPassword);
     }
     let hash = hash_password(password)?;
-    let mut conn = db.conn()?;
-    write_tx(&mut conn, |c| {
+    let email = email.to_owned();
+    db.write_blocking(move |c| {
         let exists: i64 = admins::table
-            .filter(admins::email.eq(email))
+            .filter(admins::email.eq(&email))
             .count()
             .get_result(c)?;
         if exists > 0 {
-            return Err(BootstrapError::AdminExists(email.to_owned()));
+            return Err(BootstrapError::AdminExists(email.clone()));
         }
-        insert_admin(c, email, &hash, now)
+        insert_admin(c, &email, &hash, now)
     })
 }
 

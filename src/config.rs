@@ -139,6 +139,8 @@ pub struct Config {
     pub db_pool_size: u32,
     /// Where mail goes as `.eml` files when no SMTP server is configured.
     pub mail_dir: PathBuf,
+    /// Local state of this process: the settlement spool (`proxy::spool`).
+    pub data_dir: PathBuf,
     /// Per SMTP command (connect, each reply).
     pub smtp_timeout: Duration,
     pub mail_retry: crate::alerts::RetryPolicy,
@@ -343,6 +345,19 @@ impl Config {
             PathBuf::from(get("TOKENGATE_STATIC_DIR").unwrap_or_else(|| "static".into()));
         let mail_dir =
             PathBuf::from(get("TOKENGATE_MAIL_DIR").unwrap_or_else(|| "data/mail".into()));
+        // Beside an SQLite database by default: one folder holds all of its state.
+        let data_dir =
+            get("TOKENGATE_DATA_DIR")
+                .map(PathBuf::from)
+                .or_else(|| match &database_url {
+                    Some(DatabaseUrl::Sqlite(path)) => Some(
+                        path.parent()
+                            .filter(|p| !p.as_os_str().is_empty())
+                            .map_or_else(|| PathBuf::from("."), PathBuf::from),
+                    ),
+                    _ => None,
+                });
+        let data_dir = data_dir.unwrap_or_else(|| PathBuf::from("data"));
         let instance_id =
             get("TOKENGATE_INSTANCE_ID").unwrap_or_else(|| default_instance_id(&listen));
         let test_now = get("TOKENGATE_TEST_NOW").and_then(|v| {
@@ -422,6 +437,7 @@ impl Config {
                 instance_id,
                 db_pool_size: pool_raw.parse().unwrap_or(16),
                 mail_dir,
+                data_dir,
                 static_dir,
                 smtp_timeout: mail_durations[0],
                 mail_retry: crate::alerts::RetryPolicy {

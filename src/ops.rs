@@ -39,6 +39,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let mut text = state.metrics.render();
+    crate::telemetry::render_spooled(&mut text, state.settler.spooled());
     if let Some(w) = state.ledger.db().write_counts() {
         crate::telemetry::render_sqlite_writes(&mut text, w);
     }

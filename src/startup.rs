@@ -10,6 +10,7 @@ use crate::ledger::Ledger;
 use crate::mail::{Mailer, Templates};
 use crate::proxy::auth::ClientKeys;
 use crate::proxy::settler::Settler;
+use crate::proxy::spool::Spool;
 use crate::proxy::upstream::Upstream;
 use crate::telemetry::Metrics;
 use actix_web::dev::Server;
@@ -46,8 +47,8 @@ pub enum StartupError {
     Upstream(String),
     #[error("mail: {0}")]
     Mail(String),
-    #[error("cannot start the settlement thread: {0}")]
-    Settler(std::io::Error),
+    #[error(transparent)]
+    Spool(#[from] crate::proxy::spool::SpoolError),
 }
 
 pub struct Application {
@@ -69,7 +70,10 @@ impl Application {
     /// Connects, migrates, bootstraps and binds. Must run inside an actix system.
     pub fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
         let db = Database::new(&config.database_url, config.db_pool_size);
-        let applied = db.migrate()?;
+        let applied = until_reachable(&db, "migrating", || db.migrate())?;
+        // This instance's lock, and the settlements a previous run could not write,
+        // before anything touches its holds.
+        let spool = Spool::open(&config.data_dir, &config.instance_id)?;
         if !applied.is_empty() {
             tracing::info!(migrations = ?applied, "database migrated");
         }
@@ -89,6 +93,17 @@ impl Application {
             thresholds: config.alert_thresholds.clone(),
             admin_emails: config.admin_emails.clone(),
         });
+        let metrics = Arc::new(Metrics::default());
+        let settler = Settler::new(ledger.clone(), metrics.clone(), spool);
+        let replayed = until_reachable(&db, "writing the spooled settlements", || {
+            settler.replay_blocking()
+        })?;
+        if replayed > 0 {
+            tracing::warn!(
+                settlements = replayed,
+                "wrote the settlements a previous run kept in its spool"
+            );
+        }
         let released = ledger.register_instance()?;
         if released > 0 {
             tracing::warn!(released, instance = %config.instance_id, "released holds left by a previous run of this instance");
@@ -104,7 +119,6 @@ impl Application {
         let mailer = Mailer::from_config(&config).map_err(|e| StartupError::Mail(e.to_string()))?;
         let templates = Templates::new().map_err(|e| StartupError::Mail(e.to_string()))?;
         let config = Arc::new(config);
-        let metrics = Arc::new(Metrics::default());
         let mail_worker = MailWorker::new(
             db,
             Arc::new(mailer),
@@ -114,8 +128,6 @@ impl Application {
             ledger.outbox_signal(),
             metrics.clone(),
         );
-        let settler =
-            Settler::start(ledger.clone(), metrics.clone()).map_err(StartupError::Settler)?;
         let state = web::Data::new(AppState {
             config,
             ledger,
@@ -172,6 +184,7 @@ impl Application {
     /// mail worker running.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let mail = actix_web::rt::spawn(self.mail_worker.run());
+        let retries = actix_web::rt::spawn(self.state.settler.clone().retry_spooled());
         let ledger = self.state.ledger.clone();
         let background = actix_web::rt::spawn(async move {
             let mut tick = actix_web::rt::time::interval(HEARTBEAT_EVERY);
@@ -196,8 +209,33 @@ impl Application {
         // on their way to the database.
         self.state.settler.drain(SETTLE_DRAIN_LIMIT).await;
         background.abort();
+        retries.abort();
         mail.abort();
         result
+    }
+}
+
+/// Runs `f` until the database answers it. PostgreSQL may still be starting, or be
+/// down for a while (a restart during an outage): tokengate waits for it, saying so,
+/// instead of exiting. SQLite's errors (a read-only file, a missing folder) are
+/// final.
+fn until_reachable<T>(
+    db: &Database,
+    what: &str,
+    mut f: impl FnMut() -> Result<T, crate::db::StoreError>,
+) -> Result<T, crate::db::StoreError> {
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match f() {
+            Err(crate::db::StoreError::Unavailable(e))
+                if matches!(db.url(), crate::config::DatabaseUrl::Postgres(_)) =>
+            {
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "{what}: the database is unreachable; waiting for it");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
     }
 }
 

@@ -39,6 +39,8 @@ pub struct Metrics {
     /// tokengate's own time per phase of a metered request: microseconds and count.
     phase_micros: [AtomicU64; 4],
     phase_count: [AtomicU64; 4],
+    /// Settlements charged after their hold had been released.
+    late: AtomicU64,
 }
 
 /// The phases of a metered request, as in its `Server-Timing` header.
@@ -106,6 +108,10 @@ impl Metrics {
             .fetch_add(u64::try_from(charged).unwrap_or(0), Ordering::Relaxed);
     }
 
+    pub fn record_late_settlement(&self) {
+        self.late.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn record_rejection(&self, code: &str) {
         if let Some(i) = REJECTIONS.iter().position(|c| *c == code) {
             self.rejected[i].fetch_add(1, Ordering::Relaxed);
@@ -152,6 +158,13 @@ impl Metrics {
             "tokengate_tokens_charged_total {}",
             self.charged.load(Ordering::Relaxed)
         );
+        out.push_str("# HELP tokengate_settlements_late_total Answered requests whose hold had been released uncharged (their instance looked dead, or the hold outlived TOKENGATE_HOLD_MAX_AGE_SECS), charged when their settlement arrived.\n");
+        out.push_str("# TYPE tokengate_settlements_late_total counter\n");
+        let _ = writeln!(
+            out,
+            "tokengate_settlements_late_total {}",
+            self.late.load(Ordering::Relaxed)
+        );
         out.push_str(
             "# HELP tokengate_mail_attempts_total Attempts at sending alert mail, by result.\n",
         );
@@ -188,9 +201,16 @@ impl Metrics {
     }
 }
 
+/// Appends the settlements waiting in the spool (`proxy::spool`) to a `/metrics` text.
+pub fn render_spooled(out: &mut String, spooled: usize) {
+    out.push_str("# HELP tokengate_settlements_spooled Answered requests whose settlement could not be written yet, kept in the local spool and retried.\n");
+    out.push_str("# TYPE tokengate_settlements_spooled gauge\n");
+    let _ = writeln!(out, "tokengate_settlements_spooled {spooled}");
+}
+
 /// Appends SQLite's write paths (`db::WriteCounts`) to a `/metrics` text.
 pub fn render_sqlite_writes(out: &mut String, w: crate::db::WriteCounts) {
-    out.push_str("# HELP tokengate_sqlite_writes_total Reservations and settlements on SQLite's write connection, by path: inline (at once, on the request's thread), queued (the connection was busy: the writer thread's next group commit), together (a batch of settlements, one group commit).\n");
+    out.push_str("# HELP tokengate_sqlite_writes_total Writes on SQLite's one write connection, by path: inline (at once, on the caller's thread), queued (the connection was busy: the writer thread's next group commit), together (settlements, always group-committed by the writer thread).\n");
     out.push_str("# TYPE tokengate_sqlite_writes_total counter\n");
     for (path, n) in [
         ("inline", w.inline),

@@ -2,7 +2,7 @@
 
 use crate::bootstrap::{self, BootstrapError, MIN_PASSWORD_CHARS};
 use crate::db::schema::{admins, login_failures};
-use crate::db::{Database, StoreError, write_tx};
+use crate::db::{Database, StoreError};
 use crate::ledger::Actor;
 use crate::ledger::audit::{self, Action};
 use chrono::{Duration, NaiveDateTime};
@@ -105,6 +105,7 @@ pub fn begin_attempt(
     now: NaiveDateTime,
 ) -> Result<bool, StoreError> {
     let since = now - Duration::minutes(FAILURE_WINDOW_MINUTES);
+    let (email, address) = (email.to_owned(), address.to_owned());
     db.write_blocking(move |c| {
         if let crate::db::AnyConnection::Postgresql(pg) = c {
             // Attempts on other connections are counted only once committed: take
@@ -118,12 +119,12 @@ pub fn begin_attempt(
         )
         .execute(c)?;
         let by_account: i64 = login_failures::table
-            .filter(login_failures::email.eq(email))
+            .filter(login_failures::email.eq(&email))
             .filter(login_failures::created_at.ge(since))
             .count()
             .get_result(c)?;
         let by_address: i64 = login_failures::table
-            .filter(login_failures::address.eq(address))
+            .filter(login_failures::address.eq(&address))
             .filter(login_failures::created_at.ge(since))
             .count()
             .get_result(c)?;
@@ -132,8 +133,8 @@ pub fn begin_attempt(
         }
         diesel::insert_into(login_failures::table)
             .values((
-                login_failures::email.eq(email),
-                login_failures::address.eq(address),
+                login_failures::email.eq(&email),
+                login_failures::address.eq(&address),
                 login_failures::created_at.eq(now),
             ))
             .execute(c)?;
@@ -203,9 +204,9 @@ pub fn change_password(
     }
     let hash = bootstrap::hash_password(new)?;
     let actor = Actor::Admin(admin.email.clone());
-    let mut c = db.conn()?;
-    write_tx(&mut c, |c| {
-        diesel::update(admins::table.find(admin.id))
+    let (id, email) = (admin.id, admin.email.clone());
+    db.write_blocking(move |c| {
+        diesel::update(admins::table.find(id))
             .set(admins::password_hash.eq(&hash))
             .execute(c)?;
         audit::record(
@@ -213,7 +214,7 @@ pub fn change_password(
             &actor,
             Action::ChangePassword,
             None,
-            &json!({"admin": admin.email}),
+            &json!({"admin": email}),
             now,
         )?;
         Ok::<_, AccountError>(())
@@ -228,11 +229,11 @@ pub fn add(
     now: NaiveDateTime,
 ) -> Result<(), AccountError> {
     bootstrap::add_admin(db, email, password, now)?;
-    let mut c = db.conn()?;
-    write_tx(&mut c, |c| {
+    let (actor, email) = (Actor::Admin(by.email.clone()), email.to_owned());
+    db.write_blocking(move |c| {
         audit::record(
             c,
-            &Actor::Admin(by.email.clone()),
+            &actor,
             Action::AddAdmin,
             None,
             &json!({"admin": email}),
@@ -253,8 +254,8 @@ pub fn set_disabled(
         return Err(AccountError::SelfDisable);
     }
     let target = by_id(db, target_id)?.ok_or(AccountError::NotFound)?;
-    let mut c = db.conn()?;
-    write_tx(&mut c, |c| {
+    let actor = Actor::Admin(by.email.clone());
+    db.write_blocking(move |c| {
         diesel::update(admins::table.find(target_id))
             .set(admins::disabled_at.eq(disabled.then_some(now)))
             .execute(c)?;
@@ -265,7 +266,7 @@ pub fn set_disabled(
         };
         audit::record(
             c,
-            &Actor::Admin(by.email.clone()),
+            &actor,
             action,
             None,
             &json!({"admin": target.email}),

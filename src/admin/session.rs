@@ -8,7 +8,7 @@
 use super::AdminError;
 use super::accounts::{self, AdminAccount};
 use crate::db::schema::settings;
-use crate::db::{Database, StoreError, write_tx};
+use crate::db::{Database, StoreError};
 use crate::startup::AppState;
 use actix_session::config::{BrowserSession, CookieContentSecurity};
 use actix_session::storage::CookieSessionStore;
@@ -34,8 +34,7 @@ pub fn load_key(db: &Database) -> Result<Key, StoreError> {
     getrandom::fill(&mut candidate)
         .map_err(|e| StoreError::Unavailable(format!("no random bytes: {e}")))?;
     let candidate = hex::encode(candidate);
-    let mut conn = db.conn()?;
-    let stored: String = write_tx(&mut conn, |c| {
+    let stored: String = db.write_blocking(move |c| {
         let existing: Option<String> = settings::table
             .find(SESSION_KEY_SETTING)
             .select(settings::value)

@@ -10,7 +10,7 @@
 use super::Role;
 use super::store::{self, AlertFacts, Claimed};
 use crate::config::{Config, Locale};
-use crate::db::{Database, StoreError, write_tx};
+use crate::db::{Database, StoreError};
 use crate::domain::{Cycle, used_percent};
 use crate::i18n;
 use crate::mail::{Delivered, Kind, MailError, Mailer, Outgoing, Templates};
@@ -76,7 +76,7 @@ impl MailWorker {
 
     /// Runs until the task is dropped.
     pub async fn run(self) {
-        match self.blocking(store::release_claims).await {
+        match self.write(store::release_claims).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
                 messages = n,
@@ -105,7 +105,7 @@ impl MailWorker {
         let now = wall_now();
         let lease = chrono::Duration::from_std(self.lease()).unwrap_or_default();
         let claimed = self
-            .blocking(move |c, id| write_tx(c, |c| store::claim(c, id, now, now + lease, BATCH)))
+            .write(move |c, id| store::claim(c, id, now, now + lease, BATCH))
             .await?;
         let results: Vec<_> = futures_util::stream::iter(claimed)
             .map(|row| self.deliver(row))
@@ -128,7 +128,7 @@ impl MailWorker {
     async fn deliver(&self, row: Claimed) -> Result<MailResult, StoreError> {
         let alert_id = row.alert_id;
         let facts = self
-            .blocking(move |c, _| store::alert_facts(c, alert_id))
+            .read(move |c, _| store::alert_facts(c, alert_id))
             .await?;
         let outcome = match facts {
             Some(facts) => match self.compose(&row, &facts) {
@@ -142,7 +142,7 @@ impl MailWorker {
         match outcome {
             Ok(delivered) => {
                 let kept = self
-                    .blocking(move |c, me| store::mark_sent(c, id, me, now))
+                    .write(move |c, me| store::mark_sent(c, id, me, now))
                     .await?;
                 match &delivered {
                     Delivered::Smtp => {
@@ -173,7 +173,7 @@ impl MailWorker {
                         .unwrap_or_default()
                 });
                 let error = truncate(&e.to_string(), 500);
-                self.blocking(move |c, me| store::mark_attempt_failed(c, id, me, &error, retry_at))
+                self.write(move |c, me| store::mark_attempt_failed(c, id, me, &error, retry_at))
                     .await?;
                 if give_up {
                     tracing::error!(outbox = id, alert = alert_id, attempts, error = %e, "alert mail failed for good");
@@ -207,7 +207,7 @@ impl MailWorker {
 
     /// Until the next message is due, within bounds.
     async fn idle_wait(&self) -> Duration {
-        let next = self.blocking(|c, _| store::next_due(c)).await;
+        let next = self.read(|c, _| store::next_due(c)).await;
         match next {
             Ok(Some(at)) => (at - wall_now())
                 .to_std()
@@ -223,7 +223,18 @@ impl MailWorker {
         (self.config.smtp_timeout * 10).max(Duration::from_secs(600))
     }
 
-    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Runs `f` as a write transaction (the write engine's).
+    async fn write<T, F>(&self, mut f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut crate::db::AnyConnection, &str) -> Result<T, StoreError> + Send + 'static,
+    {
+        let id = self.worker_id.clone();
+        self.db.write(move |c| f(c, &id)).await
+    }
+
+    /// Runs `f` on a pooled connection, off the async threads, for reading.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut crate::db::AnyConnection, &str) -> Result<T, StoreError> + Send + 'static,

@@ -1,12 +1,12 @@
 //! One binary, two databases: SQLite (embedded default) and PostgreSQL, chosen by URL.
 
-mod batch;
-pub use batch::WriteCounts;
+mod engine;
+pub use engine::{RetryableError, WriteCounts, WriteError};
 pub mod schema;
 pub(crate) mod statement;
 
 use crate::config::DatabaseUrl;
-use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::r2d2::R2D2Connection;
@@ -91,6 +91,12 @@ pub struct ConnectionManager {
     url: DatabaseUrl,
 }
 
+impl ConnectionManager {
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error(transparent)]
@@ -146,40 +152,58 @@ fn connect_sqlite(path: &Path) -> Result<SqliteConnection, ConnectError> {
     // busy_timeout makes writers queue instead of failing; it comes first because
     // switching a new file to WAL needs a lock that another process starting at the
     // same moment may hold. WAL + NORMAL survives a killed process (not a power cut)
-    // at ~10 µs a commit.
+    // at ~10 µs a commit. No connection checkpoints inside its own commits
+    // (`wal_autocheckpoint = 0`): the write engine's checkpointer does, from a
+    // connection of its own.
     conn.batch_execute(
         "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
-         PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+         PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+         PRAGMA wal_autocheckpoint = 0;",
     )?;
     Ok(conn)
 }
 
-/// Checked before each new SQLite connection (they are pooled, so rarely): on a file
-/// it cannot write, SQLite silently opens read-only and later says only "attempt to
-/// write a readonly database", while the OS names the cause (a read-only mount,
-/// permissions).
+/// Why SQLite could not write `path`, asked of the OS without opening the file.
+/// Asked before each new connection: on a file it cannot write, SQLite silently opens
+/// read-only and later says only "attempt to write a readonly database", while the OS
+/// names the cause (a read-only mount, permissions).
+///
+/// The file itself is never opened outside SQLite: closing any descriptor of a file
+/// drops every POSIX lock this process holds on it, SQLite's included. Another
+/// process (the command line) closing its connection would then believe it was the
+/// last one, checkpoint and delete the `-wal` under the running server, and every
+/// write since would be lost ("How To Corrupt An SQLite Database File", 2.2).
 fn not_writable(path: &Path) -> Option<ConnectError> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .err()
-        .map(|source| ConnectError::NotWritable {
-            path: path.display().to_string(),
-            source,
+    use rustix::fs::{Access, access};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    // The `-wal` and `-shm` files are created beside the database.
+    let checks = [
+        (dir, Access::WRITE_OK | Access::EXEC_OK),
+        (path, Access::WRITE_OK),
+    ];
+    checks
+        .into_iter()
+        .find_map(|(target, mode)| match access(target, mode) {
+            Ok(()) => None,
+            // The file is created on first open, if the folder allows it.
+            Err(rustix::io::Errno::NOENT) if target == path => None,
+            Err(errno) => Some(ConnectError::NotWritable {
+                path: path.display().to_string(),
+                source: std::io::Error::from(errno),
+            }),
         })
 }
 
-/// The connection pool plus what the backend is.
+/// The connection pool, the write engine, and what the backend is.
 #[derive(Clone)]
 pub struct Database {
     pool: Pool,
     url: DatabaseUrl,
-    /// SQLite's one write connection and its writer thread, started by the first
-    /// `write`.
-    writer: Arc<OnceLock<batch::WriteQueue>>,
+    /// Every write goes through it (`engine`); started by the first.
+    engine: Arc<OnceLock<engine::Engine>>,
 }
 
 impl Database {
@@ -187,7 +211,7 @@ impl Database {
     /// database is still coming up and answer 503 meanwhile).
     pub fn new(url: &DatabaseUrl, pool_size: u32) -> Self {
         let size = match url {
-            // One writer at a time anyway; a few readers in WAL.
+            // Readers only: SQLite's writes share the engine's one connection.
             DatabaseUrl::Sqlite(_) => pool_size.min(8),
             DatabaseUrl::Postgres(_) => pool_size,
         };
@@ -200,102 +224,66 @@ impl Database {
         Self {
             pool,
             url: url.clone(),
-            writer: Arc::new(OnceLock::new()),
+            engine: Arc::new(OnceLock::new()),
         }
     }
 
-    /// How SQLite's writes have run so far; `None` on PostgreSQL, whose writes take
-    /// any pooled connection.
+    fn engine(&self) -> &engine::Engine {
+        self.engine.get_or_init(|| {
+            engine::Engine::start(
+                ConnectionManager {
+                    url: self.url.clone(),
+                },
+                self.pool.clone(),
+            )
+        })
+    }
+
+    /// How SQLite's writes have run so far; `None` on PostgreSQL.
     pub fn write_counts(&self) -> Option<WriteCounts> {
         match &self.url {
             DatabaseUrl::Sqlite(_) => Some(
-                self.writer
+                self.engine
                     .get()
-                    .map(batch::WriteQueue::counts)
+                    .map(engine::Engine::counts)
                     .unwrap_or_default(),
             ),
             DatabaseUrl::Postgres(_) => None,
         }
     }
 
-    /// Runs `f` as a write transaction. On SQLite it runs inline when the writer
-    /// connection is free, else in the writer thread's next group commit (see
-    /// `batch`). On PostgreSQL it runs on the blocking pool, in a transaction of its
-    /// own on a pooled connection, so row locks, not a single process, keep replicas
-    /// apart. `f` may run more than once after a lost race.
-    pub async fn write<T, F>(&self, mut f: F) -> Result<T, StoreError>
+    /// Runs `f` as a write transaction and returns its result once committed (see
+    /// `engine`). `f` may run more than once, after a lost race.
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnMut(&mut AnyConnection) -> Result<T, StoreError> + Send + 'static,
+        E: WriteError,
+        F: FnMut(&mut AnyConnection) -> Result<T, E> + Send + 'static,
     {
-        match &self.url {
-            DatabaseUrl::Sqlite(_) => {
-                let manager = ConnectionManager {
-                    url: self.url.clone(),
-                };
-                self.writer
-                    .get_or_init(|| batch::WriteQueue::start(manager))
-                    .submit(f)
-                    .await
-            }
-            DatabaseUrl::Postgres(_) => {
-                let pool = self.pool.clone();
-                tokio::task::spawn_blocking(move || {
-                    let mut conn = pool.get()?;
-                    write_tx(&mut conn, &mut f)
-                })
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("write task failed: {e}")))?
-            }
-        }
-    }
-
-    /// Runs `f` on each item, each in a savepoint of its own so that one that fails
-    /// is rolled back alone and reported in its place, with as few commits as the
-    /// backend allows. On SQLite the items are jobs of the writer thread's group
-    /// commit; on PostgreSQL they share one transaction on a pooled connection. The
-    /// outer error means that transaction failed and nothing was written.
-    pub async fn write_each<I, T, F>(
-        &self,
-        items: Arc<[I]>,
-        f: F,
-    ) -> Result<Vec<Result<T, StoreError>>, StoreError>
-    where
-        I: Send + Sync + 'static,
-        T: Send + 'static,
-        F: Fn(&mut AnyConnection, &I) -> Result<T, StoreError> + Send + Sync + 'static,
-    {
-        match &self.url {
-            DatabaseUrl::Sqlite(_) => {
-                let manager = ConnectionManager {
-                    url: self.url.clone(),
-                };
-                Ok(self
-                    .writer
-                    .get_or_init(|| batch::WriteQueue::start(manager))
-                    .submit_each(items, f)
-                    .await)
-            }
-            DatabaseUrl::Postgres(_) => {
-                self.write(move |c| {
-                    Ok(items
-                        .iter()
-                        .map(|item| c.transaction(|c| f(c, item)))
-                        .collect::<Vec<_>>())
-                })
-                .await
-            }
-        }
+        self.engine().write(f).await
     }
 
     /// `write` for callers off the async runtime (the dashboard's blocking tasks, the
-    /// command line, the sweeper).
-    pub fn write_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// command line, the heartbeat).
+    pub fn write_blocking<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        F: FnMut(&mut AnyConnection) -> Result<T, StoreError>,
+        T: Send + 'static,
+        E: WriteError,
+        F: FnMut(&mut AnyConnection) -> Result<T, E> + Send + 'static,
     {
-        let mut conn = self.conn()?;
-        write_tx(&mut conn, f)
+        self.engine().write_blocking(f)
+    }
+
+    /// Hands `f` to the next group commit and returns at once; `done` gets its result
+    /// (on the writer thread) once written. Groups run jobs in the order of `key`.
+    pub fn queue<T, E, F, D>(&self, key: i64, f: F, done: D)
+    where
+        T: Send + 'static,
+        E: WriteError,
+        F: FnMut(&mut AnyConnection) -> Result<T, E> + Send + 'static,
+        D: FnOnce(Result<T, E>) + Send + 'static,
+    {
+        self.engine().queue(key, f, done);
     }
 
     pub fn url(&self) -> &DatabaseUrl {
@@ -358,73 +346,6 @@ pub fn run_migrations(conn: &mut AnyConnection) -> Result<Vec<String>, StoreErro
             unlocked?;
             Ok(applied)
         }
-    }
-}
-
-/// Runs `f` in a write transaction. On SQLite it is `BEGIN IMMEDIATE`, so the write
-/// lock is taken up front and a read-then-write can never fail with a stale snapshot;
-/// on PostgreSQL it is a plain transaction whose first statement locks the rows it
-/// touches. Retries a few times on a lost race (unique violation or serialization
-/// failure), which `f` must therefore tolerate being run again.
-pub fn write_tx<T, E, F>(conn: &mut AnyConnection, mut f: F) -> Result<T, E>
-where
-    F: FnMut(&mut AnyConnection) -> Result<T, E>,
-    E: From<DieselError> + RetryableError,
-{
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let result = run_tx(conn, &mut f);
-        match result {
-            Err(e) if attempt < 4 && e.is_retryable() => continue,
-            other => return other,
-        }
-    }
-}
-
-fn run_tx<T, E, F>(conn: &mut AnyConnection, f: &mut F) -> Result<T, E>
-where
-    F: FnMut(&mut AnyConnection) -> Result<T, E>,
-    E: From<DieselError>,
-{
-    match conn {
-        AnyConnection::Sqlite(c) => {
-            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?
-        }
-        AnyConnection::Postgresql(c) => AnsiTransactionManager::begin_transaction(c)?,
-    }
-    match f(conn) {
-        Ok(value) => {
-            <AnyConnection as Connection>::TransactionManager::commit_transaction(conn)?;
-            Ok(value)
-        }
-        Err(e) => {
-            <AnyConnection as Connection>::TransactionManager::rollback_transaction(conn)?;
-            Err(e)
-        }
-    }
-}
-
-/// Errors that mean "another transaction won a race; running again will succeed".
-pub trait RetryableError {
-    fn is_retryable(&self) -> bool;
-}
-
-impl RetryableError for DieselError {
-    fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            DieselError::DatabaseError(
-                DatabaseErrorKind::UniqueViolation | DatabaseErrorKind::SerializationFailure,
-                _
-            )
-        )
-    }
-}
-
-impl RetryableError for StoreError {
-    fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Query(e) if e.is_retryable())
     }
 }
 

@@ -10,7 +10,7 @@ mod tx;
 pub mod views;
 
 use crate::alerts::AlertPolicy;
-use crate::db::{Database, StoreError, write_tx};
+use crate::db::{Database, StoreError};
 use crate::domain::{Clock, Cycle, Email, Identity, TokenAmount, Weights};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -74,6 +74,21 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcome an `as_str` name stands for.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Completed,
+            Self::UpstreamError,
+            Self::UpstreamUnreachable,
+            Self::UpstreamTimeout,
+            Self::UpstreamBroken,
+            Self::ClientDisconnected,
+            Self::Abandoned,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Completed => "completed",
@@ -103,12 +118,34 @@ pub struct Settlement {
     pub ttfb: Option<Duration>,
 }
 
+impl Settlement {
+    /// Releases a hold without a charge.
+    pub fn released(request_id: String, outcome: Outcome, status: u16) -> Self {
+        Self {
+            request_id,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            charge: 0,
+            estimated: false,
+            outcome,
+            status,
+            latency: Duration::ZERO,
+            ttfb: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SettleResult {
     Settled {
         charged: i64,
     },
-    /// The request id was settled or released before: nothing changed.
+    /// The request's hold had been released uncharged (its instance looked dead, or
+    /// the hold outlived its maximum age) although it was answered: charged now.
+    SettledLate {
+        charged: i64,
+    },
+    /// The request id was settled before: nothing changed.
     AlreadySettled,
 }
 
@@ -249,63 +286,54 @@ impl Ledger {
             .await
     }
 
-    /// Charges what a request used and releases its hold, writing any alert the usage
-    /// crossed in the same transaction. Idempotent per request id. Returns once the
-    /// settlement is durable.
-    pub async fn settle(&self, s: Settlement) -> Result<SettleResult, StoreError> {
-        let ctx = tx::Ctx::new(self.now(), self.tz);
-        let policy = self.alerts.clone();
-        let (result, queued) = self
-            .db
-            .write(move |c| tx::settle(c, &ctx, &s, &policy))
-            .await?;
-        if queued > 0 {
-            self.outbox_signal.notify_one();
+    /// The body of a settlement's transaction: charges what a request used and
+    /// releases its hold, writing any alert the usage crossed in the same
+    /// transaction. Idempotent per request id. The moment it is written in is read
+    /// when it runs.
+    fn settle_tx(
+        &self,
+        s: Arc<Settlement>,
+    ) -> impl FnMut(&mut crate::db::AnyConnection) -> Result<SettleResult, StoreError> + Send + 'static
+    {
+        let (clock, tz, policy, signal) = (
+            self.clock.clone(),
+            self.tz,
+            self.alerts.clone(),
+            self.outbox_signal.clone(),
+        );
+        move |c| {
+            let ctx = tx::Ctx::new(clock.now(), tz);
+            let (result, queued) = tx::settle(c, &ctx, &s, &policy)?;
+            if queued > 0 {
+                // Committed only with the rest; a worker that wakes early finds
+                // nothing and waits again.
+                signal.notify_one();
+            }
+            Ok(result)
         }
-        Ok(result)
     }
 
-    /// Settles several requests together (`Database::write_each`): one transaction
-    /// and one commit on PostgreSQL, the writer thread's group commit on SQLite. Each
-    /// is in a savepoint of its own, so one that fails is rolled back alone and
-    /// reported in its place. The outer error means the transaction failed and
-    /// nothing was written. Callers order the settlements by user, so that two
-    /// instances settling at once lock balance rows in the same order.
-    pub async fn settle_many(
+    /// Settles one request; returns once the settlement is durable.
+    pub async fn settle(&self, s: Settlement) -> Result<SettleResult, StoreError> {
+        self.db.write(self.settle_tx(Arc::new(s))).await
+    }
+
+    /// Hands a settlement to the next group commit (`Database::queue`) and returns
+    /// at once; `done` gets the result once it is written (or failed). Groups lock
+    /// balance rows in the order of the user's id, so that replicas settling at once
+    /// never deadlock.
+    pub fn settle_queued(
         &self,
-        settlements: Arc<[Settlement]>,
-    ) -> Result<Vec<Result<SettleResult, StoreError>>, StoreError> {
-        let ctx = tx::Ctx::new(self.now(), self.tz);
-        let policy = self.alerts.clone();
-        let results = self
-            .db
-            .write_each(settlements, move |c, s| tx::settle(c, &ctx, s, &policy))
-            .await?;
-        let mut queued = 0;
-        let results = results
-            .into_iter()
-            .map(|r| {
-                r.map(|(result, q)| {
-                    queued += q;
-                    result
-                })
-            })
-            .collect();
-        if queued > 0 {
-            self.outbox_signal.notify_one();
-        }
-        Ok(results)
+        user_id: i64,
+        s: Arc<Settlement>,
+        done: impl FnOnce(Result<SettleResult, StoreError>) + Send + 'static,
+    ) {
+        self.db.queue(user_id, self.settle_tx(s), done);
     }
 
     /// `settle` for callers off the async runtime (the hold sweeper).
     pub fn settle_blocking(&self, s: &Settlement) -> Result<SettleResult, StoreError> {
-        let ctx = tx::Ctx::new(self.now(), self.tz);
-        let mut conn = self.db.conn()?;
-        let (result, queued) = write_tx(&mut conn, |c| tx::settle(c, &ctx, s, &self.alerts))?;
-        if queued > 0 {
-            self.outbox_signal.notify_one();
-        }
-        Ok(result)
+        self.db.write_blocking(self.settle_tx(Arc::new(s.clone())))
     }
 
     /// Adds non-expiring credits; takes effect on the user's very next request.
@@ -317,9 +345,9 @@ impl Ledger {
         note: Option<&str>,
     ) -> Result<UserSummary, LedgerError> {
         let ctx = tx::Ctx::new(self.now(), self.tz);
-        let mut conn = self.db.conn()?;
-        let user_id = write_tx(&mut conn, |c| {
-            tx::grant_credits(c, &ctx, user, amount, actor, note)
+        let (user, actor, note) = (user.clone(), actor.clone(), note.map(str::to_owned));
+        let user_id = self.db.write_blocking(move |c| {
+            tx::grant_credits(c, &ctx, &user, amount, &actor, note.as_deref())
         })?;
         self.user_summary(user_id)
     }
@@ -333,9 +361,9 @@ impl Ledger {
         actor: &Actor,
     ) -> Result<i64, LedgerError> {
         let ctx = tx::Ctx::new(self.now(), self.tz);
-        let mut conn = self.db.conn()?;
-        write_tx(&mut conn, |c| {
-            tx::create_user_by_email(c, &ctx, email, name, actor)
+        let (email, name, actor) = (email.clone(), name.map(str::to_owned), actor.clone());
+        self.db.write_blocking(move |c| {
+            tx::create_user_by_email(c, &ctx, &email, name.as_deref(), &actor)
         })
     }
 
@@ -348,9 +376,9 @@ impl Ledger {
         actor: &Actor,
     ) -> Result<i64, LedgerError> {
         let ctx = tx::Ctx::new(self.now(), self.tz);
-        let mut conn = self.db.conn()?;
-        write_tx(&mut conn, |c| {
-            tx::create_plan(c, &ctx, name, monthly_allowance, make_default, actor)
+        let (name, actor) = (name.to_owned(), actor.clone());
+        self.db.write_blocking(move |c| {
+            tx::create_plan(c, &ctx, &name, monthly_allowance, make_default, &actor)
         })
     }
 
@@ -364,16 +392,17 @@ impl Ledger {
         actor: &Actor,
     ) -> Result<(), LedgerError> {
         let ctx = tx::Ctx::new(self.now(), self.tz);
-        let mut conn = self.db.conn()?;
-        write_tx(&mut conn, |c| {
-            tx::update_plan(c, &ctx, plan_id, name, monthly_allowance, actor)
+        let (name, actor) = (name.to_owned(), actor.clone());
+        self.db.write_blocking(move |c| {
+            tx::update_plan(c, &ctx, plan_id, &name, monthly_allowance, &actor)
         })
     }
 
     pub fn set_default_plan(&self, plan_id: i64, actor: &Actor) -> Result<(), LedgerError> {
         let ctx = tx::Ctx::new(self.now(), self.tz);
-        let mut conn = self.db.conn()?;
-        write_tx(&mut conn, |c| tx::set_default_plan(c, &ctx, plan_id, actor))
+        let actor = actor.clone();
+        self.db
+            .write_blocking(move |c| tx::set_default_plan(c, &ctx, plan_id, &actor))
     }
 
     /// Moves a user to another plan now; this cycle's allowance changes by the
@@ -385,10 +414,9 @@ impl Ledger {
         actor: &Actor,
     ) -> Result<(), LedgerError> {
         let ctx = tx::Ctx::new(self.now(), self.tz);
-        let mut conn = self.db.conn()?;
-        write_tx(&mut conn, |c| {
-            tx::change_plan(c, &ctx, user_id, plan_id, actor)
-        })
+        let actor = actor.clone();
+        self.db
+            .write_blocking(move |c| tx::change_plan(c, &ctx, user_id, plan_id, &actor))
     }
 
     pub fn set_weights(
@@ -398,10 +426,9 @@ impl Ledger {
         actor: &Actor,
     ) -> Result<(), StoreError> {
         let now = self.now().naive_utc();
-        let mut conn = self.db.conn()?;
-        write_tx(&mut conn, |c| {
-            tx::set_weights(c, model, weights, now, actor)
-        })
+        let (model, actor) = (model.to_owned(), actor.clone());
+        self.db
+            .write_blocking(move |c| tx::set_weights(c, &model, weights, now, &actor))
     }
 
     pub fn set_suspended(
@@ -411,10 +438,9 @@ impl Ledger {
         actor: &Actor,
     ) -> Result<(), LedgerError> {
         let now = self.now().naive_utc();
-        let mut conn = self.db.conn()?;
-        write_tx(&mut conn, |c| {
-            tx::set_suspended(c, user, suspended, now, actor)
-        })
+        let (user, actor) = (user.clone(), actor.clone());
+        self.db
+            .write_blocking(move |c| tx::set_suspended(c, &user, suspended, now, &actor))
     }
 
     /// The dashboard's overview of usage and user states.
@@ -492,17 +518,16 @@ impl Ledger {
     /// instance left behind (it holds none yet, so all of them are dead).
     pub fn register_instance(&self) -> Result<usize, StoreError> {
         let ctx = tx::Ctx::new(self.now(), self.tz);
-        let mut conn = self.db.conn()?;
-        write_tx(&mut conn, |c| {
-            tx::register_instance(c, &ctx, &self.instance_id)
-        })?;
+        let id = self.instance_id.clone();
+        self.db
+            .write_blocking(move |c| tx::register_instance(c, &ctx, &id))?;
         self.release_holds(|h| h.instance_id == self.instance_id)
     }
 
     pub fn heartbeat(&self) -> Result<(), StoreError> {
         let now = self.now().naive_utc();
-        let mut conn = self.db.conn()?;
-        write_tx(&mut conn, |c| tx::heartbeat(c, &self.instance_id, now))
+        let id = self.instance_id.clone();
+        self.db.write_blocking(move |c| tx::heartbeat(c, &id, now))
     }
 
     /// Releases holds whose process stopped beating or that outlived the maximum age.
@@ -603,10 +628,8 @@ impl Ledger {
             views::balance_cycle(&mut conn, user_id)?.is_some_and(|c| c != ctx.cycle_key)
         };
         if stale {
-            let mut conn = self.db.conn()?;
-            write_tx(&mut conn, |c| {
-                tx::lock_and_roll(c, &ctx, user_id).map(|_| ())
-            })?;
+            self.db
+                .write_blocking(move |c| tx::lock_and_roll(c, &ctx, user_id).map(|_| ()))?;
         }
         Ok(())
     }

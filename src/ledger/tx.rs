@@ -1,8 +1,10 @@
-//! Transaction bodies. Each runs inside `db::write_tx` and may be retried whole.
+//! Transaction bodies. Each runs inside a write transaction of the write engine
+//! (`db::engine`) and may be run again whole after a lost race.
 
 use super::audit::{self, Action};
 use super::{
-    Actor, Blocked, Reservation, ReserveOutcome, ReserveRequest, SettleResult, Settlement, UserRef,
+    Actor, Blocked, Outcome, Reservation, ReserveOutcome, ReserveRequest, SettleResult, Settlement,
+    UserRef,
 };
 use crate::alerts::{AlertPolicy, store as alert_store};
 use crate::db::schema::{
@@ -160,43 +162,9 @@ pub(super) fn settle(
     let hold: Option<(i64, i64, String, String, i32)> =
         on_backend!(c, |c| released.get_result(c).optional())?;
     let Some((user_id, held_amount, model, endpoint, stream)) = hold else {
-        return Ok((SettleResult::AlreadySettled, 0));
+        return settle_late(c, ctx, s, policy);
     };
-    let bal = lock_and_roll(c, ctx, user_id)?;
-    let charge = s.charge.max(0);
-    // Allowance first, then credits. Usage beyond the reservation (a prompt estimate
-    // below the real count) is still charged: credits may dip below zero, as a debt.
-    let from_allowance = charge.min(bal.allowance_left.max(0));
-    let from_credits = charge - from_allowance;
-    let allowance_left = bal.allowance_left - from_allowance;
-    let credits = bal.credits - from_credits;
-    let debit = FixedUpdate(
-        diesel::update(balances::table.filter(balances::user_id.eq(user_id))).set((
-            balances::allowance_left.eq(allowance_left),
-            balances::credits.eq(credits),
-            balances::held.eq(balances::held - held_amount),
-            balances::used_this_cycle.eq(balances::used_this_cycle + charge),
-            balances::updated_at.eq(ctx.now),
-        )),
-    );
-    on_backend!(c, |c| debit.execute(c))?;
-    if charge > 0 {
-        append_ledger(
-            c,
-            ctx,
-            user_id,
-            &LedgerChange {
-                kind: "usage",
-                delta_allowance: -from_allowance,
-                delta_credits: -from_credits,
-                actor: Actor::System.label(),
-                note: None,
-                request_id: Some(&s.request_id),
-            },
-            allowance_left,
-            credits,
-        )?;
-    }
+    let (charge, queued) = debit(c, ctx, user_id, held_amount, s, policy)?;
     let record = diesel::insert_into(usage_records::table).values((
         usage_records::request_id.eq(&s.request_id),
         usage_records::user_id.eq(user_id),
@@ -214,27 +182,116 @@ pub(super) fn settle(
         usage_records::created_at.eq(ctx.now),
     ));
     on_backend!(c, |c| record.execute(c))?;
-    let queued = if charge > 0 {
-        let used = bal.used_this_cycle + charge;
-        alert_store::record_crossings(
-            c,
-            policy,
-            &alert_store::Snapshot {
-                user_id,
-                cycle: &ctx.cycle_key,
-                used_percent: used_percent(used, allowance_left + credits),
-                used_this_cycle: used,
-                allowance_left,
-                credits,
-                request_id: Some(&s.request_id),
-            },
-            ctx.now,
-            ctx.wall,
-        )?
-    } else {
-        0
-    };
     Ok((SettleResult::Settled { charged: charge }, queued))
+}
+
+/// A settlement whose hold is gone. Either it was written before (a retry, a replay
+/// from the spool: nothing to do), or its hold was released uncharged as abandoned
+/// (its instance looked dead, or the hold outlived `TOKENGATE_HOLD_MAX_AGE_SECS`)
+/// while the answer did reach the user: it is charged now, and its usage record
+/// says what really happened. Credits may dip below zero for it, as a debt.
+fn settle_late(
+    c: &mut Conn,
+    ctx: &Ctx,
+    s: &Settlement,
+    policy: &AlertPolicy,
+) -> Result<(SettleResult, usize), StoreError> {
+    if s.charge <= 0 || s.outcome == Outcome::Abandoned {
+        return Ok((SettleResult::AlreadySettled, 0));
+    }
+    let abandoned: Option<i64> = usage_records::table
+        .filter(usage_records::request_id.eq(&s.request_id))
+        .filter(usage_records::outcome.eq(Outcome::Abandoned.as_str()))
+        .select(usage_records::user_id)
+        .first(c)
+        .optional()?;
+    let Some(user_id) = abandoned else {
+        return Ok((SettleResult::AlreadySettled, 0));
+    };
+    let (charge, queued) = debit(c, ctx, user_id, 0, s, policy)?;
+    diesel::update(
+        usage_records::table
+            .filter(usage_records::request_id.eq(&s.request_id))
+            .filter(usage_records::outcome.eq(Outcome::Abandoned.as_str())),
+    )
+    .set((
+        usage_records::prompt_tokens.eq(s.prompt_tokens),
+        usage_records::completion_tokens.eq(s.completion_tokens),
+        usage_records::charged.eq(charge),
+        usage_records::estimated.eq(flag(s.estimated)),
+        usage_records::outcome.eq(s.outcome.as_str()),
+        usage_records::status.eq(i32::from(s.status)),
+        usage_records::latency_ms.eq(millis(s.latency)),
+        usage_records::ttfb_ms.eq(s.ttfb.map(millis)),
+    ))
+    .execute(c)?;
+    Ok((SettleResult::SettledLate { charged: charge }, queued))
+}
+
+/// Charges a settlement to the user's balance and releases `held` of it: allowance
+/// first, then credits, a ledger entry, and any alert the usage crossed. Usage
+/// beyond the reservation (a prompt estimate below the real count) is still charged:
+/// credits may dip below zero, as a debt. Returns the charge and how many alert
+/// messages were queued.
+fn debit(
+    c: &mut Conn,
+    ctx: &Ctx,
+    user_id: i64,
+    held: i64,
+    s: &Settlement,
+    policy: &AlertPolicy,
+) -> Result<(i64, usize), StoreError> {
+    let bal = lock_and_roll(c, ctx, user_id)?;
+    let charge = s.charge.max(0);
+    let from_allowance = charge.min(bal.allowance_left.max(0));
+    let from_credits = charge - from_allowance;
+    let allowance_left = bal.allowance_left - from_allowance;
+    let credits = bal.credits - from_credits;
+    let debit = FixedUpdate(
+        diesel::update(balances::table.filter(balances::user_id.eq(user_id))).set((
+            balances::allowance_left.eq(allowance_left),
+            balances::credits.eq(credits),
+            balances::held.eq(balances::held - held),
+            balances::used_this_cycle.eq(balances::used_this_cycle + charge),
+            balances::updated_at.eq(ctx.now),
+        )),
+    );
+    on_backend!(c, |c| debit.execute(c))?;
+    if charge == 0 {
+        return Ok((0, 0));
+    }
+    append_ledger(
+        c,
+        ctx,
+        user_id,
+        &LedgerChange {
+            kind: "usage",
+            delta_allowance: -from_allowance,
+            delta_credits: -from_credits,
+            actor: Actor::System.label(),
+            note: None,
+            request_id: Some(&s.request_id),
+        },
+        allowance_left,
+        credits,
+    )?;
+    let used = bal.used_this_cycle + charge;
+    let queued = alert_store::record_crossings(
+        c,
+        policy,
+        &alert_store::Snapshot {
+            user_id,
+            cycle: &ctx.cycle_key,
+            used_percent: used_percent(used, allowance_left + credits),
+            used_this_cycle: used,
+            allowance_left,
+            credits,
+            request_id: Some(&s.request_id),
+        },
+        ctx.now,
+        ctx.wall,
+    )?;
+    Ok((charge, queued))
 }
 
 pub(super) fn grant_credits(
@@ -724,7 +781,7 @@ pub(super) fn lock_and_roll(
     user_id: i64,
 ) -> Result<BalanceRow, StoreError> {
     let bal: BalanceRow = match c {
-        // SQLite's write transactions begin IMMEDIATE (`write_tx`, `db::batch`): the
+        // SQLite's write transactions begin IMMEDIATE (`db::engine`): the
         // whole database is already locked against other writers, so reading the row
         // is enough, one write fewer per request. (Were a caller's transaction
         // deferred, a writer in between would make its first write fail with

@@ -13,7 +13,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// Everything needed to settle one reserved request.
+/// Everything needed to settle one reserved request. It settles exactly once: by
+/// `close`, or when dropped without it (the client went away while tokengate was
+/// still waiting for upstream), as a request that reached upstream: its prompt is
+/// charged, as an estimate.
 pub struct Meter {
     pub settler: Settler,
     pub user: UserKey,
@@ -23,6 +26,8 @@ pub struct Meter {
     pub weights: crate::domain::Weights,
     pub prompt_estimate: i64,
     pub started: Instant,
+    /// Not settled yet.
+    pub open: bool,
 }
 
 impl Meter {
@@ -69,15 +74,37 @@ impl Meter {
     /// Ends the request: its settlement is written in the background (`Settler`),
     /// durably, while the answer goes out.
     pub fn close(
-        self,
+        mut self,
         outcome: Outcome,
         status: u16,
         usage: Option<Usage>,
         delivered_text: &str,
         ttfb: Option<Duration>,
     ) {
+        self.submit(outcome, status, usage, delivered_text, ttfb);
+    }
+
+    fn submit(
+        &mut self,
+        outcome: Outcome,
+        status: u16,
+        usage: Option<Usage>,
+        delivered_text: &str,
+        ttfb: Option<Duration>,
+    ) {
+        if !std::mem::replace(&mut self.open, false) {
+            return;
+        }
         let s = self.settlement(outcome, status, usage, delivered_text, ttfb);
-        self.settler.submit(self.user, self.user_id, s);
+        self.settler.submit(self.user.clone(), self.user_id, s);
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        // The handler was dropped while it waited for upstream's headers or for a
+        // whole answer: the client left, but the request had gone upstream.
+        self.submit(Outcome::ClientDisconnected, 499, None, "", None);
     }
 }
 

@@ -8,15 +8,17 @@ pub mod error;
 pub mod estimate;
 pub mod meter;
 pub mod settler;
+pub mod spool;
 pub mod sse;
 pub mod upstream;
 
 pub use body::Endpoint;
 pub use error::ApiError;
 
+use crate::db::StoreError;
 use crate::domain::identity::{IdentityError, decode_header_value};
 use crate::domain::{DisplayName, Email, Identity, UserKey};
-use crate::ledger::{Outcome, ReserveOutcome, ReserveRequest};
+use crate::ledger::{Outcome, ReserveOutcome, ReserveRequest, Settlement};
 use crate::startup::AppState;
 use crate::telemetry::Phase;
 use actix_web::http::header::{self, HeaderMap};
@@ -24,6 +26,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use meter::{Meter, MeteredStream};
+use settler::Settler;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 pub const USER_ID_HEADER: &str = "x-librechat-user-id";
@@ -170,7 +176,7 @@ async fn metered(
     if !state.settler.caught_up(&identity.key, CATCH_UP_LIMIT).await {
         tracing::warn!(user = %identity.key, "settlements are still being written; reserving against their holds");
     }
-    let outcome = state.ledger.reserve(reserve).await?;
+    let outcome = Reserving::new(&state, reserve).await?;
     timing.reserve = reserving.elapsed();
     state.metrics.record_phase(Phase::Reserve, timing.reserve);
     let reservation = match outcome {
@@ -203,6 +209,7 @@ async fn metered(
         weights: reservation.weights,
         prompt_estimate: prompt_tokens,
         started,
+        open: true,
     };
     let upstream_body = prepared.finish(reservation.allowed_completion);
 
@@ -280,6 +287,66 @@ async fn metered(
         .insert_header(("x-request-id", request_id))
         .insert_header(("server-timing", timing.header()))
         .body(body))
+}
+
+/// A reservation being written, finished even if the client goes away meanwhile:
+/// should the handler be dropped before the reservation's result arrives, the
+/// reservation goes on in a task of its own, and a hold it wrote is released at once
+/// (nothing reached upstream) rather than an hour later by the sweeper.
+struct Reserving {
+    write: Option<ReserveWrite>,
+    settler: Settler,
+    user: UserKey,
+}
+
+type ReserveWrite = Pin<Box<dyn Future<Output = Result<ReserveOutcome, StoreError>> + Send>>;
+
+impl Reserving {
+    fn new(state: &AppState, request: ReserveRequest) -> Self {
+        let ledger = state.ledger.clone();
+        let user = request.identity.key.clone();
+        Self {
+            write: Some(Box::pin(async move { ledger.reserve(request).await })),
+            settler: state.settler.clone(),
+            user,
+        }
+    }
+}
+
+impl Future for Reserving {
+    type Output = Result<ReserveOutcome, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(write) = self.write.as_mut() else {
+            return Poll::Ready(Err(StoreError::Unavailable(
+                "polled after completion".into(),
+            )));
+        };
+        let result = std::task::ready!(write.as_mut().poll(cx));
+        self.write = None;
+        Poll::Ready(result)
+    }
+}
+
+impl Drop for Reserving {
+    fn drop(&mut self) {
+        let Some(write) = self.write.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (settler, user) = (self.settler.clone(), self.user.clone());
+        runtime.spawn(async move {
+            if let Ok(ReserveOutcome::Reserved(r)) = write.await {
+                settler.submit(
+                    user,
+                    r.user_id,
+                    Settlement::released(r.request_id, Outcome::ClientDisconnected, 499),
+                );
+            }
+        });
+    }
 }
 
 /// tokengate's own time on one request, sent back as `Server-Timing` so a slow answer

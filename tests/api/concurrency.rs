@@ -77,10 +77,10 @@ async fn two_instances_on_one_database_never_overspend() {
     fire_and_check(&[&a, &b]).await;
 }
 
-/// Settlements written together (`Database::write_each`, what the settler uses): each
+/// Settlements are group-committed (`Database::queue`, what the settler uses): each
 /// in a savepoint of its own, so one that fails is rolled back alone, whether it
-/// returned an error after writing or a statement failed inside it, and the others
-/// are written.
+/// returned an error after writing or a statement failed inside it, and one that
+/// panics (a bug) fails alone too; the others are written. On both backends.
 #[actix_web::test]
 async fn writes_done_together_fail_one_at_a_time() {
     use diesel::prelude::*;
@@ -91,37 +91,47 @@ async fn writes_done_together_fail_one_at_a_time() {
     let test_db = TestDb::new();
     let db = Database::new(&DatabaseUrl::parse(&test_db.url).unwrap(), 4);
     db.migrate().unwrap();
-    let items: std::sync::Arc<[usize]> = (0..300).collect();
-    let results = db
-        .write_each(items, |c, &i| {
-            diesel::insert_into(settings::table)
-                .values((
-                    settings::key.eq(format!("k{i:03}")),
-                    settings::value.eq("v"),
-                ))
-                .execute(c)?;
-            if i % 10 == 7 {
-                return Err(StoreError::Unavailable("refused".into()));
-            }
-            if i == 20 {
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<usize, StoreError>)>();
+    for i in 0..300usize {
+        let tx = tx.clone();
+        db.queue(
+            i as i64,
+            move |c| {
                 diesel::insert_into(settings::table)
-                    .values((settings::key.eq("k000"), settings::value.eq("dup")))
+                    .values((
+                        settings::key.eq(format!("k{i:03}")),
+                        settings::value.eq("v"),
+                    ))
                     .execute(c)?;
-            }
-            Ok(i)
-        })
-        .await
-        .unwrap();
-    let refused = |i: usize| i % 10 == 7 || i == 20;
+                if i % 10 == 7 {
+                    return Err(StoreError::Unavailable("refused".into()));
+                }
+                if i == 20 {
+                    diesel::insert_into(settings::table)
+                        .values((settings::key.eq("k000"), settings::value.eq("dup")))
+                        .execute(c)?;
+                }
+                if i == 150 {
+                    panic!("a bug in one write (test)");
+                }
+                Ok(i)
+            },
+            move |r| tx.send((i, r)).unwrap(),
+        );
+    }
+    drop(tx);
+    let mut results: Vec<(usize, Result<usize, StoreError>)> = rx.iter().collect();
+    results.sort_by_key(|(i, _)| *i);
+    let refused = |i: usize| i % 10 == 7 || i == 20 || i == 150;
     assert_eq!(results.len(), 300);
     // On SQLite they went to the writer thread together, and `/metrics` says so.
     if let Some(counts) = db.write_counts() {
         assert_eq!((counts.inline, counts.queued, counts.together), (0, 0, 300));
     }
-    for (i, r) in results.iter().enumerate() {
+    for (i, r) in &results {
         match r {
-            Ok(n) => assert!(*n == i && !refused(i), "item {i} wrote but should not"),
-            Err(e) => assert!(refused(i), "item {i} failed: {e}"),
+            Ok(n) => assert!(n == i && !refused(*i), "item {i} wrote but should not"),
+            Err(e) => assert!(refused(*i), "item {i} failed: {e}"),
         }
     }
     let mut conn = db.conn().unwrap();
@@ -136,4 +146,13 @@ async fn writes_done_together_fail_one_at_a_time() {
         .map(|i| format!("k{i:03}"))
         .collect();
     assert_eq!(written, expected);
+    // The engine goes on writing after the panic.
+    db.write(|c| {
+        diesel::insert_into(settings::table)
+            .values((settings::key.eq("k999"), settings::value.eq("v")))
+            .execute(c)?;
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .unwrap();
 }

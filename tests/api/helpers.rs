@@ -31,10 +31,11 @@ pub fn backend() -> Backend {
     }
 }
 
-/// A database of its own for one test.
+/// A database of its own for one test, and a folder for the local state of the
+/// processes that use it (`TOKENGATE_DATA_DIR`: their settlement spools).
 pub struct TestDb {
     pub url: String,
-    _dir: Option<tempfile::TempDir>,
+    dir: tempfile::TempDir,
 }
 
 impl TestDb {
@@ -43,10 +44,7 @@ impl TestDb {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
                 let url = format!("sqlite://{}/tokengate.db", dir.path().display());
-                Self {
-                    url,
-                    _dir: Some(dir),
-                }
+                Self { url, dir }
             }
             Backend::Postgres => {
                 let admin = std::env::var("TOKENGATE_TEST_PG_URL").expect(
@@ -63,7 +61,7 @@ impl TestDb {
                 let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
                 Self {
                     url: format!("{base}/{name}"),
-                    _dir: None,
+                    dir: tempfile::tempdir().unwrap(),
                 }
             }
         }
@@ -76,8 +74,13 @@ impl TestDb {
     pub fn sqlite_at(path: &std::path::Path) -> Self {
         Self {
             url: format!("sqlite://{}", path.display()),
-            _dir: None,
+            dir: tempfile::tempdir().unwrap(),
         }
+    }
+
+    /// `TOKENGATE_DATA_DIR` for the processes on this database.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 }
 
@@ -125,8 +128,9 @@ impl Default for TestOptions {
     }
 }
 
-/// A stand-in for a bug on the settlement thread: the test's clock, which panics
-/// the first time that thread reads it (at the start of a settlement).
+/// A stand-in for a bug in a settlement: the test's clock, which panics the first
+/// time the write engine's writer thread reads it (settlements read it there, when
+/// they are written).
 struct SettlementBug {
     clock: Arc<ManualClock>,
     armed: AtomicBool,
@@ -134,7 +138,7 @@ struct SettlementBug {
 
 impl Clock for SettlementBug {
     fn now(&self) -> chrono::DateTime<Utc> {
-        let settling = std::thread::current().name() == Some("tokengate-settle");
+        let settling = std::thread::current().name() == Some("tokengate-writer");
         if settling && self.armed.swap(false, Ordering::SeqCst) {
             panic!("a bug on the settlement thread (test)");
         }
@@ -199,7 +203,9 @@ pub async fn spawn_app_on(db: TestDb, opts: TestOptions) -> TestApp {
 
 async fn spawn_on(db: Arc<TestDb>, fake: Arc<FakeProvider>, opts: TestOptions) -> TestApp {
     let upstream = opts.upstream.clone().unwrap_or_else(|| fake.base_url());
-    let config = config_for(&db.url, &upstream, &opts.env);
+    let mut env = vec![("TOKENGATE_DATA_DIR", db.data_dir().display().to_string())];
+    env.extend(opts.env.iter().cloned());
+    let config = config_for(&db.url, &upstream, &env);
     let clock = Arc::new(ManualClock::new(opts.start));
     let app_clock: Arc<dyn Clock> = if opts.settlement_panics_once {
         Arc::new(SettlementBug {
@@ -417,6 +423,12 @@ pub fn tokengate_process(
         .env("TOKENGATE_ADMIN_PASSWORD", "test-admin-password");
     let (k, v) = test_now_env();
     cmd.env(k, v);
+    // A folder of the database's own for the process's spool, the same across its
+    // restarts, unless the test names one.
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(db_url.as_bytes());
+    let data_dir =
+        std::env::temp_dir().join(format!("tokengate-test-{}", hex::encode(&digest[..8])));
+    cmd.env("TOKENGATE_DATA_DIR", data_dir);
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -9,6 +9,7 @@ mod cli;
 mod concurrency;
 mod deploy;
 mod disk;
+mod durability;
 mod fake_provider;
 mod helpers;
 mod hostile;
