@@ -136,6 +136,11 @@ pub struct Config {
     pub hold_max_age: Duration,
     /// Identifies this process's holds; a restart with the same id frees them at once.
     pub instance_id: String,
+    /// How often an instance proves it is alive (`TOKENGATE_HEARTBEAT_SECS`).
+    pub heartbeat_every: Duration,
+    /// An instance silent this long (by the database's clock) is taken for dead and
+    /// its holds are released (`TOKENGATE_INSTANCE_TIMEOUT_SECS`).
+    pub instance_timeout: Duration,
     pub db_pool_size: u32,
     /// Where mail goes as `.eml` files when no SMTP server is configured.
     pub mail_dir: PathBuf,
@@ -335,6 +340,28 @@ impl Config {
                 }
             }
         }
+        let mut liveness = Vec::new();
+        for (key, default, min, max) in [
+            ("TOKENGATE_HEARTBEAT_SECS", "5", 0.05, 60.0),
+            ("TOKENGATE_INSTANCE_TIMEOUT_SECS", "30", 0.2, 3600.0),
+        ] {
+            let value = get(key).unwrap_or_else(|| default.to_owned());
+            match value.parse::<f64>() {
+                Ok(n) if (min..=max).contains(&n) => liveness.push(Duration::from_secs_f64(n)),
+                _ => {
+                    problems.borrow_mut().push(format!(
+                        "{key}={value:?}: expected seconds from {min} to {max}"
+                    ));
+                    liveness.push(Duration::from_secs(default.parse().unwrap_or(5)));
+                }
+            }
+        }
+        if liveness[1] < liveness[0] * 3 {
+            problems.borrow_mut().push(format!(
+                "TOKENGATE_INSTANCE_TIMEOUT_SECS ({:?}) must be at least three heartbeats (TOKENGATE_HEARTBEAT_SECS: {:?})",
+                liveness[1], liveness[0]
+            ));
+        }
         let max_attempts_raw = parse("TOKENGATE_MAIL_MAX_ATTEMPTS", "10", &|v| match v
             .parse::<u32>()
         {
@@ -435,6 +462,8 @@ impl Config {
                 upstream_idle_timeout: durations[1],
                 hold_max_age: durations[2],
                 instance_id,
+                heartbeat_every: liveness[0],
+                instance_timeout: liveness[1],
                 db_pool_size: pool_raw.parse().unwrap_or(16),
                 mail_dir,
                 data_dir,
@@ -537,6 +566,25 @@ mod tests {
         ] {
             assert!(msg.contains(key), "{key} missing from: {msg}");
         }
+    }
+
+    /// Without configuration two processes never share an instance id: it names the
+    /// host (a container's id, in Docker) and the port.
+    #[test]
+    fn instance_ids_default_to_host_and_port() {
+        let a = config(&[("TOKENGATE_LISTEN", "127.0.0.1:8080")]).map(|c| c.instance_id);
+        let b = config(&[("TOKENGATE_LISTEN", "127.0.0.1:8081")]).map(|c| c.instance_id);
+        let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
+        assert!(
+            a.ends_with(":8080") && b.ends_with(":8081") && a != b,
+            "{a} {b}"
+        );
+        // Heartbeats must fit several times in the timeout, or live instances die.
+        let err = config(&[
+            ("TOKENGATE_HEARTBEAT_SECS", "5"),
+            ("TOKENGATE_INSTANCE_TIMEOUT_SECS", "10"),
+        ]);
+        assert!(err.is_err_and(|e| e.to_string().contains("at least three heartbeats")));
     }
 
     #[test]

@@ -19,9 +19,6 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often an instance proves it is alive, and when it counts as dead.
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
-const INSTANCE_DEAD_AFTER: Duration = Duration::from_secs(30);
 /// How long a stopping instance waits for settlements still being written.
 const SETTLE_DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
@@ -49,6 +46,8 @@ pub enum StartupError {
     Mail(String),
     #[error(transparent)]
     Spool(#[from] crate::proxy::spool::SpoolError),
+    #[error(transparent)]
+    Instance(#[from] crate::ledger::ClaimError),
 }
 
 pub struct Application {
@@ -104,7 +103,13 @@ impl Application {
                 "wrote the settlements a previous run kept in its spool"
             );
         }
-        let released = ledger.register_instance()?;
+        let owner = format!(
+            "{}:{}",
+            rustix::system::uname().nodename().to_string_lossy(),
+            settler.spool_path().display()
+        );
+        let released =
+            ledger.claim_instance(&owner, config.heartbeat_every, config.instance_timeout)?;
         if released > 0 {
             tracing::warn!(released, instance = %config.instance_id, "released holds left by a previous run of this instance");
         }
@@ -185,25 +190,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let mail = actix_web::rt::spawn(self.mail_worker.run());
         let retries = actix_web::rt::spawn(self.state.settler.clone().retry_spooled());
-        let ledger = self.state.ledger.clone();
-        let background = actix_web::rt::spawn(async move {
-            let mut tick = actix_web::rt::time::interval(HEARTBEAT_EVERY);
-            loop {
-                tick.tick().await;
-                let l = ledger.clone();
-                match web::block(move || {
-                    l.heartbeat()?;
-                    l.sweep_stale_holds(INSTANCE_DEAD_AFTER)
-                })
-                .await
-                {
-                    Ok(Ok(0)) => {}
-                    Ok(Ok(n)) => tracing::warn!(released = n, "released stale holds"),
-                    Ok(Err(e)) => tracing::warn!(error = %e, "heartbeat or sweep failed"),
-                    Err(_) => tracing::warn!("heartbeat task was cancelled"),
-                }
-            }
-        });
+        let background = actix_web::rt::spawn(keep_alive(self.state.clone()));
         let result = self.server.await;
         // No request runs any more; the settlements of the last ones may still be
         // on their way to the database.
@@ -212,6 +199,70 @@ impl Application {
         retries.abort();
         mail.abort();
         result
+    }
+}
+
+/// The instance's background duty, every `TOKENGATE_HEARTBEAT_SECS`: prove it is
+/// alive, keep the holds of its long requests alive, and release the holds of
+/// instances that died.
+///
+/// Another instance is taken for dead only once this one has itself been beating
+/// without a gap for `TOKENGATE_INSTANCE_TIMEOUT_SECS`: after a database outage (or
+/// a stall of this process) everyone's heartbeats are old, the live ones included,
+/// and they need a moment to beat again. Heartbeats are compared by the database's
+/// clock, so a replica whose own clock is off judges no one wrongly.
+async fn keep_alive(state: web::Data<AppState>) {
+    let every = state.config.heartbeat_every;
+    let dead_after = state.config.instance_timeout;
+    let hold_max_age = state.ledger.hold_max_age();
+    let mut tick = actix_web::rt::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut healthy_since: Option<std::time::Instant> = None;
+    let mut last_beat: Option<std::time::Instant> = None;
+    loop {
+        tick.tick().await;
+        let ledger = state.ledger.clone();
+        let long = state.settler.long_running(hold_max_age / 2);
+        let beat = web::block(move || -> Result<bool, crate::db::StoreError> {
+            let alive = ledger.heartbeat()?;
+            ledger.extend_holds(long)?;
+            Ok(alive)
+        })
+        .await;
+        let now = std::time::Instant::now();
+        match beat {
+            Ok(Ok(alive)) => {
+                if !alive {
+                    tracing::error!(instance = %state.config.instance_id, "another process has claimed this instance id: its holds may be released under this one's requests (they are charged late)");
+                }
+                let gap = last_beat.map(|t| now - t);
+                if healthy_since.is_none() || gap.is_some_and(|g| g > every * 2) {
+                    healthy_since = Some(now);
+                }
+                last_beat = Some(now);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "heartbeat failed");
+                healthy_since = None;
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!("heartbeat task was cancelled");
+                healthy_since = None;
+                continue;
+            }
+        }
+        if healthy_since.is_none_or(|t| now - t < dead_after) {
+            continue;
+        }
+        let ledger = state.ledger.clone();
+        match web::block(move || ledger.sweep_stale_holds(dead_after)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::warn!(released = n, "released stale holds"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "sweeping stale holds failed"),
+            Err(_) => tracing::warn!("sweep task was cancelled"),
+        }
+        state.metrics.record_sweep();
     }
 }
 

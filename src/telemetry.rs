@@ -41,6 +41,8 @@ pub struct Metrics {
     phase_count: [AtomicU64; 4],
     /// Settlements charged after their hold had been released.
     late: AtomicU64,
+    /// Sweeps for stale holds done.
+    sweeps: AtomicU64,
 }
 
 /// The phases of a metered request, as in its `Server-Timing` header.
@@ -108,6 +110,10 @@ impl Metrics {
             .fetch_add(u64::try_from(charged).unwrap_or(0), Ordering::Relaxed);
     }
 
+    pub fn record_sweep(&self) {
+        self.sweeps.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn record_late_settlement(&self) {
         self.late.fetch_add(1, Ordering::Relaxed);
     }
@@ -164,6 +170,13 @@ impl Metrics {
             out,
             "tokengate_settlements_late_total {}",
             self.late.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP tokengate_hold_sweeps_total Sweeps for the holds of dead instances and of holds past their maximum age.\n");
+        out.push_str("# TYPE tokengate_hold_sweeps_total counter\n");
+        let _ = writeln!(
+            out,
+            "tokengate_hold_sweeps_total {}",
+            self.sweeps.load(Ordering::Relaxed)
         );
         out.push_str(
             "# HELP tokengate_mail_attempts_total Attempts at sending alert mail, by result.\n",

@@ -410,39 +410,40 @@ impl Engine {
     }
 
     /// Runs `f` as a write transaction, from async code; returns once committed.
-    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    /// Should the caller stop waiting (its future dropped: a client that went away),
+    /// the transaction still runs to its end, and `abandoned` gets what it
+    /// committed, to undo what nobody will use.
+    pub async fn write<T, E, F>(
+        &self,
+        f: F,
+        abandoned: impl FnOnce(T) + Send + 'static,
+    ) -> Result<T, E>
     where
         T: Send + 'static,
         E: WriteError,
         F: FnMut(&mut AnyConnection) -> Result<T, E> + Send + 'static,
     {
         let mut f: Box<Work<T, E>> = Box::new(f);
+        let (reply, answer) = tokio::sync::oneshot::channel::<Result<T, E>>();
+        let deliver = move |r: Result<T, E>| {
+            if let Err(Ok(committed)) = reply.send(r) {
+                abandoned(committed);
+            }
+        };
         if !self.shared.sqlite() {
             let shared = self.shared.clone();
-            return tokio::task::spawn_blocking(move || shared.on_pooled(&mut f))
-                .await
-                .map_err(|e| {
-                    E::from(StoreError::Unavailable(format!("write task failed: {e}")))
-                })?;
-        }
-        if let Some(result) = self.shared.try_inline(&mut f) {
+            // Not awaited as a JoinHandle: the blocking task outlives this future and
+            // delivers its result, or hands it to `abandoned`.
+            tokio::task::spawn_blocking(move || deliver(shared.on_pooled(&mut f)));
+        } else if let Some(result) = self.shared.try_inline(&mut f) {
+            // On the caller's thread: the caller is still there.
             return result;
+        } else {
+            self.enqueue(0, f, Box::new(deliver), &self.shared.ran_queued);
         }
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.enqueue(
-            0,
-            f,
-            Box::new(move |r| {
-                // The caller may have gone away (a client that disconnected).
-                let _ = reply.send(r);
-            }),
-            &self.shared.ran_queued,
-        );
-        answer.await.map_err(|_| {
-            E::from(StoreError::Unavailable(
-                "the database writer stopped".into(),
-            ))
-        })?
+        answer
+            .await
+            .map_err(|_| E::from(StoreError::Unavailable("the write task stopped".into())))?
     }
 
     /// `write` for callers off the async runtime: the dashboard's blocking tasks, the
@@ -572,11 +573,12 @@ fn writer(shared: &Shared, rx: &mpsc::Receiver<Box<dyn Job>>) {
         if outcomes.any_committed() {
             shared.committed();
         }
-        let finished = jobs.len();
+        // Counted out before anyone hears of it: a caller that writes again at once
+        // must find the queue as it now is.
+        shared.queued.fetch_sub(jobs.len(), Ordering::AcqRel);
         for (i, job) in jobs.drain(..).enumerate() {
             job.finish(outcomes.of(i));
         }
-        shared.queued.fetch_sub(finished, Ordering::AcqRel);
     }
 }
 

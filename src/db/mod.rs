@@ -260,7 +260,22 @@ impl Database {
         E: WriteError,
         F: FnMut(&mut AnyConnection) -> Result<T, E> + Send + 'static,
     {
-        self.engine().write(f).await
+        self.engine().write(f, drop).await
+    }
+
+    /// `write`, and should the caller stop waiting before the result arrives, the
+    /// transaction still commits and `abandoned` gets its result.
+    pub async fn write_or<T, E, F>(
+        &self,
+        f: F,
+        abandoned: impl FnOnce(T) + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: WriteError,
+        F: FnMut(&mut AnyConnection) -> Result<T, E> + Send + 'static,
+    {
+        self.engine().write(f, abandoned).await
     }
 
     /// `write` for callers off the async runtime (the dashboard's blocking tasks, the

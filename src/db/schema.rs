@@ -33,6 +33,7 @@ diesel::table! {
         held -> BigInt,
         used_this_cycle -> BigInt,
         updated_at -> Timestamp,
+        exhausted_at -> Nullable<Timestamp>,
     }
 }
 
@@ -93,6 +94,7 @@ diesel::table! {
         input_milli -> BigInt,
         output_milli -> BigInt,
         updated_at -> Timestamp,
+        image_tokens -> Nullable<BigInt>,
     }
 }
 
@@ -118,6 +120,8 @@ diesel::table! {
         id -> Text,
         started_at -> Timestamp,
         heartbeat_at -> Timestamp,
+        run_id -> Nullable<Text>,
+        owner -> Nullable<Text>,
     }
 }
 

@@ -167,6 +167,17 @@ impl Actor {
     }
 }
 
+/// Why an instance could not start under its id.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error(
+        "another tokengate with the instance id {instance:?} is alive (its lock: {owner}); stop it, or give this one its own TOKENGATE_INSTANCE_ID"
+    )]
+    Alive { instance: String, owner: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("no user matches {0:?}")]
@@ -218,6 +229,8 @@ pub struct Ledger {
     clock: Arc<dyn Clock>,
     tz: Tz,
     instance_id: String,
+    /// This run of the instance (a fresh id per process start).
+    run_id: String,
     hold_max_age: Duration,
     alerts: Arc<AlertPolicy>,
     /// Woken when a settlement queues alert mail, so the worker sends at once.
@@ -237,6 +250,7 @@ impl Ledger {
             clock,
             tz,
             instance_id,
+            run_id: uuid::Uuid::now_v7().to_string(),
             hold_max_age,
             alerts: Arc::new(AlertPolicy::default()),
             outbox_signal: Arc::new(Notify::new()),
@@ -275,14 +289,26 @@ impl Ledger {
 
     /// Identifies (and if new, provisions) the user and reserves tokens for one request
     /// in a single transaction (on SQLite, run inline or in the next group commit; see
-    /// `db::batch`).
-    pub async fn reserve(&self, req: ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+    /// `db::engine`). Should the caller stop waiting (a client that went away), the
+    /// reservation is still written, and `abandoned` gets it, to release it.
+    pub async fn reserve(
+        &self,
+        req: ReserveRequest,
+        abandoned: impl FnOnce(Reservation) + Send + 'static,
+    ) -> Result<ReserveOutcome, StoreError> {
         let now = self.now();
         let ctx = tx::Ctx::new(now, self.tz);
         let expires = now + chrono::Duration::from_std(self.hold_max_age).unwrap_or_default();
         let instance_id = self.instance_id.clone();
         self.db
-            .write(move |c| tx::reserve(c, &ctx, &req, &instance_id, expires))
+            .write_or(
+                move |c| tx::reserve(c, &ctx, &req, &instance_id, expires),
+                |outcome| {
+                    if let ReserveOutcome::Reserved(r) = outcome {
+                        abandoned(r);
+                    }
+                },
+            )
             .await
     }
 
@@ -514,32 +540,86 @@ impl Ledger {
         audit::entries(&mut conn, user_id, limit, offset)
     }
 
-    /// Records this process as alive and frees every hold a previous run of the same
-    /// instance left behind (it holds none yet, so all of them are dead).
-    pub fn register_instance(&self) -> Result<usize, StoreError> {
-        let ctx = tx::Ctx::new(self.now(), self.tz);
+    /// Claims this instance's id for this run, and frees every hold a previous run of
+    /// it left behind (this run holds none yet, so all of them are dead). Refuses
+    /// when another live process uses the id: one whose heartbeat advances while this
+    /// watches it, for up to two heartbeats. `owner` says where this run's lock is
+    /// (host and spool file): a previous run with the same owner is known dead.
+    pub fn claim_instance(
+        &self,
+        owner: &str,
+        heartbeat_every: Duration,
+        dead_after: Duration,
+    ) -> Result<usize, ClaimError> {
+        let dead_after = chrono::Duration::from_std(dead_after).unwrap_or_default();
+        let watch_until = std::time::Instant::now() + heartbeat_every * 2 + Duration::from_secs(1);
+        let mut first_seen = None;
+        loop {
+            let (id, run, owner_now) = (
+                self.instance_id.clone(),
+                self.run_id.clone(),
+                owner.to_owned(),
+            );
+            let force = std::time::Instant::now() >= watch_until;
+            let claim = self.db.write_blocking(move |c| {
+                tx::claim_instance(c, &id, &run, &owner_now, dead_after, force)
+            })?;
+            match claim {
+                tx::Claim::Taken => break,
+                tx::Claim::Held {
+                    heartbeat_at,
+                    owner: their_owner,
+                } => match first_seen {
+                    None => {
+                        tracing::warn!(instance = %self.instance_id, their_owner = ?their_owner, "another process beat with this instance id recently; watching whether it is alive");
+                        first_seen = Some(heartbeat_at);
+                    }
+                    Some(first) if first != heartbeat_at => {
+                        return Err(ClaimError::Alive {
+                            instance: self.instance_id.clone(),
+                            owner: their_owner.unwrap_or_else(|| "unknown".into()),
+                        });
+                    }
+                    Some(_) => {}
+                },
+            }
+            std::thread::sleep((heartbeat_every / 4).max(Duration::from_millis(10)));
+        }
+        Ok(self.release_holds(|h| h.instance_id == self.instance_id)?)
+    }
+
+    /// Beats for this run, with the database's clock; false when another process has
+    /// claimed the instance id since.
+    pub fn heartbeat(&self) -> Result<bool, StoreError> {
+        let (id, run) = (self.instance_id.clone(), self.run_id.clone());
+        self.db.write_blocking(move |c| tx::heartbeat(c, &id, &run))
+    }
+
+    /// Keeps the holds of requests still running (`request_ids`, this instance's)
+    /// alive for another `TOKENGATE_HOLD_MAX_AGE_SECS`: a generation may outlast it.
+    pub fn extend_holds(&self, request_ids: Vec<String>) -> Result<usize, StoreError> {
+        if request_ids.is_empty() {
+            return Ok(0);
+        }
+        let until = (self.now()
+            + chrono::Duration::from_std(self.hold_max_age).unwrap_or_default())
+        .naive_utc();
         let id = self.instance_id.clone();
         self.db
-            .write_blocking(move |c| tx::register_instance(c, &ctx, &id))?;
-        self.release_holds(|h| h.instance_id == self.instance_id)
+            .write_blocking(move |c| tx::extend_holds(c, &id, &request_ids, until))
     }
 
-    pub fn heartbeat(&self) -> Result<(), StoreError> {
-        let now = self.now().naive_utc();
-        let id = self.instance_id.clone();
-        self.db.write_blocking(move |c| tx::heartbeat(c, &id, now))
-    }
-
-    /// Releases holds whose process stopped beating or that outlived the maximum age.
+    /// Releases the holds of instances that stopped beating `instance_timeout` ago
+    /// by the database's clock, and holds that outlived their maximum age.
     pub fn sweep_stale_holds(&self, instance_timeout: Duration) -> Result<usize, StoreError> {
-        let now = self.now();
-        let dead_before =
-            (now - chrono::Duration::from_std(instance_timeout).unwrap_or_default()).naive_utc();
         let live = {
             let mut conn = self.db.conn()?;
+            let db_now = tx::db_now(&mut conn)?;
+            let dead_before =
+                db_now - chrono::Duration::from_std(instance_timeout).unwrap_or_default();
             views::live_instances(&mut conn, dead_before)?
         };
-        let now = now.naive_utc();
+        let now = self.now().naive_utc();
         self.release_holds(|h| h.expires_at < now || !live.contains(&h.instance_id))
     }
 

@@ -621,32 +621,107 @@ pub(super) fn set_suspended(
     Ok(())
 }
 
-pub(super) fn register_instance(c: &mut Conn, ctx: &Ctx, id: &str) -> Result<(), StoreError> {
+/// The database's clock (UTC). Heartbeats are written and compared with it, so that
+/// replicas whose own clocks disagree still agree on which of them are alive.
+pub(super) fn db_now(c: &mut Conn) -> Result<NaiveDateTime, StoreError> {
+    #[derive(QueryableByName)]
+    struct Now {
+        #[diesel(sql_type = diesel::sql_types::Timestamp)]
+        now: NaiveDateTime,
+    }
+    let query = match c {
+        AnyConnection::Sqlite(_) => "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now') AS now",
+        AnyConnection::Postgresql(_) => "SELECT (now() AT TIME ZONE 'UTC') AS now",
+    };
+    Ok(diesel::sql_query(query).get_result::<Now>(c)?.now)
+}
+
+/// What claiming an instance id found.
+pub(super) enum Claim {
+    /// The id is this run's now.
+    Taken,
+    /// Another run holds it and beat `heartbeat_at` (the database's clock), less
+    /// than `dead_after` ago, from `owner`.
+    Held {
+        heartbeat_at: NaiveDateTime,
+        owner: Option<String>,
+    },
+}
+
+/// Claims instance `id` for this run. A row whose last heartbeat is older than
+/// `dead_after`, or whose owner is this run's (the same host and spool file, whose
+/// lock this run holds, so that run is dead), is taken over at once; `force` takes
+/// over any.
+pub(super) fn claim_instance(
+    c: &mut Conn,
+    id: &str,
+    run_id: &str,
+    owner: &str,
+    dead_after: chrono::Duration,
+    force: bool,
+) -> Result<Claim, StoreError> {
+    let now = db_now(c)?;
+    let row: Option<(NaiveDateTime, Option<String>, Option<String>)> = instances::table
+        .find(id)
+        .select((instances::heartbeat_at, instances::run_id, instances::owner))
+        .first(c)
+        .optional()?;
+    if let Some((heartbeat_at, their_run, their_owner)) = row {
+        let alive = heartbeat_at > now - dead_after;
+        let ours = their_run.as_deref() == Some(run_id) || their_owner.as_deref() == Some(owner);
+        if alive && !ours && !force {
+            return Ok(Claim::Held {
+                heartbeat_at,
+                owner: their_owner,
+            });
+        }
+    }
     diesel::delete(instances::table.find(id)).execute(c)?;
     diesel::insert_into(instances::table)
         .values((
             instances::id.eq(id),
-            instances::started_at.eq(ctx.now),
-            instances::heartbeat_at.eq(ctx.now),
+            instances::started_at.eq(now),
+            instances::heartbeat_at.eq(now),
+            instances::run_id.eq(run_id),
+            instances::owner.eq(owner),
         ))
         .execute(c)?;
-    Ok(())
+    Ok(Claim::Taken)
 }
 
-pub(super) fn heartbeat(c: &mut Conn, id: &str, now: NaiveDateTime) -> Result<(), StoreError> {
-    let updated = diesel::update(instances::table.find(id))
-        .set(instances::heartbeat_at.eq(now))
+/// Beats for this run of instance `id`, with the database's clock; false when the
+/// row is no longer this run's (another process claimed the id).
+pub(super) fn heartbeat(c: &mut Conn, id: &str, run_id: &str) -> Result<bool, StoreError> {
+    let now = db_now(c)?;
+    let updated = diesel::update(
+        instances::table
+            .filter(instances::id.eq(id))
+            .filter(instances::run_id.eq(run_id)),
+    )
+    .set(instances::heartbeat_at.eq(now))
+    .execute(c)?;
+    Ok(updated == 1)
+}
+
+/// Moves the expiry of this instance's holds `request_ids` (requests still running)
+/// to `until`.
+pub(super) fn extend_holds(
+    c: &mut Conn,
+    instance_id: &str,
+    request_ids: &[String],
+    until: NaiveDateTime,
+) -> Result<usize, StoreError> {
+    let mut extended = 0;
+    for chunk in request_ids.chunks(500) {
+        extended += diesel::update(
+            holds::table
+                .filter(holds::instance_id.eq(instance_id))
+                .filter(holds::request_id.eq_any(chunk)),
+        )
+        .set(holds::expires_at.eq(until))
         .execute(c)?;
-    if updated == 0 {
-        diesel::insert_into(instances::table)
-            .values((
-                instances::id.eq(id),
-                instances::started_at.eq(now),
-                instances::heartbeat_at.eq(now),
-            ))
-            .execute(c)?;
     }
-    Ok(())
+    Ok(extended)
 }
 
 /// Finds the caller's user row, linking a pre-created user by email or creating one

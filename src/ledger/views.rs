@@ -331,6 +331,7 @@ pub(super) fn all_holds(c: &mut Conn) -> QueryResult<Vec<HoldRow>> {
         .load(c)
 }
 
+/// The instances that beat after `alive_after` (the database's clock).
 pub(super) fn live_instances(c: &mut Conn, alive_after: NaiveDateTime) -> QueryResult<Vec<String>> {
     instances::table
         .filter(instances::heartbeat_at.gt(alive_after))

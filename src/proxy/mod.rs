@@ -15,7 +15,6 @@ pub mod upstream;
 pub use body::Endpoint;
 pub use error::ApiError;
 
-use crate::db::StoreError;
 use crate::domain::identity::{IdentityError, decode_header_value};
 use crate::domain::{DisplayName, Email, Identity, UserKey};
 use crate::ledger::{Outcome, ReserveOutcome, ReserveRequest, Settlement};
@@ -26,10 +25,6 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use meter::{Meter, MeteredStream};
-use settler::Settler;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 pub const USER_ID_HEADER: &str = "x-librechat-user-id";
@@ -176,7 +171,17 @@ async fn metered(
     if !state.settler.caught_up(&identity.key, CATCH_UP_LIMIT).await {
         tracing::warn!(user = %identity.key, "settlements are still being written; reserving against their holds");
     }
-    let outcome = Reserving::new(&state, reserve).await?;
+    // Should the client go away while this waits, the reservation is still written
+    // and then released at once: nothing reached upstream.
+    let settler = state.settler.clone();
+    let user = identity.key.clone();
+    let outcome = state
+        .ledger
+        .reserve(reserve, move |r| {
+            let released = Settlement::released(r.request_id, Outcome::ClientDisconnected, 499);
+            settler.submit(user, r.user_id, released);
+        })
+        .await?;
     timing.reserve = reserving.elapsed();
     state.metrics.record_phase(Phase::Reserve, timing.reserve);
     let reservation = match outcome {
@@ -201,6 +206,7 @@ async fn metered(
         }
     };
 
+    state.settler.started(&request_id);
     let meter = Meter {
         settler: state.settler.clone(),
         user: identity.key.clone(),
@@ -287,66 +293,6 @@ async fn metered(
         .insert_header(("x-request-id", request_id))
         .insert_header(("server-timing", timing.header()))
         .body(body))
-}
-
-/// A reservation being written, finished even if the client goes away meanwhile:
-/// should the handler be dropped before the reservation's result arrives, the
-/// reservation goes on in a task of its own, and a hold it wrote is released at once
-/// (nothing reached upstream) rather than an hour later by the sweeper.
-struct Reserving {
-    write: Option<ReserveWrite>,
-    settler: Settler,
-    user: UserKey,
-}
-
-type ReserveWrite = Pin<Box<dyn Future<Output = Result<ReserveOutcome, StoreError>> + Send>>;
-
-impl Reserving {
-    fn new(state: &AppState, request: ReserveRequest) -> Self {
-        let ledger = state.ledger.clone();
-        let user = request.identity.key.clone();
-        Self {
-            write: Some(Box::pin(async move { ledger.reserve(request).await })),
-            settler: state.settler.clone(),
-            user,
-        }
-    }
-}
-
-impl Future for Reserving {
-    type Output = Result<ReserveOutcome, StoreError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(write) = self.write.as_mut() else {
-            return Poll::Ready(Err(StoreError::Unavailable(
-                "polled after completion".into(),
-            )));
-        };
-        let result = std::task::ready!(write.as_mut().poll(cx));
-        self.write = None;
-        Poll::Ready(result)
-    }
-}
-
-impl Drop for Reserving {
-    fn drop(&mut self) {
-        let Some(write) = self.write.take() else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (settler, user) = (self.settler.clone(), self.user.clone());
-        runtime.spawn(async move {
-            if let Ok(ReserveOutcome::Reserved(r)) = write.await {
-                settler.submit(
-                    user,
-                    r.user_id,
-                    Settlement::released(r.request_id, Outcome::ClientDisconnected, 499),
-                );
-            }
-        });
-    }
 }
 
 /// tokengate's own time on one request, sent back as `Server-Timing` so a slow answer

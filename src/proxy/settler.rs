@@ -56,6 +56,9 @@ struct Shared {
     changed_blocking: Condvar,
     /// Woken when a settlement goes to the spool.
     spooled: Notify,
+    /// Requests reserved and not settled yet, with when they started: their holds are
+    /// kept alive while they run (`long_running`).
+    running: Mutex<HashMap<String, Instant>>,
 }
 
 #[derive(Default)]
@@ -83,13 +86,33 @@ impl Settler {
                 changed: Notify::new(),
                 changed_blocking: Condvar::new(),
                 spooled: Notify::new(),
+                running: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// A reserved request starts: until its settlement is submitted, its hold is kept
+    /// alive however long it runs.
+    pub fn started(&self, request_id: &str) {
+        self.shared
+            .running()
+            .insert(request_id.to_owned(), Instant::now());
+    }
+
+    /// The requests that have run for longer than `age`, still unsettled.
+    pub fn long_running(&self, age: Duration) -> Vec<String> {
+        self.shared
+            .running()
+            .iter()
+            .filter(|(_, started)| started.elapsed() >= age)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Settles `settlement` of `user` (tokengate's id `user_id`) in the background.
     /// Returns at once.
     pub fn submit(&self, user: UserKey, user_id: i64, settlement: Settlement) {
+        self.shared.running().remove(&settlement.request_id);
         let settlement = Arc::new(settlement);
         let id = {
             let mut f = self.shared.lock();
@@ -147,6 +170,11 @@ impl Settler {
             .wait_timeout_while(f, limit, |f| !f.attempting.is_empty())
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         f.attempting.is_empty()
+    }
+
+    /// The spool's file, which is also this instance's lock.
+    pub fn spool_path(&self) -> &std::path::Path {
+        self.shared.spool.path()
     }
 
     /// How many settlements wait in the spool.
@@ -256,6 +284,12 @@ impl Settler {
 }
 
 impl Shared {
+    fn running(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn lock(&self) -> MutexGuard<'_, InFlight> {
         // The bookkeeping stays consistent under a panic elsewhere: keep going.
         self.in_flight

@@ -139,7 +139,12 @@ async fn the_compose_stack_is_valid_and_wired_by_service_names() {
         .replace(
             "    # No ports: only LibreChat (on this network) reaches it.\n",
             "    ports:\n      - \"8080:8080\"\n",
-        );
+        )
+        .replace(
+            "      TOKENGATE_LOG_FORMAT: json\n",
+            "      TOKENGATE_LOG_FORMAT: json\n      TOKENGATE_INSTANCE_ID: tokengate-1\n",
+        )
+        .replace("    stop_grace_period: 45s\n", "");
     let out = shape_check(&broken).await;
     assert!(!out.status.success());
     let errors = text(&out.stderr);
@@ -147,6 +152,8 @@ async fn the_compose_stack_is_valid_and_wired_by_service_names() {
         "mongodb: image mongo is not pinned",
         "tokengate: must not publish ports",
         "upstream host lite-llm",
+        "a fixed TOKENGATE_INSTANCE_ID",
+        "stop_grace_period must be over 40s",
     ] {
         assert!(errors.contains(e), "{e:?} not reported: {errors}");
     }

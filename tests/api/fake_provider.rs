@@ -2,6 +2,8 @@
 //! and `data:` prefixes are split across chunks, and failures chosen by model name:
 //! `fail-400`, `fail-500`, `hang` (streams 3 tokens then waits forever),
 //! `trickle` (streams 3 tokens, then one more every 20 ms until the client leaves),
+//! `hang-body` (non-streamed: sends its headers and the start of the body, then
+//! waits forever),
 //! `no-usage` (never reports usage), `error-200` (a 200 whose body, or whose only
 //! event, is LiteLLM's `{"error": ...}`), `parts` (a non-streamed answer whose
 //! `content` is an array of parts), anything else answers normally.
@@ -151,6 +153,16 @@ async fn generate(state: web::Data<FakeState>, body: web::Bytes, chat: bool) -> 
     if !stream {
         if model == "hang" {
             futures_util::future::pending::<()>().await;
+        }
+        if model == "hang-body" {
+            // Headers and the start of the answer, then nothing more.
+            let start = futures_util::stream::once(async {
+                Ok::<_, actix_web::Error>(Bytes::from_static(b"{\"id\":\"fake-1\",\"choices\":["))
+            });
+            let never = futures_util::stream::pending();
+            return HttpResponse::Ok()
+                .content_type("application/json")
+                .streaming(start.chain(never));
         }
         let text = "tok ".repeat(completion as usize);
         let choice = if chat && model == "parts" {

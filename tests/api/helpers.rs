@@ -155,6 +155,8 @@ pub struct TestApp {
     pub fake: Arc<FakeProvider>,
     pub client: reqwest::Client,
     pub state: actix_web::web::Data<tokengate::startup::AppState>,
+    /// Stops the server (`stop(false)`: at once, dropping the requests in flight).
+    pub server: actix_web::dev::ServerHandle,
 }
 
 pub fn config_for(db_url: &str, upstream: &str, extra: &[(&'static str, String)]) -> Config {
@@ -218,6 +220,7 @@ async fn spawn_on(db: Arc<TestDb>, fake: Arc<FakeProvider>, opts: TestOptions) -
     let app = Application::build_with_clock(config, app_clock).unwrap();
     let port = app.port();
     let state = app.state();
+    let server = app.server_handle();
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
@@ -230,6 +233,7 @@ async fn spawn_on(db: Arc<TestDb>, fake: Arc<FakeProvider>, opts: TestOptions) -
             .build()
             .unwrap(),
         state,
+        server,
     }
 }
 
@@ -423,12 +427,7 @@ pub fn tokengate_process(
         .env("TOKENGATE_ADMIN_PASSWORD", "test-admin-password");
     let (k, v) = test_now_env();
     cmd.env(k, v);
-    // A folder of the database's own for the process's spool, the same across its
-    // restarts, unless the test names one.
-    let digest = <sha2::Sha256 as sha2::Digest>::digest(db_url.as_bytes());
-    let data_dir =
-        std::env::temp_dir().join(format!("tokengate-test-{}", hex::encode(&digest[..8])));
-    cmd.env("TOKENGATE_DATA_DIR", data_dir);
+    cmd.env("TOKENGATE_DATA_DIR", process_data_dir(db_url));
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -438,6 +437,13 @@ pub fn tokengate_process(
             .spawn()
             .unwrap(),
     )
+}
+
+/// `TOKENGATE_DATA_DIR` of the processes on `db_url` (unless a test names another): a
+/// folder of the database's own, the same across the restarts of a test.
+pub fn process_data_dir(db_url: &str) -> std::path::PathBuf {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(db_url.as_bytes());
+    std::env::temp_dir().join(format!("tokengate-test-{}", hex::encode(&digest[..8])))
 }
 
 /// A chat sent as `user` to the tokengate process at `base`.

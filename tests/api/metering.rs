@@ -4,6 +4,7 @@ use crate::fake_provider::{NATURAL_COMPLETION, prompt_tokens_of};
 use crate::helpers::*;
 use chrono::{TimeZone, Utc};
 use serde_json::{Value, json};
+use std::time::Duration;
 use tokengate::domain::{TokenAmount, Weights};
 use tokengate::ledger::{Actor, parse_user_ref};
 
@@ -236,6 +237,150 @@ async fn client_disconnect_charges_what_was_streamed() {
     );
     assert_eq!(app.summary(USER).used_this_cycle, records[0].charged);
     app.assert_invariant(USER);
+}
+
+/// Requests dropped while tokengate still waits for upstream, for its headers or for
+/// a whole non-streamed answer (a server stopping at once; a client on HTTP/2 that
+/// resets its stream): the request reached upstream, so its prompt is charged, as an
+/// estimate, and its hold is released at once. Only a stream used to settle when
+/// dropped; these holds stayed an hour.
+#[actix_web::test]
+async fn a_request_dropped_before_its_answer_releases_its_hold_at_once() {
+    let app = spawn_app(TestOptions::default()).await;
+    let mut waiting = Vec::new();
+    for (i, model) in ["hang", "hang-body"].into_iter().enumerate() {
+        let user = format!("dropped-{i}");
+        let request = app
+            .post("/v1/chat/completions")
+            .header("x-librechat-user-id", &user)
+            .body(chat_body(model, "olá mundo", false, Some(50)).to_string())
+            .send();
+        waiting.push(actix_web::rt::spawn(request));
+        let ledger = app.ledger().clone();
+        wait_until(Duration::from_secs(10), || {
+            let held = ledger
+                .find_user(&parse_user_ref(&user))
+                .unwrap()
+                .is_some_and(|id| ledger.holds().unwrap().iter().any(|h| h.user_id == id));
+            async move { held }
+        })
+        .await;
+    }
+    // Wait until upstream has both, then stop the server at once: its handlers are
+    // dropped where they wait.
+    wait_until(Duration::from_secs(10), || {
+        std::future::ready(app.fake.request_count() == 2)
+    })
+    .await;
+    app.server.stop(false).await;
+    for (i, model) in ["hang", "hang-body"].into_iter().enumerate() {
+        let user = format!("dropped-{i}");
+        app.wait_for_no_holds(&user).await;
+        let records = app.ledger().usage_records(app.user_id(&user)).unwrap();
+        assert_eq!(records.len(), 1, "{model}");
+        let r = &records[0];
+        assert_eq!(
+            (r.outcome.as_str(), r.estimated, r.completion_tokens),
+            ("client_disconnected", 1, 0),
+            "{model}"
+        );
+        assert!(
+            r.charged > 0 && r.charged == r.prompt_tokens,
+            "{model}: {r:?}"
+        );
+        assert_eq!(app.summary(&user).used_this_cycle, r.charged);
+        app.assert_invariant(&user);
+    }
+    drop(waiting);
+}
+
+/// A request dropped while its reservation waits for the database (another writer
+/// holds it): the reservation is still written, and its hold released at once,
+/// uncharged, since nothing reached upstream.
+#[actix_web::test]
+async fn a_request_dropped_during_its_reservation_leaves_no_hold() {
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, RunQueryDsl};
+    let app = spawn_app(TestOptions::default()).await;
+    let body = chat_body("fake-model", "olá", false, Some(5));
+    assert_eq!(app.chat(&body).await.status(), 200);
+    let id = app.user_id(USER);
+    // Another writer: holds the database (SQLite) or the user's balance row
+    // (PostgreSQL) until released.
+    let (locked, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+    let url = app.db.url.clone();
+    let blocker = std::thread::spawn(move || {
+        let (locked, release) = (locked.0, release.1);
+        let lock = match url.strip_prefix("sqlite://") {
+            Some(_) => "BEGIN IMMEDIATE".to_owned(),
+            None => format!("BEGIN; SELECT * FROM balances WHERE user_id = {id} FOR UPDATE"),
+        };
+        let mut c: Box<dyn SimpleConnection> = match url.strip_prefix("sqlite://") {
+            Some(path) => Box::new(diesel::SqliteConnection::establish(path).unwrap()),
+            None => Box::new(diesel::PgConnection::establish(&url).unwrap()),
+        };
+        c.batch_execute(&lock).unwrap();
+        locked.send(()).unwrap();
+        release.recv().unwrap();
+        c.batch_execute("ROLLBACK").unwrap();
+    });
+    locked.1.recv().unwrap();
+    let upstream_before = app.fake.request_count();
+    let request = app
+        .post("/v1/chat/completions")
+        .header("x-librechat-user-id", USER)
+        .body(body.to_string())
+        .send();
+    let waiting = actix_web::rt::spawn(request);
+    // The reservation is waiting for the lock: queued behind it (SQLite), or
+    // blocked on the row (PostgreSQL).
+    let url = app.db.url.clone();
+    let counts = app.state.ledger.db().clone();
+    wait_until(Duration::from_secs(10), || {
+        let waiting = match counts.write_counts() {
+            Some(c) => c.queued >= 1,
+            None => {
+                let mut c = diesel::PgConnection::establish(&url).unwrap();
+                diesel::sql_query(
+                    "SELECT 1 AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%balances%'",
+                )
+                .load::<One>(&mut c)
+                .is_ok_and(|rows| !rows.is_empty())
+            }
+        };
+        std::future::ready(waiting)
+    })
+    .await;
+    app.server.stop(false).await;
+    release.0.send(()).unwrap();
+    blocker.join().unwrap();
+    let ledger = app.state.ledger.clone();
+    wait_until(Duration::from_secs(20), || {
+        let settled = ledger.usage_records(id).unwrap().len() == 2;
+        std::future::ready(settled)
+    })
+    .await;
+    assert!(ledger.holds().unwrap().is_empty());
+    let records = ledger.usage_records(id).unwrap();
+    let last = records.last().unwrap();
+    assert_eq!(
+        (last.outcome.as_str(), last.charged),
+        ("client_disconnected", 0)
+    );
+    assert_eq!(
+        app.fake.request_count(),
+        upstream_before,
+        "nothing went upstream"
+    );
+    app.assert_invariant(USER);
+    drop(waiting);
+}
+
+#[derive(diesel::QueryableByName)]
+struct One {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    #[allow(dead_code)]
+    n: i32,
 }
 
 #[actix_web::test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokengate::ledger::parse_user_ref;
 
 /// A PostgreSQL server of the test's own, so stopping it disturbs no other test.
-struct OwnPostgres {
+pub struct OwnPostgres {
     bin: PathBuf,
     data: PathBuf,
     port: u16,
@@ -35,7 +35,7 @@ fn as_postgres(cmd: &Path) -> Command {
 }
 
 impl OwnPostgres {
-    fn start() -> Self {
+    pub fn start() -> Self {
         let bin = PathBuf::from(std::env::var("TOKENGATE_TEST_PG_BIN").expect(
             "TOKENGATE_TEST_PG_BIN is not set: run the suite with scripts/test.sh, which finds PostgreSQL's binaries",
         ));
@@ -76,7 +76,7 @@ impl OwnPostgres {
         pg
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
@@ -92,7 +92,7 @@ impl OwnPostgres {
         assert!(status.success(), "pg_ctl {args:?} failed");
     }
 
-    fn up(&self) {
+    pub fn up(&self) {
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1",
             self.port,
@@ -101,7 +101,7 @@ impl OwnPostgres {
         self.ctl(&["-w", "-o", &opts, "-l", "/dev/null", "start"]);
     }
 
-    fn down(&self) {
+    pub fn down(&self) {
         self.ctl(&["-w", "-m", "fast", "stop"]);
     }
 }
@@ -235,6 +235,112 @@ async fn postgres_down_fails_closed_and_recovers_without_losing_a_settlement() {
     assert!(ledger.check_invariant(user).unwrap().holds());
     child.kill().unwrap();
     child.wait().unwrap();
+    drop(pg);
+}
+
+/// Settlements that cannot be written are kept on disk, not in memory: with
+/// PostgreSQL stopped, answers that end are spooled; tokengate is then killed
+/// (`kill -9`) and started again while the database is still down: it waits for it,
+/// writes the spooled settlements before it releases the holds of the run before,
+/// and every answered request is charged once. Before the spool, the restart
+/// released those holds uncharged.
+#[actix_web::test]
+async fn a_restart_during_an_outage_loses_no_settlement() {
+    let pg = tokio::task::spawn_blocking(OwnPostgres::start)
+        .await
+        .unwrap();
+    let fake = crate::fake_provider::FakeProvider::start();
+    let port = free_port();
+    let env = [("TOKENGATE_INSTANCE_ID", "spool-test".to_owned())];
+    let mut first = tokengate_process(port, &pg.url(), &fake.base_url(), &env);
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&client, &base).await;
+
+    let short = chat_body("fake-model", "olá", true, Some(10));
+    let long = chat_body("slow", "olá", true, Some(60));
+    for _ in 0..3 {
+        let res = chat_process(&client, &base, USER, &short).await;
+        assert_eq!(res.status(), 200);
+        res.bytes().await.unwrap();
+    }
+    let ledger = observer_ledger(&pg.url(), &fake.base_url());
+    no_holds_left(&ledger).await;
+    let mut in_flight = Vec::new();
+    for _ in 0..4 {
+        let mut res = chat_process(&client, &base, USER, &long).await;
+        assert_eq!(res.status(), 200);
+        let first = res.chunk().await.unwrap().unwrap_or_default();
+        in_flight.push((res, first.to_vec()));
+    }
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.down();
+        pg
+    })
+    .await
+    .unwrap();
+    for (mut res, mut received) in in_flight {
+        while let Some(chunk) = res.chunk().await.unwrap() {
+            received.extend_from_slice(&chunk);
+        }
+        assert!(received.ends_with(b"data: [DONE]\n\n"));
+    }
+    // The four answers are out; their settlements wait in the spool.
+    wait_until(Duration::from_secs(20), || async {
+        let metrics = client.get(format!("{base}/metrics")).send().await;
+        match metrics {
+            Ok(m) => m
+                .text()
+                .await
+                .unwrap_or_default()
+                .contains("tokengate_settlements_spooled 4"),
+            Err(_) => false,
+        }
+    })
+    .await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // Started again while the database is still down: it waits for it.
+    let mut second = tokengate_process(port, &pg.url(), &fake.base_url(), &env);
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.up();
+        pg
+    })
+    .await
+    .unwrap();
+    wait_ready(&client, &base).await;
+
+    // A new observer: the old one's connections died with the server.
+    let ledger = observer_ledger(&pg.url(), &fake.base_url());
+    let user = ledger.find_user(&parse_user_ref(USER)).unwrap().unwrap();
+    let records = ledger.usage_records(user).unwrap();
+    let count = |outcome: &str| records.iter().filter(|r| r.outcome == outcome).count();
+    assert_eq!(
+        (count("completed"), count("abandoned")),
+        (7, 0),
+        "{records:?}"
+    );
+    let cost =
+        |body: &Value, completion: i64| crate::fake_provider::prompt_tokens_of(body) + completion;
+    let s = ledger.user_summary(user).unwrap();
+    assert_eq!(
+        (s.used_this_cycle, s.held),
+        (
+            3 * cost(&short, 10) + 4 * cost(&long, crate::fake_provider::NATURAL_COMPLETION),
+            0
+        )
+    );
+    assert!(ledger.check_invariant(user).unwrap().holds());
+    let usage_entries = ledger
+        .ledger_entries(user)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "usage")
+        .count();
+    assert_eq!(usage_entries, 7, "each charged once");
+    second.kill().unwrap();
+    second.wait().unwrap();
     drop(pg);
 }
 

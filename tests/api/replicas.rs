@@ -132,7 +132,7 @@ fn migrations_started_at_the_same_moment_run_once() {
                 text
             })
             .collect();
-        let applied = outputs.iter().filter(|o| o.contains("Applied 4")).count();
+        let applied = outputs.iter().filter(|o| o.contains("Applied 5")).count();
         let current = outputs.iter().filter(|o| o.contains("up to date")).count();
         assert_eq!((applied, current), (1, REPLICAS - 1), "{outputs:?}");
     }

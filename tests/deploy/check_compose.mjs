@@ -42,6 +42,12 @@ check(healthy('tokengate', 'tokengate-db') && healthy('tokengate', 'litellm'), '
 check(healthy('api', 'tokengate'), 'api: must wait for a healthy tokengate');
 for (const name of ['tokengate-db', 'litellm']) check(services[name]?.healthcheck, `${name}: no health check`);
 check(String(envOf('tokengate').TOKENGATE_DATABASE_URL ?? '').includes('@tokengate-db:'), 'tokengate: database URL does not name tokengate-db');
+// Two containers with one instance id release each other's holds: each must be its own.
+check(!('TOKENGATE_INSTANCE_ID' in envOf('tokengate')), 'tokengate: a fixed TOKENGATE_INSTANCE_ID is shared by every container of the service');
+// Docker kills a container 10 s after SIGTERM unless told otherwise; tokengate's
+// drain takes up to 30 s for streams and 10 s for their settlements.
+const grace = /^(\d+)s$/.exec(String(tg.stop_grace_period ?? ''));
+check(grace && Number(grace[1]) > 40, `tokengate: stop_grace_period must be over 40s (is ${tg.stop_grace_period ?? '10s, the default'})`);
 
 // LibreChat -> tokengate.
 const endpoint = (librechat.endpoints?.custom ?? []).find((e) => e.name === 'IA SOLARIS');
