@@ -309,7 +309,13 @@ fn users_list(config: &Config, json: bool) -> CmdResult {
             u.used_this_cycle,
             u.remaining,
             u.used_percent,
-            if u.suspended { " (suspended)" } else { "" }
+            if u.suspended {
+                " (suspended)"
+            } else if u.blocked {
+                " (blocked)"
+            } else {
+                ""
+            }
         );
     }
     Ok(())
@@ -341,6 +347,14 @@ fn users_show(config: &Config, user: &str, json: bool) -> CmdResult {
     println!(
         "  used this cycle: {} ({}%)",
         summary.used_this_cycle, summary.used_percent
+    );
+    println!(
+        "  blocked:         {}",
+        if summary.blocked {
+            "yes (out of tokens)"
+        } else {
+            "no"
+        }
     );
     println!(
         "  suspended:       {}",

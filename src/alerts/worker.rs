@@ -286,7 +286,12 @@ impl AlertContext {
             name: f.user_name.clone(),
             user_label,
             threshold: f.threshold,
-            percent: used_percent(f.used_this_cycle, left),
+            // A user refused with a few tokens left is exhausted: the plan is used up.
+            percent: if f.threshold >= 100 {
+                100
+            } else {
+                used_percent(f.used_this_cycle, left)
+            },
             blocked: f.threshold >= 100,
             plan_name: f.plan_name.clone(),
             plan_allowance: i18n::tokens(f.plan_allowance, locale),

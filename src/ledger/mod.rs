@@ -33,6 +33,11 @@ pub struct ReserveRequest {
     /// The completion the client asked for (or the configured default); `None` for
     /// endpoints that produce no completion (embeddings).
     pub requested_completion: Option<i64>,
+    /// How many completions the provider may generate and bill, each up to the
+    /// limit (`n`, `best_of`, a list of prompts).
+    pub completions: i64,
+    /// Image parts, reserved at the most the model may bill for each.
+    pub images: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,8 +60,37 @@ pub struct Reservation {
 /// Why a request was refused for balance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blocked {
+    pub reason: BlockReason,
     pub plan_name: String,
     pub used_percent: u8,
+    /// What the balance had left for this request: allowance and credits, less the
+    /// holds of requests in flight.
+    pub remaining: i64,
+}
+
+/// Why a balance could not pay (SPEC section 5, "Exhausted").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockReason {
+    /// The plan is used up: no request of the user's is in flight, and what remains
+    /// is below the smallest useful request. Counts as crossing 100% for alerts and
+    /// as blocked in the dashboard.
+    Exhausted,
+    /// The user's requests in flight hold what this one needs: it may pass once they
+    /// end.
+    InFlight,
+    /// This request alone (a long conversation, images, many choices) costs more
+    /// than a balance that is otherwise healthy.
+    TooLarge,
+}
+
+impl BlockReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Exhausted => "exhausted",
+            Self::InFlight => "in_flight",
+            Self::TooLarge => "too_large",
+        }
+    }
 }
 
 /// How a request ended, recorded with its usage.
@@ -300,16 +334,22 @@ impl Ledger {
         let ctx = tx::Ctx::new(now, self.tz);
         let expires = now + chrono::Duration::from_std(self.hold_max_age).unwrap_or_default();
         let instance_id = self.instance_id.clone();
-        self.db
+        let policy = self.alerts.clone();
+        let (outcome, queued) = self
+            .db
             .write_or(
-                move |c| tx::reserve(c, &ctx, &req, &instance_id, expires),
-                |outcome| {
+                move |c| tx::reserve(c, &ctx, &req, &instance_id, expires, &policy),
+                |(outcome, _)| {
                     if let ReserveOutcome::Reserved(r) = outcome {
                         abandoned(r);
                     }
                 },
             )
-            .await
+            .await?;
+        if queued > 0 {
+            self.outbox_signal.notify_one();
+        }
+        Ok(outcome)
     }
 
     /// The body of a settlement's transaction: charges what a request used and
@@ -445,16 +485,19 @@ impl Ledger {
             .write_blocking(move |c| tx::change_plan(c, &ctx, user_id, plan_id, &actor))
     }
 
+    /// Sets a model's weights and, when `image_tokens` is given, the most one image
+    /// may cost with it (else the worst case tokengate knows for its name).
     pub fn set_weights(
         &self,
         model: &str,
         weights: Weights,
+        image_tokens: Option<i64>,
         actor: &Actor,
     ) -> Result<(), StoreError> {
         let now = self.now().naive_utc();
         let (model, actor) = (model.to_owned(), actor.clone());
         self.db
-            .write_blocking(move |c| tx::set_weights(c, &model, weights, now, &actor))
+            .write_blocking(move |c| tx::set_weights(c, &model, weights, image_tokens, now, &actor))
     }
 
     pub fn set_suspended(
@@ -507,7 +550,9 @@ impl Ledger {
     }
 
     /// Every model with a weight set.
-    pub fn weights(&self) -> Result<Vec<(String, Weights)>, StoreError> {
+    /// Every model with a weight set, its weights, and the most one image costs with
+    /// it (the admin's figure, else the worst case known for the name).
+    pub fn weights(&self) -> Result<Vec<(String, Weights, i64)>, StoreError> {
         let mut conn = self.db.conn()?;
         Ok(views::weights(&mut conn)?)
     }

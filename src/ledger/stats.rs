@@ -166,9 +166,10 @@ pub(crate) fn overview(
         "SELECT CAST(COUNT(*) AS BIGINT) AS total, \
          CAST(COALESCE(SUM(CASE WHEN u.suspended_at IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS suspended, \
          CAST(COALESCE(SUM(CASE WHEN u.suspended_at IS NULL AND b.cycle = '{cycle_key}' \
-           AND b.allowance_left + b.credits <= 0 THEN 1 ELSE 0 END), 0) AS BIGINT) AS blocked, \
+           AND (b.allowance_left + b.credits <= 0 OR b.exhausted_at IS NOT NULL) \
+           THEN 1 ELSE 0 END), 0) AS BIGINT) AS blocked, \
          CAST(COALESCE(SUM(CASE WHEN u.suspended_at IS NULL AND b.cycle = '{cycle_key}' \
-           AND b.allowance_left + b.credits > 0 \
+           AND b.allowance_left + b.credits > 0 AND b.exhausted_at IS NULL \
            AND b.used_this_cycle * 100 >= {n} * (b.used_this_cycle + b.allowance_left + b.credits) \
            THEN 1 ELSE 0 END), 0) AS BIGINT) AS over_80 \
          FROM users u JOIN balances b ON b.user_id = u.id"
@@ -341,6 +342,7 @@ type ListRow = (
     i64,
     i64,
     i64,
+    Option<NaiveDateTime>,
 );
 
 diesel::define_sql_function! {
@@ -394,24 +396,28 @@ macro_rules! filtered_users {
         match $q.state {
             None => {}
             Some(UserState::Suspended) => q = q.filter(users::suspended_at.is_not_null()),
+            // Blocked: nothing left, or exhausted (a refusal found less left than
+            // the smallest useful request).
             Some(UserState::Blocked) => {
                 q = q
                     .filter(users::suspended_at.is_null())
                     .filter(balances::cycle.eq($cycle))
-                    .filter(left.le(0_i64))
+                    .filter(left.le(0_i64).or(balances::exhausted_at.is_not_null()))
             }
             Some(UserState::Over80) => {
                 q = q
                     .filter(users::suspended_at.is_null())
                     .filter(balances::cycle.eq($cycle))
                     .filter(left.gt(0_i64))
+                    .filter(balances::exhausted_at.is_null())
                     .filter(near)
             }
             Some(UserState::Ok) => {
                 q = q.filter(users::suspended_at.is_null()).filter(
-                    balances::cycle
-                        .ne($cycle)
-                        .or(left.gt(0_i64).and(near.eq(false))),
+                    balances::cycle.ne($cycle).or(left
+                        .gt(0_i64)
+                        .and(near.eq(false))
+                        .and(balances::exhausted_at.is_null())),
                 )
             }
         }
@@ -441,6 +447,7 @@ pub(crate) fn list_users(
         balances::credits,
         balances::held,
         balances::used_this_cycle,
+        balances::exhausted_at,
     ));
     let sorted = match q.sort {
         UserSort::Used => base.order((balances::used_this_cycle.desc(), users::id.asc())),
@@ -475,17 +482,18 @@ pub(crate) fn list_users(
                 credits,
                 held,
                 used,
+                exhausted_at,
             )| {
                 // Not rolled yet: the next request or page view starts the new cycle.
-                let (left, used) = if cycle == cycle_key {
-                    (left, used)
+                let (left, used, exhausted) = if cycle == cycle_key {
+                    (left, used, exhausted_at.is_some())
                 } else {
-                    (allowance, 0)
+                    (allowance, 0, false)
                 };
                 let pct = used_percent(used, left + credits);
                 let state = if suspended_at.is_some() {
                     UserState::Suspended
-                } else if left + credits <= 0 {
+                } else if left + credits <= 0 || exhausted {
                     UserState::Blocked
                 } else if i64::from(pct) >= NEAR_LIMIT_PERCENT {
                     UserState::Over80

@@ -3,8 +3,8 @@
 
 use super::audit::{self, Action};
 use super::{
-    Actor, Blocked, Outcome, Reservation, ReserveOutcome, ReserveRequest, SettleResult, Settlement,
-    UserRef,
+    Actor, BlockReason, Blocked, Outcome, Reservation, ReserveOutcome, ReserveRequest,
+    SettleResult, Settlement, UserRef,
 };
 use crate::alerts::{AlertPolicy, store as alert_store};
 use crate::db::schema::{
@@ -48,6 +48,7 @@ pub(super) struct BalanceRow {
     pub credits: i64,
     pub held: i64,
     pub used_this_cycle: i64,
+    pub exhausted_at: Option<NaiveDateTime>,
 }
 
 const BALANCE_COLUMNS: (
@@ -56,12 +57,14 @@ const BALANCE_COLUMNS: (
     balances::credits,
     balances::held,
     balances::used_this_cycle,
+    balances::exhausted_at,
 ) = (
     balances::cycle,
     balances::allowance_left,
     balances::credits,
     balances::held,
     balances::used_this_cycle,
+    balances::exhausted_at,
 );
 
 struct LedgerChange<'a> {
@@ -73,29 +76,41 @@ struct LedgerChange<'a> {
     request_id: Option<&'a str>,
 }
 
+/// Reserves what the request may cost at most, or says why the balance cannot pay.
+/// Returns the outcome and how many alert messages were queued (an exhausted user's
+/// 100% alert).
 pub(super) fn reserve(
     c: &mut Conn,
     ctx: &Ctx,
     req: &ReserveRequest,
     instance_id: &str,
     expires_at: DateTime<Utc>,
-) -> Result<ReserveOutcome, StoreError> {
+    policy: &AlertPolicy,
+) -> Result<(ReserveOutcome, usize), StoreError> {
     let (user_id, suspended) = upsert_user(c, ctx, &req.identity)?;
     if suspended {
-        return Ok(ReserveOutcome::Suspended);
+        return Ok((ReserveOutcome::Suspended, 0));
     }
     let bal = lock_and_roll(c, ctx, user_id)?;
-    let weights = weights_for(c, &req.model)?;
+    let (weights, image_tokens) = model_costs(c, &req.model)?;
     let remaining = bal.allowance_left + bal.credits - bal.held;
-    let prompt_cost = weights.cost(req.prompt_tokens, 0);
+    // What the provider may bill for the input: the text's estimate, and each image
+    // at the most the model may charge for one.
+    let prompt = req
+        .prompt_tokens
+        .saturating_add(req.images.saturating_mul(image_tokens));
+    let prompt_cost = weights.cost(prompt, 0);
 
+    // Each of the completions may run to the limit sent upstream: the limit is what
+    // the balance pays for all of them.
+    let completions = req.completions.max(1);
     let (amount, allowed_completion) = match req.requested_completion {
         None => (prompt_cost, None),
         Some(requested) => {
-            let allowed =
-                requested.min(weights.affordable_completion(remaining, req.prompt_tokens));
+            let each = weights.affordable_completion(remaining, prompt) / completions;
+            let allowed = requested.min(each);
             (
-                weights.cost(req.prompt_tokens, allowed.max(0)),
+                weights.cost(prompt, allowed.max(0).saturating_mul(completions)),
                 Some(allowed),
             )
         }
@@ -103,7 +118,7 @@ pub(super) fn reserve(
     let affordable =
         remaining > 0 && remaining >= amount && allowed_completion.is_none_or(|n| n >= 1);
     if !affordable {
-        return Ok(ReserveOutcome::Blocked(blocked_info(c, user_id, &bal)?));
+        return refuse(c, ctx, user_id, &bal, req, policy);
     }
 
     // The guard makes the write itself refuse to overspend, whatever happened above.
@@ -120,7 +135,7 @@ pub(super) fn reserve(
     );
     let updated = on_backend!(c, |c| guarded.execute(c))?;
     if updated != 1 {
-        return Ok(ReserveOutcome::Blocked(blocked_info(c, user_id, &bal)?));
+        return refuse(c, ctx, user_id, &bal, req, policy);
     }
     let hold = diesel::insert_into(holds::table).values((
         holds::request_id.eq(&req.request_id),
@@ -134,13 +149,85 @@ pub(super) fn reserve(
         holds::expires_at.eq(expires_at.naive_utc()),
     ));
     on_backend!(c, |c| hold.execute(c))?;
-    Ok(ReserveOutcome::Reserved(Reservation {
-        request_id: req.request_id.clone(),
-        user_id,
-        amount,
-        weights,
-        allowed_completion,
-    }))
+    Ok((
+        ReserveOutcome::Reserved(Reservation {
+            request_id: req.request_id.clone(),
+            user_id,
+            amount,
+            weights,
+            allowed_completion,
+        }),
+        0,
+    ))
+}
+
+/// The least a balance must keep for a request to be worth making: below it (or
+/// below 1% of the cycle's allowance and credits), with nothing in flight, the user
+/// is exhausted (SPEC section 5).
+const SMALLEST_USEFUL_REQUEST: i64 = 1_000;
+
+/// A refusal for balance, and why. An exhausted user's first refusal (per arming)
+/// writes the 100% alert and marks the balance, so that the dashboard counts the
+/// user as blocked although a few tokens remain: the clamp stops a user just short
+/// of the end, where used_percent alone says 99.
+fn refuse(
+    c: &mut Conn,
+    ctx: &Ctx,
+    user_id: i64,
+    bal: &BalanceRow,
+    req: &ReserveRequest,
+    policy: &AlertPolicy,
+) -> Result<(ReserveOutcome, usize), StoreError> {
+    let plan_name: String = users::table
+        .inner_join(plans::table)
+        .filter(users::id.eq(user_id))
+        .select(plans::name)
+        .first(c)?;
+    let total = bal.used_this_cycle + bal.allowance_left + bal.credits;
+    let remaining = bal.allowance_left + bal.credits - bal.held;
+    let reason = if bal.held > 0 {
+        BlockReason::InFlight
+    } else if remaining < (total / 100).max(SMALLEST_USEFUL_REQUEST) {
+        BlockReason::Exhausted
+    } else {
+        BlockReason::TooLarge
+    };
+    let mut queued = 0;
+    if reason == BlockReason::Exhausted && bal.exhausted_at.is_none() {
+        diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
+            .set(balances::exhausted_at.eq(Some(ctx.now)))
+            .execute(c)?;
+        queued = alert_store::record_crossings(
+            c,
+            policy,
+            &alert_store::Snapshot {
+                user_id,
+                cycle: &ctx.cycle_key,
+                // Exhaustion counts as crossing 100%.
+                used_percent: 100,
+                used_this_cycle: bal.used_this_cycle,
+                allowance_left: bal.allowance_left,
+                credits: bal.credits,
+                request_id: Some(&req.request_id),
+            },
+            ctx.now,
+            ctx.wall,
+        )?;
+    }
+    let used_percent = if reason == BlockReason::Exhausted {
+        100
+    } else {
+        used_percent(bal.used_this_cycle, bal.allowance_left + bal.credits)
+    };
+    Ok((
+        ReserveOutcome::Blocked(Blocked {
+            reason,
+            plan_name,
+            used_percent,
+            remaining: remaining.max(0),
+        }),
+        queued,
+    ))
 }
 
 /// Returns the result and how many alert messages were queued.
@@ -310,6 +397,8 @@ pub(super) fn grant_credits(
         .set((
             balances::credits.eq(credits),
             balances::updated_at.eq(ctx.now),
+            // Raised: the next refusal, if any, judges exhaustion anew.
+            balances::exhausted_at.eq(None::<NaiveDateTime>),
         ))
         .execute(c)?;
     append_ledger(
@@ -378,7 +467,10 @@ pub(super) fn change_plan(
         .set((users::plan_id.eq(plan_id), users::updated_at.eq(ctx.now)))
         .execute(c)?;
     diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
-        .set(balances::allowance_left.eq(allowance_left))
+        .set((
+            balances::allowance_left.eq(allowance_left),
+            balances::exhausted_at.eq(None::<NaiveDateTime>),
+        ))
         .execute(c)?;
     let note = format!("{old_name} -> {new_name}");
     if delta != 0 {
@@ -562,10 +654,13 @@ pub(super) fn create_plan(
     Ok(id)
 }
 
+/// Sets a model's weights and, when `image_tokens` is given, the most one image may
+/// cost with it (`None` leaves the worst case tokengate knows for the name).
 pub(super) fn set_weights(
     c: &mut Conn,
     model: &str,
     w: Weights,
+    image_tokens: Option<i64>,
     now: NaiveDateTime,
     actor: &Actor,
 ) -> Result<(), StoreError> {
@@ -573,6 +668,7 @@ pub(super) fn set_weights(
         .set((
             model_weights::input_milli.eq(w.input_milli()),
             model_weights::output_milli.eq(w.output_milli()),
+            model_weights::image_tokens.eq(image_tokens),
             model_weights::updated_at.eq(now),
         ))
         .execute(c)?;
@@ -582,6 +678,7 @@ pub(super) fn set_weights(
                 model_weights::model.eq(model),
                 model_weights::input_milli.eq(w.input_milli()),
                 model_weights::output_milli.eq(w.output_milli()),
+                model_weights::image_tokens.eq(image_tokens),
                 model_weights::updated_at.eq(now),
             ))
             .execute(c)?;
@@ -591,7 +688,7 @@ pub(super) fn set_weights(
         actor,
         Action::SetWeights,
         None,
-        &json!({"model": model, "input_milli": w.input_milli(), "output_milli": w.output_milli()}),
+        &json!({"model": model, "input_milli": w.input_milli(), "output_milli": w.output_milli(), "image_tokens": image_tokens}),
         now,
     )?;
     Ok(())
@@ -926,12 +1023,14 @@ pub(super) fn lock_and_roll(
             balances::cycle.eq(&ctx.cycle_key),
             balances::allowance_left.eq(allowance),
             balances::used_this_cycle.eq(0_i64),
+            balances::exhausted_at.eq(None::<NaiveDateTime>),
         ))
         .execute(c)?;
     Ok(BalanceRow {
         cycle: ctx.cycle_key.clone(),
         allowance_left: allowance,
         used_this_cycle: 0,
+        exhausted_at: None,
         ..bal
     })
 }
@@ -961,26 +1060,22 @@ fn append_ledger(
     Ok(())
 }
 
-fn weights_for(c: &mut Conn, model: &str) -> Result<Weights, StoreError> {
-    let lookup = model_weights::table
-        .find(model)
-        .select((model_weights::input_milli, model_weights::output_milli));
-    let row: Option<(i64, i64)> = on_backend!(c, |c| lookup.first(c).optional())?;
-    Ok(row
-        .and_then(|(i, o)| Weights::from_milli(i, o))
-        .unwrap_or_default())
-}
-
-fn blocked_info(c: &mut Conn, user_id: i64, bal: &BalanceRow) -> Result<Blocked, StoreError> {
-    let plan_name: String = users::table
-        .inner_join(plans::table)
-        .filter(users::id.eq(user_id))
-        .select(plans::name)
-        .first(c)?;
-    Ok(Blocked {
-        plan_name,
-        used_percent: used_percent(bal.used_this_cycle, bal.allowance_left + bal.credits),
-    })
+/// A model's weights and the most one image may cost with it (the admin's figure,
+/// else the worst case its provider documents, `domain::media`).
+fn model_costs(c: &mut Conn, model: &str) -> Result<(Weights, i64), StoreError> {
+    let lookup = model_weights::table.find(model).select((
+        model_weights::input_milli,
+        model_weights::output_milli,
+        model_weights::image_tokens,
+    ));
+    let row: Option<(i64, i64, Option<i64>)> = on_backend!(c, |c| lookup.first(c).optional())?;
+    let weights = row
+        .and_then(|(i, o, _)| Weights::from_milli(i, o))
+        .unwrap_or_default();
+    let image = row
+        .and_then(|(_, _, image)| image)
+        .unwrap_or_else(|| crate::domain::media::image_worst_case(model));
+    Ok((weights, image))
 }
 
 fn millis(d: std::time::Duration) -> i64 {

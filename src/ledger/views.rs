@@ -35,6 +35,9 @@ pub struct UserSummary {
     /// `allowance_left + credits - held`: what the next request can use.
     pub remaining: i64,
     pub used_percent: u8,
+    /// Refused for balance with nothing left worth a request (SPEC section 5), or
+    /// nothing left at all: the dashboard and the command line call this blocked.
+    pub blocked: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Queryable)]
@@ -139,7 +142,7 @@ type SummaryRow = (
         Option<NaiveDateTime>,
     ),
     (String, i64),
-    (String, i64, i64, i64, i64),
+    (String, i64, i64, i64, i64, Option<NaiveDateTime>),
 );
 
 pub(super) fn user_summary(c: &mut Conn, user_id: i64, tz: Tz) -> QueryResult<Option<UserSummary>> {
@@ -162,6 +165,7 @@ pub(super) fn user_summary(c: &mut Conn, user_id: i64, tz: Tz) -> QueryResult<Op
                 balances::credits,
                 balances::held,
                 balances::used_this_cycle,
+                balances::exhausted_at,
             ),
         ))
         .first(c)
@@ -170,7 +174,7 @@ pub(super) fn user_summary(c: &mut Conn, user_id: i64, tz: Tz) -> QueryResult<Op
         |(
             (id, external_id, email, name, suspended_at),
             (plan, monthly_allowance),
-            (cycle, allowance_left, credits, held, used),
+            (cycle, allowance_left, credits, held, used, exhausted_at),
         )| {
             let resets = Cycle::parse(&cycle)
                 .map(|cy| cy.ends_at(tz).to_rfc3339())
@@ -191,6 +195,7 @@ pub(super) fn user_summary(c: &mut Conn, user_id: i64, tz: Tz) -> QueryResult<Op
                 used_this_cycle: used,
                 remaining: allowance_left + credits - held,
                 used_percent: crate::domain::used_percent(used, allowance_left + credits),
+                blocked: exhausted_at.is_some() || allowance_left + credits <= 0,
             }
         },
     ))
@@ -232,18 +237,22 @@ pub(super) fn plans(c: &mut Conn) -> QueryResult<Vec<PlanRow>> {
         .collect())
 }
 
-pub(super) fn weights(c: &mut Conn) -> QueryResult<Vec<(String, crate::domain::Weights)>> {
-    let rows: Vec<(String, i64, i64)> = model_weights::table
+pub(super) fn weights(c: &mut Conn) -> QueryResult<Vec<(String, crate::domain::Weights, i64)>> {
+    let rows: Vec<(String, i64, i64, Option<i64>)> = model_weights::table
         .order(model_weights::model.asc())
         .select((
             model_weights::model,
             model_weights::input_milli,
             model_weights::output_milli,
+            model_weights::image_tokens,
         ))
         .load(c)?;
     Ok(rows
         .into_iter()
-        .filter_map(|(m, i, o)| crate::domain::Weights::from_milli(i, o).map(|w| (m, w)))
+        .filter_map(|(m, i, o, image)| {
+            let image = image.unwrap_or_else(|| crate::domain::media::image_worst_case(&m));
+            crate::domain::Weights::from_milli(i, o).map(|w| (m, w, image))
+        })
         .collect())
 }
 

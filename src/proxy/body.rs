@@ -56,6 +56,11 @@ pub struct ParsedRequest<'a> {
     pub requested_max: Option<i64>,
     pub body_user: Option<String>,
     pub prompt_tokens: i64,
+    /// How many completions the provider may generate, each up to the limit, and
+    /// bill: `n` choices, `best_of` candidates, for each prompt of a list.
+    pub completions: i64,
+    /// Image parts in the conversation, priced for the model by the reservation.
+    pub images: i64,
     /// What the client sent in each of `LIMIT_FIELDS`: absent (`None`), `null`
     /// (`Some(None)`) or a count.
     limits: [Option<Option<i64>>; 2],
@@ -65,6 +70,9 @@ pub struct ParsedRequest<'a> {
 
 /// The completion-limit fields, in the order they are written back.
 const LIMIT_FIELDS: [&str; 2] = ["max_completion_tokens", "max_tokens"];
+/// The most choices (`n`) and candidates (`best_of`) OpenAI accepts.
+const MAX_CHOICES: i64 = 128;
+const MAX_BEST_OF: i64 = 20;
 
 pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiError> {
     let fields = top_level(bytes)?;
@@ -113,6 +121,25 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
         Some(Value::String(s)) => Some(s),
         Some(_) => return Err(field_error("`user` must be a string.", "user")),
     };
+    let count = |key: &'static str, max: i64| -> Result<i64, ApiError> {
+        match value_of(get(key), key)? {
+            None | Some(Value::Null) => Ok(1),
+            Some(v) => match v.as_i64() {
+                Some(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(field_error(
+                    &format!("`{key}` must be a whole number from 1 to {max}."),
+                    key,
+                )),
+            },
+        }
+    };
+    let (choices, best_of) = match endpoint {
+        Endpoint::ChatCompletions => (count("n", MAX_CHOICES)?, 1),
+        Endpoint::Completions => (count("n", MAX_CHOICES)?, count("best_of", MAX_BEST_OF)?),
+        Endpoint::Embeddings => (1, 1),
+    };
+    let mut images = 0;
+    let mut prompts = 1;
     let prompt_tokens = match endpoint {
         Endpoint::ChatCompletions => {
             let messages = get("messages")
@@ -126,6 +153,7 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
                     "messages",
                 ));
             }
+            images = estimate.images;
             let mut tokens = estimate.tokens;
             for key in estimate::DEFINITION_FIELDS {
                 if let Some(v) = value_of(get(key), key)? {
@@ -135,7 +163,19 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
             tokens
         }
         Endpoint::Completions => match value_of(get("prompt"), "prompt")? {
-            Some(p @ (Value::String(_) | Value::Array(_))) => estimate::prompt_input(Some(&p)),
+            Some(Value::Array(list)) if list.is_empty() => {
+                return Err(field_error("`prompt` must not be empty.", "prompt"));
+            }
+            Some(p @ (Value::String(_) | Value::Array(_))) => {
+                // A list of prompts is answered prompt by prompt; a list of numbers
+                // is one prompt of token ids.
+                if let Value::Array(list) = &p
+                    && !list.iter().all(Value::is_number)
+                {
+                    prompts = i64::try_from(list.len()).unwrap_or(i64::MAX);
+                }
+                estimate::prompt_input(Some(&p))
+            }
             _ => {
                 return Err(field_error(
                     "`prompt` must be a string or an array.",
@@ -169,6 +209,8 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
         requested_max,
         body_user,
         prompt_tokens,
+        completions: prompts.saturating_mul(choices.max(best_of)),
+        images,
         limits,
         size: bytes.len(),
     })
@@ -178,6 +220,8 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
 fn is_read_above(key: &str, endpoint: Endpoint) -> bool {
     matches!(key, "model" | "stream" | "user")
         || LIMIT_FIELDS.contains(&key)
+        || (endpoint != Endpoint::Embeddings && key == "n")
+        || (endpoint == Endpoint::Completions && key == "best_of")
         || match endpoint {
             Endpoint::ChatCompletions => {
                 key == "messages" || estimate::DEFINITION_FIELDS.contains(&key)
@@ -646,11 +690,75 @@ mod tests {
             + 3 * 3
             + c("user")
             + c("Hello world")
-            + 765
             + c("assistant")
             + c(r#"[{"id":"1"}]"#)
             + c(r#"[{"type":"function"}]"#);
         assert_eq!(tokens, expected);
+        // The image is counted apart, to be priced for the model.
+        let parsed = parse(
+            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:x"}},{"type":"image_url","image_url":{"url":"https://x/y.png","detail":"low"}}]}]}"#,
+            Endpoint::ChatCompletions,
+        )
+        .unwrap();
+        assert_eq!(parsed.images, 2);
+    }
+
+    /// Everything that multiplies what the provider generates: `n` choices,
+    /// `best_of` candidates, and one completion per prompt of a list.
+    #[test]
+    fn fields_that_multiply_the_output_are_counted() {
+        let completions =
+            |body: &str, e: Endpoint| parse(body.as_bytes(), e).map(|p| p.completions);
+        let msg = r#""messages":[{"role":"user","content":"x"}]"#;
+        let chat = Endpoint::ChatCompletions;
+        assert_eq!(
+            completions(&format!(r#"{{"model":"m",{msg}}}"#), chat).ok(),
+            Some(1)
+        );
+        assert_eq!(
+            completions(&format!(r#"{{"model":"m",{msg},"n":8}}"#), chat).ok(),
+            Some(8)
+        );
+        assert_eq!(
+            completions(&format!(r#"{{"model":"m",{msg},"n":null}}"#), chat).ok(),
+            Some(1)
+        );
+        let text = Endpoint::Completions;
+        assert_eq!(
+            completions(r#"{"model":"m","prompt":"a","n":2,"best_of":5}"#, text).ok(),
+            Some(5)
+        );
+        assert_eq!(
+            completions(r#"{"model":"m","prompt":["a","b","c"],"n":2}"#, text).ok(),
+            Some(6)
+        );
+        assert_eq!(
+            completions(r#"{"model":"m","prompt":[1,2,3]}"#, text).ok(),
+            Some(1)
+        );
+        assert_eq!(
+            completions(r#"{"model":"m","prompt":[[1,2],[3]],"best_of":3}"#, text).ok(),
+            Some(6)
+        );
+        for bad in [
+            format!(r#"{{"model":"m",{msg},"n":0}}"#),
+            format!(r#"{{"model":"m",{msg},"n":129}}"#),
+            format!(r#"{{"model":"m",{msg},"n":2.5}}"#),
+            format!(r#"{{"model":"m",{msg},"n":"8"}}"#),
+        ] {
+            assert!(
+                matches!(
+                    parse(bad.as_bytes(), chat),
+                    Err(ApiError::InvalidBody {
+                        param: Some("n"),
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+        assert!(parse(br#"{"model":"m","prompt":"a","best_of":21}"#, text).is_err());
+        assert!(parse(br#"{"model":"m","prompt":[]}"#, text).is_err());
     }
 
     #[test]

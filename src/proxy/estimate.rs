@@ -26,8 +26,11 @@ use std::fmt;
 const PER_MESSAGE: i64 = 3;
 /// Tokens that prime the assistant's reply.
 const REPLY_PRIMING: i64 = 3;
-/// An image part, at the high-detail tile cost (an over- rather than under-estimate).
-const PER_IMAGE: i64 = 765;
+/// Audio input, at the most a provider bills for it: tokens per second of sound
+/// (Gemini's 32; OpenAI's audio models count fewer), over the fewest bytes a second
+/// of sound can take (Opus at 6 kbit/s).
+const AUDIO_TOKENS_PER_SECOND: i64 = 32;
+const AUDIO_MIN_BYTES_PER_SECOND: i64 = 750;
 /// Letters per extra token of a word: one token for the first letter, one more for
 /// every five after it (calibrated against o200k, see `tests/estimate.rs`).
 const LETTERS_PER_TOKEN: usize = 5;
@@ -201,6 +204,9 @@ pub fn definitions(v: &Value) -> i64 {
 pub struct Messages {
     pub tokens: i64,
     pub count: usize,
+    /// Image parts: their cost depends on the model, so the reservation prices them
+    /// (`media::image_tokens`).
+    pub images: i64,
 }
 
 impl<'de> Deserialize<'de> for Messages {
@@ -215,9 +221,13 @@ impl<'de> Deserialize<'de> for Messages {
                 let mut m = Messages {
                     tokens: REPLY_PRIMING,
                     count: 0,
+                    images: 0,
                 };
-                while let Some(Message(tokens)) = seq.next_element()? {
-                    m.tokens = m.tokens.saturating_add(PER_MESSAGE.saturating_add(tokens));
+                while let Some(Message(counted)) = seq.next_element()? {
+                    m.tokens = m
+                        .tokens
+                        .saturating_add(PER_MESSAGE.saturating_add(counted.tokens));
+                    m.images = m.images.saturating_add(counted.images);
                     m.count += 1;
                 }
                 Ok(m)
@@ -227,8 +237,8 @@ impl<'de> Deserialize<'de> for Messages {
     }
 }
 
-/// One element of `messages`: its tokens (0 unless it is an object).
-struct Message(i64);
+/// One element of `messages`: what it costs (nothing unless it is an object).
+struct Message(Counted);
 
 impl<'de> Deserialize<'de> for Message {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -239,34 +249,34 @@ impl<'de> Deserialize<'de> for Message {
                 f.write_str("a message")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
-                let mut tokens = 0i64;
+                let mut total = Counted::default();
                 // A key sent twice is counted twice: only ever an over-estimate.
                 while let Some(IsContent(content)) = map.next_key()? {
-                    let Counted(n) = map.next_value_seed(Counting { content })?;
-                    tokens = tokens.saturating_add(n);
+                    total.add(map.next_value_seed(Counting { content })?);
                 }
-                Ok(Message(tokens))
+                Ok(Message(total))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Message, A::Error> {
-                Value::deserialize(SeqAccessDeserializer::new(seq)).map(|_| Message(0))
+                Value::deserialize(SeqAccessDeserializer::new(seq))
+                    .map(|_| Message(Counted::default()))
             }
             fn visit_bool<E>(self, _: bool) -> Result<Message, E> {
-                Ok(Message(0))
+                Ok(Message(Counted::default()))
             }
             fn visit_i64<E>(self, _: i64) -> Result<Message, E> {
-                Ok(Message(0))
+                Ok(Message(Counted::default()))
             }
             fn visit_u64<E>(self, _: u64) -> Result<Message, E> {
-                Ok(Message(0))
+                Ok(Message(Counted::default()))
             }
             fn visit_f64<E>(self, _: f64) -> Result<Message, E> {
-                Ok(Message(0))
+                Ok(Message(Counted::default()))
             }
             fn visit_str<E>(self, _: &str) -> Result<Message, E> {
-                Ok(Message(0))
+                Ok(Message(Counted::default()))
             }
             fn visit_unit<E>(self) -> Result<Message, E> {
-                Ok(Message(0))
+                Ok(Message(Counted::default()))
             }
         }
         d.deserialize_any(V)
@@ -292,8 +302,23 @@ impl<'de> Deserialize<'de> for IsContent {
     }
 }
 
-/// A message field's tokens.
-struct Counted(i64);
+/// What a message field costs: text tokens, and images (priced per model later).
+#[derive(Default)]
+struct Counted {
+    tokens: i64,
+    images: i64,
+}
+
+impl Counted {
+    fn text(tokens: i64) -> Self {
+        Self { tokens, images: 0 }
+    }
+
+    fn add(&mut self, other: Counted) {
+        self.tokens = self.tokens.saturating_add(other.tokens);
+        self.images = self.images.saturating_add(other.images);
+    }
+}
 
 /// Counts a message field: strings as text, `null` as nothing, `content` parts as
 /// `content_parts` does, anything else as its JSON text.
@@ -314,34 +339,34 @@ impl<'de> Visitor<'de> for Counting {
         f.write_str("a message field")
     }
     fn visit_str<E>(self, v: &str) -> Result<Counted, E> {
-        Ok(Counted(count_text(v)))
+        Ok(Counted::text(count_text(v)))
     }
     fn visit_unit<E>(self) -> Result<Counted, E> {
-        Ok(Counted(0))
+        Ok(Counted::default())
     }
     fn visit_bool<E>(self, v: bool) -> Result<Counted, E> {
-        Ok(Counted(definitions(&Value::from(v))))
+        Ok(Counted::text(definitions(&Value::from(v))))
     }
     fn visit_i64<E>(self, v: i64) -> Result<Counted, E> {
-        Ok(Counted(definitions(&Value::from(v))))
+        Ok(Counted::text(definitions(&Value::from(v))))
     }
     fn visit_u64<E>(self, v: u64) -> Result<Counted, E> {
-        Ok(Counted(definitions(&Value::from(v))))
+        Ok(Counted::text(definitions(&Value::from(v))))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Counted, E> {
-        Ok(Counted(definitions(&Value::from(v))))
+        Ok(Counted::text(definitions(&Value::from(v))))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Counted, A::Error> {
         let v = Value::deserialize(SeqAccessDeserializer::new(seq))?;
-        Ok(Counted(if self.content {
+        Ok(if self.content {
             content_parts(&v)
         } else {
-            definitions(&v)
-        }))
+            Counted::text(definitions(&v))
+        })
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Counted, A::Error> {
         let v = Value::deserialize(MapAccessDeserializer::new(map))?;
-        Ok(Counted(definitions(&v)))
+        Ok(Counted::text(definitions(&v)))
     }
 }
 
@@ -364,23 +389,42 @@ pub fn prompt_input(value: Option<&Value>) -> i64 {
     }
 }
 
-/// Tokens of a `content` array: text parts as text, images at `PER_IMAGE`, other
-/// parts as their JSON text.
-fn content_parts(v: &Value) -> i64 {
-    match v {
-        Value::Array(parts) => parts
-            .iter()
-            .map(|part| match part.get("type").and_then(Value::as_str) {
-                Some("text") => part
-                    .get("text")
+/// What a `content` array costs: text parts as text; images counted, to be priced
+/// for the model; audio at the most its size allows; other parts (files among them)
+/// as their JSON text, which for a file's base64 is about a token per byte.
+fn content_parts(v: &Value) -> Counted {
+    let mut total = Counted::default();
+    let Value::Array(parts) = v else {
+        return Counted::text(count_text(&v.to_string()));
+    };
+    for part in parts {
+        match part.get("type").and_then(Value::as_str) {
+            Some("text" | "input_text") => total.add(Counted::text(
+                part.get("text")
                     .and_then(Value::as_str)
                     .map_or(0, count_text),
-                Some("image_url") | Some("input_image") | Some("image") => PER_IMAGE,
-                _ => count_text(&part.to_string()),
-            })
-            .sum(),
-        other => count_text(&other.to_string()),
+            )),
+            Some("image_url" | "input_image" | "image") => total.images += 1,
+            Some("input_audio") => {
+                let data = part
+                    .pointer("/input_audio/data")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                total.add(Counted::text(audio_tokens(data.len())));
+            }
+            _ => total.add(Counted::text(count_text(&part.to_string()))),
+        }
     }
+    total
+}
+
+/// The most tokens a provider bills for audio sent as `base64_len` characters of
+/// base64: as many seconds as the fewest bytes per second allow.
+pub fn audio_tokens(base64_len: usize) -> i64 {
+    let bytes = i64::try_from(base64_len / 4 * 3).unwrap_or(i64::MAX);
+    let seconds =
+        (bytes.saturating_add(AUDIO_MIN_BYTES_PER_SECOND - 1) / AUDIO_MIN_BYTES_PER_SECOND).max(1);
+    seconds.saturating_mul(AUDIO_TOKENS_PER_SECOND)
 }
 
 #[cfg(test)]

@@ -116,30 +116,16 @@ async fn metered(
         state.metrics.record_rejection("invalid_api_key");
         return Err(ApiError::InvalidApiKey);
     }
-    // The body is parsed, checked and written out for upstream (all but the limit)
-    // before the reservation waits; the client's bytes are freed at the end of this
-    // block.
-    let (identity, prepared, model, stream, prompt_tokens, requested_max) = {
-        let bytes = read_body(&req, payload, state.config.max_body_bytes).await?;
-        let parsed = body::parse(&bytes, endpoint)?;
-        let identity = identify(req.headers(), parsed.body_user.as_deref())?;
-        let prepared = parsed.prepare(identity.key.as_str())?;
-        let body::ParsedRequest {
-            model,
-            stream,
-            prompt_tokens,
-            requested_max,
-            ..
-        } = parsed;
-        (
-            identity,
-            prepared,
-            model,
-            stream,
-            prompt_tokens,
-            requested_max,
-        )
-    };
+    let Admitted {
+        identity,
+        prepared,
+        model,
+        stream,
+        prompt_tokens,
+        requested_max,
+        completions,
+        images,
+    } = admit(&req, payload, &state, endpoint).await?;
     // Time-ordered (UUIDv7): holds and usage records are keyed by it, and ids that
     // grow with time append at the end of those B-trees instead of writing a random
     // page each, so consecutive requests (one group commit) share their index pages.
@@ -157,6 +143,8 @@ async fn metered(
         stream,
         prompt_tokens,
         requested_completion,
+        completions,
+        images,
     };
     let mut timing = Timing {
         parse: started.elapsed(),
@@ -188,11 +176,10 @@ async fn metered(
         ReserveOutcome::Reserved(r) => r,
         ReserveOutcome::Blocked(b) => {
             state.metrics.record_rejection("insufficient_quota");
-            tracing::info!(user = %identity.key, model = %model, used_percent = b.used_percent, "blocked: tokens exhausted");
+            tracing::info!(user = %identity.key, model = %model, reason = b.reason.as_str(), remaining = b.remaining, used_percent = b.used_percent, "blocked for balance");
             let msg = block::block_message(
                 state.config.locale,
-                b.used_percent,
-                &b.plan_name,
+                &b,
                 state.config.support_contact.as_deref(),
             );
             return Err(ApiError::InsufficientQuota(msg));
@@ -293,6 +280,44 @@ async fn metered(
         .insert_header(("x-request-id", request_id))
         .insert_header(("server-timing", timing.header()))
         .body(body))
+}
+
+/// A metered request once its body is read, checked and written out for upstream
+/// (all but the limit, which depends on the reservation).
+struct Admitted {
+    identity: Identity,
+    prepared: body::Prepared,
+    model: String,
+    stream: bool,
+    prompt_tokens: i64,
+    requested_max: Option<i64>,
+    completions: i64,
+    images: i64,
+}
+
+/// Reads and checks the body and the user. Done before the reservation waits, so
+/// that the client's bytes are freed before it: under a burst of long conversations
+/// they were most of the memory.
+async fn admit(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    endpoint: Endpoint,
+) -> Result<Admitted, ApiError> {
+    let bytes = read_body(req, payload, state.config.max_body_bytes).await?;
+    let parsed = body::parse(&bytes, endpoint)?;
+    let identity = identify(req.headers(), parsed.body_user.as_deref())?;
+    let prepared = parsed.prepare(identity.key.as_str())?;
+    Ok(Admitted {
+        identity,
+        prepared,
+        model: parsed.model,
+        stream: parsed.stream,
+        prompt_tokens: parsed.prompt_tokens,
+        requested_max: parsed.requested_max,
+        completions: parsed.completions,
+        images: parsed.images,
+    })
 }
 
 /// tokengate's own time on one request, sent back as `Server-Timing` so a slow answer

@@ -61,7 +61,12 @@ async fn alert_app(smtp: &SmtpServer, extra: &[(&'static str, String)]) -> TestA
 fn heavy_models(app: &TestApp) {
     for (model, w) in [("w10", 10_000), ("w100", 100_000), ("w1000", 1_000_000)] {
         app.ledger()
-            .set_weights(model, Weights::from_milli(1000, w).unwrap(), &Actor::Cli)
+            .set_weights(
+                model,
+                Weights::from_milli(1000, w).unwrap(),
+                None,
+                &Actor::Cli,
+            )
             .unwrap();
     }
 }
@@ -450,6 +455,7 @@ async fn one_usage_across_two_thresholds_sends_one_message() {
         .set_weights(
             "wmax",
             Weights::from_milli(1_000_000, 1_000_000).unwrap(),
+            None,
             &Actor::Cli,
         )
         .unwrap();
@@ -990,6 +996,7 @@ async fn alerts_written_before_a_kill_are_sent_once_after_restart() {
         .set_weights(
             "w1000",
             Weights::from_milli(1000, 1_000_000).unwrap(),
+            None,
             &Actor::Cli,
         )
         .unwrap();
@@ -1032,4 +1039,138 @@ async fn alerts_written_before_a_kill_are_sent_once_after_restart() {
     one_alert_mail(&mail, "ana@example.com");
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// A user who spends a plan down ends a few tokens short of 100% (the clamp stops
+/// the last answer there): the next request finds them exhausted. That sends the
+/// "Seus tokens acabaram" mail once (it never did), counts them as blocked in the
+/// dashboard and the command line, and its text says the plan is used up, not
+/// "99%". A refusal because of requests still in flight, or of one message larger
+/// than a healthy balance, is not exhaustion: no mail, not blocked, and its own text.
+#[actix_web::test]
+async fn spending_a_plan_down_sends_the_exhausted_mail_once_and_blocks() {
+    let smtp = SmtpServer::start(SmtpOptions::default()).await;
+    let app = alert_app(&smtp, &[]).await;
+    app.default_plan(10_000);
+    let ana = |body: &serde_json::Value| chat_with_email(&app, ANA, body.clone());
+
+    // Spent down in one answer that runs to the limit the balance allows; the
+    // prompt's estimate is a little above what the provider counts, as usual.
+    let res = ana(&chat_body("fill", "Olá, tudo bem?", false, Some(1_000_000))).await;
+    assert_eq!(res.status(), 200);
+    let s = app.summary(ANA.id);
+    assert!(s.remaining < 1_000 && s.used_percent < 100, "{s:?}");
+    // Its settlement crossed 80% only: three messages (the user, two admins).
+    assert_eq!(outbox_settled(&app).await.len(), 3);
+
+    let blocked_text = "Seus tokens acabaram: você usou todo o seu plano Teste 10000. Para continuar, peça mais créditos a suporte@iasolaris.com.br.";
+    for _ in 0..3 {
+        let res = ana(&chat_body("fake-model", "oi", false, Some(10))).await;
+        assert_eq!(res.status(), 429);
+        let err: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(err["error"]["message"], blocked_text);
+    }
+    // One 100% alert, however many refusals: to the user and each admin.
+    let sent = outbox_settled(&app).await;
+    assert_eq!(sent.len(), 6, "{sent:?}");
+    let mail = smtp.wait_for(6).await;
+    let (user_mail, _) = one_alert_mail(&mail[3..], "ana@example.com");
+    assert_eq!(
+        user_mail.subject,
+        "Seus tokens acabaram: o chat está pausado"
+    );
+    assert!(
+        user_mail.text.contains("você já usou 100% do seu plano"),
+        "{}",
+        user_mail.text
+    );
+    assert!(!user_mail.text.contains("99%"), "{}", user_mail.text);
+    let thresholds: Vec<u8> = alerts_of(&app, ANA).iter().map(|a| a.threshold).collect();
+    assert_eq!(thresholds, [80, 100]);
+    // Blocked, for the dashboard and the command line.
+    assert_eq!(app.ledger().overview().unwrap().blocked, 1);
+    assert!(app.summary(ANA.id).blocked);
+    // A top-up lifts the block and re-arms the alerts: spent down again, 80% and
+    // then exhaustion mail again.
+    app.ledger()
+        .grant_credits(
+            &parse_user_ref(ANA.id),
+            TokenAmount::new(5_000).unwrap(),
+            &Actor::Cli,
+            None,
+        )
+        .unwrap();
+    assert!(!app.summary(ANA.id).blocked);
+    assert_eq!(app.ledger().overview().unwrap().blocked, 0);
+    assert_eq!(
+        ana(&chat_body("fill", "Olá, tudo bem?", false, Some(1_000_000)))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        ana(&chat_body("fake-model", "oi", false, Some(10)))
+            .await
+            .status(),
+        429
+    );
+    assert_eq!(outbox_settled(&app).await.len(), 12);
+    assert_eq!(smtp.wait_for(12).await.len(), 12);
+    app.assert_invariant(ANA.id);
+}
+
+#[actix_web::test]
+async fn refusals_that_are_not_exhaustion_send_nothing_and_say_why() {
+    let smtp = SmtpServer::start(SmtpOptions::default()).await;
+    let app = alert_app(&smtp, &[]).await;
+    app.default_plan(10_000);
+    let ana = |body: &serde_json::Value| chat_with_email(&app, ANA, body.clone());
+
+    // Requests in flight hold the balance: wait for them, says the text.
+    let mut first = ana(&chat_body("trickle", "oi", true, Some(1_000_000))).await;
+    assert_eq!(first.status(), 200);
+    let _ = first.chunk().await.unwrap();
+    let res = ana(&chat_body("fake-model", "oi", false, Some(10))).await;
+    assert_eq!(res.status(), 429);
+    let err: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(
+        err["error"]["message"],
+        "Seu saldo está reservado para as respostas em andamento: espere que terminem e envie de novo."
+    );
+    drop(first);
+    app.wait_for_no_holds(ANA.id).await;
+
+    // One message larger than a healthy balance: it says so.
+    let long = "palavra ".repeat(20_000);
+    let res = ana(&chat_body("fake-model", &long, false, Some(10))).await;
+    assert_eq!(res.status(), 429);
+    let err: serde_json::Value = res.json().await.unwrap();
+    let text = err["error"]["message"].as_str().unwrap();
+    assert!(
+        text.starts_with("Esta mensagem é maior que o saldo restante de "),
+        "{text}"
+    );
+    assert!(text.chars().count() <= 185, "{text}");
+
+    // Neither is exhaustion: no 100% alert, nothing mailed, not blocked.
+    assert!(alerts_of(&app, ANA).iter().all(|a| a.threshold < 100));
+    assert!(outbox_settled(&app).await.is_empty());
+    assert!(smtp.messages().is_empty());
+    assert!(!app.summary(ANA.id).blocked);
+    assert_eq!(app.ledger().overview().unwrap().blocked, 0);
+    app.assert_invariant(ANA.id);
+}
+
+/// A chat as `p`, with LibreChat's email and name headers.
+async fn chat_with_email(app: &TestApp, p: Person, body: serde_json::Value) -> reqwest::Response {
+    let mut req = app
+        .post("/v1/chat/completions")
+        .header("x-librechat-user-id", p.id);
+    if let Some(e) = p.email {
+        req = req.header("x-librechat-user-email", e);
+    }
+    if let Some(n) = p.name {
+        req = req.header("x-librechat-user-name", n);
+    }
+    req.body(body.to_string()).send().await.unwrap()
 }

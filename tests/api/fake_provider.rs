@@ -4,6 +4,8 @@
 //! `trickle` (streams 3 tokens, then one more every 20 ms until the client leaves),
 //! `hang-body` (non-streamed: sends its headers and the start of the body, then
 //! waits forever),
+//! `fill` (every choice runs to the limit it is given), `gpt-4o` and `gpt-4o-mini`
+//! (images billed as OpenAI bills them at most: 1,445 and 48,169 tokens each),
 //! `no-usage` (never reports usage), `error-200` (a 200 whose body, or whose only
 //! event, is LiteLLM's `{"error": ...}`), `parts` (a non-streamed answer whose
 //! `content` is an array of parts), anything else answers normally.
@@ -95,18 +97,79 @@ pub fn prompt_tokens_of(body: &Value) -> i64 {
         }
     }
     for key in ["prompt", "input"] {
-        if let Some(s) = body[key].as_str() {
-            words += s.split_whitespace().count();
+        match &body[key] {
+            Value::String(s) => words += s.split_whitespace().count(),
+            Value::Array(list) => {
+                for item in list {
+                    match item {
+                        Value::String(s) => words += s.split_whitespace().count(),
+                        Value::Array(ids) => words += ids.len(),
+                        _ => words += 1,
+                    }
+                }
+            }
+            _ => {}
         }
     }
-    words as i64 + 7
+    words as i64 + 7 + images_of(body) * image_cost(body["model"].as_str().unwrap_or(""))
 }
 
+/// Image parts in a chat's messages.
+fn images_of(body: &Value) -> i64 {
+    let mut images = 0;
+    for m in body["messages"].as_array().into_iter().flatten() {
+        for part in m["content"].as_array().into_iter().flatten() {
+            if part["type"] == "image_url" {
+                images += 1;
+            }
+        }
+    }
+    images
+}
+
+/// What the provider bills for one image: OpenAI's largest high-detail image.
+fn image_cost(model: &str) -> i64 {
+    if model.contains("gpt-4o-mini") {
+        48_169
+    } else if model.contains("gpt-4o") {
+        1_445
+    } else {
+        0
+    }
+}
+
+/// Completion tokens of each choice: the limit sent, up to the provider's natural
+/// length (`fill` always runs to the limit).
 fn completion_tokens_of(body: &Value) -> i64 {
     let max = body["max_completion_tokens"]
         .as_i64()
         .or_else(|| body["max_tokens"].as_i64());
+    if body["model"] == "fill" {
+        return max.unwrap_or(4096);
+    }
     max.map_or(NATURAL_COMPLETION, |m| m.min(NATURAL_COMPLETION))
+}
+
+/// How many completions the provider generates and bills: `n` choices (`best_of`
+/// candidates, if more) for each prompt of a list.
+fn completions_of(body: &Value) -> i64 {
+    let n = body["n"].as_i64().unwrap_or(1);
+    let best_of = body["best_of"].as_i64().unwrap_or(1);
+    let prompts = match &body["prompt"] {
+        Value::Array(list) if !list.iter().all(Value::is_number) => list.len() as i64,
+        _ => 1,
+    };
+    prompts * n.max(best_of)
+}
+
+/// Choices returned: `n` for each prompt (the other `best_of` candidates are billed
+/// but not returned).
+fn returned_of(body: &Value) -> i64 {
+    let prompts = match &body["prompt"] {
+        Value::Array(list) if !list.iter().all(Value::is_number) => list.len() as i64,
+        _ => 1,
+    };
+    prompts * body["n"].as_i64().unwrap_or(1)
 }
 
 fn record(state: &FakeState, body: &Value) {
@@ -165,16 +228,22 @@ async fn generate(state: web::Data<FakeState>, body: web::Bytes, chat: bool) -> 
                 .streaming(start.chain(never));
         }
         let text = "tok ".repeat(completion as usize);
-        let choice = if chat && model == "parts" {
-            json!({"index": 0, "message": {"role": "assistant", "content": [{"type": "text", "text": text}]}, "finish_reason": "stop"})
-        } else if chat {
-            json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
-        } else {
-            json!({"index": 0, "text": text, "finish_reason": "stop"})
-        };
-        let mut res = json!({"id": "fake-1", "object": if chat { "chat.completion" } else { "text_completion" }, "created": 1_700_000_000, "model": model, "choices": [choice]});
+        let choices: Vec<Value> = (0..returned_of(&body))
+            .map(|i| {
+                if chat && model == "parts" {
+                    json!({"index": i, "message": {"role": "assistant", "content": [{"type": "text", "text": text}]}, "finish_reason": "stop"})
+                } else if chat {
+                    json!({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
+                } else {
+                    json!({"index": i, "text": text, "finish_reason": "stop"})
+                }
+            })
+            .collect();
+        let mut res = json!({"id": "fake-1", "object": if chat { "chat.completion" } else { "text_completion" }, "created": 1_700_000_000, "model": model, "choices": choices});
+        // Every completion generated is billed, returned or not.
+        let billed = completion * completions_of(&body);
         if model != "no-usage" {
-            res["usage"] = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
+            res["usage"] = json!({"prompt_tokens": prompt, "completion_tokens": billed, "total_tokens": prompt + billed});
         }
         return HttpResponse::Ok()
             .content_type("application/json")
@@ -186,22 +255,28 @@ async fn generate(state: web::Data<FakeState>, body: web::Bytes, chat: bool) -> 
         .unwrap_or(false)
         && model != "no-usage";
     let mut events = Vec::new();
-    let chunk = |delta: Value| {
+    let chunk = |i: i64, delta: Value| {
         if chat {
-            json!({"id": "fake-1", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [{"index": 0, "delta": delta}]})
+            json!({"id": "fake-1", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [{"index": i, "delta": delta}]})
         } else {
-            json!({"id": "fake-1", "object": "text_completion", "created": 1_700_000_000, "model": model, "choices": [{"index": 0, "text": delta["content"].as_str().unwrap_or("")}]})
+            json!({"id": "fake-1", "object": "text_completion", "created": 1_700_000_000, "model": model, "choices": [{"index": i, "text": delta["content"].as_str().unwrap_or("")}]})
         }
     };
-    events.push(chunk(json!({"role": "assistant", "content": ""})));
+    let returned = returned_of(&body);
+    for i in 0..returned {
+        events.push(chunk(i, json!({"role": "assistant", "content": ""})));
+    }
     let tokens = if matches!(model.as_str(), "hang" | "trickle") {
         3
     } else {
         completion
     };
     for _ in 0..tokens {
-        events.push(chunk(json!({"content": "tok "})));
+        for i in 0..returned {
+            events.push(chunk(i, json!({"content": "tok "})));
+        }
     }
+    let completion = completion * completions_of(&body);
     let mut wire = Vec::new();
     for e in &events {
         wire.extend_from_slice(format!("data: {e}\n\n").as_bytes());

@@ -20,3 +20,4 @@ mod real_clients;
 mod replicas;
 mod smtp;
 mod surface;
+mod worst_case;

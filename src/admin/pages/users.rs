@@ -182,7 +182,7 @@ pub async fn detail(
                 dt { (l.pick("ID no tokengate", "tokengate id")) } dd { "#" (summary.id) }
                 dt { (l.pick("Situação", "State")) }
                 dd { @if summary.suspended { span.badge.suspended { (l.pick("Suspenso", "Suspended")) } }
-                     @else if summary.remaining <= 0 && summary.allowance_left + summary.credits <= 0 { span.badge.blocked { (l.pick("Bloqueado", "Blocked")) } }
+                     @else if summary.blocked { span.badge.blocked { (l.pick("Bloqueado", "Blocked")) } }
                      @else { span.badge.ok { (l.pick("Ativo", "Active")) } } }
             }
         }

@@ -85,9 +85,9 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
             p.empty { (l.pick("Nenhum peso definido: todo modelo custa 1 token por token.", "No weights set: every model costs 1 token per token.")) }
         } @else {
             table.weights {
-                thead { tr { th { (l.pick("Modelo", "Model")) } th.num { (l.pick("Entrada", "Input")) } th.num { (l.pick("Saída", "Output")) } } }
-                tbody { @for (model, w) in &weights { tr {
-                    td { code { (model) } } td.num { (show_weight(w.input_milli(), l)) } td.num { (show_weight(w.output_milli(), l)) }
+                thead { tr { th { (l.pick("Modelo", "Model")) } th.num { (l.pick("Entrada", "Input")) } th.num { (l.pick("Saída", "Output")) } th.num { (l.pick("Tokens por imagem", "Tokens per image")) } } }
+                tbody { @for (model, w, image) in &weights { tr {
+                    td { code { (model) } } td.num { (show_weight(w.input_milli(), l)) } td.num { (show_weight(w.output_milli(), l)) } td.num { (views::tokens(*image, l)) }
                 } } }
             }
         }
@@ -99,6 +99,11 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
             datalist #models { @for m in &models { option value=(m) {} } }
             label { (l.pick("Peso de entrada", "Input weight")) input type="text" name="input" required inputmode="decimal" placeholder="1"; }
             label { (l.pick("Peso de saída", "Output weight")) input type="text" name="output" required inputmode="decimal" placeholder="1"; }
+            label { (l.pick("Tokens por imagem, no pior caso (opcional)", "Tokens per image, at worst (optional)"))
+                input type="text" name="image_tokens" inputmode="numeric" placeholder=(l.pick("o que o provedor documenta", "what the provider documents")); }
+            p.muted { (l.pick(
+                "Cada imagem é reservada por esse valor antes de ir ao provedor. Em branco: o pior caso documentado para o nome do modelo (1.445 para gpt-4o, 48.169 para gpt-4o-mini), ou 5.000 para um nome desconhecido.",
+                "Each image is reserved at this figure before it goes to the provider. Blank: the worst case documented for the model's name (1,445 for gpt-4o, 48,169 for gpt-4o-mini), or 5,000 for a name tokengate does not know.")) }
             button type="submit" { (l.pick("Salvar", "Save")) }
             @if models.is_empty() { p.muted { (l.pick("O LiteLLM não respondeu: digite o nome do modelo.", "LiteLLM did not answer: type the model name.")) } }
         }
@@ -119,6 +124,7 @@ pub struct WeightForm {
     model: String,
     input: String,
     output: String,
+    image_tokens: String,
 }
 
 pub async fn set(
@@ -138,9 +144,23 @@ pub async fn set(
             "Pesos recusados: informe o modelo e pesos de 0 a 1000, com até 3 casas decimais (como 1,5).",
             "Weights refused: give the model and weights from 0 to 1000, with up to 3 decimals (like 1.5).")));
     };
+    let image_tokens = match form.image_tokens.trim() {
+        "" => None,
+        raw => match crate::domain::TokenAmount::parse(raw) {
+            Ok(n) if n.get() <= 10_000_000 => Some(n.get()),
+            _ => {
+                return Ok(back(&me, "/admin/weights", false, l.pick(
+                    "Tokens por imagem recusados: use um número inteiro de 1 a 10.000.000, ou deixe em branco.",
+                    "Tokens per image refused: use a whole number from 1 to 10,000,000, or leave it blank.")));
+            }
+        },
+    };
     let who = actor(&me);
     let m = model.clone();
-    with_ledger(&state, move |ledger| ledger.set_weights(&m, w, &who)).await?;
+    with_ledger(&state, move |ledger| {
+        ledger.set_weights(&m, w, image_tokens, &who)
+    })
+    .await?;
     Ok(back(
         &me,
         "/admin/weights",

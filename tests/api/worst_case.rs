@@ -1,0 +1,238 @@
+//! What may be billed (SPEC section 5): the reservation covers the most the
+//! provider can bill for the request as sent, with a provider that bills every
+//! choice, every candidate, every prompt of a list and every image. Streamed and
+//! not, a balance is never overspent, and what cannot be paid for is never sent.
+
+use crate::fake_provider::prompt_tokens_of;
+use crate::helpers::*;
+use serde_json::{Value, json};
+use tokengate::proxy::Endpoint;
+
+/// What the provider billed for an answer, prompt and completion, from its usage in
+/// the body or the stream.
+async fn billed(res: reqwest::Response, stream: bool) -> (i64, i64) {
+    let text = res.text().await.unwrap();
+    let usage = if stream {
+        text.split("data: ")
+            .filter_map(|e| serde_json::from_str::<Value>(e.trim()).ok())
+            .find_map(|e| e.get("usage").cloned())
+            .unwrap()
+    } else {
+        serde_json::from_str::<Value>(&text).unwrap()["usage"].clone()
+    };
+    (
+        usage["prompt_tokens"].as_i64().unwrap(),
+        usage["completion_tokens"].as_i64().unwrap_or(0),
+    )
+}
+
+/// tokengate's estimate of a request's prompt, images at the model's worst case.
+fn estimate(body: &Value, endpoint: Endpoint) -> i64 {
+    let bytes = body.to_string();
+    let parsed = tokengate::proxy::body::parse(bytes.as_bytes(), endpoint).unwrap();
+    let model = body["model"].as_str().unwrap();
+    parsed.prompt_tokens + parsed.images * tokengate::domain::media::image_worst_case(model)
+}
+
+/// After an answer: the user was charged what the provider billed, and it fits the
+/// plan, beyond the error of the prompt's estimate (the guarantee of SPEC section
+/// 5): what the provider generated plus the prompt as estimated.
+fn assert_within(app: &TestApp, user: &str, billed: (i64, i64), estimate: i64, plan: i64) {
+    let (prompt, completion) = billed;
+    let s = app.summary(user);
+    assert_eq!(
+        s.used_this_cycle,
+        prompt + completion,
+        "charged what the provider billed"
+    );
+    assert!(
+        completion + estimate <= plan,
+        "the provider generated {completion} tokens beside a prompt of {estimate} on a {plan}-token plan"
+    );
+    app.assert_invariant(user);
+}
+
+/// `n: 8, max_tokens: 90000` with a tenth of the plan left: the limit sent upstream
+/// is what the balance pays for all eight choices. It used to be the balance for
+/// one, and the provider billed eight times that.
+#[actix_web::test]
+async fn n_choices_are_reserved_and_the_limit_covers_them_all() {
+    let app = spawn_app(TestOptions::default()).await;
+    app.default_plan(1_000);
+    for (i, stream) in [false, true].into_iter().enumerate() {
+        let user = format!("n-choices-{i}");
+        let mut body = chat_body("fill", "Conte uma história", stream, Some(90_000));
+        body["n"] = json!(8);
+        let res = app.chat_as(&user, &body).await;
+        assert_eq!(res.status(), 200);
+        let sent = app.fake.last_request();
+        let limit = sent["max_tokens"].as_i64().unwrap();
+        assert!(
+            limit >= 1 && 8 * limit + prompt_tokens_of(&body) <= 1_000,
+            "{sent}"
+        );
+        let billed = billed(res, stream).await;
+        assert_eq!(billed, (prompt_tokens_of(&body), 8 * limit));
+        assert_within(
+            &app,
+            &user,
+            billed,
+            estimate(&body, Endpoint::ChatCompletions),
+            1_000,
+        );
+    }
+    // More choices than the balance pays a token each for: refused, never sent.
+    let mut body = chat_body("fill", "oi", false, Some(10));
+    body["n"] = json!(128);
+    app.default_plan(100);
+    let before = app.fake.request_count();
+    let res = app.chat_as("n-choices-2", &body).await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(app.fake.request_count(), before);
+}
+
+/// `/v1/completions`: `best_of` candidates are billed though only `n` come back,
+/// and a list of prompts is answered prompt by prompt.
+#[actix_web::test]
+async fn best_of_and_lists_of_prompts_are_reserved() {
+    let app = spawn_app(TestOptions::default()).await;
+    app.default_plan(2_000);
+    let cases = [
+        (
+            json!({"model": "fill", "prompt": "Era uma vez", "n": 2, "best_of": 5, "max_tokens": 5000}),
+            5,
+            false,
+        ),
+        (
+            json!({"model": "fill", "prompt": ["Era uma vez", "No começo", "Certa vez"], "n": 2, "max_tokens": 5000, "stream": true}),
+            6,
+            true,
+        ),
+        (
+            json!({"model": "fill", "prompt": ["a", "b", "c", "d"], "max_tokens": 5000}),
+            4,
+            false,
+        ),
+    ];
+    for (i, (body, completions, stream)) in cases.into_iter().enumerate() {
+        let user = format!("completions-{i}");
+        let res = app
+            .post("/v1/completions")
+            .header("x-librechat-user-id", &user)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{body}");
+        let limit = app.fake.last_request()["max_tokens"].as_i64().unwrap();
+        let billed = billed(res, stream).await;
+        assert_eq!(billed, (prompt_tokens_of(&body), completions * limit));
+        assert_within(
+            &app,
+            &user,
+            billed,
+            estimate(&body, Endpoint::Completions),
+            2_000,
+        );
+    }
+}
+
+/// `/v1/embeddings` with a list of inputs: every input is billed, so all are
+/// reserved; a list the balance cannot pay for is refused and never sent.
+#[actix_web::test]
+async fn lists_of_embedding_inputs_are_reserved() {
+    let app = spawn_app(TestOptions::default()).await;
+    app.default_plan(100);
+    let embed = |user: &'static str, input: Value| {
+        app.post("/v1/embeddings")
+            .header("x-librechat-user-id", user)
+            .body(json!({"model": "embed", "input": input}).to_string())
+            .send()
+    };
+    let input = json!(["uma frase curta", "outra frase"]);
+    let res = embed("embed-ok", input.clone()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let billed = billed(res, false).await;
+    let body = json!({"model": "embed", "input": input});
+    assert_within(
+        &app,
+        "embed-ok",
+        billed,
+        estimate(&body, Endpoint::Embeddings),
+        100,
+    );
+    let many: Vec<String> = (0..60).map(|i| format!("documento número {i}")).collect();
+    let before = app.fake.request_count();
+    let res = embed("embed-many", json!(many)).await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(
+        app.fake.request_count(),
+        before,
+        "nothing is sent that the balance cannot pay"
+    );
+}
+
+/// Images are reserved at the most the model may bill for one: 1,445 tokens for
+/// gpt-4o's largest high-detail image, 48,169 for gpt-4o-mini's. They used to be
+/// reserved at 765 whatever the model, and two images overspent a small balance.
+#[actix_web::test]
+async fn images_are_reserved_at_the_worst_case_for_the_model() {
+    let app = spawn_app(TestOptions::default()).await;
+    app.default_plan(2_500);
+    let with_images = |model: &str, images: usize, stream: bool| {
+        let mut content = vec![json!({"type": "text", "text": "O que há nestas fotos?"})];
+        for i in 0..images {
+            content.push(json!({"type": "image_url", "image_url": {"url": format!("https://example.com/{i}.jpg"), "detail": "high"}}));
+        }
+        json!({"model": model, "messages": [{"role": "user", "content": content}], "stream": stream, "max_tokens": 500})
+    };
+    // One image fits, streamed and not: the limit is what is left beside it.
+    for (i, stream) in [false, true].into_iter().enumerate() {
+        let user = format!("one-image-{i}");
+        let body = with_images("gpt-4o", 1, stream);
+        let res = app.chat_as(&user, &body).await;
+        assert_eq!(res.status(), 200);
+        let billed = billed(res, stream).await;
+        assert_within(
+            &app,
+            &user,
+            billed,
+            estimate(&body, Endpoint::ChatCompletions),
+            2_500,
+        );
+    }
+    // Two do not: refused with a text that says why, and never sent.
+    let before = app.fake.request_count();
+    let res = app
+        .chat_as("two-images", &with_images("gpt-4o", 2, false))
+        .await;
+    assert_eq!(res.status(), 429);
+    let err: Value = res.json().await.unwrap();
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Esta mensagem é maior que o saldo restante de 2.500 tokens."),
+        "{err}"
+    );
+    // Nor one for gpt-4o-mini, which bills 48,169 for it.
+    let res = app
+        .chat_as("mini-image", &with_images("gpt-4o-mini", 1, true))
+        .await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(app.fake.request_count(), before);
+
+    // An alias the provider's name is hidden behind: the admin's figure counts.
+    app.ledger()
+        .set_weights(
+            "IA Solaris Visão",
+            tokengate::domain::Weights::default(),
+            Some(100),
+            &tokengate::ledger::Actor::Cli,
+        )
+        .unwrap();
+    let res = app
+        .chat_as("alias-image", &with_images("IA Solaris Visão", 2, false))
+        .await;
+    assert_eq!(res.status(), 200);
+}
