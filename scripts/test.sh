@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: formatting and lints, then every test
-# on SQLite and again on a throwaway PostgreSQL cluster, with a real LiteLLM proxy
+# on SQLite and again on a throwaway PostgreSQL cluster (and on SQLite once more from a
+# month's last second and from a year's last second, so that no test depends on the
+# date it runs on), with a real LiteLLM proxy
 # and the official openai SDK installed from PyPI, and real SMTP servers (Debian's
 # python3-aiosmtpd) and a headless Chromium (Debian's) started by the tests,
 # LibreChat's own npm packages and Debian's docker-compose for the deployment pack.
@@ -76,6 +78,12 @@ log "tests on SQLite"
 TOKENGATE_TEST_BACKEND=sqlite run_tests || status=1
 log "tests on PostgreSQL"
 TOKENGATE_TEST_BACKEND=postgres run_tests || status=1
+# No test may pass or fail by the calendar: every test's clock starts at
+# TOKENGATE_TEST_START, and the processes and command lines it starts share it.
+for start in 2026-11-30T23:59:59.999-03:00 2026-12-31T23:59:59.999-03:00; do
+  log "tests on SQLite, the clock starting at $start (a month's and a year's last second)"
+  TOKENGATE_TEST_BACKEND=sqlite TOKENGATE_TEST_START=$start run_tests || status=1
+done
 log "benchmark harness, smoke run (debug build; bench/run.sh gives the real figures)"
 TOKENGATE_BENCH_BIN="$PWD/target/debug/tokengate" timeout 300 \
   cargo test --quiet --bench proxy -- --smoke || status=1

@@ -108,8 +108,7 @@ impl Application {
             rustix::system::uname().nodename().to_string_lossy(),
             settler.spool_path().display()
         );
-        let released =
-            ledger.claim_instance(&owner, config.heartbeat_every, config.instance_timeout)?;
+        let released = ledger.claim_instance(&owner, config.instance_timeout)?;
         if released > 0 {
             tracing::warn!(released, instance = %config.instance_id, "released holds left by a previous run of this instance");
         }
@@ -190,7 +189,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let mail = actix_web::rt::spawn(self.mail_worker.run());
         let retries = actix_web::rt::spawn(self.state.settler.clone().retry_spooled());
-        let background = actix_web::rt::spawn(keep_alive(self.state.clone()));
+        let background = actix_web::rt::spawn(keep_alive(self.state.clone(), self.server.handle()));
         let result = self.server.await;
         // No request runs any more; the settlements of the last ones may still be
         // on their way to the database.
@@ -204,14 +203,15 @@ impl Application {
 
 /// The instance's background duty, every `TOKENGATE_HEARTBEAT_SECS`: prove it is
 /// alive, keep the holds of its long requests alive, and release the holds of
-/// instances that died.
+/// instances that died. Should another process have claimed this instance's id
+/// meanwhile, this one stops.
 ///
 /// Another instance is taken for dead only once this one has itself been beating
 /// without a gap for `TOKENGATE_INSTANCE_TIMEOUT_SECS`: after a database outage (or
 /// a stall of this process) everyone's heartbeats are old, the live ones included,
 /// and they need a moment to beat again. Heartbeats are compared by the database's
 /// clock, so a replica whose own clock is off judges no one wrongly.
-async fn keep_alive(state: web::Data<AppState>) {
+async fn keep_alive(state: web::Data<AppState>, server: actix_web::dev::ServerHandle) {
     let every = state.config.heartbeat_every;
     let dead_after = state.config.instance_timeout;
     let hold_max_age = state.ledger.hold_max_age();
@@ -233,7 +233,14 @@ async fn keep_alive(state: web::Data<AppState>) {
         match beat {
             Ok(Ok(alive)) => {
                 if !alive {
-                    tracing::error!(instance = %state.config.instance_id, "another process has claimed this instance id: its holds may be released under this one's requests (they are charged late)");
+                    // This process was silent long enough to be taken for dead (a
+                    // stall, a partition), and another one started with its id. Two
+                    // live processes must never share one: this one stops, letting
+                    // its requests in flight end (their holds may be gone: they are
+                    // charged late).
+                    tracing::error!(instance = %state.config.instance_id, "another process has claimed this instance id; stopping");
+                    server.stop(true).await;
+                    return;
                 }
                 let gap = last_beat.map(|t| now - t);
                 if healthy_since.is_none() || gap.is_some_and(|g| g > every * 2) {

@@ -157,26 +157,36 @@ pub fn clear_failures(db: &Database, email: &str) -> Result<(), StoreError> {
 /// Password hashes computed at once: argon2id takes about 19 MiB and tens of
 /// milliseconds of a core each, so a burst of sign-ins must queue for a core rather
 /// than all run together.
-fn hashing_slots() -> &'static tokio::sync::Semaphore {
-    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    SLOTS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-        tokio::sync::Semaphore::new(cores.clamp(1, 4))
-    })
+fn hashing_slots() -> std::sync::Arc<tokio::sync::Semaphore> {
+    static SLOTS: std::sync::OnceLock<std::sync::Arc<tokio::sync::Semaphore>> =
+        std::sync::OnceLock::new();
+    SLOTS
+        .get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+            std::sync::Arc::new(tokio::sync::Semaphore::new(cores.clamp(1, 4)))
+        })
+        .clone()
 }
 
 /// Longest a sign-in or password change waits for a hashing slot.
 const HASHING_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs `f` (which hashes or verifies a password) on the blocking pool once a
-/// hashing slot is free; `None` when none came free within `HASHING_WAIT`.
+/// hashing slot is free; `None` when none came free within `HASHING_WAIT`. The slot
+/// goes with the hashing, which runs to its end even if the client leaves meanwhile.
 pub async fn with_hashing_slot<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<Option<T>, actix_web::error::BlockingError> {
-    let Ok(Ok(_slot)) = tokio::time::timeout(HASHING_WAIT, hashing_slots().acquire()).await else {
+    let Ok(Ok(slot)) = tokio::time::timeout(HASHING_WAIT, hashing_slots().acquire_owned()).await
+    else {
         return Ok(None);
     };
-    actix_web::web::block(f).await.map(Some)
+    actix_web::web::block(move || {
+        let _slot = slot;
+        f()
+    })
+    .await
+    .map(Some)
 }
 
 /// A hash to verify against when the email is unknown, so both cases take as long.

@@ -36,8 +36,11 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError, mpsc};
 use std::time::{Duration, Instant};
 
 /// Most jobs in one transaction: bounds how long its locks are held, so other writers
-/// (another process, the command line) get their turn.
+/// (another process, the command line) get their turn. On PostgreSQL each job's
+/// savepoint is a subtransaction, and past 64 of them in one transaction every other
+/// backend's snapshots slow down (the subtransaction cache overflows).
 const MAX_GROUP: usize = 256;
+const MAX_GROUP_POSTGRES: usize = 60;
 /// Runs of a job that lost a race, in all.
 const ATTEMPTS: usize = 4;
 /// How long the writer thread waits for another process's SQLite write lock, as
@@ -521,10 +524,15 @@ impl Engine {
 /// The writer thread: takes everything waiting (up to `MAX_GROUP`) and writes it in
 /// one transaction.
 fn writer(shared: &Shared, rx: &mpsc::Receiver<Box<dyn Job>>) {
-    let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_GROUP);
+    let max = if shared.sqlite() {
+        MAX_GROUP
+    } else {
+        MAX_GROUP_POSTGRES
+    };
+    let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(max);
     while let Ok(first) = rx.recv() {
         jobs.push(first);
-        while jobs.len() < MAX_GROUP {
+        while jobs.len() < max {
             match rx.try_recv() {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
@@ -577,7 +585,13 @@ fn writer(shared: &Shared, rx: &mpsc::Receiver<Box<dyn Job>>) {
         // must find the queue as it now is.
         shared.queued.fetch_sub(jobs.len(), Ordering::AcqRel);
         for (i, job) in jobs.drain(..).enumerate() {
-            job.finish(outcomes.of(i));
+            // A callback that panics (a bug) must not take the thread, and with it
+            // every later write, down.
+            let delivered =
+                std::panic::catch_unwind(AssertUnwindSafe(|| job.finish(outcomes.of(i))));
+            if delivered.is_err() {
+                tracing::error!("delivering a write's result panicked");
+            }
         }
     }
 }
@@ -832,6 +846,27 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(keys(&db), vec!["k2".to_owned()]);
+    }
+
+    /// A result's callback that panics (a bug) takes neither the writer thread nor
+    /// the writes after it down.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_callback_that_panics_leaves_the_writer_thread_running() {
+        let (_dir, db) = database();
+        let (tx, rx) = std::sync::mpsc::channel();
+        db.queue(
+            1,
+            |c| insert_key(c, "k1"),
+            |_: Result<(), StoreError>| panic!("a bug in a callback (test)"),
+        );
+        db.queue(
+            2,
+            |c| insert_key(c, "k2"),
+            move |r: Result<(), StoreError>| tx.send(r.is_ok()).unwrap(),
+        );
+        assert!(rx.recv().unwrap());
+        db.write(|c| insert_key(c, "k3")).await.unwrap();
+        assert_eq!(keys(&db), vec!["k1", "k2", "k3"]);
     }
 
     /// No pooled connection checkpoints inside its own commit: only the engine's

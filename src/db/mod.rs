@@ -129,7 +129,7 @@ impl r2d2::ManageConnection for ConnectionManager {
                 connect_sqlite(path).map(AnyConnection::Sqlite)
             }
             DatabaseUrl::Postgres(url) => {
-                let conn = PgConnection::establish(url.expose_secret())?;
+                let conn = PgConnection::establish(&with_connect_timeout(url.expose_secret()))?;
                 Ok(AnyConnection::Postgresql(conn))
             }
         }
@@ -161,6 +161,17 @@ fn connect_sqlite(path: &Path) -> Result<SqliteConnection, ConnectError> {
          PRAGMA wal_autocheckpoint = 0;",
     )?;
     Ok(conn)
+}
+
+/// A PostgreSQL URL with libpq's `connect_timeout` (5 s) unless it names one: without
+/// it, connecting to an unreachable host waits for TCP's own timeout, minutes during
+/// which the writer thread holds its settlements.
+fn with_connect_timeout(url: &str) -> String {
+    if url.contains("connect_timeout=") {
+        return url.to_owned();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}connect_timeout=5")
 }
 
 /// Why SQLite could not write `path`, asked of the OS without opening the file.

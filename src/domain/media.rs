@@ -11,8 +11,12 @@
 /// - The patch-priced models (gpt-4.1-mini and -nano, o4-mini, gpt-5-mini and
 ///   -nano): at most 1,536 patches of 32 pixels, times the model's multiplier (up to
 ///   2.46 for the nano models): 3,779.
-/// - Anything else, Claude (about 1,600 at its largest) and Gemini among them:
-///   `UNKNOWN_MODEL`, a figure above every documented one but gpt-4o-mini's.
+/// - Claude: about width × height / 750 tokens, at most 1.15 megapixels: 1,600; 1,800
+///   is kept.
+/// - Gemini: 258 tokens a 768-pixel tile (or 1,120 at its highest media
+///   resolution); 5,000 is kept.
+/// - A name tokengate cannot place (a LiteLLM alias, say): the largest figure above,
+///   gpt-4o-mini's, since it may be any of them. An admin sets the real one.
 pub fn image_worst_case(model: &str) -> i64 {
     let name = model
         .rsplit('/')
@@ -39,13 +43,17 @@ pub fn image_worst_case(model: &str) -> i64 {
         || name.starts_with("o3")
     {
         1_445
+    } else if has("claude") {
+        1_800
+    } else if has("gemini") {
+        5_000
     } else {
         UNKNOWN_MODEL
     }
 }
 
-/// An image sent to a model tokengate knows nothing about.
-pub const UNKNOWN_MODEL: i64 = 5_000;
+/// An image sent to a model tokengate cannot place: the most any known one bills.
+pub const UNKNOWN_MODEL: i64 = 48_169;
 
 #[cfg(test)]
 mod tests {
@@ -58,7 +66,9 @@ mod tests {
         assert_eq!(image_worst_case("gpt-4o-mini"), 48_169);
         assert_eq!(image_worst_case("azure/GPT-4o-mini"), 48_169);
         assert_eq!(image_worst_case("gpt-4.1-nano"), 3_779);
-        assert_eq!(image_worst_case("claude-3-5-sonnet"), UNKNOWN_MODEL);
-        assert_eq!(image_worst_case("IA Solaris Rápido"), UNKNOWN_MODEL);
+        assert_eq!(image_worst_case("anthropic/claude-sonnet-4-5"), 1_800);
+        assert_eq!(image_worst_case("gemini-2.5-flash"), 5_000);
+        // An alias may hide any model: the most any bills.
+        assert_eq!(image_worst_case("IA Solaris Rápido"), 48_169);
     }
 }

@@ -55,6 +55,9 @@ pub struct Reservation {
     pub weights: Weights,
     /// How many completion tokens the balance pays for (`None` for embeddings).
     pub allowed_completion: Option<i64>,
+    /// The prompt as reserved: the text's estimate and the images at their worst
+    /// case. Charged when no usage comes back.
+    pub prompt_estimate: i64,
 }
 
 /// Why a request was refused for balance.
@@ -471,8 +474,8 @@ impl Ledger {
             .write_blocking(move |c| tx::set_default_plan(c, &ctx, plan_id, &actor))
     }
 
-    /// Moves a user to another plan now; this cycle's allowance changes by the
-    /// difference between the two plans.
+    /// Moves a user to another plan now; this cycle's allowance becomes the new
+    /// plan's, less what the allowance already paid for this cycle.
     pub fn change_plan(
         &self,
         user_id: i64,
@@ -586,18 +589,14 @@ impl Ledger {
     }
 
     /// Claims this instance's id for this run, and frees every hold a previous run of
-    /// it left behind (this run holds none yet, so all of them are dead). Refuses
-    /// when another live process uses the id: one whose heartbeat advances while this
-    /// watches it, for up to two heartbeats. `owner` says where this run's lock is
-    /// (host and spool file): a previous run with the same owner is known dead.
-    pub fn claim_instance(
-        &self,
-        owner: &str,
-        heartbeat_every: Duration,
-        dead_after: Duration,
-    ) -> Result<usize, ClaimError> {
-        let dead_after = chrono::Duration::from_std(dead_after).unwrap_or_default();
-        let watch_until = std::time::Instant::now() + heartbeat_every * 2 + Duration::from_secs(1);
+    /// it left behind (this run holds none yet, so all of them are dead). `owner` says
+    /// where this run's lock is (host and spool file): a previous run with the same
+    /// owner is dead, since this run holds its lock. Another owner's row is taken over
+    /// only once it is dead by the sweeper's rule (silent for `dead_after`); should
+    /// its heartbeat advance meanwhile, another live process uses the id, and this
+    /// one is refused.
+    pub fn claim_instance(&self, owner: &str, dead_after: Duration) -> Result<usize, ClaimError> {
+        let dead_after_db = chrono::Duration::from_std(dead_after).unwrap_or_default();
         let mut first_seen = None;
         loop {
             let (id, run, owner_now) = (
@@ -605,9 +604,8 @@ impl Ledger {
                 self.run_id.clone(),
                 owner.to_owned(),
             );
-            let force = std::time::Instant::now() >= watch_until;
             let claim = self.db.write_blocking(move |c| {
-                tx::claim_instance(c, &id, &run, &owner_now, dead_after, force)
+                tx::claim_instance(c, &id, &run, &owner_now, dead_after_db)
             })?;
             match claim {
                 tx::Claim::Taken => break,
@@ -616,7 +614,7 @@ impl Ledger {
                     owner: their_owner,
                 } => match first_seen {
                     None => {
-                        tracing::warn!(instance = %self.instance_id, their_owner = ?their_owner, "another process beat with this instance id recently; watching whether it is alive");
+                        tracing::warn!(instance = %self.instance_id, their_owner = ?their_owner, "another process beat with this instance id recently; waiting to see whether it is alive");
                         first_seen = Some(heartbeat_at);
                     }
                     Some(first) if first != heartbeat_at => {
@@ -628,9 +626,11 @@ impl Ledger {
                     Some(_) => {}
                 },
             }
-            std::thread::sleep((heartbeat_every / 4).max(Duration::from_millis(10)));
+            std::thread::sleep(
+                (dead_after / 20).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+            );
         }
-        Ok(self.release_holds(|h| h.instance_id == self.instance_id)?)
+        Ok(self.release_holds(|h| h.instance_id == self.instance_id, None)?)
     }
 
     /// Beats for this run, with the database's clock; false when another process has
@@ -665,10 +665,21 @@ impl Ledger {
             views::live_instances(&mut conn, dead_before)?
         };
         let now = self.now().naive_utc();
-        self.release_holds(|h| h.expires_at < now || !live.contains(&h.instance_id))
+        self.release_holds(
+            |h| h.expires_at < now || !live.contains(&h.instance_id),
+            Some(instance_timeout),
+        )
     }
 
-    fn release_holds(&self, pick: impl Fn(&views::HoldRow) -> bool) -> Result<usize, StoreError> {
+    /// Releases, uncharged, the holds `pick` chooses. With `dead_after`, each is
+    /// judged again inside its own transaction (its expiry, its instance's last
+    /// heartbeat by the database's clock), so that a hold extended, or an instance
+    /// that beat again, since the list was read keeps its hold.
+    fn release_holds(
+        &self,
+        pick: impl Fn(&views::HoldRow) -> bool,
+        dead_after: Option<Duration>,
+    ) -> Result<usize, StoreError> {
         let holds = {
             let mut conn = self.db.conn()?;
             views::all_holds(&mut conn)?
@@ -678,16 +689,28 @@ impl Ledger {
             let age = (self.now().naive_utc() - hold.created_at)
                 .to_std()
                 .unwrap_or_default();
-            let result = self.settle_blocking(&Settlement {
-                request_id: hold.request_id.clone(),
-                prompt_tokens: 0,
-                completion_tokens: 0,
-                charge: 0,
-                estimated: true,
-                outcome: Outcome::Abandoned,
-                status: 0,
-                latency: age,
-                ttfb: None,
+            let mut release = Settlement::released(hold.request_id.clone(), Outcome::Abandoned, 0);
+            release.estimated = true;
+            release.latency = age;
+            let (clock, tz, policy, signal) = (
+                self.clock.clone(),
+                self.tz,
+                self.alerts.clone(),
+                self.outbox_signal.clone(),
+            );
+            let dead_after = dead_after.map(|d| chrono::Duration::from_std(d).unwrap_or_default());
+            let result = self.db.write_blocking(move |c| {
+                let ctx = tx::Ctx::new(clock.now(), tz);
+                if let Some(dead_after) = dead_after
+                    && !tx::still_stale(c, &ctx, &release.request_id, dead_after)?
+                {
+                    return Ok(SettleResult::AlreadySettled);
+                }
+                let (result, queued) = tx::settle(c, &ctx, &release, &policy)?;
+                if queued > 0 {
+                    signal.notify_one();
+                }
+                Ok::<_, StoreError>(result)
             })?;
             if result != SettleResult::AlreadySettled {
                 released += 1;

@@ -137,6 +137,12 @@ pub(super) fn reserve(
     if updated != 1 {
         return refuse(c, ctx, user_id, &bal, req, policy);
     }
+    if bal.exhausted_at.is_some() {
+        // A request the balance still pays for: not blocked after all.
+        diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
+            .set(balances::exhausted_at.eq(None::<NaiveDateTime>))
+            .execute(c)?;
+    }
     let hold = diesel::insert_into(holds::table).values((
         holds::request_id.eq(&req.request_id),
         holds::user_id.eq(user_id),
@@ -156,6 +162,7 @@ pub(super) fn reserve(
             amount,
             weights,
             allowed_completion,
+            prompt_estimate: prompt,
         }),
         0,
     ))
@@ -286,17 +293,10 @@ fn settle_late(
     if s.charge <= 0 || s.outcome == Outcome::Abandoned {
         return Ok((SettleResult::AlreadySettled, 0));
     }
-    let abandoned: Option<i64> = usage_records::table
-        .filter(usage_records::request_id.eq(&s.request_id))
-        .filter(usage_records::outcome.eq(Outcome::Abandoned.as_str()))
-        .select(usage_records::user_id)
-        .first(c)
-        .optional()?;
-    let Some(user_id) = abandoned else {
-        return Ok((SettleResult::AlreadySettled, 0));
-    };
-    let (charge, queued) = debit(c, ctx, user_id, 0, s, policy)?;
-    diesel::update(
+    // The record's move from `abandoned` is the idempotency key here: of two late
+    // settlements of one request at once, the second finds nothing to move (on
+    // PostgreSQL it waits for the first one's row lock, then finds it moved).
+    let moved = diesel::update(
         usage_records::table
             .filter(usage_records::request_id.eq(&s.request_id))
             .filter(usage_records::outcome.eq(Outcome::Abandoned.as_str())),
@@ -304,14 +304,19 @@ fn settle_late(
     .set((
         usage_records::prompt_tokens.eq(s.prompt_tokens),
         usage_records::completion_tokens.eq(s.completion_tokens),
-        usage_records::charged.eq(charge),
+        usage_records::charged.eq(s.charge),
         usage_records::estimated.eq(flag(s.estimated)),
         usage_records::outcome.eq(s.outcome.as_str()),
         usage_records::status.eq(i32::from(s.status)),
         usage_records::latency_ms.eq(millis(s.latency)),
         usage_records::ttfb_ms.eq(s.ttfb.map(millis)),
     ))
-    .execute(c)?;
+    .returning(usage_records::user_id);
+    let user_id: Option<i64> = on_backend!(c, |c| moved.get_result(c).optional())?;
+    let Some(user_id) = user_id else {
+        return Ok((SettleResult::AlreadySettled, 0));
+    };
+    let (charge, queued) = debit(c, ctx, user_id, 0, s, policy)?;
     Ok((SettleResult::SettledLate { charged: charge }, queued))
 }
 
@@ -747,15 +752,13 @@ pub(super) enum Claim {
 
 /// Claims instance `id` for this run. A row whose last heartbeat is older than
 /// `dead_after`, or whose owner is this run's (the same host and spool file, whose
-/// lock this run holds, so that run is dead), is taken over at once; `force` takes
-/// over any.
+/// lock this run holds, so that run is dead), is taken over.
 pub(super) fn claim_instance(
     c: &mut Conn,
     id: &str,
     run_id: &str,
     owner: &str,
     dead_after: chrono::Duration,
-    force: bool,
 ) -> Result<Claim, StoreError> {
     let now = db_now(c)?;
     let row: Option<(NaiveDateTime, Option<String>, Option<String>)> = instances::table
@@ -766,7 +769,7 @@ pub(super) fn claim_instance(
     if let Some((heartbeat_at, their_run, their_owner)) = row {
         let alive = heartbeat_at > now - dead_after;
         let ours = their_run.as_deref() == Some(run_id) || their_owner.as_deref() == Some(owner);
-        if alive && !ours && !force {
+        if alive && !ours {
             return Ok(Claim::Held {
                 heartbeat_at,
                 owner: their_owner,
@@ -798,6 +801,36 @@ pub(super) fn heartbeat(c: &mut Conn, id: &str, run_id: &str) -> Result<bool, St
     .set(instances::heartbeat_at.eq(now))
     .execute(c)?;
     Ok(updated == 1)
+}
+
+/// Whether the hold of `request_id` is still to be released by the sweeper: it has
+/// outlived its expiry, or its instance has not beaten for `dead_after` by the
+/// database's clock. Read in the releasing transaction, so that what changed since
+/// the sweeper listed the holds counts.
+pub(super) fn still_stale(
+    c: &mut Conn,
+    ctx: &Ctx,
+    request_id: &str,
+    dead_after: chrono::Duration,
+) -> Result<bool, StoreError> {
+    let hold: Option<(String, NaiveDateTime)> = holds::table
+        .find(request_id)
+        .select((holds::instance_id, holds::expires_at))
+        .first(c)
+        .optional()?;
+    let Some((instance, expires_at)) = hold else {
+        return Ok(false);
+    };
+    if expires_at < ctx.now {
+        return Ok(true);
+    }
+    let now = db_now(c)?;
+    let beat: Option<NaiveDateTime> = instances::table
+        .find(&instance)
+        .select(instances::heartbeat_at)
+        .first(c)
+        .optional()?;
+    Ok(beat.is_none_or(|b| b <= now - dead_after))
 }
 
 /// Moves the expiry of this instance's holds `request_ids` (requests still running)

@@ -200,7 +200,7 @@ async fn metered(
         user_id: reservation.user_id,
         request_id: request_id.clone(),
         weights: reservation.weights,
-        prompt_estimate: prompt_tokens,
+        prompt_estimate: reservation.prompt_estimate,
         started,
         open: true,
     };

@@ -33,8 +33,6 @@ use tokio::sync::Notify;
 /// before reserving (`caught_up`): a database that cannot keep up with settlements
 /// slows admissions down instead of growing the queue and the holds without bound.
 pub const MAX_WAITING: usize = 2048;
-/// Settlements retried from the spool in one round.
-const REPLAY_BATCH: usize = 256;
 /// Pauses between rounds of retries from the spool while they fail.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -183,50 +181,58 @@ impl Settler {
     }
 
     /// Writes every settlement of the spool, off the async runtime: at start, before
-    /// the holds a previous run left are released. Errs (and keeps the rest) when
-    /// the database fails.
+    /// the holds a previous run left are released. Errs (and keeps the rest) when the
+    /// database cannot be reached; a settlement that fails otherwise (a bug) is logged,
+    /// kept in the spool for the retries, and does not hold up the others or the start.
     pub fn replay_blocking(&self) -> Result<usize, StoreError> {
         let mut written = 0;
-        loop {
-            let batch = self.shared.spool.pending(REPLAY_BATCH);
-            if batch.is_empty() {
-                return Ok(written);
-            }
-            for spooled in batch {
-                let result = self.shared.ledger.settle_blocking(&spooled.settlement)?;
-                self.shared.record(&spooled.settlement, result);
-                self.shared.spool.done(&spooled.settlement.request_id);
-                written += 1;
+        for spooled in self.shared.spool.pending(usize::MAX) {
+            match self.shared.ledger.settle_blocking(&spooled.settlement) {
+                Ok(result) => {
+                    self.shared.record(&spooled.settlement, result);
+                    self.shared.spool.done(&spooled.settlement.request_id);
+                    written += 1;
+                }
+                Err(e @ StoreError::Unavailable(_)) => return Err(e),
+                Err(e) => {
+                    tracing::error!(request_id = %spooled.settlement.request_id, charge = spooled.settlement.charge, error = %e, "a spooled settlement cannot be written; it stays in the spool");
+                }
             }
         }
+        Ok(written)
     }
 
     /// Retries the spool's settlements until they are written, for as long as the
     /// process runs: at once after one is added, then at growing intervals while
-    /// they fail.
+    /// they fail. One that keeps failing for another reason than an unreachable
+    /// database (a bug) is logged each round and never holds up the others.
     pub async fn retry_spooled(self) {
         let mut pause = RETRY_FIRST;
         loop {
             let spooled = self.shared.spooled.notified();
             tokio::pin!(spooled);
             spooled.as_mut().enable();
-            let batch = self.shared.spool.pending(REPLAY_BATCH);
-            if batch.is_empty() {
+            let waiting = self.shared.spool.pending(usize::MAX);
+            if waiting.is_empty() {
                 spooled.await;
                 pause = RETRY_FIRST;
                 continue;
             }
             let mut failed = false;
-            for s in &batch {
+            for s in &waiting {
                 match self.shared.ledger.settle(s.settlement.clone()).await {
                     Ok(result) => {
                         self.shared.record(&s.settlement, result);
                         self.shared.spool.done(&s.settlement.request_id);
                     }
                     Err(e) => {
-                        tracing::warn!(request_id = %s.settlement.request_id, error = %e, spooled = self.shared.spool.len(), "settlement still cannot be written; kept in the spool");
                         failed = true;
-                        break;
+                        let unreachable = matches!(e, StoreError::Unavailable(_));
+                        if unreachable {
+                            tracing::warn!(request_id = %s.settlement.request_id, error = %e, spooled = waiting.len(), "settlement still cannot be written; kept in the spool");
+                            break;
+                        }
+                        tracing::error!(request_id = %s.settlement.request_id, charge = s.settlement.charge, error = %e, "a spooled settlement cannot be written; it stays in the spool");
                     }
                 }
             }

@@ -134,76 +134,60 @@ impl Spool {
         };
         std::fs::create_dir_all(&folder).map_err(io(&folder))?;
         let path = folder.join(format!("{}.spool", file_name(instance)));
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        if !try_lock(&file).map_err(io(&path))? {
-            return Err(SpoolError::InstanceRunning {
-                instance: instance.to_owned(),
-                path: path.display().to_string(),
-            });
-        }
+        let mut file =
+            lock_path(&path)
+                .map_err(io(&path))?
+                .ok_or_else(|| SpoolError::InstanceRunning {
+                    instance: instance.to_owned(),
+                    path: path.display().to_string(),
+                })?;
+        // A line cut short by a crash while it was appended would swallow the next.
+        drop_torn_tail(&mut file).map_err(io(&path))?;
         let mut pending = read_pending(&file).map_err(io(&path))?;
-        // Spools left by instances that are gone: their lock is free.
+        // Spools left by instances that are gone (their lock is free) are taken over:
+        // their settlements are appended here, durably, before their files go.
         let mut adopted = Vec::new();
         for entry in std::fs::read_dir(&folder).map_err(io(&folder))?.flatten() {
             let other = entry.path();
             if other == path || other.extension().is_none_or(|e| e != "spool") {
                 continue;
             }
-            let Ok(orphan) = OpenOptions::new().read(true).write(true).open(&other) else {
-                continue;
+            let Ok(Some(orphan)) = lock_path(&other) else {
+                continue; // a live instance's, or gone meanwhile
             };
-            if !try_lock(&orphan).unwrap_or(false) {
-                continue; // a live instance's
-            }
             let theirs = read_pending(&orphan).map_err(io(&other))?;
             if !theirs.is_empty() {
                 tracing::warn!(spool = %other.display(), settlements = theirs.len(), "taking over the settlements of an instance that is gone");
             }
-            adopted.push((other, orphan, theirs));
-        }
-        let spool = Self {
-            inner: Arc::new(Inner {
-                path: path.clone(),
-                state: Mutex::new(State {
-                    file,
-                    pending: BTreeMap::new(),
-                }),
-            }),
-        };
-        {
-            let mut state = spool.lock();
-            for (_, _, theirs) in &adopted {
-                for s in theirs.values() {
-                    pending
-                        .entry(s.settlement.request_id.clone())
-                        .or_insert_with(|| s.clone());
+            for (id, s) in theirs {
+                if let std::collections::btree_map::Entry::Vacant(slot) = pending.entry(id) {
+                    append(
+                        &mut file,
+                        &Line::Pending(Record::of(s.user_id, &s.settlement)),
+                    )
+                    .map_err(io(&path))?;
+                    slot.insert(s);
                 }
             }
-            // Rewritten with only what is pending, before the others' files go.
-            state.file.set_len(0).map_err(io(&path))?;
-            for s in pending.values() {
-                append(
-                    &mut state.file,
-                    &Line::Pending(Record::of(s.user_id, &s.settlement)),
-                )
-                .map_err(io(&path))?;
-            }
-            state.file.sync_data().map_err(io(&path))?;
-            state.pending = pending;
+            adopted.push((other, orphan));
         }
-        for (other, orphan, _) in adopted {
-            // Emptied first: another process that opened it before the unlink finds
-            // nothing to take over twice.
+        if pending.is_empty() {
+            file.set_len(0).map_err(io(&path))?;
+        }
+        file.sync_data().map_err(io(&path))?;
+        for (other, orphan) in adopted {
+            // Emptied first: a process that opened it before the unlink finds nothing
+            // to take over twice.
             let _ = orphan.set_len(0);
             let _ = std::fs::remove_file(&other);
         }
         sync_dir(&folder);
-        Ok(spool)
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                state: Mutex::new(State { file, pending }),
+            }),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -292,19 +276,60 @@ fn file_name(instance: &str) -> String {
     }
 }
 
-fn try_lock(file: &File) -> std::io::Result<bool> {
-    use rustix::fs::{FlockOperation, flock};
-    match flock(file, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(true),
-        Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
-        Err(e) => Err(e.into()),
+/// Opens `path` and locks it for this process, or `None` when another one holds it.
+/// The file locked must still be the one at `path`: another process may have taken
+/// it over and removed it between the open and the lock.
+fn lock_path(path: &Path) -> std::io::Result<Option<File>> {
+    use rustix::fs::{FlockOperation, flock, fstat, stat};
+    loop {
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let held = fstat(&file)?;
+        match stat(path) {
+            Ok(now) if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino) => {
+                return Ok(Some(file));
+            }
+            // Removed or replaced meanwhile: open the file that is there now.
+            Ok(_) | Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
+/// Appends one line, or nothing: should the write fail part-way (a full disk), the
+/// file is cut back, so that the next line is not glued to half of this one.
 fn append(file: &mut File, line: &Line) -> std::io::Result<()> {
     let mut bytes = serde_json::to_vec(line).map_err(std::io::Error::other)?;
     bytes.push(b'\n');
-    file.write_all(&bytes)
+    let before = file.metadata()?.len();
+    file.write_all(&bytes).inspect_err(|_| {
+        let _ = file.set_len(before);
+    })
+}
+
+/// Cuts the file back to its last complete line.
+fn drop_torn_tail(file: &mut File) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    file.rewind()?;
+    file.read_to_end(&mut bytes)?;
+    if bytes.last().is_some_and(|b| *b != b'\n') {
+        let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        tracing::warn!(
+            bytes = bytes.len() - keep,
+            "dropping a spool line cut short by a crash"
+        );
+        file.set_len(keep as u64)?;
+    }
+    Ok(())
 }
 
 /// The settlements a spool file still holds. A line cut short by a crash while it

@@ -314,3 +314,81 @@ async fn a_settlement_for_a_hold_released_under_it_is_charged_late_and_counted()
     assert_eq!(usage.len(), 1);
     app.assert_invariant(USER);
 }
+
+/// Two late settlements of one request at once (a retry from the spool while the
+/// first attempt was still being written): charged once.
+#[actix_web::test]
+async fn a_late_settlement_written_twice_at_once_is_charged_once() {
+    let app = spawn_app(TestOptions::default()).await;
+    let mut res = app
+        .chat(&chat_body("trickle", "olá mundo", true, None))
+        .await;
+    assert_eq!(res.status(), 200);
+    read_tokens(&mut res, 3).await;
+    let request_id = app.ledger().holds().unwrap()[0].request_id.clone();
+    assert_eq!(app.ledger().sweep_stale_holds(Duration::ZERO).unwrap(), 1);
+    let late = tokengate::ledger::Settlement {
+        request_id,
+        prompt_tokens: 10,
+        completion_tokens: 90,
+        charge: 100,
+        estimated: false,
+        outcome: tokengate::ledger::Outcome::Completed,
+        status: 200,
+        latency: Duration::from_secs(1),
+        ttfb: None,
+    };
+    let ledger = app.ledger().clone();
+    let results = futures_util::future::join_all((0..4).map(|_| ledger.settle(late.clone()))).await;
+    let late_ones = results
+        .iter()
+        .filter(|r| matches!(r, Ok(tokengate::ledger::SettleResult::SettledLate { .. })))
+        .count();
+    assert_eq!(late_ones, 1, "{results:?}");
+    drop(res);
+    // The stream's own settlement arrives after: already settled.
+    let id = app.user_id(USER);
+    wait_until(Duration::from_secs(10), || {
+        let ledger = app.ledger().clone();
+        async move { ledger.usage_records(id).unwrap()[0].outcome == "completed" }
+    })
+    .await;
+    assert_eq!(app.summary(USER).used_this_cycle, 100);
+    app.assert_invariant(USER);
+}
+
+/// A process that finds its instance id claimed by another (it was silent long
+/// enough to be taken for dead) stops, rather than run beside it under one id.
+#[actix_web::test]
+async fn a_process_whose_id_was_claimed_by_another_stops() {
+    use diesel::prelude::*;
+    let db = TestDb::new();
+    let fake = crate::fake_provider::FakeProvider::start();
+    let port = free_port();
+    let mut env = liveness_env();
+    env.push(("TOKENGATE_INSTANCE_ID", "claimed".into()));
+    let mut server = tokengate_process(port, &db.url, &fake.base_url(), &env);
+    let client = reqwest::Client::new();
+    wait_ready(&client, &format!("http://127.0.0.1:{port}")).await;
+    // Another run takes the row, as a process that found it dead would.
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || {
+        use tokengate::db::schema::instances;
+        let set = diesel::update(instances::table.filter(instances::id.eq("claimed")))
+            .set(instances::run_id.eq("another-run"));
+        match url.strip_prefix("sqlite://") {
+            Some(path) => set.execute(&mut diesel::SqliteConnection::establish(path).unwrap()),
+            None => set.execute(&mut diesel::PgConnection::establish(&url).unwrap()),
+        }
+        .unwrap();
+    })
+    .await
+    .unwrap();
+    let mut exited = None;
+    wait_until(Duration::from_secs(20), || {
+        exited = server.try_wait().unwrap();
+        std::future::ready(exited.is_some())
+    })
+    .await;
+    assert!(exited.unwrap().success(), "{exited:?}");
+}

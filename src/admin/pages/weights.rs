@@ -102,8 +102,8 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
             label { (l.pick("Tokens por imagem, no pior caso (opcional)", "Tokens per image, at worst (optional)"))
                 input type="text" name="image_tokens" inputmode="numeric" placeholder=(l.pick("o que o provedor documenta", "what the provider documents")); }
             p.muted { (l.pick(
-                "Cada imagem é reservada por esse valor antes de ir ao provedor. Em branco: o pior caso documentado para o nome do modelo (1.445 para gpt-4o, 48.169 para gpt-4o-mini), ou 5.000 para um nome desconhecido.",
-                "Each image is reserved at this figure before it goes to the provider. Blank: the worst case documented for the model's name (1,445 for gpt-4o, 48,169 for gpt-4o-mini), or 5,000 for a name tokengate does not know.")) }
+                "Cada imagem é reservada por esse valor antes de ir ao provedor. Em branco: o pior caso documentado para o nome do modelo (1.445 para gpt-4o, 48.169 para gpt-4o-mini); um nome que o tokengate não conhece (um apelido do LiteLLM) reserva 48.169, o maior deles.",
+                "Each image is reserved at this figure before it goes to the provider. Blank: the worst case documented for the model's name (1,445 for gpt-4o, 48,169 for gpt-4o-mini); a name tokengate cannot place (a LiteLLM alias) reserves 48,169, the largest.")) }
             button type="submit" { (l.pick("Salvar", "Save")) }
             @if models.is_empty() { p.muted { (l.pick("O LiteLLM não respondeu: digite o nome do modelo.", "LiteLLM did not answer: type the model name.")) } }
         }
