@@ -36,11 +36,8 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError, mpsc};
 use std::time::{Duration, Instant};
 
 /// Most jobs in one transaction: bounds how long its locks are held, so other writers
-/// (another process, the command line) get their turn. On PostgreSQL each job's
-/// savepoint is a subtransaction, and past 64 of them in one transaction every other
-/// backend's snapshots slow down (the subtransaction cache overflows).
+/// (another process, the command line) get their turn.
 const MAX_GROUP: usize = 256;
-const MAX_GROUP_POSTGRES: usize = 60;
 /// Runs of a job that lost a race, in all.
 const ATTEMPTS: usize = 4;
 /// How long the writer thread waits for another process's SQLite write lock, as
@@ -524,15 +521,10 @@ impl Engine {
 /// The writer thread: takes everything waiting (up to `MAX_GROUP`) and writes it in
 /// one transaction.
 fn writer(shared: &Shared, rx: &mpsc::Receiver<Box<dyn Job>>) {
-    let max = if shared.sqlite() {
-        MAX_GROUP
-    } else {
-        MAX_GROUP_POSTGRES
-    };
-    let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(max);
+    let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_GROUP);
     while let Ok(first) = rx.recv() {
         jobs.push(first);
-        while jobs.len() < max {
+        while jobs.len() < MAX_GROUP {
             match rx.try_recv() {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
