@@ -94,23 +94,29 @@ pub async fn submit(
     let email = form.email.trim().to_lowercase();
     let address = client_address(&req);
     let now = state.ledger.now().naive_utc();
+    let refused = |text: &str, status| {
+        Ok(login_page(
+            &state,
+            &session,
+            &email,
+            &form.next,
+            Some(text),
+            status,
+        ))
+    };
     let db = state.ledger.db().clone();
     let (e, a) = (email.clone(), address.clone());
     // The attempt is counted before its password is checked, so that attempts sent
     // in parallel cannot all pass the limit.
     if !web::block(move || accounts::begin_attempt(&db, &e, &a, now)).await?? {
         tracing::warn!(%address, "admin sign-in refused: too many failures");
-        return Ok(login_page(
-            &state,
-            &session,
-            &email,
-            &form.next,
-            Some(l.pick(
+        return refused(
+            l.pick(
                 "Muitas tentativas. Espere 15 minutos e tente de novo.",
                 "Too many attempts. Wait 15 minutes and try again.",
-            )),
+            ),
             StatusCode::TOO_MANY_REQUESTS,
-        ));
+        );
     }
     let db = state.ledger.db().clone();
     let (e, password) = (email.clone(), form.password.clone());
@@ -127,28 +133,20 @@ pub async fn submit(
     .await?;
     let Some(admin) = checked else {
         tracing::warn!(%address, "admin sign-in refused: every password check is busy");
-        return Ok(login_page(
-            &state,
-            &session,
-            &email,
-            &form.next,
-            Some(l.pick(
+        return refused(
+            l.pick(
                 "Muitas entradas ao mesmo tempo. Tente de novo em alguns segundos.",
                 "Too many sign-ins at once. Try again in a few seconds.",
-            )),
+            ),
             StatusCode::SERVICE_UNAVAILABLE,
-        ));
+        );
     };
     let Some(admin) = admin? else {
         tracing::warn!(%address, "admin sign-in failed");
-        return Ok(login_page(
-            &state,
-            &session,
-            &email,
-            &form.next,
-            Some(l.pick("Email ou senha incorretos.", "Wrong email or password.")),
+        return refused(
+            l.pick("Email ou senha incorretos.", "Wrong email or password."),
             StatusCode::UNAUTHORIZED,
-        ));
+        );
     };
     let db = state.ledger.db().clone();
     let e = email.clone();
