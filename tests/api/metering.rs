@@ -299,7 +299,16 @@ async fn a_request_dropped_before_its_answer_releases_its_hold_at_once() {
 async fn a_request_dropped_during_its_reservation_leaves_no_hold() {
     use diesel::connection::SimpleConnection;
     use diesel::{Connection, RunQueryDsl};
-    let app = spawn_app(TestOptions::default()).await;
+    // The heartbeat writes too, and a write of its own queued behind the lock would
+    // pass for the reservation below: it beats once at start, then not in this test.
+    let app = spawn_app(TestOptions {
+        env: vec![
+            ("TOKENGATE_HEARTBEAT_SECS", "60".into()),
+            ("TOKENGATE_INSTANCE_TIMEOUT_SECS", "180".into()),
+        ],
+        ..TestOptions::default()
+    })
+    .await;
     let body = chat_body("fake-model", "olá", false, Some(5));
     assert_eq!(app.chat(&body).await.status(), 200);
     let id = app.user_id(USER);
@@ -324,6 +333,10 @@ async fn a_request_dropped_during_its_reservation_leaves_no_hold() {
     });
     locked.1.recv().unwrap();
     let upstream_before = app.fake.request_count();
+    // Writes queued so far (the first chat's may have been): only one more means
+    // this request's reservation is waiting.
+    let counts = app.state.ledger.db().clone();
+    let queued_before = counts.write_counts().map(|c| c.queued);
     let request = app
         .post("/v1/chat/completions")
         .header("x-librechat-user-id", USER)
@@ -333,10 +346,9 @@ async fn a_request_dropped_during_its_reservation_leaves_no_hold() {
     // The reservation is waiting for the lock: queued behind it (SQLite), or
     // blocked on the row (PostgreSQL).
     let url = app.db.url.clone();
-    let counts = app.state.ledger.db().clone();
     wait_until(Duration::from_secs(10), || {
         let waiting = match counts.write_counts() {
-            Some(c) => c.queued >= 1,
+            Some(c) => Some(c.queued) > queued_before,
             None => {
                 let mut c = diesel::PgConnection::establish(&url).unwrap();
                 diesel::sql_query(
