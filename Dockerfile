@@ -14,6 +14,7 @@ RUN mkdir src && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
 COPY src src
 COPY migrations migrations
 COPY templates templates
+COPY static static
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
 FROM debian:bookworm-slim
@@ -23,11 +24,9 @@ RUN apt-get update \
  && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin tokengate \
  && mkdir -p /app/data && chown tokengate /app/data
 COPY --from=build /src/target/release/tokengate /usr/local/bin/tokengate
-COPY static /app/static
 WORKDIR /app
 USER tokengate
 ENV TOKENGATE_LISTEN=0.0.0.0:8080 \
-    TOKENGATE_STATIC_DIR=/app/static \
     TOKENGATE_DATABASE_URL=sqlite:///app/data/tokengate.db
 VOLUME ["/app/data"]
 EXPOSE 8080

@@ -4,7 +4,8 @@ CARGO_FUZZ_VERSION="0.13.2"
 CACHE_DIR="${TOKENGATE_CACHE_DIR:-$HOME/.cache/tokengate}"
 LITELLM_VENV="$CACHE_DIR/litellm-$LITELLM_VERSION"
 # LibreChat's own packages, for the deployment tests: its config schema and its
-# chat client, at the versions checked against LibreChat v0.8.8-rc1.
+# chat client, the newest published (librechat-data-provider 0.8.524 is the package
+# of LibreChat v0.8.8-rc4, the release the stack pins).
 NPM_PACKAGES="librechat-data-provider@0.8.524 @librechat/agents@3.9.2 js-yaml@4.1.0"
 NPM_DIR="$CACHE_DIR/npm-$(printf '%s' "$NPM_PACKAGES" | sha256sum | cut -c1-12)"
 

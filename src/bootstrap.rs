@@ -61,6 +61,21 @@ pub fn client_keys(
     config: &Config,
     generated: &mut Generated,
 ) -> Result<ClientKeys, BootstrapError> {
+    let services = config
+        .service_keys
+        .iter()
+        .filter_map(|(name, key)| {
+            ClientKeys::service_account(name).map(|a| (a, ClientKeys::digest(key.expose_secret())))
+        })
+        .collect();
+    Ok(librechat_keys(db, config, generated)?.with_services(services))
+}
+
+fn librechat_keys(
+    db: &Database,
+    config: &Config,
+    generated: &mut Generated,
+) -> Result<ClientKeys, BootstrapError> {
     if !config.client_keys.is_empty() {
         let digests = config
             .client_keys

@@ -100,6 +100,40 @@ impl Locale {
     }
 }
 
+/// The HTTP status of a refusal for balance (`TOKENGATE_BLOCK_STATUS`). Which one a
+/// LibreChat shows with its text depends on its version: up to v0.8.8-rc1 all three;
+/// from v0.8.8-rc2 on, any 429 is replaced by a generic "rate limit, wait and retry"
+/// sentence, while 402 and 403 keep the text (README, "Which LibreChat").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockStatus {
+    /// 429, the OpenAI convention for exhausted quota.
+    TooManyRequests,
+    /// 402 Payment Required.
+    PaymentRequired,
+    /// 403 Forbidden.
+    Forbidden,
+}
+
+impl BlockStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "429" => Some(Self::TooManyRequests),
+            "402" => Some(Self::PaymentRequired),
+            "403" => Some(Self::Forbidden),
+            _ => None,
+        }
+    }
+
+    pub fn status(self) -> actix_web::http::StatusCode {
+        use actix_web::http::StatusCode;
+        match self {
+            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Self::PaymentRequired => StatusCode::PAYMENT_REQUIRED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -115,12 +149,16 @@ pub struct Config {
     pub upstream_key: Option<SecretString>,
     /// Empty: keys are generated once and stored (see `bootstrap`).
     pub client_keys: Vec<SecretString>,
+    /// `TOKENGATE_SERVICE_KEYS`: services (LibreChat's RAG API) metered to an account
+    /// of their own, `service:NAME` (`proxy::auth`).
+    pub service_keys: Vec<(String, SecretString)>,
     pub smtp_url: Option<SecretString>,
     pub mail_from: String,
     pub admin_emails: Vec<String>,
     pub alert_thresholds: Vec<u8>,
     pub timezone: Tz,
     pub locale: Locale,
+    pub block_status: BlockStatus,
     pub support_contact: Option<String>,
     pub public_url: String,
     pub admin_email: Option<String>,
@@ -149,8 +187,9 @@ pub struct Config {
     /// Per SMTP command (connect, each reply).
     pub smtp_timeout: Duration,
     pub mail_retry: crate::alerts::RetryPolicy,
-    /// The dashboard's CSS and scripts (`static/` in the repository).
-    pub static_dir: PathBuf,
+    /// `TOKENGATE_STATIC_DIR`: a folder served at `/static` instead of the files built
+    /// into the binary (`assets`), for an operator who restyles the pages.
+    pub static_dir: Option<PathBuf>,
     /// `TOKENGATE_TEST_NOW`: a fixed instant that replaces the clock of the ledger
     /// (cycles, holds, timestamps), so that the server and the command line of one
     /// test agree on the date whatever the calendar says. For tests only.
@@ -247,6 +286,13 @@ impl Config {
                 .ok_or_else(|| "expected pt-BR or en".into())
         });
         let locale = Locale::parse(&locale_raw).unwrap_or(Locale::PtBr);
+        let block_status_raw = parse("TOKENGATE_BLOCK_STATUS", "429", &|v| {
+            BlockStatus::parse(v)
+                .map(|_| ())
+                .ok_or_else(|| "expected 429, 402 or 403".into())
+        });
+        let block_status =
+            BlockStatus::parse(&block_status_raw).unwrap_or(BlockStatus::TooManyRequests);
         let support_contact = get("TOKENGATE_SUPPORT_CONTACT").map(|c| {
             // One line, no braces: it is shown inside LibreChat's error bubble.
             c.chars()
@@ -368,8 +414,15 @@ impl Config {
             Ok(n) if (1..=100).contains(&n) => Ok(()),
             _ => Err("expected a number of attempts from 1 to 100".into()),
         });
-        let static_dir =
-            PathBuf::from(get("TOKENGATE_STATIC_DIR").unwrap_or_else(|| "static".into()));
+        let static_dir = get("TOKENGATE_STATIC_DIR").map(PathBuf::from);
+        if let Some(dir) = &static_dir
+            && !dir.is_dir()
+        {
+            problems.borrow_mut().push(format!(
+                "TOKENGATE_STATIC_DIR={}: not a folder (leave it unset to serve the files built into tokengate)",
+                dir.display()
+            ));
+        }
         let mail_dir =
             PathBuf::from(get("TOKENGATE_MAIL_DIR").unwrap_or_else(|| "data/mail".into()));
         // Beside an SQLite database by default: one folder holds all of its state.
@@ -417,6 +470,33 @@ impl Config {
                 .borrow_mut()
                 .push("TOKENGATE_CLIENT_KEYS: every key must have at least 16 characters".into());
         }
+        let mut service_keys = Vec::new();
+        for entry in get("TOKENGATE_SERVICE_KEYS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
+            let (name, key) = entry.split_once('=').unwrap_or((entry, ""));
+            let (name, key) = (name.trim(), key.trim());
+            let name_ok = !name.is_empty()
+                && name.len() <= 40
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !name_ok {
+                problems.borrow_mut().push(format!(
+                    "TOKENGATE_SERVICE_KEYS: {:?} must be NAME=KEY, NAME of lowercase letters, digits and dashes (at most 40)",
+                    name.chars().take(40).collect::<String>()
+                ));
+            } else if key.len() < 16 {
+                problems.borrow_mut().push(format!(
+                    "TOKENGATE_SERVICE_KEYS: the key of {name} must have at least 16 characters"
+                ));
+            } else {
+                service_keys.push((name.to_owned(), SecretString::from(key.to_owned())));
+            }
+        }
         let smtp_url = get("TOKENGATE_SMTP_URL");
         if let Some(url) = &smtp_url
             && !(url.starts_with("smtp://") || url.starts_with("smtps://"))
@@ -441,12 +521,14 @@ impl Config {
                 upstream_url,
                 upstream_key: get("TOKENGATE_UPSTREAM_KEY").map(SecretString::from),
                 client_keys,
+                service_keys,
                 smtp_url: smtp_url.map(SecretString::from),
                 mail_from,
                 admin_emails,
                 alert_thresholds,
                 timezone,
                 locale,
+                block_status,
                 support_contact,
                 public_url,
                 admin_email,
@@ -542,6 +624,7 @@ mod tests {
             assert_eq!(c.upstream_url, "http://127.0.0.1:4000/v1");
             assert_eq!(c.alert_thresholds, vec![80, 100]);
             assert_eq!(c.locale, Locale::PtBr);
+            assert_eq!(c.block_status, BlockStatus::TooManyRequests);
             assert_eq!(c.default_max_completion, 4096);
             assert_eq!(c.max_body_bytes, 20_971_520);
         }
@@ -555,6 +638,7 @@ mod tests {
             ("TOKENGATE_TIMEZONE", "Mars/Olympus"),
             ("TOKENGATE_LOCALE", "fr"),
             ("TOKENGATE_ALERT_THRESHOLDS", "80,150"),
+            ("TOKENGATE_BLOCK_STATUS", "401"),
         ]);
         let msg = err.err().map(|e| e.to_string()).unwrap_or_default();
         for key in [
@@ -563,6 +647,7 @@ mod tests {
             "TOKENGATE_TIMEZONE",
             "TOKENGATE_LOCALE",
             "TOKENGATE_ALERT_THRESHOLDS",
+            "TOKENGATE_BLOCK_STATUS",
         ] {
             assert!(msg.contains(key), "{key} missing from: {msg}");
         }

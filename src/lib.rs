@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod assets;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;

@@ -150,7 +150,7 @@ impl Application {
                 .configure(crate::ops::configure)
                 .configure(crate::proxy::configure)
                 .configure(|cfg| crate::admin::configure(cfg, session_key.clone(), secure_cookie))
-                .service(actix_files::Files::new("/static", &static_dir).prefer_utf8(true))
+                .configure(|cfg| crate::assets::configure(cfg, static_dir.as_ref()))
         })
         // Streamed answers are many small writes: without TCP_NODELAY, Nagle's
         // algorithm holds each one until the client's delayed ACK, about 40 ms.

@@ -1,8 +1,15 @@
-//! Errors on `/v1`, always in the OpenAI shape (SPEC section 3).
+//! Errors on `/v1`, always in the OpenAI shape (SPEC section 3). LibreChat shows
+//! their text in the chat, so what a user can meet (the block, a suspension, the AI
+//! service or the database being down, a message over the size limit) is written in
+//! the configured language (`V1Error`); what only a developer wiring a client meets
+//! (a wrong key, a malformed body, an unknown route) stays in English. `Display` is
+//! the English text, for logs.
 
+use crate::config::{BlockStatus, Locale};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
+use std::borrow::Cow;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -19,12 +26,17 @@ pub enum ApiError {
     BodyTooLarge(usize),
     #[error("{0}")]
     Suspended(String),
-    /// The 429 block; the text is user-facing, in the configured language.
-    #[error("{0}")]
-    InsufficientQuota(String),
+    /// The block (`TOKENGATE_BLOCK_STATUS`); the text is user-facing, in the
+    /// configured language.
+    #[error("{message}")]
+    InsufficientQuota {
+        message: String,
+        status: BlockStatus,
+    },
     #[error("The AI service is unreachable right now. Please try again in a moment.")]
     UpstreamUnavailable,
-    #[error("The AI service took too long to answer. Please try again.")]
+    // Not "took too long": LibreChat reads "too long" as a context-length problem.
+    #[error("The AI service did not answer in time. Please try again.")]
     UpstreamTimeout,
     /// A success status with a body that is not an OpenAI answer (an HTML error page
     /// from a proxy, a truncated body): nothing usable happened, so nothing is charged.
@@ -55,7 +67,7 @@ impl ApiError {
             Self::InvalidBody { .. } => ("invalid_request_error", "invalid_body"),
             Self::BodyTooLarge(_) => ("invalid_request_error", "body_too_large"),
             Self::Suspended(_) => ("permission_error", "user_suspended"),
-            Self::InsufficientQuota(_) => ("insufficient_quota", "insufficient_quota"),
+            Self::InsufficientQuota { .. } => ("insufficient_quota", "insufficient_quota"),
             Self::UpstreamUnavailable | Self::UpstreamGarbled => {
                 ("upstream_error", "upstream_unavailable")
             }
@@ -67,14 +79,14 @@ impl ApiError {
     }
 }
 
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
+impl ApiError {
+    pub fn status_code(&self) -> StatusCode {
         match self {
             Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
             Self::MissingUser(_) | Self::InvalidBody { .. } => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Suspended(_) => StatusCode::FORBIDDEN,
-            Self::InsufficientQuota(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::InsufficientQuota { status, .. } => status.status(),
             Self::UpstreamUnavailable | Self::UpstreamGarbled => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -83,15 +95,52 @@ impl ResponseError for ApiError {
         }
     }
 
-    fn error_response(&self) -> HttpResponse {
+    /// The text the client reads, in `locale` where a user may read it.
+    pub fn message(&self, locale: Locale) -> Cow<'_, str> {
+        let text = match (self, locale) {
+            (Self::UpstreamUnavailable, Locale::PtBr) => {
+                "O serviço de IA não está acessível agora. Tente de novo em instantes."
+            }
+            (Self::UpstreamTimeout, Locale::PtBr) => {
+                "O serviço de IA não respondeu a tempo. Tente de novo."
+            }
+            (Self::UpstreamGarbled, Locale::PtBr) => {
+                "O serviço de IA enviou uma resposta que não pôde ser lida. Tente de novo; este pedido não foi cobrado."
+            }
+            (Self::StorageUnavailable, Locale::PtBr) => {
+                "O controle de uso está fora do ar agora; os pedidos voltam a ser atendidos quando ele voltar. Tente de novo em alguns minutos."
+            }
+            (Self::StorageUnavailable, Locale::En) => {
+                "Usage tracking is down right now; requests are served again once it is back. Please try again in a few minutes."
+            }
+            (Self::Internal, Locale::PtBr) => "Erro interno; este pedido não foi cobrado.",
+            (Self::BodyTooLarge(limit), Locale::PtBr) => {
+                return Cow::Owned(format!(
+                    "Esta mensagem passa do limite de {}. Envie arquivos menores ou em partes.",
+                    size(*limit)
+                ));
+            }
+            (Self::BodyTooLarge(limit), Locale::En) => {
+                return Cow::Owned(format!(
+                    "This message is over the limit of {}. Send smaller files, or send them in parts.",
+                    size(*limit)
+                ));
+            }
+            _ => return Cow::Owned(self.to_string()),
+        };
+        Cow::Borrowed(text)
+    }
+
+    /// The OpenAI-shaped answer, its text in `locale` where a user may read it.
+    fn response(&self, locale: Locale) -> HttpResponse {
         let (kind, code) = self.kind();
         let param = match self {
             Self::InvalidBody { param, .. } => *param,
             _ => None,
         };
-        let body = json!({"error": {"message": self.to_string(), "type": kind, "code": code, "param": param}});
+        let body = json!({"error": {"message": self.message(locale), "type": kind, "code": code, "param": param}});
         let mut res = HttpResponse::build(self.status_code());
-        if matches!(self, Self::InsufficientQuota(_)) {
+        if matches!(self, Self::InsufficientQuota { .. }) {
             // Stops the official OpenAI SDKs from retrying; no Retry-After on purpose.
             res.insert_header(("x-should-retry", "false"));
         }
@@ -99,6 +148,41 @@ impl ResponseError for ApiError {
             res.insert_header(("www-authenticate", "Bearer"));
         }
         res.json(body)
+    }
+
+    /// This error as the client will get it, in the configured language.
+    pub fn in_locale(self, locale: Locale) -> V1Error {
+        V1Error {
+            error: self,
+            locale,
+        }
+    }
+}
+
+/// A size limit as a person reads it: whole megabytes, or kilobytes below one.
+fn size(bytes: usize) -> String {
+    if bytes >= 1 << 20 {
+        format!("{} MB", bytes >> 20)
+    } else {
+        format!("{} KB", bytes.div_ceil(1 << 10))
+    }
+}
+
+/// An `ApiError` on its way to the client: what `/v1` handlers return.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct V1Error {
+    pub error: ApiError,
+    pub locale: Locale,
+}
+
+impl ResponseError for V1Error {
+    fn status_code(&self) -> StatusCode {
+        self.error.status_code()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        self.error.response(self.locale)
     }
 }
 
@@ -114,5 +198,42 @@ impl From<crate::db::StoreError> for ApiError {
                 Self::Internal
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// LibreChat shows these texts in the chat: one plain line, no braces (parsed as
+    /// JSON there), no words it reads as a context-length problem (it would summarize
+    /// and send again), and Portuguese by default.
+    #[test]
+    fn user_facing_texts_are_safe_for_librechat_in_both_languages() {
+        let errors = [
+            ApiError::UpstreamUnavailable,
+            ApiError::UpstreamTimeout,
+            ApiError::UpstreamGarbled,
+            ApiError::StorageUnavailable,
+            ApiError::Internal,
+            ApiError::BodyTooLarge(20_971_520),
+            ApiError::BodyTooLarge(2048),
+        ];
+        for error in &errors {
+            let (pt, en) = (error.message(Locale::PtBr), error.message(Locale::En));
+            assert_ne!(pt, en, "not translated: {en}");
+            for text in [pt, en] {
+                let lower = text.to_lowercase();
+                assert!(!text.contains(['{', '}', '\n', '\r']), "{text}");
+                assert!(text.chars().count() <= 185, "{text}");
+                for word in ["context", "too long", "too large"] {
+                    assert!(!lower.contains(word), "{text}");
+                }
+            }
+        }
+        assert_eq!(
+            ApiError::BodyTooLarge(20_971_520).message(Locale::PtBr),
+            "Esta mensagem passa do limite de 20 MB. Envie arquivos menores ou em partes."
+        );
     }
 }

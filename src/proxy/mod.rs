@@ -13,7 +13,7 @@ pub mod sse;
 pub mod upstream;
 
 pub use body::Endpoint;
-pub use error::ApiError;
+pub use error::{ApiError, V1Error};
 
 use crate::domain::identity::{IdentityError, decode_header_value};
 use crate::domain::{DisplayName, Email, Identity, UserKey};
@@ -22,6 +22,7 @@ use crate::startup::AppState;
 use crate::telemetry::Phase;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{HttpRequest, HttpResponse, web};
+use auth::Caller;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use meter::{Meter, MeteredStream};
@@ -54,39 +55,61 @@ async fn chat_completions(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    metered(req, payload, state, Endpoint::ChatCompletions).await
+) -> Result<HttpResponse, V1Error> {
+    let locale = state.config.locale;
+    metered(req, payload, state, Endpoint::ChatCompletions)
+        .await
+        .map_err(|e| e.in_locale(locale))
 }
 
 async fn completions(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    metered(req, payload, state, Endpoint::Completions).await
+) -> Result<HttpResponse, V1Error> {
+    let locale = state.config.locale;
+    metered(req, payload, state, Endpoint::Completions)
+        .await
+        .map_err(|e| e.in_locale(locale))
 }
 
 async fn embeddings(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    metered(req, payload, state, Endpoint::Embeddings).await
+) -> Result<HttpResponse, V1Error> {
+    let locale = state.config.locale;
+    metered(req, payload, state, Endpoint::Embeddings)
+        .await
+        .map_err(|e| e.in_locale(locale))
 }
 
-async fn not_found(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    if !state
+/// Any other route under `/v1`: refused, never forwarded unmetered.
+async fn not_found(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, V1Error> {
+    let error = if state
         .keys
         .check_header(req.headers().get(header::AUTHORIZATION))
     {
-        return Err(ApiError::InvalidApiKey);
-    }
-    let path: String = req.path().chars().take(200).collect();
-    Err(ApiError::NotFound(format!("{} {}", req.method(), path)))
+        let path: String = req.path().chars().take(200).collect();
+        ApiError::NotFound(format!("{} {}", req.method(), path))
+    } else {
+        ApiError::InvalidApiKey
+    };
+    Err(error.in_locale(state.config.locale))
 }
 
 /// `GET /v1/models`: passed through; needs a client key, never a balance.
-async fn models(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn models(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, V1Error> {
+    let locale = state.config.locale;
+    list_models(req, state)
+        .await
+        .map_err(|e| e.in_locale(locale))
+}
+
+async fn list_models(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     if !state
         .keys
         .check_header(req.headers().get(header::AUTHORIZATION))
@@ -109,13 +132,10 @@ async fn metered(
     endpoint: Endpoint,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    if !state
-        .keys
-        .check_header(req.headers().get(header::AUTHORIZATION))
-    {
+    let Some(caller) = state.keys.caller(req.headers().get(header::AUTHORIZATION)) else {
         state.metrics.record_rejection("invalid_api_key");
         return Err(ApiError::InvalidApiKey);
-    }
+    };
     let Admitted {
         identity,
         prepared,
@@ -125,7 +145,7 @@ async fn metered(
         requested_max,
         completions,
         images,
-    } = admit(&req, payload, &state, endpoint).await?;
+    } = admit(&req, payload, &state, endpoint, caller).await?;
     // Time-ordered (UUIDv7): holds and usage records are keyed by it, and ids that
     // grow with time append at the end of those B-trees instead of writing a random
     // page each, so consecutive requests (one group commit) share their index pages.
@@ -182,7 +202,10 @@ async fn metered(
                 &b,
                 state.config.support_contact.as_deref(),
             );
-            return Err(ApiError::InsufficientQuota(msg));
+            return Err(ApiError::InsufficientQuota {
+                message: msg,
+                status: state.config.block_status,
+            });
         }
         ReserveOutcome::Suspended => {
             state.metrics.record_rejection("user_suspended");
@@ -303,10 +326,19 @@ async fn admit(
     payload: web::Payload,
     state: &AppState,
     endpoint: Endpoint,
+    caller: Caller,
 ) -> Result<Admitted, ApiError> {
     let bytes = read_body(req, payload, state.config.max_body_bytes).await?;
     let parsed = body::parse(&bytes, endpoint)?;
-    let identity = identify(req.headers(), parsed.body_user.as_deref())?;
+    let identity = match caller {
+        Caller::LibreChat => identify(req.headers(), parsed.body_user.as_deref())?,
+        // A service is its own account, whatever user it names.
+        Caller::Service(key) => Identity {
+            name: DisplayName::parse(key.as_str()),
+            key,
+            email: None,
+        },
+    };
     let prepared = parsed.prepare(identity.key.as_str())?;
     Ok(Admitted {
         identity,

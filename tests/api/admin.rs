@@ -774,6 +774,33 @@ async fn pages_render_in_english_with_english_numbers() {
             .unwrap()
             .starts_with("text/css")
     );
+    let etag = css.headers()["etag"].clone();
+    assert_eq!(
+        css.text().await.unwrap(),
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/static/admin.css")).unwrap()
+    );
+    // A browser that has it is told so, and an unknown file is a 404.
+    let again = app
+        .client
+        .get(format!("{}/static/admin.css", app.address))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    for path in [
+        "/static/nope.css",
+        "/static/../Cargo.toml",
+        "/static/%2e%2e/Cargo.toml",
+    ] {
+        let res = app
+            .client
+            .get(format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "{path}");
+    }
 }
 
 #[actix_web::test]

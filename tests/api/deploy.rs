@@ -144,7 +144,26 @@ async fn the_compose_stack_is_valid_and_wired_by_service_names() {
             "      TOKENGATE_LOG_FORMAT: json\n",
             "      TOKENGATE_LOG_FORMAT: json\n      TOKENGATE_INSTANCE_ID: tokengate-1\n",
         )
-        .replace("    stop_grace_period: 45s\n", "");
+        .replace("    stop_grace_period: 45s\n", "")
+        // A way around the meter: the provider key in LibreChat (its built-in
+        // endpoint), LibreChat beside LiteLLM, tokengate's database open to
+        // LibreChat, and the whole .env handed to the RAG API.
+        .replace(
+            "      ENDPOINTS: custom\n",
+            "      OPENAI_API_KEY: ${OPENAI_API_KEY}\n",
+        )
+        .replace(
+            "    networks: [web, librechat-data, rag, metered]\n",
+            "    networks: [web, librechat-data, rag, metered, provider]\n",
+        )
+        .replace(
+            "    networks: [tokengate-data]\n",
+            "    networks: [tokengate-data, metered]\n",
+        )
+        .replace(
+            "    networks: [rag, rag-data, metered]\n",
+            "    networks: [rag, rag-data, metered]\n    env_file: [.env]\n",
+        );
     let out = shape_check(&broken).await;
     assert!(!out.status.success());
     let errors = text(&out.stderr);
@@ -154,6 +173,12 @@ async fn the_compose_stack_is_valid_and_wired_by_service_names() {
         "upstream host lite-llm",
         "a fixed TOKENGATE_INSTANCE_ID",
         "stop_grace_period must be over 40s",
+        "api: holds OPENAI_API_KEY, which it does not use",
+        "api: holds a provider key (OPENAI_API_KEY)",
+        "api: ENDPOINTS must be \"custom\"",
+        "api: LibreChat shares a network with LiteLLM",
+        "tokengate-db: shares a network with api",
+        "rag_api: holds LITELLM_MASTER_KEY, which it does not use",
     ] {
         assert!(errors.contains(e), "{e:?} not reported: {errors}");
     }
@@ -167,9 +192,29 @@ async fn the_compose_stack_is_valid_and_wired_by_service_names() {
     );
 }
 
-#[actix_web::test]
-async fn librechats_client_streams_through_tokengate_and_surfaces_the_block() {
-    let app = spawn_app(TestOptions::default()).await;
+/// The block status the shipped stack sets for the LibreChat it pins.
+fn stack_block_status() -> String {
+    let compose = std::fs::read_to_string(repo("docker-compose.yml")).unwrap();
+    let line = compose
+        .lines()
+        .find(|l| l.trim_start().starts_with("TOKENGATE_BLOCK_STATUS:"))
+        .expect("docker-compose.yml sets TOKENGATE_BLOCK_STATUS for the LibreChat it pins");
+    let value = line.split_once(':').unwrap().1.trim();
+    // `${TOKENGATE_BLOCK_STATUS:-402}`: the default the stack ships.
+    value
+        .rsplit_once(":-")
+        .map_or(value, |(_, d)| d.trim_end_matches('}'))
+        .to_owned()
+}
+
+/// LibreChat's chat client streams a chat through tokengate, then meets the block:
+/// `status` is tokengate's block status; returns what LibreChat's client raised.
+async fn librechat_meets_the_block(status: &str) -> serde_json::Value {
+    let app = spawn_app(TestOptions {
+        env: vec![("TOKENGATE_BLOCK_STATUS", status.to_owned())],
+        ..TestOptions::default()
+    })
+    .await;
     let dir = node_dir();
     let base = format!("{}/v1", app.address);
     let user = "65f1c0ffee00000000001234";
@@ -198,7 +243,7 @@ async fn librechats_client_streams_through_tokengate_and_surfaces_the_block() {
         "the `user` field reaches upstream"
     );
 
-    // Out of tokens: one attempt, and the error LibreChat shows carries the block text.
+    // Out of tokens: one attempt, whatever the status, and nothing reaches upstream.
     let tiny = app
         .ledger()
         .create_plan("Vazio", 1, false, &tokengate::ledger::Actor::Cli)
@@ -211,15 +256,45 @@ async fn librechats_client_streams_through_tokengate_and_surfaces_the_block() {
     let out = run(chat(dir.path())).await;
     let result: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|_| panic!("{}{}", text(&out.stdout), text(&out.stderr)));
-    assert_eq!(
-        result["attempts"], 1,
-        "a 429 with insufficient_quota is not retried: {result}"
-    );
-    assert_eq!(result["status"], 429, "{result}");
-    let message = result["error"].as_str().unwrap_or_default();
-    assert!(message.contains("Seus tokens acabaram"), "{message}");
+    assert_eq!(result["attempts"], 1, "the block is not retried: {result}");
+    assert_eq!(result["status"].to_string(), status, "{result}");
     assert_eq!(app.fake.request_count(), before, "nothing reached upstream");
     app.assert_invariant(user);
+    result
+}
+
+/// The stack's setting with LibreChat v0.8.8-rc2 and later (the stack pins
+/// v0.8.8-rc4): the error is not classified as a rate limit, so LibreChat keeps its
+/// text, and the user reads tokengate's block whole, in the bubble.
+#[actix_web::test]
+async fn librechat_shows_the_block_text_with_the_stacks_block_status() {
+    let status = stack_block_status();
+    assert_ne!(status, "429", "LibreChat v0.8.8-rc2+ hides a 429's text");
+    let result = librechat_meets_the_block(&status).await;
+    assert_eq!(result["lc_error_code"], serde_json::Value::Null, "{result}");
+    let shows = result["librechat_shows"].as_str().unwrap();
+    let block = "Seus tokens acabaram: você usou todo o seu plano Vazio. Para continuar, peça mais créditos a suporte@iasolaris.com.br.";
+    assert_eq!(
+        shows,
+        format!("An error occurred while processing the request: {status} {block}")
+    );
+    assert_eq!(result["inline"], true, "folded away: {shows}");
+}
+
+/// A 429 (the default, the OpenAI convention): LibreChat up to v0.8.8-rc1 shows the
+/// error's message, which carries the block text; from v0.8.8-rc2 on, LangChain's
+/// MODEL_RATE_LIMIT stamp makes LibreChat show its own "rate limit" sentence instead,
+/// which is why the stack sets another status (README, "Which LibreChat").
+#[actix_web::test]
+async fn a_429_block_reaches_older_librechat_and_is_a_rate_limit_to_newer() {
+    let result = librechat_meets_the_block("429").await;
+    let message = result["error"].as_str().unwrap_or_default();
+    assert!(message.contains("Seus tokens acabaram"), "{message}");
+    assert_eq!(result["lc_error_code"], "MODEL_RATE_LIMIT", "{result}");
+    assert_eq!(
+        result["librechat_shows"], r#"{"type":"model_rate_limit"}"#,
+        "{result}"
+    );
 }
 
 #[actix_web::test]
@@ -239,4 +314,50 @@ async fn healthcheck_command_reports_readiness_for_containers() {
     assert_eq!(text(&out.stdout).trim(), "ready");
     let out = run(probe(format!("127.0.0.1:{}", free_port()))).await;
     assert!(!out.status.success(), "nothing listens there");
+}
+
+/// The binary alone is the product: started from a folder without the repository's
+/// `static/`, it still serves the dashboard's stylesheet (it used to log "Specified
+/// path is not a directory" and serve the pages unstyled).
+#[actix_web::test]
+async fn the_binary_serves_its_stylesheet_from_any_folder() {
+    let db = TestDb::new();
+    let port = free_port();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokengate"));
+    cmd.current_dir(elsewhere.path())
+        .env("TOKENGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TOKENGATE_DATABASE_URL", &db.url)
+        .env(
+            "TOKENGATE_UPSTREAM_URL",
+            format!("http://127.0.0.1:{}/v1", free_port()),
+        )
+        .env("TOKENGATE_CLIENT_KEYS", CLIENT_KEY)
+        .env("TOKENGATE_ADMIN_PASSWORD", "test-admin-password")
+        .env("TOKENGATE_DATA_DIR", elsewhere.path().join("data"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _server = TokengateProcess(cmd.spawn().unwrap());
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&client, &base).await;
+    let css = client
+        .get(format!("{base}/static/admin.css"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(css.status(), 200);
+    assert_eq!(
+        css.text().await.unwrap(),
+        std::fs::read_to_string(repo("static/admin.css")).unwrap()
+    );
+    let login = client
+        .get(format!("{base}/admin/login"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(login.contains("/static/admin.css"), "{login}");
 }

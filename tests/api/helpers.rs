@@ -388,7 +388,7 @@ pub fn free_port() -> u16 {
 
 /// A tokengate process that is killed when dropped, so a test that fails halfway
 /// leaves no server running.
-pub struct TokengateProcess(std::process::Child);
+pub struct TokengateProcess(pub std::process::Child);
 
 impl std::ops::Deref for TokengateProcess {
     type Target = std::process::Child;

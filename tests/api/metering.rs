@@ -139,6 +139,107 @@ async fn block_message_in_english() {
     assert!(msg.starts_with("You are out of tokens"), "{msg}");
 }
 
+/// `TOKENGATE_BLOCK_STATUS`: LibreChat from v0.8.8-rc2 on replaces any 429's text with
+/// a generic "rate limit" sentence and shows the text of a 402 or a 403, so the
+/// status is the operator's choice; the block is the same in every other way.
+#[actix_web::test]
+async fn the_block_status_is_the_configured_one() {
+    for (setting, status) in [("402", 402), ("403", 403), ("429", 429)] {
+        let app = spawn_app(TestOptions {
+            env: vec![("TOKENGATE_BLOCK_STATUS", setting.into())],
+            ..Default::default()
+        })
+        .await;
+        app.default_plan(5);
+        let before = app.fake.request_count();
+        let res = app
+            .chat(&chat_body("fake-model", "uma pergunta", true, None))
+            .await;
+        assert_eq!(res.status(), status);
+        assert_eq!(res.headers()["x-should-retry"], "false");
+        assert!(res.headers().get("retry-after").is_none());
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "insufficient_quota");
+        assert_eq!(body["error"]["code"], "insufficient_quota");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(msg.starts_with("Seus tokens acabaram"), "{msg}");
+        assert_eq!(app.fake.request_count(), before);
+        app.assert_invariant(USER);
+    }
+}
+
+/// The errors a user can meet in the chat besides the block are written in the
+/// configured language; those only a developer meets stay in English.
+#[actix_web::test]
+async fn user_facing_errors_follow_the_locale() {
+    let port = free_port();
+    let app = spawn_app(TestOptions {
+        upstream: Some(format!("http://127.0.0.1:{port}/v1")),
+        env: vec![
+            ("TOKENGATE_LOCALE", "en".into()),
+            ("TOKENGATE_MAX_BODY_BYTES", "2048".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let res = app
+        .chat(&chat_body("fake-model", "hello", true, None))
+        .await;
+    assert_eq!(res.status(), 502);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "The AI service is unreachable right now. Please try again in a moment."
+    );
+    let res = app
+        .chat(&chat_body("fake-model", &"word ".repeat(1000), false, None))
+        .await;
+    assert_eq!(res.status(), 413);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "body_too_large");
+    assert_eq!(
+        body["error"]["message"],
+        "This message is over the limit of 2 KB. Send smaller files, or send them in parts."
+    );
+
+    let pt = spawn_app(TestOptions {
+        env: vec![("TOKENGATE_MAX_BODY_BYTES", "2048".into())],
+        ..Default::default()
+    })
+    .await;
+    let res = pt
+        .chat(&chat_body(
+            "fake-model",
+            &"palavra ".repeat(1000),
+            false,
+            None,
+        ))
+        .await;
+    assert_eq!(res.status(), 413);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "Esta mensagem passa do limite de 2 KB. Envie arquivos menores ou em partes."
+    );
+    // A developer's mistake stays in English whatever the locale.
+    let res = pt
+        .post("/v1/chat/completions")
+        .header("x-librechat-user-id", USER)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("The request body is not valid JSON"),
+        "{body}"
+    );
+}
+
 #[actix_web::test]
 async fn clamp_keeps_spend_within_balance() {
     let app = spawn_app(TestOptions::default()).await;
@@ -169,6 +270,11 @@ async fn upstream_down_is_502_and_free() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["type"], "upstream_error");
     assert_eq!(body["error"]["code"], "upstream_unavailable");
+    // LibreChat shows this text to the user: in the configured language (pt-BR).
+    assert_eq!(
+        body["error"]["message"],
+        "O serviço de IA não está acessível agora. Tente de novo em instantes."
+    );
     let s = app.summary(USER);
     assert_eq!(
         (s.used_this_cycle, s.held, s.allowance_left),
@@ -574,6 +680,79 @@ async fn completions_and_embeddings_are_metered() {
     app.assert_invariant(USER);
 }
 
+/// LibreChat's RAG API embeds uploaded files and names no user: with a service key
+/// (`TOKENGATE_SERVICE_KEYS`) its requests are metered to an account of its own,
+/// `service:rag-api`, and user headers it might send are ignored, so the key cannot
+/// spend a person's balance.
+#[actix_web::test]
+async fn a_service_key_is_metered_to_its_own_account() {
+    const RAG_KEY: &str = "tg-rag-key-for-tests-0123456789";
+    let app = spawn_app(TestOptions {
+        env: vec![("TOKENGATE_SERVICE_KEYS", format!("rag-api={RAG_KEY}"))],
+        ..Default::default()
+    })
+    .await;
+    let embed = |user: Option<&str>| {
+        let mut req = app
+            .client
+            .post(format!("{}/v1/embeddings", app.address))
+            .bearer_auth(RAG_KEY)
+            .header("content-type", "application/json")
+            .body(
+                json!({"model": "fake-embed", "input": ["um trecho", "outro trecho"]}).to_string(),
+            );
+        if let Some(user) = user {
+            req = req.header("x-librechat-user-id", user);
+        }
+        req.send()
+    };
+    let res = embed(None).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let first: Value = res.json().await.unwrap();
+    // A user's id in the headers changes nothing: the service pays.
+    assert_eq!(
+        app.chat(&chat_body("fake-model", "oi", false, Some(5)))
+            .await
+            .status(),
+        200
+    );
+    let user_before = app.charged(USER);
+    let res = embed(Some(USER)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let second: Value = res.json().await.unwrap();
+    assert_eq!(app.charged(USER), user_before);
+    let service = "service:rag-api";
+    assert_eq!(
+        app.charged(service),
+        first["usage"]["prompt_tokens"].as_i64().unwrap()
+            + second["usage"]["prompt_tokens"].as_i64().unwrap()
+    );
+    app.assert_invariant(service);
+    // Its budget is a plan like any user's: spent, it is blocked.
+    app.ledger()
+        .change_plan(
+            app.user_id(service),
+            app.ledger()
+                .create_plan("RAG", 1, false, &tokengate::ledger::Actor::Cli)
+                .unwrap(),
+            &tokengate::ledger::Actor::Cli,
+        )
+        .unwrap();
+    let res = embed(None).await.unwrap();
+    assert_eq!(res.status(), 429);
+    // The service key is no LibreChat key for the user of its choice, and a wrong
+    // key is still refused.
+    let res = app
+        .client
+        .post(format!("{}/v1/embeddings", app.address))
+        .bearer_auth("tg-rag-key-for-tests-012345678")
+        .body(json!({"model": "fake-embed", "input": "x"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+}
+
 /// The `dur` of one phase in a `Server-Timing` header, in milliseconds.
 fn phase_ms(header: &str, phase: &str) -> Option<f64> {
     header.split(',').find_map(|part| {
@@ -653,6 +832,10 @@ async fn stalls_and_unreadable_answers_get_clear_errors_and_cost_only_what_was_d
         error_of(&body),
         ("upstream_error".into(), "upstream_timeout".into())
     );
+    assert_eq!(
+        body["error"]["message"],
+        "O serviço de IA não respondeu a tempo. Tente de novo."
+    );
 
     // 200 with an HTML page instead of an answer: 502, nothing charged.
     for stream in [false, true] {
@@ -669,7 +852,7 @@ async fn stalls_and_unreadable_answers_get_clear_errors_and_cost_only_what_was_d
             body["error"]["message"]
                 .as_str()
                 .unwrap_or_default()
-                .contains("not charged"),
+                .ends_with("este pedido não foi cobrado."),
             "{body}"
         );
     }

@@ -174,6 +174,13 @@ async fn postgres_down_fails_closed_and_recovers_without_losing_a_settlement() {
     assert_eq!(res.status(), 503);
     let err: Value = res.json().await.unwrap();
     assert_eq!(err["error"]["code"], "storage_unavailable");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("O controle de uso está fora do ar agora"),
+        "{err}"
+    );
     assert_eq!(fake.request_count(), upstream_before);
 
     // The streams that were in flight still reach their end for the user.

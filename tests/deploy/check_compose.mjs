@@ -1,6 +1,9 @@
 // Checks the shape of the Compose stack, as resolved by `docker-compose config`:
 // the services exist, images are pinned, tokengate is private and ordered by health,
-// and the names that wire LibreChat -> tokengate -> LiteLLM resolve.
+// the names that wire LibreChat -> tokengate -> LiteLLM resolve, and there is no way
+// around the meter: only LiteLLM holds a provider key, each secret reaches only the
+// services that use it, LibreChat shows only the custom endpoint and cannot reach
+// LiteLLM, and each database is reachable only by its owner.
 //
 //   node check_compose.mjs RESOLVED_COMPOSE_YAML LIBRECHAT_YAML ENV_FILE
 import fs from 'node:fs';
@@ -76,6 +79,72 @@ check(upstream.hostname === 'litellm' && services.litellm, `tokengate: upstream 
 const litellmCmd = (services.litellm?.command ?? []).join(' ');
 check(litellmCmd.includes(`--port ${upstream.port}`), `tokengate: upstream port ${upstream.port} is not LiteLLM's`);
 check(envOf('tokengate').TOKENGATE_UPSTREAM_KEY === envOf('litellm').LITELLM_MASTER_KEY, 'tokengate: upstream key is not LiteLLM\'s master key');
+
+// --- No way around the meter -----------------------------------------------------
+// Which services may hold each secret of .env (by value: a secret inside a URL counts).
+const secretUsers = {
+  OPENAI_API_KEY: ['litellm'],
+  LITELLM_MASTER_KEY: ['litellm', 'tokengate'],
+  TOKENGATE_ADMIN_PASSWORD: ['tokengate'],
+  TOKENGATE_POSTGRES_PASSWORD: ['tokengate', 'tokengate-db'],
+  TOKENGATE_CLIENT_KEY: ['api', 'tokengate'],
+  TOKENGATE_RAG_KEY: ['rag_api', 'tokengate'],
+  CREDS_KEY: ['api'],
+  CREDS_IV: ['api'],
+  JWT_SECRET: ['api', 'rag_api'],
+  JWT_REFRESH_SECRET: ['api'],
+  MEILI_MASTER_KEY: ['api', 'meilisearch'],
+  RAG_POSTGRES_PASSWORD: ['rag_api', 'vectordb'],
+};
+for (const [name, value] of Object.entries(env)) {
+  if (!/(KEY|SECRET|PASSWORD|_IV)$/.test(name)) continue;
+  check(secretUsers[name], `.env: ${name} has no rule for which services may hold it`);
+}
+for (const [name, svc] of Object.entries(services)) {
+  check(!svc.env_file, `${name}: env_file hands it every variable of the file; list what it uses in environment`);
+  const values = Object.values(envOf(name)).map(String);
+  for (const [secret, users] of Object.entries(secretUsers)) {
+    const value = env[secret];
+    if (!value) continue;
+    const holds = values.some((v) => v.includes(value));
+    check(!holds || users.includes(name), `${name}: holds ${secret}, which it does not use`);
+  }
+  // A provider key under any name turns on LibreChat's built-in endpoints or lets a
+  // service call the provider itself.
+  if (name !== 'litellm') {
+    for (const key of Object.keys(envOf(name))) {
+      check(!/^(OPENAI|ANTHROPIC|GOOGLE|GEMINI|AZURE_OPENAI|AZURE|MISTRAL|GROQ|DEEPSEEK|OPENROUTER|COHERE|BEDROCK|AWS)_[A-Z_]*(KEY|TOKEN|SECRET)/.test(key),
+        `${name}: holds a provider key (${key}); only litellm may`);
+    }
+  }
+}
+check(envOf('api').ENDPOINTS === 'custom', `api: ENDPOINTS must be "custom" (is ${envOf('api').ENDPOINTS ?? 'unset: every built-in endpoint'})`);
+check(String(envOf('rag_api').RAG_OPENAI_BASEURL ?? '').startsWith('http://tokengate:'), 'rag_api: its embeddings must go through tokengate (RAG_OPENAI_BASEURL)');
+check(envOf('tokengate').TOKENGATE_SERVICE_KEYS === `rag-api=${env.TOKENGATE_RAG_KEY}`, 'tokengate: the RAG API\'s key is not a service key');
+
+// Networks: who can reach whom. A service without `networks` is on "default".
+const networksOf = (svc) => {
+  const n = services[svc]?.networks ?? ['default'];
+  return Array.isArray(n) ? n : Object.keys(n);
+};
+const members = (network) => Object.keys(services).filter((s) => networksOf(s).includes(network));
+const reachable = (svc) => new Set(networksOf(svc).flatMap(members).filter((s) => s !== svc));
+const mayReach = {
+  litellm: ['tokengate'],
+  mongodb: ['api', 'meilisearch'],
+  meilisearch: ['api', 'mongodb'],
+  vectordb: ['rag_api'],
+  'tokengate-db': ['tokengate'],
+};
+for (const [svc, allowed] of Object.entries(mayReach)) {
+  for (const other of reachable(svc)) {
+    check(allowed.includes(other), `${svc}: shares a network with ${other}`);
+  }
+}
+check(!reachable('api').has('litellm'), 'api: LibreChat shares a network with LiteLLM');
+check(reachable('api').has('tokengate'), 'api: LibreChat cannot reach tokengate');
+check(reachable('rag_api').has('tokengate'), 'rag_api: cannot reach tokengate');
+check(reachable('tokengate').has('litellm'), 'tokengate: cannot reach LiteLLM');
 
 if (problems.length) {
   for (const p of problems) console.error(p);

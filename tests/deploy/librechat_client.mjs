@@ -1,10 +1,25 @@
 // Drives tokengate with LibreChat's own client code: @librechat/agents' OpenAI chat
 // model, configured the way LibreChat configures a custom endpoint (baseURL, the
 // endpoint's headers with the user resolved, the `user` field). Prints one JSON line:
-// {"text": ..., "attempts": N} or {"error": ..., "status": ..., "attempts": N}.
+// {"text": ..., "attempts": N} or, on an error, {"error", "status", "attempts",
+// "lc_error_code", "librechat_shows", "inline"}:
+// - `librechat_shows` is the text LibreChat v0.8.8-rc2 and later keep for the failed
+//   turn: its server (packages/api/src/agents/errors.ts, `resolveLangChainError`,
+//   since PR #15421) replaces an error LangChain classified as MODEL_RATE_LIMIT or
+//   MODEL_NOT_FOUND with a typed payload the client shows as a fixed sentence, and
+//   otherwise keeps "An error occurred while processing the request: " and the
+//   error's message without LangChain's troubleshooting URL (the helpers below are
+//   librechat-data-provider's own);
+// - `inline` is whether LibreChat's client shows that text in the bubble rather than
+//   folded under "details": at most 240 characters, no newline, and no `{` (which it
+//   would parse as a JSON payload).
 //
 //   node librechat_client.mjs BASE_URL API_KEY USER_ID EMAIL NAME
 import { getChatModelClass, Providers, HumanMessage } from '@librechat/agents';
+import {
+  parseLangChainErrorCode,
+  stripLangChainTroubleshootingUrl,
+} from 'librechat-data-provider';
 
 const [baseURL, apiKey, userId, email, name] = process.argv.slice(2);
 let attempts = 0;
@@ -38,11 +53,22 @@ try {
   }
   console.log(JSON.stringify({ text, attempts }));
 } catch (err) {
+  const message = String(err?.message ?? err);
+  const stamped = typeof err?.lc_error_code === 'string' && err.lc_error_code.length > 0
+    ? err.lc_error_code.toUpperCase()
+    : parseLangChainErrorCode(message);
+  const classified = stamped === 'MODEL_RATE_LIMIT' || stamped === 'MODEL_NOT_FOUND';
+  const shows = classified
+    ? JSON.stringify({ type: stamped.toLowerCase() })
+    : `An error occurred while processing the request: ${stripLangChainTroubleshootingUrl(message)}`;
   console.log(
     JSON.stringify({
-      error: String(err?.message ?? err),
+      error: message,
       status: err?.status ?? err?.response?.status ?? null,
       attempts,
+      lc_error_code: stamped ?? null,
+      librechat_shows: shows,
+      inline: !classified && shows.length <= 240 && !/[\r\n{]/.test(shows),
     }),
   );
 }
