@@ -153,6 +153,12 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
                     "messages",
                 ));
             }
+            if estimate.stored_files > 0 {
+                return Err(field_error(
+                    "A file part names a file kept at the provider (`file_id` or `file_url`): what the provider bills for it cannot be known, so it cannot be reserved for. Send the file's content inline (`file_data`).",
+                    "messages",
+                ));
+            }
             images = estimate.images;
             let mut tokens = estimate.tokens;
             for key in estimate::DEFINITION_FIELDS {

@@ -207,6 +207,9 @@ pub struct Messages {
     /// Image parts: their cost depends on the model, so the reservation prices them
     /// (`media::image_tokens`).
     pub images: i64,
+    /// File parts that name a file kept at the provider (`file_id`, `file_url`)
+    /// instead of carrying it: nothing here tells what the provider bills for them.
+    pub stored_files: i64,
 }
 
 impl<'de> Deserialize<'de> for Messages {
@@ -222,12 +225,14 @@ impl<'de> Deserialize<'de> for Messages {
                     tokens: REPLY_PRIMING,
                     count: 0,
                     images: 0,
+                    stored_files: 0,
                 };
                 while let Some(Message(counted)) = seq.next_element()? {
                     m.tokens = m
                         .tokens
                         .saturating_add(PER_MESSAGE.saturating_add(counted.tokens));
                     m.images = m.images.saturating_add(counted.images);
+                    m.stored_files = m.stored_files.saturating_add(counted.stored_files);
                     m.count += 1;
                 }
                 Ok(m)
@@ -302,21 +307,27 @@ impl<'de> Deserialize<'de> for IsContent {
     }
 }
 
-/// What a message field costs: text tokens, and images (priced per model later).
+/// What a message field costs: text tokens, images (priced per model later), and
+/// files kept at the provider (which cannot be priced).
 #[derive(Default)]
 struct Counted {
     tokens: i64,
     images: i64,
+    stored_files: i64,
 }
 
 impl Counted {
     fn text(tokens: i64) -> Self {
-        Self { tokens, images: 0 }
+        Self {
+            tokens,
+            ..Self::default()
+        }
     }
 
     fn add(&mut self, other: Counted) {
         self.tokens = self.tokens.saturating_add(other.tokens);
         self.images = self.images.saturating_add(other.images);
+        self.stored_files = self.stored_files.saturating_add(other.stored_files);
     }
 }
 
@@ -390,8 +401,10 @@ pub fn prompt_input(value: Option<&Value>) -> i64 {
 }
 
 /// What a `content` array costs: text parts as text; images counted, to be priced
-/// for the model; audio at the most its size allows; other parts (files among them)
-/// as their JSON text, which for a file's base64 is about a token per byte.
+/// for the model; audio at the most its size allows; a file named by its id or URL
+/// at the provider counted apart (its size is not here to price); other parts (a
+/// file sent inline among them) as their JSON text, which for a file's base64 is
+/// about a token per byte.
 fn content_parts(v: &Value) -> Counted {
     let mut total = Counted::default();
     let Value::Array(parts) = v else {
@@ -412,10 +425,20 @@ fn content_parts(v: &Value) -> Counted {
                     .unwrap_or_default();
                 total.add(Counted::text(audio_tokens(data.len())));
             }
+            Some("file" | "input_file") if is_stored_file(part) => total.stored_files += 1,
             _ => total.add(Counted::text(count_text(&part.to_string()))),
         }
     }
     total
+}
+
+/// A file part that names a file (`file_id`, `file_url`) rather than carrying its
+/// content (`file_data`), in the Chat Completions shape (`{"type": "file", "file":
+/// {...}}`) or the Responses one (`{"type": "input_file", ...}`).
+fn is_stored_file(part: &Value) -> bool {
+    let file = part.get("file").unwrap_or(part);
+    let has = |key: &str| file.get(key).is_some_and(|v| !v.is_null());
+    !has("file_data") && (has("file_id") || has("file_url"))
 }
 
 /// The most tokens a provider bills for audio sent as `base64_len` characters of

@@ -25,6 +25,11 @@ pub struct Meter {
     pub request_id: String,
     pub weights: crate::domain::Weights,
     pub prompt_estimate: i64,
+    /// The most completion tokens the reservation paid for: the limit sent upstream
+    /// times the completions asked for (0 for embeddings). An estimate from the
+    /// delivered text never charges more, so a charge without upstream's usage
+    /// stays within what the balance held for it.
+    pub completion_cap: i64,
     pub started: Instant,
     /// Not settled yet.
     pub open: bool,
@@ -50,7 +55,7 @@ impl Meter {
             (true, Some(u)) => (u.prompt_tokens, u.completion_tokens, false),
             (true, None) => (
                 self.prompt_estimate,
-                estimate::count_text(delivered_text),
+                estimate::count_text(delivered_text).min(self.completion_cap),
                 true,
             ),
         };

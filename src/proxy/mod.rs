@@ -224,6 +224,9 @@ async fn metered(
         request_id: request_id.clone(),
         weights: reservation.weights,
         prompt_estimate: reservation.prompt_estimate,
+        completion_cap: reservation
+            .allowed_completion
+            .map_or(0, |limit| limit.saturating_mul(completions)),
         started,
         open: true,
     };

@@ -227,7 +227,7 @@ async fn generate(state: web::Data<FakeState>, body: web::Bytes, chat: bool) -> 
                 .content_type("application/json")
                 .streaming(start.chain(never));
         }
-        let text = "tok ".repeat(completion as usize);
+        let text = word_of(&model).repeat(completion as usize);
         let choices: Vec<Value> = (0..returned_of(&body))
             .map(|i| {
                 if chat && model == "parts" {
@@ -242,7 +242,7 @@ async fn generate(state: web::Data<FakeState>, body: web::Bytes, chat: bool) -> 
         let mut res = json!({"id": "fake-1", "object": if chat { "chat.completion" } else { "text_completion" }, "created": 1_700_000_000, "model": model, "choices": choices});
         // Every completion generated is billed, returned or not.
         let billed = completion * completions_of(&body);
-        if model != "no-usage" {
+        if !model.starts_with("no-usage") {
             res["usage"] = json!({"prompt_tokens": prompt, "completion_tokens": billed, "total_tokens": prompt + billed});
         }
         return HttpResponse::Ok()
@@ -253,7 +253,7 @@ async fn generate(state: web::Data<FakeState>, body: web::Bytes, chat: bool) -> 
     let include_usage = body["stream_options"]["include_usage"]
         .as_bool()
         .unwrap_or(false)
-        && model != "no-usage";
+        && !model.starts_with("no-usage");
     let mut events = Vec::new();
     let chunk = |i: i64, delta: Value| {
         if chat {
@@ -273,7 +273,7 @@ async fn generate(state: web::Data<FakeState>, body: web::Bytes, chat: bool) -> 
     };
     for _ in 0..tokens {
         for i in 0..returned {
-            events.push(chunk(i, json!({"content": "tok "})));
+            events.push(chunk(i, json!({"content": word_of(&model)})));
         }
     }
     let completion = completion * completions_of(&body);
@@ -339,4 +339,14 @@ async fn embeddings(state: web::Data<FakeState>, body: web::Bytes) -> HttpRespon
 
 async fn models(_req: HttpRequest) -> HttpResponse {
     HttpResponse::Ok().json(json!({"object": "list", "data": [{"id": "fake-model", "object": "model", "owned_by": "fake"}]}))
+}
+
+/// The word each generated token is: "tok ", or for "no-usage-long" a word the text
+/// estimate counts as several tokens (so an estimate can exceed the limit sent).
+fn word_of(model: &str) -> &'static str {
+    if model == "no-usage-long" {
+        " understanding"
+    } else {
+        "tok "
+    }
 }

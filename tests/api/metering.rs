@@ -70,10 +70,41 @@ async fn stream_without_usage_is_charged_by_estimate_and_marked() {
     let records = app.ledger().usage_records(app.user_id(USER)).unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].estimated, 1);
-    let streamed = tokengate::proxy::estimate::count_text(&"tok ".repeat(10));
+    // The estimate of what was delivered, at most the 10 tokens the request paid for.
+    let streamed = tokengate::proxy::estimate::count_text(&"tok ".repeat(10)).min(10);
     assert_eq!(records[0].completion_tokens, streamed);
     assert_eq!(records[0].charged, records[0].prompt_tokens + streamed);
     app.assert_invariant(USER);
+}
+
+/// Without upstream's usage, the delivered text is estimated, and the estimate can
+/// exceed what was generated (" understanding" is one token to the provider, more to
+/// the estimate): it is capped at the limit the reservation paid for, so a user near
+/// the end of the balance is never charged past it. It used to leave -179.
+#[actix_web::test]
+async fn an_estimated_charge_never_exceeds_what_was_reserved() {
+    for stream in [true, false] {
+        let app = spawn_app(TestOptions::default()).await;
+        app.default_plan(100);
+        let res = app
+            .chat(&chat_body("no-usage-long", "Oi", stream, None))
+            .await;
+        assert_eq!(res.status(), 200);
+        let _ = res.bytes().await.unwrap();
+        let sent = app.fake.last_request()["max_tokens"].as_i64().unwrap();
+        let records = app.ledger().usage_records(app.user_id(USER)).unwrap();
+        assert_eq!(records[0].estimated, 1);
+        let delivered =
+            tokengate::proxy::estimate::count_text(&" understanding".repeat(sent as usize));
+        assert!(
+            delivered > sent,
+            "the estimate must overshoot here: {delivered} <= {sent}"
+        );
+        assert_eq!(records[0].completion_tokens, sent, "stream: {stream}");
+        let s = app.summary(USER);
+        assert!(s.remaining >= 0, "stream {stream}: {s:?}");
+        app.assert_invariant(USER);
+    }
 }
 
 #[actix_web::test]

@@ -236,3 +236,48 @@ async fn images_are_reserved_at_the_worst_case_for_the_model() {
         .await;
     assert_eq!(res.status(), 200);
 }
+
+/// A file named by its id or URL at the provider (a PDF uploaded there, say) can cost
+/// anything: tokengate cannot see it to reserve for it, so it is refused with a
+/// clear error and never sent. It used to be reserved as ten tokens of JSON and
+/// billed 40,000. A file sent inline is reserved by its size, as before.
+#[actix_web::test]
+async fn a_file_kept_at_the_provider_is_refused_and_an_inline_one_is_reserved() {
+    let app = spawn_app(TestOptions::default()).await;
+    app.default_plan(999);
+    let before = app.fake.request_count();
+    let stored = [
+        json!({"type": "file", "file": {"file_id": "file-abc123"}}),
+        json!({"type": "file", "file": {"file_url": "https://example.com/a.pdf"}}),
+        json!({"type": "input_file", "file_id": "file-abc123"}),
+    ];
+    for part in stored {
+        for stream in [false, true] {
+            let body = json!({"model": "gpt-4o", "stream": stream, "max_tokens": 100, "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Resuma o PDF"}, part]}]});
+            let res = app.chat(&body).await;
+            assert_eq!(res.status(), 400, "{part}");
+            let err: Value = res.json().await.unwrap();
+            assert_eq!(err["error"]["code"], "invalid_body");
+            assert_eq!(err["error"]["param"], "messages");
+            assert!(
+                err["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Send the file's content inline"),
+                "{err}"
+            );
+        }
+    }
+    assert_eq!(app.fake.request_count(), before, "nothing was sent");
+    // Inline, the file's bytes are reserved for: a small one passes, and its limit
+    // leaves room for it.
+    let inline = json!({"type": "file", "file": {"filename": "a.pdf", "file_data": format!("data:application/pdf;base64,{}", "QUJD".repeat(100))}});
+    let body = json!({"model": "gpt-4o", "max_tokens": 5000, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Resuma o PDF"}, inline]}]});
+    let res = app.chat(&body).await;
+    assert_eq!(res.status(), 200);
+    let sent = app.fake.last_request()["max_tokens"].as_i64().unwrap();
+    assert_eq!(sent, 999 - estimate(&body, Endpoint::ChatCompletions));
+    app.assert_invariant(USER);
+}
