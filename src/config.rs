@@ -2,7 +2,7 @@
 //! operator sees every problem at once.
 
 use chrono_tz::Tz;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -452,7 +452,7 @@ impl Config {
             }
         });
 
-        let client_keys = get("TOKENGATE_CLIENT_KEYS")
+        let client_keys: Vec<SecretString> = get("TOKENGATE_CLIENT_KEYS")
             .map(|v| {
                 v.split(',')
                     .map(str::trim)
@@ -470,7 +470,7 @@ impl Config {
                 .borrow_mut()
                 .push("TOKENGATE_CLIENT_KEYS: every key must have at least 16 characters".into());
         }
-        let mut service_keys = Vec::new();
+        let mut service_keys: Vec<(String, SecretString)> = Vec::new();
         for entry in get("TOKENGATE_SERVICE_KEYS")
             .unwrap_or_default()
             .split(',')
@@ -492,6 +492,18 @@ impl Config {
             } else if key.len() < 16 {
                 problems.borrow_mut().push(format!(
                     "TOKENGATE_SERVICE_KEYS: the key of {name} must have at least 16 characters"
+                ));
+            } else if service_keys.iter().any(|(n, _)| n == name) {
+                problems
+                    .borrow_mut()
+                    .push(format!("TOKENGATE_SERVICE_KEYS: {name} is named twice"));
+            } else if service_keys.iter().any(|(_, k)| k.expose_secret() == key)
+                || client_keys.iter().any(|k| k.expose_secret() == key)
+            {
+                // One key for two callers would bill every user to the service, or
+                // the service to whichever user LibreChat names.
+                problems.borrow_mut().push(format!(
+                    "TOKENGATE_SERVICE_KEYS: the key of {name} is also another key; each service needs a key of its own"
                 ));
             } else {
                 service_keys.push((name.to_owned(), SecretString::from(key.to_owned())));
@@ -651,6 +663,31 @@ mod tests {
         ] {
             assert!(msg.contains(key), "{key} missing from: {msg}");
         }
+    }
+
+    /// One key for two callers would bill every user to a service (or a service to
+    /// any user): refused at start, as are names outside the allowed form.
+    #[test]
+    fn service_keys_are_keys_of_their_own() {
+        let shared = config(&[
+            ("TOKENGATE_CLIENT_KEYS", "tg-the-same-key-0123456789"),
+            (
+                "TOKENGATE_SERVICE_KEYS",
+                "rag-api=tg-the-same-key-0123456789",
+            ),
+        ]);
+        assert!(shared.is_err_and(|e| e.to_string().contains("a key of its own")));
+        let twice = config(&[(
+            "TOKENGATE_SERVICE_KEYS",
+            "rag-api=tg-rag-key-0123456789,rag-api=tg-other-key-0123456789",
+        )]);
+        assert!(twice.is_err_and(|e| e.to_string().contains("named twice")));
+        for bad in ["Rag=tg-rag-key-0123456789", "rag-api=short", "rag-api"] {
+            let c = config(&[("TOKENGATE_SERVICE_KEYS", bad)]);
+            assert!(c.is_err(), "{bad} accepted");
+        }
+        let ok = config(&[("TOKENGATE_SERVICE_KEYS", "rag-api=tg-rag-key-0123456789")]);
+        assert!(ok.is_ok_and(|c| c.service_keys.len() == 1));
     }
 
     /// Without configuration two processes never share an instance id: it names the

@@ -118,6 +118,8 @@ pub enum IdentityError {
     Missing,
     #[error("the user id must be 1-128 visible ASCII characters")]
     InvalidUserId,
+    #[error("user ids that start with `service:` are the accounts of service keys")]
+    ServiceAccount,
     #[error("invalid email address")]
     InvalidEmail,
 }

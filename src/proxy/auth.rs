@@ -12,6 +12,9 @@ use crate::domain::UserKey;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+/// The accounts of services start with this; LibreChat cannot name them.
+pub const SERVICE_PREFIX: &str = "service:";
+
 #[derive(Clone, Default)]
 pub struct ClientKeys {
     digests: Vec<[u8; 32]>,
@@ -43,7 +46,7 @@ impl ClientKeys {
 
     /// The account a service's requests are metered to.
     pub fn service_account(name: &str) -> Option<UserKey> {
-        UserKey::parse(&format!("service:{name}")).ok()
+        UserKey::parse(&format!("{SERVICE_PREFIX}{name}")).ok()
     }
 
     pub fn digest(key: &str) -> [u8; 32] {

@@ -432,13 +432,14 @@ fn content_parts(v: &Value) -> Counted {
     total
 }
 
-/// A file part that names a file (`file_id`, `file_url`) rather than carrying its
-/// content (`file_data`), in the Chat Completions shape (`{"type": "file", "file":
-/// {...}}`) or the Responses one (`{"type": "input_file", ...}`).
+/// A file part that names a file (`file_id`, `file_url`), in the Chat Completions
+/// shape (`{"type": "file", "file": {...}}`) or the Responses one (`{"type":
+/// "input_file", ...}`): whatever `file_data` it also carries, the provider may bill
+/// the file it names.
 fn is_stored_file(part: &Value) -> bool {
     let file = part.get("file").unwrap_or(part);
     let has = |key: &str| file.get(key).is_some_and(|v| !v.is_null());
-    !has("file_data") && (has("file_id") || has("file_url"))
+    has("file_id") || has("file_url")
 }
 
 /// The most tokens a provider bills for audio sent as `base64_len` characters of

@@ -385,6 +385,10 @@ pub fn identify(headers: &HeaderMap, body_user: Option<&str>) -> Result<Identity
             .and_then(|v| decode_header_value(v.as_bytes()))
     };
     let key = match header(USER_ID_HEADER).or_else(|| body_user.map(str::to_owned)) {
+        // A service's account is reached only with its own key (`auth::Caller`).
+        Some(raw) if raw.trim().starts_with(auth::SERVICE_PREFIX) => {
+            Err(IdentityError::ServiceAccount)
+        }
         Some(raw) => UserKey::parse(&raw),
         None => Err(IdentityError::Missing),
     }

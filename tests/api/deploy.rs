@@ -163,6 +163,20 @@ async fn the_compose_stack_is_valid_and_wired_by_service_names() {
         .replace(
             "    networks: [rag, rag-data, metered]\n",
             "    networks: [rag, rag-data, metered]\n    env_file: [.env]\n",
+        )
+        // LibreChat's own compose file mounts .env, which LibreChat reads; a
+        // published LiteLLM is reachable through the host; a secret in a command.
+        .replace(
+            "      - librechat-logs:/app/api/logs\n",
+            "      - librechat-logs:/app/api/logs\n      - ./.env:/app/.env:ro\n",
+        )
+        .replace(
+            "    # Only tokengate reaches it; it reaches the providers.\n",
+            "    ports: [\"4000:4000\"]\n",
+        )
+        .replace(
+            "    command: mongod --noauth\n",
+            "    command: mongod --noauth --setParameter k=${OPENAI_API_KEY}\n",
         );
     let out = shape_check(&broken).await;
     assert!(!out.status.success());
@@ -179,6 +193,9 @@ async fn the_compose_stack_is_valid_and_wired_by_service_names() {
         "api: LibreChat shares a network with LiteLLM",
         "tokengate-db: shares a network with api",
         "rag_api: holds LITELLM_MASTER_KEY, which it does not use",
+        "/.env, which hands it every secret of the stack",
+        "litellm: publishes a port",
+        "mongodb: holds OPENAI_API_KEY, which it does not use",
     ] {
         assert!(errors.contains(e), "{e:?} not reported: {errors}");
     }

@@ -771,6 +771,22 @@ async fn a_service_key_is_metered_to_its_own_account() {
         .unwrap();
     let res = embed(None).await.unwrap();
     assert_eq!(res.status(), 429);
+    // LibreChat cannot name the service's account to spend its budget, in the
+    // header or in the body.
+    for (header, body_user) in [(Some(service), None), (None, Some(service))] {
+        let mut req = app.post("/v1/chat/completions");
+        if let Some(h) = header {
+            req = req.header("x-librechat-user-id", h);
+        }
+        let mut body = chat_body("fake-model", "oi", false, Some(5));
+        if let Some(u) = body_user {
+            body["user"] = json!(u);
+        }
+        let res = req.body(body.to_string()).send().await.unwrap();
+        assert_eq!(res.status(), 400);
+        let err: Value = res.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "missing_user", "{err}");
+    }
     // The service key is no LibreChat key for the user of its choice, and a wrong
     // key is still refused.
     let res = app

@@ -250,6 +250,8 @@ async fn a_file_kept_at_the_provider_is_refused_and_an_inline_one_is_reserved() 
         json!({"type": "file", "file": {"file_id": "file-abc123"}}),
         json!({"type": "file", "file": {"file_url": "https://example.com/a.pdf"}}),
         json!({"type": "input_file", "file_id": "file-abc123"}),
+        // Data beside the name: the provider may still bill the file it names.
+        json!({"type": "file", "file": {"file_data": "", "file_id": "file-abc123"}}),
     ];
     for part in stored {
         for stream in [false, true] {

@@ -102,13 +102,19 @@ for (const [name, value] of Object.entries(env)) {
 }
 for (const [name, svc] of Object.entries(services)) {
   check(!svc.env_file, `${name}: env_file hands it every variable of the file; list what it uses in environment`);
-  const values = Object.values(envOf(name)).map(String);
+  // Anywhere in its definition: environment, command, entrypoint, labels, ...
+  const whole = JSON.stringify(svc);
   for (const [secret, users] of Object.entries(secretUsers)) {
     const value = env[secret];
     if (!value) continue;
-    const holds = values.some((v) => v.includes(value));
-    check(!holds || users.includes(name), `${name}: holds ${secret}, which it does not use`);
+    check(!whole.includes(value) || users.includes(name), `${name}: holds ${secret}, which it does not use`);
   }
+  // A mounted .env is read by LibreChat (dotenv) and hands over every secret in it.
+  for (const v of svc.volumes ?? []) {
+    const source = typeof v === 'string' ? v.split(':')[0] : String(v.source ?? '');
+    check(!/(^|\/)\.env$/.test(source), `${name}: mounts ${source}, which hands it every secret of the stack`);
+  }
+  check(!svc.network_mode, `${name}: network_mode ${svc.network_mode} bypasses the stack's networks`);
   // A provider key under any name turns on LibreChat's built-in endpoints or lets a
   // service call the provider itself.
   if (name !== 'litellm') {
@@ -142,6 +148,10 @@ for (const [svc, allowed] of Object.entries(mayReach)) {
   }
 }
 check(!reachable('api').has('litellm'), 'api: LibreChat shares a network with LiteLLM');
+// A published port is reachable from every container through the host.
+for (const svc of Object.keys(mayReach)) {
+  check(!(services[svc]?.ports?.length), `${svc}: publishes a port, which any service can reach through the host`);
+}
 check(reachable('api').has('tokengate'), 'api: LibreChat cannot reach tokengate');
 check(reachable('rag_api').has('tokengate'), 'rag_api: cannot reach tokengate');
 check(reachable('tokengate').has('litellm'), 'tokengate: cannot reach LiteLLM');
