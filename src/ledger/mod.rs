@@ -33,6 +33,9 @@ pub struct ReserveRequest {
     /// The completion the client asked for (or the configured default); `None` for
     /// endpoints that produce no completion (embeddings).
     pub requested_completion: Option<i64>,
+    /// The smallest limit upstream accepts: a balance that pays for less is refused
+    /// (the Responses API raises a smaller `max_output_tokens` to 16).
+    pub min_completion: i64,
     /// How many completions the provider may generate and bill, each up to the
     /// limit (`n`, `best_of`, a list of prompts).
     pub completions: i64,

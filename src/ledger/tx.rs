@@ -115,8 +115,9 @@ pub(super) fn reserve(
             )
         }
     };
-    let affordable =
-        remaining > 0 && remaining >= amount && allowed_completion.is_none_or(|n| n >= 1);
+    let affordable = remaining > 0
+        && remaining >= amount
+        && allowed_completion.is_none_or(|n| n >= req.min_completion.max(1));
     if !affordable {
         return refuse(c, ctx, user_id, &bal, req, policy);
     }

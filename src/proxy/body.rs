@@ -15,6 +15,8 @@ pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// The Responses API, which LibreChat uses when "Use Responses API" is on.
+    Responses,
 }
 
 impl Endpoint {
@@ -23,6 +25,7 @@ impl Endpoint {
             Self::ChatCompletions => "/chat/completions",
             Self::Completions => "/completions",
             Self::Embeddings => "/embeddings",
+            Self::Responses => "/responses",
         }
     }
 
@@ -31,11 +34,39 @@ impl Endpoint {
             Self::ChatCompletions => "chat.completions",
             Self::Completions => "completions",
             Self::Embeddings => "embeddings",
+            Self::Responses => "responses",
         }
     }
 
     fn produces_completion(&self) -> bool {
         !matches!(self, Self::Embeddings)
+    }
+
+    /// The completion-limit fields, the one that wins first, in the order they are
+    /// written back; the first is added when the client named none.
+    fn limit_fields(&self) -> &'static [&'static str] {
+        match self {
+            Self::Responses => &["max_output_tokens"],
+            _ => &["max_completion_tokens", "max_tokens"],
+        }
+    }
+
+    /// The smallest completion limit upstream accepts. OpenAI's Responses API (and
+    /// LiteLLM in front of it) raises a `max_output_tokens` under 16 to 16, so a
+    /// request is reserved for at least that.
+    pub fn min_completion(&self) -> i64 {
+        match self {
+            Self::Responses => 16,
+            _ => 1,
+        }
+    }
+
+    /// The field added when the client named no limit.
+    fn default_limit_field(&self) -> &'static str {
+        match self {
+            Self::Responses => "max_output_tokens",
+            _ => "max_tokens",
+        }
     }
 }
 
@@ -61,15 +92,17 @@ pub struct ParsedRequest<'a> {
     pub completions: i64,
     /// Image parts in the conversation, priced for the model by the reservation.
     pub images: i64,
-    /// What the client sent in each of `LIMIT_FIELDS`: absent (`None`), `null`
+    /// What the client sent in each of the endpoint's limit fields: absent (`None`), `null`
     /// (`Some(None)`) or a count.
     limits: [Option<Option<i64>>; 2],
     /// The client's body length: the body sent upstream is about as long.
     size: usize,
 }
 
-/// The completion-limit fields, in the order they are written back.
-const LIMIT_FIELDS: [&str; 2] = ["max_completion_tokens", "max_tokens"];
+/// Fields of the Responses API that make the provider bill what tokengate cannot
+/// see (a stored conversation, a stored prompt): refused, as nothing could be
+/// reserved for them.
+const STORED_CONTEXT_FIELDS: [&str; 3] = ["previous_response_id", "conversation", "prompt"];
 /// The most choices (`n`) and candidates (`best_of`) OpenAI accepts.
 const MAX_CHOICES: i64 = 128;
 const MAX_BEST_OF: i64 = 20;
@@ -99,7 +132,10 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
         return Err(field_error("This endpoint does not stream.", "stream"));
     }
     let mut limits = [None, None];
-    for (slot, key) in limits.iter_mut().zip(LIMIT_FIELDS) {
+    for (slot, key) in limits
+        .iter_mut()
+        .zip(endpoint.limit_fields().iter().copied())
+    {
         *slot = match value_of(get(key), key)? {
             None => None,
             Some(Value::Null) => Some(None),
@@ -136,7 +172,7 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
     let (choices, best_of) = match endpoint {
         Endpoint::ChatCompletions => (count("n", MAX_CHOICES)?, 1),
         Endpoint::Completions => (count("n", MAX_CHOICES)?, count("best_of", MAX_BEST_OF)?),
-        Endpoint::Embeddings => (1, 1),
+        Endpoint::Embeddings | Endpoint::Responses => (1, 1),
     };
     let mut images = 0;
     let mut prompts = 1;
@@ -154,10 +190,7 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
                 ));
             }
             if estimate.stored_files > 0 {
-                return Err(field_error(
-                    "A file part names a file kept at the provider (`file_id` or `file_url`): what the provider bills for it cannot be known, so it cannot be reserved for. Send the file's content inline (`file_data`).",
-                    "messages",
-                ));
+                return Err(stored_file_error("messages"));
             }
             images = estimate.images;
             let mut tokens = estimate.tokens;
@@ -189,6 +222,67 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
                 ));
             }
         },
+        Endpoint::Responses => {
+            for key in STORED_CONTEXT_FIELDS {
+                if value_of(get(key), key)?.is_some_and(|v| !v.is_null()) {
+                    return Err(field_error(
+                        "A stored conversation or prompt (`previous_response_id`, `conversation`, `prompt`) is billed by the provider at a size tokengate cannot see, so it cannot be reserved for. Send the whole conversation in `input`.",
+                        key,
+                    ));
+                }
+            }
+            let mut tokens = match get("input") {
+                Some(raw) if raw.get().starts_with('[') => {
+                    let items: estimate::Messages =
+                        serde_json::from_str(raw.get()).map_err(|e| json_error(&e, "input"))?;
+                    if items.count == 0 {
+                        return Err(field_error(
+                            "`input` must be a string or a non-empty array.",
+                            "input",
+                        ));
+                    }
+                    if items.stored_files > 0 {
+                        return Err(stored_file_error("input"));
+                    }
+                    images = items.images;
+                    items.tokens
+                }
+                Some(raw) => match value_of(Some(raw), "input")? {
+                    Some(Value::String(text)) => estimate::single_message(&text),
+                    _ => {
+                        return Err(field_error(
+                            "`input` must be a string or a non-empty array.",
+                            "input",
+                        ));
+                    }
+                },
+                None => {
+                    return Err(field_error(
+                        "`input` must be a string or a non-empty array.",
+                        "input",
+                    ));
+                }
+            };
+            match value_of(get("instructions"), "instructions")? {
+                None | Some(Value::Null) => {}
+                Some(Value::String(text)) => {
+                    tokens = tokens.saturating_add(estimate::extra_message(&text));
+                }
+                Some(_) => {
+                    return Err(field_error(
+                        "`instructions` must be a string.",
+                        "instructions",
+                    ));
+                }
+            }
+            // Tool definitions and a structured output's schema are prompt too.
+            for key in estimate::DEFINITION_FIELDS.iter().copied().chain(["text"]) {
+                if let Some(v) = value_of(get(key), key)? {
+                    tokens = tokens.saturating_add(estimate::definitions(&v));
+                }
+            }
+            tokens
+        }
         Endpoint::Embeddings => match value_of(get("input"), "input")? {
             Some(i @ (Value::String(_) | Value::Array(_))) => estimate::prompt_input(Some(&i)),
             _ => {
@@ -225,8 +319,8 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
 /// The fields `parse` reads (and so checks) itself.
 fn is_read_above(key: &str, endpoint: Endpoint) -> bool {
     matches!(key, "model" | "stream" | "user")
-        || LIMIT_FIELDS.contains(&key)
-        || (endpoint != Endpoint::Embeddings && key == "n")
+        || endpoint.limit_fields().contains(&key)
+        || (matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions) && key == "n")
         || (endpoint == Endpoint::Completions && key == "best_of")
         || match endpoint {
             Endpoint::ChatCompletions => {
@@ -234,6 +328,11 @@ fn is_read_above(key: &str, endpoint: Endpoint) -> bool {
             }
             Endpoint::Completions => key == "prompt",
             Endpoint::Embeddings => key == "input",
+            Endpoint::Responses => {
+                matches!(key, "input" | "instructions" | "text")
+                    || estimate::DEFINITION_FIELDS.contains(&key)
+                    || STORED_CONTEXT_FIELDS.contains(&key)
+            }
         }
 }
 
@@ -293,6 +392,13 @@ fn json_error(e: &serde_json::Error, param: &'static str) -> ApiError {
             param: Some(param),
         }
     }
+}
+
+fn stored_file_error(param: &'static str) -> ApiError {
+    field_error(
+        "A file part names a file kept at the provider (`file_id` or `file_url`): what the provider bills for it cannot be known, so it cannot be reserved for. Send the file's content inline (`file_data`).",
+        param,
+    )
 }
 
 fn field_error(message: &str, param: &'static str) -> ApiError {
@@ -397,6 +503,7 @@ impl<'de> Deserialize<'de> for Valid {
 pub struct Prepared {
     /// The JSON object without the limit fields, ending with its closing brace.
     json: Vec<u8>,
+    endpoint: Endpoint,
     /// The client's limit fields; `None` for endpoints without a completion, whose
     /// fields were left in place.
     limits: Option<[Option<Option<i64>>; 2]>,
@@ -412,10 +519,13 @@ impl ParsedRequest<'_> {
         json.push(b'{');
         let mut stream_options = None;
         for (key, value) in &self.fields {
-            if key == "user" || (completes && LIMIT_FIELDS.contains(&key.as_ref())) {
+            if key == "user" || (completes && self.endpoint.limit_fields().contains(&key.as_ref()))
+            {
                 continue;
             }
-            if self.stream && key == "stream_options" {
+            // The Responses API reports usage in every stream and has no
+            // `include_usage`; its own `stream_options` go as sent.
+            if self.stream && self.endpoint != Endpoint::Responses && key == "stream_options" {
                 stream_options = Some(*value);
                 continue;
             }
@@ -424,7 +534,7 @@ impl ParsedRequest<'_> {
         }
         write_key(&mut json, "user")?;
         serde_json::to_writer(&mut json, user).map_err(|_| ApiError::Internal)?;
-        if self.stream {
+        if self.stream && self.endpoint != Endpoint::Responses {
             // The client's options are kept; usage is forced on.
             let mut options = match stream_options.map(|o| serde_json::from_str(o.get())) {
                 Some(Ok(Value::Object(o))) => o,
@@ -437,6 +547,7 @@ impl ParsedRequest<'_> {
         json.push(b'}');
         Ok(Prepared {
             json,
+            endpoint: self.endpoint,
             limits: completes.then_some(self.limits),
         })
     }
@@ -478,10 +589,11 @@ impl Prepared {
             }
         };
         let named_any = limits.iter().any(|l| matches!(l, Some(Some(_))));
-        for (key, sent) in LIMIT_FIELDS.iter().zip(limits) {
+        let default = self.endpoint.default_limit_field();
+        for (key, sent) in self.endpoint.limit_fields().iter().zip(limits) {
             match sent {
                 Some(Some(n)) => push(key, Some(n.min(allowed))),
-                _ if !named_any && *key == "max_tokens" => push(key, Some(allowed)),
+                _ if !named_any && *key == default => push(key, Some(allowed)),
                 Some(None) => push(key, None),
                 None => {}
             }

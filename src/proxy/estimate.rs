@@ -96,6 +96,19 @@ fn word_tokens(letters: usize) -> usize {
 }
 
 /// Estimated tokens of a text.
+/// One message of `text` with its role and separators, as a whole prompt (the
+/// reply's priming included): a Responses API `input` given as a string.
+pub fn single_message(text: &str) -> i64 {
+    REPLY_PRIMING
+        .saturating_add(PER_MESSAGE)
+        .saturating_add(count_text(text))
+}
+
+/// A message of `text` added to a prompt: the Responses API's `instructions`.
+pub fn extra_message(text: &str) -> i64 {
+    PER_MESSAGE.saturating_add(count_text(text))
+}
+
 pub fn count_text(text: &str) -> i64 {
     let b = text.as_bytes();
     let n = b.len();

@@ -46,6 +46,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/chat/completions", web::post().to(chat_completions))
             .route("/completions", web::post().to(completions))
             .route("/embeddings", web::post().to(embeddings))
+            .route("/responses", web::post().to(responses))
             .route("/models", web::get().to(models))
             .default_service(web::to(not_found)),
     );
@@ -80,6 +81,17 @@ async fn embeddings(
 ) -> Result<HttpResponse, V1Error> {
     let locale = state.config.locale;
     metered(req, payload, state, Endpoint::Embeddings)
+        .await
+        .map_err(|e| e.in_locale(locale))
+}
+
+async fn responses(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, V1Error> {
+    let locale = state.config.locale;
+    metered(req, payload, state, Endpoint::Responses)
         .await
         .map_err(|e| e.in_locale(locale))
 }
@@ -152,7 +164,11 @@ async fn metered(
     let request_id = uuid::Uuid::now_v7().to_string();
     let requested_completion = match endpoint {
         Endpoint::Embeddings => None,
-        _ => Some(requested_max.unwrap_or(state.config.default_max_completion)),
+        _ => Some(
+            requested_max
+                .unwrap_or(state.config.default_max_completion)
+                .max(endpoint.min_completion()),
+        ),
     };
 
     let reserve = ReserveRequest {
@@ -163,6 +179,7 @@ async fn metered(
         stream,
         prompt_tokens,
         requested_completion,
+        min_completion: endpoint.min_completion(),
         completions,
         images,
     };

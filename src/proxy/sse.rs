@@ -11,22 +11,28 @@ pub struct Usage {
     pub completion_tokens: i64,
 }
 
-/// A usage object. Each field is read leniently (`Count`): a provider's odd field
-/// must not lose the usage it reported.
+/// A usage object, with Chat Completions' names or the Responses API's
+/// (`input_tokens`, `output_tokens`). Each field is read leniently (`Count`): a
+/// provider's odd field must not lose the usage it reported.
 #[derive(Deserialize)]
 struct RawUsage {
     #[serde(default)]
     prompt_tokens: Count,
     #[serde(default)]
     completion_tokens: Count,
+    #[serde(default)]
+    input_tokens: Count,
+    #[serde(default)]
+    output_tokens: Count,
 }
 
 impl RawUsage {
     fn into_usage(self) -> Option<Usage> {
-        let prompt_tokens = self.prompt_tokens.0?.max(0);
+        let prompt_tokens = self.prompt_tokens.0.or(self.input_tokens.0)?.max(0);
+        let completion = self.completion_tokens.0.or(self.output_tokens.0);
         Some(Usage {
             prompt_tokens,
-            completion_tokens: self.completion_tokens.0.unwrap_or(0).max(0),
+            completion_tokens: completion.unwrap_or(0).max(0),
         })
     }
 }
@@ -41,9 +47,59 @@ struct Chunk {
     #[serde(default)]
     choices: Choices,
     /// LiteLLM reports an error met after its 200 (mid-stream, or as the whole body)
-    /// as an object with an `error` key.
+    /// as an object with an `error` key; a failed response of the Responses API has
+    /// one too (`null` when it did not fail).
     #[serde(default)]
     error: Option<serde::de::IgnoredAny>,
+    /// The Responses API's event type (`response.output_text.delta`, `error`, ...).
+    #[serde(default, rename = "type")]
+    kind: Text,
+    /// The Responses API: what a `*.delta` event generated (text, a tool call's
+    /// arguments, a reasoning summary).
+    #[serde(default)]
+    delta: Text,
+    /// The Responses API: the response of a `response.*` event, which carries the
+    /// usage in `response.completed` (and `response.incomplete`, `response.failed`).
+    #[serde(default)]
+    response: Lenient<ResponseObject>,
+    /// The Responses API: a whole answer's output items (not streamed).
+    #[serde(default)]
+    output: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ResponseObject {
+    #[serde(default)]
+    usage: Lenient<RawUsage>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+/// The text of the Responses API's output items: message parts, tool calls'
+/// arguments, reasoning summaries.
+fn output_texts(output: &serde_json::Value, text: &mut String) {
+    let Some(items) = output.as_array() else {
+        return;
+    };
+    for item in items {
+        for key in ["arguments", "text"] {
+            if let Some(t) = item.get(key).and_then(serde_json::Value::as_str) {
+                text.push_str(t);
+            }
+        }
+        for key in ["content", "summary"] {
+            for part in item
+                .get(key)
+                .and_then(serde_json::Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(t) = part.get("text").and_then(serde_json::Value::as_str) {
+                    text.push_str(t);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -408,8 +464,23 @@ impl SseScanner {
         if let Some(usage) = chunk.usage.0.and_then(RawUsage::into_usage) {
             self.usage = Some(usage);
         }
-        if chunk.error.is_some() {
+        if chunk.error.is_some() || chunk.kind.0.as_deref() == Some("error") {
             self.error_seen = true;
+        }
+        if let Some(response) = chunk.response.0 {
+            if let Some(usage) = response.usage.0.and_then(RawUsage::into_usage) {
+                self.usage = Some(usage);
+            }
+            if response.error.is_some() {
+                self.error_seen = true;
+            }
+        }
+        if let Some(delta) = chunk.delta.0 {
+            // Something was generated (a Responses API stream has no choices).
+            self.choices_seen = true;
+            if self.text.len() + delta.len() <= MAX_TEXT_BYTES {
+                self.text.push_str(&delta);
+            }
         }
         for choice in chunk.choices.0 {
             self.choices_seen = true;
@@ -458,8 +529,16 @@ pub fn scan_json_response(body: &[u8]) -> Option<JsonAnswer> {
     let chunk = parse_object(body)?;
     let error = chunk.error.is_some();
     let usage = chunk.usage.0.and_then(RawUsage::into_usage);
-    let choices = !chunk.choices.0.is_empty();
+    let output = chunk
+        .output
+        .as_ref()
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|items| !items.is_empty());
+    let choices = !chunk.choices.0.is_empty() || output;
     let mut text = String::new();
+    if let Some(output) = &chunk.output {
+        output_texts(output, &mut text);
+    }
     for choice in chunk.choices.0 {
         for part in choice.texts().into_iter().flatten() {
             text.push_str(&part);

@@ -314,6 +314,57 @@ async fn a_429_block_reaches_older_librechat_and_is_a_rate_limit_to_newer() {
     );
 }
 
+/// LibreChat with the endpoint's "Use Responses API" switch on posts to
+/// `{baseURL}/responses`: metered, streamed back, and charged the usage of
+/// `response.completed` (it used to get a 404, and the chat broke).
+#[actix_web::test]
+async fn librechats_responses_api_client_is_metered() {
+    let app = spawn_app(TestOptions::default()).await;
+    let dir = node_dir();
+    let base = format!("{}/v1", app.address);
+    let user = "65f1c0ffee00000000005678";
+    let out = run(node(
+        dir.path(),
+        "librechat_client.mjs",
+        &[
+            &base,
+            CLIENT_KEY,
+            user,
+            "ana@example.com",
+            "Ana",
+            "responses",
+        ],
+    ))
+    .await;
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}{}", text(&out.stdout), text(&out.stderr)));
+    assert_eq!(
+        result["paths"],
+        serde_json::json!(["/v1/responses"]),
+        "{result}"
+    );
+    let expected = "tok ".repeat(crate::fake_provider::NATURAL_COMPLETION as usize);
+    assert_eq!(result["text"], expected.as_str(), "{result}");
+    let records = app.ledger().usage_records(app.user_id(user)).unwrap();
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(
+        (
+            r.endpoint.as_str(),
+            r.outcome.as_str(),
+            r.estimated,
+            r.stream
+        ),
+        ("responses", "completed", 0, 1)
+    );
+    assert_eq!(
+        r.completion_tokens,
+        crate::fake_provider::NATURAL_COMPLETION
+    );
+    assert_eq!(app.fake.last_request()["user"], user);
+    app.assert_invariant(user);
+}
+
 #[actix_web::test]
 async fn healthcheck_command_reports_readiness_for_containers() {
     let app = spawn_app(TestOptions::default()).await;

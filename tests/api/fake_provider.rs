@@ -47,6 +47,7 @@ impl FakeProvider {
                 .route("/v1/chat/completions", web::post().to(chat))
                 .route("/v1/completions", web::post().to(completions))
                 .route("/v1/embeddings", web::post().to(embeddings))
+                .route("/v1/responses", web::post().to(responses))
                 .route("/v1/models", web::get().to(models))
         })
         .workers(2)
@@ -104,6 +105,12 @@ pub fn prompt_tokens_of(body: &Value) -> i64 {
                     match item {
                         Value::String(s) => words += s.split_whitespace().count(),
                         Value::Array(ids) => words += ids.len(),
+                        // A Responses API item: its text, if it has one.
+                        Value::Object(_) => {
+                            words += item["content"]
+                                .as_str()
+                                .map_or(1, |s| s.split_whitespace().count())
+                        }
                         _ => words += 1,
                     }
                 }
@@ -328,6 +335,72 @@ async fn generate(state: web::Data<FakeState>, body: web::Bytes, chat: bool) -> 
 }
 
 use futures_util::StreamExt;
+
+/// The Responses API: the same deterministic counts, `max_output_tokens` as the
+/// limit, usage as `input_tokens` / `output_tokens`, in `response.completed` when
+/// streamed.
+async fn responses(state: web::Data<FakeState>, body: web::Bytes) -> HttpResponse {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    record(&state, &body);
+    let model = body["model"].as_str().unwrap_or("").to_owned();
+    if let Some(res) = failure(&model) {
+        return res;
+    }
+    let prompt = prompt_tokens_of(&body)
+        + body["instructions"]
+            .as_str()
+            .map_or(0, |s| s.split_whitespace().count() as i64);
+    let max = body["max_output_tokens"].as_i64();
+    let completion = if model == "fill" {
+        max.unwrap_or(4096)
+    } else {
+        max.map_or(NATURAL_COMPLETION, |m| m.min(NATURAL_COMPLETION))
+    };
+    let text = word_of(&model).repeat(completion as usize);
+    let usage = (!model.starts_with("no-usage")).then(|| {
+        json!({"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt + completion})
+    });
+    let message = json!({"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": []}]});
+    let response = |status: &str, output: Value, usage: Option<Value>| {
+        json!({"id": "resp_fake", "object": "response", "created_at": 1_700_000_000, "status": status,
+            "model": model, "output": output, "parallel_tool_calls": true, "tool_choice": "auto",
+            "tools": [], "usage": usage, "error": null, "incomplete_details": null})
+    };
+    if !body["stream"].as_bool().unwrap_or(false) {
+        return HttpResponse::Ok().json(response("completed", json!([message]), usage));
+    }
+    let mut events = vec![
+        json!({"type": "response.created", "sequence_number": 0, "response": response("in_progress", json!([]), None)}),
+        json!({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0,
+            "item": {"type": "message", "id": "msg_fake", "status": "in_progress", "role": "assistant", "content": []}}),
+    ];
+    for _ in 0..completion {
+        events.push(json!({"type": "response.output_text.delta", "sequence_number": events.len(),
+            "item_id": "msg_fake", "output_index": 0, "content_index": 0, "delta": word_of(&model), "logprobs": []}));
+    }
+    events.push(json!({"type": "response.output_item.done", "sequence_number": events.len(), "output_index": 0, "item": message}));
+    events.push(
+        json!({"type": "response.completed", "sequence_number": events.len(),
+        "response": response("completed", json!([message]), usage)}),
+    );
+    let mut wire = Vec::new();
+    for e in &events {
+        wire.extend_from_slice(
+            format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap_or("")).as_bytes(),
+        );
+    }
+    state.streams_sent.lock().unwrap().push(wire.clone());
+    let pieces: Vec<Result<Bytes, actix_web::Error>> = wire
+        .chunks(PIECE)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .streaming(futures_util::stream::iter(pieces))
+}
 
 async fn embeddings(state: web::Data<FakeState>, body: web::Bytes) -> HttpResponse {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);

@@ -18,6 +18,7 @@ mod metering;
 pub mod outage;
 mod real_clients;
 mod replicas;
+mod responses;
 mod smtp;
 mod surface;
 mod worst_case;

@@ -235,3 +235,50 @@ async fn official_openai_sdk_streams_and_does_not_retry_the_block() {
     );
     app.assert_invariant(USER);
 }
+
+/// The Responses API end to end with real parts: the official SDK's
+/// `responses.create`, streamed and not, through tokengate and a real LiteLLM to the
+/// provider; each charge is the usage the SDK read.
+#[actix_web::test]
+async fn the_responses_api_through_litellm_is_charged_what_the_sdk_reads() {
+    let fake = FakeProvider::start();
+    let litellm = start_litellm(&fake).await;
+    let app = spawn_app(TestOptions {
+        upstream: Some(format!("http://127.0.0.1:{}/v1", litellm.port)),
+        env: vec![("TOKENGATE_UPSTREAM_KEY", LITELLM_KEY.into())],
+        ..Default::default()
+    })
+    .await;
+    let out = run_openai(&app, USER, "responses").await;
+    assert_eq!(out["nonstream_text"], "tok ".repeat(20), "{out}");
+    assert_eq!(out["stream_text"], "tok ".repeat(24), "{out}");
+    let charged = out["nonstream_total"].as_i64().unwrap() + out["stream_total"].as_i64().unwrap();
+    assert_eq!(app.charged(USER), charged);
+    let records = app.ledger().usage_records(app.user_id(USER)).unwrap();
+    assert!(
+        records
+            .iter()
+            .all(|r| r.endpoint == "responses" && r.estimated == 0 && r.outcome == "completed"),
+        "{records:?}"
+    );
+    assert_eq!(fake.last_request()["max_output_tokens"], 24);
+
+    // LiteLLM raises a `max_output_tokens` under 16 to 16 (OpenAI's minimum), so a
+    // smaller limit is reserved as 16: the provider's 16 tokens are paid for.
+    let res = app
+        .post("/v1/responses")
+        .header("x-librechat-user-id", USER)
+        .body(
+            serde_json::json!({"model": "fake-model", "input": "oi", "max_output_tokens": 5})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(answer["usage"]["output_tokens"], 16, "{answer}");
+    assert_eq!(fake.last_request()["max_output_tokens"], 16);
+    app.assert_invariant(USER);
+    drop(litellm);
+}

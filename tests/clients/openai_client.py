@@ -1,6 +1,6 @@
 """Drives tokengate with the official `openai` Python SDK, as any OpenAI client would.
 
-usage: openai_client.py BASE_URL API_KEY USER_ID chat|blocked
+usage: openai_client.py BASE_URL API_KEY USER_ID chat|blocked|responses
 Prints one JSON object with what the SDK returned or raised.
 """
 import json
@@ -22,6 +22,18 @@ if mode == "chat":
             text += chunk.choices[0].delta.content or ""
         if chunk.usage:
             usage = chunk.usage.total_tokens
+    out["stream_text"] = text
+    out["stream_total"] = usage
+elif mode == "responses":
+    r = client.responses.create(model="fake-model", input="Olá, tudo bem?", max_output_tokens=20)
+    out["nonstream_text"] = r.output_text
+    out["nonstream_total"] = r.usage.total_tokens
+    text, usage = "", None
+    for event in client.responses.create(model="fake-model", input="Olá, tudo bem?", stream=True, max_output_tokens=24):
+        if event.type == "response.output_text.delta":
+            text += event.delta
+        if event.type == "response.completed":
+            usage = event.response.usage.total_tokens
     out["stream_text"] = text
     out["stream_total"] = usage
 else:

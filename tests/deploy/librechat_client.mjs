@@ -14,17 +14,26 @@
 //   folded under "details": at most 240 characters, no newline, and no `{` (which it
 //   would parse as a JSON payload).
 //
-//   node librechat_client.mjs BASE_URL API_KEY USER_ID EMAIL NAME
+//   node librechat_client.mjs BASE_URL API_KEY USER_ID EMAIL NAME [responses]
+//
+// With `responses`, the model is configured as LibreChat configures it when the
+// endpoint's "Use Responses API" switch is on: it posts to {baseURL}/responses.
 import { getChatModelClass, Providers, HumanMessage } from '@librechat/agents';
 import {
   parseLangChainErrorCode,
   stripLangChainTroubleshootingUrl,
 } from 'librechat-data-provider';
 
-const [baseURL, apiKey, userId, email, name] = process.argv.slice(2);
+const [baseURL, apiKey, userId, email, name, api] = process.argv.slice(2);
+const useResponsesApi = api === 'responses';
 let attempts = 0;
+const paths = [];
 const countingFetch = (url, init) => {
-  if (String(url).includes('/chat/completions')) attempts += 1;
+  const path = new URL(String(url)).pathname;
+  if (path.endsWith('/chat/completions') || path.endsWith('/responses')) {
+    attempts += 1;
+    paths.push(path);
+  }
   return fetch(url, init);
 };
 
@@ -33,6 +42,7 @@ const llm = new ChatModel({
   model: 'fake-model',
   apiKey,
   streaming: true,
+  useResponsesApi,
   user: userId,
   configuration: {
     baseURL,
@@ -49,9 +59,14 @@ const llm = new ChatModel({
 try {
   let text = '';
   for await (const chunk of await llm.stream([new HumanMessage('Olá! Tudo bem?')])) {
-    text += typeof chunk.content === 'string' ? chunk.content : '';
+    if (typeof chunk.content === 'string') {
+      text += chunk.content;
+    } else if (Array.isArray(chunk.content)) {
+      // The Responses API's chunks carry content parts.
+      for (const part of chunk.content) text += typeof part?.text === 'string' ? part.text : '';
+    }
   }
-  console.log(JSON.stringify({ text, attempts }));
+  console.log(JSON.stringify({ text, attempts, paths }));
 } catch (err) {
   const message = String(err?.message ?? err);
   const stamped = typeof err?.lc_error_code === 'string' && err.lc_error_code.length > 0
@@ -66,6 +81,7 @@ try {
       error: message,
       status: err?.status ?? err?.response?.status ?? null,
       attempts,
+      paths,
       lc_error_code: stamped ?? null,
       librechat_shows: shows,
       inline: !classified && shows.length <= 240 && !/[\r\n{]/.test(shows),
