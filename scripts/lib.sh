@@ -131,3 +131,27 @@ as_pg() {
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
+
+# Podman (Debian's) builds and runs the container image in the tests. No registry is
+# reachable, so the image's base is made from Debian's packages with debootstrap,
+# once per machine; the sandbox cannot raise ulimits, so containers get none.
+PODMAN_BASE="localhost/tokengate-test-base:bookworm"
+ensure_podman() {
+  local missing=()
+  command -v podman >/dev/null || missing+=(podman)
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
+  mkdir -p "$CACHE_DIR"
+  CONTAINERS_CONF="$CACHE_DIR/containers.conf"
+  printf '[containers]\ndefault_ulimits = []\n' > "$CONTAINERS_CONF"
+  export CONTAINERS_CONF
+  if podman image exists "$PODMAN_BASE" 2>/dev/null; then return 0; fi
+  log "making a Debian bookworm base image with debootstrap (about 30 s, once)"
+  local root
+  root=$(mktemp -d /tmp/tokengate-rootfs.XXXXXX)
+  debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >"$root.log" 2>&1 \
+    || { tail -20 "$root.log" >&2; rm -rf "$root" "$root.log"; die "debootstrap failed"; }
+  tar -C "$root" -c . | podman import --quiet - "$PODMAN_BASE" >/dev/null \
+    || { rm -rf "$root" "$root.log"; die "podman import of the base image failed"; }
+  rm -rf "$root" "$root.log"
+}

@@ -5,7 +5,8 @@
 # date it runs on), with a real LiteLLM proxy
 # and the official openai SDK installed from PyPI, and real SMTP servers (Debian's
 # python3-aiosmtpd) and a headless Chromium (Debian's) started by the tests,
-# LibreChat's own npm packages and Debian's docker-compose for the deployment pack.
+# LibreChat's own npm packages and Debian's docker-compose for the deployment pack,
+# and Podman with a debootstrapped Debian base to build and run the Dockerfile.
 # Stops everything it started. Browser screenshots land in test-artifacts/screenshots/.
 # Ends with a bounded coverage-guided fuzzing run (scripts/fuzz.sh).
 #
@@ -37,6 +38,7 @@ ensure_smtp_tools
 ensure_browser
 ensure_npm_packages
 ensure_compose
+ensure_podman
 WORK=$(mktemp -d /tmp/tokengate-test.XXXXXX)
 cleanup() {
   stop_throwaway_postgres
@@ -53,13 +55,9 @@ export TOKENGATE_TEST_PYTHON="$LITELLM_VENV/bin/python"
 export TOKENGATE_TEST_SMTP_PYTHON=/usr/bin/python3
 export TOKENGATE_TEST_NODE_MODULES="$NPM_DIR/node_modules"
 
-# The container image: built where an engine runs; said plainly where none does.
-if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-  log "docker build (a container engine is available)"
-  docker build --quiet -t tokengate:test . >/dev/null || die "the Dockerfile does not build"
-else
-  log "no container engine runs here: the Dockerfile was NOT built (docker-compose.yml is still validated below)"
-fi
+# The container image is built and run by a test (deploy::the_image_runs_...) with
+# Podman, on a Debian base made with debootstrap.
+export TOKENGATE_TEST_PODMAN_BASE="$PODMAN_BASE"
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

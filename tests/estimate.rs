@@ -40,7 +40,10 @@ fn natural_texts() -> Vec<(&'static str, String)> {
             "pt-BR",
             include_str!("fixtures/estimate/pt-BR.txt").to_owned(),
         ),
-        ("English (README)", include_str!("../README.md").to_owned()),
+        (
+            "English (docs/behaviour.md)",
+            include_str!("../docs/behaviour.md").to_owned(),
+        ),
         (
             "German",
             include_str!("fixtures/estimate/de.txt").to_owned(),
