@@ -227,3 +227,37 @@ async fn a_balance_under_the_smallest_limit_is_refused() {
     assert_eq!(res.status(), 200);
     app.assert_invariant(USER);
 }
+
+/// What LibreChat's Responses API calls carry besides text: images (reserved at the
+/// most the model bills for one, as on chats) and built-in tools such as web search
+/// (passed on, their definitions counted in the prompt; the results the provider adds
+/// are in its usage, and charged).
+#[actix_web::test]
+async fn images_and_tools_of_librechats_responses_calls() {
+    let app = spawn_app(TestOptions::default()).await;
+    app.default_plan(2_000);
+    let with_image = |model: &str| {
+        json!({"model": model, "stream": true, "max_output_tokens": 100,
+            "tools": [{"type": "web_search"}],
+            "input": [{"role": "user", "content": [
+                {"type": "input_text", "text": "O que há nesta foto?"},
+                {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo=", "detail": "high"}]}]})
+    };
+    // gpt-4o bills at most 1,445 for the image: it fits in 2,000.
+    let res = send(&app, &with_image("gpt-4o")).await;
+    assert_eq!(res.status(), 200);
+    let _ = res.bytes().await.unwrap();
+    let sent = app.fake.last_request();
+    assert_eq!(sent["tools"], json!([{"type": "web_search"}]));
+    let limit = sent["max_output_tokens"].as_i64().unwrap();
+    assert!(
+        limit < 2_000 - 1_445,
+        "the image is reserved for: limit {limit}"
+    );
+    // gpt-4o-mini bills up to 48,169 for it: refused, never sent.
+    let before = app.fake.request_count();
+    let res = send(&app, &with_image("gpt-4o-mini")).await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(app.fake.request_count(), before);
+    app.assert_invariant(USER);
+}
