@@ -3,14 +3,16 @@
 #
 #   docker build -t tokengate .
 #
-# Where no image can be pulled, both images can be replaced: BASE_IMAGE by any
-# Debian bookworm image (say one made with debootstrap and `podman import`), and
-# TOKENGATE_BINARY=context takes a tokengate built outside, for the same Debian, from
-# target/image/tokengate in the build context (the test suite does both).
+# Needs a builder that skips the stages the target does not use: BuildKit (Docker's
+# default builder since 23.0, and Compose's) or Podman/Buildah.
+#
+# Where no image can be pulled, BASE_IMAGE may be any Debian bookworm image (say one
+# made with debootstrap and `podman import`), and `--target prebuilt` takes a
+# tokengate built outside for that Debian from target/image/tokengate in the build
+# context instead of compiling it: the test suite builds it so.
 
 ARG RUST_IMAGE=rust:1.95-slim-bookworm
 ARG BASE_IMAGE=debian:bookworm-slim
-ARG TOKENGATE_BINARY=build
 
 FROM ${RUST_IMAGE} AS build
 RUN apt-get update \
@@ -26,22 +28,15 @@ COPY src src
 COPY migrations migrations
 COPY templates templates
 COPY static static
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked \
- && cp target/release/tokengate /tokengate
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
-# A binary built outside (TOKENGATE_BINARY=context).
-FROM ${BASE_IMAGE} AS context
-COPY target/image/tokengate /tokengate
-
-FROM ${TOKENGATE_BINARY} AS binary
-
-FROM ${BASE_IMAGE}
+# Everything but the binary: the libraries it links, an unprivileged user, the volume.
+FROM ${BASE_IMAGE} AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libssl3 libsqlite3-0 libpq5 tzdata \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin tokengate \
  && mkdir -p /app/data && chown tokengate /app/data
-COPY --from=binary /tokengate /usr/local/bin/tokengate
 WORKDIR /app
 USER tokengate
 ENV TOKENGATE_LISTEN=0.0.0.0:8080 \
@@ -51,3 +46,11 @@ EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=5s --retries=6 CMD ["tokengate", "healthcheck"]
 ENTRYPOINT ["tokengate"]
 CMD ["serve"]
+
+# `--target prebuilt`: a tokengate built outside.
+FROM runtime AS prebuilt
+COPY target/image/tokengate /usr/local/bin/tokengate
+
+# The default: the binary compiled above.
+FROM runtime
+COPY --from=build /src/target/release/tokengate /usr/local/bin/tokengate

@@ -100,9 +100,18 @@ pub struct ParsedRequest<'a> {
 }
 
 /// Fields of the Responses API that make the provider bill what tokengate cannot
-/// see (a stored conversation, a stored prompt): refused, as nothing could be
-/// reserved for them.
-const STORED_CONTEXT_FIELDS: [&str; 3] = ["previous_response_id", "conversation", "prompt"];
+/// see (a stored conversation, a stored prompt), or bill it later out of sight (a
+/// background response, whose answer carries no usage): refused, as nothing could
+/// be reserved or charged for them.
+const STORED_CONTEXT_FIELDS: [&str; 4] = [
+    "previous_response_id",
+    "conversation",
+    "prompt",
+    "background",
+];
+/// Chat Completions fields the Responses API does not take; a proxy that bridges it
+/// to Chat Completions (LiteLLM, for some providers) would pass them on unreserved.
+const NOT_RESPONSES_FIELDS: [&str; 4] = ["n", "best_of", "max_tokens", "max_completion_tokens"];
 /// The most choices (`n`) and candidates (`best_of`) OpenAI accepts.
 const MAX_CHOICES: i64 = 128;
 const MAX_BEST_OF: i64 = 20;
@@ -224,12 +233,30 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
         },
         Endpoint::Responses => {
             for key in STORED_CONTEXT_FIELDS {
-                if value_of(get(key), key)?.is_some_and(|v| !v.is_null()) {
+                if value_of(get(key), key)?.is_some_and(|v| !v.is_null() && v != false) {
                     return Err(field_error(
-                        "A stored conversation or prompt (`previous_response_id`, `conversation`, `prompt`) is billed by the provider at a size tokengate cannot see, so it cannot be reserved for. Send the whole conversation in `input`.",
+                        "A stored conversation or prompt (`previous_response_id`, `conversation`, `prompt`) or a background response (`background`) is billed by the provider out of tokengate's sight, so it cannot be reserved or charged for. Send the whole conversation in `input`, and wait for the answer.",
                         key,
                     ));
                 }
+            }
+            for key in NOT_RESPONSES_FIELDS {
+                if get(key).is_some() {
+                    return Err(field_error(
+                        "This field is not part of the Responses API (the limit is `max_output_tokens`).",
+                        key,
+                    ));
+                }
+            }
+            if let Some(tools) = value_of(get("tools"), "tools")?
+                && let Some(hosted) = hosted_tool(&tools)
+            {
+                return Err(ApiError::InvalidBody {
+                    message: format!(
+                        "The built-in tool `{hosted}` runs at the provider and bills searches, calls and the content it adds at amounts tokengate cannot reserve for. Use function tools."
+                    ),
+                    param: Some("tools"),
+                });
             }
             let mut tokens = match get("input") {
                 Some(raw) if raw.get().starts_with('[') => {
@@ -332,6 +359,7 @@ fn is_read_above(key: &str, endpoint: Endpoint) -> bool {
                 matches!(key, "input" | "instructions" | "text")
                     || estimate::DEFINITION_FIELDS.contains(&key)
                     || STORED_CONTEXT_FIELDS.contains(&key)
+                    || NOT_RESPONSES_FIELDS.contains(&key)
             }
         }
 }
@@ -394,9 +422,21 @@ fn json_error(e: &serde_json::Error, param: &'static str) -> ApiError {
     }
 }
 
+/// The first tool in `tools` that is not a function the client runs itself (web
+/// search, file search, code interpreter, image generation, remote MCP, computer use).
+fn hosted_tool(tools: &Value) -> Option<String> {
+    tools.as_array()?.iter().find_map(|tool| {
+        let kind = tool
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("function");
+        (!matches!(kind, "function" | "custom")).then(|| kind.chars().take(64).collect())
+    })
+}
+
 fn stored_file_error(param: &'static str) -> ApiError {
     field_error(
-        "A file part names a file kept at the provider (`file_id` or `file_url`): what the provider bills for it cannot be known, so it cannot be reserved for. Send the file's content inline (`file_data`).",
+        "Part of the input is kept at the provider (a file's `file_id` or `file_url`, an `item_reference`): what the provider bills for it cannot be known, so it cannot be reserved for. Send the content itself (a file inline as `file_data`).",
         param,
     )
 }

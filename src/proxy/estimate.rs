@@ -269,8 +269,24 @@ impl<'de> Deserialize<'de> for Message {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
                 let mut total = Counted::default();
                 // A key sent twice is counted twice: only ever an over-estimate.
-                while let Some(IsContent(content)) = map.next_key()? {
-                    total.add(map.next_value_seed(Counting { content })?);
+                while let Some(key) = map.next_key()? {
+                    match key {
+                        MessageKey::Type => {
+                            let kind = map.next_value::<Value>()?;
+                            // The Responses API's reference to an item kept at the
+                            // provider: billed at a size not seen here.
+                            if kind == "item_reference" {
+                                total.stored_files += 1;
+                            }
+                            total.add(Counted::text(definitions(&kind)));
+                        }
+                        MessageKey::Content => {
+                            total.add(map.next_value_seed(Counting { content: true })?);
+                        }
+                        MessageKey::Other => {
+                            total.add(map.next_value_seed(Counting { content: false })?);
+                        }
+                    }
                 }
                 Ok(Message(total))
             }
@@ -301,19 +317,29 @@ impl<'de> Deserialize<'de> for Message {
     }
 }
 
-/// Whether a message's key is `content`.
-struct IsContent(bool);
+/// What a message's key is to the count: its `type`; what it carries (`content`, or
+/// a Responses API tool result's `output`, which may hold images and files too); or
+/// anything else.
+enum MessageKey {
+    Type,
+    Content,
+    Other,
+}
 
-impl<'de> Deserialize<'de> for IsContent {
+impl<'de> Deserialize<'de> for MessageKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl Visitor<'_> for V {
-            type Value = IsContent;
+            type Value = MessageKey;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_str<E>(self, v: &str) -> Result<IsContent, E> {
-                Ok(IsContent(v == "content"))
+            fn visit_str<E>(self, v: &str) -> Result<MessageKey, E> {
+                Ok(match v {
+                    "type" => MessageKey::Type,
+                    "content" | "output" => MessageKey::Content,
+                    _ => MessageKey::Other,
+                })
             }
         }
         d.deserialize_str(V)
@@ -390,7 +416,12 @@ impl<'de> Visitor<'de> for Counting {
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Counted, A::Error> {
         let v = Value::deserialize(MapAccessDeserializer::new(map))?;
-        Ok(Counted::text(definitions(&v)))
+        Ok(if self.content {
+            // One part on its own (a computer tool's screenshot).
+            content_parts(&Value::Array(vec![v]))
+        } else {
+            Counted::text(definitions(&v))
+        })
     }
 }
 
@@ -430,7 +461,9 @@ fn content_parts(v: &Value) -> Counted {
                     .and_then(Value::as_str)
                     .map_or(0, count_text),
             )),
-            Some("image_url" | "input_image" | "image") => total.images += 1,
+            Some("image_url" | "input_image" | "image" | "computer_screenshot") => {
+                total.images += 1;
+            }
             Some("input_audio") => {
                 let data = part
                     .pointer("/input_audio/data")

@@ -308,8 +308,14 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
     }
 }
 
-/// Longest event kept for parsing; larger ones pass through unparsed.
+/// Longest event kept for parsing; larger ones pass through unparsed, but for the
+/// usage at their end (`TAIL_BYTES`).
 const MAX_EVENT_BYTES: usize = 1 << 20;
+/// The end of an oversized event kept to find its usage in: the Responses API's
+/// `response.completed` carries the whole response (output items, a generated
+/// image's base64, the tools echoed back) and its usage near the end, followed only
+/// by `user` and `metadata` (at most 16 short pairs).
+const TAIL_BYTES: usize = 64 << 10;
 /// Most completion text kept for the fallback estimate.
 const MAX_TEXT_BYTES: usize = 8 << 20;
 
@@ -319,6 +325,12 @@ pub struct SseScanner {
     /// The current line outgrew `MAX_EVENT_BYTES`; `line` keeps its start, enough
     /// to tell a `data` field from a comment.
     line_truncated: bool,
+    /// The last `TAIL_BYTES` of a line past `MAX_EVENT_BYTES`, and how many bytes
+    /// went past it in all.
+    line_tail: Vec<u8>,
+    line_overflow: usize,
+    /// The end of the current event's data when it was too long to parse.
+    oversized_tail: Vec<u8>,
     data: Vec<u8>,
     has_data: bool,
     oversized: bool,
@@ -403,12 +415,31 @@ impl SseScanner {
         } else {
             self.line.extend_from_slice(&bytes[..room]);
             self.line_truncated = true;
+            let over = &bytes[room..];
+            self.line_overflow += over.len();
+            let over = &over[over.len().saturating_sub(TAIL_BYTES)..];
+            let keep = TAIL_BYTES - over.len();
+            if self.line_tail.len() > keep {
+                self.line_tail.drain(..self.line_tail.len() - keep);
+            }
+            self.line_tail.extend_from_slice(over);
         }
     }
 
     fn end_line(&mut self) {
         let line = std::mem::take(&mut self.line);
         let truncated = std::mem::take(&mut self.line_truncated);
+        if truncated {
+            // The line's last bytes, in one piece: the kept start's end joins the
+            // overflow only when nothing between them was dropped.
+            let mut tail = Vec::with_capacity(TAIL_BYTES);
+            if self.line_overflow < TAIL_BYTES {
+                tail.extend_from_slice(&line[line.len() - (TAIL_BYTES - self.line_overflow)..]);
+            }
+            tail.append(&mut self.line_tail);
+            self.oversized_tail = tail;
+        }
+        self.line_overflow = 0;
         self.on_line(&line, truncated);
         self.line = line;
         self.line.clear();
@@ -454,7 +485,12 @@ impl SseScanner {
             if let Some(chunk) = parse_object(&self.data) {
                 self.absorb(chunk);
             }
+        } else if self.oversized
+            && let Some(usage) = usage_in_tail(&self.oversized_tail)
+        {
+            self.usage = Some(usage);
         }
+        self.oversized_tail.clear();
         self.data.clear();
         self.has_data = false;
         self.oversized = false;
@@ -502,6 +538,31 @@ impl Choice {
         let (mc, mr) = message.map_or((None, None), |m| (m.content.0, m.reasoning_content.0));
         [dc, dr, mc, mr, self.text.0]
     }
+}
+
+/// The usage object of an event too long to parse, from its end: the last
+/// `"usage":` followed by an object. The sequence cannot occur inside a JSON string
+/// (a quote there is escaped), so it is a key.
+fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
+    const KEY: &[u8] = b"\"usage\":";
+    // From the end, the first that is a usage object (a `metadata` key named
+    // "usage" after it holds a string).
+    tail.windows(KEY.len())
+        .enumerate()
+        .filter(|(_, w)| *w == KEY)
+        .map(|(at, _)| at)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .find_map(|at| {
+            let rest = &tail[at + KEY.len()..];
+            let first = rest.iter().find(|b| !b.is_ascii_whitespace())?;
+            if *first != b'{' {
+                return None;
+            }
+            let mut objects = serde_json::Deserializer::from_slice(rest).into_iter::<RawUsage>();
+            objects.next()?.ok()?.into_usage()
+        })
 }
 
 /// A JSON object read as a `Chunk`; anything else (an array, which serde would
@@ -560,6 +621,45 @@ mod tests {
         data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\", mundo\"}}]}\r\n\r\n\
         data: {\"choices\":[{\"index\":0,\"delta\":{}}],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15}}\r\r\
         data: [DONE]\n\n";
+
+    /// A Responses API stream whose `response.completed` is over the parse limit (a
+    /// generated image's base64 in it): its usage is still read from its end, however
+    /// the stream is cut into chunks, and a `metadata` key named "usage" after it is
+    /// not taken for it.
+    #[test]
+    fn the_usage_of_an_oversized_final_event_is_read_from_its_end() {
+        let image = "A".repeat(MAX_EVENT_BYTES + 300_000);
+        let completed = format!(
+            "{{\"type\":\"response.completed\",\"response\":{{\"output\":[{{\"type\":\"image_generation_call\",\"result\":\"{image}\"}}],\"usage\":{{\"input_tokens\":1234,\"output_tokens\":5678,\"total_tokens\":6912}},\"user\":null,\"metadata\":{{\"usage\":\"a \\\"usage\\\": note\"}}}}}}"
+        );
+        let stream = format!(
+            "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"delta\":\"Olá\"}}\n\nevent: response.completed\ndata: {completed}\n\n"
+        );
+        for piece in [7, 4096, 1 << 16, stream.len()] {
+            let mut s = SseScanner::new();
+            for chunk in stream.as_bytes().chunks(piece) {
+                s.feed(chunk);
+            }
+            s.finish();
+            assert_eq!(
+                s.usage(),
+                Some(Usage {
+                    prompt_tokens: 1234,
+                    completion_tokens: 5678
+                }),
+                "pieces of {piece}"
+            );
+            assert_eq!(s.text(), "Olá");
+        }
+        // With nothing after the usage but a huge metadata value, no usage is
+        // invented from the middle.
+        let mut s = SseScanner::new();
+        s.feed(
+            format!("data: {{\"usage\":{{\"input_tokens\":1}},\"x\":\"{image}\"}}\n\n").as_bytes(),
+        );
+        s.finish();
+        assert_eq!(s.usage(), None);
+    }
 
     #[test]
     fn reads_usage_and_text() {

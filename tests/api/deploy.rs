@@ -450,11 +450,20 @@ async fn podman_ok(args: &[&str]) -> String {
     text(&out.stdout).trim().to_owned()
 }
 
-/// Removes the test's containers, volume and image, pass or fail.
+/// Removes the test's containers, volume and image (and the untagged stage its
+/// build left, none other), pass or fail.
 struct PodmanCleanup {
     containers: Vec<String>,
     volume: String,
     image: String,
+    untagged_before: Vec<String>,
+}
+
+fn untagged_images() -> Vec<String> {
+    podman(&["images", "--quiet", "--filter", "dangling=true"])
+        .output()
+        .map(|o| text(&o.stdout).lines().map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 impl Drop for PodmanCleanup {
@@ -464,8 +473,11 @@ impl Drop for PodmanCleanup {
         }
         let _ = podman(&["volume", "rm", "-f", &self.volume]).output();
         let _ = podman(&["rmi", "-f", &self.image]).output();
-        // The build's intermediate stage (the binary on the base), left untagged.
-        let _ = podman(&["image", "prune", "-f"]).output();
+        for id in untagged_images() {
+            if !self.untagged_before.contains(&id) {
+                let _ = podman(&["rmi", &id]).output();
+            }
+        }
     }
 }
 
@@ -488,8 +500,9 @@ async fn the_image_runs_unprivileged_meters_a_chat_and_keeps_its_data() {
         containers: Vec::new(),
         volume: volume.clone(),
         image: image.clone(),
+        untagged_before: untagged_images(),
     };
-    // The binary under test, where the Dockerfile's `context` stage takes it from.
+    // The binary under test, where the Dockerfile's `prebuilt` target takes it from.
     let staged = repo("target/image/tokengate");
     std::fs::create_dir_all(staged.parent().unwrap()).unwrap();
     std::fs::copy(env!("CARGO_BIN_EXE_tokengate"), &staged).unwrap();
@@ -503,8 +516,8 @@ async fn the_image_runs_unprivileged_meters_a_chat_and_keeps_its_data() {
         "host",
         "--build-arg",
         &format!("BASE_IMAGE={base}"),
-        "--build-arg",
-        "TOKENGATE_BINARY=context",
+        "--target",
+        "prebuilt",
         "-t",
         &image,
         context.to_str().unwrap(),
@@ -581,5 +594,82 @@ async fn the_image_runs_unprivileged_meters_a_chat_and_keeps_its_data() {
     podman_ok(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     wait_ready(&client, &base_url).await;
     assert_eq!(used(second.clone()).await, spent);
+    drop(cleanup);
+}
+
+/// The Dockerfile's default build (no target), as `docker build .` runs it, on the
+/// same Debian base, with a stand-in for the Rust image whose `cargo` fails unless
+/// called as `cargo build --release --locked` (compiling tokengate again inside would
+/// take minutes): the build stage
+/// installs its packages and runs `cargo build --release --locked` on the sources,
+/// the `prebuilt` stage is skipped, and the runtime gets the build stage's binary.
+#[actix_web::test]
+async fn the_dockerfiles_default_build_takes_its_binary_from_the_rust_stage() {
+    let base = std::env::var("TOKENGATE_TEST_PODMAN_BASE").expect(
+        "TOKENGATE_TEST_PODMAN_BASE is not set: run the suite with scripts/test.sh, which installs Podman and makes a Debian base image",
+    );
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let rust = format!("localhost/tokengate-test-rust:{}", &id[..12]);
+    let image = format!("localhost/tokengate-test-default:{}", &id[..12]);
+    let mut cleanup = PodmanCleanup {
+        containers: Vec::new(),
+        volume: format!("tokengate-test-{}", &id[..12]),
+        image: image.clone(),
+        untagged_before: untagged_images(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Containerfile"),
+        format!(
+            "FROM {base}\nRUN printf '#!/bin/sh\\n[ \"$*\" = \"build --release --locked\" ] || exit 3\\nmkdir -p target/release && printf stand-in > target/release/tokengate\\n' > /usr/local/bin/cargo && chmod +x /usr/local/bin/cargo\n"
+        ),
+    )
+    .unwrap();
+    podman_ok(&[
+        "build",
+        "--quiet",
+        "--network",
+        "host",
+        "-t",
+        &rust,
+        dir.path().to_str().unwrap(),
+    ])
+    .await;
+    let context = repo(".");
+    let built = run(podman(&[
+        "build",
+        "--format",
+        "docker",
+        "--network",
+        "host",
+        "--build-arg",
+        &format!("RUST_IMAGE={rust}"),
+        "--build-arg",
+        &format!("BASE_IMAGE={base}"),
+        "-t",
+        &image,
+        context.to_str().unwrap(),
+    ]))
+    .await;
+    let log = format!("{}{}", text(&built.stdout), text(&built.stderr));
+    let _ = podman(&["rmi", "-f", &rust]).output();
+    assert!(built.status.success(), "{log}");
+    assert!(
+        !log.contains("target/image/tokengate"),
+        "the prebuilt stage ran: {log}"
+    );
+    let binary = podman_ok(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "cat",
+        &image,
+        "/usr/local/bin/tokengate",
+    ])
+    .await;
+    assert_eq!(binary, "stand-in");
+    let user = podman_ok(&["image", "inspect", "--format", "{{.Config.User}}", &image]).await;
+    assert_eq!(user, "tokengate");
+    cleanup.containers.clear();
     drop(cleanup);
 }

@@ -183,6 +183,37 @@ async fn stored_context_is_refused_and_never_sent() {
             json!({"model": "fake-model", "input": "oi", "instructions": ["x"]}),
             "instructions",
         ),
+        // An item kept at the provider, referenced.
+        (
+            json!({"model": "fake-model", "input": [{"type": "item_reference", "id": "msg_1"}]}),
+            "input",
+        ),
+        // A file in a tool's result.
+        (
+            json!({"model": "fake-model", "input": [{"type": "function_call_output", "call_id": "c1",
+            "output": [{"type": "input_file", "file_id": "file-1"}]}]}),
+            "input",
+        ),
+        // Answered later, out of sight (and its answer carries no usage).
+        (
+            json!({"model": "fake-model", "input": "oi", "background": true}),
+            "background",
+        ),
+        // Chat Completions fields: a bridge to Chat Completions would pass them on.
+        (json!({"model": "fake-model", "input": "oi", "n": 8}), "n"),
+        (
+            json!({"model": "fake-model", "input": "oi", "max_tokens": 100}),
+            "max_tokens",
+        ),
+        // Tools run at the provider bill what cannot be reserved.
+        (
+            json!({"model": "fake-model", "input": "oi", "tools": [{"type": "web_search"}]}),
+            "tools",
+        ),
+        (
+            json!({"model": "fake-model", "input": "oi", "tools": [{"type": "function", "name": "f", "parameters": {}}, {"type": "image_generation"}]}),
+            "tools",
+        ),
     ];
     for (body, param) in cases {
         let res = send(&app, &body).await;
@@ -229,16 +260,17 @@ async fn a_balance_under_the_smallest_limit_is_refused() {
 }
 
 /// What LibreChat's Responses API calls carry besides text: images (reserved at the
-/// most the model bills for one, as on chats) and built-in tools such as web search
-/// (passed on, their definitions counted in the prompt; the results the provider adds
-/// are in its usage, and charged).
+/// most the model bills for one, as on chats, in a message or in a tool's result) and
+/// function tools (passed on, their definitions counted in the prompt). Built-in
+/// tools are refused (`stored_context_is_refused_and_never_sent`).
 #[actix_web::test]
 async fn images_and_tools_of_librechats_responses_calls() {
     let app = spawn_app(TestOptions::default()).await;
     app.default_plan(2_000);
     let with_image = |model: &str| {
         json!({"model": model, "stream": true, "max_output_tokens": 100,
-            "tools": [{"type": "web_search"}],
+            "tools": [{"type": "function", "name": "buscar", "description": "Busca na web",
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}],
             "input": [{"role": "user", "content": [
                 {"type": "input_text", "text": "O que há nesta foto?"},
                 {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo=", "detail": "high"}]}]})
@@ -248,7 +280,7 @@ async fn images_and_tools_of_librechats_responses_calls() {
     assert_eq!(res.status(), 200);
     let _ = res.bytes().await.unwrap();
     let sent = app.fake.last_request();
-    assert_eq!(sent["tools"], json!([{"type": "web_search"}]));
+    assert_eq!(sent["tools"][0]["name"], "buscar");
     let limit = sent["max_output_tokens"].as_i64().unwrap();
     assert!(
         limit < 2_000 - 1_445,
@@ -257,6 +289,12 @@ async fn images_and_tools_of_librechats_responses_calls() {
     // gpt-4o-mini bills up to 48,169 for it: refused, never sent.
     let before = app.fake.request_count();
     let res = send(&app, &with_image("gpt-4o-mini")).await;
+    assert_eq!(res.status(), 429);
+    // Nor when the image comes back in a tool's result.
+    let in_tool_result = json!({"model": "gpt-4o-mini", "max_output_tokens": 100, "input": [
+        {"type": "function_call_output", "call_id": "c1", "output": [
+            {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}]}]});
+    let res = send(&app, &in_tool_result).await;
     assert_eq!(res.status(), 429);
     assert_eq!(app.fake.request_count(), before);
     app.assert_invariant(USER);

@@ -266,7 +266,7 @@ async fn a_file_kept_at_the_provider_is_refused_and_an_inline_one_is_reserved() 
                 err["error"]["message"]
                     .as_str()
                     .unwrap()
-                    .contains("Send the file's content inline"),
+                    .contains("Send the content itself"),
                 "{err}"
             );
         }
