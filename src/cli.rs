@@ -1,4 +1,4 @@
-//! The command line (SPEC section 6). Every command reads the same environment.
+//! The command line (docs/configuration.md). Every command reads the same environment.
 
 use crate::config::Config;
 use crate::db::Database;

@@ -1,4 +1,4 @@
-//! Configuration from the environment (SPEC section 6), validated in one pass so an
+//! Configuration from the environment (docs/configuration.md), validated in one pass so an
 //! operator sees every problem at once.
 
 use chrono_tz::Tz;

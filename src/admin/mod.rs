@@ -1,4 +1,4 @@
-//! The admin dashboard (SPEC section 8): server-rendered maud pages under `/admin`.
+//! The admin dashboard (docs/behaviour.md): server-rendered maud pages under `/admin`.
 //!
 //! - [`session`]: the signed session cookie, CSRF tokens and the Origin check;
 //! - [`accounts`]: admin accounts and sign-in rate limits;

@@ -1,4 +1,4 @@
-//! Alerts at usage thresholds (SPEC section 7) and their durable outbox.
+//! Alerts at usage thresholds (docs/behaviour.md) and their durable outbox.
 //!
 //! A settlement that crosses a threshold writes an alert row, and one outbox row per
 //! message (the user's and each admin's copy), in the same transaction as the usage:

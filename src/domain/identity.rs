@@ -1,4 +1,4 @@
-//! Who is calling: parsed from the headers LibreChat fills in (SPEC section 2).
+//! Who is calling: parsed from the headers LibreChat fills in (docs/behaviour.md).
 
 use base64::Engine;
 use std::fmt;

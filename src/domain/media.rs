@@ -1,4 +1,4 @@
-//! What a provider may bill for inputs the text estimate cannot see (SPEC section 5,
+//! What a provider may bill for inputs the text estimate cannot see (docs/behaviour.md,
 //! "What may be billed").
 
 /// The most tokens one image may cost with a model, as its provider documents it,

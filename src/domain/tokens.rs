@@ -1,4 +1,4 @@
-//! Token amounts and per-model weights (SPEC section 4).
+//! Token amounts and per-model weights (docs/behaviour.md).
 
 use std::fmt;
 
@@ -146,7 +146,7 @@ pub enum TokenAmountError {
     TooLarge,
 }
 
-/// `used / (used + left)` (SPEC section 4), as a whole percent from 0 to 100, rounded
+/// `used / (used + left)` (docs/behaviour.md), as a whole percent from 0 to 100, rounded
 /// down: a threshold `t` is reached exactly when `used * 100 >= t * (used + left)`.
 pub fn used_percent(used: i64, left: i64) -> u8 {
     let total = i128::from(used.max(0)) + i128::from(left.max(0));

@@ -1,4 +1,4 @@
-//! Balances, holds and the append-only ledger (SPEC sections 4 and 5).
+//! Balances, holds and the append-only ledger (docs/behaviour.md).
 //!
 //! Every mutation runs in one write transaction that first locks the user's balance
 //! row, so reservations of one user are serialized on any number of replicas and a
@@ -74,7 +74,7 @@ pub struct Blocked {
     pub remaining: i64,
 }
 
-/// Why a balance could not pay (SPEC section 5, "Exhausted").
+/// Why a balance could not pay (docs/behaviour.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockReason {
     /// The plan is used up: no request of the user's is in flight, and what remains

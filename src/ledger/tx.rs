@@ -171,7 +171,7 @@ pub(super) fn reserve(
 
 /// The least a balance must keep for a request to be worth making: below it (or
 /// below 1% of the cycle's allowance and credits), with nothing in flight, the user
-/// is exhausted (SPEC section 5).
+/// is exhausted (docs/behaviour.md).
 const SMALLEST_USEFUL_REQUEST: i64 = 1_000;
 
 /// A refusal for balance, and why. An exhausted user's first refusal (per arming)

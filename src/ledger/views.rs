@@ -35,7 +35,7 @@ pub struct UserSummary {
     /// `allowance_left + credits - held`: what the next request can use.
     pub remaining: i64,
     pub used_percent: u8,
-    /// Refused for balance with nothing left worth a request (SPEC section 5), or
+    /// Refused for balance with nothing left worth a request (docs/behaviour.md), or
     /// nothing left at all: the dashboard and the command line call this blocked.
     pub blocked: bool,
 }

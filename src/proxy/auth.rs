@@ -2,7 +2,7 @@
 //! and a presented key is compared against every digest in constant time.
 //!
 //! Two kinds of caller hold keys. LibreChat names the user of each request in its
-//! headers (SPEC section 2). A *service* (LibreChat's RAG API, which sends no user)
+//! headers (docs/behaviour.md). A *service* (LibreChat's RAG API, which sends no user)
 //! holds a key of its own (`TOKENGATE_SERVICE_KEYS`), and everything it sends is
 //! metered to its own account, `service:NAME`, with a plan and budget like any user's:
 //! the user headers it might send are ignored, so a service key cannot spend a

@@ -1,4 +1,4 @@
-//! The user-facing texts of a refusal (SPEC section 5): one plain line, action first,
+//! The user-facing texts of a refusal (docs/behaviour.md): one plain line, action first,
 //! at most `MAX_CHARS`, no braces (LibreChat parses `{...}` as JSON) and no words
 //! LibreChat mistakes for a context-length problem ("context", "too long", "too
 //! large").

@@ -1,4 +1,4 @@
-//! Errors on `/v1`, always in the OpenAI shape (SPEC section 3). LibreChat shows
+//! Errors on `/v1`, always in the OpenAI shape (docs/behaviour.md). LibreChat shows
 //! their text in the chat, so what a user can meet (the block, a suspension, the AI
 //! service or the database being down, a message over the size limit) is written in
 //! the configured language (`V1Error`); what only a developer wiring a client meets

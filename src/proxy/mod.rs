@@ -1,5 +1,5 @@
 //! The OpenAI-compatible `/v1` surface: authenticate, identify, estimate, reserve,
-//! forward, stream back unchanged, settle (SPEC sections 3 and 5).
+//! forward, stream back unchanged, settle (docs/behaviour.md).
 
 pub mod auth;
 pub mod block;
@@ -394,7 +394,7 @@ impl Timing {
     }
 }
 
-/// Identity from LibreChat's headers, else the body's `user` (SPEC section 2).
+/// Identity from LibreChat's headers, else the body's `user` (docs/behaviour.md).
 pub fn identify(headers: &HeaderMap, body_user: Option<&str>) -> Result<Identity, ApiError> {
     let header = |name: &str| {
         headers

@@ -1,4 +1,4 @@
-//! Alert emails (SPEC section 7) through a real SMTP server: thresholds, re-arming,
+//! Alert emails (docs/behaviour.md) through a real SMTP server: thresholds, re-arming,
 //! new cycles, both languages, hostile names, concurrency, SMTP outages and
 //! rejections, a killed process, and two instances sharing one database.
 

@@ -120,7 +120,7 @@ async fn hostile_identities_are_refused_before_anything_is_written() {
     ];
     for (case, id) in cases {
         let (status, err) = send(&app, &[("x-librechat-user-id", &id)], body.as_bytes()).await;
-        // SPEC section 3 has one code for identity errors; the message says which.
+        // docs/behaviour.md has one code for identity errors; the message says which.
         assert_clear(status, &err, 400, "missing_user", case);
         if !matches!(case, "blank" | "undecodable base64") {
             let message = err["error"]["message"].as_str().unwrap();

@@ -1,4 +1,4 @@
-//! What may be billed (SPEC section 5): the reservation covers the most the
+//! What may be billed (docs/behaviour.md): the reservation covers the most the
 //! provider can bill for the request as sent, with a provider that bills every
 //! choice, every candidate, every prompt of a list and every image. Streamed and
 //! not, a balance is never overspent, and what cannot be paid for is never sent.
@@ -35,8 +35,8 @@ fn estimate(body: &Value, endpoint: Endpoint) -> i64 {
 }
 
 /// After an answer: the user was charged what the provider billed, and it fits the
-/// plan, beyond the error of the prompt's estimate (the guarantee of SPEC section
-/// 5): what the provider generated plus the prompt as estimated.
+/// plan, beyond the error of the prompt's estimate (the guarantee in
+/// docs/behaviour.md): what the provider generated plus the prompt as estimated.
 fn assert_within(app: &TestApp, user: &str, billed: (i64, i64), estimate: i64, plan: i64) {
     let (prompt, completion) = billed;
     let s = app.summary(user);
