@@ -61,6 +61,9 @@ pub struct Reservation {
     /// The prompt as reserved: the text's estimate and the images at their worst
     /// case. Charged when no usage comes back.
     pub prompt_estimate: i64,
+    /// What the balance has left for other requests while this one holds its
+    /// reservation (`x-tokengate-remaining`).
+    pub remaining: i64,
 }
 
 /// Why a request was refused for balance.

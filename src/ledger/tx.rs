@@ -164,6 +164,7 @@ pub(super) fn reserve(
             weights,
             allowed_completion,
             prompt_estimate: prompt,
+            remaining: remaining - amount,
         }),
         0,
     ))

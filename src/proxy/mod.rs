@@ -234,6 +234,21 @@ async fn metered(
     };
 
     state.settler.started(&request_id);
+    // For API clients: what is left, and when the allowance renews.
+    let balance_headers = [
+        (
+            "x-tokengate-remaining",
+            reservation.remaining.max(0).to_string(),
+        ),
+        (
+            "x-tokengate-resets-at",
+            state
+                .ledger
+                .current_cycle()
+                .ends_at(state.ledger.timezone())
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ),
+    ];
     let meter = Meter {
         settler: state.settler.clone(),
         user: identity.key.clone(),
@@ -277,23 +292,27 @@ async fn metered(
         let body = read_limited(response, MAX_UPSTREAM_ERROR_BYTES).await;
         meter.close(Outcome::UpstreamError, status, None, "", ttfb);
         let body = body?;
-        return Ok(HttpResponse::build(status_code(status))
-            .insert_header((header::CONTENT_TYPE, content_type))
-            .insert_header(("x-request-id", request_id))
-            .body(body));
+        return Ok(
+            with_headers(HttpResponse::build(status_code(status)), &balance_headers)
+                .insert_header((header::CONTENT_TYPE, content_type))
+                .insert_header(("x-request-id", request_id))
+                .body(body),
+        );
     }
 
     if stream && content_type.starts_with("text/event-stream") {
         // The settlement is written while the answer goes out (`settler`): its time
         // is only in /metrics.
         let metered = MeteredStream::new(Box::pin(response.bytes_stream()), meter, status);
-        return Ok(HttpResponse::build(status_code(status))
-            .insert_header((header::CONTENT_TYPE, content_type))
-            .insert_header((header::CACHE_CONTROL, "no-cache"))
-            .insert_header(("x-accel-buffering", "no"))
-            .insert_header(("x-request-id", request_id))
-            .insert_header(("server-timing", timing.header()))
-            .streaming(metered));
+        return Ok(
+            with_headers(HttpResponse::build(status_code(status)), &balance_headers)
+                .insert_header((header::CONTENT_TYPE, content_type))
+                .insert_header((header::CACHE_CONTROL, "no-cache"))
+                .insert_header(("x-accel-buffering", "no"))
+                .insert_header(("x-request-id", request_id))
+                .insert_header(("server-timing", timing.header()))
+                .streaming(metered),
+        );
     }
 
     let ttfb = Some(started.elapsed());
@@ -318,11 +337,13 @@ async fn metered(
     } else {
         meter.close(Outcome::Completed, status, answer.usage, &answer.text, ttfb);
     }
-    Ok(HttpResponse::build(status_code(status))
-        .insert_header((header::CONTENT_TYPE, content_type))
-        .insert_header(("x-request-id", request_id))
-        .insert_header(("server-timing", timing.header()))
-        .body(body))
+    Ok(
+        with_headers(HttpResponse::build(status_code(status)), &balance_headers)
+            .insert_header((header::CONTENT_TYPE, content_type))
+            .insert_header(("x-request-id", request_id))
+            .insert_header(("server-timing", timing.header()))
+            .body(body),
+    )
 }
 
 /// A metered request once its body is read, checked and written out for upstream
@@ -471,6 +492,16 @@ async fn read_limited(res: reqwest::Response, limit: usize) -> Result<bytes::Byt
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+fn with_headers(
+    mut res: actix_web::HttpResponseBuilder,
+    headers: &[(&'static str, String)],
+) -> actix_web::HttpResponseBuilder {
+    for (name, value) in headers {
+        res.insert_header((*name, value.as_str()));
+    }
+    res
 }
 
 fn content_type_of(res: &reqwest::Response) -> String {

@@ -711,6 +711,56 @@ async fn completions_and_embeddings_are_metered() {
     app.assert_invariant(USER);
 }
 
+/// Every metered answer tells an API client what is left and when the allowance
+/// renews: what the balance keeps for other requests while this one's reservation
+/// holds (the prompt as estimated and the limit sent), and the cycle's end.
+#[actix_web::test]
+async fn metered_answers_carry_the_remaining_balance_and_the_renewal() {
+    let app = spawn_app(TestOptions::default()).await;
+    app.default_plan(1_000);
+    let mut before = 1_000;
+    for (model, stream) in [
+        ("fake-model", false),
+        ("fake-model", true),
+        ("fail-500", false),
+    ] {
+        let body = chat_body(model, "quanto falta", stream, Some(5));
+        let res = app.chat(&body).await;
+        let headers = res.headers().clone();
+        let _ = res.bytes().await.unwrap();
+        let estimate = tokengate::proxy::body::parse(
+            body.to_string().as_bytes(),
+            tokengate::proxy::Endpoint::ChatCompletions,
+        )
+        .unwrap()
+        .prompt_tokens;
+        let remaining: i64 = headers["x-tokengate-remaining"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            remaining,
+            before - (estimate + 5),
+            "{model} stream {stream}"
+        );
+        let resets = chrono::DateTime::parse_from_rfc3339(
+            headers["x-tokengate-resets-at"].to_str().unwrap(),
+        )
+        .unwrap();
+        let expected =
+            chrono::DateTime::parse_from_rfc3339(&app.summary(USER).cycle_resets_at).unwrap();
+        assert_eq!(resets, expected);
+        assert!(
+            headers["x-tokengate-resets-at"]
+                .to_str()
+                .unwrap()
+                .ends_with('Z')
+        );
+        before = app.summary(USER).remaining;
+    }
+}
+
 /// LibreChat's RAG API embeds uploaded files and names no user: with a service key
 /// (`TOKENGATE_SERVICE_KEYS`) its requests are metered to an account of its own,
 /// `service:rag-api`, and user headers it might send are ignored, so the key cannot
