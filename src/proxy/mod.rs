@@ -43,57 +43,28 @@ const MAX_UPSTREAM_ERROR_BYTES: usize = 1 << 20;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1")
-            .route("/chat/completions", web::post().to(chat_completions))
-            .route("/completions", web::post().to(completions))
-            .route("/embeddings", web::post().to(embeddings))
-            .route("/responses", web::post().to(responses))
+            .route(
+                "/chat/completions",
+                metered_route(Endpoint::ChatCompletions),
+            )
+            .route("/completions", metered_route(Endpoint::Completions))
+            .route("/embeddings", metered_route(Endpoint::Embeddings))
+            .route("/responses", metered_route(Endpoint::Responses))
             .route("/models", web::get().to(models))
             .default_service(web::to(not_found)),
     );
 }
 
-async fn chat_completions(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, V1Error> {
-    let locale = state.config.locale;
-    metered(req, payload, state, Endpoint::ChatCompletions)
-        .await
-        .map_err(|e| e.in_locale(locale))
-}
-
-async fn completions(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, V1Error> {
-    let locale = state.config.locale;
-    metered(req, payload, state, Endpoint::Completions)
-        .await
-        .map_err(|e| e.in_locale(locale))
-}
-
-async fn embeddings(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, V1Error> {
-    let locale = state.config.locale;
-    metered(req, payload, state, Endpoint::Embeddings)
-        .await
-        .map_err(|e| e.in_locale(locale))
-}
-
-async fn responses(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, V1Error> {
-    let locale = state.config.locale;
-    metered(req, payload, state, Endpoint::Responses)
-        .await
-        .map_err(|e| e.in_locale(locale))
+/// `POST` on a metered route: `metered`, its errors in the configured language.
+fn metered_route(endpoint: Endpoint) -> actix_web::Route {
+    web::post().to(
+        move |req: HttpRequest, payload: web::Payload, state: web::Data<AppState>| async move {
+            let locale = state.config.locale;
+            metered(req, payload, state, endpoint)
+                .await
+                .map_err(|e| e.in_locale(locale))
+        },
+    )
 }
 
 /// Any other route under `/v1`: refused, never forwarded unmetered.

@@ -99,8 +99,8 @@ fn stream_usage(bytes: &[u8]) -> Value {
         .unwrap_or(Value::Null)
 }
 
-#[actix_web::test]
-async fn charges_equal_the_usage_litellm_reports() {
+/// tokengate in front of a real LiteLLM in front of the fake provider.
+async fn behind_litellm() -> (FakeProvider, LiteLlm, TestApp) {
     let fake = FakeProvider::start();
     let litellm = start_litellm(&fake).await;
     let app = spawn_app(TestOptions {
@@ -109,6 +109,12 @@ async fn charges_equal_the_usage_litellm_reports() {
         ..Default::default()
     })
     .await;
+    (fake, litellm, app)
+}
+
+#[actix_web::test]
+async fn charges_equal_the_usage_litellm_reports() {
+    let (fake, litellm, app) = behind_litellm().await;
 
     let res = app
         .chat(&chat_body(
@@ -241,14 +247,7 @@ async fn official_openai_sdk_streams_and_does_not_retry_the_block() {
 /// provider; each charge is the usage the SDK read.
 #[actix_web::test]
 async fn the_responses_api_through_litellm_is_charged_what_the_sdk_reads() {
-    let fake = FakeProvider::start();
-    let litellm = start_litellm(&fake).await;
-    let app = spawn_app(TestOptions {
-        upstream: Some(format!("http://127.0.0.1:{}/v1", litellm.port)),
-        env: vec![("TOKENGATE_UPSTREAM_KEY", LITELLM_KEY.into())],
-        ..Default::default()
-    })
-    .await;
+    let (fake, litellm, app) = behind_litellm().await;
     let out = run_openai(&app, USER, "responses").await;
     assert_eq!(out["nonstream_text"], "tok ".repeat(20), "{out}");
     assert_eq!(out["stream_text"], "tok ".repeat(24), "{out}");
