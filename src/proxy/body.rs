@@ -190,17 +190,11 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
             let messages = get("messages")
                 .filter(|m| m.get().starts_with('['))
                 .ok_or_else(|| field_error("`messages` must be a non-empty array.", "messages"))?;
-            let estimate: estimate::Messages =
-                serde_json::from_str(messages.get()).map_err(|e| json_error(&e, "messages"))?;
-            if estimate.count == 0 {
-                return Err(field_error(
-                    "`messages` must be a non-empty array.",
-                    "messages",
-                ));
-            }
-            if estimate.stored_files > 0 {
-                return Err(stored_file_error("messages"));
-            }
+            let estimate = message_list(
+                messages,
+                "messages",
+                "`messages` must be a non-empty array.",
+            )?;
             images = estimate.images;
             let mut tokens = estimate.tokens;
             for key in estimate::DEFINITION_FIELDS {
@@ -260,17 +254,11 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
             }
             let mut tokens = match get("input") {
                 Some(raw) if raw.get().starts_with('[') => {
-                    let items: estimate::Messages =
-                        serde_json::from_str(raw.get()).map_err(|e| json_error(&e, "input"))?;
-                    if items.count == 0 {
-                        return Err(field_error(
-                            "`input` must be a string or a non-empty array.",
-                            "input",
-                        ));
-                    }
-                    if items.stored_files > 0 {
-                        return Err(stored_file_error("input"));
-                    }
+                    let items = message_list(
+                        raw,
+                        "input",
+                        "`input` must be a string or a non-empty array.",
+                    )?;
                     images = items.images;
                     items.tokens
                 }
@@ -420,6 +408,24 @@ fn json_error(e: &serde_json::Error, param: &'static str) -> ApiError {
             param: Some(param),
         }
     }
+}
+
+/// A conversation (`messages`, or the Responses API's `input` items) as the estimate
+/// reads it: not empty, and nothing in it kept at the provider.
+fn message_list(
+    raw: &RawValue,
+    param: &'static str,
+    empty: &str,
+) -> Result<estimate::Messages, ApiError> {
+    let list: estimate::Messages =
+        serde_json::from_str(raw.get()).map_err(|e| json_error(&e, param))?;
+    if list.count == 0 {
+        return Err(field_error(empty, param));
+    }
+    if list.stored_files > 0 {
+        return Err(stored_file_error(param));
+    }
+    Ok(list)
 }
 
 /// The first tool in `tools` that is not a function the client runs itself (web
