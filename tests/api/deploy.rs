@@ -405,7 +405,7 @@ async fn the_binary_serves_its_stylesheet_from_any_folder() {
         .env("TOKENGATE_DATA_DIR", elsewhere.path().join("data"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let _server = TokengateProcess(cmd.spawn().unwrap());
+    let _server = TokengateProcess::adopt(cmd.spawn().unwrap());
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&client, &base).await;

@@ -378,36 +378,79 @@ where
     }
 }
 
+/// A port for a server a test starts in another process (or binds later).
+///
+/// Chosen below the kernel's ephemeral range, so no outgoing connection of another
+/// test can take it before the server binds it (a port from `bind(0)` can be handed
+/// to any `connect` once released). A lock file, held until this test process ends,
+/// keeps the tests that run in parallel from choosing the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("tokengate-test-ports");
+    std::fs::create_dir_all(&dir).unwrap();
+    for _ in 0..1000 {
+        let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        let file = std::fs::File::create(dir.join(port.to_string())).unwrap();
+        if file.try_lock().is_err() {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            HELD.lock().unwrap().push(file);
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000");
 }
 
 /// A tokengate process that is killed when dropped, so a test that fails halfway
-/// leaves no server running.
-pub struct TokengateProcess(pub std::process::Child);
+/// leaves no server running. Its log goes to a file that a failing test prints.
+pub struct TokengateProcess {
+    child: std::process::Child,
+    log: Option<tempfile::NamedTempFile>,
+}
+
+impl TokengateProcess {
+    /// A process whose output the caller arranged (no log kept).
+    pub fn adopt(child: std::process::Child) -> Self {
+        Self { child, log: None }
+    }
+
+    /// What the process logged so far, its last 8 KiB.
+    pub fn log_tail(&self) -> String {
+        let Some(log) = &self.log else {
+            return "(no log kept)".into();
+        };
+        let text = std::fs::read(log.path()).unwrap_or_default();
+        let start = text.len().saturating_sub(8 * 1024);
+        String::from_utf8_lossy(&text[start..]).into_owned()
+    }
+}
 
 impl std::ops::Deref for TokengateProcess {
     type Target = std::process::Child;
     fn deref(&self) -> &Self::Target {
-        &self.0
+        &self.child
     }
 }
 
 impl std::ops::DerefMut for TokengateProcess {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
+        &mut self.child
     }
 }
 
 impl Drop for TokengateProcess {
     fn drop(&mut self) {
         // Already gone when the test stopped or killed it: nothing to do then.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() && self.log.is_some() {
+            eprintln!(
+                "--- log of tokengate process {} ---\n{}",
+                self.child.id(),
+                self.log_tail()
+            );
+        }
     }
 }
 
@@ -424,19 +467,27 @@ pub fn tokengate_process(
         .env("TOKENGATE_DATABASE_URL", db_url)
         .env("TOKENGATE_UPSTREAM_URL", upstream)
         .env("TOKENGATE_CLIENT_KEYS", CLIENT_KEY)
-        .env("TOKENGATE_ADMIN_PASSWORD", "test-admin-password");
+        .env("TOKENGATE_ADMIN_PASSWORD", "test-admin-password")
+        .env("NO_COLOR", "1");
     let (k, v) = test_now_env();
     cmd.env(k, v);
     cmd.env("TOKENGATE_DATA_DIR", process_data_dir(db_url));
     for (k, v) in env {
         cmd.env(k, v);
     }
-    TokengateProcess(
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    let log = tempfile::NamedTempFile::new().unwrap();
+    // Appending, so the two streams do not write over each other.
+    let append = || {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(log.path())
+            .unwrap()
+    };
+    let child = cmd.stdout(append()).stderr(append()).spawn().unwrap();
+    TokengateProcess {
+        child,
+        log: Some(log),
+    }
 }
 
 /// `TOKENGATE_DATA_DIR` of the processes on `db_url` (unless a test names another): a
