@@ -24,6 +24,36 @@ pub fn tokens(n: i64, locale: Locale) -> String {
     out
 }
 
+/// A round figure in words, as a person says it: `250 mil`, `1,5 milhão`, `2
+/// milhões` (`250 thousand`, `1.5 million`); below a thousand, the number itself.
+pub fn tokens_in_words(n: i64, locale: Locale) -> String {
+    let n = n.max(0);
+    let (unit, scale) = match n {
+        0..=999 => return tokens(n, locale),
+        1_000..=999_499 => ("k", 1_000),
+        _ => ("m", 1_000_000),
+    };
+    // One decimal under ten units ("2,5 mil"), whole units above ("250 mil").
+    let tenths = (n * 10 + scale / 2) / scale;
+    let value = if tenths < 100 && tenths % 10 != 0 {
+        let (whole, tenth) = (tenths / 10, tenths % 10);
+        match locale {
+            Locale::PtBr => format!("{whole},{tenth}"),
+            Locale::En => format!("{whole}.{tenth}"),
+        }
+    } else {
+        tokens((tenths + 5) / 10, locale)
+    };
+    let word = match (unit, locale) {
+        ("k", Locale::PtBr) => "mil",
+        ("k", Locale::En) => "thousand",
+        (_, Locale::PtBr) if tenths < 20 => "milhão",
+        (_, Locale::PtBr) => "milhões",
+        (_, Locale::En) => "million",
+    };
+    format!("{value} {word}")
+}
+
 /// A calendar date: `01/12/2026` (dd/mm/aaaa) or `December 1, 2026`.
 pub fn date(d: NaiveDate, locale: Locale) -> String {
     match locale {
@@ -45,6 +75,24 @@ pub fn datetime(utc: chrono::NaiveDateTime, tz: chrono_tz::Tz, locale: Locale) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn figures_in_words() {
+        let pt = |n| tokens_in_words(n, Locale::PtBr);
+        assert_eq!(pt(0), "0");
+        assert_eq!(pt(-5), "0");
+        assert_eq!(pt(999), "999");
+        assert_eq!(pt(2_500), "2,5 mil");
+        assert_eq!(pt(10_000), "10 mil");
+        assert_eq!(pt(250_000), "250 mil");
+        assert_eq!(pt(999_999), "1 milhão");
+        assert_eq!(pt(1_000_000), "1 milhão");
+        assert_eq!(pt(1_500_000), "1,5 milhão");
+        assert_eq!(pt(2_000_000), "2 milhões");
+        assert_eq!(pt(12_345_678), "12 milhões");
+        assert_eq!(tokens_in_words(250_000, Locale::En), "250 thousand");
+        assert_eq!(tokens_in_words(1_500_000, Locale::En), "1.5 million");
+    }
 
     #[test]
     fn brazilian_and_english_thousands() {

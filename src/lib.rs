@@ -4,6 +4,7 @@
 //! - [`proxy`]: the `/v1` hot path (auth, identity, estimate, reserve, forward, settle).
 //! - [`ledger`]: balances, holds, the append-only ledger and usage records.
 //! - [`admin`]: the admin dashboard (maud pages, sessions, CSRF).
+//! - [`me`]: the user's own page (balance, use; one-time links, user sessions).
 //! - [`alerts`]: threshold alerts, their outbox and the mail worker; [`mail`]: SMTP
 //!   and message templates; [`i18n`]: pt-BR and English number and date formats.
 //! - [`db`]: connections, pools and migrations for SQLite and PostgreSQL.
@@ -22,6 +23,7 @@ pub mod domain;
 pub mod i18n;
 pub mod ledger;
 pub mod mail;
+pub mod me;
 pub mod ops;
 pub mod proxy;
 pub mod startup;

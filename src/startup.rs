@@ -30,6 +30,9 @@ pub struct AppState {
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
     pub settler: Settler,
+    /// For the mails a request sends itself (the sign-in link).
+    pub mailer: Arc<Mailer>,
+    pub templates: Arc<Templates>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,13 +123,14 @@ impl Application {
             .local_addr()
             .map_err(|e| StartupError::Bind(config.listen.clone(), e))?
             .port();
-        let mailer = Mailer::from_config(&config).map_err(|e| StartupError::Mail(e.to_string()))?;
-        let templates = Templates::new().map_err(|e| StartupError::Mail(e.to_string()))?;
+        let mailer =
+            Arc::new(Mailer::from_config(&config).map_err(|e| StartupError::Mail(e.to_string()))?);
+        let templates = Arc::new(Templates::new().map_err(|e| StartupError::Mail(e.to_string()))?);
         let config = Arc::new(config);
         let mail_worker = MailWorker::new(
-            db,
-            Arc::new(mailer),
-            Arc::new(templates),
+            ledger.clone(),
+            mailer.clone(),
+            templates.clone(),
             config.clone(),
             config.instance_id.clone(),
             ledger.outbox_signal(),
@@ -139,6 +143,8 @@ impl Application {
             upstream,
             metrics,
             settler,
+            mailer,
+            templates,
         });
         let session_key = crate::admin::session::load_key(state.ledger.db())?;
         let secure_cookie = state.config.public_url.starts_with("https://");
@@ -150,6 +156,7 @@ impl Application {
                 .configure(crate::ops::configure)
                 .configure(crate::proxy::configure)
                 .configure(|cfg| crate::admin::configure(cfg, session_key.clone(), secure_cookie))
+                .configure(crate::me::configure)
                 .configure(|cfg| crate::assets::configure(cfg, static_dir.as_ref()))
         })
         // Streamed answers are many small writes: without TCP_NODELAY, Nagle's

@@ -136,6 +136,15 @@ pub fn bar(percent: u8, l: Locale) -> Markup {
 
 /// Tokens per day as an SVG bar chart, readable without JavaScript.
 pub fn daily_chart(days: &[(NaiveDate, i64)], l: Locale) -> Markup {
+    daily_chart_titled(
+        days,
+        l.pick("Uso nos últimos 30 dias", "Usage over the last 30 days"),
+        l,
+    )
+}
+
+/// [`daily_chart`] with its own caption.
+pub fn daily_chart_titled(days: &[(NaiveDate, i64)], caption: &str, l: Locale) -> Markup {
     const W: f64 = 600.0;
     const H: f64 = 160.0;
     const TOP: f64 = 16.0;
@@ -145,11 +154,7 @@ pub fn daily_chart(days: &[(NaiveDate, i64)], l: Locale) -> Markup {
     let slot = W / n;
     let plot = H - TOP - BOTTOM;
     let total: i64 = days.iter().map(|d| d.1).sum();
-    let summary = format!(
-        "{}: {} tokens",
-        l.pick("Uso nos últimos 30 dias", "Usage over the last 30 days"),
-        tokens(total, l)
-    );
+    let summary = format!("{caption}: {} tokens", tokens(total, l));
     html! {
         figure.chart {
             svg viewBox=(format!("0 0 {W} {H}")) role="img" aria-label=(summary) {

@@ -31,6 +31,8 @@ const POLL: Duration = Duration::from_secs(5);
 
 pub struct MailWorker {
     db: Database,
+    /// The ledger's clock, for the links in users' mails (they expire by it).
+    ledger: crate::ledger::Ledger,
     mailer: Arc<Mailer>,
     templates: Arc<Templates>,
     config: Arc<Config>,
@@ -55,7 +57,7 @@ impl Round {
 
 impl MailWorker {
     pub fn new(
-        db: Database,
+        ledger: crate::ledger::Ledger,
         mailer: Arc<Mailer>,
         templates: Arc<Templates>,
         config: Arc<Config>,
@@ -64,7 +66,8 @@ impl MailWorker {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            db,
+            db: ledger.db().clone(),
+            ledger,
             mailer,
             templates,
             config,
@@ -130,8 +133,24 @@ impl MailWorker {
         let facts = self
             .read(move |c, _| store::alert_facts(c, alert_id))
             .await?;
+        // The user's copy opens their page: a fresh one-time link per attempt, so a
+        // retried mail never carries a link an earlier attempt may have spent.
+        let page_link = match &facts {
+            Some(f) if row.role == Role::User.as_str() => {
+                let token = crate::me::store::issue(
+                    &self.db,
+                    f.user_id,
+                    crate::me::store::TokenKind::Link,
+                    self.ledger.now().naive_utc(),
+                    crate::me::ALERT_LINK_TTL,
+                )
+                .await?;
+                Some(crate::me::mail::link_url(&self.config.public_url, &token))
+            }
+            _ => None,
+        };
         let outcome = match facts {
-            Some(facts) => match self.compose(&row, &facts) {
+            Some(facts) => match self.compose(&row, &facts, page_link) {
                 Ok(mail) => self.mailer.send(&mail).await,
                 Err(e) => Err(e),
             },
@@ -186,14 +205,20 @@ impl MailWorker {
         }
     }
 
-    fn compose(&self, row: &Claimed, facts: &AlertFacts) -> Result<Outgoing, MailError> {
+    fn compose(
+        &self,
+        row: &Claimed,
+        facts: &AlertFacts,
+        page_link: Option<String>,
+    ) -> Result<Outgoing, MailError> {
         let locale = self.config.locale;
         let kind = if row.role == Role::Admin.as_str() {
             Kind::AlertAdmin
         } else {
             Kind::AlertUser
         };
-        let ctx = AlertContext::new(facts, &self.config, locale);
+        let mut ctx = AlertContext::new(facts, &self.config, locale);
+        ctx.page_link = page_link;
         let rendered = self
             .templates
             .render(kind, locale, &ctx)
@@ -266,6 +291,8 @@ struct AlertContext {
     contact: Option<String>,
     notified: bool,
     dashboard_url: String,
+    /// The user's copy: a one-time link to their page.
+    page_link: Option<String>,
 }
 
 impl AlertContext {
@@ -301,6 +328,7 @@ impl AlertContext {
             contact: config.support_contact.clone(),
             notified: f.user_notified,
             dashboard_url: format!("{}/admin/users/{}", config.public_url, f.user_id),
+            page_link: None,
         }
     }
 }

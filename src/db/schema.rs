@@ -179,7 +179,28 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    user_tokens (token_hash) {
+        token_hash -> Text,
+        user_id -> BigInt,
+        kind -> Text,
+        expires_at -> Timestamp,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    rate_events (id) {
+        id -> BigInt,
+        kind -> Text,
+        subject -> Text,
+        address -> Text,
+        created_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(users -> plans (plan_id));
+diesel::joinable!(user_tokens -> users (user_id));
 diesel::joinable!(audit_log -> users (user_id));
 diesel::joinable!(alerts -> users (user_id));
 diesel::joinable!(outbox -> alerts (alert_id));
@@ -203,4 +224,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     outbox,
     audit_log,
     login_failures,
+    user_tokens,
+    rate_events,
 );

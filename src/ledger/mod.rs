@@ -756,9 +756,38 @@ impl Ledger {
         Ok(views::ledger_entries(&mut conn, user_id)?)
     }
 
+    /// Every usage record of the user, oldest first.
     pub fn usage_records(&self, user_id: i64) -> Result<Vec<views::UsageRecord>, StoreError> {
         let mut conn = self.db.conn()?;
-        Ok(views::usage_records(&mut conn, user_id)?)
+        Ok(views::usage_records(&mut conn, user_id, None)?)
+    }
+
+    /// The user's `n` newest usage records, newest first.
+    pub fn recent_usage(
+        &self,
+        user_id: i64,
+        n: i64,
+    ) -> Result<Vec<views::UsageRecord>, StoreError> {
+        let mut conn = self.db.conn()?;
+        Ok(views::usage_records(&mut conn, user_id, Some(n))?)
+    }
+
+    /// What the user spent per local day of the current cycle, up to today.
+    pub fn daily_usage(&self, user_id: i64) -> Result<Vec<(chrono::NaiveDate, i64)>, StoreError> {
+        let now = self.now();
+        let start = self.current_cycle().starts_at(self.tz);
+        let days = (now.with_timezone(&self.tz).date_naive()
+            - start.with_timezone(&self.tz).date_naive())
+        .num_days()
+            + 1;
+        let mut conn = self.db.conn()?;
+        Ok(stats::daily(
+            &mut conn,
+            now,
+            self.tz,
+            days.clamp(1, 31),
+            Some(user_id),
+        )?)
     }
 
     pub fn holds(&self) -> Result<Vec<views::HoldRow>, StoreError> {

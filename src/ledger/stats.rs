@@ -206,32 +206,34 @@ pub(crate) fn overview(
         blocked: s.map_or(0, |s| s.blocked),
         suspended: s.map_or(0, |s| s.suspended),
         top_users,
-        daily: daily(c, now, tz, 30)?,
+        daily: daily(c, now, tz, 30, None)?,
     })
 }
 
-/// Tokens per local day over the last `days` days. Grouped by UTC hour in SQL, then
+/// Tokens per local day over the last `days` days, of one user or of everyone. Grouped by UTC hour in SQL, then
 /// by local day here: time zones with half-hour offsets put at most 30 minutes of a
 /// day's usage on the neighbouring day.
-fn daily(
+pub(crate) fn daily(
     c: &mut Conn,
     now: DateTime<Utc>,
     tz: Tz,
     days: i64,
+    user_id: Option<i64>,
 ) -> QueryResult<Vec<(NaiveDate, i64)>> {
+    let of_user = user_id.map_or(String::new(), |id| format!(" AND user_id = {id}"));
     let today = now.with_timezone(&tz).date_naive();
     let first = today - Duration::days(days - 1);
     let since = local_midnight(now - Duration::days(days - 1), tz) - Duration::hours(1);
     let pg = format!(
         "SELECT to_char(date_trunc('hour', created_at), 'YYYY-MM-DD HH24:00:00') AS hour, \
          CAST(SUM(charged) AS BIGINT) AS tokens FROM usage_records \
-         WHERE created_at >= '{0}' GROUP BY 1",
+         WHERE created_at >= '{0}'{of_user} GROUP BY 1",
         ts(since)
     );
     let sqlite = format!(
         "SELECT strftime('%Y-%m-%d %H:00:00', created_at) AS hour, \
          CAST(SUM(charged) AS BIGINT) AS tokens FROM usage_records \
-         WHERE created_at >= '{0}' GROUP BY 1",
+         WHERE created_at >= '{0}'{of_user} GROUP BY 1",
         ts(since)
     );
     let rows: Vec<HourTokens> = load(c, &pg, &sqlite)?;

@@ -304,26 +304,34 @@ pub(super) fn recent_ledger_entries(
         .load(c)
 }
 
-pub(super) fn usage_records(c: &mut Conn, user_id: i64) -> QueryResult<Vec<UsageRecord>> {
-    usage_records::table
+pub(super) fn usage_records(
+    c: &mut Conn,
+    user_id: i64,
+    newest: Option<i64>,
+) -> QueryResult<Vec<UsageRecord>> {
+    let mut q = usage_records::table
         .filter(usage_records::user_id.eq(user_id))
-        .order(usage_records::id.asc())
-        .select((
-            usage_records::request_id,
-            usage_records::model,
-            usage_records::endpoint,
-            usage_records::stream,
-            usage_records::prompt_tokens,
-            usage_records::completion_tokens,
-            usage_records::charged,
-            usage_records::estimated,
-            usage_records::outcome,
-            usage_records::status,
-            usage_records::latency_ms,
-            usage_records::ttfb_ms,
-            usage_records::created_at,
-        ))
-        .load(c)
+        .into_boxed();
+    q = match newest {
+        Some(n) => q.order(usage_records::id.desc()).limit(n),
+        None => q.order(usage_records::id.asc()),
+    };
+    q.select((
+        usage_records::request_id,
+        usage_records::model,
+        usage_records::endpoint,
+        usage_records::stream,
+        usage_records::prompt_tokens,
+        usage_records::completion_tokens,
+        usage_records::charged,
+        usage_records::estimated,
+        usage_records::outcome,
+        usage_records::status,
+        usage_records::latency_ms,
+        usage_records::ttfb_ms,
+        usage_records::created_at,
+    ))
+    .load(c)
 }
 
 pub(super) fn all_holds(c: &mut Conn) -> QueryResult<Vec<HoldRow>> {

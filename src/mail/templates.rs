@@ -46,6 +46,22 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../../templates/mail/alert_admin.en.html"),
     ),
     (
+        "sign_in.pt-BR.txt",
+        include_str!("../../templates/mail/sign_in.pt-BR.txt"),
+    ),
+    (
+        "sign_in.pt-BR.html",
+        include_str!("../../templates/mail/sign_in.pt-BR.html"),
+    ),
+    (
+        "sign_in.en.txt",
+        include_str!("../../templates/mail/sign_in.en.txt"),
+    ),
+    (
+        "sign_in.en.html",
+        include_str!("../../templates/mail/sign_in.en.html"),
+    ),
+    (
         "test.pt-BR.txt",
         include_str!("../../templates/mail/test.pt-BR.txt"),
     ),
@@ -72,6 +88,8 @@ pub enum Kind {
     AlertAdmin,
     /// `tokengate mail test`.
     Test,
+    /// A one-time link to the user's page, asked for on its sign-in page.
+    SignIn,
 }
 
 impl Kind {
@@ -80,6 +98,7 @@ impl Kind {
             Self::AlertUser => "alert_user",
             Self::AlertAdmin => "alert_admin",
             Self::Test => "test",
+            Self::SignIn => "sign_in",
         }
     }
 }
@@ -214,6 +233,7 @@ mod tests {
             "used": "830.000", "left": "170.000", "plan_allowance": "1.000.000",
             "resets_on": "01/12/2026", "contact": "suporte@example.com", "notified": true,
             "dashboard_url": "http://127.0.0.1:8080/admin/users/7",
+            "page_link": "http://127.0.0.1:8080/me/link/abc",
         })
     }
 
@@ -236,6 +256,42 @@ mod tests {
                 &json!({"transport": "smtp://mail:25", "from": "a@b.c"}),
             )?;
             assert!(r.subject.starts_with("tokengate"));
+            let r = t.render(
+                Kind::SignIn,
+                locale,
+                &json!({"name": "Ana", "link": "http://x/me/link/abc", "minutes": 30}),
+            )?;
+            assert!(r.text.contains("http://x/me/link/abc"), "{}", r.text);
+            // minijinja escapes "/" in HTML.
+            assert!(
+                r.html
+                    .replace("&#x2f;", "/")
+                    .contains("http://x/me/link/abc"),
+                "{}",
+                r.html
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_users_alert_carries_the_link_to_their_page_and_the_admins_copy_does_not()
+    -> Result<(), TemplateError> {
+        let t = Templates::new()?;
+        for locale in [Locale::PtBr, Locale::En] {
+            let user = t.render(Kind::AlertUser, locale, &alert_ctx("Ana", false))?;
+            assert!(user.text.contains("/me/link/abc"), "{}", user.text);
+            assert!(
+                user.html.replace("&#x2f;", "/").contains("/me/link/abc"),
+                "{}",
+                user.html
+            );
+            let mut ctx = alert_ctx("Ana", false);
+            ctx["page_link"] = json!(null);
+            let without = t.render(Kind::AlertUser, locale, &ctx)?;
+            assert!(!without.text.contains("/me/"), "{}", without.text);
+            let admin = t.render(Kind::AlertAdmin, locale, &alert_ctx("Ana", false))?;
+            assert!(!admin.text.contains("/me/link"), "{}", admin.text);
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ mod fake_provider;
 mod helpers;
 mod hostile;
 mod instances;
+mod me;
 mod metering;
 pub mod outage;
 mod real_clients;

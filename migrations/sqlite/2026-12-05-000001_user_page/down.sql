@@ -1,0 +1,2 @@
+DROP TABLE rate_events;
+DROP TABLE user_tokens;

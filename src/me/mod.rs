@@ -1,0 +1,147 @@
+//! The user's own page under `/me` (docs/behaviour.md, "The user's page"): balance,
+//! plan, use, alerts. Server-rendered, no JavaScript, phone-first.
+//!
+//! - [`store`]: one-time links, sessions and rate limits in the database;
+//! - [`session`]: the session cookie, its CSRF token and the Origin check;
+//! - [`pages`]: the handlers and their markup;
+//! - [`mail`]: the sign-in mail, sent in the background.
+//!
+//! A user is known here only through a link mailed to the address LibreChat sent.
+//! Nothing under `/me` takes a user id from the request: every page shows the
+//! session's own user, and the session cookie is not sent to `/admin`.
+
+pub mod mail;
+pub mod pages;
+pub mod session;
+pub mod store;
+
+use crate::db::RetryableError;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError, web};
+
+/// How long a link in an alert mail opens the page.
+pub const ALERT_LINK_TTL: chrono::Duration = chrono::Duration::days(7);
+/// How long a link asked for on the sign-in page works.
+pub const SIGN_IN_LINK_TTL: chrono::Duration = chrono::Duration::minutes(30);
+/// How long a browser stays signed in.
+pub const SESSION_TTL: chrono::Duration = chrono::Duration::days(14);
+
+/// Mounts `/me`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/me")
+            .wrap(
+                actix_web::middleware::DefaultHeaders::new()
+                    .add((header::CACHE_CONTROL, "no-store"))
+                    .add((header::X_FRAME_OPTIONS, "DENY"))
+                    .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+                    // The page's links carry one-time tokens: never send them on.
+                    .add((header::REFERRER_POLICY, "no-referrer"))
+                    .add((
+                        header::CONTENT_SECURITY_POLICY,
+                        "default-src 'none'; img-src 'self' data:; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+                    )),
+            )
+            .app_data(
+                web::FormConfig::default()
+                    .limit(16 * 1024)
+                    .error_handler(|_, _| MeError::BadRequest.into()),
+            )
+            .app_data(web::PathConfig::default().error_handler(|_, _| MeError::NotFound.into()))
+            .configure(pages::routes),
+    );
+}
+
+/// Errors of the user's pages that no page handles itself, each a short readable
+/// page in both languages (the locale is not at hand here).
+#[derive(Debug, thiserror::Error)]
+pub enum MeError {
+    /// No session, or it ended: go to the sign-in page.
+    #[error("sign-in required")]
+    SignInRequired,
+    /// A POST without the session's CSRF token, or from another site.
+    #[error("forbidden")]
+    Forbidden,
+    #[error("not found")]
+    NotFound,
+    #[error("bad request")]
+    BadRequest,
+    #[error("storage: {0}")]
+    Store(#[from] crate::db::StoreError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<crate::ledger::LedgerError> for MeError {
+    fn from(e: crate::ledger::LedgerError) -> Self {
+        match e {
+            crate::ledger::LedgerError::Store(s) => Self::Store(s),
+            // The session's user is gone: nothing to show.
+            _ => Self::SignInRequired,
+        }
+    }
+}
+
+impl From<actix_web::error::BlockingError> for MeError {
+    fn from(_: actix_web::error::BlockingError) -> Self {
+        Self::Internal("background task cancelled".into())
+    }
+}
+
+impl ResponseError for MeError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::SignInRequired => StatusCode::SEE_OTHER,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::Store(crate::db::StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Self::SignInRequired = self {
+            return HttpResponse::SeeOther()
+                .insert_header((header::LOCATION, "/me/sign-in"))
+                .finish();
+        }
+        let (title, text) = match self {
+            Self::Forbidden => (
+                "Ação recusada / Action refused",
+                "O formulário expirou ou veio de outro site. Volte, recarregue a página e tente de novo. / The form expired or came from another site. Go back, reload the page and try again.",
+            ),
+            Self::BadRequest => (
+                "Pedido inválido / Invalid request",
+                "O formulário chegou incompleto ou grande demais. Volte e tente de novo. / The form arrived incomplete or too large. Go back and try again.",
+            ),
+            Self::NotFound => (
+                "Página não encontrada / Page not found",
+                "Este endereço não existe. / This address does not exist.",
+            ),
+            Self::Store(e)
+                if matches!(e, crate::db::StoreError::Unavailable(_)) || e.is_retryable() =>
+            {
+                (
+                    "Serviço ocupado / Service busy",
+                    "Tente de novo em alguns segundos. / Try again in a few seconds.",
+                )
+            }
+            _ => (
+                "Erro interno / Internal error",
+                "Algo deu errado; o erro foi registrado. Tente de novo mais tarde. / Something went wrong; the error was logged. Try again later.",
+            ),
+        };
+        if matches!(self, Self::Store(_) | Self::Internal(_)) {
+            tracing::error!(error = %self, "user page failed");
+        }
+        HttpResponse::build(self.status_code())
+            .insert_header((
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ))
+            .body(pages::error_page(title, text).into_string())
+    }
+}
