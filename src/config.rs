@@ -160,6 +160,8 @@ pub struct Config {
     pub locale: Locale,
     pub block_status: BlockStatus,
     pub support_contact: Option<String>,
+    /// The operator's text for an exhausted balance (`TOKENGATE_BLOCK_TEXT`).
+    pub block_text: Option<crate::proxy::block::BlockText>,
     pub public_url: String,
     pub admin_email: Option<String>,
     pub admin_password: Option<SecretString>,
@@ -309,6 +311,15 @@ impl Config {
         })
         .trim_end_matches('/')
         .to_owned();
+        let block_text = get("TOKENGATE_BLOCK_TEXT").and_then(|raw| {
+            crate::proxy::block::BlockText::parse(&raw, &public_url, support_contact.as_deref())
+                .map_err(|e| {
+                    problems
+                        .borrow_mut()
+                        .push(format!("TOKENGATE_BLOCK_TEXT={raw:?}: {e}"));
+                })
+                .ok()
+        });
         let admin_email = get("TOKENGATE_ADMIN_EMAIL");
         if let Some(e) = &admin_email
             && crate::domain::Email::parse(e).is_err()
@@ -542,6 +553,7 @@ impl Config {
                 locale,
                 block_status,
                 support_contact,
+                block_text,
                 public_url,
                 admin_email,
                 admin_password: admin_password.map(SecretString::from),

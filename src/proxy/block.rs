@@ -13,8 +13,88 @@ pub const MAX_CHARS: usize = 185;
 const MAX_PLAN: usize = 40;
 const MAX_CONTACT: usize = 50;
 
-/// What the user reads when the balance cannot pay: why, and what to do.
-pub fn block_message(locale: Locale, blocked: &Blocked, contact: Option<&str>) -> String {
+/// The operator's own text for an exhausted balance (`TOKENGATE_BLOCK_TEXT`), with
+/// the placeholders `{plan}`, `{contact}` and `{page}` (the address of the user's
+/// page, where they see their balance and get more tokens).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockText {
+    template: String,
+    page: String,
+}
+
+const PLACEHOLDERS: [&str; 3] = ["{plan}", "{contact}", "{page}"];
+
+impl BlockText {
+    /// Checks the text once, at start: known placeholders only, one line, no braces
+    /// or context words, and at most `MAX_CHARS` with the longest plan name shown.
+    pub fn parse(raw: &str, public_url: &str, contact: Option<&str>) -> Result<Self, String> {
+        let text = Self {
+            template: raw.trim().to_owned(),
+            page: format!("{}/me", public_url.trim_end_matches('/')),
+        };
+        let mut rest = text.template.clone();
+        for p in PLACEHOLDERS {
+            rest = rest.replace(p, "");
+        }
+        if rest.contains(['{', '}']) {
+            return Err(format!(
+                "only the placeholders {} may be written in braces",
+                PLACEHOLDERS.join(", ")
+            ));
+        }
+        if text.template.is_empty() || text.template.chars().any(char::is_control) {
+            return Err("must be one line of text".into());
+        }
+        let lower = text.template.to_lowercase();
+        if let Some(word) = CONTEXT_WORDS.iter().find(|w| lower.contains(*w)) {
+            return Err(format!(
+                "LibreChat reads {word:?} as a context-length problem"
+            ));
+        }
+        let longest = text.render(&"W".repeat(MAX_PLAN), contact, Locale::PtBr);
+        let n = longest.chars().count();
+        if n > MAX_CHARS {
+            return Err(format!(
+                "is {n} characters with a plan name of {MAX_CHARS} and the page's address; at most {MAX_CHARS} are shown whole"
+            ));
+        }
+        Ok(text)
+    }
+
+    fn render(&self, plan: &str, contact: Option<&str>, locale: Locale) -> String {
+        let contact = contact
+            .map(|c| sanitize(c, MAX_CONTACT))
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| {
+                locale
+                    .pick("o administrador", "your administrator")
+                    .to_owned()
+            });
+        self.template
+            .replace("{plan}", &sanitize(plan, MAX_PLAN))
+            .replace("{contact}", &contact)
+            .replace("{page}", &self.page)
+    }
+}
+
+/// Words LibreChat takes for a context-length problem, whatever the status.
+const CONTEXT_WORDS: [&str; 3] = ["context", "too long", "too large"];
+
+/// What the user reads when the balance cannot pay: why, and what to do. `custom`
+/// replaces the text for an exhausted balance.
+pub fn block_message(
+    locale: Locale,
+    blocked: &Blocked,
+    contact: Option<&str>,
+    custom: Option<&BlockText>,
+) -> String {
+    if let (Some(text), BlockReason::Exhausted) = (custom, blocked.reason) {
+        return text
+            .render(&blocked.plan_name, contact, locale)
+            .chars()
+            .take(MAX_CHARS)
+            .collect();
+    }
     let plan = sanitize(&blocked.plan_name, MAX_PLAN);
     let contact = contact
         .map(|c| sanitize(c, MAX_CONTACT))
@@ -92,7 +172,8 @@ mod tests {
             block_message(
                 Locale::PtBr,
                 &blocked(BlockReason::Exhausted, "Mensal", 3),
-                Some("suporte@iasolaris.com.br")
+                Some("suporte@iasolaris.com.br"),
+                None
             ),
             "Seus tokens acabaram: você usou todo o seu plano Mensal. Para continuar, peça mais créditos a suporte@iasolaris.com.br."
         );
@@ -100,6 +181,7 @@ mod tests {
             block_message(
                 Locale::PtBr,
                 &blocked(BlockReason::TooLarge, "Mensal", 250_000),
+                None,
                 None
             ),
             "Esta mensagem é maior que o saldo restante de 250.000 tokens. Comece uma conversa nova ou peça mais créditos ao administrador."
@@ -117,18 +199,55 @@ mod tests {
             ] {
                 for contact in [None, Some("{evil}\nline"), Some(&*"x".repeat(1000))] {
                     let b = blocked(reason, &nasty, i64::MAX);
-                    let m = block_message(locale, &b, contact);
+                    let m = block_message(locale, &b, contact, None);
                     assert!(m.chars().count() <= MAX_CHARS, "{}: {m}", m.chars().count());
                     assert!(!m.contains(['{', '}', '\n', '\r']), "{m}");
                     assert!(!m.contains("99%"), "{m}");
                     // The longest plan and contact still leave the whole sentence.
                     assert!(m.ends_with('.'), "cut short: {m}");
                     let lower = m.to_lowercase();
-                    for word in ["context", "too long", "too large"] {
+                    for word in CONTEXT_WORDS {
                         assert!(!lower.contains(word), "{m}");
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_operators_text_carries_the_page_and_is_checked_at_start() {
+        let url = "https://tokens.iasolaris.com.br";
+        let text = BlockText::parse(
+            "Seus tokens do plano {plan} acabaram. Consiga mais em {page} ou fale com {contact}.",
+            url,
+            Some("suporte@iasolaris.com.br"),
+        )
+        .unwrap();
+        let b = blocked(BlockReason::Exhausted, "Mensal {x}\n", 0);
+        let m = block_message(
+            Locale::PtBr,
+            &b,
+            Some("suporte@iasolaris.com.br"),
+            Some(&text),
+        );
+        assert_eq!(
+            m,
+            "Seus tokens do plano Mensal x acabaram. Consiga mais em https://tokens.iasolaris.com.br/me ou fale com suporte@iasolaris.com.br."
+        );
+        // Other refusals keep their own texts, which say what happened.
+        let large = blocked(BlockReason::TooLarge, "Mensal", 250_000);
+        assert!(
+            block_message(Locale::PtBr, &large, None, Some(&text)).starts_with("Esta mensagem")
+        );
+        for bad in [
+            "Acabou {saldo}",
+            "Acabou { page }",
+            "Linha um\nlinha dois",
+            "Your context is used up: {page}",
+            "",
+            &format!("{} {{page}}", "x".repeat(150)),
+        ] {
+            assert!(BlockText::parse(bad, url, None).is_err(), "{bad:?}");
         }
     }
 }

@@ -189,6 +189,7 @@ async fn metered(
                 state.config.locale,
                 &b,
                 state.config.support_contact.as_deref(),
+                state.config.block_text.as_ref(),
             );
             return Err(ApiError::InsufficientQuota {
                 message: msg,

@@ -174,6 +174,11 @@ async fn the_compose_stack_is_valid_and_wired_by_service_names() {
             "    # Only tokengate reaches it; it reaches the providers.\n",
             "    ports: [\"4000:4000\"]\n",
         )
+        // The footer's link names another address than tokengate's own.
+        .replace(
+            "(${TOKENGATE_PUBLIC_URL:-http://127.0.0.1:8080}/me)",
+            "(https://elsewhere.example/me)",
+        )
         .replace(
             "    command: mongod --noauth\n",
             "    command: mongod --noauth --setParameter k=${OPENAI_API_KEY}\n",
@@ -196,6 +201,7 @@ async fn the_compose_stack_is_valid_and_wired_by_service_names() {
         "/.env, which hands it every secret of the stack",
         "litellm: publishes a port",
         "mongodb: holds OPENAI_API_KEY, which it does not use",
+        "api: CUSTOM_FOOTER must link to the users' page",
     ] {
         assert!(errors.contains(e), "{e:?} not reported: {errors}");
     }

@@ -608,3 +608,44 @@ async fn hostile_sign_in_forms_are_refused_with_a_readable_page() {
     assert_eq!(res.status(), 400);
     assert!(smtp.messages().is_empty(), "no mail for a hostile form");
 }
+
+#[actix_web::test]
+async fn the_operators_block_text_leads_to_the_users_page() {
+    let smtp = SmtpServer::start(SmtpOptions::default()).await;
+    let app = spawn_app(TestOptions {
+        env: vec![
+            ("TOKENGATE_SMTP_URL", smtp.url()),
+            ("TOKENGATE_PUBLIC_URL", PUBLIC_URL.into()),
+            (
+                "TOKENGATE_BLOCK_TEXT",
+                "Seus tokens do plano {plan} acabaram. Veja como conseguir mais em {page}".into(),
+            ),
+        ],
+        ..TestOptions::default()
+    })
+    .await;
+    app.default_plan(1_000);
+    chat_user(&app, "joao-1", "joao@example.com", "João", "fake-model", 40).await;
+    // Spent down to nothing: the next request is refused with the operator's text.
+    let mut last = None;
+    for _ in 0..200 {
+        let res = app
+            .post("/v1/chat/completions")
+            .header("x-librechat-user-id", "joao-1")
+            .body(chat_body("fake-model", "oi", false, Some(40)).to_string())
+            .send()
+            .await
+            .unwrap();
+        if res.status() != 200 {
+            last = Some(res);
+            break;
+        }
+    }
+    let res = last.expect("the plan never ran out");
+    assert_eq!(res.status(), 429);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "Seus tokens do plano Teste 1000 acabaram. Veja como conseguir mais em http://tokens.example.test/me"
+    );
+}

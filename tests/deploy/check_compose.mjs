@@ -126,6 +126,11 @@ for (const [name, svc] of Object.entries(services)) {
     }
   }
 }
+// The footer links every user to their page on tokengate, at the address tokengate
+// builds its own links with (LibreChat renders CUSTOM_FOOTER as markdown, split on "|").
+const footerLinks = [...String(envOf('api').CUSTOM_FOOTER ?? '').matchAll(/\]\(([^)\s]+)\)/g)].map((m) => m[1]);
+const pageUrl = `${String(envOf('tokengate').TOKENGATE_PUBLIC_URL ?? '').replace(/\/$/, '')}/me`;
+check(footerLinks.includes(pageUrl), `api: CUSTOM_FOOTER must link to the users' page ${pageUrl} (links: ${footerLinks.join(', ') || 'none'})`);
 check(envOf('api').ENDPOINTS === 'custom', `api: ENDPOINTS must be "custom" (is ${envOf('api').ENDPOINTS ?? 'unset: every built-in endpoint'})`);
 check(String(envOf('rag_api').RAG_OPENAI_BASEURL ?? '').startsWith('http://tokengate:'), 'rag_api: its embeddings must go through tokengate (RAG_OPENAI_BASEURL)');
 check(envOf('tokengate').TOKENGATE_SERVICE_KEYS === `rag-api=${env.TOKENGATE_RAG_KEY}`, 'tokengate: the RAG API\'s key is not a service key');
