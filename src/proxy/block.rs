@@ -215,14 +215,13 @@ mod tests {
     }
 
     #[test]
-    fn the_operators_text_carries_the_page_and_is_checked_at_start() {
+    fn the_operators_text_carries_the_page_and_is_checked_at_start() -> Result<(), String> {
         let url = "https://tokens.iasolaris.com.br";
         let text = BlockText::parse(
             "Seus tokens do plano {plan} acabaram. Consiga mais em {page} ou fale com {contact}.",
             url,
             Some("suporte@iasolaris.com.br"),
-        )
-        .unwrap();
+        )?;
         let b = blocked(BlockReason::Exhausted, "Mensal {x}\n", 0);
         let m = block_message(
             Locale::PtBr,
@@ -245,9 +244,10 @@ mod tests {
             "Linha um\nlinha dois",
             "Your context is used up: {page}",
             "",
-            &format!("{} {{page}}", "x".repeat(150)),
+            &format!("{} {{page}}", "x".repeat(151)),
         ] {
             assert!(BlockText::parse(bad, url, None).is_err(), "{bad:?}");
         }
+        Ok(())
     }
 }
