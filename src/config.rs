@@ -159,6 +159,8 @@ pub struct Config {
     pub timezone: Tz,
     pub locale: Locale,
     pub block_status: BlockStatus,
+    /// The in-chat notice after a threshold below 100% (`TOKENGATE_CHAT_NOTICE`).
+    pub chat_notice: bool,
     pub support_contact: Option<String>,
     /// The operator's text for an exhausted balance (`TOKENGATE_BLOCK_TEXT`).
     pub block_text: Option<crate::proxy::block::BlockText>,
@@ -295,6 +297,10 @@ impl Config {
         });
         let block_status =
             BlockStatus::parse(&block_status_raw).unwrap_or(BlockStatus::TooManyRequests);
+        let chat_notice = parse("TOKENGATE_CHAT_NOTICE", "on", &|v| match v {
+            "on" | "off" => Ok(()),
+            _ => Err("expected on or off".into()),
+        }) == "on";
         let support_contact = get("TOKENGATE_SUPPORT_CONTACT").map(|c| {
             // One line, no braces: it is shown inside LibreChat's error bubble.
             c.chars()
@@ -552,6 +558,7 @@ impl Config {
                 timezone,
                 locale,
                 block_status,
+                chat_notice,
                 support_contact,
                 block_text,
                 public_url,

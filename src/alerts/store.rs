@@ -2,7 +2,7 @@
 //! caller's transaction: the settlement's, or one of the worker's.
 
 use super::{Alert, AlertPolicy, DeliveryState, OutboxMessage, Role};
-use crate::db::schema::{alerts, outbox, plans, users};
+use crate::db::schema::{alerts, balances, outbox, plans, users};
 use crate::db::{AnyConnection, StoreError};
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -50,6 +50,12 @@ pub(crate) fn record_crossings(
     let Some(&top) = new.iter().max() else {
         return Ok(0);
     };
+    // Below 100% the chat also says it, once (the next streamed text answer); at
+    // 100% the block says it instead.
+    let notice_due = (top < 100).then_some(now);
+    diesel::update(balances::table.filter(balances::user_id.eq(s.user_id)))
+        .set(balances::notice_due.eq(notice_due))
+        .execute(c)?;
     let email: Option<String> = users::table.find(s.user_id).select(users::email).first(c)?;
     let mut queued = 0;
     for threshold in new {

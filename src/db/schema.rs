@@ -34,6 +34,7 @@ diesel::table! {
         used_this_cycle -> BigInt,
         updated_at -> Timestamp,
         exhausted_at -> Nullable<Timestamp>,
+        notice_due -> Nullable<Timestamp>,
     }
 }
 

@@ -10,6 +10,7 @@ mod tx;
 pub mod views;
 
 use crate::alerts::AlertPolicy;
+use crate::db::schema::balances;
 use crate::db::{Database, StoreError};
 use crate::domain::{Clock, Cycle, Email, Identity, TokenAmount, Weights};
 use chrono::{DateTime, Utc};
@@ -41,6 +42,9 @@ pub struct ReserveRequest {
     pub completions: i64,
     /// Image parts, reserved at the most the model may bill for each.
     pub images: i64,
+    /// The answer can carry the in-chat notice (a streamed text answer): a notice
+    /// due is claimed by this request.
+    pub notice_eligible: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +68,17 @@ pub struct Reservation {
     /// What the balance has left for other requests while this one holds its
     /// reservation (`x-tokengate-remaining`).
     pub remaining: i64,
+    /// The in-chat notice this answer ends with, claimed from the balance.
+    pub notice: Option<NoticeBase>,
+}
+
+/// What the in-chat notice says, before this answer's own charge is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoticeBase {
+    /// Used this cycle before this request.
+    pub used: i64,
+    /// Used plus what is left (allowance and credits) before this request.
+    pub total: i64,
 }
 
 /// Why a request was refused for balance.
@@ -543,6 +558,31 @@ impl Ledger {
         let key = self.current_cycle().key();
         let mut conn = self.db.conn()?;
         stats::list_users(&mut conn, q, &key)
+    }
+
+    /// An answer that claimed the in-chat notice ended without showing it (an
+    /// error, a client gone): the notice is due again, for the next answer. Written
+    /// in the background; a notice lost to a crash here costs no money.
+    pub fn notice_still_due(&self, user_id: i64) {
+        let db = self.db.clone();
+        let now = self.now().naive_utc();
+        actix_web::rt::spawn(async move {
+            let restored = db
+                .write(move |c| {
+                    diesel::update(
+                        balances::table
+                            .filter(balances::user_id.eq(user_id))
+                            .filter(balances::notice_due.is_null()),
+                    )
+                    .set(balances::notice_due.eq(now))
+                    .execute(c)
+                    .map_err(StoreError::from)
+                })
+                .await;
+            if let Err(e) = restored {
+                tracing::warn!(user = user_id, error = %e, "in-chat notice not kept for the next answer");
+            }
+        });
     }
 
     /// What a user spent this cycle, per model.

@@ -3,7 +3,7 @@
 
 use super::audit::{self, Action};
 use super::{
-    Actor, BlockReason, Blocked, Outcome, Reservation, ReserveOutcome, ReserveRequest,
+    Actor, BlockReason, Blocked, NoticeBase, Outcome, Reservation, ReserveOutcome, ReserveRequest,
     SettleResult, Settlement, UserRef,
 };
 use crate::alerts::{AlertPolicy, store as alert_store};
@@ -49,6 +49,7 @@ pub(super) struct BalanceRow {
     pub held: i64,
     pub used_this_cycle: i64,
     pub exhausted_at: Option<NaiveDateTime>,
+    pub notice_due: Option<NaiveDateTime>,
 }
 
 const BALANCE_COLUMNS: (
@@ -58,6 +59,7 @@ const BALANCE_COLUMNS: (
     balances::held,
     balances::used_this_cycle,
     balances::exhausted_at,
+    balances::notice_due,
 ) = (
     balances::cycle,
     balances::allowance_left,
@@ -65,6 +67,7 @@ const BALANCE_COLUMNS: (
     balances::held,
     balances::used_this_cycle,
     balances::exhausted_at,
+    balances::notice_due,
 );
 
 struct LedgerChange<'a> {
@@ -144,6 +147,17 @@ pub(super) fn reserve(
             .set(balances::exhausted_at.eq(None::<NaiveDateTime>))
             .execute(c)?;
     }
+    // A notice is due (a threshold was crossed): this answer carries it, and no
+    // other does. The row is locked, so of concurrent requests one claims it.
+    let notice = (req.notice_eligible && bal.notice_due.is_some()).then(|| NoticeBase {
+        used: bal.used_this_cycle,
+        total: bal.used_this_cycle + bal.allowance_left + bal.credits,
+    });
+    if notice.is_some() {
+        diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
+            .set(balances::notice_due.eq(None::<NaiveDateTime>))
+            .execute(c)?;
+    }
     let hold = diesel::insert_into(holds::table).values((
         holds::request_id.eq(&req.request_id),
         holds::user_id.eq(user_id),
@@ -165,6 +179,7 @@ pub(super) fn reserve(
             allowed_completion,
             prompt_estimate: prompt,
             remaining: remaining - amount,
+            notice,
         }),
         0,
     ))
@@ -1059,6 +1074,7 @@ pub(super) fn lock_and_roll(
             balances::allowance_left.eq(allowance),
             balances::used_this_cycle.eq(0_i64),
             balances::exhausted_at.eq(None::<NaiveDateTime>),
+            balances::notice_due.eq(None::<NaiveDateTime>),
         ))
         .execute(c)?;
     Ok(BalanceRow {
@@ -1066,6 +1082,7 @@ pub(super) fn lock_and_roll(
         allowance_left: allowance,
         used_this_cycle: 0,
         exhausted_at: None,
+        notice_due: None,
         ..bal
     })
 }

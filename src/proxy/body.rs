@@ -556,6 +556,30 @@ pub struct Prepared {
 }
 
 impl ParsedRequest<'_> {
+    /// A streamed chat answer that can only be text, for one person to read: one
+    /// choice, no tools or functions the model could call, no structured output. Only
+    /// such an answer may end with tokengate's notice line.
+    pub fn is_plain_text_stream(&self) -> bool {
+        let field = |key: &str| {
+            self.fields
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.get().trim())
+        };
+        let absent = |key: &str| field(key).is_none_or(|v| v == "null" || v == "[]");
+        let text_format = field("response_format").is_none_or(|v| {
+            v == "null"
+                || serde_json::from_str::<Value>(v)
+                    .is_ok_and(|f| f.get("type").and_then(Value::as_str) == Some("text"))
+        });
+        self.endpoint == Endpoint::ChatCompletions
+            && self.stream
+            && self.completions == 1
+            && absent("tools")
+            && absent("functions")
+            && text_format
+    }
+
     /// Sets `user`, forces usage into streams and takes the limit fields out, to be
     /// put back by `Prepared::finish`. Every other field goes as the client wrote it.
     pub fn prepare(&self, user: &str) -> Result<Prepared, ApiError> {

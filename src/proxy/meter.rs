@@ -115,6 +115,81 @@ impl Drop for Meter {
 
 type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>>>>;
 
+/// A line of tokengate's own added to the end of a streamed text answer (the in-chat
+/// notice), as one more chunk just before upstream's `data: [DONE]`. The answer's
+/// bytes pass unchanged around it; only whole lines are passed on while it waits,
+/// so the `[DONE]` line is never split. Its text is made from the answer's usage.
+pub struct Notice {
+    event: Option<Box<dyn FnOnce(Option<Usage>) -> Bytes>>,
+    /// Called when the answer ended without the notice (an error, a client gone).
+    unshown: Option<Box<dyn FnOnce()>>,
+    /// The end of the bytes received, after their last line break.
+    partial: bytes::BytesMut,
+}
+
+impl Notice {
+    pub fn new(
+        event: impl FnOnce(Option<Usage>) -> Bytes + 'static,
+        unshown: impl FnOnce() + 'static,
+    ) -> Self {
+        Self {
+            event: Some(Box::new(event)),
+            unshown: Some(Box::new(unshown)),
+            partial: bytes::BytesMut::new(),
+        }
+    }
+
+    /// What of `chunk` may go on now: whole lines, with the notice before `[DONE]`
+    /// unless the stream reported an error (`healthy` false).
+    fn pass(&mut self, chunk: Bytes, usage: Option<Usage>, healthy: bool) -> Bytes {
+        if self.event.is_none() {
+            return chunk;
+        }
+        self.partial.extend_from_slice(&chunk);
+        let Some(last_break) = self.partial.iter().rposition(|b| *b == b'\n') else {
+            return Bytes::new();
+        };
+        let lines = self.partial.split_to(last_break + 1).freeze();
+        let done = lines
+            .windows(DONE.len())
+            .enumerate()
+            .find(|(at, w)| *w == DONE && (*at == 0 || lines[at - 1] == b'\n'))
+            .map(|(at, _)| at);
+        match (done, self.event.take()) {
+            // An answer that ended in an error gets no notice: it stays due.
+            (Some(_), Some(_)) if !healthy => lines,
+            (Some(at), Some(event)) => {
+                self.unshown = None;
+                let mut out = bytes::BytesMut::with_capacity(lines.len() + 512);
+                out.extend_from_slice(&lines[..at]);
+                out.extend_from_slice(&event(usage));
+                out.extend_from_slice(&lines[at..]);
+                out.freeze()
+            }
+            (None, event) => {
+                self.event = event;
+                lines
+            }
+            (Some(_), None) => lines,
+        }
+    }
+
+    /// The bytes still held at the end of the stream.
+    fn rest(&mut self) -> Bytes {
+        self.partial.split().freeze()
+    }
+}
+
+impl Drop for Notice {
+    fn drop(&mut self) {
+        if let Some(unshown) = self.unshown.take() {
+            unshown();
+        }
+    }
+}
+
+const DONE: &[u8] = b"data: [DONE]";
+
 /// Most bytes gathered into one write to the client.
 const MAX_BURST: usize = 64 * 1024;
 
@@ -142,6 +217,7 @@ pub struct MeteredStream {
     burst_len: usize,
     /// Set after a chunk: the turn given to other tasks before looking for more.
     yielding: Option<LocalBoxFuture<'static, ()>>,
+    notice: Option<Notice>,
 }
 
 impl MeteredStream {
@@ -157,7 +233,14 @@ impl MeteredStream {
             burst: Vec::new(),
             burst_len: 0,
             yielding: None,
+            notice: None,
         }
+    }
+
+    /// Ends the answer with `notice` (a streamed text answer only).
+    pub fn with_notice(mut self, notice: Option<Notice>) -> Self {
+        self.notice = notice;
+        self
     }
 
     /// The chunks gathered so far, as one.
@@ -223,8 +306,14 @@ impl Stream for MeteredStream {
                         this.first_byte = this.meter.as_ref().map(|m| m.started.elapsed());
                     }
                     this.scanner.feed(&bytes);
+                    let bytes = match this.notice.as_mut() {
+                        Some(n) => n.pass(bytes, this.scanner.usage(), !this.scanner.error_seen()),
+                        None => bytes,
+                    };
                     this.burst_len += bytes.len();
-                    this.burst.push(bytes);
+                    if !bytes.is_empty() {
+                        this.burst.push(bytes);
+                    }
                     if this.burst_len >= MAX_BURST {
                         return Poll::Ready(this.take_burst().map(Ok));
                     }
@@ -239,6 +328,12 @@ impl Stream for MeteredStream {
                     this.finished = true;
                 }
                 Poll::Ready(None) => {
+                    if let Some(rest) = this.notice.as_mut().map(Notice::rest)
+                        && !rest.is_empty()
+                    {
+                        this.burst_len += rest.len();
+                        this.burst.push(rest);
+                    }
                     this.scanner.finish();
                     // LiteLLM reports a provider's failure after its 200 as an error
                     // event: alone it generated nothing; after some text it is a

@@ -7,6 +7,7 @@ pub mod body;
 pub mod error;
 pub mod estimate;
 pub mod meter;
+pub mod notice;
 pub mod settler;
 pub mod spool;
 pub mod sse;
@@ -128,6 +129,7 @@ async fn metered(
         requested_max,
         completions,
         images,
+        plain_text,
     } = admit(&req, payload, &state, endpoint, caller).await?;
     // Time-ordered (UUIDv7): holds and usage records are keyed by it, and ids that
     // grow with time append at the end of those B-trees instead of writing a random
@@ -153,6 +155,7 @@ async fn metered(
         min_completion: endpoint.min_completion(),
         completions,
         images,
+        notice_eligible: plain_text && state.config.chat_notice,
     };
     let mut timing = Timing {
         parse: started.elapsed(),
@@ -234,6 +237,21 @@ async fn metered(
         started,
         open: true,
     };
+    // Claimed by this request: shown at the end of its stream, or (dropped unshown,
+    // on any other way out) left due for the next answer.
+    let notice = reservation.notice.map(|base| {
+        let ledger = state.ledger.clone();
+        let user_id = reservation.user_id;
+        notice::for_answer(
+            base,
+            reservation.amount,
+            reservation.weights,
+            model.clone(),
+            state.config.locale,
+            format!("{}/me", state.config.public_url),
+            move || ledger.notice_still_due(user_id),
+        )
+    });
     let upstream_body = prepared.finish(reservation.allowed_completion);
 
     let sending = Instant::now();
@@ -275,7 +293,8 @@ async fn metered(
     if stream && content_type.starts_with("text/event-stream") {
         // The settlement is written while the answer goes out (`settler`): its time
         // is only in /metrics.
-        let metered = MeteredStream::new(Box::pin(response.bytes_stream()), meter, status);
+        let metered = MeteredStream::new(Box::pin(response.bytes_stream()), meter, status)
+            .with_notice(notice);
         return Ok(
             with_headers(HttpResponse::build(status_code(status)), &balance_headers)
                 .insert_header((header::CONTENT_TYPE, content_type))
@@ -329,6 +348,8 @@ struct Admitted {
     requested_max: Option<i64>,
     completions: i64,
     images: i64,
+    /// A streamed chat answer that can only be text (may carry the in-chat notice).
+    plain_text: bool,
 }
 
 /// Reads and checks the body and the user. Done before the reservation waits, so
@@ -353,6 +374,7 @@ async fn admit(
         },
     };
     let prepared = parsed.prepare(identity.key.as_str())?;
+    let plain_text = parsed.is_plain_text_stream();
     Ok(Admitted {
         identity,
         prepared,
@@ -362,6 +384,7 @@ async fn admit(
         requested_max: parsed.requested_max,
         completions: parsed.completions,
         images: parsed.images,
+        plain_text,
     })
 }
 

@@ -679,3 +679,71 @@ async fn the_dockerfiles_default_build_takes_its_binary_from_the_rust_stage() {
     cleanup.containers.clear();
     drop(cleanup);
 }
+
+/// LibreChat's chat client streams the answers of a user past 80%: the first ends
+/// with tokengate's notice line, after the whole answer; the next has none.
+#[actix_web::test]
+async fn librechats_client_shows_the_notice_once_at_the_end_of_the_answer() {
+    let app = spawn_app(TestOptions {
+        env: vec![(
+            "TOKENGATE_PUBLIC_URL",
+            "https://tokens.iasolaris.com.br".into(),
+        )],
+        ..TestOptions::default()
+    })
+    .await;
+    app.default_plan(1_000_000);
+    app.ledger()
+        .set_weights(
+            "w1000",
+            tokengate::domain::Weights::from_milli(1000, 1_000_000).unwrap(),
+            None,
+            &tokengate::ledger::Actor::Cli,
+        )
+        .unwrap();
+    let user = "65f1c0ffee00000000009999";
+    while app
+        .ledger()
+        .find_user(&tokengate::ledger::parse_user_ref(user))
+        .unwrap()
+        .is_none_or(|id| app.ledger().user_summary(id).unwrap().used_percent < 80)
+    {
+        let res = app
+            .chat_as(user, &chat_body("w1000", "oi", false, Some(40)))
+            .await;
+        assert_eq!(res.status(), 200);
+        app.settled();
+    }
+    let dir = node_dir();
+    let base = format!("{}/v1", app.address);
+    let chat = || {
+        node(
+            dir.path(),
+            "librechat_client.mjs",
+            &[&base, CLIENT_KEY, user, "rita@example.com", "Rita"],
+        )
+    };
+    let answer = "tok ".repeat(crate::fake_provider::NATURAL_COMPLETION as usize);
+    let out = run(chat()).await;
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}{}", text(&out.stdout), text(&out.stderr)));
+    let shown = result["text"].as_str().unwrap();
+    let notice = shown
+        .strip_prefix(answer.as_str())
+        .unwrap_or_else(|| panic!("the answer first, whole: {shown:?}"));
+    assert!(
+        notice.starts_with("\n\nAtenção: você já usou 8")
+            && notice.ends_with("Veja seu saldo: https://tokens.iasolaris.com.br/me"),
+        "{notice:?}"
+    );
+    assert_eq!(notice.matches("Atenção").count(), 1);
+    app.settled();
+    let out = run(chat()).await;
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}{}", text(&out.stdout), text(&out.stderr)));
+    assert_eq!(
+        result["text"],
+        answer.as_str(),
+        "once per crossing: {result}"
+    );
+}

@@ -16,6 +16,7 @@ mod hostile;
 mod instances;
 mod me;
 mod metering;
+mod notice;
 pub mod outage;
 mod real_clients;
 mod replicas;

@@ -25,3 +25,7 @@ CREATE TABLE rate_events (
 );
 CREATE INDEX rate_events_subject ON rate_events (kind, subject, created_at);
 CREATE INDEX rate_events_address ON rate_events (kind, address, created_at);
+
+-- Set when a usage crosses an alert threshold below 100%: the user's next streamed
+-- text answer in the chat ends with a notice line, once, and clears it.
+ALTER TABLE balances ADD COLUMN notice_due TIMESTAMP;
