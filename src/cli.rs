@@ -37,6 +37,9 @@ enum Command {
     /// Manage credit top-ups.
     #[command(subcommand)]
     Credits(CreditsCommand),
+    /// Codes worth tokens, which users redeem on their page.
+    #[command(subcommand)]
+    Codes(CodesCommand),
     /// Inspect users and balances.
     #[command(subcommand)]
     Users(UsersCommand),
@@ -66,6 +69,25 @@ enum CreditsCommand {
         user: String,
         #[arg(value_parser = parse_tokens, allow_hyphen_values = true)]
         tokens: TokenAmount,
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CodesCommand {
+    /// Make a batch of single-use codes and print them as CSV (the only time they
+    /// are shown: tokengate keeps their hashes).
+    Create {
+        /// Tokens each code adds.
+        #[arg(long, value_parser = parse_tokens)]
+        tokens: TokenAmount,
+        /// How many codes (1 to 10,000).
+        #[arg(long)]
+        count: i64,
+        /// Last day the codes work (YYYY-MM-DD, in TOKENGATE_TIMEZONE).
+        #[arg(long)]
+        valid_until: chrono::NaiveDate,
         #[arg(long)]
         note: Option<String>,
     },
@@ -106,6 +128,12 @@ pub fn main() -> ExitCode {
         Command::Check => check(&config),
         Command::Healthcheck => healthcheck(&config),
         Command::Admin(AdminCommand::Add { email }) => admin_add(&config, &email),
+        Command::Codes(CodesCommand::Create {
+            tokens,
+            count,
+            valid_until,
+            note,
+        }) => codes_create(&config, tokens, count, valid_until, note.as_deref()),
         Command::Credits(CreditsCommand::Grant { user, tokens, note }) => {
             grant(&config, &user, tokens, note.as_deref())
         }
@@ -281,6 +309,41 @@ fn grant(config: &Config, user: &str, tokens: TokenAmount, note: Option<&str>) -
         label(&summary),
         summary.credits,
         summary.remaining
+    );
+    Ok(())
+}
+
+fn codes_create(
+    config: &Config,
+    tokens: TokenAmount,
+    count: i64,
+    valid_until: chrono::NaiveDate,
+    note: Option<&str>,
+) -> CmdResult {
+    use crate::admin::pages::codes;
+    if !(1..=crate::ledger::credits::MAX_BATCH).contains(&count) {
+        return Err(format!(
+            "--count must be from 1 to {}",
+            crate::ledger::credits::MAX_BATCH
+        )
+        .into());
+    }
+    let ledger = open(config)?;
+    let today = ledger.now().with_timezone(&config.timezone).date_naive();
+    let expires_at = codes::end_of(valid_until, config.timezone)
+        .filter(|_| valid_until >= today)
+        .ok_or("--valid-until must be today or later")?;
+    let note = note.map(|n| {
+        n.chars()
+            .filter(|c| !c.is_control())
+            .take(300)
+            .collect::<String>()
+    });
+    let (batch, list) =
+        ledger.create_code_batch(tokens, count, expires_at, note.as_deref(), &Actor::Cli)?;
+    print!("{}", codes::csv(batch, tokens.get(), valid_until, &list));
+    eprintln!(
+        "Batch #{batch}: {count} codes of {tokens} tokens, valid until {valid_until}. Keep this output: the codes are not shown again."
     );
     Ok(())
 }

@@ -54,6 +54,18 @@ pub fn tokens_in_words(n: i64, locale: Locale) -> String {
     format!("{value} {word}")
 }
 
+/// A round figure of tokens as a sentence says it: `250 mil tokens`, `1,5 milhão
+/// de tokens` (Portuguese puts "de" after milhão and milhões), `1.5 million tokens`.
+pub fn tokens_phrase(n: i64, locale: Locale) -> String {
+    let words = tokens_in_words(n, locale);
+    let de = locale == Locale::PtBr && (words.ends_with("milhão") || words.ends_with("milhões"));
+    if de {
+        format!("{words} de tokens")
+    } else {
+        format!("{words} tokens")
+    }
+}
+
 /// A calendar date: `01/12/2026` (dd/mm/aaaa) or `December 1, 2026`.
 pub fn date(d: NaiveDate, locale: Locale) -> String {
     match locale {
@@ -92,6 +104,17 @@ mod tests {
         assert_eq!(pt(12_345_678), "12 milhões");
         assert_eq!(tokens_in_words(250_000, Locale::En), "250 thousand");
         assert_eq!(tokens_in_words(1_500_000, Locale::En), "1.5 million");
+        assert_eq!(tokens_phrase(250_000, Locale::PtBr), "250 mil tokens");
+        assert_eq!(
+            tokens_phrase(1_200_000, Locale::PtBr),
+            "1,2 milhão de tokens"
+        );
+        assert_eq!(
+            tokens_phrase(3_000_000, Locale::PtBr),
+            "3 milhões de tokens"
+        );
+        assert_eq!(tokens_phrase(1_200_000, Locale::En), "1.2 million tokens");
+        assert_eq!(tokens_phrase(12, Locale::PtBr), "12 tokens");
     }
 
     #[test]

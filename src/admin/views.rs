@@ -13,6 +13,8 @@ pub enum Nav {
     Plans,
     Weights,
     Alerts,
+    Requests,
+    Codes,
     Audit,
     Account,
 }
@@ -48,6 +50,12 @@ pub fn layout(p: Page<'_>, body: Markup) -> Markup {
             l.pick("Pesos dos modelos", "Model weights"),
         ),
         (Nav::Alerts, "/admin/alerts", l.pick("Alertas", "Alerts")),
+        (
+            Nav::Requests,
+            "/admin/requests",
+            l.pick("Pedidos", "Requests"),
+        ),
+        (Nav::Codes, "/admin/codes", l.pick("Códigos", "Codes")),
         (Nav::Audit, "/admin/audit", l.pick("Auditoria", "Audit log")),
         (
             Nav::Account,
@@ -125,11 +133,11 @@ pub fn tokens(n: i64, l: Locale) -> String {
 
 /// A usage bar: how much of the balance is used. A native `<meter>`, so it needs no
 /// inline style (the Content-Security-Policy allows none): green, then amber from
-/// 80%, red at 100%.
+/// 80% (a value equal to `low` is still in the good range, hence 79), red at 100%.
 pub fn bar(percent: u8, l: Locale) -> Markup {
     let pct = percent.min(100);
     html! {
-        meter.bar min="0" max="100" low="80" high="99" optimum="0" value=(pct)
+        meter.bar min="0" max="100" low="79" high="99" optimum="0" value=(pct)
             title=(format!("{pct}% {}", l.pick("usado", "used"))) { (pct) "%" }
     }
 }

@@ -144,7 +144,8 @@ pub struct Alert {
 #[derive(Debug, Clone, Serialize)]
 pub struct OutboxMessage {
     pub id: i64,
-    pub alert_id: i64,
+    /// The alert the message is about; `None` for a message about a credit request.
+    pub alert_id: Option<i64>,
     pub role: Role,
     pub recipient: String,
     pub state: DeliveryState,

@@ -50,12 +50,23 @@ pub(crate) fn record_crossings(
     let Some(&top) = new.iter().max() else {
         return Ok(0);
     };
-    // Below 100% the chat also says it, once (the next streamed text answer); at
+    // Crossing the highest threshold below 100% is also said in the chat, once (the
+    // next streamed text answer); lower thresholds only mail, so one answer that
+    // claims the notice and crosses another threshold does not arm a second. At
     // 100% the block says it instead.
-    let notice_due = (top < 100).then_some(now);
-    diesel::update(balances::table.filter(balances::user_id.eq(s.user_id)))
-        .set(balances::notice_due.eq(notice_due))
-        .execute(c)?;
+    let notice_at = policy.thresholds.iter().filter(|t| **t < 100).max();
+    let notice_due = if top >= 100 {
+        Some(None)
+    } else if notice_at.is_some_and(|n| new.contains(&i32::from(*n))) {
+        Some(Some(now))
+    } else {
+        None
+    };
+    if let Some(due) = notice_due {
+        diesel::update(balances::table.filter(balances::user_id.eq(s.user_id)))
+            .set(balances::notice_due.eq(due))
+            .execute(c)?;
+    }
     let email: Option<String> = users::table.find(s.user_id).select(users::email).first(c)?;
     let mut queued = 0;
     for threshold in new {
@@ -116,7 +127,7 @@ pub(crate) fn rearm(
     used_percent: u8,
     now: NaiveDateTime,
 ) -> Result<usize, StoreError> {
-    Ok(diesel::update(
+    let rearmed = diesel::update(
         alerts::table
             .filter(alerts::user_id.eq(user_id))
             .filter(alerts::cycle.eq(cycle))
@@ -124,14 +135,23 @@ pub(crate) fn rearm(
             .filter(alerts::threshold.gt(i32::from(used_percent))),
     )
     .set(alerts::rearmed_at.eq(now))
-    .execute(c)?)
+    .execute(c)?;
+    if rearmed > 0 {
+        // Back under a threshold: a notice still due would say what is no longer so.
+        diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
+            .set(balances::notice_due.eq(None::<NaiveDateTime>))
+            .execute(c)?;
+    }
+    Ok(rearmed)
 }
 
 /// An outbox row a worker has leased.
 #[derive(Debug, Clone, Queryable)]
 pub(crate) struct Claimed {
     pub id: i64,
-    pub alert_id: i64,
+    pub alert_id: Option<i64>,
+    pub credit_request_id: Option<i64>,
+    pub kind: String,
     pub role: String,
     pub recipient: String,
     pub attempts: i32,
@@ -183,6 +203,8 @@ pub(crate) fn claim(
     .returning((
         outbox::id,
         outbox::alert_id,
+        outbox::credit_request_id,
+        outbox::kind,
         outbox::role,
         outbox::recipient,
         outbox::attempts,
@@ -368,7 +390,7 @@ type AlertRow = (
 
 type MessageRow = (
     i64,
-    i64,
+    Option<i64>,
     String,
     String,
     String,
@@ -472,7 +494,7 @@ pub(crate) fn list(
             rearmed_at: r.11,
             messages: messages
                 .iter()
-                .filter(|m| m.alert_id == r.0)
+                .filter(|m| m.alert_id == Some(r.0))
                 .cloned()
                 .collect(),
         })

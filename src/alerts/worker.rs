@@ -129,32 +129,14 @@ impl MailWorker {
     }
 
     async fn deliver(&self, row: Claimed) -> Result<MailResult, StoreError> {
-        let alert_id = row.alert_id;
-        let facts = self
-            .read(move |c, _| store::alert_facts(c, alert_id))
-            .await?;
-        // The user's copy opens their page: a fresh one-time link per attempt, so a
-        // retried mail never carries a link an earlier attempt may have spent.
-        let page_link = match &facts {
-            Some(f) if row.role == Role::User.as_str() => {
-                let token = crate::me::store::issue(
-                    &self.db,
-                    f.user_id,
-                    crate::me::store::TokenKind::Link,
-                    self.ledger.now().naive_utc(),
-                    crate::me::ALERT_LINK_TTL,
-                )
-                .await?;
-                Some(crate::me::mail::link_url(&self.config.public_url, &token))
-            }
-            _ => None,
+        let composed = match (row.alert_id, row.credit_request_id) {
+            (Some(alert_id), _) => self.compose_alert(&row, alert_id).await?,
+            (None, Some(request_id)) => self.compose_credit(&row, request_id).await?,
+            (None, None) => Err(MailError::Build("a message about nothing".into())),
         };
-        let outcome = match facts {
-            Some(facts) => match self.compose(&row, &facts, page_link) {
-                Ok(mail) => self.mailer.send(&mail).await,
-                Err(e) => Err(e),
-            },
-            None => Err(MailError::Build(format!("alert {alert_id} not found"))),
+        let outcome = match composed {
+            Ok(mail) => self.mailer.send(&mail).await,
+            Err(e) => Err(e),
         };
         let now = wall_now();
         let id = row.id;
@@ -165,14 +147,14 @@ impl MailWorker {
                     .await?;
                 match &delivered {
                     Delivered::Smtp => {
-                        tracing::info!(outbox = id, alert = alert_id, role = %row.role, "alert mail sent");
+                        tracing::info!(outbox = id, kind = %row.kind, role = %row.role, "mail sent");
                     }
                     Delivered::File(path) => tracing::info!(
                         outbox = id,
-                        alert = alert_id,
+                        kind = %row.kind,
                         role = %row.role,
                         file = %path.display(),
-                        "alert mail written to a file (no TOKENGATE_SMTP_URL)"
+                        "mail written to a file (no TOKENGATE_SMTP_URL)"
                     ),
                 }
                 if !kept {
@@ -195,39 +177,118 @@ impl MailWorker {
                 self.write(move |c, me| store::mark_attempt_failed(c, id, me, &error, retry_at))
                     .await?;
                 if give_up {
-                    tracing::error!(outbox = id, alert = alert_id, attempts, error = %e, "alert mail failed for good");
+                    tracing::error!(outbox = id, kind = %row.kind, attempts, error = %e, "mail failed for good");
                     Ok(MailResult::Failed)
                 } else {
-                    tracing::warn!(outbox = id, alert = alert_id, attempts, error = %e, "alert mail not sent; will retry");
+                    tracing::warn!(outbox = id, kind = %row.kind, attempts, error = %e, "mail not sent; will retry");
                     Ok(MailResult::Retrying)
                 }
             }
         }
     }
 
-    fn compose(
+    /// An alert's message; the user's copy opens their page with a fresh one-time
+    /// link per attempt, so a retried mail never carries a link an earlier attempt
+    /// may have spent.
+    async fn compose_alert(
         &self,
         row: &Claimed,
-        facts: &AlertFacts,
-        page_link: Option<String>,
-    ) -> Result<Outgoing, MailError> {
+        alert_id: i64,
+    ) -> Result<Result<Outgoing, MailError>, StoreError> {
+        let Some(facts) = self
+            .read(move |c, _| store::alert_facts(c, alert_id))
+            .await?
+        else {
+            return Ok(Err(MailError::Build(format!("alert {alert_id} not found"))));
+        };
+        let page_link = if row.role == Role::User.as_str() {
+            Some(self.page_link(facts.user_id).await?)
+        } else {
+            None
+        };
         let locale = self.config.locale;
         let kind = if row.role == Role::Admin.as_str() {
             Kind::AlertAdmin
         } else {
             Kind::AlertUser
         };
-        let mut ctx = AlertContext::new(facts, &self.config, locale);
+        let mut ctx = AlertContext::new(&facts, &self.config, locale);
         ctx.page_link = page_link;
-        let rendered = self
+        Ok(self
             .templates
             .render(kind, locale, &ctx)
-            .map_err(|e| MailError::Build(e.to_string()))?;
-        Ok(Outgoing {
-            to: row.recipient.clone(),
-            rendered,
-            message_id: format!("tokengate.alert-{}.{}", row.alert_id, row.id),
-        })
+            .map_err(|e| MailError::Build(e.to_string()))
+            .map(|rendered| Outgoing {
+                to: row.recipient.clone(),
+                rendered,
+                message_id: format!("tokengate.alert-{alert_id}.{}", row.id),
+            }))
+    }
+
+    /// A message about a credit request: to admins when it is made, to the user
+    /// when it is decided (with a link to their page).
+    async fn compose_credit(
+        &self,
+        row: &Claimed,
+        request_id: i64,
+    ) -> Result<Result<Outgoing, MailError>, StoreError> {
+        let Some(request) = self
+            .read(move |c, _| crate::ledger::credits::request_by_id(c, request_id))
+            .await?
+        else {
+            return Ok(Err(MailError::Build(format!(
+                "credit request {request_id} not found"
+            ))));
+        };
+        let locale = self.config.locale;
+        let (kind, page_link) = match row.kind.as_str() {
+            "credit_requested" => (Kind::CreditRequested, None),
+            "credit_approved" => (
+                Kind::CreditApproved,
+                Some(self.page_link(request.user_id).await?),
+            ),
+            _ => (
+                Kind::CreditDeclined,
+                Some(self.page_link(request.user_id).await?),
+            ),
+        };
+        let ctx = CreditContext {
+            name: request.user_name.clone(),
+            user_label: crate::ledger::stats::label(
+                request.user_id,
+                request.user_email.as_deref(),
+                request.user_name.as_deref(),
+                request.user_external_id.as_deref(),
+            ),
+            tokens: i18n::tokens(request.tokens, locale),
+            note: request.note.clone(),
+            reason: request.reason.clone(),
+            contact: self.config.support_contact.clone(),
+            queue_url: format!("{}/admin/requests", self.config.public_url),
+            page_link,
+        };
+        Ok(self
+            .templates
+            .render(kind, locale, &ctx)
+            .map_err(|e| MailError::Build(e.to_string()))
+            .map(|rendered| Outgoing {
+                to: row.recipient.clone(),
+                rendered,
+                message_id: format!("tokengate.credit-{request_id}.{}", row.id),
+            }))
+    }
+
+    /// A one-time link to the user's page, valid for a week.
+    async fn page_link(&self, user_id: i64) -> Result<String, StoreError> {
+        let token = crate::me::store::issue(
+            &self.db,
+            user_id,
+            crate::me::store::TokenKind::Link,
+            self.ledger.now().naive_utc(),
+            crate::me::ALERT_LINK_TTL,
+        )
+        .await?;
+        Ok(crate::me::mail::link_url(&self.config.public_url, &token))
     }
 
     /// Until the next message is due, within bounds.
@@ -273,6 +334,19 @@ impl MailWorker {
         .await
         .map_err(|_| StoreError::Unavailable("mail worker task was cancelled".into()))?
     }
+}
+
+/// The values credit-request templates see.
+#[derive(Serialize)]
+struct CreditContext {
+    name: Option<String>,
+    user_label: String,
+    tokens: String,
+    note: Option<String>,
+    reason: Option<String>,
+    contact: Option<String>,
+    queue_url: String,
+    page_link: Option<String>,
 }
 
 /// The values alert templates see, formatted for the locale.

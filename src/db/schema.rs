@@ -146,7 +146,9 @@ diesel::table! {
 diesel::table! {
     outbox (id) {
         id -> BigInt,
-        alert_id -> BigInt,
+        alert_id -> Nullable<BigInt>,
+        credit_request_id -> Nullable<BigInt>,
+        kind -> Text,
         role -> Text,
         recipient -> Text,
         state -> Text,
@@ -200,7 +202,45 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    credit_requests (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        tokens -> BigInt,
+        note -> Nullable<Text>,
+        state -> Text,
+        decided_by -> Nullable<Text>,
+        reason -> Nullable<Text>,
+        decided_at -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    code_batches (id) {
+        id -> BigInt,
+        tokens -> BigInt,
+        codes -> Integer,
+        expires_at -> Timestamp,
+        note -> Nullable<Text>,
+        created_by -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    redeem_codes (code_hash) {
+        code_hash -> Text,
+        batch_id -> BigInt,
+        redeemed_by -> Nullable<BigInt>,
+        redeemed_at -> Nullable<Timestamp>,
+    }
+}
+
 diesel::joinable!(users -> plans (plan_id));
+diesel::joinable!(credit_requests -> users (user_id));
+diesel::joinable!(redeem_codes -> code_batches (batch_id));
+diesel::joinable!(outbox -> credit_requests (credit_request_id));
 diesel::joinable!(user_tokens -> users (user_id));
 diesel::joinable!(audit_log -> users (user_id));
 diesel::joinable!(alerts -> users (user_id));
@@ -227,4 +267,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     login_failures,
     user_tokens,
     rate_events,
+    credit_requests,
+    code_batches,
+    redeem_codes,
 );

@@ -24,10 +24,14 @@ pub enum Action {
     EnableAdmin,
     ChangePassword,
     CreateUser,
+    ApproveCreditRequest,
+    DeclineCreditRequest,
+    CreateCodeBatch,
+    RedeemCode,
 }
 
 impl Action {
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 17] = [
         Self::GrantCredits,
         Self::ChangePlan,
         Self::Suspend,
@@ -41,6 +45,10 @@ impl Action {
         Self::EnableAdmin,
         Self::ChangePassword,
         Self::CreateUser,
+        Self::ApproveCreditRequest,
+        Self::DeclineCreditRequest,
+        Self::CreateCodeBatch,
+        Self::RedeemCode,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +66,10 @@ impl Action {
             Self::EnableAdmin => "enable_admin",
             Self::ChangePassword => "change_password",
             Self::CreateUser => "create_user",
+            Self::ApproveCreditRequest => "approve_credit_request",
+            Self::DeclineCreditRequest => "decline_credit_request",
+            Self::CreateCodeBatch => "create_code_batch",
+            Self::RedeemCode => "redeem_code",
         }
     }
 

@@ -5,6 +5,7 @@
 //! user can never reserve more than `allowance_left + credits - held`.
 
 pub mod audit;
+pub mod credits;
 pub mod stats;
 mod tx;
 pub mod views;
@@ -213,6 +214,8 @@ pub enum Actor {
     System,
     Admin(String),
     Cli,
+    /// A user acting on their own balance (redeeming a code), by tokengate id.
+    User(i64),
 }
 
 impl Actor {
@@ -221,6 +224,7 @@ impl Actor {
             Self::System => "system".into(),
             Self::Admin(email) => format!("admin:{email}"),
             Self::Cli => "cli".into(),
+            Self::User(id) => format!("user:#{id}"),
         }
     }
 }
@@ -558,6 +562,85 @@ impl Ledger {
         let key = self.current_cycle().key();
         let mut conn = self.db.conn()?;
         stats::list_users(&mut conn, q, &key)
+    }
+
+    /// A user asks for `tokens` more; admins are mailed.
+    pub fn request_credits(
+        &self,
+        user_id: i64,
+        tokens: TokenAmount,
+        note: Option<&str>,
+    ) -> Result<i64, credits::RequestError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
+        let note = note.map(str::to_owned);
+        let admins = self.alerts.admin_emails.clone();
+        let id = self.db.write_blocking(move |c| {
+            credits::open_request(c, &ctx, user_id, tokens, note.as_deref(), &admins)
+        })?;
+        self.outbox_signal.notify_one();
+        Ok(id)
+    }
+
+    /// An admin approves (the tokens are granted) or declines an open request; the
+    /// user is mailed either way.
+    pub fn decide_credit_request(
+        &self,
+        id: i64,
+        approve: bool,
+        reason: Option<&str>,
+        actor: &Actor,
+    ) -> Result<credits::CreditRequest, credits::RequestError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
+        let (reason, actor) = (reason.map(str::to_owned), actor.clone());
+        let decided = self.db.write_blocking(move |c| {
+            credits::decide_request(c, &ctx, id, approve, reason.as_deref(), &actor)
+        })?;
+        self.outbox_signal.notify_one();
+        Ok(decided)
+    }
+
+    /// Credit requests: open ones oldest first, decided ones newest first.
+    pub fn credit_requests(
+        &self,
+        state: Option<credits::RequestState>,
+        user_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<credits::CreditRequest>, StoreError> {
+        let mut conn = self.db.conn()?;
+        credits::requests(&mut conn, state, user_id, limit)
+    }
+
+    pub fn open_credit_requests(&self) -> Result<i64, StoreError> {
+        let mut conn = self.db.conn()?;
+        credits::open_requests(&mut conn)
+    }
+
+    /// A batch of codes; the codes are returned here and never again.
+    pub fn create_code_batch(
+        &self,
+        tokens: TokenAmount,
+        count: i64,
+        expires_at: chrono::NaiveDateTime,
+        note: Option<&str>,
+        actor: &Actor,
+    ) -> Result<(i64, Vec<String>), StoreError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
+        let (note, actor) = (note.map(str::to_owned), actor.clone());
+        self.db.write_blocking(move |c| {
+            credits::create_batch(c, &ctx, tokens, count, expires_at, note.as_deref(), &actor)
+        })
+    }
+
+    pub fn redeem_code(&self, user_id: i64, code: &str) -> Result<credits::Redeemed, LedgerError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
+        let code = code.to_owned();
+        self.db
+            .write_blocking(move |c| credits::redeem(c, &ctx, user_id, &code))
+    }
+
+    pub fn code_batches(&self, limit: i64) -> Result<Vec<credits::Batch>, StoreError> {
+        let mut conn = self.db.conn()?;
+        credits::batches(&mut conn, limit)
     }
 
     /// An answer that claimed the in-chat notice ended without showing it (an

@@ -411,6 +411,20 @@ pub(super) fn grant_credits(
     actor: &Actor,
     note: Option<&str>,
 ) -> Result<i64, super::LedgerError> {
+    add_credits(c, ctx, user, amount, actor, note, Action::GrantCredits)
+}
+
+/// Adds credits (a grant, an approved request, a redeemed code): the balance, a
+/// `topup` ledger entry, re-armed alerts and one audit line of `action`.
+pub(super) fn add_credits(
+    c: &mut Conn,
+    ctx: &Ctx,
+    user: &UserRef,
+    amount: TokenAmount,
+    actor: &Actor,
+    note: Option<&str>,
+    action: Action,
+) -> Result<i64, super::LedgerError> {
     let user_id = super::views::find_user(c, user)?
         .ok_or_else(|| super::LedgerError::UserNotFound(describe(user)))?;
     let bal = lock_and_roll(c, ctx, user_id)?;
@@ -448,7 +462,7 @@ pub(super) fn grant_credits(
     audit::record(
         c,
         actor,
-        Action::GrantCredits,
+        action,
         Some(user_id),
         &json!({"tokens": amount.get(), "note": note}),
         ctx.now,

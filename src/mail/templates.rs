@@ -62,6 +62,54 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../../templates/mail/sign_in.en.html"),
     ),
     (
+        "credit_requested.pt-BR.txt",
+        include_str!("../../templates/mail/credit_requested.pt-BR.txt"),
+    ),
+    (
+        "credit_requested.pt-BR.html",
+        include_str!("../../templates/mail/credit_requested.pt-BR.html"),
+    ),
+    (
+        "credit_requested.en.txt",
+        include_str!("../../templates/mail/credit_requested.en.txt"),
+    ),
+    (
+        "credit_requested.en.html",
+        include_str!("../../templates/mail/credit_requested.en.html"),
+    ),
+    (
+        "credit_approved.pt-BR.txt",
+        include_str!("../../templates/mail/credit_approved.pt-BR.txt"),
+    ),
+    (
+        "credit_approved.pt-BR.html",
+        include_str!("../../templates/mail/credit_approved.pt-BR.html"),
+    ),
+    (
+        "credit_approved.en.txt",
+        include_str!("../../templates/mail/credit_approved.en.txt"),
+    ),
+    (
+        "credit_approved.en.html",
+        include_str!("../../templates/mail/credit_approved.en.html"),
+    ),
+    (
+        "credit_declined.pt-BR.txt",
+        include_str!("../../templates/mail/credit_declined.pt-BR.txt"),
+    ),
+    (
+        "credit_declined.pt-BR.html",
+        include_str!("../../templates/mail/credit_declined.pt-BR.html"),
+    ),
+    (
+        "credit_declined.en.txt",
+        include_str!("../../templates/mail/credit_declined.en.txt"),
+    ),
+    (
+        "credit_declined.en.html",
+        include_str!("../../templates/mail/credit_declined.en.html"),
+    ),
+    (
         "test.pt-BR.txt",
         include_str!("../../templates/mail/test.pt-BR.txt"),
     ),
@@ -90,6 +138,11 @@ pub enum Kind {
     Test,
     /// A one-time link to the user's page, asked for on its sign-in page.
     SignIn,
+    /// To admins: a user asked for credits.
+    CreditRequested,
+    /// To the user: their request was approved, or declined (with the reason).
+    CreditApproved,
+    CreditDeclined,
 }
 
 impl Kind {
@@ -99,6 +152,9 @@ impl Kind {
             Self::AlertAdmin => "alert_admin",
             Self::Test => "test",
             Self::SignIn => "sign_in",
+            Self::CreditRequested => "credit_requested",
+            Self::CreditApproved => "credit_approved",
+            Self::CreditDeclined => "credit_declined",
         }
     }
 }

@@ -4,12 +4,14 @@
 //! - [`store`]: one-time links, sessions and rate limits in the database;
 //! - [`session`]: the session cookie, its CSRF token and the Origin check;
 //! - [`pages`]: the handlers and their markup;
-//! - [`mail`]: the sign-in mail, sent in the background.
+//! - [`mail`]: the sign-in mail, sent in the background;
+//! - [`credits`]: redeeming a code and asking for credits.
 //!
 //! A user is known here only through a link mailed to the address LibreChat sent.
 //! Nothing under `/me` takes a user id from the request: every page shows the
 //! session's own user, and the session cookie is not sent to `/admin`.
 
+pub mod credits;
 pub mod mail;
 pub mod pages;
 pub mod session;
@@ -36,8 +38,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .add((header::CACHE_CONTROL, "no-store"))
                     .add((header::X_FRAME_OPTIONS, "DENY"))
                     .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-                    // The page's links carry one-time tokens: never send them on.
-                    .add((header::REFERRER_POLICY, "no-referrer"))
+                    // The links carry one-time tokens: never send them to another
+                    // site. (Not `no-referrer`: browsers then send `Origin: null`
+                    // with this site's own forms, which the Origin check refuses.)
+                    .add((header::REFERRER_POLICY, "same-origin"))
                     .add((
                         header::CONTENT_SECURITY_POLICY,
                         "default-src 'none'; img-src 'self' data:; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -49,7 +53,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .error_handler(|_, _| MeError::BadRequest.into()),
             )
             .app_data(web::PathConfig::default().error_handler(|_, _| MeError::NotFound.into()))
-            .configure(pages::routes),
+            .configure(pages::routes)
+            .default_service(web::to(|| async { Err::<HttpResponse, _>(MeError::NotFound) })),
     );
 }
 

@@ -21,7 +21,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/sign-in", web::post().to(sign_in_submit))
         .route("/link/{token}", web::get().to(link_show))
         .route("/link", web::post().to(link_use))
-        .route("/sign-out", web::post().to(sign_out));
+        .route("/sign-out", web::post().to(sign_out))
+        .route("/redeem", web::post().to(super::credits::redeem))
+        .route("/credit-request", web::post().to(super::credits::ask));
 }
 
 /// Sign-in mails asked for: per address typed and per client, in 15 minutes. The
@@ -85,7 +87,7 @@ pub fn error_page(title: &str, text: &str) -> Markup {
             body.me { main.me-main {
                 h1 { (title) }
                 p { (text) }
-                p { a href="/me" { "← " (title.split(" / ").next().unwrap_or(title)) } }
+                p { a href="/me" { "← Voltar / Back" } }
             } }
         }
     }
@@ -164,7 +166,7 @@ pub async fn sign_in_submit(
         Allowance::SubjectLimited => {
             tracing::info!("sign-in mail not sent: the address had its share");
         }
-        Allowance::Allowed => {
+        Allowance::Allowed { .. } => {
             actix_web::rt::spawn(super::mail::send_sign_in(state.clone(), email));
         }
     }
@@ -283,22 +285,34 @@ pub async fn sign_out(
 /// How many of the newest requests the page lists.
 const RECENT: i64 = 20;
 
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct HomeQuery {
+    done: String,
+}
+
 /// The balance page of the session's user.
-pub async fn home(state: web::Data<AppState>, me: UserSession) -> Result<HttpResponse, MeError> {
+pub async fn home(
+    state: web::Data<AppState>,
+    me: UserSession,
+    q: web::Query<HomeQuery>,
+) -> Result<HttpResponse, MeError> {
     let l = state.config.locale;
     let tz = state.config.timezone;
     let ledger = state.ledger.clone();
     let id = me.user_id;
-    let (summary, daily, models, recent, user_alerts) = web::block(move || {
+    let (summary, daily, models, recent, user_alerts, requests) = web::block(move || {
         Ok::<_, crate::ledger::LedgerError>((
             ledger.user_summary(id)?,
             ledger.daily_usage(id)?,
             ledger.usage_by_model(id)?,
             ledger.recent_usage(id, RECENT)?,
             alerts::list(ledger.db(), Some(id), 20)?,
+            ledger.credit_requests(None, Some(id), 5)?,
         ))
     })
     .await??;
+    let done = super::credits::Done::parse(&q.done).map(|d| d.message(l));
     let resets = Cycle::parse(&summary.cycle)
         .map(|c| i18n::date(c.next().starts_at(tz).with_timezone(&tz).date_naive(), l))
         .unwrap_or_default();
@@ -306,13 +320,16 @@ pub async fn home(state: web::Data<AppState>, me: UserSession) -> Result<HttpRes
     let title = l.pick("Seus tokens", "Your tokens");
     let hello = summary.name.as_deref().filter(|n| !n.trim().is_empty());
     let body = html! {
+        @if let Some((ok, text)) = done {
+            p class=(if ok { "flash ok" } else { "flash error" }) role="status" #done { (text) }
+        }
         @if let Some(n) = hello { p.hello { (l.pick("Olá, ", "Hello, ")) (n) } }
         section.balance aria-labelledby="left" {
             p #left .big {
                 span.figure #remaining { (i18n::tokens(left, l)) }
                 " " span.unit { (l.pick("tokens restantes", "tokens left")) }
             }
-            p.words { (l.pick("Cerca de ", "About ")) (i18n::tokens_in_words(left, l)) " tokens. "
+            p.words { (l.pick("Cerca de ", "About ")) (i18n::tokens_phrase(left, l)) ". "
                 (l.pick("Você já usou ", "You have used ")) (summary.used_percent) "%"
                 (l.pick(" do que tinha neste mês.", " of what you had this month.")) }
             (shared::bar(summary.used_percent, l))
@@ -343,9 +360,10 @@ pub async fn home(state: web::Data<AppState>, me: UserSession) -> Result<HttpRes
                 }
             }
             @if let Some(contact) = &state.config.support_contact {
-                p.muted { (l.pick("Precisa de mais tokens? Fale com ", "Need more tokens? Contact ")) (contact) "." }
+                p.muted { (l.pick("Dúvidas? Fale com ", "Questions? Contact ")) (contact) "." }
             }
         }
+        (super::credits::section(l, tz, &me.csrf, &requests))
         section {
             h2 { (l.pick("Uso por dia neste mês", "Use per day this month")) }
             (shared::daily_chart_titled(&daily, l.pick("Uso neste mês", "Use this month"), l))
@@ -376,7 +394,7 @@ pub async fn home(state: web::Data<AppState>, me: UserSession) -> Result<HttpRes
         }
         section {
             h2 { (l.pick("Avisos enviados", "Alerts sent")) }
-            @if user_alerts.is_empty() { p.empty { (l.pick("Nenhum aviso neste período.", "No alerts so far.")) } }
+            @if user_alerts.is_empty() { p.empty { (l.pick("Nenhum aviso enviado até agora.", "No alerts so far.")) } }
             @else {
                 ul.me-alerts { @for a in &user_alerts {
                     @let mailed = a.messages.iter().any(|m| m.role == Role::User && m.sent_at.is_some());

@@ -156,8 +156,9 @@ pub struct Limit {
 /// What the limits allow for one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Allowance {
-    Allowed,
-    /// The subject had its share: the attempt is counted, and nothing is done.
+    /// Counted as `event`, which `forget` takes back (a redemption that worked).
+    Allowed { event: i64 },
+    /// The subject had its share: nothing is done, and nothing counted.
     SubjectLimited,
     /// The client had its share: refused, not counted.
     ClientLimited,
@@ -203,19 +204,32 @@ pub async fn attempt(
             .filter(rate_events::created_at.ge(since))
             .count()
             .get_result(c)?;
-        diesel::insert_into(rate_events::table)
+        // Not counted: an attempt that does nothing must not extend the subject's
+        // wait, or anyone could keep an address from ever getting a sign-in mail
+        // (as it is, whenever it is limited, mails sent in the window are in its
+        // inbox, and each link outlives the window).
+        if by_subject >= limit.per_subject {
+            return Ok(Allowance::SubjectLimited);
+        }
+        let event: i64 = diesel::insert_into(rate_events::table)
             .values((
                 rate_events::kind.eq(limit.kind),
                 rate_events::subject.eq(&subject),
                 rate_events::address.eq(&client),
                 rate_events::created_at.eq(now),
             ))
-            .execute(c)?;
-        Ok::<_, StoreError>(if by_subject >= limit.per_subject {
-            Allowance::SubjectLimited
-        } else {
-            Allowance::Allowed
-        })
+            .returning(rate_events::id)
+            .get_result(c)?;
+        Ok::<_, StoreError>(Allowance::Allowed { event })
+    })
+    .await
+}
+
+/// Takes back an attempt that turned out not to count (only failures are limited).
+pub async fn forget(db: &Database, event: i64) -> Result<(), StoreError> {
+    db.write(move |c| {
+        diesel::delete(rate_events::table.find(event)).execute(c)?;
+        Ok::<_, StoreError>(())
     })
     .await
 }

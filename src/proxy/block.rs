@@ -51,8 +51,17 @@ impl BlockText {
                 "LibreChat reads {word:?} as a context-length problem"
             ));
         }
-        let longest = text.render(&"W".repeat(MAX_PLAN), contact, Locale::PtBr);
-        let n = longest.chars().count();
+        // The longest it can be: the longest plan name, in either language (without a
+        // contact each says "the administrator" its own way).
+        let n = [Locale::PtBr, Locale::En]
+            .into_iter()
+            .map(|l| {
+                text.render(&"W".repeat(MAX_PLAN), contact, l)
+                    .chars()
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
         if n > MAX_CHARS {
             return Err(format!(
                 "is {n} characters with a plan name of {MAX_CHARS} and the page's address; at most {MAX_CHARS} are shown whole"
@@ -245,6 +254,9 @@ mod tests {
             "Your context is used up: {page}",
             "",
             &format!("{} {{page}}", "x".repeat(151)),
+            // Fits with the Portuguese "o administrador", not the English "your
+            // administrator", which would cut the page's address short.
+            &format!("{} {{contact}}: {{page}}.", "A".repeat(130)),
         ] {
             assert!(BlockText::parse(bad, url, None).is_err(), "{bad:?}");
         }

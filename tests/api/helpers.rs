@@ -246,6 +246,19 @@ pub fn chat_body(model: &str, content: &str, stream: bool, max_tokens: Option<i6
 }
 
 impl TestApp {
+    /// The application's clock.
+    pub fn now(&self) -> chrono::DateTime<Utc> {
+        Clock::now(&*self.clock)
+    }
+
+    pub fn set_clock(&self, to: chrono::DateTime<Utc>) {
+        self.clock.set(to);
+    }
+
+    pub fn advance_clock(&self, by: chrono::Duration) {
+        self.clock.set(self.now() + by);
+    }
+
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
         self.client
             .post(format!("{}{}", self.address, path))

@@ -2,11 +2,12 @@
 //! chosen by TOKENGATE_TEST_BACKEND (scripts/test.sh runs both).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod admin;
+pub mod admin;
 mod alerts;
 mod browser;
 mod cli;
 mod concurrency;
+mod credits;
 mod deploy;
 mod disk;
 mod durability;
@@ -14,7 +15,7 @@ mod fake_provider;
 mod helpers;
 mod hostile;
 mod instances;
-mod me;
+pub mod me;
 mod metering;
 mod notice;
 pub mod outage;

@@ -216,6 +216,34 @@ async fn notice_due_again(app: &TestApp) {
 }
 
 #[actix_web::test]
+async fn only_the_highest_threshold_below_100_arms_the_notice_and_credits_disarm_it() {
+    let app = notice_app(&[("TOKENGATE_ALERT_THRESHOLDS", "50,80,100".into())]).await;
+    spend_past(&app, 50).await;
+    let (_, bytes) = send(&app, &streamed()).await;
+    assert_eq!(
+        notice_of(&bytes),
+        None,
+        "50% mails, and says nothing in the chat"
+    );
+    spend_past(&app, 80).await;
+    // Credits bring the user back under 80% before the next answer: the notice
+    // would say what is no longer so.
+    app.ledger()
+        .grant_credits(
+            &parse_user_ref(USER),
+            TokenAmount::new(1_000_000).unwrap(),
+            &Actor::Cli,
+            None,
+        )
+        .unwrap();
+    let (_, bytes) = send(&app, &streamed()).await;
+    assert_eq!(notice_of(&bytes), None);
+    spend_past(&app, 80).await;
+    let (_, bytes) = send(&app, &streamed()).await;
+    assert!(notice_of(&bytes).is_some(), "crossing 80% again");
+}
+
+#[actix_web::test]
 async fn the_notice_can_be_turned_off() {
     let app = notice_app(&[("TOKENGATE_CHAT_NOTICE", "off".into())]).await;
     spend_past(&app, 80).await;

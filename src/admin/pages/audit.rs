@@ -30,6 +30,16 @@ fn action_label(a: Option<Action>, l: Locale) -> &'static str {
         Some(Action::EnableAdmin) => l.pick("Reativou um administrador", "Enabled an admin"),
         Some(Action::ChangePassword) => l.pick("Trocou a própria senha", "Changed their password"),
         Some(Action::CreateUser) => l.pick("Criou um usuário", "Created a user"),
+        Some(Action::ApproveCreditRequest) => {
+            l.pick("Aprovou um pedido de créditos", "Approved a credit request")
+        }
+        Some(Action::DeclineCreditRequest) => {
+            l.pick("Recusou um pedido de créditos", "Declined a credit request")
+        }
+        Some(Action::CreateCodeBatch) => {
+            l.pick("Criou um lote de códigos", "Created a batch of codes")
+        }
+        Some(Action::RedeemCode) => l.pick("Usou um código", "Redeemed a code"),
         None => l.pick("Outra ação", "Other action"),
     }
 }

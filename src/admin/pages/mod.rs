@@ -3,9 +3,11 @@
 mod account;
 mod alerts;
 mod audit;
+pub mod codes;
 mod login;
 mod overview;
 mod plans;
+mod requests;
 mod users;
 mod weights;
 
@@ -36,6 +38,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/weights", web::get().to(weights::list))
         .route("/weights", web::post().to(weights::set))
         .route("/alerts", web::get().to(alerts::list))
+        .route("/requests", web::get().to(requests::list))
+        .route("/requests/{id}/approve", web::post().to(requests::approve))
+        .route("/requests/{id}/decline", web::post().to(requests::decline))
+        .route("/codes", web::get().to(codes::list))
+        .route("/codes", web::post().to(codes::create))
         .route("/audit", web::get().to(audit::list))
         .route("/account", web::get().to(account::show))
         .route(

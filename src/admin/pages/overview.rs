@@ -10,7 +10,10 @@ use maud::html;
 
 pub async fn show(state: web::Data<AppState>, me: SignedIn) -> Result<HttpResponse, AdminError> {
     let l = locale(&state);
-    let o = with_ledger(&state, |ledger| ledger.overview()).await?;
+    let (o, open_requests) = with_ledger(&state, |ledger| {
+        Ok::<_, crate::db::StoreError>((ledger.overview()?, ledger.open_credit_requests()?))
+    })
+    .await?;
     let cycle = state.ledger.current_cycle();
     let cards = [
         (
@@ -42,6 +45,11 @@ pub async fn show(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
             l.pick("Suspensos", "Suspended"),
             views::tokens(o.suspended, l),
             Some("/admin/users?state=suspended"),
+        ),
+        (
+            l.pick("Pedidos de créditos abertos", "Open credit requests"),
+            views::tokens(open_requests, l),
+            Some("/admin/requests"),
         ),
     ];
     let body = html! {
