@@ -235,3 +235,249 @@ async fn an_admin_finds_a_blocked_user_and_grants_credits_in_chromium() {
         .await;
     assert_eq!(res.status(), 200, "the grant works on her next message");
 }
+
+/// Chats until the user is refused, and returns the refusal's status.
+async fn spend_until_blocked(app: &TestApp, user: &str) -> u16 {
+    loop {
+        let res = app
+            .chat_as(user, &chat_body("w1000", "oi", false, Some(40)))
+            .await;
+        if res.status() != 200 {
+            return res.status().as_u16();
+        }
+        app.settled();
+    }
+}
+
+async fn submit_form(client: &fantoccini::Client, action: &str, fields: &[(&str, &str)]) {
+    client
+        .wait()
+        .for_element(Locator::Css(&format!("form[action='{action}']")))
+        .await
+        .unwrap();
+    let form = client
+        .form(Locator::Css(&format!("form[action='{action}']")))
+        .await
+        .unwrap();
+    for (name, value) in fields {
+        form.set_by_name(name, value).await.unwrap();
+    }
+    form.submit().await.unwrap();
+}
+
+#[actix_web::test]
+async fn a_user_opens_their_page_from_the_alert_redeems_a_code_and_gets_credits_in_chromium() {
+    use crate::smtp::{SmtpOptions, SmtpServer};
+    const PUBLIC_URL: &str = "http://tokens.example.test";
+    let smtp = SmtpServer::start(SmtpOptions::default()).await;
+    let app = spawn_app(TestOptions {
+        env: vec![
+            ("TOKENGATE_SMTP_URL", smtp.url()),
+            (
+                "TOKENGATE_ADMIN_EMAILS",
+                "financeiro@iasolaris.com.br".into(),
+            ),
+            ("TOKENGATE_PUBLIC_URL", PUBLIC_URL.into()),
+        ],
+        start: mid_november(),
+        ..TestOptions::default()
+    })
+    .await;
+    app.default_plan(1_000_000);
+    app.ledger()
+        .set_weights(
+            "w1000",
+            tokengate::domain::Weights::from_milli(1000, 1_000_000).unwrap(),
+            None,
+            &tokengate::ledger::Actor::Cli,
+        )
+        .unwrap();
+    // Real chats, as LibreChat sends them, past 80% of the plan.
+    let user = "rosa-1";
+    for _ in 0..21 {
+        let res = app
+            .post("/v1/chat/completions")
+            .header("x-librechat-user-id", user)
+            .header("x-librechat-user-email", "rosa@example.com")
+            .header("x-librechat-user-name", "Rosa Lima")
+            .body(chat_body("w1000", "oi", false, Some(40)).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    app.settled();
+    let alert = smtp.wait_for(2).await;
+    let alert = alert
+        .iter()
+        .find(|m| m.to() == "rosa@example.com")
+        .expect("the 80% alert to the user");
+    let link = alert
+        .text
+        .split_whitespace()
+        .find(|w| w.starts_with(&format!("{PUBLIC_URL}/me/link/")))
+        .expect("a link to the page")
+        .trim_start_matches(PUBLIC_URL)
+        .to_owned();
+
+    let driver = chromedriver().await;
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": std::env::var("TOKENGATE_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--window-size=390,844",
+                format!("--user-data-dir={}", driver._profile.path().display()),
+            ],
+        }),
+    );
+    let client = ClientBuilder::native()
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("chromedriver session");
+
+    // The mail's link, then its button: the user's page, with pt-BR figures.
+    client
+        .goto(&format!("{}{link}", app.address))
+        .await
+        .unwrap();
+    client
+        .wait()
+        .for_element(Locator::Css("form[action='/me/link'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let summary = app.summary(user);
+    let left = tokengate::i18n::tokens(summary.remaining, tokengate::config::Locale::PtBr);
+    expect_text(&client, "#remaining", &left).await;
+    expect_text(&client, "#renews", "renova em 01/12/2026").await;
+    expect_text(&client, "#plan", "Teste 1000000 · 1.000.000 tokens por mês").await;
+    text_when(&client, "section.balance .words", |t| {
+        t.starts_with("Cerca de ") && t.contains(&format!("Você já usou {}%", summary.used_percent))
+    })
+    .await;
+    text_when(&client, "ul.me-alerts", |t| {
+        t.contains("80% usados · email enviado")
+    })
+    .await;
+    save(&client, "me-phone").await;
+    client.set_window_size(1280, 1000).await.unwrap();
+    client.refresh().await.unwrap();
+    expect_text(&client, "#remaining", &left).await;
+    save(&client, "me-desktop").await;
+
+    // Spent down to nothing; a code brings the chat back.
+    assert_eq!(spend_until_blocked(&app, user).await, 429);
+    let (_, codes) = app
+        .ledger()
+        .create_code_batch(
+            tokengate::domain::TokenAmount::new(250_000).unwrap(),
+            1,
+            chrono::NaiveDate::from_ymd_opt(2026, 12, 31)
+                .unwrap()
+                .and_hms_opt(0, 0, 0)
+                .unwrap(),
+            None,
+            &tokengate::ledger::Actor::Cli,
+        )
+        .unwrap();
+    client.goto(&format!("{}/me", app.address)).await.unwrap();
+    submit_form(&client, "/me/redeem", &[("code", &codes[0].to_lowercase())]).await;
+    text_when(&client, "#done", |t| t.contains("Código aceito")).await;
+    expect_text(
+        &client,
+        "#credits",
+        "250.000 tokens (não expiram na renovação)",
+    )
+    .await;
+    let res = app
+        .chat_as(user, &chat_body("w1000", "oi", false, Some(40)))
+        .await;
+    assert_eq!(res.status(), 200, "served after the code");
+
+    // Spent again; the user asks for credits, an admin approves in the dashboard.
+    assert_eq!(spend_until_blocked(&app, user).await, 429);
+    client.goto(&format!("{}/me", app.address)).await.unwrap();
+    submit_form(
+        &client,
+        "/me/credit-request",
+        &[("tokens", "200.000"), ("note", "Relatório do mês")],
+    )
+    .await;
+    text_when(&client, "#done", |t| t.contains("Pedido enviado")).await;
+    text_when(&client, "#open-request", |t| {
+        t.contains("Seu pedido de 200.000 tokens")
+    })
+    .await;
+    save(&client, "me-requested").await;
+
+    client
+        .goto(&format!("{}/admin", app.address))
+        .await
+        .unwrap();
+    submit_form(
+        &client,
+        "/admin/login",
+        &[("email", ADMIN_EMAIL), ("password", ADMIN_PASSWORD)],
+    )
+    .await;
+    expect_text(&client, "main h1", "Visão geral").await;
+    client
+        .find(Locator::Css("a[href='/admin/requests']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    text_when(&client, "#open-requests", |t| {
+        t.contains("rosa@example.com") && t.contains("200.000") && t.contains("Relatório do mês")
+    })
+    .await;
+    save(&client, "requests").await;
+    client
+        .find(Locator::Css(
+            "#open-requests form[action$='/approve'] button",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    text_when(&client, "p.flash.ok", |t| {
+        t.contains("200.000 tokens concedidos")
+    })
+    .await;
+    let res = app
+        .chat_as(user, &chat_body("w1000", "oi", false, Some(40)))
+        .await;
+    assert_eq!(res.status(), 200, "served after the approval");
+    let mail = smtp
+        .wait_for(4)
+        .await
+        .into_iter()
+        .filter(|m| m.to() == "rosa@example.com")
+        .collect::<Vec<_>>();
+    assert!(
+        mail.iter()
+            .any(|m| m.subject == "Seu pedido foi aprovado: 200.000 tokens a mais"),
+        "{:?}",
+        mail.iter().map(|m| &m.subject).collect::<Vec<_>>()
+    );
+    client.goto(&format!("{}/me", app.address)).await.unwrap();
+    text_when(&client, "#last-request", |t| {
+        t.starts_with("Último pedido: 200.000 tokens, aprovado")
+    })
+    .await;
+    // The whole page at once: chart, models, requests, alerts.
+    client.set_window_size(1280, 2400).await.unwrap();
+    client.refresh().await.unwrap();
+    text_when(&client, "#recent", |t| t.contains("w1000")).await;
+    save(&client, "me-whole").await;
+    client.close().await.unwrap();
+}
