@@ -161,6 +161,8 @@ pub struct Config {
     pub block_status: BlockStatus,
     /// The in-chat notice after a threshold below 100% (`TOKENGATE_CHAT_NOTICE`).
     pub chat_notice: bool,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`TOKENGATE_TRUSTED_PROXIES`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub support_contact: Option<String>,
     /// The operator's text for an exhausted balance (`TOKENGATE_BLOCK_TEXT`).
     pub block_text: Option<crate::proxy::block::BlockText>,
@@ -301,6 +303,17 @@ impl Config {
             "on" | "off" => Ok(()),
             _ => Err("expected on or off".into()),
         }) == "on";
+        let trusted_proxies =
+            match crate::net::parse_networks(&get("TOKENGATE_TRUSTED_PROXIES").unwrap_or_default())
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    problems
+                        .borrow_mut()
+                        .push(format!("TOKENGATE_TRUSTED_PROXIES: {e}"));
+                    Vec::new()
+                }
+            };
         let support_contact = get("TOKENGATE_SUPPORT_CONTACT").map(|c| {
             // One line, no braces: it is shown inside LibreChat's error bubble.
             c.chars()
@@ -559,6 +572,7 @@ impl Config {
                 locale,
                 block_status,
                 chat_notice,
+                trusted_proxies,
                 support_contact,
                 block_text,
                 public_url,

@@ -24,6 +24,7 @@ pub mod i18n;
 pub mod ledger;
 pub mod mail;
 pub mod me;
+pub mod net;
 pub mod ops;
 pub mod proxy;
 pub mod startup;

@@ -134,12 +134,6 @@ fn back(done: Done) -> HttpResponse {
         .finish()
 }
 
-fn client_address(req: &HttpRequest) -> String {
-    req.peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub struct RedeemForm {
@@ -155,7 +149,7 @@ pub async fn redeem(
 ) -> Result<HttpResponse, MeError> {
     me.check_post(&req, &state, &form.csrf)?;
     let now = state.ledger.now().naive_utc();
-    let client = client_address(&req);
+    let client = crate::net::client_address(&req, &state.config.trusted_proxies);
     let subject = format!("user:{}", me.user_id);
     let event = match store::attempt(state.ledger.db(), REDEEM_LIMIT, &subject, &client, now)
         .await?

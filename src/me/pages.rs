@@ -122,13 +122,6 @@ pub struct SignInForm {
     email: String,
 }
 
-/// Where a request comes from: the TCP peer, which a client cannot forge.
-fn client_address(req: &HttpRequest) -> String {
-    req.peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 /// Answers the same whether or not the address is known, and before any mail is
 /// looked up or sent: the mail goes out from a background task.
 pub async fn sign_in_submit(
@@ -152,7 +145,7 @@ pub async fn sign_in_submit(
         return Ok(sign_in_page(l, Some(notice), StatusCode::BAD_REQUEST));
     }
     let now = state.ledger.now().naive_utc();
-    let address = client_address(&req);
+    let address = crate::net::client_address(&req, &state.config.trusted_proxies);
     let allowance = store::attempt(state.ledger.db(), SIGN_IN_LIMIT, &email, &address, now).await?;
     match allowance {
         Allowance::ClientLimited => {

@@ -690,3 +690,44 @@ async fn the_operators_block_text_leads_to_the_users_page() {
         "Seus tokens do plano Teste 1000 acabaram. Veja como conseguir mais em http://tokens.example.test/me"
     );
 }
+
+/// Behind the operator's reverse proxy every request comes from the proxy: with
+/// `TOKENGATE_TRUSTED_PROXIES` the limit counts the address the proxy names, so
+/// one client cannot lock everyone out; without it, the header is not believed.
+#[actix_web::test]
+async fn behind_a_trusted_proxy_each_client_has_its_own_limit() {
+    let smtp = SmtpServer::start(SmtpOptions::default()).await;
+    let app = spawn_app(TestOptions {
+        env: vec![
+            ("TOKENGATE_SMTP_URL", smtp.url()),
+            ("TOKENGATE_PUBLIC_URL", PUBLIC_URL.into()),
+            ("TOKENGATE_TRUSTED_PROXIES", "127.0.0.1".into()),
+        ],
+        ..TestOptions::default()
+    })
+    .await;
+    let ask = |client_ip: &'static str, i: usize| {
+        let app = &app;
+        async move {
+            browser()
+                .post(format!("{}/me/sign-in", app.address))
+                .header("origin", &app.address)
+                .header("x-forwarded-for", format!("6.6.6.6, {client_ip}"))
+                .form(&[("email", format!("x{i}@example.com"))])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for i in 0..10 {
+        assert_eq!(ask("203.0.113.1", i).await, 200);
+    }
+    assert_eq!(ask("203.0.113.1", 10).await, 429, "that client had its ten");
+    assert_eq!(
+        ask("203.0.113.2", 11).await,
+        200,
+        "another client behind the proxy"
+    );
+}

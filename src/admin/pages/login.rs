@@ -74,14 +74,6 @@ pub async fn show(
     login_page(&state, &session, "", &q.next, None, StatusCode::OK)
 }
 
-/// Where the sign-in request comes from: the TCP peer, which a client cannot forge
-/// (headers like X-Forwarded-For could be).
-fn client_address(req: &HttpRequest) -> String {
-    req.peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 pub async fn submit(
     state: web::Data<AppState>,
     session: Session,
@@ -92,7 +84,7 @@ pub async fn submit(
     session::check_csrf(&session, &form.csrf)?;
     let l = locale(&state);
     let email = form.email.trim().to_lowercase();
-    let address = client_address(&req);
+    let address = crate::net::client_address(&req, &state.config.trusted_proxies);
     let now = state.ledger.now().naive_utc();
     let refused = |text: &str, status| {
         Ok(login_page(
