@@ -331,8 +331,8 @@ fn codes_create(
     let ledger = open(config)?;
     let today = ledger.now().with_timezone(&config.timezone).date_naive();
     let expires_at = codes::end_of(valid_until, config.timezone)
-        .filter(|_| valid_until >= today)
-        .ok_or("--valid-until must be today or later")?;
+        .filter(|_| valid_until >= today && valid_until <= codes::latest_day(today))
+        .ok_or("--valid-until must be from today to ten years on")?;
     let note = note.map(|n| {
         n.chars()
             .filter(|c| !c.is_control())
@@ -341,7 +341,15 @@ fn codes_create(
     });
     let (batch, list) =
         ledger.create_code_batch(tokens, count, expires_at, note.as_deref(), &Actor::Cli)?;
-    print!("{}", codes::csv(batch, tokens.get(), valid_until, &list));
+    // Written at once and checked: a closed pipe must say the codes were lost, not
+    // panic halfway through them.
+    let csv = codes::csv(batch, tokens.get(), valid_until, &list);
+    let mut out = std::io::stdout().lock();
+    std::io::Write::write_all(&mut out, csv.as_bytes())
+        .and_then(|()| std::io::Write::flush(&mut out))
+        .map_err(|e| {
+            format!("batch #{batch} was made, but its codes could not be written out ({e}); they cannot be shown again: make a new batch")
+        })?;
     eprintln!(
         "Batch #{batch}: {count} codes of {tokens} tokens, valid until {valid_until}. Keep this output: the codes are not shown again."
     );

@@ -66,6 +66,12 @@ pub fn tokens_phrase(n: i64, locale: Locale) -> String {
     }
 }
 
+/// Characters that reorder the text around them (U+202A..U+202E, U+2066..U+2069):
+/// in a note or a name they could make a line read as something else.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 /// A calendar date: `01/12/2026` (dd/mm/aaaa) or `December 1, 2026`.
 pub fn date(d: NaiveDate, locale: Locale) -> String {
     match locale {

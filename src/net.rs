@@ -23,11 +23,15 @@ pub fn parse_networks(raw: &str) -> Result<Vec<IpNet>, String> {
 
 /// The client of `req`, as the limits count it.
 pub fn client_address(req: &HttpRequest, trusted: &[IpNet]) -> String {
-    let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
+    // A dual-stack listener sees IPv4 peers as `::ffff:a.b.c.d`.
+    let Some(peer) = req.peer_addr().map(|a| a.ip().to_canonical()) else {
         return "unknown".into();
     };
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
+        if req.headers().contains_key("x-forwarded-for") {
+            warn_untrusted_once(peer);
+        }
         return key(peer);
     }
     // Each proxy appends the address it got the request from; only the part the
@@ -41,13 +45,45 @@ pub fn client_address(req: &HttpRequest, trusted: &[IpNet]) -> String {
         .map(str::trim)
         .collect();
     for entry in entries.iter().rev() {
-        match entry.parse::<IpAddr>() {
-            Ok(ip) if is_trusted(&ip) => continue,
-            Ok(ip) => return key(ip),
-            Err(_) => break,
+        match parse_entry(entry) {
+            Some(ip) if is_trusted(&ip) => continue,
+            Some(ip) => return key(ip),
+            None => break,
         }
     }
     key(peer)
+}
+
+/// An address as proxies write it: `a.b.c.d`, `a.b.c.d:port`, `v6` or `[v6]:port`.
+fn parse_entry(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    entry
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|s| s.ip().to_canonical())
+}
+
+/// Once per process: a proxy in front that is not trusted makes every user count as
+/// that proxy, which an operator would otherwise never notice.
+fn warn_untrusted_once(peer: IpAddr) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(%peer, "a request came with X-Forwarded-For from an address not in TOKENGATE_TRUSTED_PROXIES: the sign-in and code limits count that address, not the client's; list your reverse proxy's address there (the address tokengate sees it as)");
+    }
+}
+
+/// Networks so wide that they likely hold clients, not just proxies: a client inside
+/// one could name any address it likes.
+pub fn wide_networks(nets: &[IpNet]) -> Vec<IpNet> {
+    nets.iter()
+        .filter(|n| match n {
+            IpNet::V4(v4) => v4.prefix_len() < 24,
+            IpNet::V6(v6) => v6.prefix_len() < 64,
+        })
+        .copied()
+        .collect()
 }
 
 fn key(ip: IpAddr) -> String {
@@ -106,6 +142,20 @@ mod tests {
         assert_eq!(
             from("10.0.0.2:5000", &["1.1.1.1, 203.0.113.9"], "10.0.0.0/8"),
             "203.0.113.9"
+        );
+        // Ports, as some proxies write them.
+        assert_eq!(
+            from("10.0.0.2:5000", &["203.0.113.5:1234"], "10.0.0.0/8"),
+            "203.0.113.5"
+        );
+        assert_eq!(
+            from("10.0.0.2:5000", &["[2001:db8::5]:443"], "10.0.0.0/8"),
+            "2001:db8::/64"
+        );
+        // A proxy reached over a dual-stack listener.
+        assert_eq!(
+            from("[::ffff:10.0.0.2]:5000", &["203.0.113.5"], "10.0.0.2"),
+            "203.0.113.5"
         );
         // Nothing readable: the proxy itself.
         assert_eq!(

@@ -79,6 +79,15 @@ impl Application {
         if !applied.is_empty() {
             tracing::info!(migrations = ?applied, "database migrated");
         }
+        let wide = crate::net::wide_networks(&config.trusted_proxies);
+        if !wide.is_empty() {
+            tracing::warn!(networks = ?wide, "TOKENGATE_TRUSTED_PROXIES has networks wide enough to hold clients: any client inside them can name its own address in X-Forwarded-For and escape the sign-in and code limits; list only your proxies' addresses");
+        }
+        if config.admin_emails.is_empty() {
+            tracing::warn!(
+                "TOKENGATE_ADMIN_EMAILS is empty: no admin gets alerts or credit requests by mail (the dashboard still lists them)"
+            );
+        }
         let mut generated = Generated::default();
         let keys = bootstrap::client_keys(&db, &config, &mut generated)?;
         bootstrap::first_admin(&db, &config, clock.now().naive_utc(), &mut generated)?;

@@ -41,11 +41,24 @@ impl RequestState {
     }
 }
 
+/// Which requests to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// Waiting for a decision, oldest first.
+    Open,
+    /// Approved or declined, newest first.
+    Decided,
+    /// All, newest first.
+    All,
+}
+
 /// A user's request for credits.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CreditRequest {
     pub id: i64,
     pub user_id: i64,
+    /// The user is suspended now (a grant would wait for reactivation to be used).
+    pub user_suspended: bool,
     pub user_email: Option<String>,
     pub user_name: Option<String>,
     pub user_external_id: Option<String>,
@@ -164,6 +177,7 @@ pub(super) fn decide_request(
     approve: bool,
     reason: Option<&str>,
     actor: &Actor,
+    label: &str,
 ) -> Result<CreditRequest, RequestError> {
     let state = if approve {
         RequestState::Approved
@@ -186,7 +200,7 @@ pub(super) fn decide_request(
     if decided == 0 {
         return Err(RequestError::AlreadyDecided);
     }
-    let note = format!("pedido de créditos #{id}");
+    let note = format!("{label} #{id}");
     if approve {
         let amount = TokenAmount::new(request.tokens).map_err(|_| {
             RequestError::Ledger(LedgerError::Store(StoreError::Unavailable(
@@ -226,6 +240,7 @@ pub(super) fn decide_request(
 type RequestRow = (
     i64,
     i64,
+    Option<NaiveDateTime>,
     Option<String>,
     Option<String>,
     Option<String>,
@@ -238,9 +253,10 @@ type RequestRow = (
     NaiveDateTime,
 );
 
-const REQUEST_COLUMNS: (
+type RequestColumns = (
     credit_requests::id,
     credit_requests::user_id,
+    users::suspended_at,
     users::email,
     users::name,
     users::external_id,
@@ -251,9 +267,12 @@ const REQUEST_COLUMNS: (
     credit_requests::reason,
     credit_requests::decided_at,
     credit_requests::created_at,
-) = (
+);
+
+const REQUEST_COLUMNS: RequestColumns = (
     credit_requests::id,
     credit_requests::user_id,
+    users::suspended_at,
     users::email,
     users::name,
     users::external_id,
@@ -270,16 +289,17 @@ fn request_of(r: RequestRow) -> CreditRequest {
     CreditRequest {
         id: r.0,
         user_id: r.1,
-        user_email: r.2,
-        user_name: r.3,
-        user_external_id: r.4,
-        tokens: r.5,
-        note: r.6,
-        state: RequestState::parse(&r.7),
-        decided_by: r.8,
-        reason: r.9,
-        decided_at: r.10,
-        created_at: r.11,
+        user_suspended: r.2.is_some(),
+        user_email: r.3,
+        user_name: r.4,
+        user_external_id: r.5,
+        tokens: r.6,
+        note: r.7,
+        state: RequestState::parse(&r.8),
+        decided_by: r.9,
+        reason: r.10,
+        decided_at: r.11,
+        created_at: r.12,
     }
 }
 
@@ -293,10 +313,10 @@ pub(crate) fn request_by_id(c: &mut Conn, id: i64) -> Result<Option<CreditReques
         .map(request_of))
 }
 
-/// Requests in `state` (oldest open first; newest decided first), or a user's newest.
+/// Requests: `which` of them, of one user or of everyone.
 pub(super) fn requests(
     c: &mut Conn,
-    state: Option<RequestState>,
+    which: Which,
     user_id: Option<i64>,
     limit: i64,
 ) -> Result<Vec<CreditRequest>, StoreError> {
@@ -305,17 +325,19 @@ pub(super) fn requests(
         .select(REQUEST_COLUMNS)
         .limit(limit)
         .into_boxed();
-    if let Some(s) = state {
-        q = q.filter(credit_requests::state.eq(s.as_str()));
-    }
+    let open = RequestState::Open.as_str();
+    q = match which {
+        Which::Open => q
+            .filter(credit_requests::state.eq(open))
+            .order(credit_requests::id.asc()),
+        Which::Decided => q
+            .filter(credit_requests::state.ne(open))
+            .order(credit_requests::id.desc()),
+        Which::All => q.order(credit_requests::id.desc()),
+    };
     if let Some(u) = user_id {
         q = q.filter(credit_requests::user_id.eq(u));
     }
-    q = if state == Some(RequestState::Open) {
-        q.order(credit_requests::id.asc())
-    } else {
-        q.order(credit_requests::id.desc())
-    };
     Ok(q.load::<RequestRow>(c)?
         .into_iter()
         .map(request_of)
@@ -354,9 +376,12 @@ fn new_code() -> Result<String, StoreError> {
 /// A code as typed, reduced to its symbols: case, spaces, dashes and the `TG`
 /// prefix do not matter, and the letters Crockford reads as digits are read so.
 pub fn normalize_code(typed: &str) -> Option<String> {
-    let mut s: String = typed
+    // Pasted from anywhere: a whole CSV line, an en dash from a word processor, a
+    // full stop after it. Only the letters and digits of the first field count.
+    let first_field = typed.split([',', ';', '\t']).next().unwrap_or("");
+    let mut s: String = first_field
         .chars()
-        .filter(|c| !c.is_whitespace() && *c != '-')
+        .filter(char::is_ascii_alphanumeric)
         .map(|c| c.to_ascii_uppercase())
         .collect();
     if s.len() == CODE_SYMBOLS + 2 && s.starts_with("TG") {
@@ -458,6 +483,7 @@ pub(super) fn redeem(
     ctx: &Ctx,
     user_id: i64,
     typed: &str,
+    label: &str,
 ) -> Result<Redeemed, LedgerError> {
     let Some(normalized) = normalize_code(typed) else {
         return Ok(Redeemed::Unknown);
@@ -500,7 +526,7 @@ pub(super) fn redeem(
     }
     let amount = TokenAmount::new(tokens)
         .map_err(|_| StoreError::Unavailable("stored code amount is invalid".into()))?;
-    let note = format!("código do lote #{batch}");
+    let note = format!("{label} #{batch}");
     tx::add_credits(
         c,
         ctx,
@@ -579,6 +605,18 @@ mod tests {
         assert_eq!(
             normalize_code("TG-0000-0000-0000-0000-000O").as_deref(),
             Some("00000000000000000000")
+        );
+        assert_eq!(
+            normalize_code(&code.replace('-', "\u{2013}")).as_deref(),
+            Some(n.as_str())
+        );
+        assert_eq!(
+            normalize_code(&format!("{code}.")).as_deref(),
+            Some(n.as_str())
+        );
+        assert_eq!(
+            normalize_code(&format!("{code},1000,2026-12-05,1")).as_deref(),
+            Some(n.as_str())
         );
         assert_eq!(normalize_code("TG-1234"), None);
         assert_eq!(normalize_code("TG-UUUU-0000-0000-0000-0000"), None);

@@ -583,17 +583,20 @@ impl Ledger {
 
     /// An admin approves (the tokens are granted) or declines an open request; the
     /// user is mailed either way.
+    /// `label` names the request in the ledger's note ("pedido de créditos" makes
+    /// "pedido de créditos #12").
     pub fn decide_credit_request(
         &self,
         id: i64,
         approve: bool,
         reason: Option<&str>,
         actor: &Actor,
+        label: &'static str,
     ) -> Result<credits::CreditRequest, credits::RequestError> {
         let ctx = tx::Ctx::new(self.now(), self.tz);
         let (reason, actor) = (reason.map(str::to_owned), actor.clone());
         let decided = self.db.write_blocking(move |c| {
-            credits::decide_request(c, &ctx, id, approve, reason.as_deref(), &actor)
+            credits::decide_request(c, &ctx, id, approve, reason.as_deref(), &actor, label)
         })?;
         self.outbox_signal.notify_one();
         Ok(decided)
@@ -602,12 +605,12 @@ impl Ledger {
     /// Credit requests: open ones oldest first, decided ones newest first.
     pub fn credit_requests(
         &self,
-        state: Option<credits::RequestState>,
+        which: credits::Which,
         user_id: Option<i64>,
         limit: i64,
     ) -> Result<Vec<credits::CreditRequest>, StoreError> {
         let mut conn = self.db.conn()?;
-        credits::requests(&mut conn, state, user_id, limit)
+        credits::requests(&mut conn, which, user_id, limit)
     }
 
     pub fn open_credit_requests(&self) -> Result<i64, StoreError> {
@@ -631,11 +634,18 @@ impl Ledger {
         })
     }
 
-    pub fn redeem_code(&self, user_id: i64, code: &str) -> Result<credits::Redeemed, LedgerError> {
+    /// `label` names the batch in the ledger's note ("código do lote" makes
+    /// "código do lote #3").
+    pub fn redeem_code(
+        &self,
+        user_id: i64,
+        code: &str,
+        label: &'static str,
+    ) -> Result<credits::Redeemed, LedgerError> {
         let ctx = tx::Ctx::new(self.now(), self.tz);
         let code = code.to_owned();
         self.db
-            .write_blocking(move |c| credits::redeem(c, &ctx, user_id, &code))
+            .write_blocking(move |c| credits::redeem(c, &ctx, user_id, &code, label))
     }
 
     pub fn code_batches(&self, limit: i64) -> Result<Vec<credits::Batch>, StoreError> {

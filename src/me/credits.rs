@@ -37,21 +37,25 @@ pub enum Done {
     CodeUsed,
     CodeExpired,
     TooManyCodes,
+    TooManyFromHere,
     Requested,
     AlreadyRequested,
     BadAmount,
+    TooMuch,
 }
 
 impl Done {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 10] = [
         Self::CodeAdded,
         Self::CodeUnknown,
         Self::CodeUsed,
         Self::CodeExpired,
         Self::TooManyCodes,
+        Self::TooManyFromHere,
         Self::Requested,
         Self::AlreadyRequested,
         Self::BadAmount,
+        Self::TooMuch,
     ];
 
     fn key(self) -> &'static str {
@@ -61,9 +65,11 @@ impl Done {
             Self::CodeUsed => "code-used",
             Self::CodeExpired => "code-expired",
             Self::TooManyCodes => "code-wait",
+            Self::TooManyFromHere => "code-wait-network",
             Self::Requested => "requested",
             Self::AlreadyRequested => "already-requested",
             Self::BadAmount => "bad-amount",
+            Self::TooMuch => "too-much",
         }
     }
 
@@ -103,6 +109,13 @@ impl Done {
                     "Too many attempts with invalid codes. Wait 15 minutes and try again.",
                 ),
             ),
+            Self::TooManyFromHere => (
+                false,
+                l.pick(
+                    "Muitas tentativas com códigos inválidos a partir desta rede. Espere 15 minutos e tente de novo.",
+                    "Too many attempts with invalid codes from this network. Wait 15 minutes and try again.",
+                ),
+            ),
             Self::Requested => (
                 true,
                 l.pick(
@@ -122,6 +135,13 @@ impl Done {
                 l.pick(
                     "Digite quantos tokens você quer, só com números (por exemplo 100.000).",
                     "Type how many tokens you want, in digits only (for example 100,000).",
+                ),
+            ),
+            Self::TooMuch => (
+                false,
+                l.pick(
+                    "Um pedido pode ser de no máximo 1.000.000.000 tokens.",
+                    "A request can be for at most 1,000,000,000 tokens.",
                 ),
             ),
         }
@@ -155,14 +175,22 @@ pub async fn redeem(
         .await?
     {
         Allowance::Allowed { event } => event,
-        Allowance::SubjectLimited | Allowance::ClientLimited => {
-            tracing::warn!(user = me.user_id, %client, "code redemption refused: too many failures");
+        Allowance::SubjectLimited => {
+            tracing::warn!(
+                user = me.user_id,
+                "code redemption refused: too many failures"
+            );
             return Ok(back(Done::TooManyCodes));
+        }
+        Allowance::ClientLimited => {
+            tracing::warn!(user = me.user_id, %client, "code redemption refused: too many failures from this client");
+            return Ok(back(Done::TooManyFromHere));
         }
     };
     let ledger = state.ledger.clone();
     let (user, code) = (me.user_id, form.code.chars().take(100).collect::<String>());
-    let outcome = web::block(move || ledger.redeem_code(user, &code)).await??;
+    let note = state.config.locale.pick("código do lote", "code of batch");
+    let outcome = web::block(move || ledger.redeem_code(user, &code, note)).await??;
     let done = match outcome {
         Redeemed::Added { tokens } => {
             // Only failures count against the limit.
@@ -192,16 +220,18 @@ pub async fn ask(
     form: web::Form<AskForm>,
 ) -> Result<HttpResponse, MeError> {
     me.check_post(&req, &state, &form.csrf)?;
-    let Some(tokens) = TokenAmount::parse(&form.tokens)
-        .ok()
-        .filter(|t| t.get() <= MAX_REQUEST)
-    else {
-        return Ok(back(Done::BadAmount));
+    let tokens = match TokenAmount::parse(&form.tokens) {
+        Ok(t) if t.get() <= MAX_REQUEST => t,
+        Ok(_) | Err(crate::domain::tokens::TokenAmountError::TooLarge) => {
+            return Ok(back(Done::TooMuch));
+        }
+        Err(_) => return Ok(back(Done::BadAmount)),
     };
     // One line of plain text: line breaks and other control characters become spaces.
     let note: String = form
         .note
         .chars()
+        .filter(|c| !crate::i18n::is_bidi_control(*c))
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect::<String>()
         .split_whitespace()

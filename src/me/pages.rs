@@ -301,7 +301,7 @@ pub async fn home(
             ledger.usage_by_model(id)?,
             ledger.recent_usage(id, RECENT)?,
             alerts::list(ledger.db(), Some(id), 20)?,
-            ledger.credit_requests(None, Some(id), 5)?,
+            ledger.credit_requests(crate::ledger::credits::Which::All, Some(id), 5)?,
         ))
     })
     .await??;

@@ -143,7 +143,12 @@ impl Notice {
     /// unless the stream reported an error (`healthy` false).
     fn pass(&mut self, chunk: Bytes, usage: Option<Usage>, healthy: bool) -> Bytes {
         if self.event.is_none() {
-            return chunk;
+            // Done (shown or given up): what was held goes first, in order.
+            if self.partial.is_empty() {
+                return chunk;
+            }
+            self.partial.extend_from_slice(&chunk);
+            return self.partial.split().freeze();
         }
         self.partial.extend_from_slice(&chunk);
         let Some(last_break) = self.partial.iter().rposition(|b| *b == b'\n') else {
@@ -356,5 +361,68 @@ impl Stream for MeteredStream {
 impl Drop for MeteredStream {
     fn drop(&mut self) {
         self.settle(Outcome::ClientDisconnected, 499);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    /// A notice whose event is `<N>` and that records whether it went unshown.
+    fn notice() -> (Notice, Rc<Cell<bool>>) {
+        let unshown = Rc::new(Cell::new(false));
+        let flag = unshown.clone();
+        (
+            Notice::new(|_| Bytes::from_static(b"<N>"), move || flag.set(true)),
+            unshown,
+        )
+    }
+
+    fn run(n: &mut Notice, pieces: &[&str], healthy: bool) -> String {
+        let mut out = Vec::new();
+        for p in pieces {
+            out.extend_from_slice(&n.pass(Bytes::copy_from_slice(p.as_bytes()), None, healthy));
+        }
+        out.extend_from_slice(&n.rest());
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_notice_goes_just_before_done_however_the_bytes_are_cut() {
+        let stream = "data: {\"a\":1}\r\n\r\ndata: {\"b\":\"[DONE]\"}\n\ndata: [DONE]\n\n";
+        for cut in 1..stream.len() {
+            let (mut n, unshown) = notice();
+            let out = run(&mut n, &[&stream[..cut], &stream[cut..]], true);
+            assert_eq!(
+                out,
+                stream.replacen("data: [DONE]", "<N>data: [DONE]", 1),
+                "cut at {cut}"
+            );
+            drop(n);
+            assert!(!unshown.get(), "shown, cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn bytes_held_back_keep_their_order_after_the_notice() {
+        let (mut n, _) = notice();
+        let out = run(&mut n, &["data: [DONE]\n\nx", "y\n", "z"], true);
+        assert_eq!(out, "<N>data: [DONE]\n\nxy\nz");
+    }
+
+    #[test]
+    fn an_error_or_a_stream_without_done_leaves_the_notice_due() {
+        let (mut n, unshown) = notice();
+        let out = run(&mut n, &["data: {\"error\":1}\n\ndata: [DONE]\n\n"], false);
+        assert!(!out.contains("<N>"));
+        drop(n);
+        assert!(unshown.get());
+        let (mut n, unshown) = notice();
+        let out = run(&mut n, &["data: {\"a\":1}\n\n"], true);
+        assert_eq!(out, "data: {\"a\":1}\n\n");
+        drop(n);
+        assert!(unshown.get());
     }
 }

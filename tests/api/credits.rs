@@ -86,6 +86,16 @@ async fn a_request_is_approved_in_the_dashboard_granted_once_and_mailed() {
         .await;
         assert_eq!(to, "/me?done=bad-amount", "{bad:?}");
     }
+    for too_much in ["1000000001", "99999999999999999999999"] {
+        let to = user_form(
+            &app,
+            &client,
+            "/me/credit-request",
+            &[("tokens", too_much), ("note", "")],
+        )
+        .await;
+        assert_eq!(to, "/me?done=too-much", "{too_much:?}");
+    }
     let to = user_form(
         &app,
         &client,
@@ -156,7 +166,7 @@ async fn a_request_is_approved_in_the_dashboard_granted_once_and_mailed() {
     assert!(queue.contains("Projeto &lt;b&gt;urgente&lt;/b&gt;"));
     let request = app
         .ledger()
-        .credit_requests(None, Some(lia), 1)
+        .credit_requests(tokengate::ledger::credits::Which::All, Some(lia), 1)
         .unwrap()
         .remove(0);
     let credits_before = app.summary("lia-1").credits;
@@ -235,10 +245,15 @@ async fn a_declined_request_tells_the_user_why_and_grants_nothing() {
     smtp.wait_for(1).await;
     let request = app
         .ledger()
-        .credit_requests(None, Some(rui), 1)
+        .credit_requests(tokengate::ledger::credits::Which::All, Some(rui), 1)
         .unwrap()
         .remove(0);
     let admin = Admin::signed_in(&app).await;
+    // Suspended since: the queue says so before anyone decides.
+    app.ledger()
+        .set_suspended(&tokengate::ledger::UserRef::Id(rui), true, &Actor::Cli)
+        .unwrap();
+    assert!(admin.page("/admin/requests").await.contains("suspenso"));
     let before = app.summary("rui-1");
     admin
         .submit(

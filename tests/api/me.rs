@@ -731,3 +731,40 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_limit() {
         "another client behind the proxy"
     );
 }
+
+#[actix_web::test]
+async fn the_page_in_english() {
+    let smtp = SmtpServer::start(SmtpOptions::default()).await;
+    let app = spawn_app(TestOptions {
+        env: vec![
+            ("TOKENGATE_SMTP_URL", smtp.url()),
+            ("TOKENGATE_PUBLIC_URL", PUBLIC_URL.into()),
+            ("TOKENGATE_LOCALE", "en".into()),
+        ],
+        start: mid_november(),
+        ..TestOptions::default()
+    })
+    .await;
+    app.default_plan(1_500_000);
+    chat_user(&app, "ken-1", "ken@example.com", "Ken", "fake-model", 5).await;
+    let client = signed_in(&app, app.user_id("ken-1")).await;
+    let html = page(&app, &client).await.text().await.unwrap();
+    let left = tokengate::i18n::tokens(
+        app.summary("ken-1").remaining,
+        tokengate::config::Locale::En,
+    );
+    for expected in [
+        format!(r#"id="remaining">{left}<"#),
+        "tokens left".to_owned(),
+        "About 1.5 million tokens.".to_owned(),
+        "renews on December 1, 2026".to_owned(),
+        "1,500,000 tokens a month".to_owned(),
+        "Redeem the code".to_owned(),
+    ] {
+        assert!(html.contains(&expected), "missing {expected:?}");
+    }
+    let (_, html) = ask_for_link(&app, &browser(), "ken@example.com").await;
+    assert!(html.contains("Check your email"));
+    let mail = smtp.wait_for(1).await;
+    assert_eq!(mail[0].subject, "Your link to see your token balance");
+}

@@ -62,6 +62,14 @@ INSERT INTO outbox_new (id, alert_id, role, recipient, state, attempts, next_att
     claimed_by, claimed_until, last_error, created_at, sent_at)
 SELECT id, alert_id, role, recipient, state, attempts, next_attempt_at,
     claimed_by, claimed_until, last_error, created_at, sent_at FROM outbox;
+-- AUTOINCREMENT's high-water mark goes with the rows: an id of a deleted message is
+-- never given again (a message's Message-ID is made of it).
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'outbox_new', 0
+    WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'outbox_new');
+UPDATE sqlite_sequence
+    SET seq = MAX(seq, COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0))
+    WHERE name = 'outbox_new';
 DROP TABLE outbox;
 ALTER TABLE outbox_new RENAME TO outbox;
 CREATE INDEX outbox_due ON outbox (state, next_attempt_at);

@@ -30,7 +30,7 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
                     input type="text" name="tokens" inputmode="numeric" required placeholder="100.000"; }
                 label { (l.pick("Quantos códigos", "How many codes"))
                     input type="number" name="count" min="1" max=(MAX_BATCH) required value="10"; }
-                label { (l.pick("Válidos até (inclusive)", "Valid until (inclusive)"))
+                label { (l.pick("Válidos até o fim do dia", "Valid until the end of"))
                     input type="date" name="expires" required; }
                 label { (l.pick("Observação (opcional)", "Note (optional)"))
                     input type="text" name="note" maxlength="300"; }
@@ -55,7 +55,7 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
                         td { "#" (b.id) }
                         td.num { (views::tokens(b.tokens, l)) }
                         td.num { (b.redeemed) " / " (b.codes) }
-                        td { (i18n::datetime(b.expires_at, tz, l))
+                        td { (i18n::date(last_day(b.expires_at, tz), l))
                              @if b.expires_at <= now { " " span.badge.blocked { (l.pick("expirado", "expired")) } } }
                         td { (b.note.as_deref().unwrap_or("")) }
                         td { (b.created_by) " · " (i18n::datetime(b.created_at, tz, l)) }
@@ -84,12 +84,31 @@ pub struct BatchForm {
 }
 
 /// The first moment a code of a batch valid until `day` (inclusive, in the
-/// configured time zone) no longer works, in UTC.
+/// configured time zone) no longer works, in UTC: the next day's first instant,
+/// which is later than midnight where a clock change skips midnight.
 pub fn end_of(day: NaiveDate, tz: chrono_tz::Tz) -> Option<NaiveDateTime> {
-    let next = day.succ_opt()?.and_hms_opt(0, 0, 0)?;
-    next.and_local_timezone(tz)
-        .earliest()
-        .map(|t| t.naive_utc())
+    let next = day.succ_opt()?;
+    (0..=4 * 60).find_map(|minutes| {
+        next.and_hms_opt(minutes / 60, minutes % 60, 0)?
+            .and_local_timezone(tz)
+            .earliest()
+            .map(|t| t.naive_utc())
+    })
+}
+
+/// The last day a batch expiring at `expires_at` (UTC) is valid, in `tz`.
+pub fn last_day(expires_at: NaiveDateTime, tz: chrono_tz::Tz) -> NaiveDate {
+    (expires_at - chrono::Duration::seconds(1))
+        .and_utc()
+        .with_timezone(&tz)
+        .date_naive()
+}
+
+/// The latest last day a batch may have: ten years on.
+pub fn latest_day(today: NaiveDate) -> NaiveDate {
+    today
+        .checked_add_months(chrono::Months::new(120))
+        .unwrap_or(today)
 }
 
 /// The codes of a batch as CSV: one code per line, with its worth and validity.
@@ -132,12 +151,12 @@ pub async fn create(
         .date_naive();
     let Some((day, expires_at)) = NaiveDate::parse_from_str(form.expires.trim(), "%Y-%m-%d")
         .ok()
-        .filter(|d| *d >= today)
+        .filter(|d| *d >= today && *d <= latest_day(today))
         .and_then(|d| end_of(d, state.config.timezone).map(|e| (d, e)))
     else {
         return refuse(l.pick(
-            "Validade: escolha uma data de hoje em diante.",
-            "Valid until: choose a date from today on.",
+            "Validade: escolha uma data de hoje até daqui a 10 anos.",
+            "Valid until: choose a date from today to ten years on.",
         ));
     };
     let note = Some(one_line(&form.note, 300)).filter(|n| !n.is_empty());
@@ -162,4 +181,24 @@ fn too_many(l: Locale) -> String {
         l.pick("Quantos códigos: de 1 a", "How many codes: from 1 to"),
         views::tokens(MAX_BATCH, l)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_ends_after_its_last_local_day_even_where_midnight_is_skipped() {
+        let sp: chrono_tz::Tz = chrono_tz::America::Sao_Paulo;
+        let day = NaiveDate::from_ymd_opt(2026, 12, 31).unwrap_or_default();
+        let end = end_of(day, sp).unwrap_or_default();
+        assert_eq!(end.to_string(), "2027-01-01 03:00:00");
+        assert_eq!(last_day(end, sp), day);
+        // Santiago skips from 00:00 to 01:00 on 2027-09-05.
+        let santiago: chrono_tz::Tz = chrono_tz::America::Santiago;
+        let day = NaiveDate::from_ymd_opt(2027, 9, 4).unwrap_or_default();
+        let end = end_of(day, santiago);
+        assert!(end.is_some());
+        assert_eq!(last_day(end.unwrap_or_default(), santiago), day);
+    }
 }

@@ -106,6 +106,7 @@ fn actor(me: &SignedIn) -> Actor {
 /// bounded.
 fn one_line(s: &str, max_chars: usize) -> String {
     s.chars()
+        .filter(|c| !crate::i18n::is_bidi_control(*c))
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect::<String>()
         .split_whitespace()

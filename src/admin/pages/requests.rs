@@ -6,7 +6,7 @@ use crate::admin::AdminError;
 use crate::admin::session::SignedIn;
 use crate::admin::views::{self, Nav};
 use crate::i18n;
-use crate::ledger::credits::{RequestError, RequestState};
+use crate::ledger::credits::{RequestError, RequestState, Which};
 use crate::startup::AppState;
 use actix_web::{HttpRequest, HttpResponse, web};
 use maud::html;
@@ -15,17 +15,14 @@ use serde::Deserialize;
 pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpResponse, AdminError> {
     let l = locale(&state);
     let tz = state.config.timezone;
-    let (open, decided) = with_ledger(&state, |ledger| {
+    let (open, decided, open_count) = with_ledger(&state, |ledger| {
         Ok::<_, crate::db::StoreError>((
-            ledger.credit_requests(Some(RequestState::Open), None, 200)?,
-            ledger.credit_requests(None, None, 50)?,
+            ledger.credit_requests(Which::Open, None, 200)?,
+            ledger.credit_requests(Which::Decided, None, 50)?,
+            ledger.open_credit_requests()?,
         ))
     })
     .await?;
-    let decided: Vec<_> = decided
-        .into_iter()
-        .filter(|r| r.state != RequestState::Open)
-        .collect();
     let who = |r: &crate::ledger::credits::CreditRequest| {
         crate::ledger::stats::label(
             r.user_id,
@@ -36,7 +33,8 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
     };
     let body = html! {
         section {
-            h2 { (l.pick("Aguardando resposta", "Waiting for an answer")) " (" (open.len()) ")" }
+            h2 { (l.pick("Aguardando resposta", "Waiting for an answer")) " (" (open_count) ")" }
+            @if open_count > open.len() as i64 { p.muted { (l.pick("Os 200 mais antigos:", "The 200 oldest:")) } }
             @if open.is_empty() { p.empty { (l.pick("Nenhum pedido aberto.", "No open requests.")) } }
             @else {
                 table #open-requests {
@@ -46,7 +44,8 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
                     } }
                     tbody { @for r in &open { tr {
                         td { "#" (r.id) }
-                        td { a href=(format!("/admin/users/{}", r.user_id)) { (who(r)) } }
+                        td { a href=(format!("/admin/users/{}", r.user_id)) { (who(r)) }
+                             @if r.user_suspended { " " span.badge.suspended { (l.pick("suspenso", "suspended")) } } }
                         td.num { (views::tokens(r.tokens, l)) }
                         td { (r.note.as_deref().unwrap_or("")) }
                         td { (i18n::datetime(r.created_at, tz, l)) }
@@ -116,9 +115,11 @@ async fn decide(
     let reason = Some(one_line(&form.reason, 300)).filter(|r| !r.is_empty() && !approve);
     let who = actor(&me);
     let ledger = state.ledger.clone();
-    let result =
-        web::block(move || ledger.decide_credit_request(id, approve, reason.as_deref(), &who))
-            .await?;
+    let label = l.pick("pedido de créditos", "credit request");
+    let result = web::block(move || {
+        ledger.decide_credit_request(id, approve, reason.as_deref(), &who, label)
+    })
+    .await?;
     let text = match result {
         Ok(r) if approve => format!(
             "{} #{}: {} tokens {}",
