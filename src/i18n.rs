@@ -72,6 +72,21 @@ pub fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+/// A form field meant to be one line of text: control characters become spaces,
+/// bidi controls go, runs of whitespace become one space, at most `max_chars`.
+pub fn one_line(s: &str, max_chars: usize) -> String {
+    s.chars()
+        .filter(|c| !is_bidi_control(*c))
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(max_chars)
+        .collect()
+}
+
 /// A calendar date: `01/12/2026` (dd/mm/aaaa) or `December 1, 2026`.
 pub fn date(d: NaiveDate, locale: Locale) -> String {
     match locale {

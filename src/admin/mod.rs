@@ -25,17 +25,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, key: actix_web::cookie::Key, secu
     cfg.service(
         web::scope("/admin")
             .wrap(session::middleware(key, secure))
-            .wrap(
-                actix_web::middleware::DefaultHeaders::new()
-                    .add((header::CACHE_CONTROL, "no-store"))
-                    .add((header::X_FRAME_OPTIONS, "DENY"))
-                    .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-                    .add((header::REFERRER_POLICY, "same-origin"))
-                    .add((
-                        header::CONTENT_SECURITY_POLICY,
-                        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; form-action 'self'; frame-ancestors 'none'",
-                    )),
-            )
+            .wrap(page_headers(
+                "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; form-action 'self'; frame-ancestors 'none'",
+            ))
             // Malformed forms, queries and ids get the same readable pages.
             .app_data(
                 web::FormConfig::default()
@@ -46,6 +38,19 @@ pub fn configure(cfg: &mut web::ServiceConfig, key: actix_web::cookie::Key, secu
             .app_data(web::PathConfig::default().error_handler(|_, _| AdminError::NotFound.into()))
             .configure(pages::routes),
     );
+}
+
+/// The headers of every server-rendered page (the dashboard's and the user's): never
+/// cached, never framed, no sniffing, no referrer to other sites (one-time tokens
+/// travel in the user's links; not `no-referrer`, with which browsers send
+/// `Origin: null` on this site's own forms), and the page's own `csp`.
+pub fn page_headers(csp: &'static str) -> actix_web::middleware::DefaultHeaders {
+    actix_web::middleware::DefaultHeaders::new()
+        .add((header::CACHE_CONTROL, "no-store"))
+        .add((header::X_FRAME_OPTIONS, "DENY"))
+        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .add((header::REFERRER_POLICY, "same-origin"))
+        .add((header::CONTENT_SECURITY_POLICY, csp))
 }
 
 /// Errors of admin pages, each answered with a readable page.

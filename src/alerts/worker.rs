@@ -214,15 +214,7 @@ impl MailWorker {
         };
         let mut ctx = AlertContext::new(&facts, &self.config, locale);
         ctx.page_link = page_link;
-        Ok(self
-            .templates
-            .render(kind, locale, &ctx)
-            .map_err(|e| MailError::Build(e.to_string()))
-            .map(|rendered| Outgoing {
-                to: row.recipient.clone(),
-                rendered,
-                message_id: format!("tokengate.alert-{alert_id}.{}", row.id),
-            }))
+        Ok(self.outgoing(row, kind, &ctx, format!("alert-{alert_id}")))
     }
 
     /// A message about a credit request: to admins when it is made, to the user
@@ -267,15 +259,26 @@ impl MailWorker {
             queue_url: format!("{}/admin/requests", self.config.public_url),
             page_link,
         };
-        Ok(self
-            .templates
-            .render(kind, locale, &ctx)
+        Ok(self.outgoing(row, kind, &ctx, format!("credit-{request_id}")))
+    }
+
+    /// The row's message, rendered in the configured language. Its Message-ID names
+    /// what it is `about` and the outbox row, so a resend after a crash keeps it.
+    fn outgoing(
+        &self,
+        row: &Claimed,
+        kind: Kind,
+        ctx: &impl Serialize,
+        about: String,
+    ) -> Result<Outgoing, MailError> {
+        self.templates
+            .render(kind, self.config.locale, ctx)
             .map_err(|e| MailError::Build(e.to_string()))
             .map(|rendered| Outgoing {
                 to: row.recipient.clone(),
                 rendered,
-                message_id: format!("tokengate.credit-{request_id}.{}", row.id),
-            }))
+                message_id: format!("tokengate.{about}.{}", row.id),
+            })
     }
 
     /// A one-time link to the user's page, valid for a week.

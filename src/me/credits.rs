@@ -227,19 +227,7 @@ pub async fn ask(
         }
         Err(_) => return Ok(back(Done::BadAmount)),
     };
-    // One line of plain text: line breaks and other control characters become spaces.
-    let note: String = form
-        .note
-        .chars()
-        .filter(|c| !crate::i18n::is_bidi_control(*c))
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect::<String>()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .chars()
-        .take(MAX_NOTE)
-        .collect();
+    let note = crate::i18n::one_line(&form.note, MAX_NOTE);
     let note = Some(note).filter(|n| !n.is_empty());
     let ledger = state.ledger.clone();
     let user = me.user_id;

@@ -33,20 +33,9 @@ pub const SESSION_TTL: chrono::Duration = chrono::Duration::days(14);
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/me")
-            .wrap(
-                actix_web::middleware::DefaultHeaders::new()
-                    .add((header::CACHE_CONTROL, "no-store"))
-                    .add((header::X_FRAME_OPTIONS, "DENY"))
-                    .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-                    // The links carry one-time tokens: never send them to another
-                    // site. (Not `no-referrer`: browsers then send `Origin: null`
-                    // with this site's own forms, which the Origin check refuses.)
-                    .add((header::REFERRER_POLICY, "same-origin"))
-                    .add((
-                        header::CONTENT_SECURITY_POLICY,
-                        "default-src 'none'; img-src 'self' data:; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-                    )),
-            )
+            .wrap(crate::admin::page_headers(
+                "default-src 'none'; img-src 'self' data:; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            ))
             .app_data(
                 web::FormConfig::default()
                     .limit(16 * 1024)

@@ -48,6 +48,28 @@ async fn chromedriver() -> Driver {
     }
 }
 
+/// A headless Chromium session on `driver`, with a window of `width` x `height`.
+async fn chromium(driver: &Driver, width: u32, height: u32) -> fantoccini::Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": std::env::var("TOKENGATE_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", format!("--window-size={width},{height}"),
+                format!("--user-data-dir={}", driver._profile.path().display()),
+            ],
+        }),
+    );
+    ClientBuilder::native()
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("chromedriver session")
+}
+
 fn screenshot_path(name: &str) -> PathBuf {
     let backend = match backend() {
         Backend::Sqlite => "sqlite",
@@ -123,24 +145,7 @@ async fn an_admin_finds_a_blocked_user_and_grants_credits_in_chromium() {
     let maria = app.user_id("maria-blocked");
 
     let driver = chromedriver().await;
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({
-            "binary": std::env::var("TOKENGATE_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--window-size=1280,1000",
-                format!("--user-data-dir={}", driver._profile.path().display()),
-            ],
-        }),
-    );
-    let client = ClientBuilder::native()
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{}", driver.port))
-        .await
-        .expect("chromedriver session");
+    let client = chromium(&driver, 1280, 1000).await;
 
     // Sign in.
     client
@@ -321,24 +326,7 @@ async fn a_user_opens_their_page_from_the_alert_redeems_a_code_and_gets_credits_
         .to_owned();
 
     let driver = chromedriver().await;
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({
-            "binary": std::env::var("TOKENGATE_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--window-size=390,844",
-                format!("--user-data-dir={}", driver._profile.path().display()),
-            ],
-        }),
-    );
-    let client = ClientBuilder::native()
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{}", driver.port))
-        .await
-        .expect("chromedriver session");
+    let client = chromium(&driver, 390, 844).await;
 
     // The mail's link, then its button: the user's page, with pt-BR figures.
     client

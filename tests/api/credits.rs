@@ -325,6 +325,23 @@ async fn batch_from_dashboard(
         .collect()
 }
 
+/// `count` codes of 1,000 tokens, valid until 2027, made as the command line makes them.
+fn batch_of_thousands(app: &TestApp, count: i64) -> Vec<String> {
+    app.ledger()
+        .create_code_batch(
+            tokengate::domain::TokenAmount::new(1_000).unwrap(),
+            count,
+            chrono::NaiveDate::from_ymd_opt(2027, 1, 1)
+                .unwrap()
+                .and_hms_opt(0, 0, 0)
+                .unwrap(),
+            None,
+            &Actor::Cli,
+        )
+        .unwrap()
+        .1
+}
+
 async fn redeem(app: &TestApp, client: &reqwest::Client, code: &str) -> String {
     user_form(app, client, "/me/redeem", &[("code", code)]).await
 }
@@ -426,19 +443,7 @@ async fn codes_are_made_once_redeemed_once_and_the_next_chat_is_served() {
 async fn fifty_users_redeeming_one_code_at_once_add_it_once() {
     let smtp = SmtpServer::start(SmtpOptions::default()).await;
     let app = credits_app(&smtp).await;
-    let (_, codes) = app
-        .ledger()
-        .create_code_batch(
-            tokengate::domain::TokenAmount::new(1_000).unwrap(),
-            1,
-            chrono::NaiveDate::from_ymd_opt(2027, 1, 1)
-                .unwrap()
-                .and_hms_opt(0, 0, 0)
-                .unwrap(),
-            None,
-            &Actor::Cli,
-        )
-        .unwrap();
+    let codes = batch_of_thousands(&app, 1);
     let mut users = Vec::new();
     for i in 0..50 {
         let id = format!("par-{i}");
@@ -483,19 +488,7 @@ async fn fifty_users_redeeming_one_code_at_once_add_it_once() {
 async fn guessing_codes_is_stopped_after_ten_failures() {
     let smtp = SmtpServer::start(SmtpOptions::default()).await;
     let app = credits_app(&smtp).await;
-    let (_, codes) = app
-        .ledger()
-        .create_code_batch(
-            tokengate::domain::TokenAmount::new(1_000).unwrap(),
-            2,
-            chrono::NaiveDate::from_ymd_opt(2027, 1, 1)
-                .unwrap()
-                .and_hms_opt(0, 0, 0)
-                .unwrap(),
-            None,
-            &Actor::Cli,
-        )
-        .unwrap();
+    let codes = batch_of_thousands(&app, 2);
     chat_user(&app, "gus-1", "gus@example.com", "Gus", "fake-model", 5).await;
     let client = signed_in(&app, app.user_id("gus-1")).await;
     // A success does not count against the limit.

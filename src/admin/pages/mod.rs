@@ -102,20 +102,8 @@ fn actor(me: &SignedIn) -> Actor {
     Actor::Admin(me.admin.email.clone())
 }
 
-/// A form field meant to be one line of text: trimmed, control characters removed,
-/// bounded.
-fn one_line(s: &str, max_chars: usize) -> String {
-    s.chars()
-        .filter(|c| !crate::i18n::is_bidi_control(*c))
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect::<String>()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .chars()
-        .take(max_chars)
-        .collect()
-}
+/// A form field meant to be one line of text (shared with the user's page).
+use crate::i18n::one_line;
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
