@@ -170,6 +170,9 @@ pub struct Config {
     pub admin_email: Option<String>,
     pub admin_password: Option<SecretString>,
     pub default_max_completion: i64,
+    /// Request fields the operator lets through on top of those tokengate knows
+    /// (`TOKENGATE_EXTRA_FIELDS`, `proxy::unreservable`).
+    pub extra_fields: Vec<String>,
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     /// Beyond the spec's table: operational knobs with safe defaults.
@@ -539,6 +542,30 @@ impl Config {
                 service_keys.push((name.to_owned(), SecretString::from(key.to_owned())));
             }
         }
+        let mut extra_fields = Vec::new();
+        for field in get("TOKENGATE_EXTRA_FIELDS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+        {
+            let name_ok = field.len() <= 64
+                && field
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if !name_ok {
+                problems.borrow_mut().push(format!(
+                    "TOKENGATE_EXTRA_FIELDS: {:?} is not a field name (letters, digits, _ - . and at most 64)",
+                    field.chars().take(64).collect::<String>()
+                ));
+            } else if !crate::proxy::unreservable::allowable(field) {
+                problems.borrow_mut().push(format!(
+                    "TOKENGATE_EXTRA_FIELDS: {field} cannot be allowed: it lets a request set its own limits, or have LiteLLM call again or elsewhere"
+                ));
+            } else {
+                extra_fields.push(field.to_owned());
+            }
+        }
         let smtp_url = get("TOKENGATE_SMTP_URL");
         if let Some(url) = &smtp_url
             && !(url.starts_with("smtp://") || url.starts_with("smtps://"))
@@ -579,6 +606,7 @@ impl Config {
                 admin_email,
                 admin_password: admin_password.map(SecretString::from),
                 default_max_completion: default_max_raw.parse().unwrap_or(4096),
+                extra_fields,
                 max_body_bytes: max_body_raw.parse().unwrap_or(20_971_520),
                 log_format: if log_raw == "json" {
                     LogFormat::Json

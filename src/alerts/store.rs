@@ -20,17 +20,25 @@ pub(crate) struct Snapshot<'a> {
     pub request_id: Option<&'a str>,
 }
 
+/// What `record_crossings` wrote.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Crossed {
+    /// Messages queued in the outbox.
+    pub queued: usize,
+    /// The in-chat notice is now due (`balances.notice_due`).
+    pub notice_armed: bool,
+}
+
 /// Writes an alert for every configured threshold the user has reached and that is
 /// armed (no alert yet in this cycle, or re-armed by a top-up since). When one usage
 /// crosses several thresholds, only the highest is mailed: one message says it all.
-/// Returns how many messages were queued.
 pub(crate) fn record_crossings(
     c: &mut Conn,
     policy: &AlertPolicy,
     s: &Snapshot<'_>,
     now: NaiveDateTime,
     queue_at: NaiveDateTime,
-) -> Result<usize, StoreError> {
+) -> Result<Crossed, StoreError> {
     let reached: Vec<i32> = policy
         .thresholds
         .iter()
@@ -38,7 +46,7 @@ pub(crate) fn record_crossings(
         .map(|t| i32::from(*t))
         .collect();
     if reached.is_empty() {
-        return Ok(0);
+        return Ok(Crossed::default());
     }
     let fired: Vec<i32> = alerts::table
         .filter(alerts::user_id.eq(s.user_id))
@@ -48,12 +56,12 @@ pub(crate) fn record_crossings(
         .load(c)?;
     let new: Vec<i32> = reached.into_iter().filter(|t| !fired.contains(t)).collect();
     let Some(&top) = new.iter().max() else {
-        return Ok(0);
+        return Ok(Crossed::default());
     };
-    // Crossing the highest threshold below 100% is also said in the chat, once (the
-    // next streamed text answer); lower thresholds only mail, so one answer that
-    // claims the notice and crosses another threshold does not arm a second. At
-    // 100% the block says it instead.
+    // Crossing the highest threshold below 100% is also said in the chat, once (by
+    // the answer that crossed it, or the next streamed text answer); lower
+    // thresholds only mail, so one answer that claims the notice and crosses
+    // another threshold does not arm a second. At 100% the block says it instead.
     let notice_at = policy.thresholds.iter().filter(|t| **t < 100).max();
     let notice_due = if top >= 100 {
         Some(None)
@@ -115,7 +123,10 @@ pub(crate) fn record_crossings(
             queued += 1;
         }
     }
-    Ok(queued)
+    Ok(Crossed {
+        queued,
+        notice_armed: notice_due.is_some_and(|due| due.is_some()),
+    })
 }
 
 /// Re-arms the thresholds a balance increase brought the user back under, so the

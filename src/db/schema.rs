@@ -49,6 +49,8 @@ diesel::table! {
         instance_id -> Text,
         created_at -> Timestamp,
         expires_at -> Timestamp,
+        prompt_tokens -> Nullable<BigInt>,
+        prompt_charge -> Nullable<BigInt>,
     }
 }
 
@@ -96,6 +98,7 @@ diesel::table! {
         output_milli -> BigInt,
         updated_at -> Timestamp,
         image_tokens -> Nullable<BigInt>,
+        call_extra -> Nullable<BigInt>,
     }
 }
 

@@ -6,6 +6,8 @@
 
 pub mod audit;
 pub mod credits;
+mod reserve;
+mod settle;
 pub mod stats;
 mod tx;
 pub mod views;
@@ -46,6 +48,13 @@ pub struct ReserveRequest {
     /// The answer can carry the in-chat notice (a streamed text answer): a notice
     /// due is claimed by this request.
     pub notice_eligible: bool,
+    /// The request uses something the provider bills beyond its text (its own
+    /// tools, web search, content kept there): reserved at the admin's extra cost
+    /// for the model, or refused without one.
+    pub needs_extra: bool,
+    /// Wait rather than be cut or refused because of the user's own requests in
+    /// flight: `ReserveOutcome::Crowded` instead, with nothing written.
+    pub patient: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +62,13 @@ pub enum ReserveOutcome {
     Reserved(Reservation),
     Blocked(Blocked),
     Suspended,
+    /// The request needs an extra cost for its model (`needs_extra`) that the admin
+    /// has not set.
+    NotReservable,
+    /// Only the holds of the user's own requests in flight keep this one from its
+    /// whole limit (or from being served): nothing was written; try again once they
+    /// end (`patient`).
+    Crowded,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +191,9 @@ pub struct Settlement {
     pub status: u16,
     pub latency: Duration,
     pub ttfb: Option<Duration>,
+    /// The answer waits for this settlement and can still end with the in-chat
+    /// notice, should its usage cross the threshold (a streamed text answer).
+    pub can_carry_notice: bool,
 }
 
 impl Settlement {
@@ -190,6 +209,7 @@ impl Settlement {
             status,
             latency: Duration::ZERO,
             ttfb: None,
+            can_carry_notice: false,
         }
     }
 }
@@ -198,14 +218,38 @@ impl Settlement {
 pub enum SettleResult {
     Settled {
         charged: i64,
+        /// The in-chat notice for this answer to end with: its usage crossed the
+        /// threshold, and it said it could carry the line (`can_carry_notice`).
+        notice: Option<NoticeBase>,
     },
-    /// The request's hold had been released uncharged (its instance looked dead, or
-    /// the hold outlived its maximum age) although it was answered: charged now.
-    SettledLate {
-        charged: i64,
-    },
+    /// The request's hold had been released as abandoned (its instance looked
+    /// dead, or the hold outlived its maximum age), charged its prompt, although
+    /// the request went on: what it really cost is settled now (`charged` is the
+    /// difference, negative when given back).
+    SettledLate { charged: i64 },
     /// The request id was settled before: nothing changed.
     AlreadySettled,
+}
+
+/// What an admin sets for a model: what a token of it costs from the balance, the
+/// most one image may cost with it (`None`: the worst case tokengate knows for the
+/// name), and the most a call may cost beyond its text when it uses what the
+/// provider bills apart (its own tools, web search, content kept there; `None`:
+/// such calls are refused). Reserved on every such call, on top of the rest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelCost {
+    pub weights: Weights,
+    pub image_tokens: Option<i64>,
+    pub call_extra: Option<i64>,
+}
+
+impl From<Weights> for ModelCost {
+    fn from(weights: Weights) -> Self {
+        Self {
+            weights,
+            ..Self::default()
+        }
+    }
 }
 
 /// Who made a ledger change.
@@ -366,7 +410,7 @@ impl Ledger {
         let (outcome, queued) = self
             .db
             .write_or(
-                move |c| tx::reserve(c, &ctx, &req, &instance_id, expires, &policy),
+                move |c| reserve::reserve(c, &ctx, &req, &instance_id, expires, &policy),
                 |(outcome, _)| {
                     if let ReserveOutcome::Reserved(r) = outcome {
                         abandoned(r);
@@ -397,7 +441,7 @@ impl Ledger {
         );
         move |c| {
             let ctx = tx::Ctx::new(clock.now(), tz);
-            let (result, queued) = tx::settle(c, &ctx, &s, &policy)?;
+            let (result, queued) = settle::settle(c, &ctx, &s, &policy)?;
             if queued > 0 {
                 // Committed only with the rest; a worker that wakes early finds
                 // nothing and waits again.
@@ -513,19 +557,17 @@ impl Ledger {
             .write_blocking(move |c| tx::change_plan(c, &ctx, user_id, plan_id, &actor))
     }
 
-    /// Sets a model's weights and, when `image_tokens` is given, the most one image
-    /// may cost with it (else the worst case tokengate knows for its name).
+    /// Sets what a model costs (`ModelCost`).
     pub fn set_weights(
         &self,
         model: &str,
-        weights: Weights,
-        image_tokens: Option<i64>,
+        cost: ModelCost,
         actor: &Actor,
     ) -> Result<(), StoreError> {
         let now = self.now().naive_utc();
         let (model, actor) = (model.to_owned(), actor.clone());
         self.db
-            .write_blocking(move |c| tx::set_weights(c, &model, weights, image_tokens, now, &actor))
+            .write_blocking(move |c| tx::set_weights(c, &model, &cost, now, &actor))
     }
 
     pub fn set_suspended(
@@ -691,10 +733,8 @@ impl Ledger {
         Ok(views::plans(&mut conn)?)
     }
 
-    /// Every model with a weight set.
-    /// Every model with a weight set, its weights, and the most one image costs with
-    /// it (the admin's figure, else the worst case known for the name).
-    pub fn weights(&self) -> Result<Vec<(String, Weights, i64)>, StoreError> {
+    /// Every model with a weight set, and what it costs.
+    pub fn weights(&self) -> Result<Vec<views::ModelRow>, StoreError> {
         let mut conn = self.db.conn()?;
         Ok(views::weights(&mut conn)?)
     }
@@ -810,7 +850,8 @@ impl Ledger {
         )
     }
 
-    /// Releases, uncharged, the holds `pick` chooses. With `dead_after`, each is
+    /// Releases the holds `pick` chooses, each charged its prompt (the requests
+    /// were sent upstream, which bills at least that). With `dead_after`, each is
     /// judged again inside its own transaction (its expiry, its instance's last
     /// heartbeat by the database's clock), so that a hold extended, or an instance
     /// that beat again, since the list was read keeps its hold.
@@ -828,7 +869,10 @@ impl Ledger {
             let age = (self.now().naive_utc() - hold.created_at)
                 .to_std()
                 .unwrap_or_default();
+            // The request was sent upstream, which bills at least its prompt.
             let mut release = Settlement::released(hold.request_id.clone(), Outcome::Abandoned, 0);
+            release.prompt_tokens = hold.prompt_tokens.unwrap_or(0);
+            release.charge = hold.prompt_charge.unwrap_or(0);
             release.estimated = true;
             release.latency = age;
             let (clock, tz, policy, signal) = (
@@ -845,7 +889,7 @@ impl Ledger {
                 {
                     return Ok(SettleResult::AlreadySettled);
                 }
-                let (result, queued) = tx::settle(c, &ctx, &release, &policy)?;
+                let (result, queued) = settle::settle(c, &ctx, &release, &policy)?;
                 if queued > 0 {
                     signal.notify_one();
                 }

@@ -1,15 +1,12 @@
-//! Transaction bodies. Each runs inside a write transaction of the write engine
-//! (`db::engine`) and may be run again whole after a lost race.
+//! Transaction bodies and what they share (the balance row, the ledger, a model's
+//! costs). Each runs inside a write transaction of the write engine (`db::engine`)
+//! and may be run again whole after a lost race. The reservation and the settlement
+//! have files of their own (`reserve`, `settle`).
 
 use super::audit::{self, Action};
-use super::{
-    Actor, BlockReason, Blocked, NoticeBase, Outcome, Reservation, ReserveOutcome, ReserveRequest,
-    SettleResult, Settlement, UserRef,
-};
-use crate::alerts::{AlertPolicy, store as alert_store};
-use crate::db::schema::{
-    balances, holds, instances, ledger, model_weights, plans, usage_records, users,
-};
+use super::{Actor, UserRef};
+use crate::alerts::store as alert_store;
+use crate::db::schema::{balances, holds, instances, ledger, model_weights, plans, users};
 use crate::db::statement::{FixedUpdate, on_backend};
 use crate::db::{AnyConnection, StoreError, flag};
 use crate::domain::{
@@ -20,7 +17,7 @@ use chrono_tz::Tz;
 use diesel::prelude::*;
 use serde_json::json;
 
-type Conn = AnyConnection;
+pub(super) type Conn = AnyConnection;
 
 /// The moment a transaction runs in, and the cycle it falls in.
 pub(super) struct Ctx {
@@ -42,7 +39,7 @@ impl Ctx {
 }
 
 #[derive(Debug, Clone, Queryable)]
-pub(super) struct BalanceRow {
+pub(crate) struct BalanceRow {
     pub cycle: String,
     pub allowance_left: i64,
     pub credits: i64,
@@ -70,337 +67,13 @@ const BALANCE_COLUMNS: (
     balances::notice_due,
 );
 
-struct LedgerChange<'a> {
-    kind: &'a str,
-    delta_allowance: i64,
-    delta_credits: i64,
-    actor: String,
-    note: Option<&'a str>,
-    request_id: Option<&'a str>,
-}
-
-/// Reserves what the request may cost at most, or says why the balance cannot pay.
-/// Returns the outcome and how many alert messages were queued (an exhausted user's
-/// 100% alert).
-pub(super) fn reserve(
-    c: &mut Conn,
-    ctx: &Ctx,
-    req: &ReserveRequest,
-    instance_id: &str,
-    expires_at: DateTime<Utc>,
-    policy: &AlertPolicy,
-) -> Result<(ReserveOutcome, usize), StoreError> {
-    let (user_id, suspended) = upsert_user(c, ctx, &req.identity)?;
-    if suspended {
-        return Ok((ReserveOutcome::Suspended, 0));
-    }
-    let bal = lock_and_roll(c, ctx, user_id)?;
-    let (weights, image_tokens) = model_costs(c, &req.model)?;
-    let remaining = bal.allowance_left + bal.credits - bal.held;
-    // What the provider may bill for the input: the text's estimate, and each image
-    // at the most the model may charge for one.
-    let prompt = req
-        .prompt_tokens
-        .saturating_add(req.images.saturating_mul(image_tokens));
-    let prompt_cost = weights.cost(prompt, 0);
-
-    // Each of the completions may run to the limit sent upstream: the limit is what
-    // the balance pays for all of them.
-    let completions = req.completions.max(1);
-    let (amount, allowed_completion) = match req.requested_completion {
-        None => (prompt_cost, None),
-        Some(requested) => {
-            let each = weights.affordable_completion(remaining, prompt) / completions;
-            let allowed = requested.min(each);
-            (
-                weights.cost(prompt, allowed.max(0).saturating_mul(completions)),
-                Some(allowed),
-            )
-        }
-    };
-    let affordable = remaining > 0
-        && remaining >= amount
-        && allowed_completion.is_none_or(|n| n >= req.min_completion.max(1));
-    if !affordable {
-        return refuse(c, ctx, user_id, &bal, req, policy);
-    }
-
-    // The guard makes the write itself refuse to overspend, whatever happened above.
-    let guarded = FixedUpdate(
-        diesel::update(
-            balances::table
-                .filter(balances::user_id.eq(user_id))
-                .filter((balances::allowance_left + balances::credits - balances::held).ge(amount)),
-        )
-        .set((
-            balances::held.eq(balances::held + amount),
-            balances::updated_at.eq(ctx.now),
-        )),
-    );
-    let updated = on_backend!(c, |c| guarded.execute(c))?;
-    if updated != 1 {
-        return refuse(c, ctx, user_id, &bal, req, policy);
-    }
-    if bal.exhausted_at.is_some() {
-        // A request the balance still pays for: not blocked after all.
-        diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
-            .set(balances::exhausted_at.eq(None::<NaiveDateTime>))
-            .execute(c)?;
-    }
-    // A notice is due (a threshold was crossed): this answer carries it, and no
-    // other does. The row is locked, so of concurrent requests one claims it.
-    let notice = (req.notice_eligible && bal.notice_due.is_some()).then(|| NoticeBase {
-        used: bal.used_this_cycle,
-        total: bal.used_this_cycle + bal.allowance_left + bal.credits,
-    });
-    if notice.is_some() {
-        diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
-            .set(balances::notice_due.eq(None::<NaiveDateTime>))
-            .execute(c)?;
-    }
-    let hold = diesel::insert_into(holds::table).values((
-        holds::request_id.eq(&req.request_id),
-        holds::user_id.eq(user_id),
-        holds::amount.eq(amount),
-        holds::model.eq(&req.model),
-        holds::endpoint.eq(req.endpoint),
-        holds::stream.eq(flag(req.stream)),
-        holds::instance_id.eq(instance_id),
-        holds::created_at.eq(ctx.now),
-        holds::expires_at.eq(expires_at.naive_utc()),
-    ));
-    on_backend!(c, |c| hold.execute(c))?;
-    Ok((
-        ReserveOutcome::Reserved(Reservation {
-            request_id: req.request_id.clone(),
-            user_id,
-            amount,
-            weights,
-            allowed_completion,
-            prompt_estimate: prompt,
-            remaining: remaining - amount,
-            notice,
-        }),
-        0,
-    ))
-}
-
-/// The least a balance must keep for a request to be worth making: below it (or
-/// below 1% of the cycle's allowance and credits), with nothing in flight, the user
-/// is exhausted (docs/behaviour.md).
-const SMALLEST_USEFUL_REQUEST: i64 = 1_000;
-
-/// A refusal for balance, and why. An exhausted user's first refusal (per arming)
-/// writes the 100% alert and marks the balance, so that the dashboard counts the
-/// user as blocked although a few tokens remain: the clamp stops a user just short
-/// of the end, where used_percent alone says 99.
-fn refuse(
-    c: &mut Conn,
-    ctx: &Ctx,
-    user_id: i64,
-    bal: &BalanceRow,
-    req: &ReserveRequest,
-    policy: &AlertPolicy,
-) -> Result<(ReserveOutcome, usize), StoreError> {
-    let plan_name: String = users::table
-        .inner_join(plans::table)
-        .filter(users::id.eq(user_id))
-        .select(plans::name)
-        .first(c)?;
-    let total = bal.used_this_cycle + bal.allowance_left + bal.credits;
-    let remaining = bal.allowance_left + bal.credits - bal.held;
-    let reason = if bal.held > 0 {
-        BlockReason::InFlight
-    } else if remaining < (total / 100).max(SMALLEST_USEFUL_REQUEST) {
-        BlockReason::Exhausted
-    } else {
-        BlockReason::TooLarge
-    };
-    let mut queued = 0;
-    if reason == BlockReason::Exhausted && bal.exhausted_at.is_none() {
-        diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
-            .set(balances::exhausted_at.eq(Some(ctx.now)))
-            .execute(c)?;
-        queued = alert_store::record_crossings(
-            c,
-            policy,
-            &alert_store::Snapshot {
-                user_id,
-                cycle: &ctx.cycle_key,
-                // Exhaustion counts as crossing 100%.
-                used_percent: 100,
-                used_this_cycle: bal.used_this_cycle,
-                allowance_left: bal.allowance_left,
-                credits: bal.credits,
-                request_id: Some(&req.request_id),
-            },
-            ctx.now,
-            ctx.wall,
-        )?;
-    }
-    let used_percent = if reason == BlockReason::Exhausted {
-        100
-    } else {
-        used_percent(bal.used_this_cycle, bal.allowance_left + bal.credits)
-    };
-    Ok((
-        ReserveOutcome::Blocked(Blocked {
-            reason,
-            plan_name,
-            used_percent,
-            remaining: remaining.max(0),
-        }),
-        queued,
-    ))
-}
-
-/// Returns the result and how many alert messages were queued.
-pub(super) fn settle(
-    c: &mut Conn,
-    ctx: &Ctx,
-    s: &Settlement,
-    policy: &AlertPolicy,
-) -> Result<(SettleResult, usize), StoreError> {
-    // Deleting the hold is the idempotency key: a second settlement finds nothing.
-    let released = diesel::delete(holds::table.filter(holds::request_id.eq(&s.request_id)))
-        .returning((
-            holds::user_id,
-            holds::amount,
-            holds::model,
-            holds::endpoint,
-            holds::stream,
-        ));
-    let hold: Option<(i64, i64, String, String, i32)> =
-        on_backend!(c, |c| released.get_result(c).optional())?;
-    let Some((user_id, held_amount, model, endpoint, stream)) = hold else {
-        return settle_late(c, ctx, s, policy);
-    };
-    let (charge, queued) = debit(c, ctx, user_id, held_amount, s, policy)?;
-    let record = diesel::insert_into(usage_records::table).values((
-        usage_records::request_id.eq(&s.request_id),
-        usage_records::user_id.eq(user_id),
-        usage_records::model.eq(&model),
-        usage_records::endpoint.eq(&endpoint),
-        usage_records::stream.eq(stream),
-        usage_records::prompt_tokens.eq(s.prompt_tokens),
-        usage_records::completion_tokens.eq(s.completion_tokens),
-        usage_records::charged.eq(charge),
-        usage_records::estimated.eq(flag(s.estimated)),
-        usage_records::outcome.eq(s.outcome.as_str()),
-        usage_records::status.eq(i32::from(s.status)),
-        usage_records::latency_ms.eq(millis(s.latency)),
-        usage_records::ttfb_ms.eq(s.ttfb.map(millis)),
-        usage_records::created_at.eq(ctx.now),
-    ));
-    on_backend!(c, |c| record.execute(c))?;
-    Ok((SettleResult::Settled { charged: charge }, queued))
-}
-
-/// A settlement whose hold is gone. Either it was written before (a retry, a replay
-/// from the spool: nothing to do), or its hold was released uncharged as abandoned
-/// (its instance looked dead, or the hold outlived `TOKENGATE_HOLD_MAX_AGE_SECS`)
-/// while the answer did reach the user: it is charged now, and its usage record
-/// says what really happened. Credits may dip below zero for it, as a debt.
-fn settle_late(
-    c: &mut Conn,
-    ctx: &Ctx,
-    s: &Settlement,
-    policy: &AlertPolicy,
-) -> Result<(SettleResult, usize), StoreError> {
-    if s.charge <= 0 || s.outcome == Outcome::Abandoned {
-        return Ok((SettleResult::AlreadySettled, 0));
-    }
-    // The record's move from `abandoned` is the idempotency key here: of two late
-    // settlements of one request at once, the second finds nothing to move (on
-    // PostgreSQL it waits for the first one's row lock, then finds it moved).
-    let moved = diesel::update(
-        usage_records::table
-            .filter(usage_records::request_id.eq(&s.request_id))
-            .filter(usage_records::outcome.eq(Outcome::Abandoned.as_str())),
-    )
-    .set((
-        usage_records::prompt_tokens.eq(s.prompt_tokens),
-        usage_records::completion_tokens.eq(s.completion_tokens),
-        usage_records::charged.eq(s.charge),
-        usage_records::estimated.eq(flag(s.estimated)),
-        usage_records::outcome.eq(s.outcome.as_str()),
-        usage_records::status.eq(i32::from(s.status)),
-        usage_records::latency_ms.eq(millis(s.latency)),
-        usage_records::ttfb_ms.eq(s.ttfb.map(millis)),
-    ))
-    .returning(usage_records::user_id);
-    let user_id: Option<i64> = on_backend!(c, |c| moved.get_result(c).optional())?;
-    let Some(user_id) = user_id else {
-        return Ok((SettleResult::AlreadySettled, 0));
-    };
-    let (charge, queued) = debit(c, ctx, user_id, 0, s, policy)?;
-    Ok((SettleResult::SettledLate { charged: charge }, queued))
-}
-
-/// Charges a settlement to the user's balance and releases `held` of it: allowance
-/// first, then credits, a ledger entry, and any alert the usage crossed. Usage
-/// beyond the reservation (a prompt estimate below the real count) is still charged:
-/// credits may dip below zero, as a debt. Returns the charge and how many alert
-/// messages were queued.
-fn debit(
-    c: &mut Conn,
-    ctx: &Ctx,
-    user_id: i64,
-    held: i64,
-    s: &Settlement,
-    policy: &AlertPolicy,
-) -> Result<(i64, usize), StoreError> {
-    let bal = lock_and_roll(c, ctx, user_id)?;
-    let charge = s.charge.max(0);
-    let from_allowance = charge.min(bal.allowance_left.max(0));
-    let from_credits = charge - from_allowance;
-    let allowance_left = bal.allowance_left - from_allowance;
-    let credits = bal.credits - from_credits;
-    let debit = FixedUpdate(
-        diesel::update(balances::table.filter(balances::user_id.eq(user_id))).set((
-            balances::allowance_left.eq(allowance_left),
-            balances::credits.eq(credits),
-            balances::held.eq(balances::held - held),
-            balances::used_this_cycle.eq(balances::used_this_cycle + charge),
-            balances::updated_at.eq(ctx.now),
-        )),
-    );
-    on_backend!(c, |c| debit.execute(c))?;
-    if charge == 0 {
-        return Ok((0, 0));
-    }
-    append_ledger(
-        c,
-        ctx,
-        user_id,
-        &LedgerChange {
-            kind: "usage",
-            delta_allowance: -from_allowance,
-            delta_credits: -from_credits,
-            actor: Actor::System.label(),
-            note: None,
-            request_id: Some(&s.request_id),
-        },
-        allowance_left,
-        credits,
-    )?;
-    let used = bal.used_this_cycle + charge;
-    let queued = alert_store::record_crossings(
-        c,
-        policy,
-        &alert_store::Snapshot {
-            user_id,
-            cycle: &ctx.cycle_key,
-            used_percent: used_percent(used, allowance_left + credits),
-            used_this_cycle: used,
-            allowance_left,
-            credits,
-            request_id: Some(&s.request_id),
-        },
-        ctx.now,
-        ctx.wall,
-    )?;
-    Ok((charge, queued))
+pub(super) struct LedgerChange<'a> {
+    pub kind: &'a str,
+    pub delta_allowance: i64,
+    pub delta_credits: i64,
+    pub actor: String,
+    pub note: Option<&'a str>,
+    pub request_id: Option<&'a str>,
 }
 
 pub(super) fn grant_credits(
@@ -690,21 +363,23 @@ pub(super) fn create_plan(
     Ok(id)
 }
 
-/// Sets a model's weights and, when `image_tokens` is given, the most one image may
-/// cost with it (`None` leaves the worst case tokengate knows for the name).
+/// Sets what a model costs: its weights, the most one image may cost with it
+/// (`None` leaves the worst case tokengate knows for the name), and the most a call
+/// may cost beyond its text (`None`: calls that need it are refused).
 pub(super) fn set_weights(
     c: &mut Conn,
     model: &str,
-    w: Weights,
-    image_tokens: Option<i64>,
+    cost: &super::ModelCost,
     now: NaiveDateTime,
     actor: &Actor,
 ) -> Result<(), StoreError> {
+    let w = cost.weights;
     let updated = diesel::update(model_weights::table.filter(model_weights::model.eq(model)))
         .set((
             model_weights::input_milli.eq(w.input_milli()),
             model_weights::output_milli.eq(w.output_milli()),
-            model_weights::image_tokens.eq(image_tokens),
+            model_weights::image_tokens.eq(cost.image_tokens),
+            model_weights::call_extra.eq(cost.call_extra),
             model_weights::updated_at.eq(now),
         ))
         .execute(c)?;
@@ -714,7 +389,8 @@ pub(super) fn set_weights(
                 model_weights::model.eq(model),
                 model_weights::input_milli.eq(w.input_milli()),
                 model_weights::output_milli.eq(w.output_milli()),
-                model_weights::image_tokens.eq(image_tokens),
+                model_weights::image_tokens.eq(cost.image_tokens),
+                model_weights::call_extra.eq(cost.call_extra),
                 model_weights::updated_at.eq(now),
             ))
             .execute(c)?;
@@ -724,7 +400,7 @@ pub(super) fn set_weights(
         actor,
         Action::SetWeights,
         None,
-        &json!({"model": model, "input_milli": w.input_milli(), "output_milli": w.output_milli(), "image_tokens": image_tokens}),
+        &json!({"model": model, "input_milli": w.input_milli(), "output_milli": w.output_milli(), "image_tokens": cost.image_tokens, "call_extra": cost.call_extra}),
         now,
     )?;
     Ok(())
@@ -890,7 +566,11 @@ pub(super) fn extend_holds(
 /// ones: most requests only read the row, which keeps the hot path's writes (and on
 /// PostgreSQL, dead row versions) down. Concurrency is settled by the balance row's
 /// lock taken next, and a lost race to create the user by a retry.
-fn upsert_user(c: &mut Conn, ctx: &Ctx, who: &Identity) -> Result<(i64, bool), StoreError> {
+pub(super) fn upsert_user(
+    c: &mut Conn,
+    ctx: &Ctx,
+    who: &Identity,
+) -> Result<(i64, bool), StoreError> {
     let email = who.email.as_ref().map(Email::as_str);
     let name = who.name.as_ref().map(|n| n.as_str());
     let lookup = users::table
@@ -1101,7 +781,7 @@ pub(super) fn lock_and_roll(
     })
 }
 
-fn append_ledger(
+pub(super) fn append_ledger(
     c: &mut Conn,
     ctx: &Ctx,
     user_id: i64,
@@ -1126,25 +806,37 @@ fn append_ledger(
     Ok(())
 }
 
-/// A model's weights and the most one image may cost with it (the admin's figure,
-/// else the worst case its provider documents, `domain::media`).
-fn model_costs(c: &mut Conn, model: &str) -> Result<(Weights, i64), StoreError> {
+/// What a model costs: its weights, the most one image may cost with it (the
+/// admin's figure, else the worst case its provider documents, `domain::media`), and
+/// the most a call may cost beyond its text, when the admin has said
+/// (`call_extra`).
+pub(super) struct ModelCosts {
+    pub weights: Weights,
+    pub image_tokens: i64,
+    pub call_extra: Option<i64>,
+}
+
+pub(super) fn model_costs(c: &mut Conn, model: &str) -> Result<ModelCosts, StoreError> {
     let lookup = model_weights::table.find(model).select((
         model_weights::input_milli,
         model_weights::output_milli,
         model_weights::image_tokens,
+        model_weights::call_extra,
     ));
-    let row: Option<(i64, i64, Option<i64>)> = on_backend!(c, |c| lookup.first(c).optional())?;
-    let weights = row
-        .and_then(|(i, o, _)| Weights::from_milli(i, o))
-        .unwrap_or_default();
-    let image = row
-        .and_then(|(_, _, image)| image)
-        .unwrap_or_else(|| crate::domain::media::image_worst_case(model));
-    Ok((weights, image))
+    let row: Option<(i64, i64, Option<i64>, Option<i64>)> =
+        on_backend!(c, |c| lookup.first(c).optional())?;
+    Ok(ModelCosts {
+        weights: row
+            .and_then(|(i, o, _, _)| Weights::from_milli(i, o))
+            .unwrap_or_default(),
+        image_tokens: row
+            .and_then(|(_, _, image, _)| image)
+            .unwrap_or_else(|| crate::domain::media::image_worst_case(model)),
+        call_extra: row.and_then(|(_, _, _, extra)| extra),
+    })
 }
 
-fn millis(d: std::time::Duration) -> i64 {
+pub(super) fn millis(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 

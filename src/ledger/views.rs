@@ -80,6 +80,10 @@ pub struct HoldRow {
     pub instance_id: String,
     pub created_at: NaiveDateTime,
     pub expires_at: NaiveDateTime,
+    /// What the request's prompt was estimated at and costs: charged when the hold
+    /// is released as abandoned (`None` for a hold of a release before this one).
+    pub prompt_tokens: Option<i64>,
+    pub prompt_charge: Option<i64>,
 }
 
 /// Stored balance against the sum of the ledger, and `held` against the holds.
@@ -237,21 +241,41 @@ pub(super) fn plans(c: &mut Conn) -> QueryResult<Vec<PlanRow>> {
         .collect())
 }
 
-pub(super) fn weights(c: &mut Conn) -> QueryResult<Vec<(String, crate::domain::Weights, i64)>> {
-    let rows: Vec<(String, i64, i64, Option<i64>)> = model_weights::table
+/// A model with weights set, as the weights page lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRow {
+    pub model: String,
+    pub weights: crate::domain::Weights,
+    /// The admin's figure, else the worst case known for the name.
+    pub image_tokens: i64,
+    pub call_extra: Option<i64>,
+}
+
+/// model, input and output weights, image tokens, extra per call.
+type WeightColumns = (String, i64, i64, Option<i64>, Option<i64>);
+
+pub(super) fn weights(c: &mut Conn) -> QueryResult<Vec<ModelRow>> {
+    let rows: Vec<WeightColumns> = model_weights::table
         .order(model_weights::model.asc())
         .select((
             model_weights::model,
             model_weights::input_milli,
             model_weights::output_milli,
             model_weights::image_tokens,
+            model_weights::call_extra,
         ))
         .load(c)?;
     Ok(rows
         .into_iter()
-        .filter_map(|(m, i, o, image)| {
-            let image = image.unwrap_or_else(|| crate::domain::media::image_worst_case(&m));
-            crate::domain::Weights::from_milli(i, o).map(|w| (m, w, image))
+        .filter_map(|(model, i, o, image, call_extra)| {
+            let image_tokens =
+                image.unwrap_or_else(|| crate::domain::media::image_worst_case(&model));
+            crate::domain::Weights::from_milli(i, o).map(|weights| ModelRow {
+                model,
+                weights,
+                image_tokens,
+                call_extra,
+            })
         })
         .collect())
 }
@@ -344,6 +368,8 @@ pub(super) fn all_holds(c: &mut Conn) -> QueryResult<Vec<HoldRow>> {
             holds::instance_id,
             holds::created_at,
             holds::expires_at,
+            holds::prompt_tokens,
+            holds::prompt_charge,
         ))
         .load(c)
 }

@@ -2,7 +2,9 @@
 //! only `user`, `stream_options.include_usage` and the completion limit change.
 
 use super::ApiError;
+use super::error::{BodyError, JsonFault, Problem, Unreservable};
 use super::estimate;
+use super::unreservable;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -92,6 +94,15 @@ pub struct ParsedRequest<'a> {
     pub completions: i64,
     /// Image parts in the conversation, priced for the model by the reservation.
     pub images: i64,
+    /// What would make the provider bill beyond what the request shows (its own
+    /// tools, web search, content kept there), if anything.
+    pub unreservable: Option<Unreservable>,
+    /// Top-level fields tokengate does not know, in the order sent: refused unless
+    /// the operator allows them (`TOKENGATE_EXTRA_FIELDS`).
+    pub unknown_fields: Vec<String>,
+    /// The conversation's field, rewritten without tokengate's own lines: sent in
+    /// place of the client's.
+    rewritten: Option<(&'static str, Box<RawValue>)>,
     /// What the client sent in each of the endpoint's limit fields: absent (`None`), `null`
     /// (`Some(None)`) or a count.
     limits: [Option<Option<i64>>; 2],
@@ -99,16 +110,6 @@ pub struct ParsedRequest<'a> {
     size: usize,
 }
 
-/// Fields of the Responses API that make the provider bill what tokengate cannot
-/// see (a stored conversation, a stored prompt), or bill it later out of sight (a
-/// background response, whose answer carries no usage): refused, as nothing could
-/// be reserved or charged for them.
-const STORED_CONTEXT_FIELDS: [&str; 4] = [
-    "previous_response_id",
-    "conversation",
-    "prompt",
-    "background",
-];
 /// Chat Completions fields the Responses API does not take; a proxy that bridges it
 /// to Chat Completions (LiteLLM, for some providers) would pass them on unreserved.
 const NOT_RESPONSES_FIELDS: [&str; 4] = ["n", "best_of", "max_tokens", "max_completion_tokens"];
@@ -117,6 +118,17 @@ const MAX_CHOICES: i64 = 128;
 const MAX_BEST_OF: i64 = 20;
 
 pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiError> {
+    parse_for(bytes, endpoint, None)
+}
+
+/// `parse`, taking out of the conversation the lines tokengate added to earlier
+/// answers on the user's page `page` (`notice::strip`), before it is estimated and
+/// sent: LibreChat sends them back as history, and they would be billed every turn.
+pub fn parse_for<'a>(
+    bytes: &'a [u8],
+    endpoint: Endpoint,
+    page: Option<&str>,
+) -> Result<ParsedRequest<'a>, ApiError> {
     let fields = top_level(bytes)?;
     let get = |key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
     let model = match value_of(get("model"), "model")? {
@@ -125,20 +137,15 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
         {
             m
         }
-        _ => {
-            return Err(field_error(
-                "`model` must be a non-empty string of at most 256 characters.",
-                "model",
-            ));
-        }
+        _ => return Err(ApiError::body(Problem::Model, "model")),
     };
     let stream = match value_of(get("stream"), "stream")? {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => b,
-        Some(_) => return Err(field_error("`stream` must be true or false.", "stream")),
+        Some(_) => return Err(ApiError::body(Problem::Boolean, "stream")),
     };
     if stream && !endpoint.produces_completion() {
-        return Err(field_error("This endpoint does not stream.", "stream"));
+        return Err(ApiError::body(Problem::DoesNotStream, "stream"));
     }
     let mut limits = [None, None];
     for (slot, key) in limits
@@ -150,12 +157,7 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
             Some(Value::Null) => Some(None),
             Some(v) => match v.as_i64() {
                 Some(n) if n >= 1 => Some(Some(n)),
-                _ => {
-                    return Err(field_error(
-                        &format!("`{key}` must be a whole number of at least 1."),
-                        key,
-                    ));
-                }
+                _ => return Err(ApiError::body(Problem::AtLeastOne, key)),
             },
         };
     }
@@ -164,17 +166,14 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
     let body_user = match value_of(get("user"), "user")? {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s),
-        Some(_) => return Err(field_error("`user` must be a string.", "user")),
+        Some(_) => return Err(ApiError::body(Problem::String, "user")),
     };
     let count = |key: &'static str, max: i64| -> Result<i64, ApiError> {
         match value_of(get(key), key)? {
             None | Some(Value::Null) => Ok(1),
             Some(v) => match v.as_i64() {
                 Some(n) if (1..=max).contains(&n) => Ok(n),
-                _ => Err(field_error(
-                    &format!("`{key}` must be a whole number from 1 to {max}."),
-                    key,
-                )),
+                _ => Err(ApiError::body(Problem::Between { max }, key)),
             },
         }
     };
@@ -185,28 +184,42 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
     };
     let mut images = 0;
     let mut prompts = 1;
+    // Content kept at the provider, named in the conversation.
+    let mut stored: Option<Unreservable> = None;
+    // `tools`, once read for the estimate.
+    let mut tools: Option<Value> = None;
+    // The conversation without tokengate's own lines, when it had some.
+    let mut rewritten: Option<(&'static str, Box<RawValue>)> = None;
+    let without_lines = |raw: &RawValue| -> Result<Option<Box<RawValue>>, ApiError> {
+        page.and_then(|page| super::notice::strip(raw.get(), page))
+            .map(|text| RawValue::from_string(text).map_err(|_| ApiError::Internal))
+            .transpose()
+    };
     let prompt_tokens = match endpoint {
         Endpoint::ChatCompletions => {
             let messages = get("messages")
                 .filter(|m| m.get().starts_with('['))
-                .ok_or_else(|| field_error("`messages` must be a non-empty array.", "messages"))?;
-            let estimate = message_list(
-                messages,
-                "messages",
-                "`messages` must be a non-empty array.",
-            )?;
+                .ok_or_else(|| ApiError::body(Problem::NonEmptyArray, "messages"))?;
+            let stripped = without_lines(messages)?;
+            let messages = stripped.as_deref().unwrap_or(messages);
+            let estimate = message_list(messages, "messages", Problem::NonEmptyArray)?;
+            rewritten = stripped.map(|raw| ("messages", raw));
             images = estimate.images;
+            stored = estimate.stored;
             let mut tokens = estimate.tokens;
             for key in estimate::DEFINITION_FIELDS {
                 if let Some(v) = value_of(get(key), key)? {
                     tokens = tokens.saturating_add(estimate::definitions(&v));
+                    if key == "tools" {
+                        tools = Some(v);
+                    }
                 }
             }
             tokens
         }
         Endpoint::Completions => match value_of(get("prompt"), "prompt")? {
             Some(Value::Array(list)) if list.is_empty() => {
-                return Err(field_error("`prompt` must not be empty.", "prompt"));
+                return Err(ApiError::body(Problem::NotEmpty, "prompt"));
             }
             Some(p @ (Value::String(_) | Value::Array(_))) => {
                 // A list of prompts is answered prompt by prompt; a list of numbers
@@ -218,94 +231,51 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
                 }
                 estimate::prompt_input(Some(&p))
             }
-            _ => {
-                return Err(field_error(
-                    "`prompt` must be a string or an array.",
-                    "prompt",
-                ));
-            }
+            _ => return Err(ApiError::body(Problem::StringOrArray, "prompt")),
         },
         Endpoint::Responses => {
-            for key in STORED_CONTEXT_FIELDS {
-                if value_of(get(key), key)?.is_some_and(|v| !v.is_null() && v != false) {
-                    return Err(field_error(
-                        "A stored conversation or prompt (`previous_response_id`, `conversation`, `prompt`) or a background response (`background`) is billed by the provider out of tokengate's sight, so it cannot be reserved or charged for. Send the whole conversation in `input`, and wait for the answer.",
-                        key,
-                    ));
-                }
-            }
             for key in NOT_RESPONSES_FIELDS {
                 if get(key).is_some() {
-                    return Err(field_error(
-                        "This field is not part of the Responses API (the limit is `max_output_tokens`).",
-                        key,
-                    ));
+                    return Err(ApiError::body(Problem::NotResponses, key));
                 }
-            }
-            if let Some(tools) = value_of(get("tools"), "tools")?
-                && let Some(hosted) = hosted_tool(&tools)
-            {
-                return Err(ApiError::InvalidBody {
-                    message: format!(
-                        "The built-in tool `{hosted}` runs at the provider and bills searches, calls and the content it adds at amounts tokengate cannot reserve for. Use function tools."
-                    ),
-                    param: Some("tools"),
-                });
             }
             let mut tokens = match get("input") {
                 Some(raw) if raw.get().starts_with('[') => {
-                    let items = message_list(
-                        raw,
-                        "input",
-                        "`input` must be a string or a non-empty array.",
-                    )?;
+                    let stripped = without_lines(raw)?;
+                    let raw = stripped.as_deref().unwrap_or(raw);
+                    let items = message_list(raw, "input", Problem::StringOrNonEmptyArray)?;
+                    rewritten = stripped.map(|raw| ("input", raw));
                     images = items.images;
+                    stored = items.stored;
                     items.tokens
                 }
                 Some(raw) => match value_of(Some(raw), "input")? {
                     Some(Value::String(text)) => estimate::single_message(&text),
-                    _ => {
-                        return Err(field_error(
-                            "`input` must be a string or a non-empty array.",
-                            "input",
-                        ));
-                    }
+                    _ => return Err(ApiError::body(Problem::StringOrNonEmptyArray, "input")),
                 },
-                None => {
-                    return Err(field_error(
-                        "`input` must be a string or a non-empty array.",
-                        "input",
-                    ));
-                }
+                None => return Err(ApiError::body(Problem::StringOrNonEmptyArray, "input")),
             };
             match value_of(get("instructions"), "instructions")? {
                 None | Some(Value::Null) => {}
                 Some(Value::String(text)) => {
                     tokens = tokens.saturating_add(estimate::extra_message(&text));
                 }
-                Some(_) => {
-                    return Err(field_error(
-                        "`instructions` must be a string.",
-                        "instructions",
-                    ));
-                }
+                Some(_) => return Err(ApiError::body(Problem::String, "instructions")),
             }
             // Tool definitions and a structured output's schema are prompt too.
             for key in estimate::DEFINITION_FIELDS.iter().copied().chain(["text"]) {
                 if let Some(v) = value_of(get(key), key)? {
                     tokens = tokens.saturating_add(estimate::definitions(&v));
+                    if key == "tools" {
+                        tools = Some(v);
+                    }
                 }
             }
             tokens
         }
         Endpoint::Embeddings => match value_of(get("input"), "input")? {
             Some(i @ (Value::String(_) | Value::Array(_))) => estimate::prompt_input(Some(&i)),
-            _ => {
-                return Err(field_error(
-                    "`input` must be a string or an array.",
-                    "input",
-                ));
-            }
+            _ => return Err(ApiError::body(Problem::StringOrArray, "input")),
         },
     };
     // Every other field goes upstream as sent: checked here as a whole JSON parser
@@ -316,6 +286,24 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
             serde_json::from_str::<Valid>(value.get()).map_err(|e| json_error(&e, ""))?;
         }
     }
+    if tools.is_none() {
+        tools = value_of(get("tools"), "tools")?;
+    }
+    // What would make the provider bill beyond the reservation. A background
+    // response is refused whatever the model; the rest only without an extra cost
+    // set for it.
+    let field = |key: &'static str| value_of(get(key), key);
+    let found = unreservable::find(&field, endpoint, &model, tools.as_ref())?;
+    let unreservable = match (&stored, &found) {
+        (_, Some(never)) if !never.coverable() => found,
+        _ => stored.or(found),
+    };
+    // Fields tokengate does not pass on unless the operator allows them.
+    let unknown_fields = fields
+        .iter()
+        .filter(|(key, _)| !unreservable::known(key, endpoint))
+        .map(|(key, _)| key.to_string())
+        .collect();
     Ok(ParsedRequest {
         fields,
         endpoint,
@@ -326,6 +314,9 @@ pub fn parse(bytes: &[u8], endpoint: Endpoint) -> Result<ParsedRequest<'_>, ApiE
         prompt_tokens,
         completions: prompts.saturating_mul(choices.max(best_of)),
         images,
+        unreservable,
+        unknown_fields,
+        rewritten,
         limits,
         size: bytes.len(),
     })
@@ -346,7 +337,6 @@ fn is_read_above(key: &str, endpoint: Endpoint) -> bool {
             Endpoint::Responses => {
                 matches!(key, "input" | "instructions" | "text")
                     || estimate::DEFINITION_FIELDS.contains(&key)
-                    || STORED_CONTEXT_FIELDS.contains(&key)
                     || NOT_RESPONSES_FIELDS.contains(&key)
             }
         }
@@ -358,12 +348,11 @@ fn top_level(bytes: &[u8]) -> Result<Vec<(Cow<'_, str>, &RawValue)>, ApiError> {
         Ok(TopLevel(fields)) => fields,
         Err(e) => {
             // Tell "not an object" from "not JSON"; only an error pays for a second look.
-            return Err(match serde_json::from_slice::<Valid>(bytes) {
-                Ok(_) => ApiError::invalid_body("The request body must be a JSON object."),
-                Err(_) => {
-                    ApiError::invalid_body(format!("The request body is not valid JSON: {e}."))
-                }
-            });
+            let problem = match serde_json::from_slice::<Valid>(bytes) {
+                Ok(_) => Problem::NotObject,
+                Err(_) => Problem::NotJson(JsonFault::of(&e, true)),
+            };
+            return Err(BodyError::whole(problem).into());
         }
     };
     let mut last: HashMap<&str, usize> = HashMap::with_capacity(fields.len());
@@ -395,63 +384,43 @@ fn value_of(raw: Option<&RawValue>, param: &'static str) -> Result<Option<Value>
         .transpose()
 }
 
-/// A JSON error inside a field. Its position would count from the field's start, so
-/// only the cause is told.
+/// A JSON error inside a field (`param`; empty for the body as a whole, whose
+/// other fields were read already). Its position would count from the field's
+/// start, so only the cause is told.
 fn json_error(e: &serde_json::Error, param: &'static str) -> ApiError {
-    let cause = e.to_string();
-    let cause = cause.split(" at line ").next().unwrap_or_default();
-    if param.is_empty() {
-        ApiError::invalid_body(format!("The request body is not valid JSON: {cause}."))
+    let problem = Problem::NotJson(JsonFault::of(e, false));
+    ApiError::InvalidBody(if param.is_empty() {
+        BodyError::whole(problem)
     } else {
-        ApiError::InvalidBody {
-            message: format!("`{param}` is not valid JSON: {cause}."),
-            param: Some(param),
-        }
-    }
-}
-
-/// A conversation (`messages`, or the Responses API's `input` items) as the estimate
-/// reads it: not empty, and nothing in it kept at the provider.
-fn message_list(
-    raw: &RawValue,
-    param: &'static str,
-    empty: &str,
-) -> Result<estimate::Messages, ApiError> {
-    let list: estimate::Messages =
-        serde_json::from_str(raw.get()).map_err(|e| json_error(&e, param))?;
-    if list.count == 0 {
-        return Err(field_error(empty, param));
-    }
-    if list.stored_files > 0 {
-        return Err(stored_file_error(param));
-    }
-    Ok(list)
-}
-
-/// The first tool in `tools` that is not a function the client runs itself (web
-/// search, file search, code interpreter, image generation, remote MCP, computer use).
-fn hosted_tool(tools: &Value) -> Option<String> {
-    tools.as_array()?.iter().find_map(|tool| {
-        let kind = tool
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("function");
-        (!matches!(kind, "function" | "custom")).then(|| kind.chars().take(64).collect())
+        BodyError::new(problem, param)
     })
 }
 
-fn stored_file_error(param: &'static str) -> ApiError {
-    field_error(
-        "Part of the input is kept at the provider (a file's `file_id` or `file_url`, an `item_reference`): what the provider bills for it cannot be known, so it cannot be reserved for. Send the content itself (a file inline as `file_data`).",
-        param,
-    )
+/// A conversation (`messages`, or the Responses API's `input` items) as the estimate
+/// reads it, not empty, and whether it names content kept at the provider.
+fn message_list(raw: &RawValue, param: &'static str, empty: Problem) -> Result<Listed, ApiError> {
+    let list: estimate::Messages =
+        serde_json::from_str(raw.get()).map_err(|e| json_error(&e, param))?;
+    if list.count == 0 {
+        return Err(ApiError::body(empty, param));
+    }
+    let stored = if list.long_cache {
+        Some(Unreservable::LongCache)
+    } else {
+        (list.stored_files > 0).then_some(Unreservable::Stored(param))
+    };
+    Ok(Listed {
+        tokens: list.tokens,
+        images: list.images,
+        stored,
+    })
 }
 
-fn field_error(message: &str, param: &'static str) -> ApiError {
-    ApiError::InvalidBody {
-        message: message.to_owned(),
-        param: Some(param),
-    }
+/// What `message_list` read.
+struct Listed {
+    tokens: i64,
+    images: i64,
+    stored: Option<Unreservable>,
 }
 
 /// The top-level object, each value left as the client's JSON text.
@@ -599,6 +568,10 @@ impl ParsedRequest<'_> {
                 stream_options = Some(*value);
                 continue;
             }
+            let value = match &self.rewritten {
+                Some((field, text)) if key == field => &**text,
+                _ => *value,
+            };
             write_key(&mut json, key)?;
             json.extend_from_slice(value.get().as_bytes());
         }
@@ -717,19 +690,19 @@ mod tests {
             assert!(
                 matches!(
                     parse_json(case.clone(), Endpoint::ChatCompletions),
-                    Err(ApiError::InvalidBody { .. })
+                    Err(ApiError::InvalidBody(_))
                 ),
                 "{case}"
             );
         }
         assert!(matches!(
             parse(b"{\"model\":", Endpoint::ChatCompletions),
-            Err(ApiError::InvalidBody { .. })
+            Err(ApiError::InvalidBody(_))
         ));
         let deep = "[".repeat(10_000);
         assert!(matches!(
             parse(deep.as_bytes(), Endpoint::ChatCompletions),
-            Err(ApiError::InvalidBody { .. })
+            Err(ApiError::InvalidBody(_))
         ));
     }
 
@@ -846,18 +819,18 @@ mod tests {
             );
             let err = parse(sent.as_bytes(), Endpoint::ChatCompletions).unwrap_err();
             assert!(
-                matches!(&err, ApiError::InvalidBody { message, .. } if message.starts_with("The request body is not valid JSON")),
+                matches!(&err, ApiError::InvalidBody(e) if e.to_string().starts_with("The request body is not valid JSON")),
                 "{bad}: {err:?}"
             );
         }
         let err = parse(b"[1, 2]", Endpoint::ChatCompletions).unwrap_err();
         assert!(
-            matches!(&err, ApiError::InvalidBody { message, .. } if message == "The request body must be a JSON object."),
+            matches!(&err, ApiError::InvalidBody(e) if e.to_string() == "The request body must be a JSON object."),
             "{err:?}"
         );
         let err = parse(b"{\"model\":", Endpoint::ChatCompletions).unwrap_err();
         assert!(
-            matches!(&err, ApiError::InvalidBody { message, .. } if message.starts_with("The request body is not valid JSON")),
+            matches!(&err, ApiError::InvalidBody(e) if e.to_string().starts_with("The request body is not valid JSON")),
             "{err:?}"
         );
     }
@@ -937,10 +910,10 @@ mod tests {
             assert!(
                 matches!(
                     parse(bad.as_bytes(), chat),
-                    Err(ApiError::InvalidBody {
+                    Err(ApiError::InvalidBody(BodyError {
                         param: Some("n"),
                         ..
-                    })
+                    }))
                 ),
                 "{bad}"
             );

@@ -1,11 +1,11 @@
 //! Errors on `/v1`, always in the OpenAI shape (docs/behaviour.md). LibreChat shows
-//! their text in the chat, so what a user can meet (the block, a suspension, the AI
-//! service or the database being down, a message over the size limit) is written in
-//! the configured language (`V1Error`); what only a developer wiring a client meets
-//! (a wrong key, a malformed body, an unknown route) stays in English. `Display` is
-//! the English text, for logs.
+//! their text in the chat, so every one of them is written in the configured language
+//! (`V1Error`), down to a malformed body's: a user of LibreChat can meet any of them
+//! (an operator's `addParams`, a switch the client offers). `Display` is the English
+//! text, for logs.
 
 use crate::config::{BlockStatus, Locale};
+use crate::domain::identity::IdentityError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
@@ -16,14 +16,17 @@ pub enum ApiError {
     #[error("Invalid or missing API key. Use one of tokengate's client keys.")]
     InvalidApiKey,
     #[error("{0}")]
-    MissingUser(String),
-    #[error("{message}")]
-    InvalidBody {
-        message: String,
-        param: Option<&'static str>,
-    },
+    MissingUser(#[source] IdentityError),
+    #[error("{0}")]
+    InvalidBody(BodyError),
+    /// The request would make the provider bill what no reservation can cover.
+    #[error("{0}")]
+    NotReservable(Unreservable),
     #[error("The request body is larger than the limit of {0} bytes.")]
     BodyTooLarge(usize),
+    /// The body did not arrive in time (`TOKENGATE_BODY_TIMEOUT_SECS`).
+    #[error("The request body did not arrive in time.")]
+    BodyTimeout,
     #[error("{0}")]
     Suspended(String),
     /// The block (`TOKENGATE_BLOCK_STATUS`); the text is user-facing, in the
@@ -52,20 +55,295 @@ pub enum ApiError {
     Internal,
 }
 
-impl ApiError {
-    pub fn invalid_body(message: impl Into<String>) -> Self {
-        Self::InvalidBody {
-            message: message.into(),
+/// A request body tokengate cannot read as the endpoint's request, and the field at
+/// fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.text(Locale::En))]
+pub struct BodyError {
+    pub problem: Problem,
+    pub param: Option<&'static str>,
+}
+
+/// What is wrong with a body (or with its field `param`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// Not JSON.
+    NotJson(JsonFault),
+    NotObject,
+    /// The connection broke while the body was read.
+    Unreadable,
+    Model,
+    Boolean,
+    /// `stream` on an endpoint that does not stream.
+    DoesNotStream,
+    AtLeastOne,
+    String,
+    /// A whole number from 1 to `max`.
+    Between {
+        max: i64,
+    },
+    Array,
+    NonEmptyArray,
+    NotEmpty,
+    StringOrArray,
+    StringOrNonEmptyArray,
+    /// A Chat Completions field sent to the Responses API.
+    NotResponses,
+}
+
+impl BodyError {
+    pub fn new(problem: Problem, param: &'static str) -> Self {
+        Self {
+            problem,
+            param: Some(param),
+        }
+    }
+
+    pub fn whole(problem: Problem) -> Self {
+        Self {
+            problem,
             param: None,
         }
+    }
+
+    /// The text in `locale`. A field's name is written as the API spells it.
+    pub fn text(&self, locale: Locale) -> String {
+        let f = self.param.unwrap_or("");
+        let pt = locale == Locale::PtBr;
+        match (&self.problem, self.param) {
+            (Problem::NotJson(fault), None) if pt => {
+                format!("O corpo do pedido não é um JSON válido: {}.", fault.pt())
+            }
+            (Problem::NotJson(fault), None) => {
+                format!("The request body is not valid JSON: {}.", fault.detail)
+            }
+            (Problem::NotJson(fault), Some(f)) if pt => {
+                format!("`{f}` não é um JSON válido: {}.", fault.pt())
+            }
+            (Problem::NotJson(fault), Some(f)) => {
+                format!("`{f}` is not valid JSON: {}.", fault.detail)
+            }
+            (Problem::NotObject, _) if pt => "O corpo do pedido deve ser um objeto JSON.".into(),
+            (Problem::NotObject, _) => "The request body must be a JSON object.".into(),
+            (Problem::Unreadable, _) if pt => {
+                "O corpo do pedido não pôde ser lido: a conexão caiu. Envie de novo.".into()
+            }
+            (Problem::Unreadable, _) => {
+                "The request body could not be read: the connection broke. Send it again.".into()
+            }
+            (Problem::Model, _) if pt => {
+                "`model` deve ser um texto de 1 a 256 caracteres, sem caracteres de controle."
+                    .into()
+            }
+            (Problem::Model, _) => {
+                "`model` must be a non-empty string of at most 256 characters.".into()
+            }
+            (Problem::Boolean, _) if pt => format!("`{f}` deve ser true ou false."),
+            (Problem::Boolean, _) => format!("`{f}` must be true or false."),
+            (Problem::DoesNotStream, _) if pt => "Esta rota não responde em stream.".into(),
+            (Problem::DoesNotStream, _) => "This endpoint does not stream.".into(),
+            (Problem::AtLeastOne, _) if pt => {
+                format!("`{f}` deve ser um número inteiro de pelo menos 1.")
+            }
+            (Problem::AtLeastOne, _) => format!("`{f}` must be a whole number of at least 1."),
+            (Problem::String, _) if pt => format!("`{f}` deve ser um texto."),
+            (Problem::String, _) => format!("`{f}` must be a string."),
+            (Problem::Between { max }, _) if pt => {
+                format!("`{f}` deve ser um número inteiro de 1 a {max}.")
+            }
+            (Problem::Between { max }, _) => {
+                format!("`{f}` must be a whole number from 1 to {max}.")
+            }
+            (Problem::Array, _) if pt => format!("`{f}` deve ser uma lista."),
+            (Problem::Array, _) => format!("`{f}` must be an array."),
+            (Problem::NonEmptyArray, _) if pt => format!("`{f}` deve ser uma lista não vazia."),
+            (Problem::NonEmptyArray, _) => format!("`{f}` must be a non-empty array."),
+            (Problem::NotEmpty, _) if pt => format!("`{f}` não pode estar vazio."),
+            (Problem::NotEmpty, _) => format!("`{f}` must not be empty."),
+            (Problem::StringOrArray, _) if pt => format!("`{f}` deve ser um texto ou uma lista."),
+            (Problem::StringOrArray, _) => format!("`{f}` must be a string or an array."),
+            (Problem::StringOrNonEmptyArray, _) if pt => {
+                format!("`{f}` deve ser um texto ou uma lista não vazia.")
+            }
+            (Problem::StringOrNonEmptyArray, _) => {
+                format!("`{f}` must be a string or a non-empty array.")
+            }
+            (Problem::NotResponses, _) if pt => format!(
+                "`{f}` não faz parte da API Responses (o limite da resposta é `max_output_tokens`)."
+            ),
+            (Problem::NotResponses, _) => format!(
+                "`{f}` is not part of the Responses API (the limit is `max_output_tokens`)."
+            ),
+        }
+    }
+}
+
+/// Why a body is not JSON: the parser's words (English, for developers) with its
+/// braces spelled out (LibreChat parses `{...}` in an error as JSON), and the kind of
+/// fault, which is what a Portuguese text can say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonFault {
+    kind: serde_json::error::Category,
+    detail: String,
+    /// Line and column; `None` inside a field, where they would count from the
+    /// field's start.
+    at: Option<(usize, usize)>,
+}
+
+impl JsonFault {
+    pub fn of(e: &serde_json::Error, whole_body: bool) -> Self {
+        let cause = e.to_string();
+        let cause = cause.split(" at line ").next().unwrap_or_default();
+        let detail = cause
+            .replace("`{`", "an opening brace")
+            .replace("`}`", "a closing brace")
+            .replace(['{', '}'], "");
+        let at = whole_body.then(|| (e.line(), e.column()));
+        let detail = match at {
+            Some((line, column)) => format!("{detail} at line {line} column {column}"),
+            None => detail,
+        };
+        Self {
+            kind: e.classify(),
+            detail,
+            at,
+        }
+    }
+
+    fn pt(&self) -> String {
+        use serde_json::error::Category;
+        let what = match self.kind {
+            Category::Eof => "ele termina antes do fim",
+            Category::Data => "um valor fora do que o JSON permite",
+            Category::Syntax | Category::Io => "erro de sintaxe",
+        };
+        match self.at {
+            Some((line, column)) => format!("{what} na linha {line}, coluna {column}"),
+            None => what.to_owned(),
+        }
+    }
+}
+
+/// Something in a request that makes the provider bill what tokengate cannot see
+/// before the answer: work done at the provider (its own tools, web search), content
+/// kept there, or work billed later out of sight. Refused unless the admin has given
+/// the model a worst-case extra cost per call, which is then reserved; `Background`
+/// is refused whatever the model, as its answer never says what it used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.text(Locale::En))]
+pub enum Unreservable {
+    /// A `tools` entry that is not a function the client runs itself, by its type
+    /// (or its only key, as Gemini writes them: `googleSearch`).
+    Tool(String),
+    /// A top-level field that turns on a provider's web search.
+    WebSearch(&'static str),
+    /// A top-level field that has the provider run something else of its own (remote
+    /// MCP servers, a code container).
+    Feature(&'static str),
+    /// A conversation, prompt, item or file kept at the provider, named by `param`.
+    Stored(&'static str),
+    /// A model that searches the web on every call.
+    SearchModel(String),
+    /// A `background` response of the Responses API.
+    Background,
+    /// A `cache_control` that keeps content at the provider longer than an hour.
+    LongCache,
+    /// A top-level field tokengate does not know (nor the operator allows).
+    Unknown(String),
+}
+
+impl Unreservable {
+    /// The field at fault.
+    pub fn param(&self) -> &'static str {
+        match self {
+            Self::Tool(_) => "tools",
+            Self::WebSearch(f) | Self::Feature(f) | Self::Stored(f) => f,
+            Self::SearchModel(_) => "model",
+            Self::Background => "background",
+            Self::LongCache => "cache_control",
+            // Its own name, as the client sent it (`ApiError::param`).
+            Self::Unknown(_) => "",
+        }
+    }
+
+    /// Whether an admin's extra cost for the model makes it reservable. A
+    /// background response never says what it used, a cache kept for days is
+    /// billed by the hour, and an unknown field may do anything.
+    pub fn coverable(&self) -> bool {
+        !matches!(self, Self::Background | Self::LongCache | Self::Unknown(_))
+    }
+
+    pub fn text(&self, locale: Locale) -> String {
+        let pt = locale == Locale::PtBr;
+        match self {
+            Self::Tool(name) if pt => format!(
+                "A ferramenta {} roda no provedor de IA, que a cobra à parte, e não está disponível aqui. Envie sem ela.",
+                shown(name)
+            ),
+            Self::Tool(name) => format!(
+                "The tool {} runs at the AI provider, which bills it separately, and is not available here. Send without it.",
+                shown(name)
+            ),
+            Self::WebSearch(_) if pt => "A busca na web não está disponível aqui: o provedor de IA a cobra à parte. Desligue a busca na web e envie de novo.".into(),
+            Self::WebSearch(_) => "Web search is not available here: the AI provider bills it separately. Turn web search off and send again.".into(),
+            Self::Feature(f) if pt => format!(
+                "Este pedido liga um recurso do provedor de IA ({f}) que ele cobra à parte e que não está disponível aqui. Desligue-o e envie de novo."
+            ),
+            Self::Feature(f) => format!(
+                "This request turns on a feature the AI provider bills separately ({f}), which is not available here. Turn it off and send again."
+            ),
+            Self::Stored(f) if pt => format!(
+                "Parte deste pedido está guardada no provedor de IA ({f}), que cobra por ela um valor que não se sabe antes. Envie o próprio conteúdo."
+            ),
+            Self::Stored(f) => format!(
+                "Part of this request is kept at the AI provider ({f}), which bills an amount not known in advance. Send the content itself."
+            ),
+            Self::SearchModel(model) if pt => format!(
+                "O modelo {} busca na web a cada mensagem, o que o provedor de IA cobra à parte, e não está disponível aqui. Escolha outro modelo.",
+                shown(model)
+            ),
+            Self::SearchModel(model) => format!(
+                "The model {} searches the web on every message, which the AI provider bills separately, and is not available here. Choose another model.",
+                shown(model)
+            ),
+            Self::Background if pt => "Respostas em segundo plano (background) não estão disponíveis aqui: o provedor as cobra depois, sem dizer quanto. Espere a resposta.".into(),
+            Self::Background => "Background responses are not available here: the provider bills them later without saying how much. Wait for the answer instead.".into(),
+            Self::LongCache if pt => "Guardar conteúdo no provedor de IA por mais de uma hora (cache_control com ttl) é cobrado à parte e não está disponível aqui. Use ttl de 5m ou 1h.".into(),
+            Self::LongCache => "Keeping content at the AI provider for over an hour (cache_control with a ttl) is billed separately and not available here. Use a ttl of 5m or 1h.".into(),
+            Self::Unknown(field) if pt => format!(
+                "O campo {} não é aceito aqui: só passam campos que o saldo pode cobrir. O administrador pode liberar um campo inofensivo.",
+                shown(field)
+            ),
+            Self::Unknown(field) => format!(
+                "The field {} is not accepted here: only fields the balance can cover go through. Your administrator can allow a harmless one.",
+                shown(field)
+            ),
+        }
+    }
+}
+
+/// A name from the request inside a sentence LibreChat shows: short, one line, no
+/// braces (LibreChat parses `{...}` as JSON).
+fn shown(name: &str) -> String {
+    name.chars()
+        .filter(|c| !c.is_control() && !matches!(c, '{' | '}'))
+        .take(40)
+        .collect()
+}
+
+impl ApiError {
+    pub fn body(problem: Problem, param: &'static str) -> Self {
+        Self::InvalidBody(BodyError::new(problem, param))
     }
 
     fn kind(&self) -> (&'static str, &'static str) {
         match self {
             Self::InvalidApiKey => ("invalid_request_error", "invalid_api_key"),
             Self::MissingUser(_) => ("invalid_request_error", "missing_user"),
-            Self::InvalidBody { .. } => ("invalid_request_error", "invalid_body"),
+            Self::InvalidBody(_) => ("invalid_request_error", "invalid_body"),
+            Self::NotReservable(_) => ("invalid_request_error", "not_reservable"),
             Self::BodyTooLarge(_) => ("invalid_request_error", "body_too_large"),
+            Self::BodyTimeout => ("invalid_request_error", "body_timeout"),
             Self::Suspended(_) => ("permission_error", "user_suspended"),
             Self::InsufficientQuota { .. } => ("insufficient_quota", "insufficient_quota"),
             Self::UpstreamUnavailable | Self::UpstreamGarbled => {
@@ -77,14 +355,15 @@ impl ApiError {
             Self::Internal => ("server_error", "internal_error"),
         }
     }
-}
 
-impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
             Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
-            Self::MissingUser(_) | Self::InvalidBody { .. } => StatusCode::BAD_REQUEST,
+            Self::MissingUser(_) | Self::InvalidBody(_) | Self::NotReservable(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Suspended(_) => StatusCode::FORBIDDEN,
             Self::InsufficientQuota { status, .. } => status.status(),
             Self::UpstreamUnavailable | Self::UpstreamGarbled => StatusCode::BAD_GATEWAY,
@@ -95,50 +374,70 @@ impl ApiError {
         }
     }
 
-    /// The text the client reads, in `locale` where a user may read it.
+    fn param(&self) -> Option<String> {
+        match self {
+            Self::InvalidBody(e) => e.param.map(str::to_owned),
+            Self::NotReservable(Unreservable::Unknown(field)) => Some(field.clone()),
+            Self::NotReservable(u) => Some(u.param().to_owned()),
+            _ => None,
+        }
+    }
+
+    /// The text the client reads, in `locale`.
     pub fn message(&self, locale: Locale) -> Cow<'_, str> {
-        let text = match (self, locale) {
-            (Self::UpstreamUnavailable, Locale::PtBr) => {
-                "O serviço de IA não está acessível agora. Tente de novo em instantes."
+        if locale == Locale::En {
+            return match self {
+                // Said to a user more plainly than in the logs.
+                Self::BodyTooLarge(limit) => Cow::Owned(format!(
+                    "This message is over the limit of {}. Send smaller files, or send them in parts.",
+                    size(*limit)
+                )),
+                Self::StorageUnavailable => Cow::Borrowed(
+                    "Usage tracking is down right now; requests are served again once it is back. Please try again in a few minutes.",
+                ),
+                _ => Cow::Owned(self.to_string()),
+            };
+        }
+        let text = match self {
+            Self::InvalidApiKey => {
+                "Chave de API ausente ou inválida. Use uma das chaves de cliente do tokengate."
             }
-            (Self::UpstreamTimeout, Locale::PtBr) => {
-                "O serviço de IA não respondeu a tempo. Tente de novo."
-            }
-            (Self::UpstreamGarbled, Locale::PtBr) => {
-                "O serviço de IA enviou uma resposta que não pôde ser lida. Tente de novo; este pedido não foi cobrado."
-            }
-            (Self::StorageUnavailable, Locale::PtBr) => {
-                "O controle de uso está fora do ar agora; os pedidos voltam a ser atendidos quando ele voltar. Tente de novo em alguns minutos."
-            }
-            (Self::StorageUnavailable, Locale::En) => {
-                "Usage tracking is down right now; requests are served again once it is back. Please try again in a few minutes."
-            }
-            (Self::Internal, Locale::PtBr) => "Erro interno; este pedido não foi cobrado.",
-            (Self::BodyTooLarge(limit), Locale::PtBr) => {
+            Self::MissingUser(e) => return Cow::Owned(identity_text(*e)),
+            Self::InvalidBody(e) => return Cow::Owned(e.text(locale)),
+            Self::NotReservable(u) => return Cow::Owned(u.text(locale)),
+            Self::BodyTooLarge(limit) => {
                 return Cow::Owned(format!(
                     "Esta mensagem passa do limite de {}. Envie arquivos menores ou em partes.",
                     size(*limit)
                 ));
             }
-            (Self::BodyTooLarge(limit), Locale::En) => {
-                return Cow::Owned(format!(
-                    "This message is over the limit of {}. Send smaller files, or send them in parts.",
-                    size(*limit)
-                ));
+            Self::BodyTimeout => {
+                "A mensagem não chegou inteira a tempo. Verifique a conexão e envie de novo."
             }
-            _ => return Cow::Owned(self.to_string()),
+            // Written in the configured language where they are made.
+            Self::Suspended(text) | Self::InsufficientQuota { message: text, .. } => text,
+            Self::UpstreamUnavailable => {
+                "O serviço de IA não está acessível agora. Tente de novo em instantes."
+            }
+            Self::UpstreamTimeout => "O serviço de IA não respondeu a tempo. Tente de novo.",
+            Self::UpstreamGarbled => {
+                "O serviço de IA enviou uma resposta que não pôde ser lida. Tente de novo; este pedido não foi cobrado."
+            }
+            Self::StorageUnavailable => {
+                "O controle de uso está fora do ar agora; os pedidos voltam a ser atendidos quando ele voltar. Tente de novo em alguns minutos."
+            }
+            Self::NotFound(route) => {
+                return Cow::Owned(format!("Rota de API desconhecida: {route}"));
+            }
+            Self::Internal => "Erro interno; este pedido não foi cobrado.",
         };
         Cow::Borrowed(text)
     }
 
-    /// The OpenAI-shaped answer, its text in `locale` where a user may read it.
+    /// The OpenAI-shaped answer, its text in `locale`.
     fn response(&self, locale: Locale) -> HttpResponse {
         let (kind, code) = self.kind();
-        let param = match self {
-            Self::InvalidBody { param, .. } => *param,
-            _ => None,
-        };
-        let body = json!({"error": {"message": self.message(locale), "type": kind, "code": code, "param": param}});
+        let body = json!({"error": {"message": self.message(locale), "type": kind, "code": code, "param": self.param()}});
         let mut res = HttpResponse::build(self.status_code());
         if matches!(self, Self::InsufficientQuota { .. }) {
             // Stops the official OpenAI SDKs from retrying; no Retry-After on purpose.
@@ -146,6 +445,11 @@ impl ApiError {
         }
         if matches!(self, Self::InvalidApiKey) {
             res.insert_header(("www-authenticate", "Bearer"));
+        }
+        if matches!(self, Self::BodyTimeout) {
+            // What is left of the body is never read: the connection cannot carry
+            // another request.
+            res.insert_header((actix_web::http::header::CONNECTION, "close"));
         }
         res.json(body)
     }
@@ -157,6 +461,22 @@ impl ApiError {
             locale,
         }
     }
+}
+
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> Self {
+        Self::InvalidBody(e)
+    }
+}
+
+fn identity_text(e: IdentityError) -> String {
+    match e {
+        IdentityError::Missing => "Falta a identidade do usuário: envie o cabeçalho X-LibreChat-User-Id ou o campo `user`.",
+        IdentityError::InvalidUserId => "O id do usuário deve ter de 1 a 128 caracteres ASCII visíveis.",
+        IdentityError::ServiceAccount => "Ids de usuário que começam com `service:` são contas de chaves de serviço.",
+        IdentityError::InvalidEmail => "Endereço de e-mail inválido.",
+    }
+    .to_owned()
 }
 
 /// A size limit as a person reads it: whole megabytes, or kilobytes below one.
@@ -202,30 +522,84 @@ impl From<crate::db::StoreError> for ApiError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
-    /// LibreChat shows these texts in the chat: one plain line, no braces (parsed as
-    /// JSON there), no words it reads as a context-length problem (it would summarize
-    /// and send again), and Portuguese by default.
-    #[test]
-    fn user_facing_texts_are_safe_for_librechat_in_both_languages() {
-        let errors = [
+    /// Every error a request can meet, once.
+    fn every_error() -> Vec<ApiError> {
+        let mut errors = vec![
+            ApiError::InvalidApiKey,
+            ApiError::BodyTooLarge(20_971_520),
+            ApiError::BodyTooLarge(2048),
+            ApiError::BodyTimeout,
             ApiError::UpstreamUnavailable,
             ApiError::UpstreamTimeout,
             ApiError::UpstreamGarbled,
             ApiError::StorageUnavailable,
+            ApiError::NotFound("GET /v1/files".into()),
             ApiError::Internal,
-            ApiError::BodyTooLarge(20_971_520),
-            ApiError::BodyTooLarge(2048),
         ];
-        for error in &errors {
+        for e in [
+            IdentityError::Missing,
+            IdentityError::InvalidUserId,
+            IdentityError::ServiceAccount,
+            IdentityError::InvalidEmail,
+        ] {
+            errors.push(ApiError::MissingUser(e));
+        }
+        let long = "x".repeat(300);
+        for u in [
+            Unreservable::Tool("web_search_preview".into()),
+            Unreservable::Tool(format!("{{{long}}}\n")),
+            Unreservable::WebSearch("web_search_options"),
+            Unreservable::Feature("mcp_servers"),
+            Unreservable::Stored("previous_response_id"),
+            Unreservable::SearchModel(long.clone()),
+            Unreservable::Background,
+            Unreservable::LongCache,
+            Unreservable::Unknown(long.clone()),
+        ] {
+            errors.push(ApiError::NotReservable(u));
+        }
+        for problem in [
+            Problem::NotJson(JsonFault::of(
+                &serde_json::from_str::<serde_json::Value>("{\"a\" 1}").unwrap_err(),
+                true,
+            )),
+            Problem::NotObject,
+            Problem::Unreadable,
+            Problem::Model,
+            Problem::Boolean,
+            Problem::DoesNotStream,
+            Problem::AtLeastOne,
+            Problem::String,
+            Problem::Between { max: 128 },
+            Problem::Array,
+            Problem::NonEmptyArray,
+            Problem::NotEmpty,
+            Problem::StringOrArray,
+            Problem::StringOrNonEmptyArray,
+            Problem::NotResponses,
+        ] {
+            errors.push(ApiError::body(problem.clone(), "max_completion_tokens"));
+            errors.push(ApiError::InvalidBody(BodyError::whole(problem)));
+        }
+        errors
+    }
+
+    /// LibreChat shows these texts in the chat: one plain line, no braces (parsed as
+    /// JSON there), no words it reads as a context-length problem (it would summarize
+    /// and send again), short enough to be shown inline, and in Portuguese by default.
+    #[test]
+    fn every_text_is_translated_and_safe_for_librechat() {
+        for error in every_error() {
             let (pt, en) = (error.message(Locale::PtBr), error.message(Locale::En));
             assert_ne!(pt, en, "not translated: {en}");
             for text in [pt, en] {
                 let lower = text.to_lowercase();
                 assert!(!text.contains(['{', '}', '\n', '\r']), "{text}");
-                assert!(text.chars().count() <= 185, "{text}");
+                assert!(text.chars().count() <= 185, "{}: {text}", text.len());
                 for word in ["context", "too long", "too large"] {
                     assert!(!lower.contains(word), "{text}");
                 }

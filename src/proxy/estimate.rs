@@ -223,6 +223,9 @@ pub struct Messages {
     /// File parts that name a file kept at the provider (`file_id`, `file_url`)
     /// instead of carrying it: nothing here tells what the provider bills for them.
     pub stored_files: i64,
+    /// A `cache_control` (of a message or a part) that keeps content at the
+    /// provider for longer than an hour (`unreservable::long_cache`).
+    pub long_cache: bool,
 }
 
 impl<'de> Deserialize<'de> for Messages {
@@ -236,9 +239,7 @@ impl<'de> Deserialize<'de> for Messages {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Messages, A::Error> {
                 let mut m = Messages {
                     tokens: REPLY_PRIMING,
-                    count: 0,
-                    images: 0,
-                    stored_files: 0,
+                    ..Messages::default()
                 };
                 while let Some(Message(counted)) = seq.next_element()? {
                     m.tokens = m
@@ -246,6 +247,7 @@ impl<'de> Deserialize<'de> for Messages {
                         .saturating_add(PER_MESSAGE.saturating_add(counted.tokens));
                     m.images = m.images.saturating_add(counted.images);
                     m.stored_files = m.stored_files.saturating_add(counted.stored_files);
+                    m.long_cache |= counted.long_cache;
                     m.count += 1;
                 }
                 Ok(m)
@@ -282,6 +284,11 @@ impl<'de> Deserialize<'de> for Message {
                         }
                         MessageKey::Content => {
                             total.add(map.next_value_seed(Counting { content: true })?);
+                        }
+                        MessageKey::CacheControl => {
+                            let control = map.next_value::<Value>()?;
+                            total.long_cache |= super::unreservable::long_cache(Some(&control));
+                            total.add(Counted::text(definitions(&control)));
                         }
                         MessageKey::Other => {
                             total.add(map.next_value_seed(Counting { content: false })?);
@@ -323,6 +330,7 @@ impl<'de> Deserialize<'de> for Message {
 enum MessageKey {
     Type,
     Content,
+    CacheControl,
     Other,
 }
 
@@ -338,6 +346,7 @@ impl<'de> Deserialize<'de> for MessageKey {
                 Ok(match v {
                     "type" => MessageKey::Type,
                     "content" | "output" => MessageKey::Content,
+                    "cache_control" => MessageKey::CacheControl,
                     _ => MessageKey::Other,
                 })
             }
@@ -353,6 +362,7 @@ struct Counted {
     tokens: i64,
     images: i64,
     stored_files: i64,
+    long_cache: bool,
 }
 
 impl Counted {
@@ -367,6 +377,7 @@ impl Counted {
         self.tokens = self.tokens.saturating_add(other.tokens);
         self.images = self.images.saturating_add(other.images);
         self.stored_files = self.stored_files.saturating_add(other.stored_files);
+        self.long_cache |= other.long_cache;
     }
 }
 
@@ -455,6 +466,7 @@ fn content_parts(v: &Value) -> Counted {
         return Counted::text(count_text(&v.to_string()));
     };
     for part in parts {
+        total.long_cache |= super::unreservable::long_cache(part.get("cache_control"));
         match part.get("type").and_then(Value::as_str) {
             Some("text" | "input_text") => total.add(Counted::text(
                 part.get("text")

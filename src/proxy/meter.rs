@@ -2,11 +2,11 @@
 //! bytes through unchanged while it reads usage on the side.
 
 use super::estimate;
-use super::settler::Settler;
+use super::settler::{Durable, Settler};
 use super::sse::{SseScanner, Usage};
 use crate::domain::UserKey;
-use crate::ledger::{Outcome, Settlement};
-use bytes::Bytes;
+use crate::ledger::{NoticeBase, Outcome, SettleResult, Settlement};
+use bytes::{Bytes, BytesMut};
 use futures_util::future::LocalBoxFuture;
 use futures_util::{FutureExt, Stream, StreamExt};
 use std::pin::Pin;
@@ -73,11 +73,12 @@ impl Meter {
             status,
             latency: self.started.elapsed(),
             ttfb,
+            can_carry_notice: false,
         }
     }
 
-    /// Ends the request: its settlement is written in the background (`Settler`),
-    /// durably, while the answer goes out.
+    /// Ends the request: its settlement is written in the background (`Settler`).
+    /// The answer's last bytes wait for what this returns: the settlement durable.
     pub fn close(
         mut self,
         outcome: Outcome,
@@ -85,23 +86,14 @@ impl Meter {
         usage: Option<Usage>,
         delivered_text: &str,
         ttfb: Option<Duration>,
-    ) {
-        self.submit(outcome, status, usage, delivered_text, ttfb);
+    ) -> Durable {
+        let s = self.settlement(outcome, status, usage, delivered_text, ttfb);
+        self.submit(s)
     }
 
-    fn submit(
-        &mut self,
-        outcome: Outcome,
-        status: u16,
-        usage: Option<Usage>,
-        delivered_text: &str,
-        ttfb: Option<Duration>,
-    ) {
-        if !std::mem::replace(&mut self.open, false) {
-            return;
-        }
-        let s = self.settlement(outcome, status, usage, delivered_text, ttfb);
-        self.settler.submit(self.user.clone(), self.user_id, s);
+    fn submit(&mut self, s: Settlement) -> Durable {
+        self.open = false;
+        self.settler.submit(self.user.clone(), self.user_id, s)
     }
 }
 
@@ -109,98 +101,187 @@ impl Drop for Meter {
     fn drop(&mut self) {
         // The handler was dropped while it waited for upstream's headers or for a
         // whole answer: the client left, but the request had gone upstream.
-        self.submit(Outcome::ClientDisconnected, 499, None, "", None);
+        if self.open {
+            let s = self.settlement(Outcome::ClientDisconnected, 499, None, "", None);
+            drop(self.submit(s));
+        }
     }
 }
 
 type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>>>>;
 
-/// A line of tokengate's own added to the end of a streamed text answer (the in-chat
-/// notice), as one more chunk just before upstream's `data: [DONE]`. The answer's
-/// bytes pass unchanged around it; only whole lines are passed on while it waits,
-/// so the `[DONE]` line is never split. Its text is made from the answer's usage.
-pub struct Notice {
-    event: Option<Box<dyn FnOnce(Option<Usage>) -> Bytes>>,
-    /// Called when the answer ended without the notice (an error, a client gone).
-    unshown: Option<Box<dyn FnOnce()>>,
-    /// The end of the bytes received, after their last line break.
-    partial: bytes::BytesMut,
+/// The line a streamed text answer may end with, said by tokengate itself, as one
+/// more chunk just before upstream's `data: [DONE]`: the in-chat notice after a
+/// threshold, or why an answer stopped short. Its text is made once the answer's
+/// settlement is written (`EndLine::text`).
+pub struct EndLine {
+    /// Makes the chunk of a text, as the answer's model.
+    pub chunk: Box<dyn Fn(&str) -> Bytes>,
+    /// The notice's text, from what was used before this answer and its charge.
+    pub notice: Box<dyn Fn(NoticeBase, i64) -> String>,
+    /// The text for an answer the balance stopped.
+    pub stopped: String,
+    /// A notice this answer claimed when it was reserved (due since an earlier
+    /// answer crossed the threshold).
+    pub claimed: Option<NoticeBase>,
+    /// The limit the reservation lowered the answer to, when it did.
+    pub lowered_to: Option<i64>,
+    /// Called when a notice this answer took (claimed, or crossed) ends up unshown
+    /// (an error, no `[DONE]`, a client gone): it is due again, for the next answer.
+    pub still_due: Option<Box<dyn FnOnce()>>,
+    /// This answer has taken a notice and not shown it yet.
+    pub pending: bool,
 }
 
-impl Notice {
-    pub fn new(
-        event: impl FnOnce(Option<Usage>) -> Bytes + 'static,
-        unshown: impl FnOnce() + 'static,
-    ) -> Self {
-        Self {
-            event: Some(Box::new(event)),
-            unshown: Some(Box::new(unshown)),
-            partial: bytes::BytesMut::new(),
-        }
-    }
-
-    /// What of `chunk` may go on now: whole lines, with the notice before `[DONE]`
-    /// unless the stream reported an error (`healthy` false).
-    fn pass(&mut self, chunk: Bytes, usage: Option<Usage>, healthy: bool) -> Bytes {
-        if self.event.is_none() {
-            // Done (shown or given up): what was held goes first, in order.
-            if self.partial.is_empty() {
-                return chunk;
-            }
-            self.partial.extend_from_slice(&chunk);
-            return self.partial.split().freeze();
-        }
-        self.partial.extend_from_slice(&chunk);
-        let Some(last_break) = self.partial.iter().rposition(|b| *b == b'\n') else {
-            return Bytes::new();
+impl EndLine {
+    /// The line for this answer, if any (why it stopped, when the balance stopped
+    /// it; else the notice, claimed at the reservation or by the settlement that
+    /// crossed the threshold), and whether it took a notice.
+    fn text(
+        &self,
+        usage: Option<Usage>,
+        hit_limit: bool,
+        written: Option<&SettleResult>,
+    ) -> (Option<String>, bool) {
+        let (charged, crossed) = match written {
+            Some(SettleResult::Settled { charged, notice }) => (*charged, *notice),
+            _ => (0, None),
         };
-        let lines = self.partial.split_to(last_break + 1).freeze();
-        let done = lines
-            .windows(DONE.len())
-            .enumerate()
-            .find(|(at, w)| *w == DONE && (*at == 0 || lines[at - 1] == b'\n'))
-            .map(|(at, _)| at);
-        match (done, self.event.take()) {
-            // An answer that ended in an error gets no notice: it stays due.
-            (Some(_), Some(_)) if !healthy => lines,
-            (Some(at), Some(event)) => {
-                self.unshown = None;
-                let mut out = bytes::BytesMut::with_capacity(lines.len() + 512);
-                out.extend_from_slice(&lines[..at]);
-                out.extend_from_slice(&event(usage));
-                out.extend_from_slice(&lines[at..]);
-                out.freeze()
-            }
-            (None, event) => {
-                self.event = event;
-                lines
-            }
-            (Some(_), None) => lines,
+        let notice = self.claimed.or(crossed);
+        let stopped = self
+            .lowered_to
+            .is_some_and(|limit| hit_limit || usage.is_some_and(|u| u.completion_tokens >= limit));
+        if stopped {
+            // Why it stopped says more than the notice, which it replaces.
+            return (Some(self.stopped.clone()), notice.is_some());
         }
-    }
-
-    /// The bytes still held at the end of the stream.
-    fn rest(&mut self) -> Bytes {
-        self.partial.split().freeze()
+        (
+            notice.map(|base| (self.notice)(base, charged)),
+            notice.is_some(),
+        )
     }
 }
 
-impl Drop for Notice {
+impl Drop for EndLine {
     fn drop(&mut self) {
-        if let Some(unshown) = self.unshown.take() {
-            unshown();
+        if self.pending
+            && let Some(still_due) = self.still_due.take()
+        {
+            still_due();
         }
     }
 }
 
 const DONE: &[u8] = b"data: [DONE]";
 
+/// Where a line `data: [DONE]` starts in `bytes`.
+fn done_line(bytes: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = memchr::memmem::find(&bytes[from..], DONE) {
+        let at = from + at;
+        if at == 0 || matches!(bytes[at - 1], b'\n' | b'\r') {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// The end of a streamed answer, held back from the client until the answer's
+/// settlement is durable: everything from the event that carries the usage, or from
+/// the `data: [DONE]` line, whichever comes first. With `whole_lines`, bytes go on
+/// only by whole lines, so that a line can be put in before `[DONE]`.
+struct Tail {
+    whole_lines: bool,
+    /// The end of the bytes received, after their last line break (`whole_lines`).
+    partial: BytesMut,
+    held: BytesMut,
+    holding: bool,
+}
+
+impl Tail {
+    fn new(whole_lines: bool) -> Self {
+        Self {
+            whole_lines,
+            partial: BytesMut::new(),
+            held: BytesMut::new(),
+            holding: false,
+        }
+    }
+
+    /// What of `chunk` may go to the client now. `end_seen`: the scanner has read
+    /// the usage or `[DONE]`, in this chunk or before.
+    fn pass(&mut self, chunk: Bytes, end_seen: bool) -> Bytes {
+        let lines = if self.whole_lines {
+            if self.partial.is_empty() && chunk.last() == Some(&b'\n') {
+                chunk
+            } else {
+                self.partial.extend_from_slice(&chunk);
+                match self.partial.iter().rposition(|b| *b == b'\n') {
+                    Some(last) => self.partial.split_to(last + 1).freeze(),
+                    None => return Bytes::new(),
+                }
+            }
+        } else {
+            chunk
+        };
+        if self.holding || end_seen {
+            self.holding = true;
+            self.held.extend_from_slice(&lines);
+            return Bytes::new();
+        }
+        match done_line(&lines) {
+            Some(at) => {
+                self.holding = true;
+                self.held.extend_from_slice(&lines[at..]);
+                lines.slice(..at)
+            }
+            None => lines,
+        }
+    }
+
+    /// What was held back, with `line` (a chunk of tokengate's own) put in before
+    /// the `[DONE]` line, if there is one; and whether it was.
+    fn release(mut self, line: Option<Bytes>) -> (Bytes, bool) {
+        self.held.extend_from_slice(&self.partial);
+        let Some(line) = line else {
+            return (self.held.freeze(), false);
+        };
+        let Some(at) = done_line(&self.held) else {
+            return (self.held.freeze(), false);
+        };
+        let mut out = BytesMut::with_capacity(self.held.len() + line.len());
+        out.extend_from_slice(&self.held[..at]);
+        out.extend_from_slice(&line);
+        out.extend_from_slice(&self.held[at..]);
+        (out.freeze(), true)
+    }
+}
+
 /// Most bytes gathered into one write to the client.
 const MAX_BURST: usize = 64 * 1024;
 
+/// Where a metered stream is.
+enum Phase {
+    /// Passing upstream's bytes on.
+    Streaming,
+    /// Upstream ended; the settlement is on its way to being durable, and the tail
+    /// waits for it.
+    Settling {
+        durable: LocalBoxFuture<'static, Option<SettleResult>>,
+        usage: Option<Usage>,
+        /// The answer ended as it should (no error, no break): it may get its line.
+        whole: bool,
+        /// The stream broke: the client's connection is aborted after the tail.
+        broke: bool,
+    },
+    Done,
+}
+
 /// Passes the upstream stream through unchanged. When upstream ends, the settlement
-/// is handed to the `Settler` before the client sees the end of the body; when the
-/// client goes away (the stream is dropped early), what was delivered is charged.
+/// is handed to the `Settler`, and the end of the answer (`Tail`) reaches the client
+/// once the settlement is durable; when the client goes away (the stream is dropped
+/// early), what was delivered is charged.
 ///
 /// Chunks that upstream sent together leave together. hyper hands over a response
 /// body one chunk at a time, each after its connection task has run, and actix
@@ -215,14 +296,15 @@ pub struct MeteredStream {
     meter: Option<Meter>,
     status: u16,
     first_byte: Option<Duration>,
+    phase: Phase,
     pending_error: Option<std::io::Error>,
-    finished: bool,
     /// Chunks received and not yet passed on.
     burst: Vec<Bytes>,
     burst_len: usize,
     /// Set after a chunk: the turn given to other tasks before looking for more.
     yielding: Option<LocalBoxFuture<'static, ()>>,
-    notice: Option<Notice>,
+    tail: Option<Tail>,
+    end_line: Option<EndLine>,
 }
 
 impl MeteredStream {
@@ -233,19 +315,31 @@ impl MeteredStream {
             meter: Some(meter),
             status,
             first_byte: None,
+            phase: Phase::Streaming,
             pending_error: None,
-            finished: false,
             burst: Vec::new(),
             burst_len: 0,
             yielding: None,
-            notice: None,
+            tail: Some(Tail::new(false)),
+            end_line: None,
         }
     }
 
-    /// Ends the answer with `notice` (a streamed text answer only).
-    pub fn with_notice(mut self, notice: Option<Notice>) -> Self {
-        self.notice = notice;
+    /// A streamed text answer: it may end with a line of tokengate's own, so its
+    /// bytes go on by whole lines.
+    pub fn with_end_line(mut self, end_line: Option<EndLine>) -> Self {
+        if end_line.is_some() {
+            self.tail = Some(Tail::new(true));
+        }
+        self.end_line = end_line;
         self
+    }
+
+    fn push(&mut self, bytes: Bytes) {
+        self.burst_len += bytes.len();
+        if !bytes.is_empty() {
+            self.burst.push(bytes);
+        }
     }
 
     /// The chunks gathered so far, as one.
@@ -255,8 +349,7 @@ impl MeteredStream {
             0 => None,
             1 => self.burst.pop(),
             _ => {
-                let mut joined =
-                    bytes::BytesMut::with_capacity(self.burst.iter().map(Bytes::len).sum());
+                let mut joined = BytesMut::with_capacity(self.burst.iter().map(Bytes::len).sum());
                 for chunk in self.burst.drain(..) {
                     joined.extend_from_slice(&chunk);
                 }
@@ -265,19 +358,55 @@ impl MeteredStream {
         }
     }
 
-    /// Settles with what was read, once: at the end of upstream's stream, or when the
-    /// client went away first.
-    fn settle(&mut self, outcome: Outcome, status: u16) {
-        if let Some(meter) = self.meter.take() {
-            self.scanner.finish();
-            meter.close(
-                outcome,
-                status,
-                self.scanner.usage(),
-                self.scanner.text(),
-                self.first_byte,
-            );
+    /// Upstream is done: settles with what was read, and waits for it to be
+    /// durable before the tail goes out.
+    fn settle(&mut self, outcome: Outcome, broke: bool) {
+        self.scanner.finish();
+        let Some(meter) = self.meter.take() else {
+            self.phase = Phase::Done;
+            return;
+        };
+        let mut settlement = meter.settlement(
+            outcome,
+            self.status,
+            self.scanner.usage(),
+            self.scanner.text(),
+            self.first_byte,
+        );
+        let whole = outcome == Outcome::Completed;
+        settlement.can_carry_notice =
+            whole && self.end_line.as_ref().is_some_and(|e| e.claimed.is_none());
+        let mut meter = meter;
+        let durable = meter.submit(settlement);
+        self.phase = Phase::Settling {
+            durable: durable.wait().boxed_local(),
+            usage: self.scanner.usage(),
+            whole,
+            broke,
+        };
+    }
+
+    /// The settlement is durable: the tail goes out, with its line when it has one.
+    fn finish(&mut self, written: Option<SettleResult>, usage: Option<Usage>, whole: bool) {
+        let hit_limit = self.scanner.hit_limit();
+        let (line, took_notice) = match (self.end_line.as_ref(), whole) {
+            (Some(end), true) => {
+                let (text, took_notice) = end.text(usage, hit_limit, written.as_ref());
+                (text.map(|text| (end.chunk)(&text)), took_notice)
+            }
+            _ => (None, false),
+        };
+        if let Some(tail) = self.tail.take() {
+            let (bytes, shown) = tail.release(line);
+            if let Some(end) = self.end_line.as_mut() {
+                // A notice taken (at the reservation, or by this settlement) and not
+                // shown is due again; one shown, or replaced by why the answer
+                // stopped, is not.
+                end.pending = (end.pending || took_notice) && !shown;
+            }
+            self.push(bytes);
         }
+        self.phase = Phase::Done;
     }
 }
 
@@ -287,71 +416,83 @@ impl Stream for MeteredStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if this.finished {
-                return Poll::Ready(
-                    this.take_burst()
-                        .map(Ok)
-                        .or_else(|| this.pending_error.take().map(Err)),
-                );
-            }
-            if let Some(turn) = this.yielding.as_mut() {
-                if turn.poll_unpin(cx).is_pending() {
-                    return Poll::Pending;
+            match &mut this.phase {
+                Phase::Done => {
+                    return Poll::Ready(
+                        this.take_burst()
+                            .map(Ok)
+                            .or_else(|| this.pending_error.take().map(Err)),
+                    );
                 }
-                this.yielding = None;
-            }
-            match this.upstream.poll_next_unpin(cx) {
-                Poll::Pending => {
-                    return this
-                        .take_burst()
-                        .map_or(Poll::Pending, |b| Poll::Ready(Some(Ok(b))));
-                }
-                Poll::Ready(Some(Ok(bytes))) => {
-                    if this.first_byte.is_none() {
-                        this.first_byte = this.meter.as_ref().map(|m| m.started.elapsed());
-                    }
-                    this.scanner.feed(&bytes);
-                    let bytes = match this.notice.as_mut() {
-                        Some(n) => n.pass(bytes, this.scanner.usage(), !this.scanner.error_seen()),
-                        None => bytes,
+                Phase::Settling {
+                    durable,
+                    usage,
+                    whole,
+                    broke,
+                } => {
+                    let Poll::Ready(written) = durable.poll_unpin(cx) else {
+                        // What came before the tail goes out meanwhile.
+                        return this
+                            .take_burst()
+                            .map_or(Poll::Pending, |b| Poll::Ready(Some(Ok(b))));
                     };
-                    this.burst_len += bytes.len();
-                    if !bytes.is_empty() {
-                        this.burst.push(bytes);
+                    let (usage, whole, broke) = (*usage, *whole, *broke);
+                    if broke {
+                        // The client's connection is aborted after the last bytes,
+                        // so it sees a truncated stream rather than a clean end.
+                        this.pending_error = Some(std::io::Error::other("upstream stream broke"));
                     }
-                    if this.burst_len >= MAX_BURST {
-                        return Poll::Ready(this.take_burst().map(Ok));
-                    }
-                    this.yielding = Some(tokio::task::yield_now().boxed_local());
+                    this.finish(written, usage, whole);
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    tracing::warn!(error = %e, "upstream stream broke");
-                    // The client's connection is aborted after the last bytes, so it
-                    // sees a truncated stream rather than a clean end.
-                    this.pending_error = Some(std::io::Error::other("upstream stream broke"));
-                    this.settle(Outcome::UpstreamBroken, this.status);
-                    this.finished = true;
-                }
-                Poll::Ready(None) => {
-                    if let Some(rest) = this.notice.as_mut().map(Notice::rest)
-                        && !rest.is_empty()
-                    {
-                        this.burst_len += rest.len();
-                        this.burst.push(rest);
+                Phase::Streaming => {
+                    if let Some(turn) = this.yielding.as_mut() {
+                        if turn.poll_unpin(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        this.yielding = None;
                     }
-                    this.scanner.finish();
-                    // LiteLLM reports a provider's failure after its 200 as an error
-                    // event: alone it generated nothing; after some text it is a
-                    // broken stream, charged for what came.
-                    let outcome = if this.scanner.error_only() {
-                        Outcome::UpstreamError
-                    } else if this.scanner.error_seen() {
-                        Outcome::UpstreamBroken
-                    } else {
-                        Outcome::Completed
-                    };
-                    this.settle(outcome, this.status);
-                    this.finished = true;
+                    match this.upstream.poll_next_unpin(cx) {
+                        Poll::Pending => {
+                            return this
+                                .take_burst()
+                                .map_or(Poll::Pending, |b| Poll::Ready(Some(Ok(b))));
+                        }
+                        Poll::Ready(Some(Ok(bytes))) => {
+                            if this.first_byte.is_none() {
+                                this.first_byte = this.meter.as_ref().map(|m| m.started.elapsed());
+                            }
+                            this.scanner.feed(&bytes);
+                            let end_seen =
+                                this.scanner.usage().is_some() || this.scanner.done_seen();
+                            let bytes = match this.tail.as_mut() {
+                                Some(tail) => tail.pass(bytes, end_seen),
+                                None => bytes,
+                            };
+                            this.push(bytes);
+                            if this.burst_len >= MAX_BURST {
+                                return Poll::Ready(this.take_burst().map(Ok));
+                            }
+                            this.yielding = Some(tokio::task::yield_now().boxed_local());
+                        }
+                        Poll::Ready(Some(Err(e))) => {
+                            tracing::warn!(error = %e, "upstream stream broke");
+                            this.settle(Outcome::UpstreamBroken, true);
+                        }
+                        Poll::Ready(None) => {
+                            this.scanner.finish();
+                            // LiteLLM reports a provider's failure after its 200 as an
+                            // error event: alone it generated nothing; after some
+                            // text it is a broken stream, charged for what came.
+                            let outcome = if this.scanner.error_only() {
+                                Outcome::UpstreamError
+                            } else if this.scanner.error_seen() {
+                                Outcome::UpstreamBroken
+                            } else {
+                                Outcome::Completed
+                            };
+                            this.settle(outcome, false);
+                        }
+                    }
                 }
             }
         }
@@ -360,69 +501,78 @@ impl Stream for MeteredStream {
 
 impl Drop for MeteredStream {
     fn drop(&mut self) {
-        self.settle(Outcome::ClientDisconnected, 499);
+        // The client went away before upstream ended: what was delivered is
+        // charged. (Once settling, the settlement is already on its way.)
+        if let Some(meter) = self.meter.take() {
+            self.scanner.finish();
+            drop(meter.close(
+                Outcome::ClientDisconnected,
+                499,
+                self.scanner.usage(),
+                self.scanner.text(),
+                self.first_byte,
+            ));
+        }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use std::cell::Cell;
-    use std::rc::Rc;
 
-    /// A notice whose event is `<N>` and that records whether it went unshown.
-    fn notice() -> (Notice, Rc<Cell<bool>>) {
-        let unshown = Rc::new(Cell::new(false));
-        let flag = unshown.clone();
-        (
-            Notice::new(|_| Bytes::from_static(b"<N>"), move || flag.set(true)),
-            unshown,
-        )
-    }
-
-    fn run(n: &mut Notice, pieces: &[&str], healthy: bool) -> String {
+    fn run(tail: &mut Tail, pieces: &[&str], end_seen_after: Option<usize>) -> String {
         let mut out = Vec::new();
-        for p in pieces {
-            out.extend_from_slice(&n.pass(Bytes::copy_from_slice(p.as_bytes()), None, healthy));
+        for (i, p) in pieces.iter().enumerate() {
+            let seen = end_seen_after.is_some_and(|n| i >= n);
+            out.extend_from_slice(&tail.pass(Bytes::copy_from_slice(p.as_bytes()), seen));
         }
-        out.extend_from_slice(&n.rest());
-        String::from_utf8(out).unwrap_or_default()
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
-    fn the_notice_goes_just_before_done_however_the_bytes_are_cut() {
-        let stream = "data: {\"a\":1}\r\n\r\ndata: {\"b\":\"[DONE]\"}\n\ndata: [DONE]\n\n";
+    fn the_line_goes_just_before_done_however_the_bytes_are_cut() {
+        let stream = "data: {\"a\":1}\r\n\r\ndata: {\"b\":\"data: [DONE]\"}\n\ndata: [DONE]\n\n";
         for cut in 1..stream.len() {
-            let (mut n, unshown) = notice();
-            let out = run(&mut n, &[&stream[..cut], &stream[cut..]], true);
+            let mut tail = Tail::new(true);
+            let before = run(&mut tail, &[&stream[..cut], &stream[cut..]], None);
+            assert!(!before.contains("data: [DONE]\n"), "cut at {cut}: {before}");
+            let (rest, shown) = tail.release(Some(Bytes::from_static(b"<N>")));
+            assert!(shown, "cut at {cut}");
+            let whole = format!("{before}{}", String::from_utf8(rest.to_vec()).unwrap());
             assert_eq!(
-                out,
-                stream.replacen("data: [DONE]", "<N>data: [DONE]", 1),
+                whole,
+                stream.replacen("data: [DONE]\n", "<N>data: [DONE]\n", 1),
                 "cut at {cut}"
             );
-            drop(n);
-            assert!(!unshown.get(), "shown, cut at {cut}");
         }
     }
 
     #[test]
-    fn bytes_held_back_keep_their_order_after_the_notice() {
-        let (mut n, _) = notice();
-        let out = run(&mut n, &["data: [DONE]\n\nx", "y\n", "z"], true);
-        assert_eq!(out, "<N>data: [DONE]\n\nxy\nz");
+    fn everything_from_the_usage_on_waits_for_the_settlement() {
+        let mut tail = Tail::new(false);
+        let out = run(
+            &mut tail,
+            &[
+                "data: {\"a\":1}\n\n",
+                "data: {\"usage\":{}}\n\n",
+                "data: [DONE]\n\n",
+            ],
+            Some(1),
+        );
+        assert_eq!(out, "data: {\"a\":1}\n\n");
+        let (rest, shown) = tail.release(None);
+        assert!(!shown);
+        assert_eq!(rest, "data: {\"usage\":{}}\n\ndata: [DONE]\n\n");
     }
 
     #[test]
-    fn an_error_or_a_stream_without_done_leaves_the_notice_due() {
-        let (mut n, unshown) = notice();
-        let out = run(&mut n, &["data: {\"error\":1}\n\ndata: [DONE]\n\n"], false);
-        assert!(!out.contains("<N>"));
-        drop(n);
-        assert!(unshown.get());
-        let (mut n, unshown) = notice();
-        let out = run(&mut n, &["data: {\"a\":1}\n\n"], true);
+    fn a_stream_without_done_gets_no_line_and_keeps_its_bytes() {
+        let mut tail = Tail::new(true);
+        let out = run(&mut tail, &["data: {\"a\":1}\n\nda", "ta: x"], None);
         assert_eq!(out, "data: {\"a\":1}\n\n");
-        drop(n);
-        assert!(unshown.get());
+        let (rest, shown) = tail.release(Some(Bytes::from_static(b"<N>")));
+        assert!(!shown);
+        assert_eq!(rest, "data: x");
     }
 }

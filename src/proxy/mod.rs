@@ -11,6 +11,7 @@ pub mod notice;
 pub mod settler;
 pub mod spool;
 pub mod sse;
+pub mod unreservable;
 pub mod upstream;
 
 pub use body::Endpoint;
@@ -18,7 +19,7 @@ pub use error::{ApiError, V1Error};
 
 use crate::domain::identity::{IdentityError, decode_header_value};
 use crate::domain::{DisplayName, Email, Identity, UserKey};
-use crate::ledger::{Outcome, ReserveOutcome, ReserveRequest, Settlement};
+use crate::ledger::{Outcome, Reservation, ReserveOutcome, ReserveRequest, Settlement};
 use crate::startup::AppState;
 use crate::telemetry::Phase;
 use actix_web::http::header::{self, HeaderMap};
@@ -37,6 +38,12 @@ pub const USER_NAME_HEADER: &str = "x-librechat-user-name";
 /// settlements to shrink (`Settler::caught_up`); after that it reserves against their
 /// holds, which only errs on the safe side.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(2);
+/// Longest a request waits for its user's other requests in flight when their
+/// holds alone would cut it short or refuse it (`reserve`): about a title request's
+/// time at a provider. After it, it is served with what is left, or refused.
+const CROWDED_WAIT: Duration = Duration::from_secs(3);
+/// How often a crowded request looks again, for holds that end on another replica.
+const CROWDED_POLL: Duration = Duration::from_millis(100);
 
 /// Longest error body read from upstream before passing it on.
 const MAX_UPSTREAM_ERROR_BYTES: usize = 1 << 20;
@@ -109,6 +116,8 @@ async fn list_models(
         .body(body))
 }
 
+/// A metered request, step by step (docs/behaviour.md): who calls, what they ask,
+/// the reservation, upstream, and the answer, whose end waits for its settlement.
 async fn metered(
     req: HttpRequest,
     payload: web::Payload,
@@ -116,53 +125,144 @@ async fn metered(
     endpoint: Endpoint,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let Some(caller) = state.keys.caller(req.headers().get(header::AUTHORIZATION)) else {
-        state.metrics.record_rejection("invalid_api_key");
-        return Err(ApiError::InvalidApiKey);
-    };
-    let Admitted {
-        identity,
-        prepared,
-        model,
-        stream,
-        prompt_tokens,
-        requested_max,
-        completions,
-        images,
-        plain_text,
-    } = admit(&req, payload, &state, endpoint, caller).await?;
-    // Time-ordered (UUIDv7): holds and usage records are keyed by it, and ids that
-    // grow with time append at the end of those B-trees instead of writing a random
-    // page each, so consecutive requests (one group commit) share their index pages.
-    let request_id = uuid::Uuid::now_v7().to_string();
-    let requested_completion = match endpoint {
-        Endpoint::Embeddings => None,
-        _ => Some(
-            requested_max
-                .unwrap_or(state.config.default_max_completion)
-                .max(endpoint.min_completion()),
-        ),
-    };
-
-    let reserve = ReserveRequest {
-        request_id: request_id.clone(),
-        identity: identity.clone(),
-        model: model.clone(),
-        endpoint: endpoint.name(),
-        stream,
-        prompt_tokens,
-        requested_completion,
-        min_completion: endpoint.min_completion(),
-        completions,
-        images,
-        notice_eligible: plain_text && state.config.chat_notice,
-    };
+    let caller = authenticate(&req, &state)?;
+    let admitted = admit(&req, payload, &state, endpoint, caller).await?;
     let mut timing = Timing {
         parse: started.elapsed(),
         ..Timing::default()
     };
     state.metrics.record_phase(Phase::Parse, timing.parse);
+    // Time-ordered (UUIDv7): holds and usage records are keyed by it, and ids that
+    // grow with time append at the end of those B-trees instead of writing a random
+    // page each, so consecutive requests (one group commit) share their index pages.
+    let request_id = uuid::Uuid::now_v7().to_string();
     let reserving = Instant::now();
+    let reservation = reserve(&state, &admitted, endpoint, &request_id).await?;
+    timing.reserve = reserving.elapsed();
+    state.metrics.record_phase(Phase::Reserve, timing.reserve);
+    state.settler.started(&request_id);
+
+    let Admitted {
+        identity,
+        prepared,
+        model,
+        stream,
+        completions,
+        plain_text,
+        requested_completion,
+        ..
+    } = admitted;
+    let answer = Answer {
+        balance_headers: balance_headers(&state, &reservation),
+        request_id: request_id.clone(),
+    };
+    let meter = Meter {
+        settler: state.settler.clone(),
+        user: identity.key.clone(),
+        user_id: reservation.user_id,
+        request_id,
+        weights: reservation.weights,
+        prompt_estimate: reservation.prompt_estimate,
+        completion_cap: reservation
+            .allowed_completion
+            .map_or(0, |limit| limit.saturating_mul(completions)),
+        started,
+        open: true,
+    };
+    // A streamed text answer may end with a line of tokengate's own: the notice
+    // (claimed now, or by its settlement should it cross the threshold), or why it
+    // stopped, when the balance lowered its limit.
+    let lowered_to = reservation
+        .allowed_completion
+        .filter(|allowed| requested_completion.is_some_and(|r| *allowed < r));
+    let end_line = plain_text
+        .then(|| end_line(&state, &model, &reservation, lowered_to))
+        .flatten();
+    let upstream_body = prepared.finish(reservation.allowed_completion);
+
+    let sending = Instant::now();
+    let response = match state
+        .upstream
+        .post_json(endpoint.path(), upstream_body, stream)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let (outcome, status) = match e {
+                upstream::UpstreamError::Timeout => (Outcome::UpstreamTimeout, 504),
+                upstream::UpstreamError::Unreachable => (Outcome::UpstreamUnreachable, 502),
+            };
+            tracing::warn!(request_id = %answer.request_id, outcome = outcome.as_str(), "upstream request failed");
+            meter.close(outcome, status, None, "", None).wait().await;
+            return Err(e.into());
+        }
+    };
+    timing.upstream = sending.elapsed();
+    state.metrics.record_phase(Phase::Upstream, timing.upstream);
+
+    let status = response.status().as_u16();
+    let content_type = content_type_of(&response);
+    if !response.status().is_success() {
+        // Upstream's own error, passed through unchanged; nothing was used.
+        let ttfb = Some(started.elapsed());
+        let body = read_limited(response, MAX_UPSTREAM_ERROR_BYTES).await;
+        meter
+            .close(Outcome::UpstreamError, status, None, "", ttfb)
+            .wait()
+            .await;
+        return Ok(answer
+            .headers(HttpResponse::build(status_code(status)))
+            .insert_header((header::CONTENT_TYPE, content_type))
+            .body(body?));
+    }
+    if stream && content_type.starts_with("text/event-stream") {
+        // The stream's end waits for its settlement (`MeteredStream`); the
+        // settlement's own time is only in /metrics.
+        let metered = MeteredStream::new(Box::pin(response.bytes_stream()), meter, status)
+            .with_end_line(end_line);
+        return Ok(answer
+            .headers(HttpResponse::build(status_code(status)))
+            .insert_header((header::CONTENT_TYPE, content_type))
+            .insert_header((header::CACHE_CONTROL, "no-cache"))
+            .insert_header(("x-accel-buffering", "no"))
+            .insert_header(("server-timing", timing.header()))
+            .streaming(metered));
+    }
+    respond_whole(
+        response,
+        meter,
+        &answer,
+        status,
+        content_type,
+        &timing,
+        started,
+    )
+    .await
+}
+
+/// The client key: LibreChat's, or a service's.
+fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Caller, ApiError> {
+    state
+        .keys
+        .caller(req.headers().get(header::AUTHORIZATION))
+        .ok_or_else(|| {
+            state.metrics.record_rejection("invalid_api_key");
+            ApiError::InvalidApiKey
+        })
+}
+
+/// The reservation, or why there is none. A request that only its user's own
+/// requests in flight would cut short or refuse waits for them, up to
+/// `CROWDED_WAIT`: LibreChat sends a conversation's title at the moment of its first
+/// message, and near the end of a balance the title's hold (a default limit it never
+/// uses) must not cut the user's answer.
+async fn reserve(
+    state: &AppState,
+    admitted: &Admitted,
+    endpoint: Endpoint,
+    request_id: &str,
+) -> Result<Reservation, ApiError> {
+    let identity = &admitted.identity;
     // A request of this user that ended a moment ago may still be settling; its hold
     // must not shrink what this one may spend (LibreChat's title request follows the
     // first answer at once). This is also where a backlog of settlements slows
@@ -170,47 +270,105 @@ async fn metered(
     if !state.settler.caught_up(&identity.key, CATCH_UP_LIMIT).await {
         tracing::warn!(user = %identity.key, "settlements are still being written; reserving against their holds");
     }
-    // Should the client go away while this waits, the reservation is still written
-    // and then released at once: nothing reached upstream.
-    let settler = state.settler.clone();
-    let user = identity.key.clone();
-    let outcome = state
-        .ledger
-        .reserve(reserve, move |r| {
-            let released = Settlement::released(r.request_id, Outcome::ClientDisconnected, 499);
-            settler.submit(user, r.user_id, released);
-        })
-        .await?;
-    timing.reserve = reserving.elapsed();
-    state.metrics.record_phase(Phase::Reserve, timing.reserve);
-    let reservation = match outcome {
-        ReserveOutcome::Reserved(r) => r,
+    let mut request = ReserveRequest {
+        request_id: request_id.to_owned(),
+        identity: identity.clone(),
+        model: admitted.model.clone(),
+        endpoint: endpoint.name(),
+        stream: admitted.stream,
+        prompt_tokens: admitted.prompt_tokens,
+        requested_completion: admitted.requested_completion,
+        min_completion: endpoint.min_completion(),
+        completions: admitted.completions,
+        images: admitted.images,
+        notice_eligible: admitted.plain_text && state.config.chat_notice,
+        needs_extra: admitted.unreservable.is_some(),
+        patient: true,
+    };
+    let crowded_until = Instant::now() + CROWDED_WAIT;
+    let outcome = loop {
+        // Should the client go away while this waits, the reservation is still
+        // written and then released at once: nothing reached upstream.
+        let settler = state.settler.clone();
+        let user = identity.key.clone();
+        let outcome = state
+            .ledger
+            .reserve(request.clone(), move |r| {
+                let released = Settlement::released(r.request_id, Outcome::ClientDisconnected, 499);
+                drop(settler.submit(user, r.user_id, released));
+            })
+            .await?;
+        if outcome != ReserveOutcome::Crowded {
+            break outcome;
+        }
+        let left = crowded_until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            request.patient = false;
+            continue;
+        }
+        // Woken by any settlement here; another replica's shows when polled.
+        state.settler.next_settled(left.min(CROWDED_POLL)).await;
+    };
+    match outcome {
+        ReserveOutcome::Reserved(r) => Ok(r),
         ReserveOutcome::Blocked(b) => {
             state.metrics.record_rejection("insufficient_quota");
-            tracing::info!(user = %identity.key, model = %model, reason = b.reason.as_str(), remaining = b.remaining, used_percent = b.used_percent, "blocked for balance");
-            let msg = block::block_message(
-                state.config.locale,
-                &b,
-                state.config.support_contact.as_deref(),
-                state.config.block_text.as_ref(),
-            );
-            return Err(ApiError::InsufficientQuota {
-                message: msg,
+            tracing::info!(user = %identity.key, model = %admitted.model, reason = b.reason.as_str(), remaining = b.remaining, used_percent = b.used_percent, "blocked for balance");
+            Err(ApiError::InsufficientQuota {
+                message: block::block_message(
+                    state.config.locale,
+                    &b,
+                    state.config.support_contact.as_deref(),
+                    state.config.block_text.as_ref(),
+                ),
                 status: state.config.block_status,
-            });
+            })
         }
         ReserveOutcome::Suspended => {
             state.metrics.record_rejection("user_suspended");
-            return Err(ApiError::Suspended(block::suspended_message(
+            Err(ApiError::Suspended(block::suspended_message(
                 state.config.locale,
                 state.config.support_contact.as_deref(),
-            )));
+            )))
         }
-    };
+        ReserveOutcome::NotReservable | ReserveOutcome::Crowded => {
+            state.metrics.record_rejection("not_reservable");
+            let what = admitted
+                .unreservable
+                .clone()
+                .unwrap_or(error::Unreservable::Background);
+            tracing::info!(user = %identity.key, model = %admitted.model, param = what.param(), "refused: the provider would bill beyond the reservation");
+            Err(ApiError::NotReservable(what))
+        }
+    }
+}
 
-    state.settler.started(&request_id);
-    // For API clients: what is left, and when the allowance renews.
-    let balance_headers = [
+/// The line a streamed text answer may end with, unless there is nothing it could
+/// say (the notice off, and the limit left as asked).
+fn end_line(
+    state: &AppState,
+    model: &str,
+    reservation: &Reservation,
+    lowered_to: Option<i64>,
+) -> Option<meter::EndLine> {
+    if !state.config.chat_notice && lowered_to.is_none() {
+        return None;
+    }
+    let ledger = state.ledger.clone();
+    let user_id = reservation.user_id;
+    Some(notice::end_line(
+        model.to_owned(),
+        state.config.locale,
+        format!("{}/me", state.config.public_url),
+        reservation.notice,
+        lowered_to,
+        move || ledger.notice_still_due(user_id),
+    ))
+}
+
+/// For API clients: what is left, and when the allowance renews.
+fn balance_headers(state: &AppState, reservation: &Reservation) -> [(&'static str, String); 2] {
+    [
         (
             "x-tokengate-remaining",
             reservation.remaining.max(0).to_string(),
@@ -223,118 +381,76 @@ async fn metered(
                 .ends_at(state.ledger.timezone())
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         ),
-    ];
-    let meter = Meter {
-        settler: state.settler.clone(),
-        user: identity.key.clone(),
-        user_id: reservation.user_id,
-        request_id: request_id.clone(),
-        weights: reservation.weights,
-        prompt_estimate: reservation.prompt_estimate,
-        completion_cap: reservation
-            .allowed_completion
-            .map_or(0, |limit| limit.saturating_mul(completions)),
-        started,
-        open: true,
-    };
-    // Claimed by this request: shown at the end of its stream, or (dropped unshown,
-    // on any other way out) left due for the next answer.
-    let notice = reservation.notice.map(|base| {
-        let ledger = state.ledger.clone();
-        let user_id = reservation.user_id;
-        notice::for_answer(
-            base,
-            reservation.amount,
-            reservation.weights,
-            model.clone(),
-            state.config.locale,
-            format!("{}/me", state.config.public_url),
-            move || ledger.notice_still_due(user_id),
-        )
-    });
-    let upstream_body = prepared.finish(reservation.allowed_completion);
+    ]
+}
 
-    let sending = Instant::now();
-    let response = match state
-        .upstream
-        .post_json(endpoint.path(), upstream_body, stream)
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            let outcome = match e {
-                upstream::UpstreamError::Timeout => Outcome::UpstreamTimeout,
-                upstream::UpstreamError::Unreachable => Outcome::UpstreamUnreachable,
-            };
-            tracing::warn!(request_id = %request_id, outcome = outcome.as_str(), "upstream request failed");
-            meter.close(outcome, 502, None, "", None);
-            return Err(e.into());
+/// What every metered answer carries, whatever it is.
+struct Answer {
+    balance_headers: [(&'static str, String); 2],
+    request_id: String,
+}
+
+impl Answer {
+    fn headers(&self, mut res: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
+        for (name, value) in &self.balance_headers {
+            res.insert_header((*name, value.as_str()));
         }
-    };
-
-    timing.upstream = sending.elapsed();
-    state.metrics.record_phase(Phase::Upstream, timing.upstream);
-    let status = response.status().as_u16();
-    let content_type = content_type_of(&response);
-    if !response.status().is_success() {
-        // Upstream's own error, passed through unchanged; nothing was used.
-        let ttfb = Some(started.elapsed());
-        let body = read_limited(response, MAX_UPSTREAM_ERROR_BYTES).await;
-        meter.close(Outcome::UpstreamError, status, None, "", ttfb);
-        let body = body?;
-        return Ok(
-            with_headers(HttpResponse::build(status_code(status)), &balance_headers)
-                .insert_header((header::CONTENT_TYPE, content_type))
-                .insert_header(("x-request-id", request_id))
-                .body(body),
-        );
+        res.insert_header(("x-request-id", self.request_id.as_str()));
+        res
     }
+}
 
-    if stream && content_type.starts_with("text/event-stream") {
-        // The settlement is written while the answer goes out (`settler`): its time
-        // is only in /metrics.
-        let metered = MeteredStream::new(Box::pin(response.bytes_stream()), meter, status)
-            .with_notice(notice);
-        return Ok(
-            with_headers(HttpResponse::build(status_code(status)), &balance_headers)
-                .insert_header((header::CONTENT_TYPE, content_type))
-                .insert_header((header::CACHE_CONTROL, "no-cache"))
-                .insert_header(("x-accel-buffering", "no"))
-                .insert_header(("x-request-id", request_id))
-                .insert_header(("server-timing", timing.header()))
-                .streaming(metered),
-        );
-    }
-
+/// A whole (not streamed) answer: read, settled, and sent once its settlement is
+/// durable.
+async fn respond_whole(
+    response: reqwest::Response,
+    meter: Meter,
+    answer: &Answer,
+    status: u16,
+    content_type: String,
+    timing: &Timing,
+    started: Instant,
+) -> Result<HttpResponse, ApiError> {
     let ttfb = Some(started.elapsed());
     let body = match response.bytes().await {
         Ok(b) => b,
         Err(e) => {
             let err = upstream::UpstreamError::from_reqwest(&e);
-            meter.close(Outcome::UpstreamBroken, status, None, "", ttfb);
+            meter
+                .close(Outcome::UpstreamBroken, status, None, "", ttfb)
+                .wait()
+                .await;
             return Err(err.into());
         }
     };
-    let Some(answer) = sse::scan_json_response(&body) else {
-        tracing::warn!(request_id = %request_id, status, content_type = %content_type, "upstream answered with a body that is not JSON; not charged");
-        meter.close(Outcome::UpstreamError, 502, None, "", ttfb);
+    let Some(scanned) = sse::scan_json_response(&body) else {
+        tracing::warn!(request_id = %answer.request_id, status, content_type = %content_type, "upstream answered with a body that is not JSON; not charged");
+        meter
+            .close(Outcome::UpstreamError, 502, None, "", ttfb)
+            .wait()
+            .await;
         return Err(ApiError::UpstreamGarbled);
     };
-    if answer.error_only {
+    let durable = if scanned.error_only {
         // LiteLLM's error after its 200: passed on as it came, and nothing was
         // generated to charge for.
-        tracing::warn!(request_id = %request_id, status, "upstream answered 200 with only an error; not charged");
-        meter.close(Outcome::UpstreamError, status, None, "", ttfb);
+        tracing::warn!(request_id = %answer.request_id, status, "upstream answered 200 with only an error; not charged");
+        meter.close(Outcome::UpstreamError, status, None, "", ttfb)
     } else {
-        meter.close(Outcome::Completed, status, answer.usage, &answer.text, ttfb);
-    }
-    Ok(
-        with_headers(HttpResponse::build(status_code(status)), &balance_headers)
-            .insert_header((header::CONTENT_TYPE, content_type))
-            .insert_header(("x-request-id", request_id))
-            .insert_header(("server-timing", timing.header()))
-            .body(body),
-    )
+        meter.close(
+            Outcome::Completed,
+            status,
+            scanned.usage,
+            &scanned.text,
+            ttfb,
+        )
+    };
+    durable.wait().await;
+    Ok(answer
+        .headers(HttpResponse::build(status_code(status)))
+        .insert_header((header::CONTENT_TYPE, content_type))
+        .insert_header(("server-timing", timing.header()))
+        .body(body))
 }
 
 /// A metered request once its body is read, checked and written out for upstream
@@ -345,11 +461,16 @@ struct Admitted {
     model: String,
     stream: bool,
     prompt_tokens: i64,
-    requested_max: Option<i64>,
+    /// The completion the client asked for (or the configured default); `None` for
+    /// embeddings.
+    requested_completion: Option<i64>,
     completions: i64,
     images: i64,
-    /// A streamed chat answer that can only be text (may carry the in-chat notice).
+    /// A streamed chat answer that can only be text (may end with a line of
+    /// tokengate's).
     plain_text: bool,
+    /// What the provider would bill beyond what the request shows, if anything.
+    unreservable: Option<error::Unreservable>,
 }
 
 /// Reads and checks the body and the user. Done before the reservation waits, so
@@ -363,7 +484,19 @@ async fn admit(
     caller: Caller,
 ) -> Result<Admitted, ApiError> {
     let bytes = read_body(req, payload, state.config.max_body_bytes).await?;
-    let parsed = body::parse(&bytes, endpoint)?;
+    let page = format!("{}/me", state.config.public_url);
+    let parsed = body::parse_for(&bytes, endpoint, Some(&page))?;
+    let unknown = parsed
+        .unknown_fields
+        .iter()
+        .find(|f| !state.config.extra_fields.contains(f))
+        .map(|f| error::Unreservable::Unknown(f.clone()));
+    if let Some(never) = unknown.or_else(|| parsed.unreservable.clone().filter(|u| !u.coverable()))
+    {
+        state.metrics.record_rejection("not_reservable");
+        tracing::info!(refused = %never, "refused: the provider would bill beyond the reservation");
+        return Err(ApiError::NotReservable(never));
+    }
     let identity = match caller {
         Caller::LibreChat => identify(req.headers(), parsed.body_user.as_deref())?,
         // A service is its own account, whatever user it names.
@@ -375,16 +508,26 @@ async fn admit(
     };
     let prepared = parsed.prepare(identity.key.as_str())?;
     let plain_text = parsed.is_plain_text_stream();
+    let requested_completion = match endpoint {
+        Endpoint::Embeddings => None,
+        _ => Some(
+            parsed
+                .requested_max
+                .unwrap_or(state.config.default_max_completion)
+                .max(endpoint.min_completion()),
+        ),
+    };
     Ok(Admitted {
         identity,
         prepared,
         model: parsed.model,
         stream: parsed.stream,
         prompt_tokens: parsed.prompt_tokens,
-        requested_max: parsed.requested_max,
+        requested_completion,
         completions: parsed.completions,
         images: parsed.images,
         plain_text,
+        unreservable: parsed.unreservable,
     })
 }
 
@@ -425,7 +568,7 @@ pub fn identify(headers: &HeaderMap, body_user: Option<&str>) -> Result<Identity
         Some(raw) => UserKey::parse(&raw),
         None => Err(IdentityError::Missing),
     }
-    .map_err(|e| ApiError::MissingUser(e.to_string()))?;
+    .map_err(ApiError::MissingUser)?;
     Ok(Identity {
         key,
         // A malformed email is ignored rather than refused: the chat must still work.
@@ -455,7 +598,8 @@ async fn read_body(
     let mut gathered: Option<BytesMut> = None;
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
-            ApiError::invalid_body(format!("The request body could not be read: {e}."))
+            tracing::info!(error = %e, "the request body could not be read");
+            ApiError::InvalidBody(error::BodyError::whole(error::Problem::Unreadable))
         })?;
         let read = gathered.as_ref().map_or(first.len(), BytesMut::len);
         if read + chunk.len() > limit {
@@ -487,16 +631,6 @@ async fn read_limited(res: reqwest::Response, limit: usize) -> Result<bytes::Byt
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
-}
-
-fn with_headers(
-    mut res: actix_web::HttpResponseBuilder,
-    headers: &[(&'static str, String)],
-) -> actix_web::HttpResponseBuilder {
-    for (name, value) in headers {
-        res.insert_header((*name, value.as_str()));
-    }
-    res
 }
 
 fn content_type_of(res: &reqwest::Response) -> String {

@@ -16,6 +16,11 @@
 //!   is full) goes to the spool on local disk (`spool`), fsynced, and is retried from
 //!   there until it is written: across restarts, and whatever the hold's age (a hold
 //!   released meanwhile is charged late, see `ledger::tx::settle`).
+//! - **An answer's end waits for its settlement.** The last bytes of an answer
+//!   (the whole of one that is not streamed) leave only once its settlement is
+//!   durable, written or in the spool (`Durable`): an answer a client has whole is
+//!   charged after any crash. Group commit keeps what this costs to one commit's
+//!   latency at the end of each answer.
 //! - **Shutdown.** `drain` waits for the settlements on their first attempt, and
 //!   spools those that are still not written when it gives up.
 
@@ -33,6 +38,10 @@ use tokio::sync::Notify;
 /// before reserving (`caught_up`): a database that cannot keep up with settlements
 /// slows admissions down instead of growing the queue and the holds without bound.
 pub const MAX_WAITING: usize = 2048;
+/// Longest an answer's end waits for its settlement's first attempt; after it, the
+/// settlement goes to the spool, fsynced, and the answer ends (a database that
+/// stalls delays the end of answers by this much, and loses none of them).
+const DURABLE_WAIT: Duration = Duration::from_secs(1);
 /// Pauses between rounds of retries from the spool while they fail.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -108,8 +117,9 @@ impl Settler {
     }
 
     /// Settles `settlement` of `user` (tokengate's id `user_id`) in the background.
-    /// Returns at once.
-    pub fn submit(&self, user: UserKey, user_id: i64, settlement: Settlement) {
+    /// Returns at once; what it returns says when the settlement is durable, for an
+    /// answer to wait for before its last bytes leave.
+    pub fn submit(&self, user: UserKey, user_id: i64, settlement: Settlement) -> Durable {
         self.shared.running().remove(&settlement.request_id);
         let settlement = Arc::new(settlement);
         let id = {
@@ -128,11 +138,26 @@ impl Settler {
         };
         let shared = self.shared.clone();
         let started = Instant::now();
+        let (reply, written) = tokio::sync::oneshot::channel();
+        let attempted = settlement.clone();
         self.shared
             .ledger
             .settle_queued(user_id, settlement.clone(), move |result| {
-                shared.first_attempt_done(id, &user, user_id, &settlement, result, started);
+                let result =
+                    shared.first_attempt_done(id, &user, user_id, &attempted, result, started);
+                let _ = reply.send(result);
             });
+        Durable {
+            written,
+            settler: self.clone(),
+            user_id,
+            settlement,
+        }
+    }
+
+    /// Wakes at the end of any settlement's first attempt, or after `limit`.
+    pub async fn next_settled(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.shared.changed.notified()).await;
     }
 
     /// Waits until the settlements of `user`'s requests submitted before this call are
@@ -289,6 +314,41 @@ impl Settler {
     }
 }
 
+/// A settlement on its way to the database, for the answer that waits for it.
+pub struct Durable {
+    written: tokio::sync::oneshot::Receiver<Option<SettleResult>>,
+    settler: Settler,
+    user_id: i64,
+    settlement: Arc<Settlement>,
+}
+
+impl Durable {
+    /// Resolves once the settlement is durable: written (what it wrote), or in the
+    /// spool (`None`). A first attempt still running after `DURABLE_WAIT` (a
+    /// database that stalls) is not waited for: the settlement is spooled then, and
+    /// written once, whichever of the two gets there first (settling is idempotent).
+    pub async fn wait(self) -> Option<SettleResult> {
+        match tokio::time::timeout(DURABLE_WAIT, self.written).await {
+            Ok(Ok(written)) => written,
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!(request_id = %self.settlement.request_id, "settlement not written within a second; kept in the spool");
+                let shared = self.settler.shared.clone();
+                let (user_id, settlement) = (self.user_id, self.settlement.clone());
+                // An fsync: off the async runtime.
+                let spooled = tokio::task::spawn_blocking(move || {
+                    shared.spool.add(user_id, &settlement);
+                    shared.spooled.notify_one();
+                })
+                .await;
+                if spooled.is_err() {
+                    tracing::error!(request_id = %self.settlement.request_id, "spooling a settlement failed");
+                }
+                None
+            }
+        }
+    }
+}
+
 impl Shared {
     fn running(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
         self.running
@@ -321,6 +381,7 @@ impl Shared {
     }
 
     /// The first attempt is over (on the writer thread): written, or spooled.
+    /// Returns what was written, `None` when it went to the spool.
     fn first_attempt_done(
         &self,
         id: u64,
@@ -329,18 +390,20 @@ impl Shared {
         s: &Settlement,
         result: Result<SettleResult, StoreError>,
         started: Instant,
-    ) {
-        match result {
+    ) -> Option<SettleResult> {
+        let written = match result {
             Ok(result) => {
                 self.metrics.record_phase(Phase::Settle, started.elapsed());
                 self.record(s, result);
+                Some(result)
             }
             Err(e) => {
                 tracing::warn!(request_id = %s.request_id, error = %e, "settlement failed; kept in the spool and retried");
                 self.spool.add(user_id, s);
                 self.spooled.notify_one();
+                None
             }
-        }
+        };
         {
             let mut f = self.lock();
             f.attempting.remove(&id);
@@ -353,11 +416,12 @@ impl Shared {
         }
         self.changed.notify_waiters();
         self.changed_blocking.notify_all();
+        written
     }
 
     fn record(&self, s: &Settlement, result: SettleResult) {
         match result {
-            SettleResult::Settled { charged } => {
+            SettleResult::Settled { charged, .. } => {
                 self.metrics.record_settlement(s.outcome, charged);
                 tracing::info!(
                     request_id = %s.request_id,

@@ -92,6 +92,8 @@ impl Record {
             status: self.status,
             latency: Duration::from_millis(self.latency_ms),
             ttfb: self.ttfb_ms.map(Duration::from_millis),
+            // Replayed after its answer ended: no line to add to.
+            can_carry_notice: false,
         }
     }
 }
@@ -384,6 +386,7 @@ mod tests {
             status: 200,
             latency: Duration::from_millis(1500),
             ttfb: Some(Duration::from_millis(20)),
+            can_carry_notice: false,
         }
     }
 

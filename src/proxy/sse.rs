@@ -105,6 +105,8 @@ fn output_texts(output: &serde_json::Value, text: &mut String) {
 #[derive(Deserialize)]
 struct Choice {
     #[serde(default)]
+    finish_reason: Text,
+    #[serde(default)]
     delta: Lenient<Message>,
     #[serde(default)]
     message: Lenient<Message>,
@@ -342,6 +344,10 @@ pub struct SseScanner {
     error_seen: bool,
     /// An event carried at least one choice.
     choices_seen: bool,
+    /// The stream's `data: [DONE]` line.
+    done_seen: bool,
+    /// A choice ended at its token limit (`finish_reason: "length"`).
+    hit_limit: bool,
 }
 
 impl SseScanner {
@@ -404,6 +410,16 @@ impl SseScanner {
     /// Whether the stream reported an error at some point.
     pub fn error_seen(&self) -> bool {
         self.error_seen
+    }
+
+    /// Whether the stream's `data: [DONE]` line has been read.
+    pub fn done_seen(&self) -> bool {
+        self.done_seen
+    }
+
+    /// Whether a choice ended because it reached its token limit.
+    pub fn hit_limit(&self) -> bool {
+        self.hit_limit
     }
 
     /// Keeps at most `MAX_EVENT_BYTES` of a line, the same bytes however the line
@@ -480,7 +496,9 @@ impl SseScanner {
     }
 
     fn dispatch(&mut self) {
-        if self.has_data && !self.oversized && self.data.as_slice() != b"[DONE]" {
+        if self.has_data && self.data.as_slice() == b"[DONE]" {
+            self.done_seen = true;
+        } else if self.has_data && !self.oversized {
             self.events += 1;
             if let Some(chunk) = parse_object(&self.data) {
                 self.absorb(chunk);
@@ -520,6 +538,9 @@ impl SseScanner {
         }
         for choice in chunk.choices.0 {
             self.choices_seen = true;
+            if choice.finish_reason.0.as_deref() == Some("length") {
+                self.hit_limit = true;
+            }
             for part in choice.texts().into_iter().flatten() {
                 if self.text.len() + part.len() <= MAX_TEXT_BYTES {
                     self.text.push_str(&part);

@@ -511,7 +511,7 @@ async fn plans_weights_suspension_and_plan_changes() {
     assert!(page.contains("Pesos recusados"));
     let w = app.ledger().weights().unwrap();
     assert_eq!(
-        (w[0].1.input_milli(), w[0].1.output_milli()),
+        (w[0].weights.input_milli(), w[0].weights.output_milli()),
         (2500, 10_000)
     );
 

@@ -63,8 +63,7 @@ fn heavy_models(app: &TestApp) {
         app.ledger()
             .set_weights(
                 model,
-                Weights::from_milli(1000, w).unwrap(),
-                None,
+                Weights::from_milli(1000, w).unwrap().into(),
                 &Actor::Cli,
             )
             .unwrap();
@@ -454,8 +453,7 @@ async fn one_usage_across_two_thresholds_sends_one_message() {
     app.ledger()
         .set_weights(
             "wmax",
-            Weights::from_milli(1_000_000, 1_000_000).unwrap(),
-            None,
+            Weights::from_milli(1_000_000, 1_000_000).unwrap().into(),
             &Actor::Cli,
         )
         .unwrap();
@@ -995,8 +993,7 @@ async fn alerts_written_before_a_kill_are_sent_once_after_restart() {
     ledger
         .set_weights(
             "w1000",
-            Weights::from_milli(1000, 1_000_000).unwrap(),
-            None,
+            Weights::from_milli(1000, 1_000_000).unwrap().into(),
             &Actor::Cli,
         )
         .unwrap();

@@ -292,8 +292,9 @@ async fn a_user_opens_their_page_from_the_alert_redeems_a_code_and_gets_credits_
     app.ledger()
         .set_weights(
             "w1000",
-            tokengate::domain::Weights::from_milli(1000, 1_000_000).unwrap(),
-            None,
+            tokengate::domain::Weights::from_milli(1000, 1_000_000)
+                .unwrap()
+                .into(),
             &tokengate::ledger::Actor::Cli,
         )
         .unwrap();

@@ -696,8 +696,9 @@ async fn librechats_client_shows_the_notice_once_at_the_end_of_the_answer() {
     app.ledger()
         .set_weights(
             "w1000",
-            tokengate::domain::Weights::from_milli(1000, 1_000_000).unwrap(),
-            None,
+            tokengate::domain::Weights::from_milli(1000, 1_000_000)
+                .unwrap()
+                .into(),
             &tokengate::ledger::Actor::Cli,
         )
         .unwrap();

@@ -189,3 +189,113 @@ async fn the_command_line_and_the_dashboard_beside_the_server_lose_nothing() {
         assert!(ledger.check_invariant(id).unwrap().holds(), "{user}");
     }
 }
+
+/// An answer whose last byte has left tokengate is charged after any crash, even
+/// when the database stalls at that moment and the process is then killed: the end
+/// of an answer waits for its settlement to be written or, past a second, kept in
+/// the spool on disk. A request still in flight at the kill had reached upstream,
+/// which bills at least its prompt: its hold is charged that, as an estimate, when
+/// the process starts again. Before, answers ended before their settlements were
+/// written, and those the kill caught were released free.
+#[actix_web::test]
+async fn answers_delivered_whole_are_charged_after_kill_9_while_the_database_stalls() {
+    use crate::fake_provider::{FakeProvider, NATURAL_COMPLETION, prompt_tokens_of};
+    use tokengate::proxy::Endpoint;
+    let db = TestDb::new();
+    let fake = FakeProvider::start();
+    let port = free_port();
+    let env = [("TOKENGATE_INSTANCE_ID", "durable-at-kill".to_owned())];
+    let mut server = tokengate_process(port, &db.url, &fake.base_url(), &env);
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&client, &base).await;
+    let ledger = observer_ledger(&db.url, &fake.base_url());
+
+    // Ten answers whose text is out, streamed and not, waiting for their end; five
+    // that will never end.
+    let finishing: Vec<(String, Value)> = (0..10)
+        .map(|i| {
+            (
+                format!("durable-{i}"),
+                chat_body("gated", "Olá, tudo bem?", i % 2 == 0, Some(100)),
+            )
+        })
+        .collect();
+    let answers = finishing.clone().into_iter().map(|(user, body)| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let res = chat_process(&client, &base, &user, &body).await;
+            assert_eq!(res.status(), 200);
+            String::from_utf8(res.bytes().await.unwrap().to_vec()).unwrap()
+        }
+    });
+    let answers = actix_web::rt::spawn(futures_util::future::join_all(answers));
+    let hanging = chat_body(
+        "hang",
+        "Uma pergunta que fica sem resposta",
+        true,
+        Some(100),
+    );
+    let mut open = Vec::new();
+    for i in 0..5 {
+        let mut res = chat_process(&client, &base, &format!("in-flight-{i}"), &hanging).await;
+        let _ = res.chunk().await.unwrap();
+        open.push(res);
+    }
+    wait_until(Duration::from_secs(20), || {
+        let n = ledger.holds().unwrap().len();
+        async move { n == 15 }
+    })
+    .await;
+
+    // The database stalls; the answers end meanwhile and reach their clients whole.
+    let stall = SettlementStall::take(&db.url);
+    fake.open_gate();
+    let answers = answers.await.unwrap();
+    for (text, (_, body)) in answers.iter().zip(&finishing) {
+        let whole = if body["stream"] == true {
+            text.ends_with("data: [DONE]\n\n")
+        } else {
+            serde_json::from_str::<Value>(text).is_ok_and(|v| v["usage"].is_object())
+        };
+        assert!(whole, "{text}");
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    drop(open);
+    drop(stall);
+
+    let mut server = tokengate_process(port, &db.url, &fake.base_url(), &env);
+    wait_ready(&client, &base).await;
+    no_holds_left(&ledger).await;
+    for (user, body) in &finishing {
+        let id = ledger
+            .find_user(&tokengate::ledger::parse_user_ref(user))
+            .unwrap()
+            .unwrap();
+        let records = ledger.usage_records(id).unwrap();
+        assert_eq!(records.len(), 1, "{user}: {records:?}");
+        assert_eq!(
+            (records[0].outcome.as_str(), records[0].charged),
+            ("completed", prompt_tokens_of(body) + NATURAL_COMPLETION),
+            "{user}: an answer it had whole went free"
+        );
+        assert!(ledger.check_invariant(id).unwrap().holds(), "{user}");
+    }
+    let prompt = estimated_prompt(&hanging, Endpoint::ChatCompletions);
+    for i in 0..5 {
+        let user = format!("in-flight-{i}");
+        let id = ledger
+            .find_user(&tokengate::ledger::parse_user_ref(&user))
+            .unwrap()
+            .unwrap();
+        let r = &ledger.usage_records(id).unwrap()[0];
+        assert_eq!(
+            (r.outcome.as_str(), r.charged, r.estimated),
+            ("abandoned", prompt, 1),
+            "{user}: its prompt had reached upstream"
+        );
+        assert!(ledger.check_invariant(id).unwrap().holds(), "{user}");
+    }
+    server.kill().unwrap();
+}

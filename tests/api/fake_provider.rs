@@ -8,7 +8,9 @@
 //! (images billed as OpenAI bills them at most: 1,445 and 48,169 tokens each),
 //! `no-usage` (never reports usage), `error-200` (a 200 whose body, or whose only
 //! event, is LiteLLM's `{"error": ...}`), `parts` (a non-streamed answer whose
-//! `content` is an array of parts), anything else answers normally.
+//! `content` is an array of parts), anything else answers normally. A model named
+//! like a search model, or a request that asks for web search or a tool of the
+//! provider's, bills `SEARCH_TOKENS` more input, as a provider's search does.
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use bytes::Bytes;
@@ -19,6 +21,8 @@ use std::sync::{Arc, Mutex};
 
 /// Completion tokens produced when the request allows more.
 pub const NATURAL_COMPLETION: i64 = 40;
+/// Input a web search adds: the pages it read.
+pub const SEARCH_TOKENS: i64 = 15_000;
 /// Bytes per chunk on the wire: small and odd, so every event is split.
 const PIECE: usize = 7;
 
@@ -27,6 +31,22 @@ pub struct FakeState {
     pub requests: Mutex<Vec<Value>>,
     pub streams_sent: Mutex<Vec<Vec<u8>>>,
     pub count: AtomicUsize,
+    /// `gated` answers end once it is open (`FakeProvider::open_gate`).
+    gate_open: std::sync::atomic::AtomicBool,
+    gate: tokio::sync::Notify,
+}
+
+impl FakeState {
+    /// Waits until the gate is open.
+    async fn gate(&self) {
+        loop {
+            let opened = self.gate.notified();
+            if self.gate_open.load(Ordering::SeqCst) {
+                return;
+            }
+            opened.await;
+        }
+    }
 }
 
 pub struct FakeProvider {
@@ -70,6 +90,12 @@ impl FakeProvider {
             .last()
             .cloned()
             .unwrap_or(Value::Null)
+    }
+
+    /// Lets every `gated` answer end, now and from now on.
+    pub fn open_gate(&self) {
+        self.state.gate_open.store(true, Ordering::SeqCst);
+        self.state.gate.notify_waiters();
     }
 
     pub fn request_count(&self) -> usize {
@@ -118,7 +144,24 @@ pub fn prompt_tokens_of(body: &Value) -> i64 {
             _ => {}
         }
     }
-    words as i64 + 7 + images_of(body) * image_cost(body["model"].as_str().unwrap_or(""))
+    words as i64
+        + 7
+        + images_of(body) * image_cost(body["model"].as_str().unwrap_or(""))
+        + if searched(body) { SEARCH_TOKENS } else { 0 }
+}
+
+/// Whether the request makes the provider search the web: a search model, web
+/// search asked for, or any tool that is not a function.
+fn searched(body: &Value) -> bool {
+    let model = body["model"].as_str().unwrap_or("");
+    let hosted_tool = body["tools"]
+        .as_array()
+        .is_some_and(|tools| tools.iter().any(|t| t["type"] != "function"));
+    model.contains("search")
+        || !body["web_search_options"].is_null()
+        || body["web_search"] == true
+        || body["plugins"].as_array().is_some_and(|p| !p.is_empty())
+        || hosted_tool
 }
 
 /// Image parts in a chat's messages.
@@ -224,6 +267,13 @@ async fn generate(state: web::Data<FakeState>, body: web::Bytes, chat: bool) -> 
         if model == "hang" {
             futures_util::future::pending::<()>().await;
         }
+        if model == "gated" {
+            state.gate().await;
+        }
+        if model == "slow" {
+            // A title at a real provider: a moment, then the whole answer.
+            actix_web::rt::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
         if model == "hang-body" {
             // Headers and the start of the answer, then nothing more.
             let start = futures_util::stream::once(async {
@@ -288,6 +338,8 @@ async fn generate(state: web::Data<FakeState>, body: web::Bytes, chat: bool) -> 
     for e in &events {
         wire.extend_from_slice(format!("data: {e}\n\n").as_bytes());
     }
+    // Where the answer's text ends and its usage and [DONE] begin.
+    let text_end = wire.len();
     if !matches!(model.as_str(), "hang" | "trickle") {
         if include_usage {
             let usage = json!({"id": "fake-1", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [{"index": 0, "delta": {}}],
@@ -297,18 +349,36 @@ async fn generate(state: web::Data<FakeState>, body: web::Bytes, chat: bool) -> 
         wire.extend_from_slice(b"data: [DONE]\n\n");
     }
     state.streams_sent.lock().unwrap().push(wire.clone());
-    // "slow": a healthy answer that takes a while, a piece every 50 ms.
+    // "slow": a healthy answer that takes a while, a piece every 50 ms. "gated": the
+    // text at once, the usage and [DONE] once the gate is open.
     let slow = model == "slow";
-    let pieces: Vec<Result<Bytes, actix_web::Error>> = wire
-        .chunks(if slow { 200 } else { PIECE })
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
+    let (now, later) = wire.split_at(if model == "gated" {
+        text_end
+    } else {
+        wire.len()
+    });
+    let in_pieces = |bytes: &[u8], size: usize| -> Vec<Result<Bytes, actix_web::Error>> {
+        bytes
+            .chunks(size)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect()
+    };
+    let pieces = in_pieces(now, if slow { 200 } else { PIECE });
+    let later = in_pieces(later, PIECE);
     let pieces = futures_util::stream::iter(pieces).then(move |piece| async move {
         if slow {
             actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         piece
     });
+    let gate = state.clone();
+    let gated = futures_util::stream::once(async move {
+        if !later.is_empty() {
+            gate.gate().await;
+        }
+        futures_util::stream::iter(later)
+    })
+    .flatten();
     let hang = model == "hang";
     let trickle = model == "trickle";
     let tail = futures_util::stream::once(async move {
@@ -327,7 +397,7 @@ async fn generate(state: web::Data<FakeState>, body: web::Bytes, chat: bool) -> 
         let event = json!({"choices": [{"index": 0, "delta": {"content": "tok "}}]});
         Some((Ok(Bytes::from(format!("data: {event}\n\n"))), true))
     });
-    let body = pieces.chain(tail).chain(more);
+    let body = pieces.chain(gated).chain(tail).chain(more);
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))

@@ -237,6 +237,14 @@ async fn spawn_on(db: Arc<TestDb>, fake: Arc<FakeProvider>, opts: TestOptions) -
     }
 }
 
+/// tokengate's estimate of a request's prompt, images at the model's worst case.
+pub fn estimated_prompt(body: &Value, endpoint: tokengate::proxy::Endpoint) -> i64 {
+    let bytes = body.to_string();
+    let parsed = tokengate::proxy::body::parse(bytes.as_bytes(), endpoint).unwrap();
+    let model = body["model"].as_str().unwrap();
+    parsed.prompt_tokens + parsed.images * tokengate::domain::media::image_worst_case(model)
+}
+
 pub fn chat_body(model: &str, content: &str, stream: bool, max_tokens: Option<i64>) -> Value {
     let mut body = json!({"model": model, "messages": [{"role": "user", "content": content}], "stream": stream});
     if let Some(m) = max_tokens {
@@ -552,4 +560,33 @@ pub fn observer_ledger(db_url: &str, upstream: &str) -> tokengate::ledger::Ledge
         "observer".into(),
         config.hold_max_age,
     )
+}
+
+/// The database stalling for tokengate's settlements, from another connection:
+/// SQLite's write lock held (a `BEGIN IMMEDIATE` left open), or on PostgreSQL the
+/// usage records locked against inserts. Reads go on. Released when dropped.
+pub struct SettlementStall {
+    _conn: tokengate::db::AnyConnection,
+}
+
+impl SettlementStall {
+    pub fn take(db_url: &str) -> Self {
+        use diesel::connection::SimpleConnection;
+        let mut conn = match db_url.strip_prefix("sqlite://") {
+            Some(path) => tokengate::db::AnyConnection::Sqlite(
+                diesel::SqliteConnection::establish(path).unwrap(),
+            ),
+            None => tokengate::db::AnyConnection::Postgresql(
+                diesel::PgConnection::establish(db_url).unwrap(),
+            ),
+        };
+        let lock = match conn {
+            tokengate::db::AnyConnection::Sqlite(_) => "BEGIN IMMEDIATE",
+            tokengate::db::AnyConnection::Postgresql(_) => {
+                "BEGIN; LOCK TABLE usage_records IN SHARE ROW EXCLUSIVE MODE"
+            }
+        };
+        conn.batch_execute(lock).unwrap();
+        Self { _conn: conn }
+    }
 }

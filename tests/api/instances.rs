@@ -267,10 +267,10 @@ async fn a_second_process_with_a_live_instance_id_is_refused() {
     );
 }
 
-/// A hold released uncharged while its request still ran (its instance was taken
-/// for dead: a network partition), then the answer's settlement arrives: it is
-/// charged late, logged and counted in `/metrics`, never dropped. It used to find no
-/// hold and be dropped as already settled: the answer went free.
+/// A hold released while its request still ran (its instance was taken for dead: a
+/// network partition), charged its prompt, then the answer's settlement arrives: the
+/// rest is charged late, logged and counted in `/metrics`, never dropped. It used to
+/// find no hold and be dropped as already settled: the answer went free.
 #[actix_web::test]
 async fn a_settlement_for_a_hold_released_under_it_is_charged_late_and_counted() {
     let app = spawn_app(TestOptions::default()).await;
@@ -304,14 +304,18 @@ async fn a_settlement_for_a_hold_released_under_it_is_charged_late_and_counted()
             .await
             .contains("tokengate_settlements_late_total 1")
     );
-    let usage: Vec<_> = app
+    // Two entries: the prompt, charged when the hold was released, and the rest
+    // when the settlement came; together what the request cost.
+    let usage: Vec<i64> = app
         .ledger()
         .ledger_entries(id)
         .unwrap()
         .into_iter()
         .filter(|e| e.kind == "usage")
+        .map(|e| -(e.delta_allowance + e.delta_credits))
         .collect();
-    assert_eq!(usage.len(), 1);
+    assert_eq!(usage.len(), 2, "{usage:?}");
+    assert_eq!(usage.iter().sum::<i64>(), r.charged);
     app.assert_invariant(USER);
 }
 
@@ -337,6 +341,7 @@ async fn a_late_settlement_written_twice_at_once_is_charged_once() {
         status: 200,
         latency: Duration::from_secs(1),
         ttfb: None,
+        can_carry_notice: false,
     };
     let ledger = app.ledger().clone();
     let results = futures_util::future::join_all((0..4).map(|_| ledger.settle(late.clone()))).await;

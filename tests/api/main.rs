@@ -24,4 +24,6 @@ mod replicas;
 mod responses;
 mod smtp;
 mod surface;
+mod title;
+mod unreservable;
 mod worst_case;

@@ -27,8 +27,7 @@ pub async fn me_app(smtp: &SmtpServer) -> TestApp {
     app.ledger()
         .set_weights(
             "w1000",
-            Weights::from_milli(1000, 1_000_000).unwrap(),
-            None,
+            Weights::from_milli(1000, 1_000_000).unwrap().into(),
             &Actor::Cli,
         )
         .unwrap();

@@ -252,7 +252,7 @@ async fn user_facing_errors_follow_the_locale() {
         body["error"]["message"],
         "Esta mensagem passa do limite de 2 KB. Envie arquivos menores ou em partes."
     );
-    // A developer's mistake stays in English whatever the locale.
+    // A malformed body too: LibreChat would show it in the chat.
     let res = pt
         .post("/v1/chat/completions")
         .header("x-librechat-user-id", USER)
@@ -266,7 +266,7 @@ async fn user_facing_errors_follow_the_locale() {
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .starts_with("The request body is not valid JSON"),
+            .starts_with("O corpo do pedido não é um JSON válido"),
         "{body}"
     );
 }
@@ -633,8 +633,7 @@ async fn model_weights_scale_the_charge() {
     app.ledger()
         .set_weights(
             "fake-model",
-            Weights::from_milli(2500, 4000).unwrap(),
-            None,
+            Weights::from_milli(2500, 4000).unwrap().into(),
             &Actor::Cli,
         )
         .unwrap();
@@ -675,6 +674,7 @@ async fn settlement_is_idempotent_per_request_id() {
             status: 200,
             latency: std::time::Duration::ZERO,
             ttfb: None,
+            can_carry_notice: false,
         });
     assert_eq!(
         again.unwrap(),
@@ -1171,8 +1171,9 @@ async fn a_backlog_of_settlements_holds_new_requests_back() {
             status: 200,
             latency: std::time::Duration::ZERO,
             ttfb: None,
+            can_carry_notice: false,
         };
-        settler.submit(key(USER), user_id, settlement);
+        drop(settler.submit(key(USER), user_id, settlement));
     }
     let limit = std::time::Duration::from_millis(300);
     assert!(

@@ -24,8 +24,7 @@ async fn notice_app(extra: &[(&'static str, String)]) -> TestApp {
     app.ledger()
         .set_weights(
             "w1000",
-            Weights::from_milli(1000, 1_000_000).unwrap(),
-            None,
+            Weights::from_milli(1000, 1_000_000).unwrap().into(),
             &Actor::Cli,
         )
         .unwrap();
@@ -262,5 +261,116 @@ async fn english_notice() {
         notice.starts_with("\n\nNote: you have used 8")
             && notice.ends_with(&format!("left. See your balance: {PUBLIC_URL}/me")),
         "{notice}"
+    );
+}
+
+/// The answer that takes the user past 80% says so itself, when it is a streamed
+/// text answer: the user reads it under the answer that crossed, not a message
+/// later. Once: the next answer says nothing.
+#[actix_web::test]
+async fn the_streamed_answer_that_crosses_80_percent_carries_the_notice_itself() {
+    let app = notice_app(&[]).await;
+    // Each answer of `w1000` costs about 4% of the plan: after 19, 76%.
+    spend_past(&app, 76).await;
+    assert!(app.summary(USER).used_percent < 80);
+    let (status, bytes) = send(&app, &chat_body("w1000", "oi", true, Some(40))).await;
+    assert_eq!(status, 200);
+    assert!(app.summary(USER).used_percent >= 80);
+    let notice = notice_of(&bytes).expect("the crossing answer carries the notice");
+    assert!(notice.contains("você já usou 80%"), "{notice}");
+    let text = String::from_utf8(bytes).unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let (_, next) = send(&app, &streamed()).await;
+    assert_eq!(notice_of(&next), None, "once per crossing");
+}
+
+/// An answer the balance stopped short ends with one line saying so and where to
+/// get more; one that ended on its own, though its limit was lowered, does not;
+/// neither does one whose limit was the client's own.
+#[actix_web::test]
+async fn an_answer_the_balance_stopped_says_so() {
+    let app = notice_app(&[("TOKENGATE_CHAT_NOTICE", "off".into())]).await;
+    app.default_plan(500);
+    let user = "stopped-1";
+    // `fill` writes until its limit: the balance (500) lowered it from 2,000.
+    let res = app
+        .chat_as(
+            user,
+            &chat_body("fill", "conte uma história", true, Some(2_000)),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let bytes = res.bytes().await.unwrap();
+    let line = notice_of(&bytes).expect("why it stopped");
+    assert_eq!(
+        line,
+        format!(
+            "\n\nResposta interrompida: seu saldo de tokens não cobria mais do que isso. Veja seu saldo e como conseguir mais: {PUBLIC_URL}/me"
+        )
+    );
+    app.settled();
+    // Charged what upstream reported, as without the line.
+    let charged = app.charged(user);
+    let sent = app.fake.last_request()["max_tokens"].as_i64().unwrap();
+    assert!(sent < 2_000);
+    assert_eq!(
+        charged,
+        crate::fake_provider::prompt_tokens_of(&app.fake.last_request()) + sent
+    );
+    // Lowered, but the answer ended before the limit (40 tokens): nothing to say.
+    let res = app
+        .chat_as(
+            "stopped-2",
+            &chat_body("fake-model", "oi", true, Some(2_000)),
+        )
+        .await;
+    let bytes = res.bytes().await.unwrap();
+    assert_eq!(notice_of(&bytes), None);
+    assert_eq!(bytes, app.fake.last_stream());
+    // The client's own limit reached: not the balance's doing.
+    let res = app
+        .chat_as("stopped-3", &chat_body("fill", "oi", true, Some(30)))
+        .await;
+    let bytes = res.bytes().await.unwrap();
+    assert_eq!(notice_of(&bytes), None);
+}
+
+/// LibreChat keeps tokengate's lines in the conversation and sends them back as
+/// history: they are taken out before the estimate and before upstream, so they
+/// are never billed; a user's own words that resemble them are left alone.
+#[actix_web::test]
+async fn the_lines_tokengate_added_never_go_back_upstream() {
+    let app = notice_app(&[]).await;
+    spend_past(&app, 80).await;
+    let (_, bytes) = send(&app, &streamed()).await;
+    let notice = notice_of(&bytes).expect("the notice");
+    let answer = format!("tok tok tok{notice}");
+    let quoted = format!("Você escreveu: {notice}");
+    let history = json!({"model": "fake-model", "stream": true, "max_tokens": 20, "messages": [
+        {"role": "user", "content": "como vai"},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": quoted},
+    ]});
+    let (status, _) = send(&app, &history).await;
+    assert_eq!(status, 200);
+    let sent = app.fake.last_request();
+    assert_eq!(sent["messages"][1]["content"], "tok tok tok");
+    assert_eq!(
+        sent["messages"][2]["content"],
+        quoted.as_str(),
+        "the user's own words"
+    );
+    assert_eq!(sent["messages"][0], history["messages"][0]);
+    // Billed for the conversation without the line.
+    let record = app
+        .ledger()
+        .recent_usage(app.user_id(USER), 1)
+        .unwrap()
+        .remove(0);
+    let mut without = history.clone();
+    without["messages"][1]["content"] = json!("tok tok tok");
+    assert_eq!(
+        record.prompt_tokens,
+        crate::fake_provider::prompt_tokens_of(&without)
     );
 }

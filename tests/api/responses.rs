@@ -150,7 +150,8 @@ async fn a_response_without_usage_is_estimated_within_its_limit() {
 }
 
 /// What the provider would bill from something tokengate cannot see is refused:
-/// a stored conversation, a stored prompt, a file kept at the provider.
+/// a stored conversation, a stored prompt, a file kept at the provider, its own
+/// tools, a background response (`tests/api/unreservable.rs` has the rest).
 #[actix_web::test]
 async fn stored_context_is_refused_and_never_sent() {
     let app = spawn_app(TestOptions::default()).await;
@@ -219,7 +220,21 @@ async fn stored_context_is_refused_and_never_sent() {
         let res = send(&app, &body).await;
         assert_eq!(res.status(), 400, "{body}");
         let err: Value = res.json().await.unwrap();
-        assert_eq!(err["error"]["code"], "invalid_body", "{body}");
+        // What the provider would bill beyond the reservation has its own code;
+        // the rest is a malformed body.
+        let billed_apart = body.get("previous_response_id").is_some()
+            || body.get("conversation").is_some()
+            || body.get("prompt").is_some()
+            || body.get("background").is_some()
+            || body.get("tools").is_some()
+            || body.to_string().contains("file_id")
+            || body.to_string().contains("item_reference");
+        let code = if billed_apart {
+            "not_reservable"
+        } else {
+            "invalid_body"
+        };
+        assert_eq!(err["error"]["code"], code, "{body}");
         assert_eq!(err["error"]["param"], param, "{body}");
     }
     assert_eq!(app.fake.request_count(), before);

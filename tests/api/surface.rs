@@ -321,7 +321,8 @@ async fn health_readiness_and_metrics() {
 }
 
 /// A process killed (SIGKILL) with 100 streams in flight leaves their holds; its
-/// restart frees them, and what was settled before the kill stays charged once.
+/// restart releases them, each charged its prompt (the provider billed it), and
+/// what was settled before the kill stays charged once.
 #[actix_web::test]
 async fn holds_of_a_killed_process_are_released_on_restart() {
     let fake = crate::fake_provider::FakeProvider::start();
@@ -368,9 +369,15 @@ async fn holds_of_a_killed_process_are_released_on_restart() {
     let user = ledger.find_user(&parse_user_ref(USER)).unwrap().unwrap();
     let summary = ledger.user_summary(user).unwrap();
     let per_request = crate::fake_provider::prompt_tokens_of(&done) + 10;
+    // The hundred in flight had reached upstream, which bills their prompts: each
+    // is charged its prompt, as estimated.
+    let in_flight = estimated_prompt(
+        &chat_body("hang", "olá", true, Some(10)),
+        tokengate::proxy::Endpoint::ChatCompletions,
+    );
     assert_eq!(
         (summary.held, summary.used_this_cycle),
-        (0, 20 * per_request)
+        (0, 20 * per_request + 100 * in_flight)
     );
     assert!(ledger.check_invariant(user).unwrap().holds());
     let records = ledger.usage_records(user).unwrap();
@@ -380,14 +387,17 @@ async fn holds_of_a_killed_process_are_released_on_restart() {
         (20, 100),
         "{records:?}"
     );
-    // Each settled request is charged once: one usage entry per completed record.
-    let mut completed: Vec<String> = records
-        .iter()
-        .filter(|r| r.outcome == "completed")
-        .map(|r| r.request_id.clone())
-        .collect();
-    completed.sort();
-    assert_eq!(charged_request_ids(&ledger, user), completed);
+    for r in records.iter().filter(|r| r.outcome == "abandoned") {
+        assert_eq!(
+            (r.charged, r.estimated, r.completion_tokens),
+            (in_flight, 1, 0),
+            "{r:?}"
+        );
+    }
+    // Each request is charged once: one usage entry per record.
+    let mut every: Vec<String> = records.iter().map(|r| r.request_id.clone()).collect();
+    every.sort();
+    assert_eq!(charged_request_ids(&ledger, user), every);
     // Back in service: the next chat is served and charged.
     let res = chat_process(&client, &base, USER, &done).await;
     assert_eq!(res.status(), 200);
@@ -395,7 +405,7 @@ async fn holds_of_a_killed_process_are_released_on_restart() {
     no_holds_left(&ledger).await;
     assert_eq!(
         ledger.user_summary(user).unwrap().used_this_cycle,
-        21 * per_request
+        21 * per_request + 100 * in_flight
     );
     child.kill().unwrap();
     child.wait().unwrap();

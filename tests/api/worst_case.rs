@@ -26,13 +26,7 @@ async fn billed(res: reqwest::Response, stream: bool) -> (i64, i64) {
     )
 }
 
-/// tokengate's estimate of a request's prompt, images at the model's worst case.
-fn estimate(body: &Value, endpoint: Endpoint) -> i64 {
-    let bytes = body.to_string();
-    let parsed = tokengate::proxy::body::parse(bytes.as_bytes(), endpoint).unwrap();
-    let model = body["model"].as_str().unwrap();
-    parsed.prompt_tokens + parsed.images * tokengate::domain::media::image_worst_case(model)
-}
+use crate::helpers::estimated_prompt as estimate;
 
 /// After an answer: the user was charged what the provider billed, and it fits the
 /// plan, beyond the error of the prompt's estimate (the guarantee in
@@ -226,8 +220,11 @@ async fn images_are_reserved_at_the_worst_case_for_the_model() {
     app.ledger()
         .set_weights(
             "IA Solaris Visão",
-            tokengate::domain::Weights::default(),
-            Some(100),
+            tokengate::ledger::ModelCost {
+                weights: tokengate::domain::Weights::default(),
+                image_tokens: Some(100),
+                call_extra: None,
+            },
             &tokengate::ledger::Actor::Cli,
         )
         .unwrap();
@@ -260,13 +257,13 @@ async fn a_file_kept_at_the_provider_is_refused_and_an_inline_one_is_reserved() 
             let res = app.chat(&body).await;
             assert_eq!(res.status(), 400, "{part}");
             let err: Value = res.json().await.unwrap();
-            assert_eq!(err["error"]["code"], "invalid_body");
+            assert_eq!(err["error"]["code"], "not_reservable");
             assert_eq!(err["error"]["param"], "messages");
             assert!(
                 err["error"]["message"]
                     .as_str()
                     .unwrap()
-                    .contains("Send the content itself"),
+                    .contains("Envie o próprio conteúdo"),
                 "{err}"
             );
         }

@@ -6,6 +6,7 @@ use crate::admin::session::SignedIn;
 use crate::admin::views::{self, Nav};
 use crate::config::Locale;
 use crate::domain::Weights;
+use crate::ledger::ModelCost;
 use crate::startup::AppState;
 use actix_web::{HttpRequest, HttpResponse, web};
 use maud::html;
@@ -85,9 +86,10 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
             p.empty { (l.pick("Nenhum peso definido: todo modelo custa 1 token por token.", "No weights set: every model costs 1 token per token.")) }
         } @else {
             table.weights {
-                thead { tr { th { (l.pick("Modelo", "Model")) } th.num { (l.pick("Entrada", "Input")) } th.num { (l.pick("Saída", "Output")) } th.num { (l.pick("Tokens por imagem", "Tokens per image")) } } }
-                tbody { @for (model, w, image) in &weights { tr {
-                    td { code { (model) } } td.num { (show_weight(w.input_milli(), l)) } td.num { (show_weight(w.output_milli(), l)) } td.num { (views::tokens(*image, l)) }
+                thead { tr { th { (l.pick("Modelo", "Model")) } th.num { (l.pick("Entrada", "Input")) } th.num { (l.pick("Saída", "Output")) } th.num { (l.pick("Tokens por imagem", "Tokens per image")) } th.num { (l.pick("Extra por chamada", "Extra per call")) } } }
+                tbody { @for row in &weights { tr {
+                    td { code { (row.model) } } td.num { (show_weight(row.weights.input_milli(), l)) } td.num { (show_weight(row.weights.output_milli(), l)) } td.num { (views::tokens(row.image_tokens, l)) }
+                    td.num { @match row.call_extra { Some(n) => (views::tokens(n, l)), None => span.muted { (l.pick("recusa", "refused")) } } }
                 } } }
             }
         }
@@ -101,6 +103,11 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
             label { (l.pick("Peso de saída", "Output weight")) input type="text" name="output" required inputmode="decimal" placeholder="1"; }
             label { (l.pick("Tokens por imagem, no pior caso (opcional)", "Tokens per image, at worst (optional)"))
                 input type="text" name="image_tokens" inputmode="numeric" placeholder=(l.pick("o que o provedor documenta", "what the provider documents")); }
+            label { (l.pick("Extra por chamada, no pior caso (opcional)", "Extra per call, at worst (optional)"))
+                input type="text" name="call_extra" inputmode="numeric" placeholder=(l.pick("em branco: recusar", "blank: refuse")); }
+            p.muted { (l.pick(
+                "O que uma chamada pode custar a mais, em tokens do saldo, quando usa o que o provedor cobra à parte: busca na web, ferramentas que rodam no provedor, conteúdo guardado lá; e toda chamada de um modelo que busca sempre (como gpt-4o-search-preview ou sonar). Esse valor é reservado além do resto; cobra-se o uso que o provedor informar. Em branco: esses pedidos são recusados com uma mensagem clara. Taxas por busca que o provedor não conta em tokens: ponha-as nos pesos.",
+                "What a call may cost on top, in balance tokens, when it uses what the provider bills apart: web search, tools run at the provider, content kept there; and every call of a model that always searches (such as gpt-4o-search-preview or sonar). This figure is reserved on top of the rest; the usage the provider reports is what is charged. Blank: such requests are refused with a clear message. Per-search fees the provider does not count in tokens: price them into the weights.")) }
             p.muted { (l.pick(
                 "Cada imagem é reservada por esse valor antes de ir ao provedor. Em branco: o pior caso documentado para o nome do modelo (1.445 para gpt-4o, 48.169 para gpt-4o-mini); um nome que o tokengate não conhece (um apelido do LiteLLM) reserva 48.169, o maior deles.",
                 "Each image is reserved at this figure before it goes to the provider. Blank: the worst case documented for the model's name (1,445 for gpt-4o, 48,169 for gpt-4o-mini); a name tokengate cannot place (a LiteLLM alias) reserves 48,169, the largest.")) }
@@ -125,6 +132,7 @@ pub struct WeightForm {
     input: String,
     output: String,
     image_tokens: String,
+    call_extra: String,
 }
 
 pub async fn set(
@@ -155,12 +163,27 @@ pub async fn set(
             }
         },
     };
+    let call_extra = match form.call_extra.trim() {
+        "" => None,
+        raw => match crate::domain::TokenAmount::parse(raw) {
+            Ok(n) if n.get() <= 10_000_000 => Some(n.get()),
+            // No extra: such calls allowed, reserved like any other.
+            _ if raw == "0" => Some(0),
+            _ => {
+                return Ok(back(&me, "/admin/weights", false, l.pick(
+                    "Extra por chamada recusado: use um número inteiro de 0 a 10.000.000, ou deixe em branco.",
+                    "Extra per call refused: use a whole number from 0 to 10,000,000, or leave it blank.")));
+            }
+        },
+    };
     let who = actor(&me);
     let m = model.clone();
-    with_ledger(&state, move |ledger| {
-        ledger.set_weights(&m, w, image_tokens, &who)
-    })
-    .await?;
+    let cost = ModelCost {
+        weights: w,
+        image_tokens,
+        call_extra,
+    };
+    with_ledger(&state, move |ledger| ledger.set_weights(&m, cost, &who)).await?;
     Ok(back(
         &me,
         "/admin/weights",

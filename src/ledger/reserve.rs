@@ -1,0 +1,256 @@
+//! The reservation: one guarded write that admits a metered request or says why not
+//! (docs/behaviour.md, "What a request goes through").
+
+use super::tx::{BalanceRow, Conn, Ctx, lock_and_roll, model_costs, upsert_user};
+use super::{BlockReason, Blocked, NoticeBase, Reservation, ReserveOutcome, ReserveRequest};
+use crate::alerts::{AlertPolicy, store as alert_store};
+use crate::db::schema::{balances, holds, plans, users};
+use crate::db::statement::{FixedUpdate, on_backend};
+use crate::db::{StoreError, flag};
+use crate::domain::used_percent;
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::prelude::*;
+
+/// Reserves what the request may cost at most, or says why the balance cannot pay.
+/// Returns the outcome and how many alert messages were queued (an exhausted user's
+/// 100% alert).
+pub(super) fn reserve(
+    c: &mut Conn,
+    ctx: &Ctx,
+    req: &ReserveRequest,
+    instance_id: &str,
+    expires_at: DateTime<Utc>,
+    policy: &AlertPolicy,
+) -> Result<(ReserveOutcome, usize), StoreError> {
+    let (user_id, suspended) = upsert_user(c, ctx, &req.identity)?;
+    if suspended {
+        return Ok((ReserveOutcome::Suspended, 0));
+    }
+    let bal = lock_and_roll(c, ctx, user_id)?;
+    let costs = model_costs(c, &req.model)?;
+    let weights = costs.weights;
+    // What the provider may bill beyond the text: the admin's figure for the model,
+    // without which such a request is not made at all.
+    let extra = match (req.needs_extra, costs.call_extra) {
+        (false, _) => 0,
+        (true, Some(extra)) => extra,
+        (true, None) => return Ok((ReserveOutcome::NotReservable, 0)),
+    };
+    // What the provider may bill for the input: the text's estimate, and each image
+    // at the most the model may charge for one.
+    let prompt = req
+        .prompt_tokens
+        .saturating_add(req.images.saturating_mul(costs.image_tokens));
+    let prompt_cost = weights.cost(prompt, 0);
+
+    let remaining = bal.allowance_left + bal.credits - bal.held;
+    let fit = Fit::of(req, weights, prompt, prompt_cost, extra, remaining);
+    if !fit.affordable || fit.cut {
+        // Would the holds of the user's own requests in flight be what refuses or
+        // cuts this one? Then it waits for them first (LibreChat sends a
+        // conversation's title request at the moment of its first message; the
+        // title holds a default limit it never uses), and nothing is written now.
+        let alone = Fit::of(
+            req,
+            weights,
+            prompt,
+            prompt_cost,
+            extra,
+            remaining + bal.held,
+        );
+        if req.patient && bal.held > 0 && alone.better_than(&fit) {
+            return Ok((ReserveOutcome::Crowded, 0));
+        }
+    }
+    if !fit.affordable {
+        return refuse(c, ctx, user_id, &bal, req, policy);
+    }
+
+    // The guard makes the write itself refuse to overspend, whatever happened above.
+    let amount = fit.amount;
+    let guarded = FixedUpdate(
+        diesel::update(
+            balances::table
+                .filter(balances::user_id.eq(user_id))
+                .filter((balances::allowance_left + balances::credits - balances::held).ge(amount)),
+        )
+        .set((
+            balances::held.eq(balances::held + amount),
+            balances::updated_at.eq(ctx.now),
+        )),
+    );
+    let updated = on_backend!(c, |c| guarded.execute(c))?;
+    if updated != 1 {
+        return refuse(c, ctx, user_id, &bal, req, policy);
+    }
+    if bal.exhausted_at.is_some() {
+        // A request the balance still pays for: not blocked after all.
+        diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
+            .set(balances::exhausted_at.eq(None::<NaiveDateTime>))
+            .execute(c)?;
+    }
+    // A notice is due (a threshold was crossed by an answer that could not carry
+    // it): this answer carries it, and no other does. The row is locked, so of
+    // concurrent requests one claims it.
+    let notice = (req.notice_eligible && bal.notice_due.is_some()).then(|| NoticeBase {
+        used: bal.used_this_cycle,
+        total: bal.used_this_cycle + bal.allowance_left + bal.credits,
+    });
+    if notice.is_some() {
+        diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
+            .set(balances::notice_due.eq(None::<NaiveDateTime>))
+            .execute(c)?;
+    }
+    // The prompt's cost goes with the hold: should this process die with the request
+    // upstream, the prompt is what the provider billed at least, and it is charged
+    // when the hold is released (`Ledger::release_holds`).
+    let hold = diesel::insert_into(holds::table).values((
+        holds::request_id.eq(&req.request_id),
+        holds::user_id.eq(user_id),
+        holds::amount.eq(amount),
+        holds::model.eq(&req.model),
+        holds::endpoint.eq(req.endpoint),
+        holds::stream.eq(flag(req.stream)),
+        holds::instance_id.eq(instance_id),
+        holds::created_at.eq(ctx.now),
+        holds::expires_at.eq(expires_at.naive_utc()),
+        holds::prompt_tokens.eq(prompt),
+        holds::prompt_charge.eq(prompt_cost),
+    ));
+    on_backend!(c, |c| hold.execute(c))?;
+    Ok((
+        ReserveOutcome::Reserved(Reservation {
+            request_id: req.request_id.clone(),
+            user_id,
+            amount,
+            weights,
+            allowed_completion: fit.allowed,
+            prompt_estimate: prompt,
+            remaining: remaining - amount,
+            notice,
+        }),
+        0,
+    ))
+}
+
+/// How a request fits in what a balance has left: what it would reserve, and
+/// whether its completion limit had to be lowered (`cut`) or it cannot be paid at all.
+struct Fit {
+    amount: i64,
+    allowed: Option<i64>,
+    affordable: bool,
+    cut: bool,
+}
+
+impl Fit {
+    fn of(
+        req: &ReserveRequest,
+        weights: crate::domain::Weights,
+        prompt: i64,
+        prompt_cost: i64,
+        extra: i64,
+        remaining: i64,
+    ) -> Self {
+        // Each of the completions may run to the limit sent upstream: the limit is
+        // what the balance pays for all of them, after the extra.
+        let completions = req.completions.max(1);
+        let (amount, allowed) = match req.requested_completion {
+            None => (prompt_cost.saturating_add(extra), None),
+            Some(requested) => {
+                let each = weights.affordable_completion(remaining - extra, prompt) / completions;
+                let allowed = requested.min(each);
+                (
+                    weights
+                        .cost(prompt, allowed.max(0).saturating_mul(completions))
+                        .saturating_add(extra),
+                    Some(allowed),
+                )
+            }
+        };
+        Self {
+            amount,
+            allowed,
+            affordable: remaining > 0
+                && remaining >= amount
+                && allowed.is_none_or(|n| n >= req.min_completion.max(1)),
+            cut: matches!((allowed, req.requested_completion), (Some(a), Some(r)) if a < r),
+        }
+    }
+
+    /// Whether this fit lets the request through where `other` does not, or with
+    /// a higher limit.
+    fn better_than(&self, other: &Fit) -> bool {
+        self.affordable
+            && (!other.affordable || self.allowed.unwrap_or(0) > other.allowed.unwrap_or(0))
+    }
+}
+
+/// The least a balance must keep for a request to be worth making: below it (or
+/// below 1% of the cycle's allowance and credits), with nothing in flight, the user
+/// is exhausted (docs/behaviour.md).
+const SMALLEST_USEFUL_REQUEST: i64 = 1_000;
+
+/// A refusal for balance, and why. An exhausted user's first refusal (per arming)
+/// writes the 100% alert and marks the balance, so that the dashboard counts the
+/// user as blocked although a few tokens remain: the clamp stops a user just short
+/// of the end, where used_percent alone says 99.
+fn refuse(
+    c: &mut Conn,
+    ctx: &Ctx,
+    user_id: i64,
+    bal: &BalanceRow,
+    req: &ReserveRequest,
+    policy: &AlertPolicy,
+) -> Result<(ReserveOutcome, usize), StoreError> {
+    let plan_name: String = users::table
+        .inner_join(plans::table)
+        .filter(users::id.eq(user_id))
+        .select(plans::name)
+        .first(c)?;
+    let total = bal.used_this_cycle + bal.allowance_left + bal.credits;
+    let remaining = bal.allowance_left + bal.credits - bal.held;
+    let reason = if bal.held > 0 {
+        BlockReason::InFlight
+    } else if remaining < (total / 100).max(SMALLEST_USEFUL_REQUEST) {
+        BlockReason::Exhausted
+    } else {
+        BlockReason::TooLarge
+    };
+    let mut queued = 0;
+    if reason == BlockReason::Exhausted && bal.exhausted_at.is_none() {
+        diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
+            .set(balances::exhausted_at.eq(Some(ctx.now)))
+            .execute(c)?;
+        queued = alert_store::record_crossings(
+            c,
+            policy,
+            &alert_store::Snapshot {
+                user_id,
+                cycle: &ctx.cycle_key,
+                // Exhaustion counts as crossing 100%.
+                used_percent: 100,
+                used_this_cycle: bal.used_this_cycle,
+                allowance_left: bal.allowance_left,
+                credits: bal.credits,
+                request_id: Some(&req.request_id),
+            },
+            ctx.now,
+            ctx.wall,
+        )?
+        .queued;
+    }
+    let used_percent = if reason == BlockReason::Exhausted {
+        100
+    } else {
+        used_percent(bal.used_this_cycle, bal.allowance_left + bal.credits)
+    };
+    Ok((
+        ReserveOutcome::Blocked(Blocked {
+            reason,
+            plan_name,
+            used_percent,
+            remaining: remaining.max(0),
+        }),
+        queued,
+    ))
+}
