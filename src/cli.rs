@@ -153,11 +153,29 @@ pub fn main() -> ExitCode {
 type CmdResult = Result<(), Box<dyn std::error::Error>>;
 
 fn serve(config: Config) -> CmdResult {
+    more_descriptors();
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(config)?;
         app.run_until_stopped().await?;
         Ok(())
     })
+}
+
+/// Raises the soft limit on open files to the hard one: each connection is a
+/// descriptor, and a soft limit of 1,024 (common outside containers) is a few hundred
+/// slow clients away from refusing LibreChat.
+fn more_descriptors() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "cannot raise the limit on open files");
+        }
+    }
 }
 
 fn healthcheck(config: &Config) -> CmdResult {

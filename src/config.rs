@@ -174,6 +174,11 @@ pub struct Config {
     /// (`TOKENGATE_EXTRA_FIELDS`, `proxy::unreservable`).
     pub extra_fields: Vec<String>,
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive (`TOKENGATE_BODY_TIMEOUT_SECS`).
+    pub body_timeout: Duration,
+    /// Requests one client may have open at once on the pages that face the
+    /// internet (`TOKENGATE_CLIENT_REQUESTS`, `limits`).
+    pub client_requests: usize,
     pub log_format: LogFormat,
     /// Beyond the spec's table: operational knobs with safe defaults.
     pub upstream_connect_timeout: Duration,
@@ -380,6 +385,7 @@ impl Config {
             ("TOKENGATE_UPSTREAM_CONNECT_TIMEOUT_SECS", "5"),
             ("TOKENGATE_UPSTREAM_IDLE_TIMEOUT_SECS", "300"),
             ("TOKENGATE_HOLD_MAX_AGE_SECS", "3600"),
+            ("TOKENGATE_BODY_TIMEOUT_SECS", "30"),
         ] {
             let value = get(key).unwrap_or_else(|| default.to_owned());
             match value.parse::<u64>() {
@@ -392,6 +398,12 @@ impl Config {
                 }
             }
         }
+        let client_requests_raw = parse("TOKENGATE_CLIENT_REQUESTS", "32", &|v| match v
+            .parse::<usize>()
+        {
+            Ok(n) if (1..=100_000).contains(&n) => Ok(()),
+            _ => Err("expected a number of requests from 1 to 100000".into()),
+        });
         let pool_raw = parse(
             "TOKENGATE_DB_POOL_SIZE",
             "16",
@@ -608,6 +620,8 @@ impl Config {
                 default_max_completion: default_max_raw.parse().unwrap_or(4096),
                 extra_fields,
                 max_body_bytes: max_body_raw.parse().unwrap_or(20_971_520),
+                body_timeout: durations[3],
+                client_requests: client_requests_raw.parse().unwrap_or(32),
                 log_format: if log_raw == "json" {
                     LogFormat::Json
                 } else {

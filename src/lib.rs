@@ -10,7 +10,8 @@
 //! - [`db`]: connections, pools and migrations for SQLite and PostgreSQL.
 //! - [`domain`]: value types parsed at the edge (identities, weights, cycles).
 //! - [`config`]: environment configuration; [`cli`]: the command line.
-//! - [`startup`]: wiring the HTTP server and background tasks.
+//! - [`startup`]: wiring the HTTP server and background tasks; [`limits`]: what one
+//!   request and one client may hold open; [`net`]: who a request comes from.
 
 pub mod admin;
 pub mod alerts;
@@ -22,6 +23,7 @@ pub mod db;
 pub mod domain;
 pub mod i18n;
 pub mod ledger;
+pub mod limits;
 pub mod mail;
 pub mod me;
 pub mod net;

@@ -33,6 +33,8 @@ pub struct AppState {
     /// For the mails a request sends itself (the sign-in link).
     pub mailer: Arc<Mailer>,
     pub templates: Arc<Templates>,
+    /// Requests each client has open on the public pages (`limits`).
+    pub client_slots: crate::limits::ClientSlots,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +137,7 @@ impl Application {
         let mailer =
             Arc::new(Mailer::from_config(&config).map_err(|e| StartupError::Mail(e.to_string()))?);
         let templates = Arc::new(Templates::new().map_err(|e| StartupError::Mail(e.to_string()))?);
+        let config_client_requests = config.client_requests;
         let config = Arc::new(config);
         let mail_worker = MailWorker::new(
             ledger.clone(),
@@ -154,6 +157,7 @@ impl Application {
             settler,
             mailer,
             templates,
+            client_slots: crate::limits::ClientSlots::new(config_client_requests),
         });
         let session_key = crate::admin::session::load_key(state.ledger.db())?;
         let secure_cookie = state.config.public_url.starts_with("https://");
@@ -162,6 +166,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
+                .wrap(actix_web::middleware::from_fn(crate::limits::guard))
                 .configure(crate::ops::configure)
                 .configure(crate::proxy::configure)
                 .configure(|cfg| crate::admin::configure(cfg, session_key.clone(), secure_cookie))

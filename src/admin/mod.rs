@@ -32,7 +32,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, key: actix_web::cookie::Key, secu
             .app_data(
                 web::FormConfig::default()
                     .limit(64 * 1024)
-                    .error_handler(|_, _| AdminError::BadRequest.into()),
+                    .error_handler(|e, _| AdminError::from_form(&e).into()),
             )
             .app_data(web::QueryConfig::default().error_handler(|_, _| AdminError::BadRequest.into()))
             .app_data(web::PathConfig::default().error_handler(|_, _| AdminError::NotFound.into()))
@@ -67,6 +67,9 @@ pub enum AdminError {
     /// A form or query that cannot be read at all.
     #[error("bad request")]
     BadRequest,
+    /// A form whose body did not arrive in time (`limits`).
+    #[error("the form did not arrive in time")]
+    BodyTimeout,
     /// The change clashes with what exists (a plan name already taken).
     #[error("conflict: {0}")]
     Conflict(String),
@@ -90,6 +93,18 @@ impl From<crate::ledger::LedgerError> for AdminError {
     }
 }
 
+impl AdminError {
+    /// A form that could not be read: cut short by `limits`, or malformed.
+    fn from_form(e: &actix_web::error::UrlencodedError) -> Self {
+        match e {
+            actix_web::error::UrlencodedError::Payload(p) if crate::limits::timed_out(p) => {
+                Self::BodyTimeout
+            }
+            _ => Self::BadRequest,
+        }
+    }
+}
+
 impl From<actix_web::error::BlockingError> for AdminError {
     fn from(_: actix_web::error::BlockingError) -> Self {
         Self::Internal("background task cancelled".into())
@@ -103,6 +118,7 @@ impl ResponseError for AdminError {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             // The database is down, locked or full: worth trying again in a moment.
@@ -129,6 +145,10 @@ impl ResponseError for AdminError {
             Self::BadRequest => (
                 "Pedido inválido / Invalid request",
                 "O formulário chegou incompleto ou grande demais. Volte e tente de novo. / The form arrived incomplete or too large. Go back and try again.",
+            ),
+            Self::BodyTimeout => (
+                "Tempo esgotado / Timed out",
+                "O formulário não chegou a tempo. Verifique a conexão e envie de novo. / The form did not arrive in time. Check the connection and send it again.",
             ),
             Self::Conflict(_) => (
                 "Conflito / Conflict",
@@ -164,6 +184,10 @@ impl ResponseError for AdminError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/html; charset=utf-8"),
         ));
+        if matches!(self, Self::BodyTimeout) {
+            // The rest of the body is never read: the connection cannot go on.
+            res.insert_header((header::CONNECTION, "close"));
+        }
         res.body(views::error_page(title, text).into_string())
     }
 }

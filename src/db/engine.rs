@@ -45,6 +45,12 @@ const ATTEMPTS: usize = 4;
 const BUSY_PATIENCE: Duration = Duration::from_secs(10);
 /// SQLite commits between nudges to the checkpointer; it also runs once a second.
 const COMMITS_PER_CHECKPOINT: u32 = 200;
+/// WAL frames (about 16 MiB of 4 KiB pages) past which the checkpointer makes the
+/// next writer start the log over (`checkpointer`).
+const WAL_RESTART_FRAMES: i64 = 4_096;
+/// How long a restarting checkpoint may wait for readers, keeping writers waiting
+/// meanwhile; a checkpoint that does not get its turn is tried again a second later.
+const CHECKPOINT_PATIENCE_MS: u32 = 100;
 
 type Work<T, E> = dyn FnMut(&mut AnyConnection) -> Result<T, E> + Send;
 type Done<T, E> = Box<dyn FnOnce(Result<T, E>) + Send>;
@@ -256,7 +262,7 @@ struct Shared {
     ran_inline: AtomicU64,
     ran_queued: AtomicU64,
     ran_together: AtomicU64,
-    commits: AtomicU32,
+    commits: Arc<AtomicU32>,
     checkpoint: Option<mpsc::SyncSender<()>>,
 }
 
@@ -368,12 +374,13 @@ pub(super) struct Engine {
 impl Engine {
     pub fn start(manager: ConnectionManager, pool: Pool) -> Self {
         let sqlite = matches!(manager.url(), crate::config::DatabaseUrl::Sqlite(_));
+        let commits = Arc::new(AtomicU32::new(0));
         let checkpoint = sqlite.then(|| {
             let (nudge, wake) = mpsc::sync_channel::<()>(1);
-            let manager = manager.clone();
+            let (manager, commits) = (manager.clone(), commits.clone());
             std::thread::Builder::new()
                 .name("tokengate-checkpoint".into())
-                .spawn(move || checkpointer(&manager, &wake))
+                .spawn(move || checkpointer(&manager, &wake, &commits))
                 .map_err(|e| tracing::error!(error = %e, "cannot start the checkpoint thread"))
                 .ok()
                 .map(|_| nudge)
@@ -386,7 +393,7 @@ impl Engine {
             ran_inline: AtomicU64::new(0),
             ran_queued: AtomicU64::new(0),
             ran_together: AtomicU64::new(0),
-            commits: AtomicU32::new(0),
+            commits,
             checkpoint: checkpoint.flatten(),
         });
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
@@ -637,13 +644,26 @@ fn run_group(c: &mut AnyConnection, jobs: &mut [Box<dyn Job>]) -> Result<(), Sto
     Ok(())
 }
 
-/// Copies SQLite's WAL back into the database file from a connection of its own.
-/// Every connection of tokengate's turns SQLite's own checkpoints off (`db::connect_sqlite`):
-/// SQLite would otherwise checkpoint inside the commit that crosses 1,000 WAL pages,
-/// with an fsync, and every request behind it would wait. A passive checkpoint never
-/// blocks a writer. Nudged every `COMMITS_PER_CHECKPOINT` commits, and once a second.
-fn checkpointer(manager: &ConnectionManager, wake: &mpsc::Receiver<()>) {
+/// Copies SQLite's WAL back into the database file from a connection of its own,
+/// and keeps the log from growing without bound.
+///
+/// Every connection of tokengate's turns SQLite's own checkpoints off
+/// (`db::connect_sqlite`): SQLite would otherwise checkpoint inside the commit that
+/// crosses 1,000 WAL pages, with an fsync, and every request behind it would wait. A
+/// passive checkpoint never blocks a writer, but it never lets the log start over
+/// either: a writer restarts the log only when it begins with every frame copied
+/// back, which under sustained writes never happens, and the file grew by the
+/// gigabyte. So:
+/// - once a second, or every `COMMITS_PER_CHECKPOINT` commits, a passive checkpoint;
+/// - past `WAL_RESTART_FRAMES`, a restarting one: it holds new writers back while it
+///   copies what is left and waits (at most `CHECKPOINT_PATIENCE_MS`) for readers to
+///   leave the log, and the next writer starts the log over, cutting the file back
+///   to `journal_size_limit` (`db::connect_sqlite`);
+/// - when no commit happened since the last round, a truncating one: an idle
+///   database keeps no log at all.
+fn checkpointer(manager: &ConnectionManager, wake: &mpsc::Receiver<()>, commits: &AtomicU32) {
     let mut conn: Option<AnyConnection> = None;
+    let mut seen = commits.load(Ordering::Relaxed);
     loop {
         match wake.recv_timeout(Duration::from_secs(1)) {
             Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -651,18 +671,48 @@ fn checkpointer(manager: &ConnectionManager, wake: &mpsc::Receiver<()>) {
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         if conn.is_none() {
-            conn = r2d2::ManageConnection::connect(manager).ok();
+            conn =
+                r2d2::ManageConnection::connect(manager)
+                    .ok()
+                    .and_then(|mut c: AnyConnection| {
+                        let patience = format!("PRAGMA busy_timeout = {CHECKPOINT_PATIENCE_MS};");
+                        c.batch_execute(&patience).ok().map(|()| c)
+                    });
         }
-        let result = match conn.as_mut() {
-            Some(c) => c.batch_execute("PRAGMA wal_checkpoint(PASSIVE);"),
-            None => continue,
+        let Some(c) = conn.as_mut() else {
+            continue;
         };
+        let now = commits.load(Ordering::Relaxed);
+        let idle = now == seen;
+        seen = now;
+        let result = checkpoint(c, "PASSIVE").and_then(|log| match log {
+            Some(frames) if idle && frames > 0 => checkpoint(c, "TRUNCATE"),
+            Some(frames) if frames > WAL_RESTART_FRAMES => checkpoint(c, "RESTART"),
+            other => Ok(other),
+        });
         if let Err(e) = result {
             tracing::debug!(error = %e, "checkpoint skipped");
             conn = None;
         }
     }
 }
+
+/// Runs a checkpoint of `mode`; returns the log's size in frames, when SQLite says.
+fn checkpoint(c: &mut AnyConnection, mode: &str) -> Result<Option<i64>, DieselError> {
+    #[derive(diesel::QueryableByName)]
+    struct Checkpoint {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        log: i64,
+    }
+    let AnyConnection::Sqlite(lite) = c else {
+        return Ok(None);
+    };
+    let query = format!("PRAGMA wal_checkpoint({mode})");
+    let row: Checkpoint = diesel::RunQueryDsl::get_result(diesel::sql_query(query), lite)?;
+    // -1 when the database is not in WAL mode (it always is here).
+    Ok(Some(row.log).filter(|n| *n >= 0))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -155,10 +155,12 @@ fn connect_sqlite(path: &Path) -> Result<SqliteConnection, ConnectError> {
     // at ~10 µs a commit. No connection checkpoints inside its own commits
     // (`wal_autocheckpoint = 0`): the write engine's checkpointer does, from a
     // connection of its own.
+    // A writer that starts the log over (`engine::checkpointer`) cuts its file back
+    // to `journal_size_limit` (8 MiB).
     conn.batch_execute(
         "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
          PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-         PRAGMA wal_autocheckpoint = 0;",
+         PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 8388608;",
     )?;
     Ok(conn)
 }

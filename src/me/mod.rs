@@ -39,7 +39,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .app_data(
                 web::FormConfig::default()
                     .limit(16 * 1024)
-                    .error_handler(|_, _| MeError::BadRequest.into()),
+                    .error_handler(|e, _| MeError::from_form(&e).into()),
             )
             .app_data(web::PathConfig::default().error_handler(|_, _| MeError::NotFound.into()))
             .configure(pages::routes)
@@ -61,6 +61,9 @@ pub enum MeError {
     NotFound,
     #[error("bad request")]
     BadRequest,
+    /// A form whose body did not arrive in time (`limits`).
+    #[error("the form did not arrive in time")]
+    BodyTimeout,
     #[error("storage: {0}")]
     Store(#[from] crate::db::StoreError),
     #[error("internal: {0}")]
@@ -73,6 +76,18 @@ impl From<crate::ledger::LedgerError> for MeError {
             crate::ledger::LedgerError::Store(s) => Self::Store(s),
             // The session's user is gone: nothing to show.
             _ => Self::SignInRequired,
+        }
+    }
+}
+
+impl MeError {
+    /// A form that could not be read: cut short by `limits`, or malformed.
+    fn from_form(e: &actix_web::error::UrlencodedError) -> Self {
+        match e {
+            actix_web::error::UrlencodedError::Payload(p) if crate::limits::timed_out(p) => {
+                Self::BodyTimeout
+            }
+            _ => Self::BadRequest,
         }
     }
 }
@@ -90,6 +105,7 @@ impl ResponseError for MeError {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Store(crate::db::StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -111,6 +127,10 @@ impl ResponseError for MeError {
                 "Pedido inválido / Invalid request",
                 "O formulário chegou incompleto ou grande demais. Volte e tente de novo. / The form arrived incomplete or too large. Go back and try again.",
             ),
+            Self::BodyTimeout => (
+                "Tempo esgotado / Timed out",
+                "O formulário não chegou a tempo. Verifique a conexão e envie de novo. / The form did not arrive in time. Check the connection and send it again.",
+            ),
             Self::NotFound => (
                 "Página não encontrada / Page not found",
                 "Este endereço não existe. / This address does not exist.",
@@ -131,11 +151,15 @@ impl ResponseError for MeError {
         if matches!(self, Self::Store(_) | Self::Internal(_)) {
             tracing::error!(error = %self, "user page failed");
         }
-        HttpResponse::build(self.status_code())
-            .insert_header((
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            ))
-            .body(pages::error_page(title, text).into_string())
+        let mut res = HttpResponse::build(self.status_code());
+        res.insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        ));
+        if matches!(self, Self::BodyTimeout) {
+            // The rest of the body is never read: the connection cannot go on.
+            res.insert_header((header::CONNECTION, "close"));
+        }
+        res.body(pages::error_page(title, text).into_string())
     }
 }

@@ -598,6 +598,9 @@ async fn read_body(
     let mut gathered: Option<BytesMut> = None;
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
+            if crate::limits::timed_out(&e) {
+                return ApiError::BodyTimeout;
+            }
             tracing::info!(error = %e, "the request body could not be read");
             ApiError::InvalidBody(error::BodyError::whole(error::Problem::Unreadable))
         })?;

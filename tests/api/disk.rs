@@ -284,3 +284,60 @@ async fn starting_on_a_read_only_disk_is_a_clear_error() {
     )
     .await;
 }
+
+/// SQLite's write-ahead log stays bounded under sustained load, and shrinks back
+/// once the load stops. A passive checkpoint never lets a busy log start over: 40 s
+/// of small chats at saturation used to leave a 2.9 GB `-wal` beside a 123 MB
+/// database, still 2.9 GB after 15 s idle. (SQLite on both backends' passes.)
+#[actix_web::test]
+async fn the_write_ahead_log_stays_bounded_under_sustained_load_and_shrinks_when_idle() {
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::sqlite_at(&dir.path().join("tokengate.db"));
+    let wal = dir.path().join("tokengate.db-wal");
+    let fake = crate::fake_provider::FakeProvider::start();
+    let port = free_port();
+    let server = tokengate_process(port, &db.url, &fake.base_url(), &[]);
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&client, &base).await;
+    let wal_size = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+
+    // Small chats back to back from 2,000 users, for 15 s, the log's size read
+    // after every answer.
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    let workers = (0..32).map(|w| {
+        let (client, base) = (client.clone(), base.clone());
+        let wal_size = &wal_size;
+        async move {
+            let (mut answered, mut largest) = (0, 0);
+            while std::time::Instant::now() < until {
+                let user = format!("wal-{}", (w * 131 + answered * 7) % 2_000);
+                let res = chat_process(&client, &base, &user, &small_chat()).await;
+                assert_eq!(res.status(), 200);
+                res.bytes().await.unwrap();
+                answered += 1;
+                largest = largest.max(wal_size());
+            }
+            (answered, largest)
+        }
+    });
+    let results = futures_util::future::join_all(workers).await;
+    let answered: usize = results.iter().map(|r| r.0).sum();
+    let largest = results.iter().map(|r| r.1).max().unwrap_or(0);
+    eprintln!("{answered} chats; the log peaked at {} MiB", largest / MIB);
+    assert!(answered > 1_000, "not a sustained load: {answered} chats");
+    assert!(
+        largest <= 48 * MIB,
+        "the log grew to {} MiB under load",
+        largest / MIB
+    );
+    // Idle: back to a few MiB, with no request to prompt it.
+    wait_until(Duration::from_secs(10), || {
+        let size = wal_size();
+        async move { size <= 4 * MIB }
+    })
+    .await;
+    drop(server);
+    assert_eq!(integrity_check(&dir.path().join("tokengate.db")), "ok");
+}

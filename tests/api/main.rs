@@ -22,6 +22,7 @@ pub mod outage;
 mod real_clients;
 mod replicas;
 mod responses;
+mod slow;
 mod smtp;
 mod surface;
 mod title;

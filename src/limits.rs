@@ -1,0 +1,201 @@
+//! What one request, and one client, may hold open (docs/behaviour.md, "Slow
+//! clients"). The headers of a request must arrive within 5 s (actix-web's own
+//! limit); after them:
+//! - its body must arrive whole within `TOKENGATE_BODY_TIMEOUT_SECS` (30 s) of the
+//!   headers, with no pause longer than `BODY_PAUSE`: a body trickled in a byte at a
+//!   time otherwise holds its connection, and a task, for as long as the sender
+//!   likes. What did not arrive in time is an error the handler answers with 408,
+//!   closing the connection;
+//! - one client (its address, behind trusted proxies the one they name) may have at
+//!   most `TOKENGATE_CLIENT_REQUESTS` (32) requests open at once on the pages that
+//!   face the internet (`/me`, `/admin`, `/static`); past that, 429 at once. `/v1`
+//!   is not counted: its one client, LibreChat, speaks for all its users, and it
+//!   holds a client key.
+
+use crate::startup::AppState;
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::error::PayloadError;
+use actix_web::http::header;
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, HttpResponse, web};
+use bytes::Bytes;
+use futures_util::Stream;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+/// The longest pause inside a body: its pieces follow each other closely, even on a
+/// phone's connection.
+pub const BODY_PAUSE: Duration = Duration::from_secs(10);
+
+/// The middleware: times every body, and counts each client's requests on the pages.
+pub async fn guard(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
+    };
+    let config = &state.config;
+    let has_body = req.headers().contains_key(header::CONTENT_LENGTH)
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    if has_body {
+        let payload = req.take_payload();
+        req.set_payload(Payload::from(Box::pin(TimedBody::new(
+            payload,
+            config.body_timeout,
+            BODY_PAUSE,
+        ))
+            as Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>));
+    }
+    let path = req.path();
+    let public = ["/me", "/admin", "/static"].iter().any(|p| {
+        path.strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    });
+    if !public {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
+    }
+    let client = crate::net::client_address(req.request(), &config.trusted_proxies);
+    let Some(_slot) = state.client_slots.take(&client) else {
+        tracing::info!(client = %client, "too many requests open from one client; refused");
+        let page = HttpResponse::TooManyRequests()
+            .insert_header((header::CONNECTION, "close"))
+            .insert_header((header::RETRY_AFTER, "10"))
+            .content_type("text/plain; charset=utf-8")
+            .body("Muitos pedidos abertos deste endereço; tente de novo em instantes. / Too many requests open from this address; try again in a moment.");
+        return Ok(req.into_response(page));
+    };
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_boxed_body)
+}
+
+/// Whether a body error is one of `TimedBody`'s.
+pub fn timed_out(e: &PayloadError) -> bool {
+    matches!(e, PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
+}
+
+/// A request body that must arrive by a deadline, and without long pauses.
+struct TimedBody {
+    inner: Payload,
+    deadline: Pin<Box<Sleep>>,
+    pause: Duration,
+    quiet: Pin<Box<Sleep>>,
+    over: bool,
+}
+
+impl TimedBody {
+    fn new(inner: Payload, within: Duration, pause: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            inner,
+            deadline: Box::pin(tokio::time::sleep_until(now + within)),
+            pause,
+            quiet: Box::pin(tokio::time::sleep_until(now + pause)),
+            over: false,
+        }
+    }
+}
+
+impl Stream for TimedBody {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.over {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(bytes))) => {
+                let next = Instant::now() + self.pause;
+                self.quiet.as_mut().reset(next);
+                return Poll::Ready(Some(Ok(bytes)));
+            }
+            Poll::Ready(other) => return Poll::Ready(other),
+            Poll::Pending => {}
+        }
+        let late =
+            self.deadline.as_mut().poll(cx).is_ready() || self.quiet.as_mut().poll(cx).is_ready();
+        if !late {
+            return Poll::Pending;
+        }
+        self.over = true;
+        Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the request body did not arrive in time",
+        )))))
+    }
+}
+
+use std::future::Future;
+
+/// How many requests each client has open on the public pages.
+pub struct ClientSlots {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    max: usize,
+}
+
+impl ClientSlots {
+    pub fn new(max: usize) -> Self {
+        Self {
+            open: Arc::new(Mutex::new(HashMap::new())),
+            max,
+        }
+    }
+
+    /// How many requests `client` has open.
+    pub fn open(&self, client: &str) -> usize {
+        self.lock().get(client).copied().unwrap_or(0)
+    }
+
+    /// One more open request of `client`, or `None` when it has `max` already.
+    fn take(&self, client: &str) -> Option<Slot> {
+        let mut open = self.lock();
+        let n = open.entry(client.to_owned()).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            open: self.open.clone(),
+            client: client.to_owned(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A request open; given back when dropped.
+struct Slot {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    client: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.client);
+            }
+        }
+    }
+}
