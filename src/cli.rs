@@ -6,7 +6,15 @@ use crate::domain::{Email, TokenAmount};
 use crate::ledger::{Actor, Ledger, UserSummary, parse_user_ref};
 use crate::startup::Application;
 use clap::{Parser, Subcommand};
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
+
+/// `println!` that returns a closed pipe as an error (`tokengate users list | head
+/// -1`), where `println!` would panic; `main` ends quietly on it.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    };
+}
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -113,6 +121,10 @@ fn parse_tokens(s: &str) -> Result<TokenAmount, String> {
 }
 
 pub fn main() -> ExitCode {
+    // Everything tokengate creates is its own: the database (emails, code digests,
+    // the dashboard's session key), the spool, mails written as files. Group and
+    // others get nothing, whatever umask the process was started with.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     let config = match Config::from_env() {
         Ok(c) => c,
@@ -143,6 +155,13 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): what it did not read is not wanted.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("tokengate: {e}");
             ExitCode::FAILURE
@@ -198,7 +217,7 @@ fn healthcheck(config: &Config) -> CmdResult {
             .map(|r| r.status())
     })?;
     if status.is_success() {
-        println!("ready");
+        say!("ready");
         Ok(())
     } else {
         Err(format!("{url} answered {status}").into())
@@ -210,8 +229,8 @@ fn mail_test(config: &Config, address: &str) -> CmdResult {
     let outcome = actix_web::rt::System::new()
         .block_on(async { crate::mail::send_test(config, to.as_str()).await })?;
     match outcome {
-        (crate::mail::Delivered::Smtp, via) => println!("Test message sent to {to} via {via}."),
-        (crate::mail::Delivered::File(path), _) => println!(
+        (crate::mail::Delivered::Smtp, via) => say!("Test message sent to {to} via {via}."),
+        (crate::mail::Delivered::File(path), _) => say!(
             "No TOKENGATE_SMTP_URL is set: the test message was written to {}.",
             path.display()
         ),
@@ -235,9 +254,9 @@ fn migrate(config: &Config) -> CmdResult {
     let db = Database::new(&config.database_url, 1);
     let applied = db.migrate()?;
     if applied.is_empty() {
-        println!("Database {} is up to date.", config.database_url.redacted());
+        say!("Database {} is up to date.", config.database_url.redacted());
     } else {
-        println!(
+        say!(
             "Applied {} migration(s) to {}: {}",
             applied.len(),
             config.database_url.redacted(),
@@ -247,37 +266,59 @@ fn migrate(config: &Config) -> CmdResult {
     Ok(())
 }
 
+/// Checks the configuration (already parsed by now), the database, LiteLLM and the
+/// mail server, each on its own line, and reports every one: a LiteLLM that is down
+/// must not hide what the mail server would say.
 fn check(config: &Config) -> CmdResult {
-    println!("configuration: ok");
+    say!("configuration: ok");
+    let mut failed = 0;
+    let mut report = |what: String, result: Result<(), String>| -> std::io::Result<()> {
+        match result {
+            Ok(()) => writeln!(std::io::stdout().lock(), "{what}: ok"),
+            Err(e) => {
+                failed += 1;
+                writeln!(std::io::stdout().lock(), "{what}: FAILED: {e}")
+            }
+        }
+    };
     let db = Database::new(&config.database_url, 1);
-    db.ping()
-        .map_err(|e| format!("database {}: {e}", config.database_url.redacted()))?;
-    println!("database {}: reachable", config.database_url.redacted());
-    let upstream = crate::proxy::upstream::Upstream::new(config)?;
-    let reachable = actix_web::rt::System::new().block_on(async {
-        upstream
-            .get("/models", Some(std::time::Duration::from_secs(5)))
-            .await
-    });
-    match reachable {
-        Ok(res) if res.status().is_success() => {
-            println!("upstream {}: reachable", config.upstream_url)
+    report(
+        format!("database {}", config.database_url.redacted()),
+        db.ping().map_err(|e| e.to_string()),
+    )?;
+    let upstream = match crate::proxy::upstream::Upstream::new(config) {
+        Ok(upstream) => {
+            let answer = actix_web::rt::System::new().block_on(async {
+                upstream
+                    .get("/models", Some(std::time::Duration::from_secs(5)))
+                    .await
+            });
+            match answer {
+                Ok(res) if res.status().is_success() => Ok(()),
+                Ok(res) => Err(format!(
+                    "answered {} to GET /models (check TOKENGATE_UPSTREAM_KEY)",
+                    res.status()
+                )),
+                Err(e) => Err(format!("{e:?}")),
+            }
         }
-        Ok(res) => {
-            return Err(format!(
-                "upstream {}: answered {} to GET /models (check TOKENGATE_UPSTREAM_KEY)",
-                config.upstream_url,
-                res.status()
+        Err(e) => Err(e.to_string()),
+    };
+    report(format!("upstream {}", config.upstream_url), upstream)?;
+    let mail = match crate::mail::Mailer::from_config(config) {
+        Ok(mailer) => {
+            let checked = actix_web::rt::System::new().block_on(mailer.check());
+            (
+                format!("mail ({})", mailer.describe()),
+                checked.map_err(|e| e.to_string()),
             )
-            .into());
         }
-        Err(e) => return Err(format!("upstream {}: {e:?}", config.upstream_url).into()),
+        Err(e) => ("mail".to_owned(), Err(e.to_string())),
+    };
+    report(mail.0, mail.1)?;
+    if failed > 0 {
+        return Err(format!("{failed} of 3 checks failed").into());
     }
-    let mailer = crate::mail::Mailer::from_config(config)?;
-    actix_web::rt::System::new()
-        .block_on(mailer.check())
-        .map_err(|e| format!("mail ({}): {e}", mailer.describe()))?;
-    println!("mail ({}): ok", mailer.describe());
     Ok(())
 }
 
@@ -305,9 +346,9 @@ fn admin_add(config: &Config, email: &str) -> CmdResult {
         config.clock().now().naive_utc(),
     )?;
     if generated {
-        println!("Admin {email} created. Password (shown only now): {password}");
+        say!("Admin {email} created. Password (shown only now): {password}");
     } else {
-        println!("Admin {email} created.");
+        say!("Admin {email} created.");
     }
     Ok(())
 }
@@ -322,7 +363,7 @@ fn grant(config: &Config, user: &str, tokens: TokenAmount, note: Option<&str>) -
     });
     let summary =
         ledger.grant_credits(&parse_user_ref(user), tokens, &Actor::Cli, note.as_deref())?;
-    println!(
+    say!(
         "Granted {tokens} tokens to {}. Credits: {}; remaining: {}.",
         label(&summary),
         summary.credits,
@@ -363,8 +404,8 @@ fn codes_create(
     // panic halfway through them.
     let csv = codes::csv(batch, tokens.get(), valid_until, &list);
     let mut out = std::io::stdout().lock();
-    std::io::Write::write_all(&mut out, csv.as_bytes())
-        .and_then(|()| std::io::Write::flush(&mut out))
+    out.write_all(csv.as_bytes())
+        .and_then(|()| out.flush())
         .map_err(|e| {
             format!("batch #{batch} was made, but its codes could not be written out ({e}); they cannot be shown again: make a new batch")
         })?;
@@ -377,19 +418,25 @@ fn codes_create(
 fn users_list(config: &Config, json: bool) -> CmdResult {
     let users = open(config)?.list_users()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&users)?);
+        say!("{}", serde_json::to_string_pretty(&users)?);
         return Ok(());
     }
     if users.is_empty() {
-        println!("No users yet: they appear on their first request.");
+        say!("No users yet: they appear on their first request.");
         return Ok(());
     }
-    println!(
+    say!(
         "{:<6} {:<26} {:<30} {:<12} {:>14} {:>14} {:>5}",
-        "ID", "LIBRECHAT ID", "EMAIL", "PLAN", "USED", "REMAINING", "USE%"
+        "ID",
+        "LIBRECHAT ID",
+        "EMAIL",
+        "PLAN",
+        "USED",
+        "REMAINING",
+        "USE%"
     );
     for u in &users {
-        println!(
+        say!(
             "{:<6} {:<26} {:<30} {:<12} {:>14} {:>14} {:>4}%{}",
             u.id,
             u.external_id.as_deref().unwrap_or("-"),
@@ -417,27 +464,30 @@ fn users_show(config: &Config, user: &str, json: bool) -> CmdResult {
         .ok_or_else(|| format!("no user matches {user:?}"))?;
     let summary = ledger.user_summary(id)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        say!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
     }
-    println!("User {}", label(&summary));
-    println!(
+    say!("User {}", label(&summary));
+    say!(
         "  plan:            {} ({} tokens a month)",
-        summary.plan, summary.monthly_allowance
+        summary.plan,
+        summary.monthly_allowance
     );
-    println!(
+    say!(
         "  cycle:           {} (resets {})",
-        summary.cycle, summary.cycle_resets_at
+        summary.cycle,
+        summary.cycle_resets_at
     );
-    println!("  allowance left:  {}", summary.allowance_left);
-    println!("  credits:         {}", summary.credits);
-    println!("  held:            {}", summary.held);
-    println!("  remaining:       {}", summary.remaining);
-    println!(
+    say!("  allowance left:  {}", summary.allowance_left);
+    say!("  credits:         {}", summary.credits);
+    say!("  held:            {}", summary.held);
+    say!("  remaining:       {}", summary.remaining);
+    say!(
         "  used this cycle: {} ({}%)",
-        summary.used_this_cycle, summary.used_percent
+        summary.used_this_cycle,
+        summary.used_percent
     );
-    println!(
+    say!(
         "  blocked:         {}",
         if summary.blocked {
             "yes (out of tokens)"
@@ -445,7 +495,7 @@ fn users_show(config: &Config, user: &str, json: bool) -> CmdResult {
             "no"
         }
     );
-    println!(
+    say!(
         "  suspended:       {}",
         if summary.suspended { "yes" } else { "no" }
     );

@@ -66,11 +66,7 @@ pub fn tokens_phrase(n: i64, locale: Locale) -> String {
     }
 }
 
-/// Characters that reorder the text around them (U+202A..U+202E, U+2066..U+2069):
-/// in a note or a name they could make a line read as something else.
-pub fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-}
+pub use crate::domain::text::is_bidi_control;
 
 /// A form field meant to be one line of text: control characters become spaces,
 /// bidi controls go, runs of whitespace become one space, at most `max_chars`.

@@ -73,6 +73,7 @@ impl Application {
 
     /// Connects, migrates, bootstraps and binds. Must run inside an actix system.
     pub fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        make_private(&config);
         let db = Database::new(&config.database_url, config.db_pool_size);
         let applied = until_reachable(&db, "migrating", || db.migrate())?;
         // This instance's lock, and the settlements a previous run could not write,
@@ -291,6 +292,39 @@ async fn keep_alive(state: web::Data<AppState>, server: actix_web::dev::ServerHa
             Err(_) => tracing::warn!("sweep task was cancelled"),
         }
         state.metrics.record_sweep();
+    }
+}
+
+/// Takes group and others' access away from tokengate's own files made before it
+/// created them private (`cli::main`'s umask): an earlier release left the data
+/// folder 0755 and the database 0644. Only permissions change: no file is opened
+/// (opening SQLite's file from outside SQLite would drop its locks).
+fn make_private(config: &Config) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut paths = vec![
+        (config.data_dir.clone(), 0o700),
+        (config.mail_dir.clone(), 0o700),
+    ];
+    if let crate::config::DatabaseUrl::Sqlite(db) = &config.database_url {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = db.clone().into_os_string();
+            file.push(suffix);
+            paths.push((file.into(), 0o600));
+        }
+    }
+    for (path, mode) in paths {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o077 == 0 {
+            continue;
+        }
+        match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), mode = format!("{mode:o}"), "made private")
+            }
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot make private"),
+        }
     }
 }
 

@@ -84,6 +84,12 @@ impl DisplayName {
     pub const MAX_CHARS: usize = 200;
 
     pub fn parse(raw: &str) -> Option<Self> {
+        // Control characters split the name; direction controls go (they could
+        // make a name show as something else in the dashboard and in mails).
+        let raw: String = raw
+            .chars()
+            .filter(|c| !super::text::is_bidi_control(*c))
+            .collect();
         let cleaned: String = raw
             .split(|c: char| c.is_whitespace() || c.is_control())
             .filter(|part| !part.is_empty())
@@ -243,5 +249,28 @@ mod tests {
         // Found by the headers fuzz target: a cut just after a space kept it.
         let cut = DisplayName::parse(&format!("{} b", "a".repeat(199)));
         assert_eq!(cut.map(|n| n.0), Some("a".repeat(199)));
+    }
+
+    /// A name that reverses itself in the dashboard ("Ana" followed by an override
+    /// that shows "nimdA" as "Admin") loses every direction control; the emoji
+    /// joiners of a name stay.
+    #[test]
+    fn names_lose_direction_controls() {
+        for control in [
+            '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}',
+            '\u{2068}', '\u{2069}', '\u{200E}', '\u{200F}', '\u{061C}',
+        ] {
+            let name = DisplayName::parse(&format!("Ana {control}nimdA{control}"));
+            assert_eq!(
+                name.map(|n| n.0),
+                Some("Ana nimdA".to_string()),
+                "{control:?}"
+            );
+        }
+        let family = "Família 👩\u{200D}👩\u{200D}👧";
+        assert_eq!(
+            DisplayName::parse(family).map(|n| n.0),
+            Some(family.to_string())
+        );
     }
 }

@@ -4,6 +4,7 @@ pub mod clock;
 pub mod cycle;
 pub mod identity;
 pub mod media;
+pub mod text;
 pub mod tokens;
 
 pub use clock::{Clock, ManualClock, SystemClock};

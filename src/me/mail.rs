@@ -14,9 +14,22 @@ use serde::Serialize;
 
 #[derive(Serialize)]
 struct SignInContext {
+    /// The account's name, when the mail is for one account.
     name: Option<String>,
+    /// Its link, or the newest account's.
     link: String,
     minutes: i64,
+    /// Every account with the address, each with its own link, when there are
+    /// several: the person chooses.
+    accounts: Vec<AccountLink>,
+}
+
+#[derive(Serialize)]
+struct AccountLink {
+    name: Option<String>,
+    /// When the account was created, as the locale writes a date.
+    since: String,
+    link: String,
 }
 
 /// The address of a link to the user's page.
@@ -35,52 +48,63 @@ pub async fn send_sign_in(state: actix_web::web::Data<AppState>, email: String) 
 async fn try_send(state: &AppState, email: &str) -> Result<(), String> {
     let db = state.ledger.db().clone();
     let typed = email.to_owned();
-    let found = actix_web::web::block(move || store::user_by_email(&db, &typed))
+    let accounts = actix_web::web::block(move || store::accounts_by_email(&db, &typed))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    let Some((user_id, address)) = found else {
+    let Some(newest) = accounts.first().cloned() else {
         tracing::info!("sign-in mail asked for an address no user has");
         return Ok(());
     };
-    let name = user_name(state, user_id).await?;
     let now = state.ledger.now().naive_utc();
-    let token = store::issue(
-        state.ledger.db(),
-        user_id,
-        TokenKind::Link,
-        now,
-        super::SIGN_IN_LINK_TTL,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let mut links = Vec::with_capacity(accounts.len());
+    for account in &accounts {
+        let token = store::issue(
+            state.ledger.db(),
+            account.user_id,
+            TokenKind::Link,
+            now,
+            super::SIGN_IN_LINK_TTL,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        links.push(AccountLink {
+            name: account.name.clone(),
+            since: crate::i18n::date(
+                account
+                    .created_at
+                    .and_utc()
+                    .with_timezone(&state.ledger.timezone())
+                    .date_naive(),
+                state.config.locale,
+            ),
+            link: link_url(&state.config.public_url, &token),
+        });
+    }
     let ctx = SignInContext {
-        name,
-        link: link_url(&state.config.public_url, &token),
+        name: newest.name.clone(),
+        link: links[0].link.clone(),
         minutes: super::SIGN_IN_LINK_TTL.num_minutes(),
+        accounts: if links.len() > 1 { links } else { Vec::new() },
     };
     let rendered = state
         .templates
         .render(Kind::SignIn, state.config.locale, &ctx)
         .map_err(|e| e.to_string())?;
     let mail = Outgoing {
-        to: address,
+        to: newest.email,
         rendered,
         message_id: format!(
-            "tokengate.sign-in-{user_id}.{}",
+            "tokengate.sign-in-{}.{}",
+            newest.user_id,
             now.and_utc().timestamp_micros()
         ),
     };
     state.mailer.send(&mail).await.map_err(|e| e.to_string())?;
-    tracing::info!(user = user_id, "sign-in mail sent");
+    tracing::info!(
+        user = newest.user_id,
+        accounts = accounts.len(),
+        "sign-in mail sent"
+    );
     Ok(())
-}
-
-async fn user_name(state: &AppState, user_id: i64) -> Result<Option<String>, String> {
-    let ledger = state.ledger.clone();
-    let summary = actix_web::web::block(move || ledger.user_summary(user_id))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    Ok(summary.name)
 }

@@ -128,19 +128,43 @@ pub async fn end_session(db: &Database, token: &str) -> Result<(), StoreError> {
     .await
 }
 
-/// The user a sign-in mail for `email` goes to: the newest user LibreChat sent with
-/// that address (compared without case). Suspended users may see their page too.
-pub fn user_by_email(db: &Database, email: &str) -> Result<Option<(i64, String)>, StoreError> {
+/// Most accounts one sign-in mail offers a link to.
+pub const MAX_ACCOUNTS_PER_MAIL: i64 = 5;
+
+/// An account a sign-in mail offers: LibreChat may have several with one address
+/// (an account made again, a second login method), each with a page of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub user_id: i64,
+    /// The address as LibreChat sent it, where the mail goes.
+    pub email: String,
+    pub name: Option<String>,
+    pub created_at: NaiveDateTime,
+}
+
+/// The accounts LibreChat sent with `email` (compared without case), newest first.
+/// Suspended users may see their page too.
+pub fn accounts_by_email(db: &Database, email: &str) -> Result<Vec<Account>, StoreError> {
     diesel::define_sql_function!(fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text);
     let mut c = db.conn()?;
-    let found: Option<(i64, Option<String>)> = users::table
+    let found: Vec<(i64, Option<String>, Option<String>, NaiveDateTime)> = users::table
         .filter(lower(users::email.assume_not_null()).eq(email.to_lowercase()))
         .filter(users::email.is_not_null())
         .order(users::id.desc())
-        .select((users::id, users::email))
-        .first(&mut c)
-        .optional()?;
-    Ok(found.and_then(|(id, e)| e.map(|e| (id, e))))
+        .select((users::id, users::email, users::name, users::created_at))
+        .limit(MAX_ACCOUNTS_PER_MAIL)
+        .load(&mut c)?;
+    Ok(found
+        .into_iter()
+        .filter_map(|(user_id, email, name, created_at)| {
+            email.map(|email| Account {
+                user_id,
+                email,
+                name,
+                created_at,
+            })
+        })
+        .collect())
 }
 
 /// Limits on attempts of one kind: per subject (an address typed, a user) and per

@@ -470,3 +470,50 @@ async fn a_user_opens_their_page_from_the_alert_redeems_a_code_and_gets_credits_
     save(&client, "me-whole").await;
     client.close().await.unwrap();
 }
+
+/// The README's way to the dashboard when only `/me` is published: `ssh -L` and
+/// http://localhost:PORT/admin, while `TOKENGATE_PUBLIC_URL` names the https
+/// address users know. Signing in and every form after it work there alike.
+#[actix_web::test]
+async fn an_admin_through_an_ssh_tunnel_signs_in_and_acts() {
+    let app = spawn_app(TestOptions {
+        env: vec![("TOKENGATE_PUBLIC_URL", "https://tokens.example.test".into())],
+        ..TestOptions::default()
+    })
+    .await;
+    let res = app
+        .chat_as(
+            "tunnel-user",
+            &chat_body("fake-model", "oi", false, Some(5)),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let user = app.user_id("tunnel-user");
+    let local = app.address.replace("127.0.0.1", "localhost");
+    let driver = chromedriver().await;
+    let client = chromium(&driver, 1280, 1000).await;
+    client.goto(&format!("{local}/admin")).await.unwrap();
+    let form = client
+        .form(Locator::Css("form[action='/admin/login']"))
+        .await
+        .unwrap();
+    form.set_by_name("email", ADMIN_EMAIL).await.unwrap();
+    form.set_by_name("password", ADMIN_PASSWORD).await.unwrap();
+    form.submit().await.unwrap();
+    expect_text(&client, "main h1", "Visão geral").await;
+    client
+        .goto(&format!("{local}/admin/users/{user}"))
+        .await
+        .unwrap();
+    let grant = client
+        .form(Locator::Css(&format!(
+            "form[action='/admin/users/{user}/credits']"
+        )))
+        .await
+        .unwrap();
+    grant.set_by_name("tokens", "1.000").await.unwrap();
+    grant.submit().await.unwrap();
+    text_when(&client, "p.flash.ok", |t| t.contains("Créditos concedidos")).await;
+    client.close().await.unwrap();
+    assert_eq!(app.summary("tunnel-user").credits, 1_000);
+}

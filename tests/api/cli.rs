@@ -163,3 +163,163 @@ fn migration_folders_have_identical_names() {
     assert!(!names("sqlite").is_empty());
     assert_eq!(names("sqlite"), names("postgres"));
 }
+
+/// Every command ends quietly when its reader goes away (`| head -1`): no panic, no
+/// backtrace, success. The list is long enough to fill the pipe.
+#[actix_web::test]
+async fn every_command_ends_quietly_on_a_closed_pipe() {
+    let app = spawn_app(TestOptions::default()).await;
+    for i in 0..1_500 {
+        let email = tokengate::domain::Email::parse(&format!("pessoa{i:04}@example.com")).unwrap();
+        app.ledger()
+            .create_user_by_email(
+                &email,
+                Some("Pessoa com um nome comprido o bastante"),
+                &tokengate::ledger::Actor::Cli,
+            )
+            .unwrap();
+    }
+    for args in ["users list", "users list --json"] {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!("set -o pipefail; \"$TG\" {args} | head -1"))
+            .env("TG", env!("CARGO_BIN_EXE_tokengate"))
+            .env("TOKENGATE_DATABASE_URL", &app.db.url)
+            .env(test_now_env().0, test_now_env().1)
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args}: {stderr}");
+        assert!(out.status.success(), "{args}: {:?} {stderr}", out.status);
+        assert_eq!(text(&out.stdout).lines().count(), 1);
+    }
+}
+
+/// `tokengate check` reports every check, the mail server's too, when LiteLLM is
+/// down: before, it stopped at the first failure.
+#[actix_web::test]
+async fn check_reports_every_check() {
+    let db = TestDb::new();
+    let closed = free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .arg("check")
+        .env("TOKENGATE_DATABASE_URL", &db.url)
+        .env(
+            "TOKENGATE_UPSTREAM_URL",
+            format!("http://127.0.0.1:{closed}/v1"),
+        )
+        .env("TOKENGATE_SMTP_URL", format!("smtp://127.0.0.1:{closed}"))
+        .env("TOKENGATE_SMTP_TIMEOUT_SECS", "2")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(!out.status.success());
+    assert!(stdout.contains("configuration: ok"), "{stdout}");
+    assert!(
+        stdout.contains(": ok") && stdout.contains("database"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("upstream") && l.contains("FAILED")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("mail") && l.contains("FAILED")),
+        "{stdout}"
+    );
+    assert!(text(&out.stderr).contains("2 of 3 checks failed"));
+}
+
+/// Everything tokengate makes on disk is its own (0700 folders, 0600 files),
+/// whatever the umask it was started with; what an earlier release left open is
+/// closed at start. They hold the dashboard's session key, emails and code digests.
+#[actix_web::test]
+async fn the_files_tokengate_leaves_on_disk_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let db_url = format!("sqlite://{}/tokengate.db", data.display());
+    let fake = crate::fake_provider::FakeProvider::start();
+    let port = free_port();
+    let run = |args: &str| {
+        let mut child = Command::new("bash")
+            .arg("-c")
+            .arg(format!("umask 022; exec \"$TG\" {args}"))
+            .env("TG", env!("CARGO_BIN_EXE_tokengate"))
+            .env("TOKENGATE_DATABASE_URL", &db_url)
+            .env("TOKENGATE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("TOKENGATE_UPSTREAM_URL", fake.base_url())
+            .env("TOKENGATE_CLIENT_KEYS", CLIENT_KEY)
+            .env("TOKENGATE_MAIL_DIR", data.join("mail"))
+            .env(test_now_env().0, test_now_env().1)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        if args.is_empty() {
+            TokengateProcess::adopt(child)
+        } else {
+            assert!(child.wait().unwrap().success(), "{args}");
+            TokengateProcess::adopt(child)
+        }
+    };
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let files = |data: &std::path::Path| -> Vec<(std::path::PathBuf, u32)> {
+        let mut found = vec![(data.to_path_buf(), mode(data))];
+        for sub in ["", "spool", "mail"] {
+            for entry in std::fs::read_dir(data.join(sub))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                found.push((entry.path(), mode(&entry.path())));
+            }
+        }
+        found
+    };
+    let server = run("");
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&client, &base).await;
+    assert_eq!(
+        chat_process(
+            &client,
+            &base,
+            USER,
+            &chat_body("fake-model", "oi", false, Some(5))
+        )
+        .await
+        .status(),
+        200
+    );
+    drop(run("mail test ana@example.com"));
+    let made = files(&data);
+    assert!(
+        made.iter().any(|(p, _)| p.ends_with("tokengate.db-wal")),
+        "{made:?}"
+    );
+    assert!(
+        made.iter()
+            .any(|(p, _)| p.extension().is_some_and(|e| e == "eml")),
+        "{made:?}"
+    );
+    for (path, m) in &made {
+        let private = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(*m, private, "{} is {m:o}", path.display());
+    }
+    drop(server);
+    // Left open by an earlier release: closed at the next start.
+    for (path, _) in &made {
+        let open = if path.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(open)).unwrap();
+    }
+    let _server = run("");
+    wait_ready(&client, &base).await;
+    let db_file = data.join("tokengate.db");
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&db_file), 0o600);
+}

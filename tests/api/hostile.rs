@@ -344,3 +344,25 @@ async fn a_body_sent_in_pieces_is_read_whole_and_held_to_the_limit() {
             .is_none()
     );
 }
+
+/// A name that turns itself around on screen ("Ana" then a right-to-left override)
+/// loses its direction controls before it is stored, so the dashboard and the mails
+/// show what was really sent.
+#[actix_web::test]
+async fn names_lose_their_direction_controls() {
+    let app = spawn_app(TestOptions::default()).await;
+    let spoof = format!(
+        "b64:{}",
+        base64::engine::general_purpose::STANDARD.encode("Ana \u{202E}nimdA\u{2066}x\u{2069}")
+    );
+    let res = app
+        .post("/v1/chat/completions")
+        .header("x-librechat-user-id", "bidi-1")
+        .header("x-librechat-user-name", spoof)
+        .body(chat_body("fake-model", "oi", false, Some(5)).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(app.summary("bidi-1").name.as_deref(), Some("Ana nimdAx"));
+}

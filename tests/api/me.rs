@@ -767,3 +767,49 @@ async fn the_page_in_english() {
     let mail = smtp.wait_for(1).await;
     assert_eq!(mail[0].subject, "Your link to see your token balance");
 }
+
+/// Two LibreChat accounts with one email (an account made again, or a second way to
+/// log in): the sign-in mail offers each its own link, named, and each opens its own
+/// page. Before, the link always opened the newest account's page, and the other
+/// could never be reached.
+#[actix_web::test]
+async fn an_email_with_two_accounts_gets_a_link_for_each() {
+    let smtp = SmtpServer::start(SmtpOptions::default()).await;
+    let app = me_app(&smtp).await;
+    chat_user(
+        &app,
+        "conta-antiga",
+        "dupla@example.com",
+        "Ana Antiga",
+        "fake-model",
+        5,
+    )
+    .await;
+    app.advance_clock(chrono::Duration::days(3));
+    chat_user(
+        &app,
+        "conta-nova",
+        "Dupla@Example.com",
+        "Ana Nova",
+        "fake-model",
+        9,
+    )
+    .await;
+    let (status, _) = ask_for_link(&app, &browser(), "dupla@example.com").await;
+    assert_eq!(status, 200);
+    let mail = smtp.wait_for(1).await;
+    let text = &mail[0].text;
+    assert!(text.contains("mais de uma conta"), "{text}");
+    for name in ["Ana Antiga", "Ana Nova"] {
+        // Each account's link comes after its name, and opens that account's page.
+        let from = text
+            .find(name)
+            .unwrap_or_else(|| panic!("{name} not offered: {text}"));
+        let path = link_path(&text[from..]);
+        let client = browser();
+        let res = use_link(&app, &client, &path).await;
+        assert_eq!(res.status(), 303);
+        let html = page(&app, &client).await.text().await.unwrap();
+        assert!(html.contains(name), "{name}'s link opened another page");
+    }
+}

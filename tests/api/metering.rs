@@ -933,6 +933,16 @@ async fn stalls_and_unreadable_answers_get_clear_errors_and_cost_only_what_was_d
         body["error"]["message"],
         "O serviço de IA não respondeu a tempo. Tente de novo."
     );
+    // Recorded as answered: a 504, not a 502.
+    let record = app
+        .ledger()
+        .recent_usage(app.user_id(USER), 1)
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        (record.outcome.as_str(), record.status, record.charged),
+        ("upstream_timeout", 504, 0)
+    );
 
     // 200 with an HTML page instead of an answer: 502, nothing charged.
     for stream in [false, true] {
