@@ -9,6 +9,10 @@ LITELLM_VENV="$CACHE_DIR/litellm-$LITELLM_VERSION"
 NPM_PACKAGES="librechat-data-provider@0.8.524 @librechat/agents@3.9.2 js-yaml@4.1.0"
 NPM_DIR="$CACHE_DIR/npm-$(printf '%s' "$NPM_PACKAGES" | sha256sum | cut -c1-12)"
 
+# The release before this one: the commit every migration of this one must keep
+# working (docs/upgrades.md). Move it to this release's last commit once it lands.
+PREVIOUS_RELEASE="cc1ac28e29e13438dd6698d7c3dba65933e8db73"
+
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 warn() { printf 'warning: %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -155,3 +159,39 @@ ensure_podman() {
     || { rm -rf "$root" "$root.log"; die "podman import of the base image failed"; }
   rm -rf "$root" "$root.log"
 }
+
+# Builds the previous release's binary (PREVIOUS_RELEASE) into PREVIOUS_BIN, once per
+# commit. It is built from `git archive` of that commit, renamed (package, library
+# and binary tokengate-previous) so that it shares this checkout's target folder,
+# and with it every compiled dependency, without replacing any of this checkout's
+# own files.
+ensure_previous_release() {
+  local root cache src
+  root=$(pwd)
+  cache="$CACHE_DIR/previous-release-$PREVIOUS_RELEASE"
+  PREVIOUS_BIN="$cache/tokengate"
+  [ -x "$PREVIOUS_BIN" ] && return 0
+  git cat-file -e "$PREVIOUS_RELEASE^{commit}" 2>/dev/null \
+    || die "the previous release $PREVIOUS_RELEASE is not in this clone (a shallow clone? git fetch --unshallow)"
+  log "building the previous release ${PREVIOUS_RELEASE:0:12} (for the upgrade test; cached afterwards)"
+  src=$(mktemp -d /tmp/tokengate-previous.XXXXXX)
+  git archive "$PREVIOUS_RELEASE" | tar -x -C "$src"
+  python3 - "$src/Cargo.toml" <<'PY'
+import re, sys
+path = sys.argv[1]
+text = open(path).read()
+text = text.replace('name = "tokengate"', 'name = "tokengate-previous"', 1)
+text = text.replace('[lib]\n', '[lib]\nname = "tokengate_previous"\n', 1)
+text = re.sub(r'\[\[bin\]\]\nname = "tokengate"', '[[bin]]\nname = "tokengate-previous"', text, count=1)
+open(path, "w").write(text)
+main = path.replace("Cargo.toml", "src/main.rs")
+code = open(main).read().replace("tokengate::", "tokengate_previous::")
+open(main, "w").write(code)
+PY
+  (cd "$src" && CARGO_TARGET_DIR="$root/target" cargo build --quiet --bin tokengate-previous) \
+    || { rm -rf "$src"; die "the previous release did not build"; }
+  mkdir -p "$cache"
+  cp "$root/target/debug/tokengate-previous" "$PREVIOUS_BIN"
+  rm -rf "$src"
+}
+

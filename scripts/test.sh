@@ -6,7 +6,8 @@
 # and the official openai SDK installed from PyPI, and real SMTP servers (Debian's
 # python3-aiosmtpd) and a headless Chromium (Debian's) started by the tests,
 # LibreChat's own npm packages and Debian's docker-compose for the deployment pack,
-# and Podman with a debootstrapped Debian base to build and run the Dockerfile.
+# and Podman with a debootstrapped Debian base to build and run the Dockerfile, and
+# the previous release's binary (built from its commit) beside this one.
 # Stops everything it started. Browser screenshots land in test-artifacts/screenshots/.
 # Ends with a bounded coverage-guided fuzzing run (scripts/fuzz.sh).
 #
@@ -39,6 +40,9 @@ ensure_browser
 ensure_npm_packages
 ensure_compose
 ensure_podman
+# The previous release's binary, for the rolling-upgrade test (built into the same
+# target folder first: it shares the dependencies the tests build next).
+ensure_previous_release
 WORK=$(mktemp -d /tmp/tokengate-test.XXXXXX)
 cleanup() {
   stop_throwaway_postgres
@@ -54,6 +58,7 @@ export TOKENGATE_TEST_LITELLM="$LITELLM_VENV/bin/litellm"
 export TOKENGATE_TEST_PYTHON="$LITELLM_VENV/bin/python"
 export TOKENGATE_TEST_SMTP_PYTHON=/usr/bin/python3
 export TOKENGATE_TEST_NODE_MODULES="$NPM_DIR/node_modules"
+export TOKENGATE_TEST_PREVIOUS_BIN="$PREVIOUS_BIN"
 
 # The container image is built and run by a test (deploy::the_image_runs_...) with
 # Podman, on a Debian base made with debootstrap.

@@ -483,7 +483,18 @@ pub fn tokengate_process(
     upstream: &str,
     env: &[(&str, String)],
 ) -> TokengateProcess {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"));
+    process_of(env!("CARGO_BIN_EXE_tokengate"), port, db_url, upstream, env)
+}
+
+/// `tokengate_process` of another build of tokengate (the previous release's).
+pub fn process_of(
+    binary: &str,
+    port: u16,
+    db_url: &str,
+    upstream: &str,
+    env: &[(&str, String)],
+) -> TokengateProcess {
+    let mut cmd = std::process::Command::new(binary);
     cmd.env("TOKENGATE_LISTEN", format!("127.0.0.1:{port}"))
         .env("TOKENGATE_DATABASE_URL", db_url)
         .env("TOKENGATE_UPSTREAM_URL", upstream)

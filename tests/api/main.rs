@@ -27,4 +27,5 @@ mod smtp;
 mod surface;
 mod title;
 mod unreservable;
+mod upgrades;
 mod worst_case;

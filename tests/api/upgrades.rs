@@ -1,0 +1,122 @@
+//! Rolling upgrades: while replicas of the previous release still run, one of this
+//! release starts and migrates the database; the previous release keeps serving,
+//! metering and sending mail against it (docs/upgrades.md: every migration expands,
+//! and contracts only a release later). The previous release's binary is built from
+//! its own commit by `scripts/test.sh` (`TOKENGATE_TEST_PREVIOUS_BIN`). Before, a
+//! credit mail written by a new release made the previous one's mail worker fail on
+//! every claim, and it sent nothing at all until replaced.
+
+use crate::helpers::*;
+use crate::smtp::{SmtpOptions, SmtpServer};
+use serde_json::Value;
+use tokengate::domain::TokenAmount;
+use tokengate::ledger::parse_user_ref;
+
+fn previous_binary() -> String {
+    std::env::var("TOKENGATE_TEST_PREVIOUS_BIN").expect(
+        "TOKENGATE_TEST_PREVIOUS_BIN: the previous release's binary (scripts/test.sh builds it)",
+    )
+}
+
+async fn chat(client: &reqwest::Client, base: &str, user: &str, body: &Value) {
+    let res = chat_process(client, base, user, body).await;
+    assert_eq!(res.status(), 200, "{base}");
+    res.bytes().await.unwrap();
+}
+
+#[actix_web::test]
+async fn the_previous_release_serves_and_mails_beside_this_one_after_it_migrates() {
+    let db = TestDb::new();
+    let fake = crate::fake_provider::FakeProvider::start();
+    let smtp = SmtpServer::start(SmtpOptions::default()).await;
+    let client = reqwest::Client::new();
+    let mail = |instance: &str| {
+        vec![
+            ("TOKENGATE_INSTANCE_ID", instance.to_owned()),
+            ("TOKENGATE_SMTP_URL", smtp.url()),
+            ("TOKENGATE_ADMIN_EMAILS", "admin@example.com".to_owned()),
+            ("TOKENGATE_MAIL_RETRY_BASE_SECS", "0.2".to_owned()),
+        ]
+    };
+    // The previous release runs alone, on its own schema.
+    let (p_port, n_port) = (free_port(), free_port());
+    let previous = process_of(
+        &previous_binary(),
+        p_port,
+        &db.url,
+        &fake.base_url(),
+        &mail("previous"),
+    );
+    let p_base = format!("http://127.0.0.1:{p_port}");
+    wait_ready(&client, &p_base).await;
+    let small = chat_body("fake-model", "Olá, tudo bem?", true, Some(20));
+    chat(&client, &p_base, "antes-1", &small).await;
+
+    // This release starts beside it and migrates; both serve.
+    let new = tokengate_process(n_port, &db.url, &fake.base_url(), &mail("new"));
+    let n_base = format!("http://127.0.0.1:{n_port}");
+    wait_ready(&client, &n_base).await;
+    for i in 0..6 {
+        let user = format!("durante-{}", i % 3);
+        let base = if i % 2 == 0 { &p_base } else { &n_base };
+        chat(&client, base, &user, &small).await;
+    }
+    let ledger = observer_ledger(&db.url, &fake.base_url());
+    no_holds_left(&ledger).await;
+
+    // The previous release alone again (this one stopped, as in a rollback or a
+    // deploy still under way): a credit request written by this release's code,
+    // whose mail has no alert, is mailed by the previous release's worker, and so
+    // is the alert of a user it takes past 80%.
+    drop(new);
+    let asker = ledger
+        .find_user(&parse_user_ref("durante-0"))
+        .unwrap()
+        .unwrap();
+    // This release's code writes it: mailed to the admins, with no alert.
+    let writer = observer_ledger(&db.url, &fake.base_url()).with_alert_policy(
+        tokengate::alerts::AlertPolicy {
+            thresholds: vec![80, 100],
+            admin_emails: vec!["admin@example.com".into()],
+        },
+    );
+    writer
+        .request_credits(
+            asker,
+            TokenAmount::new(50_000).unwrap(),
+            Some("para o projeto"),
+        )
+        .unwrap();
+    ledger
+        .create_plan("Pequeno", 1_000, true, &tokengate::ledger::Actor::Cli)
+        .unwrap();
+    // `fill` writes to its limit: past 80% of the plan's 1,000.
+    let heavy = chat_body("fill", "Olá", false, Some(800));
+    chat(&client, &p_base, "perto-do-fim", &heavy).await;
+    let received = smtp.wait_for(2).await;
+    let subjects: Vec<&str> = received.iter().map(|m| m.subject.as_str()).collect();
+    assert!(
+        subjects
+            .iter()
+            .any(|s| s.starts_with("Pedido de créditos") && s.contains("50.000")),
+        "the credit request was not mailed: {subjects:?}"
+    );
+    assert!(
+        subjects.iter().any(|s| s.contains("80%")),
+        "the alert was not mailed: {subjects:?}"
+    );
+
+    // Everything both releases charged adds up.
+    for user in [
+        "antes-1",
+        "durante-0",
+        "durante-1",
+        "durante-2",
+        "perto-do-fim",
+    ] {
+        let id = ledger.find_user(&parse_user_ref(user)).unwrap().unwrap();
+        assert!(ledger.check_invariant(id).unwrap().holds(), "{user}");
+        assert!(!ledger.usage_records(id).unwrap().is_empty(), "{user}");
+    }
+    drop(previous);
+}
