@@ -302,6 +302,35 @@ async fn librechat_shows_the_block_text_with_the_stacks_block_status() {
         format!("An error occurred while processing the request: {status} {block}")
     );
     assert_eq!(result["inline"], true, "folded away: {shows}");
+    // v0.8.8-rc4 and later: a headline naming the status, the block text under it,
+    // inline.
+    let terminal = &result["terminal"];
+    assert_eq!(
+        terminal["headline"],
+        format!("The model provider could not complete this request (status {status}).").as_str(),
+        "{result}"
+    );
+    assert_eq!(
+        terminal["detail"],
+        format!("{status} {block}").as_str(),
+        "{result}"
+    );
+    assert_eq!(terminal["inline"], true, "{result}");
+    // With content protection on, or no provider text allowed, the headline alone:
+    // the README warns operators.
+    for withheld in ["terminal_protected", "terminal_no_text"] {
+        assert_eq!(
+            result[withheld]["detail"],
+            serde_json::Value::Null,
+            "{withheld}: {result}"
+        );
+        assert!(
+            result[withheld]["headline"]
+                .as_str()
+                .unwrap()
+                .contains(&status)
+        );
+    }
 }
 
 /// A 429 (the default, the OpenAI convention): LibreChat up to v0.8.8-rc1 shows the
@@ -318,6 +347,7 @@ async fn a_429_block_reaches_older_librechat_and_is_a_rate_limit_to_newer() {
         result["librechat_shows"], r#"{"type":"model_rate_limit"}"#,
         "{result}"
     );
+    assert_eq!(result["terminal"]["type"], "model_rate_limit", "{result}");
 }
 
 /// LibreChat with the endpoint's "Use Responses API" switch on posts to

@@ -12,7 +12,14 @@
 //   librechat-data-provider's own);
 // - `inline` is whether LibreChat's client shows that text in the bubble rather than
 //   folded under "details": at most 240 characters, no newline, and no `{` (which it
-//   would parse as a JSON payload).
+//   would parse as a JSON payload);
+// - `terminal` is what LibreChat v0.8.8-rc3 and later store instead for a turn whose
+//   model call failed, and what their client shows of it: `terminal.headline` ("The
+//   model provider could not complete this request (status 402).") and, under it,
+//   `terminal.detail`, the provider's text, shown inline when `terminal.inline`.
+//   `terminal_protected` is the same with content protection on (any `filters.*.pii`,
+//   a legacy `messageFilter.pii`), `terminal_no_text` with
+//   `endpoints.agents.maxProviderErrorChars: 0`: the headline alone.
 //
 //   node librechat_client.mjs BASE_URL API_KEY USER_ID EMAIL NAME [responses]
 //
@@ -20,9 +27,55 @@
 // endpoint's "Use Responses API" switch is on: it posts to {baseURL}/responses.
 import { getChatModelClass, Providers, HumanMessage } from '@librechat/agents';
 import {
+  DEFAULT_MAX_PROVIDER_ERROR_CHARS,
+  ErrorTypes,
   parseLangChainErrorCode,
   stripLangChainTroubleshootingUrl,
 } from 'librechat-data-provider';
+
+// LibreChat's server (packages/api/src/agents/failures/terminal.ts,
+// `getUserFacingError`, v0.8.8-rc4 and later; rc3 always withheld the text): an
+// error LangChain classified as MODEL_RATE_LIMIT or MODEL_NOT_FOUND becomes its typed
+// payload; any other becomes "The model provider could not complete this request."
+// and a payload with the status and, unless content protection is on, the
+// provider's text (without LangChain's troubleshooting URL, cut to
+// `maxProviderErrorChars`). Its package, @librechat/api, is not published: these
+// lines follow it, with librechat-data-provider's own helpers.
+function stored(err, classified, { protectionEnabled, maxProviderErrorChars }) {
+  if (classified) return JSON.stringify({ type: classified.toLowerCase() });
+  const limit = Number.isSafeInteger(maxProviderErrorChars) && maxProviderErrorChars >= 0
+    ? maxProviderErrorChars
+    : DEFAULT_MAX_PROVIDER_ERROR_CHARS;
+  const raw = typeof err?.message === 'string' ? err.message : undefined;
+  const text = raw === undefined
+    ? undefined
+    : stripLangChainTroubleshootingUrl(raw.slice(0, limit + 256)).slice(0, limit).trim();
+  const status = err?.status ?? null;
+  const payload = {
+    type: ErrorTypes.UPSTREAM_MODEL_ERROR,
+    ...(status != null ? { status } : {}),
+    ...(protectionEnabled === false && text ? { message: text } : {}),
+  };
+  return `The model provider could not complete this request.\n${JSON.stringify(payload)}`;
+}
+
+// LibreChat's client (client/src/components/Messages/Content/Error/ModelError.tsx
+// and parts.tsx): the headline names the status; the provider's text goes under
+// it, inline when it has at most 240 characters and no line break.
+function shown(storedText) {
+  const json = JSON.parse(storedText.slice(storedText.indexOf('{')));
+  if (json.type !== ErrorTypes.UPSTREAM_MODEL_ERROR) return { stored: storedText, type: json.type };
+  const headline = json.status != null
+    ? `The model provider could not complete this request (status ${json.status}).`
+    : 'The model provider could not complete this request.';
+  const detail = json.message ?? null;
+  return {
+    stored: storedText,
+    headline,
+    detail,
+    inline: detail !== null && detail.length <= 240 && !/[\r\n]/.test(detail),
+  };
+}
 
 const [baseURL, apiKey, userId, email, name, api] = process.argv.slice(2);
 const useResponsesApi = api === 'responses';
@@ -76,6 +129,7 @@ try {
   const shows = classified
     ? JSON.stringify({ type: stamped.toLowerCase() })
     : `An error occurred while processing the request: ${stripLangChainTroubleshootingUrl(message)}`;
+  const kind = classified ? stamped : null;
   console.log(
     JSON.stringify({
       error: message,
@@ -85,6 +139,9 @@ try {
       lc_error_code: stamped ?? null,
       librechat_shows: shows,
       inline: !classified && shows.length <= 240 && !/[\r\n{]/.test(shows),
+      terminal: shown(stored(err, kind, { protectionEnabled: false })),
+      terminal_protected: shown(stored(err, kind, { protectionEnabled: true })),
+      terminal_no_text: shown(stored(err, kind, { protectionEnabled: false, maxProviderErrorChars: 0 })),
     }),
   );
 }
