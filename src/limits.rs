@@ -7,10 +7,11 @@
 //!   likes. What did not arrive in time is an error the handler answers with 408,
 //!   closing the connection;
 //! - one client (its address, behind trusted proxies the one they name) may have at
-//!   most `TOKENGATE_CLIENT_REQUESTS` (32) requests open at once on the pages that
-//!   face the internet (`/me`, `/admin`, `/static`); past that, 429 at once. `/v1`
-//!   is not counted: its one client, LibreChat, speaks for all its users, and it
-//!   holds a client key.
+//!   most `TOKENGATE_CLIENT_REQUESTS` (32) request bodies arriving at once on the
+//!   pages that face the internet (`/me`, `/admin`, `/static`); past that, 429 at
+//!   once. A body that has arrived gives its slot back, so people sending forms at
+//!   the same moment, even from one address, are not held up. `/v1` is not counted:
+//!   its one client, LibreChat, speaks for all its users, and it holds a client key.
 
 use crate::startup::AppState;
 use actix_web::body::{BoxBody, MessageBody};
@@ -46,36 +47,39 @@ pub async fn guard(
     let config = &state.config;
     let has_body = req.headers().contains_key(header::CONTENT_LENGTH)
         || req.headers().contains_key(header::TRANSFER_ENCODING);
-    if has_body {
-        let payload = req.take_payload();
-        req.set_payload(Payload::from(Box::pin(TimedBody::new(
-            payload,
-            config.body_timeout,
-            BODY_PAUSE,
-        ))
-            as Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>));
-    }
-    let path = req.path();
-    let public = ["/me", "/admin", "/static"].iter().any(|p| {
-        path.strip_prefix(p)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    });
-    if !public {
+    if !has_body {
         return next
             .call(req)
             .await
             .map(ServiceResponse::map_into_boxed_body);
     }
-    let client = crate::net::client_address(req.request(), &config.trusted_proxies);
-    let Some(_slot) = state.client_slots.take(&client) else {
-        tracing::info!(client = %client, "too many requests open from one client; refused");
-        let page = HttpResponse::TooManyRequests()
-            .insert_header((header::CONNECTION, "close"))
-            .insert_header((header::RETRY_AFTER, "10"))
-            .content_type("text/plain; charset=utf-8")
-            .body("Muitos pedidos abertos deste endereço; tente de novo em instantes. / Too many requests open from this address; try again in a moment.");
-        return Ok(req.into_response(page));
+    // A body on a page facing the internet takes one of its client's slots until it
+    // has arrived.
+    let path = req.path();
+    let public = ["/me", "/admin", "/static"].iter().any(|p| {
+        path.strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    });
+    let slot = if public {
+        let client = crate::net::client_address(req.request(), &config.trusted_proxies);
+        let Some(slot) = state.client_slots.take(&client) else {
+            tracing::info!(client = %client, "too many request bodies open from one client; refused");
+            let page = HttpResponse::TooManyRequests()
+                .insert_header((header::CONNECTION, "close"))
+                .insert_header((header::RETRY_AFTER, "10"))
+                .content_type("text/plain; charset=utf-8")
+                .body("Muitos pedidos abertos deste endereço; tente de novo em instantes. / Too many requests open from this address; try again in a moment.");
+            return Ok(req.into_response(page));
+        };
+        Some(slot)
+    } else {
+        None
     };
+    let payload = req.take_payload();
+    let timed = TimedBody::new(payload, config.body_timeout, BODY_PAUSE, slot);
+    req.set_payload(Payload::from(
+        Box::pin(timed) as Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>
+    ));
     next.call(req)
         .await
         .map(ServiceResponse::map_into_boxed_body)
@@ -86,17 +90,19 @@ pub fn timed_out(e: &PayloadError) -> bool {
     matches!(e, PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
 }
 
-/// A request body that must arrive by a deadline, and without long pauses.
+/// A request body that must arrive by a deadline, and without long pauses. It holds
+/// its client's slot (on the public pages) until it has arrived, or failed.
 struct TimedBody {
     inner: Payload,
     deadline: Pin<Box<Sleep>>,
     pause: Duration,
     quiet: Pin<Box<Sleep>>,
     over: bool,
+    slot: Option<Slot>,
 }
 
 impl TimedBody {
-    fn new(inner: Payload, within: Duration, pause: Duration) -> Self {
+    fn new(inner: Payload, within: Duration, pause: Duration, slot: Option<Slot>) -> Self {
         let now = Instant::now();
         Self {
             inner,
@@ -104,6 +110,7 @@ impl TimedBody {
             pause,
             quiet: Box::pin(tokio::time::sleep_until(now + pause)),
             over: false,
+            slot,
         }
     }
 }
@@ -121,7 +128,11 @@ impl Stream for TimedBody {
                 self.quiet.as_mut().reset(next);
                 return Poll::Ready(Some(Ok(bytes)));
             }
-            Poll::Ready(other) => return Poll::Ready(other),
+            Poll::Ready(other) => {
+                // The whole body is in (or it broke): the slot goes back.
+                self.slot = None;
+                return Poll::Ready(other);
+            }
             Poll::Pending => {}
         }
         let late =
@@ -130,6 +141,7 @@ impl Stream for TimedBody {
             return Poll::Pending;
         }
         self.over = true;
+        self.slot = None;
         Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "the request body did not arrive in time",

@@ -312,10 +312,24 @@ mod tests {
                 &json!({"transport": "smtp://mail:25", "from": "a@b.c"}),
             )?;
             assert!(r.subject.starts_with("tokengate"));
+            let two = t.render(
+                Kind::SignIn,
+                locale,
+                &json!({"name": "Ana", "link": "http://x/me/link/abc", "minutes": 30, "accounts": [
+                    {"name": "Ana", "since": "01/11/2026", "link": "http://x/me/link/abc"},
+                    {"name": null, "since": "02/11/2026", "link": "http://x/me/link/def"}]}),
+            )?;
+            // minijinja escapes "/" in HTML.
+            for part in [two.text.clone(), two.html.replace("&#x2f;", "/")] {
+                assert!(
+                    part.contains("/me/link/def") && part.contains("02/11/2026"),
+                    "{part}"
+                );
+            }
             let r = t.render(
                 Kind::SignIn,
                 locale,
-                &json!({"name": "Ana", "link": "http://x/me/link/abc", "minutes": 30}),
+                &json!({"name": "Ana", "link": "http://x/me/link/abc", "minutes": 30, "accounts": []}),
             )?;
             assert!(r.text.contains("http://x/me/link/abc"), "{}", r.text);
             // minijinja escapes "/" in HTML.

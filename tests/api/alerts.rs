@@ -842,11 +842,11 @@ async fn check_command_reaches_the_smtp_server() {
         actix_web::rt::task::spawn_blocking(move || tokengate_cmd(&env, &["check"]))
     };
     let out = run(env.clone()).await.unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(!out.status.success());
     assert!(
-        stderr.contains(&format!("mail ({})", smtp.url())),
-        "{stderr}"
+        stdout.contains(&format!("mail ({}): FAILED", smtp.url())),
+        "{stdout}"
     );
 
     smtp.up().await;

@@ -1,5 +1,5 @@
 -- Expand only: the previous release writes and reads these tables unaware of the
--- new columns (docs/operations.md, "Upgrades").
+-- new columns (docs/upgrades.md).
 --
 -- A hold keeps what its request's prompt costs, so that a hold left by a process
 -- that died mid-request is charged its prompt (the provider billed it) instead of
