@@ -67,8 +67,8 @@ pub enum ReserveOutcome {
     NotReservable,
     /// Only the holds of the user's own requests in flight keep this one from its
     /// whole limit (or from being served): nothing was written; try again once they
-    /// end (`patient`).
-    Crowded,
+    /// end (`patient`). `held` is what they held then (`Ledger::held`).
+    Crowded { user_id: i64, held: i64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -580,6 +580,15 @@ impl Ledger {
         let (user, actor) = (user.clone(), actor.clone());
         self.db
             .write_blocking(move |c| tx::set_suspended(c, &user, suspended, now, &actor))
+    }
+
+    /// What a user's requests in flight hold now: a read, without a lock.
+    pub fn held(&self, user_id: i64) -> Result<i64, StoreError> {
+        let mut conn = self.db.conn()?;
+        Ok(balances::table
+            .find(user_id)
+            .select(balances::held)
+            .first(&mut conn)?)
     }
 
     /// The dashboard's overview of usage and user states.

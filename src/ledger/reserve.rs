@@ -59,7 +59,13 @@ pub(super) fn reserve(
             remaining + bal.held,
         );
         if req.patient && bal.held > 0 && alone.better_than(&fit) {
-            return Ok((ReserveOutcome::Crowded, 0));
+            return Ok((
+                ReserveOutcome::Crowded {
+                    user_id,
+                    held: bal.held,
+                },
+                0,
+            ));
         }
     }
     if !fit.affordable {

@@ -132,8 +132,12 @@ pub fn parse_for<'a>(
     let fields = top_level(bytes)?;
     let get = |key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
     let model = match value_of(get("model"), "model")? {
+        // One model: LiteLLM sends a request naming several (`"a,b"`) to each of
+        // them, and answers with something that is not one answer.
         Some(Value::String(m))
-            if !m.trim().is_empty() && m.len() <= 256 && !m.chars().any(char::is_control) =>
+            if !m.trim().is_empty()
+                && m.len() <= 256
+                && !m.chars().any(|c| c.is_control() || c == ',') =>
         {
             m
         }
@@ -229,7 +233,13 @@ pub fn parse_for<'a>(
                 {
                     prompts = i64::try_from(list.len()).unwrap_or(i64::MAX);
                 }
-                estimate::prompt_input(Some(&p))
+                // A fill-in-the-middle `suffix` is prompt too, with each prompt.
+                let suffix = match value_of(get("suffix"), "suffix")? {
+                    None | Some(Value::Null) => 0,
+                    Some(Value::String(text)) => estimate::count_text(&text),
+                    Some(_) => return Err(ApiError::body(Problem::String, "suffix")),
+                };
+                estimate::prompt_input(Some(&p)).saturating_add(suffix.saturating_mul(prompts))
             }
             _ => return Err(ApiError::body(Problem::StringOrArray, "prompt")),
         },
@@ -332,7 +342,7 @@ fn is_read_above(key: &str, endpoint: Endpoint) -> bool {
             Endpoint::ChatCompletions => {
                 key == "messages" || estimate::DEFINITION_FIELDS.contains(&key)
             }
-            Endpoint::Completions => key == "prompt",
+            Endpoint::Completions => matches!(key, "prompt" | "suffix"),
             Endpoint::Embeddings => key == "input",
             Endpoint::Responses => {
                 matches!(key, "input" | "instructions" | "text")
@@ -406,8 +416,10 @@ fn message_list(raw: &RawValue, param: &'static str, empty: Problem) -> Result<L
     }
     let stored = if list.long_cache {
         Some(Unreservable::LongCache)
+    } else if list.stored_files > 0 {
+        Some(Unreservable::Stored(param))
     } else {
-        (list.stored_files > 0).then_some(Unreservable::Stored(param))
+        list.apart.map(|kind| Unreservable::Content(param, kind))
     };
     Ok(Listed {
         tokens: list.tokens,
@@ -920,6 +932,19 @@ mod tests {
         }
         assert!(parse(br#"{"model":"m","prompt":"a","best_of":21}"#, text).is_err());
         assert!(parse(br#"{"model":"m","prompt":[]}"#, text).is_err());
+    }
+
+    /// A fill-in-the-middle `suffix` is read by the model as much as the prompt.
+    #[test]
+    fn a_completions_suffix_is_estimated_with_each_prompt() {
+        let tokens = |body: Value| parse_json(body, Endpoint::Completions).unwrap();
+        let long = "fn main() { println!(\"oi\"); }\n".repeat(200);
+        let without = tokens(json!({"model": "m", "prompt": "a"}));
+        let with = tokens(json!({"model": "m", "prompt": "a", "suffix": long}));
+        assert_eq!(with - without, estimate::count_text(&long));
+        let two = tokens(json!({"model": "m", "prompt": ["a", "b"], "suffix": long}));
+        assert!(two >= 2 * estimate::count_text(&long));
+        assert!(parse_json(json!({"model": "m", "prompt": "a", "suffix": 5}), Endpoint::Completions).is_err());
     }
 
     #[test]

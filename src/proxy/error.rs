@@ -49,7 +49,7 @@ pub enum ApiError {
     UpstreamGarbled,
     #[error("The usage database is unavailable right now; requests are refused until it is back.")]
     StorageUnavailable,
-    #[error("Unknown API route: {0}")]
+    #[error("Unknown API route: {}", shown(.0))]
     NotFound(String),
     #[error("Internal error; the request was not charged.")]
     Internal,
@@ -132,11 +132,11 @@ impl BodyError {
                 "The request body could not be read: the connection broke. Send it again.".into()
             }
             (Problem::Model, _) if pt => {
-                "`model` deve ser um texto de 1 a 256 caracteres, sem caracteres de controle."
+                "`model` deve ser o nome de um só modelo: de 1 a 256 caracteres, sem vírgulas nem caracteres de controle."
                     .into()
             }
             (Problem::Model, _) => {
-                "`model` must be a non-empty string of at most 256 characters.".into()
+                "`model` must name one model: 1 to 256 characters, with no commas or control characters.".into()
             }
             (Problem::Boolean, _) if pt => format!("`{f}` deve ser true ou false."),
             (Problem::Boolean, _) => format!("`{f}` must be true or false."),
@@ -242,6 +242,10 @@ pub enum Unreservable {
     Feature(&'static str),
     /// A conversation, prompt, item or file kept at the provider, named by `param`.
     Stored(&'static str),
+    /// A part of the conversation the provider bills in a way its size does not
+    /// tell (a document by its pages, a video by its length, an image it fetches),
+    /// by the field it is in and its type.
+    Content(&'static str, String),
     /// A model that searches the web on every call.
     SearchModel(String),
     /// A `background` response of the Responses API.
@@ -258,6 +262,7 @@ impl Unreservable {
         match self {
             Self::Tool(_) => "tools",
             Self::WebSearch(f) | Self::Feature(f) | Self::Stored(f) => f,
+            Self::Content(f, _) => f,
             Self::SearchModel(_) => "model",
             Self::Background => "background",
             Self::LongCache => "cache_control",
@@ -298,6 +303,14 @@ impl Unreservable {
             Self::Stored(f) => format!(
                 "Part of this request is kept at the AI provider ({f}), which bills an amount not known in advance. Send the content itself."
             ),
+            Self::Content(_, kind) if pt => format!(
+                "Esta mensagem traz um conteúdo ({}) que o provedor de IA cobra por páginas ou duração, o que não se sabe antes. Envie como texto ou imagem.",
+                shown(kind)
+            ),
+            Self::Content(_, kind) => format!(
+                "This message carries content ({}) the AI provider bills by pages or length, which is not known in advance. Send it as text or an image.",
+                shown(kind)
+            ),
             Self::SearchModel(model) if pt => format!(
                 "O modelo {} busca na web a cada mensagem, o que o provedor de IA cobra à parte, e não está disponível aqui. Escolha outro modelo.",
                 shown(model)
@@ -323,12 +336,24 @@ impl Unreservable {
 }
 
 /// A name from the request inside a sentence LibreChat shows: short, one line, no
-/// braces (LibreChat parses `{...}` as JSON).
+/// braces (LibreChat parses `{...}` as JSON), and none at all when it holds words
+/// LibreChat takes for a context-length problem (it would cut the conversation and
+/// send it again).
 fn shown(name: &str) -> String {
-    name.chars()
+    let clean: String = name
+        .chars()
         .filter(|c| !c.is_control() && !matches!(c, '{' | '}'))
         .take(40)
-        .collect()
+        .collect();
+    let lower = clean.to_lowercase();
+    if ["context", "too long", "too large"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        "…".to_owned()
+    } else {
+        clean
+    }
 }
 
 impl ApiError {
@@ -377,7 +402,13 @@ impl ApiError {
     fn param(&self) -> Option<String> {
         match self {
             Self::InvalidBody(e) => e.param.map(str::to_owned),
-            Self::NotReservable(Unreservable::Unknown(field)) => Some(field.clone()),
+            Self::NotReservable(Unreservable::Unknown(field)) => Some(
+                field
+                    .chars()
+                    .filter(|c| !c.is_control() && !matches!(c, '{' | '}'))
+                    .take(64)
+                    .collect(),
+            ),
             Self::NotReservable(u) => Some(u.param().to_owned()),
             _ => None,
         }
@@ -427,7 +458,7 @@ impl ApiError {
                 "O controle de uso está fora do ar agora; os pedidos voltam a ser atendidos quando ele voltar. Tente de novo em alguns minutos."
             }
             Self::NotFound(route) => {
-                return Cow::Owned(format!("Rota de API desconhecida: {route}"));
+                return Cow::Owned(format!("Rota de API desconhecida: {}", shown(route)));
             }
             Self::Internal => "Erro interno; este pedido não foi cobrado.",
         };
@@ -538,6 +569,7 @@ mod tests {
             ApiError::UpstreamGarbled,
             ApiError::StorageUnavailable,
             ApiError::NotFound("GET /v1/files".into()),
+            ApiError::NotFound("POST /v1/{context}/too_long".into()),
             ApiError::Internal,
         ];
         for e in [
@@ -555,10 +587,13 @@ mod tests {
             Unreservable::WebSearch("web_search_options"),
             Unreservable::Feature("mcp_servers"),
             Unreservable::Stored("previous_response_id"),
+            Unreservable::Content("messages", "file".into()),
             Unreservable::SearchModel(long.clone()),
             Unreservable::Background,
             Unreservable::LongCache,
             Unreservable::Unknown(long.clone()),
+            Unreservable::Unknown("max_context_tokens".into()),
+            Unreservable::Tool("context too long x".into()),
         ] {
             errors.push(ApiError::NotReservable(u));
         }

@@ -226,6 +226,9 @@ pub struct Messages {
     /// A `cache_control` (of a message or a part) that keeps content at the
     /// provider for longer than an hour (`unreservable::long_cache`).
     pub long_cache: bool,
+    /// The first part the provider bills in a way its size does not tell (a file
+    /// read by pages, a video by its length, an image it fetches itself), by type.
+    pub apart: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for Messages {
@@ -248,6 +251,7 @@ impl<'de> Deserialize<'de> for Messages {
                     m.images = m.images.saturating_add(counted.images);
                     m.stored_files = m.stored_files.saturating_add(counted.stored_files);
                     m.long_cache |= counted.long_cache;
+                    m.apart = m.apart.or(counted.apart);
                     m.count += 1;
                 }
                 Ok(m)
@@ -363,6 +367,7 @@ struct Counted {
     images: i64,
     stored_files: i64,
     long_cache: bool,
+    apart: Option<String>,
 }
 
 impl Counted {
@@ -378,6 +383,9 @@ impl Counted {
         self.images = self.images.saturating_add(other.images);
         self.stored_files = self.stored_files.saturating_add(other.stored_files);
         self.long_cache |= other.long_cache;
+        if self.apart.is_none() {
+            self.apart = other.apart;
+        }
     }
 }
 
@@ -455,11 +463,14 @@ pub fn prompt_input(value: Option<&Value>) -> i64 {
     }
 }
 
-/// What a `content` array costs: text parts as text; images counted, to be priced
-/// for the model; audio at the most its size allows; a file named by its id or URL
-/// at the provider counted apart (its size is not here to price); other parts (a
-/// file sent inline among them) as their JSON text, which for a file's base64 is
-/// about a token per byte.
+/// What a `content` array costs. Only what its size prices is priced: text parts as
+/// text, an image sent inline (`data:image/...`) at the most the model bills for
+/// one (counted here, priced with the model), audio at the most its size allows.
+/// A file named at the provider is counted apart (`stored_files`); any other part
+/// is billed in a way its size does not tell, and is named in `apart`: a document
+/// (billed by its pages: a 7 KB PDF of a hundred pages bills as much as 160,000
+/// tokens), a video or audio by their length, an image the provider fetches from
+/// an address (which may be a PDF or a video), a type nobody here knows.
 fn content_parts(v: &Value) -> Counted {
     let mut total = Counted::default();
     let Value::Array(parts) = v else {
@@ -467,13 +478,16 @@ fn content_parts(v: &Value) -> Counted {
     };
     for part in parts {
         total.long_cache |= super::unreservable::long_cache(part.get("cache_control"));
-        match part.get("type").and_then(Value::as_str) {
-            Some("text" | "input_text") => total.add(Counted::text(
+        let kind = part.get("type").and_then(Value::as_str);
+        match kind {
+            Some("text" | "input_text" | "output_text" | "refusal") => total.add(Counted::text(
                 part.get("text")
                     .and_then(Value::as_str)
                     .map_or(0, count_text),
             )),
-            Some("image_url" | "input_image" | "image" | "computer_screenshot") => {
+            Some("image_url" | "input_image" | "image" | "computer_screenshot")
+                if inline_image(part) =>
+            {
                 total.images += 1;
             }
             Some("input_audio") => {
@@ -484,10 +498,43 @@ fn content_parts(v: &Value) -> Counted {
                 total.add(Counted::text(audio_tokens(data.len())));
             }
             Some("file" | "input_file") if is_stored_file(part) => total.stored_files += 1,
-            _ => total.add(Counted::text(count_text(&part.to_string()))),
+            other => {
+                if total.apart.is_none() {
+                    total.apart = Some(other.unwrap_or("?").chars().take(40).collect());
+                }
+                total.add(Counted::text(count_text(&part.to_string())));
+            }
         }
     }
     total
+}
+
+/// An image part that carries its image: a `data:` URL of a picture format (the
+/// Chat Completions and Responses shapes, a screenshot), or Anthropic's base64
+/// source. An address the provider would fetch itself is not one.
+fn inline_image(part: &Value) -> bool {
+    let url = part
+        .get("image_url")
+        .and_then(|u| u.as_str().or_else(|| u.get("url").and_then(Value::as_str)));
+    let picture = |mime: &str| {
+        matches!(
+            mime.to_ascii_lowercase().as_str(),
+            "image/png" | "image/jpeg" | "image/jpg" | "image/gif" | "image/webp"
+        )
+    };
+    match url {
+        Some(url) => url
+            .strip_prefix("data:")
+            .and_then(|rest| rest.split_once(";base64,"))
+            .is_some_and(|(mime, _)| picture(mime)),
+        None => {
+            part.pointer("/source/type").and_then(Value::as_str) == Some("base64")
+                && part
+                    .pointer("/source/media_type")
+                    .and_then(Value::as_str)
+                    .is_some_and(picture)
+        }
+    }
 }
 
 /// A file part that names a file (`file_id`, `file_url`), in the Chat Completions

@@ -46,9 +46,14 @@ impl Meter {
         delivered_text: &str,
         ttfb: Option<Duration>,
     ) -> Settlement {
+        // A request upstream took and did not answer in time was billed its prompt
+        // at least, as one whose client left.
         let charges = matches!(
             outcome,
-            Outcome::Completed | Outcome::ClientDisconnected | Outcome::UpstreamBroken
+            Outcome::Completed
+                | Outcome::ClientDisconnected
+                | Outcome::UpstreamBroken
+                | Outcome::UpstreamTimeout
         );
         let (prompt, completion, estimated) = match (charges, usage) {
             (false, _) => (0, 0, false),

@@ -39,11 +39,13 @@ pub const USER_NAME_HEADER: &str = "x-librechat-user-name";
 /// holds, which only errs on the safe side.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(2);
 /// Longest a request waits for its user's other requests in flight when their
-/// holds alone would cut it short or refuse it (`reserve`): about a title request's
-/// time at a provider. After it, it is served with what is left, or refused.
-const CROWDED_WAIT: Duration = Duration::from_secs(3);
-/// How often a crowded request looks again, for holds that end on another replica.
-const CROWDED_POLL: Duration = Duration::from_millis(100);
+/// holds alone would cut it short or refuse it (`reserve`): long enough for a title
+/// request at a slow reasoning model. After it, it is served with what is left, or
+/// refused.
+const CROWDED_WAIT: Duration = Duration::from_secs(10);
+/// How often a crowded request reads its user's holds again, for holds that end on
+/// another replica (a read, without a lock; it reserves again only when they shrank).
+const CROWDED_POLL: Duration = Duration::from_millis(200);
 
 /// Longest error body read from upstream before passing it on.
 const MAX_UPSTREAM_ERROR_BYTES: usize = 1 << 20;
@@ -298,16 +300,28 @@ async fn reserve(
                 drop(settler.submit(user, r.user_id, released));
             })
             .await?;
-        if outcome != ReserveOutcome::Crowded {
+        let ReserveOutcome::Crowded { user_id, held } = outcome else {
             break outcome;
+        };
+        // Wait until the holds shrink (woken by a settlement of this user's here;
+        // another replica's shows in a read), or the wait is over.
+        loop {
+            let left = crowded_until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                request.patient = false;
+                break;
+            }
+            state
+                .settler
+                .user_settled(&identity.key, left.min(CROWDED_POLL))
+                .await;
+            let ledger = state.ledger.clone();
+            match web::block(move || ledger.held(user_id)).await {
+                Ok(Ok(now)) if now >= held => {}
+                // Shrank, or cannot be read: try the reservation again.
+                _ => break,
+            }
         }
-        let left = crowded_until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            request.patient = false;
-            continue;
-        }
-        // Woken by any settlement here; another replica's shows when polled.
-        state.settler.next_settled(left.min(CROWDED_POLL)).await;
     };
     match outcome {
         ReserveOutcome::Reserved(r) => Ok(r),
@@ -331,14 +345,19 @@ async fn reserve(
                 state.config.support_contact.as_deref(),
             )))
         }
-        ReserveOutcome::NotReservable | ReserveOutcome::Crowded => {
+        ReserveOutcome::NotReservable => {
             state.metrics.record_rejection("not_reservable");
-            let what = admitted
-                .unreservable
-                .clone()
-                .unwrap_or(error::Unreservable::Background);
-            tracing::info!(user = %identity.key, model = %admitted.model, param = what.param(), "refused: the provider would bill beyond the reservation");
+            let Some(what) = admitted.unreservable.clone() else {
+                tracing::error!("the ledger asked for an extra cost the request does not need");
+                return Err(ApiError::Internal);
+            };
+            tracing::info!(user = %identity.key, model = %admitted.model, refused = %what, "refused: the provider would bill beyond the reservation");
             Err(ApiError::NotReservable(what))
+        }
+        // Only a patient reservation waits; the last try is not patient.
+        ReserveOutcome::Crowded { .. } => {
+            tracing::error!("a last reservation came back crowded");
+            Err(ApiError::Internal)
         }
     }
 }

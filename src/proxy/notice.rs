@@ -91,56 +91,70 @@ pub fn end_line(
 /// earlier answers, or `None` when it carries none. Only the end of an assistant's
 /// message is looked at, and only a line exactly as tokengate writes it, ending
 /// with this instance's page: a user's words that merely resemble one, anywhere,
-/// stay as they are.
+/// stay as they are. Messages without such a line keep their bytes.
 pub fn strip(messages: &str, page: &str) -> Option<String> {
     // Most conversations carry no such line: a scan for the page's address decides.
     memchr::memmem::find(messages.as_bytes(), page.as_bytes())?;
-    let mut list: serde_json::Value = serde_json::from_str(messages).ok()?;
+    let list: Vec<&serde_json::value::RawValue> = serde_json::from_str(messages).ok()?;
     let mut stripped = false;
-    for message in list.as_array_mut()?.iter_mut() {
-        if message.get("role").and_then(serde_json::Value::as_str) != Some("assistant") {
-            continue;
+    let mut out = String::with_capacity(messages.len());
+    out.push('[');
+    for (i, raw) in list.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
         }
-        let Some(content) = message.get_mut("content") else {
-            continue;
-        };
-        // The answer's text: a string, or its last text part.
-        let text = match content {
-            serde_json::Value::String(_) => Some(content),
-            serde_json::Value::Array(parts) => parts.iter_mut().rev().find_map(|part| {
-                let kind = part.get("type").and_then(serde_json::Value::as_str);
-                matches!(kind, Some("text" | "output_text"))
-                    .then(|| part.get_mut("text"))
-                    .flatten()
-            }),
-            _ => None,
-        };
-        if let Some(serde_json::Value::String(text)) = text
-            && let Some(kept) = without_line(text, page)
-        {
-            text.truncate(kept);
-            stripped = true;
+        match without_lines_in(raw.get(), page) {
+            Some(message) => {
+                out.push_str(&message);
+                stripped = true;
+            }
+            None => out.push_str(raw.get()),
         }
     }
-    stripped.then(|| list.to_string())
+    out.push(']');
+    stripped.then_some(out)
 }
 
-/// Where tokengate's line at the end of `text` starts, if it ends with one.
+/// One message (JSON text) without tokengate's line at its end, if it is an
+/// assistant's and has one.
+fn without_lines_in(message: &str, page: &str) -> Option<String> {
+    memchr::memmem::find(message.as_bytes(), page.as_bytes())?;
+    let mut message: serde_json::Value = serde_json::from_str(message).ok()?;
+    if message.get("role").and_then(serde_json::Value::as_str) != Some("assistant") {
+        return None;
+    }
+    let content = message.get_mut("content")?;
+    // The answer's text: a string, or its last text part.
+    let text = match content {
+        serde_json::Value::String(_) => Some(content),
+        serde_json::Value::Array(parts) => parts.iter_mut().rev().find_map(|part| {
+            let kind = part.get("type").and_then(serde_json::Value::as_str);
+            matches!(kind, Some("text" | "output_text"))
+                .then(|| part.get_mut("text"))
+                .flatten()
+        }),
+        _ => None,
+    };
+    let Some(serde_json::Value::String(text)) = text else {
+        return None;
+    };
+    let kept = without_line(text, page)?;
+    text.truncate(kept);
+    Some(message.to_string())
+}
+
+/// Where tokengate's line at the end of `text` starts, if it ends with one (a
+/// client may have added a line break after it, or written its breaks as CRLF).
 fn without_line(text: &str, page: &str) -> Option<usize> {
-    let body = text.strip_suffix(page)?;
-    let start = body.rfind(SEPARATOR)?;
-    let line = &body[start + SEPARATOR.len()..];
+    let body = text.trim_end().strip_suffix(page)?;
+    let (start, separator) = [SEPARATOR, "\r\n\r\n"]
+        .iter()
+        .filter_map(|sep| body.rfind(sep).map(|at| (at, sep.len())))
+        .max_by_key(|(at, _)| *at)?;
+    let line = &body[start + separator..];
     let written = [
-        (
-            "Atenção: você já usou ",
-            "% dos seus tokens deste mês; restam ",
-            ". Veja seu saldo: ",
-        ),
-        (
-            "Note: you have used ",
-            "% of this month's tokens; ",
-            " left. See your balance: ",
-        ),
+        ("Atenção: você já usou ", "% dos seus tokens deste mês; restam ", ". Veja seu saldo: "),
+        ("Note: you have used ", "% of this month's tokens; ", " left. See your balance: "),
     ]
     .iter()
     .any(|(first, second, last)| {
@@ -153,10 +167,7 @@ fn without_line(text: &str, page: &str) -> Option<usize> {
             return false;
         };
         rest.strip_suffix(last).is_some_and(|figure| {
-            !figure.is_empty()
-                && figure
-                    .chars()
-                    .all(|c| c.is_ascii_digit() || c == '.' || c == ',')
+            !figure.is_empty() && figure.chars().all(|c| c.is_ascii_digit() || c == '.' || c == ',')
         })
     });
     let stopped = [Locale::PtBr, Locale::En]
@@ -222,5 +233,17 @@ mod tests {
         }
         let untouched = serde_json::json!([{"role": "assistant", "content": "Nada aqui"}]);
         assert_eq!(strip(&untouched.to_string(), page), None);
+        // The other messages keep their bytes (key order, big numbers); a line with a
+        // break after it, or CRLF breaks, is still tokengate's.
+        let raw = format!(
+            r#"[{{"z":1,"role":"user","n":123456789012345678901234567890,"content":"oi"}},{{"role":"assistant","content":{}}},{{"role":"assistant","content":{}}}]"#,
+            serde_json::Value::String(format!("A{notice_pt}\n")),
+            serde_json::Value::String(format!("B{}", notice_pt.replace("\n\n", "\r\n\r\n"))),
+        );
+        let out = strip(&raw, page).unwrap();
+        assert!(out.starts_with(r#"[{"z":1,"role":"user","n":123456789012345678901234567890,"content":"oi"}"#), "{out}");
+        let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(out[1]["content"], "A");
+        assert_eq!(out[2]["content"], "B");
     }
 }

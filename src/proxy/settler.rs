@@ -75,6 +75,9 @@ struct InFlight {
     attempting: HashMap<u64, Attempt>,
     /// Per user, the ids of their settlements on their first attempt, oldest first.
     by_user: HashMap<UserKey, Vec<u64>>,
+    /// Requests waiting for a settlement of their user's (`user_settled`): woken by
+    /// each, and how many wait.
+    waiting: HashMap<UserKey, (Arc<Notify>, usize)>,
 }
 
 struct Attempt {
@@ -155,9 +158,27 @@ impl Settler {
         }
     }
 
-    /// Wakes at the end of any settlement's first attempt, or after `limit`.
-    pub async fn next_settled(&self, limit: Duration) {
-        let _ = tokio::time::timeout(limit, self.shared.changed.notified()).await;
+    /// Waits until a settlement of `user`'s is written (or spooled) in this process,
+    /// or `limit` passes: a request that waits for its user's other requests to end
+    /// wakes for theirs alone, not for every settlement.
+    pub async fn user_settled(&self, user: &UserKey, limit: Duration) {
+        let notify = {
+            let mut f = self.shared.lock();
+            let entry = f
+                .waiting
+                .entry(user.clone())
+                .or_insert_with(|| (Arc::new(Notify::new()), 0));
+            entry.1 += 1;
+            entry.0.clone()
+        };
+        let _ = tokio::time::timeout(limit, notify.notified()).await;
+        let mut f = self.shared.lock();
+        if let Some(entry) = f.waiting.get_mut(user) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                f.waiting.remove(user);
+            }
+        }
     }
 
     /// Waits until the settlements of `user`'s requests submitted before this call are
@@ -406,6 +427,9 @@ impl Shared {
         };
         {
             let mut f = self.lock();
+            if let Some((waiters, _)) = f.waiting.get(user) {
+                waiters.notify_waiters();
+            }
             f.attempting.remove(&id);
             if let Some(ids) = f.by_user.get_mut(user) {
                 ids.retain(|i| *i != id);

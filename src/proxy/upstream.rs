@@ -13,8 +13,11 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// A connection that could not be made (in time or at all) is `Unreachable`:
+    /// nothing was sent. A timeout after it is `Timeout`: the request was sent, and
+    /// is charged its prompt.
     pub fn from_reqwest(e: &reqwest::Error) -> Self {
-        if e.is_timeout() {
+        if e.is_timeout() && !e.is_connect() {
             Self::Timeout
         } else {
             Self::Unreachable

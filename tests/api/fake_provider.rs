@@ -274,6 +274,10 @@ async fn generate(state: web::Data<FakeState>, body: web::Bytes, chat: bool) -> 
             // A title at a real provider: a moment, then the whole answer.
             actix_web::rt::time::sleep(std::time::Duration::from_millis(300)).await;
         }
+        if model == "slower" {
+            // A title at a slow reasoning model.
+            actix_web::rt::time::sleep(std::time::Duration::from_secs(4)).await;
+        }
         if model == "hang-body" {
             // Headers and the start of the answer, then nothing more.
             let start = futures_util::stream::once(async {

@@ -61,6 +61,8 @@ async fn malformed_bodies_are_refused_field_by_field() {
         ("model missing", json!({"messages": msg}).to_string(), "invalid_body"),
         ("model a number", json!({"model": 4, "messages": msg}).to_string(), "invalid_body"),
         ("model with a bell", json!({"model": "gpt\u{7}", "messages": msg}).to_string(), "invalid_body"),
+        // LiteLLM would send it to each model named, and tokengate could not read the answer.
+        ("several models", json!({"model": "gpt-4o,gpt-4o,gpt-4o", "messages": msg}).to_string(), "invalid_body"),
         ("model too long", json!({"model": "m".repeat(300), "messages": msg}).to_string(), "invalid_body"),
         ("stream a string", json!({"model": "m", "messages": msg, "stream": "yes"}).to_string(), "invalid_body"),
         ("max_tokens a string", json!({"model": "m", "messages": msg, "max_tokens": "10"}).to_string(), "invalid_body"),

@@ -921,7 +921,7 @@ async fn stalls_and_unreadable_answers_get_clear_errors_and_cost_only_what_was_d
         )
     };
 
-    // Silent before the first byte: 504 after the idle timeout, nothing charged.
+    // Silent before the first byte: 504 after the idle timeout.
     let res = app.chat(&chat_body("hang", "olá", false, Some(10))).await;
     assert_eq!(res.status(), 504);
     let body: Value = res.json().await.unwrap();
@@ -933,15 +933,25 @@ async fn stalls_and_unreadable_answers_get_clear_errors_and_cost_only_what_was_d
         body["error"]["message"],
         "O serviço de IA não respondeu a tempo. Tente de novo."
     );
-    // Recorded as answered: a 504, not a 502.
+    // Recorded as answered, a 504 (not a 502), and charged its prompt: it reached
+    // the provider, which bills it whether or not the answer comes.
     let record = app
         .ledger()
         .recent_usage(app.user_id(USER), 1)
         .unwrap()
         .remove(0);
+    let prompt = estimated_prompt(
+        &chat_body("hang", "olá", false, Some(10)),
+        tokengate::proxy::Endpoint::ChatCompletions,
+    );
     assert_eq!(
-        (record.outcome.as_str(), record.status, record.charged),
-        ("upstream_timeout", 504, 0)
+        (
+            record.outcome.as_str(),
+            record.status,
+            record.charged,
+            record.estimated
+        ),
+        ("upstream_timeout", 504, prompt, 1)
     );
 
     // 200 with an HTML page instead of an answer: 502, nothing charged.
@@ -964,7 +974,7 @@ async fn stalls_and_unreadable_answers_get_clear_errors_and_cost_only_what_was_d
         );
     }
     let s = app.summary(USER);
-    assert_eq!((s.used_this_cycle, s.held), (0, 0));
+    assert_eq!((s.used_this_cycle, s.held), (prompt, 0));
 
     // 200 with only LiteLLM's error object, as a body or as the stream's one event:
     // passed on as it came, and nothing was generated, so nothing is charged.
@@ -976,7 +986,7 @@ async fn stalls_and_unreadable_answers_get_clear_errors_and_cost_only_what_was_d
         assert!(res.text().await.unwrap().contains("provider went away"));
     }
     let s = app.summary(USER);
-    assert_eq!((s.used_this_cycle, s.held), (0, 0));
+    assert_eq!((s.used_this_cycle, s.held), (prompt, 0));
     let records = app.ledger().usage_records(app.user_id(USER)).unwrap();
     let errors = records
         .iter()
@@ -992,7 +1002,7 @@ async fn stalls_and_unreadable_answers_get_clear_errors_and_cost_only_what_was_d
     let usage = &json["usage"];
     let billed =
         usage["prompt_tokens"].as_i64().unwrap() + usage["completion_tokens"].as_i64().unwrap();
-    assert_eq!(app.summary(USER).used_this_cycle, billed);
+    assert_eq!(app.summary(USER).used_this_cycle, prompt + billed);
 
     // A generation of about 1.5 s, a piece every 50 ms, outlives the 1 s idle timeout.
     // Each piece reaches the client as it is generated: tokengate gathers only chunks
@@ -1011,7 +1021,7 @@ async fn stalls_and_unreadable_answers_get_clear_errors_and_cost_only_what_was_d
         reads * 2 >= pieces,
         "{pieces} pieces 50 ms apart reached the client in only {reads} reads"
     );
-    let healthy = billed + prompt_tokens_of(&app.fake.last_request()) + 40;
+    let healthy = prompt + billed + prompt_tokens_of(&app.fake.last_request()) + 40;
     assert_eq!(app.summary(USER).used_this_cycle, healthy);
 
     // Stalled mid-stream: cut after the idle timeout; the delivered part is charged as

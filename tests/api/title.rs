@@ -13,7 +13,11 @@ use tokengate::proxy::Endpoint;
 
 /// A title request as LibreChat sends it (`@librechat/agents`' default prompt).
 fn title() -> Value {
-    json!({"model": "slow", "stream": false, "messages": [{"role": "user", "content":
+    title_of("slow")
+}
+
+fn title_of(model: &str) -> Value {
+    json!({"model": model, "stream": false, "messages": [{"role": "user", "content":
         "Provide a concise, 5-word-or-less title for the conversation, using title case conventions. Only return the title itself.\n\nConversation:\nUser: Explique a fotossíntese\nAI: "}]})
 }
 
@@ -61,11 +65,11 @@ async fn a_title_in_flight_neither_cuts_nor_refuses_the_users_answer() {
     let app = spawn_app(TestOptions::default()).await;
     let chat_prompt = estimated_prompt(&first_message("fake-model"), Endpoint::ChatCompletions);
     // With 5,045 left the answer used to be cut at about 900 tokens; with 1,950 it
-    // was refused.
-    for left in [5_045, 1_950] {
+    // was refused; so was it with a title that took a slow model 4 s.
+    for (left, title_model) in [(5_045, "slow"), (1_950, "slow"), (1_951, "slower")] {
         app.default_plan(left);
         let user = format!("title-first-{left}");
-        let title_body = title();
+        let title_body = title_of(title_model);
         let title_request = app.chat_as(&user, &title_body);
         let title_done = async {
             let res = title_request.await;

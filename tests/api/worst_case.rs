@@ -176,7 +176,8 @@ async fn images_are_reserved_at_the_worst_case_for_the_model() {
     let with_images = |model: &str, images: usize, stream: bool| {
         let mut content = vec![json!({"type": "text", "text": "O que há nestas fotos?"})];
         for i in 0..images {
-            content.push(json!({"type": "image_url", "image_url": {"url": format!("https://example.com/{i}.jpg"), "detail": "high"}}));
+            // As LibreChat sends an upload: the picture itself, as a data URL.
+            content.push(json!({"type": "image_url", "image_url": {"url": format!("data:image/jpeg;base64,/9j/{i}AAQSkZJRg=="), "detail": "high"}}));
         }
         json!({"model": model, "messages": [{"role": "user", "content": content}], "stream": stream, "max_tokens": 500})
     };
@@ -237,7 +238,11 @@ async fn images_are_reserved_at_the_worst_case_for_the_model() {
 /// A file named by its id or URL at the provider (a PDF uploaded there, say) can cost
 /// anything: tokengate cannot see it to reserve for it, so it is refused with a
 /// clear error and never sent. It used to be reserved as ten tokens of JSON and
-/// billed 40,000. A file sent inline is reserved by its size, as before.
+/// billed 40,000. A file sent inline is refused too: providers bill a document by
+/// its pages, not its size (a 7 KB PDF of a hundred pages bills as much as 160,000
+/// tokens), and so is any part whose size does not tell its bill: a document, a
+/// video, an image the provider fetches from an address. With the admin's extra
+/// cost for the model, they go, reserved at it.
 #[actix_web::test]
 async fn a_file_kept_at_the_provider_is_refused_and_an_inline_one_is_reserved() {
     let app = spawn_app(TestOptions::default()).await;
@@ -269,14 +274,44 @@ async fn a_file_kept_at_the_provider_is_refused_and_an_inline_one_is_reserved() 
         }
     }
     assert_eq!(app.fake.request_count(), before, "nothing was sent");
-    // Inline, the file's bytes are reserved for: a small one passes, and its limit
-    // leaves room for it.
-    let inline = json!({"type": "file", "file": {"filename": "a.pdf", "file_data": format!("data:application/pdf;base64,{}", "QUJD".repeat(100))}});
+    let unpriced = [
+        json!({"type": "file", "file": {"filename": "a.pdf", "file_data": format!("data:application/pdf;base64,{}", "QUJD".repeat(100))}}),
+        json!({"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}}),
+        json!({"type": "video_url", "video_url": {"url": "https://example.com/a.mp4"}}),
+        json!({"type": "image_url", "image_url": {"url": "data:application/pdf;base64,QUJD"}}),
+        json!({"type": "image_url", "image_url": {"url": "gs://bucket/video.mp4"}}),
+        json!({"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}),
+        json!({"type": "something_new", "data": "x"}),
+    ];
+    for part in &unpriced {
+        for stream in [false, true] {
+            let body = json!({"model": "gpt-4o", "stream": stream, "max_tokens": 100, "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Resuma"}, part]}]});
+            let res = app.chat(&body).await;
+            assert_eq!(res.status(), 400, "{part}");
+            let err: Value = res.json().await.unwrap();
+            assert_eq!(err["error"]["code"], "not_reservable", "{part}");
+            assert!(err["error"]["message"].as_str().unwrap().contains("cobra por páginas ou duração"), "{err}");
+        }
+    }
+    assert_eq!(app.fake.request_count(), before, "nothing was sent");
+    // The admin's extra cost per call lets them through, reserved at it.
+    app.ledger()
+        .set_weights(
+            "gpt-4o",
+            tokengate::ledger::ModelCost {
+                weights: tokengate::domain::Weights::default(),
+                image_tokens: None,
+                call_extra: Some(500),
+            },
+            &tokengate::ledger::Actor::Cli,
+        )
+        .unwrap();
     let body = json!({"model": "gpt-4o", "max_tokens": 5000, "messages": [
-        {"role": "user", "content": [{"type": "text", "text": "Resuma o PDF"}, inline]}]});
+        {"role": "user", "content": [{"type": "text", "text": "Resuma o PDF"}, unpriced[0]]}]});
     let res = app.chat(&body).await;
     assert_eq!(res.status(), 200);
     let sent = app.fake.last_request()["max_tokens"].as_i64().unwrap();
-    assert_eq!(sent, 999 - estimate(&body, Endpoint::ChatCompletions));
+    assert_eq!(sent, 999 - 500 - estimate(&body, Endpoint::ChatCompletions));
     app.assert_invariant(USER);
 }
