@@ -117,3 +117,69 @@ fn random_strings_read_low_but_not_below_half() {
         assert!(r >= 0.5, "{name}: estimate/o200k = {r:.2}, below 0.5");
     }
 }
+
+/// `count` characters drawn from `chars`.
+fn random_text(rng: &mut Lcg, chars: &[char], count: usize) -> String {
+    (0..count).map(|_| chars[rng.pick(chars.len())]).collect()
+}
+
+/// Random characters of every block of the Basic Multilingual Plane past ASCII,
+/// 256 code points at a time, and of the planes above: the estimate reads at least
+/// half of o200k's count, a third for the rarest CJK ideographs and Hangul
+/// syllables (which it counts as natural text, one a character).
+#[test]
+fn random_characters_of_every_script_read_at_least_half() {
+    let mut rng = Lcg(11);
+    let mut worst = (f64::MAX, 0u32);
+    let starts = (0x80..0xd800)
+        .chain(0xe000..0x1_0000)
+        .step_by(256)
+        .chain([0x1_0000, 0x1_0300, 0x1_d400, 0x1_f300, 0x1_f600, 0x1_f900])
+        .chain([0x2_0000, 0x2_a700, 0xe_0000, 0xf_0000]);
+    for start in starts {
+        let chars: Vec<char> = (start..start + 256)
+            .filter_map(char::from_u32)
+            .filter(|c| !c.is_control())
+            .collect();
+        let text = random_text(&mut rng, &chars, 1000);
+        let r = ratio(&text);
+        let han_or_hangul = (0x4e00..0xa000).contains(&start) || (0xac00..0xd800).contains(&start);
+        let floor = if han_or_hangul { 1.0 / 3.0 } else { 0.5 };
+        assert!(
+            r >= floor,
+            "U+{start:04X}..: estimate/o200k = {r:.2}, below {floor:.2}"
+        );
+        if r < worst.0 && !han_or_hangul {
+            worst = (r, start);
+        }
+    }
+    eprintln!(
+        "lowest outside CJK and Hangul: {:.2} at U+{:04X}",
+        worst.0, worst.1
+    );
+}
+
+/// Random letters split into words of natural length: o200k has no merges for
+/// them either.
+#[test]
+fn random_words_read_at_least_two_fifths() {
+    let mut rng = Lcg(5);
+    for (name, range) in [
+        ("Latin-1", 0xc0..0x100),
+        ("Latin Extended", 0x100..0x250),
+        ("Cyrillic", 0x400..0x460),
+        ("Greek", 0x391..0x3ca),
+        ("Arabic", 0x621..0x64b),
+    ] {
+        let letters: Vec<char> = range.filter_map(char::from_u32).collect();
+        let words: Vec<String> = (0..300)
+            .map(|_| {
+                let len = 3 + rng.pick(6);
+                random_text(&mut rng, &letters, len)
+            })
+            .collect();
+        let r = ratio(&words.join(" "));
+        eprintln!("{name} words: estimate/o200k = {r:.2}");
+        assert!(r >= 0.4, "{name} words: estimate/o200k = {r:.2}");
+    }
+}

@@ -68,7 +68,10 @@ pub enum ReserveOutcome {
     /// Only the holds of the user's own requests in flight keep this one from its
     /// whole limit (or from being served): nothing was written; try again once they
     /// end (`patient`). `held` is what they held then (`Ledger::held`).
-    Crowded { user_id: i64, held: i64 },
+    Crowded {
+        user_id: i64,
+        held: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

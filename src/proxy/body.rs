@@ -852,7 +852,7 @@ mod tests {
         let sent = json!({"model": "m", "messages": [
             {"role": "user", "content": [
                 {"type": "text", "text": "Hello world"},
-                {"type": "image_url", "image_url": {"url": "data:x"}}
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}}
             ]},
             "stray",
             {"role": "assistant", "content": null, "tool_calls": [{"id": "1"}]}
@@ -869,7 +869,7 @@ mod tests {
         assert_eq!(tokens, expected);
         // The image is counted apart, to be priced for the model.
         let parsed = parse(
-            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:x"}},{"type":"image_url","image_url":{"url":"https://x/y.png","detail":"low"}}]}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBO"}},{"type":"image_url","image_url":{"url":"data:image/webp;base64,UklG","detail":"low"}}]}]}"#,
             Endpoint::ChatCompletions,
         )
         .unwrap();
@@ -944,7 +944,13 @@ mod tests {
         assert_eq!(with - without, estimate::count_text(&long));
         let two = tokens(json!({"model": "m", "prompt": ["a", "b"], "suffix": long}));
         assert!(two >= 2 * estimate::count_text(&long));
-        assert!(parse_json(json!({"model": "m", "prompt": "a", "suffix": 5}), Endpoint::Completions).is_err());
+        assert!(
+            parse_json(
+                json!({"model": "m", "prompt": "a", "suffix": 5}),
+                Endpoint::Completions
+            )
+            .is_err()
+        );
     }
 
     #[test]

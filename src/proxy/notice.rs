@@ -153,8 +153,16 @@ fn without_line(text: &str, page: &str) -> Option<usize> {
         .max_by_key(|(at, _)| *at)?;
     let line = &body[start + separator..];
     let written = [
-        ("Atenção: você já usou ", "% dos seus tokens deste mês; restam ", ". Veja seu saldo: "),
-        ("Note: you have used ", "% of this month's tokens; ", " left. See your balance: "),
+        (
+            "Atenção: você já usou ",
+            "% dos seus tokens deste mês; restam ",
+            ". Veja seu saldo: ",
+        ),
+        (
+            "Note: you have used ",
+            "% of this month's tokens; ",
+            " left. See your balance: ",
+        ),
     ]
     .iter()
     .any(|(first, second, last)| {
@@ -167,7 +175,10 @@ fn without_line(text: &str, page: &str) -> Option<usize> {
             return false;
         };
         rest.strip_suffix(last).is_some_and(|figure| {
-            !figure.is_empty() && figure.chars().all(|c| c.is_ascii_digit() || c == '.' || c == ',')
+            !figure.is_empty()
+                && figure
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == '.' || c == ',')
         })
     });
     let stopped = [Locale::PtBr, Locale::En]
@@ -241,7 +252,12 @@ mod tests {
             serde_json::Value::String(format!("B{}", notice_pt.replace("\n\n", "\r\n\r\n"))),
         );
         let out = strip(&raw, page).unwrap();
-        assert!(out.starts_with(r#"[{"z":1,"role":"user","n":123456789012345678901234567890,"content":"oi"}"#), "{out}");
+        assert!(
+            out.starts_with(
+                r#"[{"z":1,"role":"user","n":123456789012345678901234567890,"content":"oi"}"#
+            ),
+            "{out}"
+        );
         let out: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(out[1]["content"], "A");
         assert_eq!(out[2]["content"], "B");

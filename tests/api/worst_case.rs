@@ -244,7 +244,7 @@ async fn images_are_reserved_at_the_worst_case_for_the_model() {
 /// video, an image the provider fetches from an address. With the admin's extra
 /// cost for the model, they go, reserved at it.
 #[actix_web::test]
-async fn a_file_kept_at_the_provider_is_refused_and_an_inline_one_is_reserved() {
+async fn files_documents_videos_and_fetched_images_are_refused_unless_the_model_has_an_extra() {
     let app = spawn_app(TestOptions::default()).await;
     app.default_plan(999);
     let before = app.fake.request_count();
@@ -291,7 +291,13 @@ async fn a_file_kept_at_the_provider_is_refused_and_an_inline_one_is_reserved() 
             assert_eq!(res.status(), 400, "{part}");
             let err: Value = res.json().await.unwrap();
             assert_eq!(err["error"]["code"], "not_reservable", "{part}");
-            assert!(err["error"]["message"].as_str().unwrap().contains("cobra por páginas ou duração"), "{err}");
+            assert!(
+                err["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("cobra por páginas ou duração"),
+                "{err}"
+            );
         }
     }
     assert_eq!(app.fake.request_count(), before, "nothing was sent");
