@@ -23,6 +23,7 @@ use actix_web::{HttpMessage, HttpResponse, web};
 use bytes::Bytes;
 use futures_util::Stream;
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -148,8 +149,6 @@ impl Stream for TimedBody {
         )))))
     }
 }
-
-use std::future::Future;
 
 /// How many requests each client has open on the public pages.
 pub struct ClientSlots {

@@ -138,7 +138,6 @@ impl Application {
         let mailer =
             Arc::new(Mailer::from_config(&config).map_err(|e| StartupError::Mail(e.to_string()))?);
         let templates = Arc::new(Templates::new().map_err(|e| StartupError::Mail(e.to_string()))?);
-        let config_client_requests = config.client_requests;
         let config = Arc::new(config);
         let mail_worker = MailWorker::new(
             ledger.clone(),
@@ -150,6 +149,7 @@ impl Application {
             metrics.clone(),
         );
         let state = web::Data::new(AppState {
+            client_slots: crate::limits::ClientSlots::new(config.client_requests),
             config,
             ledger,
             keys,
@@ -158,7 +158,6 @@ impl Application {
             settler,
             mailer,
             templates,
-            client_slots: crate::limits::ClientSlots::new(config_client_requests),
         });
         let session_key = crate::admin::session::load_key(state.ledger.db())?;
         let secure_cookie = state.config.public_url.starts_with("https://");
@@ -296,13 +295,15 @@ async fn keep_alive(state: web::Data<AppState>, server: actix_web::dev::ServerHa
 }
 
 /// Takes group and others' access away from tokengate's own files made before it
-/// created them private (`cli::main`'s umask): an earlier release left the data
-/// folder 0755 and the database 0644. Only permissions change: no file is opened
-/// (opening SQLite's file from outside SQLite would drop its locks).
+/// created them private (`cli::main`'s umask): an earlier release left folders 0755
+/// and the database 0644. The data folder itself is left as it is: by default it is
+/// the database's folder, which may be the operator's own (the working directory).
+/// Only permissions change: no file is opened (opening SQLite's file from outside
+/// SQLite would drop its locks).
 fn make_private(config: &Config) {
     use std::os::unix::fs::PermissionsExt;
     let mut paths = vec![
-        (config.data_dir.clone(), 0o700),
+        (config.data_dir.join("spool"), 0o700),
         (config.mail_dir.clone(), 0o700),
     ];
     if let crate::config::DatabaseUrl::Sqlite(db) = &config.database_url {
