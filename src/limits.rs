@@ -7,14 +7,18 @@
 //!   likes. What did not arrive in time is an error the handler answers with 408,
 //!   closing the connection;
 //! - one client (its address, behind trusted proxies the one they name) may have at
-//!   most `TOKENGATE_CLIENT_REQUESTS` (32) request bodies arriving at once on the
-//!   pages that face the internet (`/me`, `/admin`, `/static`); past that, 429 at
-//!   once. A body that has arrived gives its slot back, so people sending forms at
-//!   the same moment, even from one address, are not held up. `/v1` is not counted:
-//!   its one client, LibreChat, speaks for all its users, and it holds a client key.
+//!   most `TOKENGATE_CLIENT_REQUESTS` (32) request bodies arriving at once on every
+//!   route but `/v1` (the pages that face the internet); past that, 429 at once. A
+//!   body that has arrived gives its slot back, so people sending forms at the same
+//!   moment, even from one address, are not held up. `/v1` is not counted: its one
+//!   client, LibreChat, speaks for all its users, and it holds a client key;
+//! - a connection whose request body was not read whole (refused before it was
+//!   needed, or late) is closed once the answer is sent. actix-web would otherwise
+//!   keep reading a chunked body to its end before the next request, for as long
+//!   as the client takes to send it: forever, for a client that never does.
 
 use crate::startup::AppState;
-use actix_web::body::{BoxBody, MessageBody};
+use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
 use actix_web::http::header;
@@ -22,9 +26,11 @@ use actix_web::middleware::Next;
 use actix_web::{HttpMessage, HttpResponse, web};
 use bytes::Bytes;
 use futures_util::Stream;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -54,36 +60,71 @@ pub async fn guard(
             .await
             .map(ServiceResponse::map_into_boxed_body);
     }
+    // Kept until the answer has been sent (`Holding`).
+    let payload = Rc::new(RefCell::new(req.take_payload()));
     // A body on a page facing the internet takes one of its client's slots until it
-    // has arrived.
-    let path = req.path();
-    let public = ["/me", "/admin", "/static"].iter().any(|p| {
-        path.strip_prefix(p)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    });
-    let slot = if public {
+    // has arrived. The path as the router reads it, escapes decoded: `/%6De` is `/me`.
+    let path = req.match_info().as_str();
+    let metered = path
+        .strip_prefix("/v1")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    let slot = if metered {
+        None
+    } else {
         let client = crate::net::client_address(req.request(), &config.trusted_proxies);
         let Some(slot) = state.client_slots.take(&client) else {
             tracing::info!(client = %client, "too many request bodies open from one client; refused");
             let page = HttpResponse::TooManyRequests()
-                .insert_header((header::CONNECTION, "close"))
                 .insert_header((header::RETRY_AFTER, "10"))
                 .content_type("text/plain; charset=utf-8")
                 .body("Muitos pedidos abertos deste endereço; tente de novo em instantes. / Too many requests open from this address; try again in a moment.");
-            return Ok(req.into_response(page));
+            return Ok(holding(req.into_response(page), payload));
         };
         Some(slot)
-    } else {
-        None
     };
-    let payload = req.take_payload();
-    let timed = TimedBody::new(payload, config.body_timeout, BODY_PAUSE, slot);
+    let timed = TimedBody::new(payload.clone(), config.body_timeout, BODY_PAUSE, slot);
     req.set_payload(Payload::from(
         Box::pin(timed) as Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>
     ));
-    next.call(req)
-        .await
-        .map(ServiceResponse::map_into_boxed_body)
+    let res = next.call(req).await?;
+    Ok(holding(res, payload))
+}
+
+/// `res`, keeping the request's body until it has been sent (`Holding`).
+fn holding<B: MessageBody + 'static>(
+    res: ServiceResponse<B>,
+    request_body: Rc<RefCell<Payload>>,
+) -> ServiceResponse<BoxBody> {
+    res.map_body(|_, body| {
+        BoxBody::new(Holding {
+            body: body.boxed(),
+            _request_body: request_body,
+        })
+    })
+}
+
+/// A response body that keeps its request's body until it has been sent. actix-web
+/// closes the connection after answering a request whose body is still there and
+/// unfinished; once the handler has let go of that body, it drains a chunked one
+/// instead, waiting as long as the client likes.
+struct Holding {
+    body: BoxBody,
+    _request_body: Rc<RefCell<Payload>>,
+}
+
+impl MessageBody for Holding {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.body).poll_next(cx)
+    }
 }
 
 /// Whether a body error is one of `TimedBody`'s.
@@ -94,7 +135,7 @@ pub fn timed_out(e: &PayloadError) -> bool {
 /// A request body that must arrive by a deadline, and without long pauses. It holds
 /// its client's slot (on the public pages) until it has arrived, or failed.
 struct TimedBody {
-    inner: Payload,
+    inner: Rc<RefCell<Payload>>,
     deadline: Pin<Box<Sleep>>,
     pause: Duration,
     quiet: Pin<Box<Sleep>>,
@@ -103,7 +144,12 @@ struct TimedBody {
 }
 
 impl TimedBody {
-    fn new(inner: Payload, within: Duration, pause: Duration, slot: Option<Slot>) -> Self {
+    fn new(
+        inner: Rc<RefCell<Payload>>,
+        within: Duration,
+        pause: Duration,
+        slot: Option<Slot>,
+    ) -> Self {
         let now = Instant::now();
         Self {
             inner,
@@ -123,7 +169,8 @@ impl Stream for TimedBody {
         if self.over {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut self.inner).poll_next(cx) {
+        let polled = Pin::new(&mut *self.inner.borrow_mut()).poll_next(cx);
+        match polled {
             Poll::Ready(Some(Ok(bytes))) => {
                 let next = Instant::now() + self.pause;
                 self.quiet.as_mut().reset(next);

@@ -295,17 +295,16 @@ async fn keep_alive(state: web::Data<AppState>, server: actix_web::dev::ServerHa
 }
 
 /// Takes group and others' access away from tokengate's own files made before it
-/// created them private (`cli::main`'s umask): an earlier release left folders 0755
-/// and the database 0644. The data folder itself is left as it is: by default it is
-/// the database's folder, which may be the operator's own (the working directory).
-/// Only permissions change: no file is opened (opening SQLite's file from outside
-/// SQLite would drop its locks).
+/// created them private (`cli::main`'s umask): an earlier release left the spool
+/// 0755 and the database and mails 0644. Only what tokengate names is touched: the
+/// database's files, the spool folder and its files, and the mails it wrote; the
+/// folders an operator chose (the data folder, by default the database's own, and
+/// the mail folder) are left as they are. Only permissions change: no file is
+/// opened (opening SQLite's file from outside SQLite would drop its locks).
 fn make_private(config: &Config) {
     use std::os::unix::fs::PermissionsExt;
-    let mut paths = vec![
-        (config.data_dir.join("spool"), 0o700),
-        (config.mail_dir.clone(), 0o700),
-    ];
+    let spool = config.data_dir.join("spool");
+    let mut paths = vec![(spool.clone(), 0o700)];
     if let crate::config::DatabaseUrl::Sqlite(db) = &config.database_url {
         for suffix in ["", "-wal", "-shm"] {
             let mut file = db.clone().into_os_string();
@@ -313,11 +312,26 @@ fn make_private(config: &Config) {
             paths.push((file.into(), 0o600));
         }
     }
+    let files_in = |dir: &std::path::Path, ending: &str| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|p| p.is_file() && p.to_string_lossy().ends_with(ending))
+            .collect()
+    };
+    for file in files_in(&spool, ".spool")
+        .into_iter()
+        .chain(files_in(&config.mail_dir, ".eml"))
+    {
+        paths.push((file, 0o600));
+    }
     for (path, mode) in paths {
-        let Ok(meta) = std::fs::metadata(&path) else {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        if meta.permissions().mode() & 0o077 == 0 {
+        if meta.file_type().is_symlink() || meta.permissions().mode() & 0o077 == 0 {
             continue;
         }
         match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)) {

@@ -31,7 +31,7 @@ use diesel::connection::{
 };
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError, mpsc};
 use std::time::{Duration, Instant};
 
@@ -45,12 +45,19 @@ const ATTEMPTS: usize = 4;
 const BUSY_PATIENCE: Duration = Duration::from_secs(10);
 /// SQLite commits between nudges to the checkpointer; it also runs once a second.
 const COMMITS_PER_CHECKPOINT: u32 = 200;
-/// WAL frames (about 16 MiB of 4 KiB pages) past which the checkpointer makes the
-/// next writer start the log over (`checkpointer`).
+/// WAL frames (about 16 MiB of 4 KiB pages) past which the log is started over
+/// (`checkpointer`, `restart_log`).
 const WAL_RESTART_FRAMES: i64 = 4_096;
-/// How long a restarting checkpoint may wait for readers, keeping writers waiting
-/// meanwhile; a checkpoint that does not get its turn is tried again a second later.
+/// How long the idle checkpoint that truncates the log may wait for readers.
 const CHECKPOINT_PATIENCE_MS: u32 = 100;
+/// How long the writer thread's restarting checkpoint may wait for readers to leave
+/// the log (the writes behind it wait as long).
+const RESTART_PATIENCE_MS: u32 = 20;
+/// After a restart that a reader kept from happening (a backup, a long report), the
+/// next waits this long, doubling up to `RESTART_BACKOFF_MAX`: every attempt holds
+/// writes back, and a reader that stays keeps the log from starting over anyway.
+const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 type Work<T, E> = dyn FnMut(&mut AnyConnection) -> Result<T, E> + Send;
 type Done<T, E> = Box<dyn FnOnce(Result<T, E>) + Send>;
@@ -262,8 +269,16 @@ struct Shared {
     ran_inline: AtomicU64,
     ran_queued: AtomicU64,
     ran_together: AtomicU64,
-    commits: Arc<AtomicU32>,
+    log: Arc<LogState>,
     checkpoint: Option<mpsc::SyncSender<()>>,
+}
+
+/// What the writer thread and the checkpointer know of SQLite's log.
+#[derive(Default)]
+struct LogState {
+    commits: AtomicU32,
+    /// The log is past `WAL_RESTART_FRAMES`: the writer thread starts it over.
+    restart_due: AtomicBool,
 }
 
 impl Shared {
@@ -312,7 +327,7 @@ impl Shared {
     }
 
     fn committed(&self) {
-        let n = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = self.log.commits.fetch_add(1, Ordering::Relaxed) + 1;
         if n.is_multiple_of(COMMITS_PER_CHECKPOINT)
             && let Some(nudge) = &self.checkpoint
         {
@@ -374,13 +389,13 @@ pub(super) struct Engine {
 impl Engine {
     pub fn start(manager: ConnectionManager, pool: Pool) -> Self {
         let sqlite = matches!(manager.url(), crate::config::DatabaseUrl::Sqlite(_));
-        let commits = Arc::new(AtomicU32::new(0));
+        let log = Arc::new(LogState::default());
         let checkpoint = sqlite.then(|| {
             let (nudge, wake) = mpsc::sync_channel::<()>(1);
-            let (manager, commits) = (manager.clone(), commits.clone());
+            let (manager, log) = (manager.clone(), log.clone());
             std::thread::Builder::new()
                 .name("tokengate-checkpoint".into())
-                .spawn(move || checkpointer(&manager, &wake, &commits))
+                .spawn(move || checkpointer(&manager, &wake, &log))
                 .map_err(|e| tracing::error!(error = %e, "cannot start the checkpoint thread"))
                 .ok()
                 .map(|_| nudge)
@@ -393,7 +408,7 @@ impl Engine {
             ran_inline: AtomicU64::new(0),
             ran_queued: AtomicU64::new(0),
             ran_together: AtomicU64::new(0),
-            commits,
+            log,
             checkpoint: checkpoint.flatten(),
         });
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
@@ -529,6 +544,7 @@ impl Engine {
 /// one transaction.
 fn writer(shared: &Shared, rx: &mpsc::Receiver<Box<dyn Job>>) {
     let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_GROUP);
+    let mut restarts = Backoff::new();
     while let Ok(first) = rx.recv() {
         jobs.push(first);
         while jobs.len() < MAX_GROUP {
@@ -591,6 +607,65 @@ fn writer(shared: &Shared, rx: &mpsc::Receiver<Box<dyn Job>>) {
             if delivered.is_err() {
                 tracing::error!("delivering a write's result panicked");
             }
+        }
+        if shared.log.restart_due.swap(false, Ordering::AcqRel) && restarts.ready() {
+            let restarted = restart_log(shared);
+            restarts.after(restarted);
+        }
+    }
+}
+
+/// When the writer thread may try to start the log over again.
+struct Backoff {
+    next: Instant,
+    pause: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            next: Instant::now(),
+            pause: RESTART_BACKOFF,
+        }
+    }
+
+    fn ready(&self) -> bool {
+        Instant::now() >= self.next
+    }
+
+    fn after(&mut self, restarted: bool) {
+        if restarted {
+            self.pause = RESTART_BACKOFF;
+        } else {
+            self.next = Instant::now() + self.pause;
+            self.pause = (self.pause * 2).min(RESTART_BACKOFF_MAX);
+        }
+    }
+}
+
+/// Starts SQLite's log over, between two groups: the writes that arrive meanwhile
+/// wait for it on the engine's mutex and go in the next group. From the writer's
+/// own connection, so no writer is left sleeping on a lock another connection
+/// holds: a restarting checkpoint run from elsewhere kept writers out while it ran,
+/// and their retries, backing off, added milliseconds to a request's p99.
+/// Whether the log was started over (a reader can keep it from it).
+fn restart_log(shared: &Shared) -> bool {
+    let mut slot = shared.lock();
+    let Ok(c) = shared.connection(&mut slot) else {
+        return false;
+    };
+    let patience = format!("PRAGMA busy_timeout = {RESTART_PATIENCE_MS};");
+    let restarted = c
+        .batch_execute(&patience)
+        .and_then(|()| checkpoint(c, "RESTART"));
+    // Back to never waiting, whatever happened: the inline path relies on it.
+    let reset = c.batch_execute("PRAGMA busy_timeout = 0;");
+    match restarted.and_then(|done| reset.map(|()| done)) {
+        Ok(done) => done.is_some_and(|d| !d.busy),
+        Err(e) => {
+            tracing::debug!(error = %e, "restarting the log skipped");
+            *slot = None;
+            false
         }
     }
 }
@@ -655,15 +730,16 @@ fn run_group(c: &mut AnyConnection, jobs: &mut [Box<dyn Job>]) -> Result<(), Sto
 /// back, which under sustained writes never happens, and the file grew by the
 /// gigabyte. So:
 /// - once a second, or every `COMMITS_PER_CHECKPOINT` commits, a passive checkpoint;
-/// - past `WAL_RESTART_FRAMES`, a restarting one: it holds new writers back while it
-///   copies what is left and waits (at most `CHECKPOINT_PATIENCE_MS`) for readers to
-///   leave the log, and the next writer starts the log over, cutting the file back
-///   to `journal_size_limit` (`db::connect_sqlite`);
+/// - past `WAL_RESTART_FRAMES`, a restarting one, run by the writer thread between
+///   two groups (`restart_log`): it copies what is left and waits (at most
+///   `RESTART_PATIENCE_MS`) for readers to leave the log, and the next write starts
+///   the log over, cutting the file back to `journal_size_limit`
+///   (`db::connect_sqlite`);
 /// - when no commit happened since the last round, a truncating one: an idle
 ///   database keeps no log at all.
-fn checkpointer(manager: &ConnectionManager, wake: &mpsc::Receiver<()>, commits: &AtomicU32) {
+fn checkpointer(manager: &ConnectionManager, wake: &mpsc::Receiver<()>, log: &LogState) {
     let mut conn: Option<AnyConnection> = None;
-    let mut seen = commits.load(Ordering::Relaxed);
+    let mut seen = log.commits.load(Ordering::Relaxed);
     loop {
         match wake.recv_timeout(Duration::from_secs(1)) {
             Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -682,12 +758,15 @@ fn checkpointer(manager: &ConnectionManager, wake: &mpsc::Receiver<()>, commits:
         let Some(c) = conn.as_mut() else {
             continue;
         };
-        let now = commits.load(Ordering::Relaxed);
+        let now = log.commits.load(Ordering::Relaxed);
         let idle = now == seen;
         seen = now;
-        let result = checkpoint(c, "PASSIVE").and_then(|log| match log {
-            Some(frames) if idle && frames > 0 => checkpoint(c, "TRUNCATE"),
-            Some(frames) if frames > WAL_RESTART_FRAMES => checkpoint(c, "RESTART"),
+        let result = checkpoint(c, "PASSIVE").and_then(|done| match done {
+            Some(d) if idle && d.log > 0 => checkpoint(c, "TRUNCATE"),
+            Some(d) if d.log > WAL_RESTART_FRAMES => {
+                log.restart_due.store(true, Ordering::Release);
+                Ok(Some(d))
+            }
             other => Ok(other),
         });
         if let Err(e) = result {
@@ -697,10 +776,21 @@ fn checkpointer(manager: &ConnectionManager, wake: &mpsc::Receiver<()>, commits:
     }
 }
 
-/// Runs a checkpoint of `mode`; returns the log's size in frames, when SQLite says.
-fn checkpoint(c: &mut AnyConnection, mode: &str) -> Result<Option<i64>, DieselError> {
+/// What a checkpoint reports.
+struct Checkpointed {
+    /// It could not finish: a writer or a reader was in the way.
+    busy: bool,
+    /// The log's size in frames.
+    log: i64,
+}
+
+/// Runs a checkpoint of `mode`; `None` when SQLite reports no log (not in WAL mode,
+/// which it always is here).
+fn checkpoint(c: &mut AnyConnection, mode: &str) -> Result<Option<Checkpointed>, DieselError> {
     #[derive(diesel::QueryableByName)]
-    struct Checkpoint {
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        busy: i32,
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         log: i64,
     }
@@ -708,9 +798,11 @@ fn checkpoint(c: &mut AnyConnection, mode: &str) -> Result<Option<i64>, DieselEr
         return Ok(None);
     };
     let query = format!("PRAGMA wal_checkpoint({mode})");
-    let row: Checkpoint = diesel::RunQueryDsl::get_result(diesel::sql_query(query), lite)?;
-    // -1 when the database is not in WAL mode (it always is here).
-    Ok(Some(row.log).filter(|n| *n >= 0))
+    let row: Row = diesel::RunQueryDsl::get_result(diesel::sql_query(query), lite)?;
+    Ok((row.log >= 0).then_some(Checkpointed {
+        busy: row.busy != 0,
+        log: row.log,
+    }))
 }
 
 #[cfg(test)]
