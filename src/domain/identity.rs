@@ -45,7 +45,8 @@ impl Email {
         // its lowercase 'ⱦ' three), and the limit is on what is kept and mailed to.
         let s = raw.trim().to_lowercase();
         let valid = s.len() <= 254
-            && s.chars().all(|c| !c.is_whitespace() && !c.is_control())
+            && s.chars()
+                .all(|c| !c.is_whitespace() && !c.is_control() && !super::text::is_hidden(c))
             && !s.contains(['<', '>', '"', ',', ';', '(', ')', '\\'])
             && match s.split_once('@') {
                 Some((local, domain)) => {
@@ -84,11 +85,12 @@ impl DisplayName {
     pub const MAX_CHARS: usize = 200;
 
     pub fn parse(raw: &str) -> Option<Self> {
-        // Control characters split the name; direction controls go (they could
-        // make a name show as something else in the dashboard and in mails).
+        // Control characters split the name; direction controls and invisible
+        // characters go (they could make a name show as something else, or as
+        // nothing, in the dashboard and in mails).
         let raw: String = raw
             .chars()
-            .filter(|c| !super::text::is_bidi_control(*c))
+            .filter(|c| !super::text::is_hidden(*c))
             .collect();
         let cleaned: String = raw
             .split(|c: char| c.is_whitespace() || c.is_control())
@@ -272,5 +274,27 @@ mod tests {
             DisplayName::parse(family).map(|n| n.0),
             Some(family.to_string())
         );
+    }
+
+    /// Invisible characters go too: a name made only of them is no name, and one
+    /// with them inside reads as the name it imitates.
+    #[test]
+    fn names_and_emails_lose_or_refuse_invisible_characters() {
+        for hidden in [
+            '\u{200B}', '\u{2060}', '\u{2063}', '\u{FEFF}', '\u{00AD}', '\u{180E}', '\u{3164}',
+            '\u{115F}', '\u{FFA0}',
+        ] {
+            assert_eq!(
+                DisplayName::parse(&format!("Ad{hidden}min")).map(|n| n.0),
+                Some("Admin".to_string()),
+                "{hidden:?}"
+            );
+            assert_eq!(DisplayName::parse(&hidden.to_string()), None, "{hidden:?}");
+            assert!(
+                Email::parse(&format!("ana{hidden}@example.com")).is_err(),
+                "{hidden:?}"
+            );
+        }
+        assert!(Email::parse("ana\u{202E}moc.elpmaxe@x.com").is_err());
     }
 }

@@ -150,7 +150,9 @@ pub fn accounts_by_email(db: &Database, email: &str) -> Result<Vec<Account>, Sto
     let found: Vec<(i64, Option<String>, Option<String>, NaiveDateTime)> = users::table
         .filter(lower(users::email.assume_not_null()).eq(email.to_lowercase()))
         .filter(users::email.is_not_null())
-        .order(users::id.desc())
+        // The oldest first: an account made later with someone's address is more
+        // likely an impostor's than theirs, and must not push theirs out.
+        .order(users::id.asc())
         .select((users::id, users::email, users::name, users::created_at))
         .limit(MAX_ACCOUNTS_PER_MAIL)
         .load(&mut c)?;
