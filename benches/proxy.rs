@@ -442,7 +442,7 @@ struct Interleaved<'a> {
     /// tokengate's /metrics phase totals before the first round.
     before: Vec<(String, f64, f64)>,
     /// SQLite's write paths before the first round (`sqlite_writes`).
-    writes_before: Option<[f64; 3]>,
+    writes_before: Option<[f64; 4]>,
 }
 
 async fn take_turns(runs: &mut [Interleaved<'_>], body: &'static str, rate: u32, st: &Settings) {
@@ -706,7 +706,9 @@ async fn phase_totals(p: Option<&Proc>) -> Vec<(String, f64, f64)> {
 
 /// SQLite's writes so far by path (inline, queued behind a busy connection, together
 /// in a batch of settlements); `None` on PostgreSQL.
-async fn sqlite_writes(p: Option<&Proc>) -> Option<[f64; 3]> {
+/// Writes by path (inline, queued, together) and the log's restarts (NaN from a
+/// release that does not count them).
+async fn sqlite_writes(p: Option<&Proc>) -> Option<[f64; 4]> {
     let text = metrics_text(p).await?;
     let path = |path: &str| {
         metric(
@@ -714,7 +716,13 @@ async fn sqlite_writes(p: Option<&Proc>) -> Option<[f64; 3]> {
             &format!("tokengate_sqlite_writes_total{{path=\"{path}\"}} "),
         )
     };
-    Some([path("inline")?, path("queued")?, path("together")?])
+    let restarts = metric(&text, "tokengate_sqlite_log_restarts_total ").unwrap_or(f64::NAN);
+    Some([
+        path("inline")?,
+        path("queued")?,
+        path("together")?,
+        restarts,
+    ])
 }
 
 fn phase_means(before: &[(String, f64, f64)], after: &[(String, f64, f64)]) -> Option<String> {
@@ -949,11 +957,17 @@ async fn run(st: &Settings) -> (Vec<Row>, Vec<String>) {
             }
             if let (Some(before), Some(after)) = (run.writes_before, sqlite_writes(run.proc_).await)
             {
-                let [inline, queued, together] = [0, 1, 2].map(|i| after[i] - before[i]);
+                let [inline, queued, together, restarts] =
+                    [0, 1, 2, 3].map(|i| after[i] - before[i]);
                 let all = inline + queued + together;
                 if all > 0.0 {
+                    let restarts = if restarts.is_nan() {
+                        String::new()
+                    } else {
+                        format!("; the log was started over {restarts:.0} times")
+                    };
                     notes.push(format!(
-                        "{name}, stream {rate}/s: of {all:.0} SQLite writes, {queued:.0} ({:.1}%) found the write connection busy and were queued, {together:.0} ({:.1}%) were settlements written together",
+                        "{name}, stream {rate}/s: of {all:.0} SQLite writes, {queued:.0} ({:.1}%) found the write connection busy and were queued, {together:.0} ({:.1}%) were settlements written together{restarts}",
                         queued / all * 100.0,
                         together / all * 100.0
                     ));

@@ -66,13 +66,13 @@ pub fn tokens_phrase(n: i64, locale: Locale) -> String {
     }
 }
 
-use crate::domain::text::is_hidden;
+use crate::domain::text::without_hidden;
 
 /// A form field meant to be one line of text: control characters become spaces,
 /// direction controls and invisible characters go, runs of whitespace become one space, at most `max_chars`.
 pub fn one_line(s: &str, max_chars: usize) -> String {
-    s.chars()
-        .filter(|c| !is_hidden(*c))
+    without_hidden(s)
+        .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect::<String>()
         .split_whitespace()

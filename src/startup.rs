@@ -321,9 +321,11 @@ fn make_private(config: &Config) {
             .filter(|p| p.is_file() && p.to_string_lossy().ends_with(ending))
             .collect()
     };
+    // A mail being written is `.NAME.eml.tmp` until it is renamed (`mail`).
     for file in files_in(&spool, ".spool")
         .into_iter()
         .chain(files_in(&config.mail_dir, ".eml"))
+        .chain(files_in(&config.mail_dir, ".eml.tmp"))
     {
         paths.push((file, 0o600));
     }

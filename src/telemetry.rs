@@ -232,4 +232,11 @@ pub fn render_sqlite_writes(out: &mut String, w: crate::db::WriteCounts) {
     ] {
         let _ = writeln!(out, "tokengate_sqlite_writes_total{{path=\"{path}\"}} {n}");
     }
+    out.push_str("# HELP tokengate_sqlite_log_restarts_total Times SQLite's write-ahead log was started over under load, each holding writes back for a few milliseconds.\n");
+    out.push_str("# TYPE tokengate_sqlite_log_restarts_total counter\n");
+    let _ = writeln!(
+        out,
+        "tokengate_sqlite_log_restarts_total {}",
+        w.log_restarts
+    );
 }

@@ -50,6 +50,11 @@ const COMMITS_PER_CHECKPOINT: u32 = 200;
 /// at 16 MiB they came four times as often and a stream's p99 at 1,000 chats/s
 /// was 1.5 ms worse (`BENCHMARKS.md`).
 const WAL_RESTART_FRAMES: i64 = 16_384;
+/// Fewer commits than this in a round of the checkpointer (a second, as a round
+/// with more is cut short at `COMMITS_PER_CHECKPOINT`) is light traffic.
+const LIGHT_COMMITS: u32 = 50;
+/// The `-wal` file a quiet database may keep.
+const SMALL_LOG_BYTES: u64 = 4 << 20;
 /// How long the idle checkpoint that truncates the log may wait for readers.
 const CHECKPOINT_PATIENCE_MS: u32 = 100;
 /// How long the writer thread's restarting checkpoint may wait for readers to leave
@@ -258,6 +263,9 @@ pub struct WriteCounts {
     pub queued: u64,
     /// In the writer thread's group commit by design: settlements.
     pub together: u64,
+    /// Times the writer thread started SQLite's log over (`restart_log`), each
+    /// holding writes back for a few milliseconds.
+    pub log_restarts: u64,
 }
 
 struct Shared {
@@ -271,6 +279,7 @@ struct Shared {
     ran_inline: AtomicU64,
     ran_queued: AtomicU64,
     ran_together: AtomicU64,
+    log_restarts: AtomicU64,
     log: Arc<LogState>,
     checkpoint: Option<mpsc::SyncSender<()>>,
 }
@@ -410,6 +419,7 @@ impl Engine {
             ran_inline: AtomicU64::new(0),
             ran_queued: AtomicU64::new(0),
             ran_together: AtomicU64::new(0),
+            log_restarts: AtomicU64::new(0),
             log,
             checkpoint: checkpoint.flatten(),
         });
@@ -430,6 +440,7 @@ impl Engine {
             inline: self.shared.ran_inline.load(Ordering::Relaxed),
             queued: self.shared.ran_queued.load(Ordering::Relaxed),
             together: self.shared.ran_together.load(Ordering::Relaxed),
+            log_restarts: self.shared.log_restarts.load(Ordering::Relaxed),
         }
     }
 
@@ -547,72 +558,95 @@ impl Engine {
 fn writer(shared: &Shared, rx: &mpsc::Receiver<Box<dyn Job>>) {
     let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_GROUP);
     let mut restarts = Backoff::new();
-    while let Ok(first) = rx.recv() {
-        jobs.push(first);
-        while jobs.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
+    loop {
+        // Woken at least once a second, so that a log due to start over does even
+        // when every write runs inline and nothing is queued.
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(first) => write_group(shared, rx, &mut jobs, first),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
-        jobs.sort_by_key(|j| j.key());
-        let mut slot = shared.lock();
-        let group = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            shared
-                .connection(&mut slot)
-                .and_then(|c| run_group(c, &mut jobs))
-        }));
-        let outcomes = match group {
-            Ok(outcome) => {
-                if let Err(e) = &outcome {
-                    tracing::warn!(error = %e, jobs = jobs.len(), "a group of writes failed");
-                    // A broken connection is replaced on the next use.
-                    *slot = None;
+        if restarts.ready() && shared.log.restart_due.swap(false, Ordering::AcqRel) {
+            match restart_log(shared) {
+                Restart::Done => {
+                    shared.log_restarts.fetch_add(1, Ordering::Relaxed);
+                    restarts.after(true);
                 }
-                Outcomes::Group(outcome)
+                Restart::Blocked => restarts.after(false),
+                // The checkpointer was copying: after the next group.
+                Restart::Later => shared.log.restart_due.store(true, Ordering::Release),
             }
-            Err(_) => {
-                // A bug in one job: the group was rolled back with its connection;
-                // write the jobs one by one, so that only the one that panics fails.
+        }
+    }
+}
+
+/// Writes `first` and what is queued behind it (up to `MAX_GROUP`) in one
+/// transaction, and tells each caller how its job went.
+fn write_group(
+    shared: &Shared,
+    rx: &mpsc::Receiver<Box<dyn Job>>,
+    jobs: &mut Vec<Box<dyn Job>>,
+    first: Box<dyn Job>,
+) {
+    jobs.push(first);
+    while jobs.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+    jobs.sort_by_key(|j| j.key());
+    let mut slot = shared.lock();
+    let group = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        shared
+            .connection(&mut slot)
+            .and_then(|c| run_group(c, jobs))
+    }));
+    let outcomes = match group {
+        Ok(outcome) => {
+            if let Err(e) = &outcome {
+                tracing::warn!(error = %e, jobs = jobs.len(), "a group of writes failed");
+                // A broken connection is replaced on the next use.
                 *slot = None;
-                tracing::error!(
-                    jobs = jobs.len(),
-                    "a group of writes panicked; writing each alone"
-                );
-                Outcomes::Each(
-                    jobs.iter_mut()
-                        .map(|job| {
-                            let alone = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                                shared.connection(&mut slot).and_then(|c| job.run_alone(c))
-                            }));
-                            alone.unwrap_or_else(|_| {
-                                *slot = None;
-                                Err(StoreError::Unavailable("the write panicked".into()))
-                            })
+            }
+            Outcomes::Group(outcome)
+        }
+        Err(_) => {
+            // A bug in one job: the group was rolled back with its connection;
+            // write the jobs one by one, so that only the one that panics fails.
+            *slot = None;
+            tracing::error!(
+                jobs = jobs.len(),
+                "a group of writes panicked; writing each alone"
+            );
+            Outcomes::Each(
+                jobs.iter_mut()
+                    .map(|job| {
+                        let alone = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            shared.connection(&mut slot).and_then(|c| job.run_alone(c))
+                        }));
+                        alone.unwrap_or_else(|_| {
+                            *slot = None;
+                            Err(StoreError::Unavailable("the write panicked".into()))
                         })
-                        .collect(),
-                )
-            }
-        };
-        drop(slot);
-        if outcomes.any_committed() {
-            shared.committed();
+                    })
+                    .collect(),
+            )
         }
-        // Counted out before anyone hears of it: a caller that writes again at once
-        // must find the queue as it now is.
-        shared.queued.fetch_sub(jobs.len(), Ordering::AcqRel);
-        for (i, job) in jobs.drain(..).enumerate() {
-            // A callback that panics (a bug) must not take the thread, and with it
-            // every later write, down.
-            let delivered =
-                std::panic::catch_unwind(AssertUnwindSafe(|| job.finish(outcomes.of(i))));
-            if delivered.is_err() {
-                tracing::error!("delivering a write's result panicked");
-            }
-        }
-        if shared.log.restart_due.swap(false, Ordering::AcqRel) && restarts.ready() {
-            let restarted = restart_log(shared);
-            restarts.after(restarted);
+    };
+    drop(slot);
+    if outcomes.any_committed() {
+        shared.committed();
+    }
+    // Counted out before anyone hears of it: a caller that writes again at once
+    // must find the queue as it now is.
+    shared.queued.fetch_sub(jobs.len(), Ordering::AcqRel);
+    for (i, job) in jobs.drain(..).enumerate() {
+        // A callback that panics (a bug) must not take the thread, and with it
+        // every later write, down.
+        let delivered = std::panic::catch_unwind(AssertUnwindSafe(|| job.finish(outcomes.of(i))));
+        if delivered.is_err() {
+            tracing::error!("delivering a write's result panicked");
         }
     }
 }
@@ -650,11 +684,10 @@ impl Backoff {
 /// own connection, so no writer is left sleeping on a lock another connection
 /// holds: a restarting checkpoint run from elsewhere kept writers out while it ran,
 /// and their retries, backing off, added milliseconds to a request's p99.
-/// Whether the log was started over (a reader can keep it from it).
-fn restart_log(shared: &Shared) -> bool {
+fn restart_log(shared: &Shared) -> Restart {
     let mut slot = shared.lock();
     let Ok(c) = shared.connection(&mut slot) else {
-        return false;
+        return Restart::Blocked;
     };
     let patience = format!("PRAGMA busy_timeout = {RESTART_PATIENCE_MS};");
     let restarted = c
@@ -663,13 +696,26 @@ fn restart_log(shared: &Shared) -> bool {
     // Back to never waiting, whatever happened: the inline path relies on it.
     let reset = c.batch_execute("PRAGMA busy_timeout = 0;");
     match restarted.and_then(|done| reset.map(|()| done)) {
-        Ok(done) => done.is_some_and(|d| !d.busy),
+        Ok(Some(done)) if !done.busy => Restart::Done,
+        // SQLite lets one checkpoint run at a time and reports a log of -1 to the
+        // one that found another running.
+        Ok(Some(done)) if done.log < 0 => Restart::Later,
+        Ok(_) => Restart::Blocked,
         Err(e) => {
             tracing::debug!(error = %e, "restarting the log skipped");
             *slot = None;
-            false
+            Restart::Blocked
         }
     }
+}
+
+/// How an attempt to start SQLite's log over went.
+enum Restart {
+    Done,
+    /// A reader kept the log from starting over: back off (`Backoff`).
+    Blocked,
+    /// The checkpointer's own checkpoint was running: try again soon.
+    Later,
 }
 
 /// How a group went: as a whole, or job by job after a panic.
@@ -735,10 +781,10 @@ fn run_group(c: &mut AnyConnection, jobs: &mut [Box<dyn Job>]) -> Result<(), Sto
 /// - past `WAL_RESTART_FRAMES`, a restarting one, run by the writer thread between
 ///   two groups (`restart_log`): it copies what is left and waits (at most
 ///   `RESTART_PATIENCE_MS`) for readers to leave the log, and the next write starts
-///   the log over, cutting the file back to `journal_size_limit`
-///   (`db::connect_sqlite`);
-/// - when no commit happened since the last round, a truncating one: an idle
-///   database keeps no log at all.
+///   the log over, writing the file over from its start (`db::connect_sqlite`);
+/// - when no commit happened since the last round, or fewer than `LIGHT_COMMITS`
+///   while the file is still over `SMALL_LOG_BYTES` (a burst has passed, a
+///   heartbeat goes on), a truncating one: a quiet database keeps little or no log.
 fn checkpointer(manager: &ConnectionManager, wake: &mpsc::Receiver<()>, log: &LogState) {
     let mut conn: Option<AnyConnection> = None;
     let mut seen = log.commits.load(Ordering::Relaxed);
@@ -761,10 +807,11 @@ fn checkpointer(manager: &ConnectionManager, wake: &mpsc::Receiver<()>, log: &Lo
             continue;
         };
         let now = log.commits.load(Ordering::Relaxed);
-        let idle = now == seen;
+        let commits = now.wrapping_sub(seen);
         seen = now;
+        let quiet = commits == 0 || (commits < LIGHT_COMMITS && log_file_is_large(manager));
         let result = checkpoint(c, "PASSIVE").and_then(|done| match done {
-            Some(d) if idle && d.log > 0 => checkpoint(c, "TRUNCATE"),
+            Some(d) if quiet && d.log > 0 => checkpoint(c, "TRUNCATE"),
             Some(d) if d.log > WAL_RESTART_FRAMES => {
                 log.restart_due.store(true, Ordering::Release);
                 Ok(Some(d))
@@ -778,6 +825,16 @@ fn checkpointer(manager: &ConnectionManager, wake: &mpsc::Receiver<()>, log: &Lo
     }
 }
 
+/// Whether SQLite's `-wal` file is over `SMALL_LOG_BYTES`.
+fn log_file_is_large(manager: &ConnectionManager) -> bool {
+    let crate::config::DatabaseUrl::Sqlite(path) = manager.url() else {
+        return false;
+    };
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(wal).is_ok_and(|m| m.len() > SMALL_LOG_BYTES)
+}
+
 /// What a checkpoint reports.
 struct Checkpointed {
     /// It could not finish: a writer or a reader was in the way.
@@ -786,8 +843,9 @@ struct Checkpointed {
     log: i64,
 }
 
-/// Runs a checkpoint of `mode`; `None` when SQLite reports no log (not in WAL mode,
-/// which it always is here).
+/// Runs a checkpoint of `mode`; `None` on PostgreSQL. A log of -1 means it could not
+/// run: another connection's checkpoint was running (or the file is not in WAL
+/// mode, which it always is here).
 fn checkpoint(c: &mut AnyConnection, mode: &str) -> Result<Option<Checkpointed>, DieselError> {
     #[derive(diesel::QueryableByName)]
     struct Row {
@@ -801,7 +859,7 @@ fn checkpoint(c: &mut AnyConnection, mode: &str) -> Result<Option<Checkpointed>,
     };
     let query = format!("PRAGMA wal_checkpoint({mode})");
     let row: Row = diesel::RunQueryDsl::get_result(diesel::sql_query(query), lite)?;
-    Ok((row.log >= 0).then_some(Checkpointed {
+    Ok(Some(Checkpointed {
         busy: row.busy != 0,
         log: row.log,
     }))

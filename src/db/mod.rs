@@ -155,11 +155,11 @@ fn connect_sqlite(path: &Path) -> Result<SqliteConnection, ConnectError> {
     // at ~10 µs a commit. No connection checkpoints inside its own commits
     // (`wal_autocheckpoint = 0`): the write engine's checkpointer does, from a
     // connection of its own.
-    // A writer that starts the log over (`engine::checkpointer`) cuts its file back
-    // to `journal_size_limit`, set above the size at which the log is started over:
-    // under load the file is written over in place, not cut and grown again (each
-    // cut freed megabytes of blocks inside a request's commit); an idle database
-    // truncates it to nothing.
+    // A writer that starts the log over (`engine::restart_log`) would cut its file
+    // back to `journal_size_limit`; it is set above the size at which the log is
+    // started over, so under load the file is written over in place, not cut and
+    // grown again (each cut freed megabytes of blocks inside a request's commit).
+    // A quiet database truncates it (`engine::checkpointer`).
     conn.batch_execute(
         "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
          PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \

@@ -43,10 +43,15 @@ impl Email {
     pub fn parse(raw: &str) -> Result<Self, IdentityError> {
         // Checked as stored: lowercasing can lengthen a string (U+023E 'Ⱦ' is two bytes,
         // its lowercase 'ⱦ' three), and the limit is on what is kept and mailed to.
-        let s = raw.trim().to_lowercase();
+        // Whatever a paste brought around it (a byte order mark, a zero-width
+        // space) goes; inside an address it is refused below.
+        let s = raw
+            .trim_matches(|c: char| c.is_whitespace() || super::text::is_hidden(c))
+            .to_lowercase();
         let valid = s.len() <= 254
-            && s.chars()
-                .all(|c| !c.is_whitespace() && !c.is_control() && !super::text::is_hidden(c))
+            && s.chars().all(|c| !c.is_whitespace() && !c.is_control())
+            // Nothing a name would lose (`text::without_hidden`).
+            && super::text::without_hidden(&s) == s
             && !s.contains(['<', '>', '"', ',', ';', '(', ')', '\\'])
             && match s.split_once('@') {
                 Some((local, domain)) => {
@@ -88,10 +93,7 @@ impl DisplayName {
         // Control characters split the name; direction controls and invisible
         // characters go (they could make a name show as something else, or as
         // nothing, in the dashboard and in mails).
-        let raw: String = raw
-            .chars()
-            .filter(|c| !super::text::is_hidden(*c))
-            .collect();
+        let raw = super::text::without_hidden(raw);
         let cleaned: String = raw
             .split(|c: char| c.is_whitespace() || c.is_control())
             .filter(|part| !part.is_empty())
@@ -100,7 +102,9 @@ impl DisplayName {
         let cleaned: String = cleaned.chars().take(Self::MAX_CHARS).collect();
         // The cut may land just after a space.
         let cleaned = cleaned.trim_end();
-        if cleaned.is_empty() || is_placeholder(cleaned) {
+        // U+2800 (a Braille cell with no dots) shows as a space.
+        let blank = cleaned.chars().all(|c| c == ' ' || c == '\u{2800}');
+        if blank || is_placeholder(cleaned) {
             None
         } else {
             Some(Self(cleaned.to_owned()))
@@ -281,8 +285,23 @@ mod tests {
     #[test]
     fn names_and_emails_lose_or_refuse_invisible_characters() {
         for hidden in [
-            '\u{200B}', '\u{2060}', '\u{2063}', '\u{FEFF}', '\u{00AD}', '\u{180E}', '\u{3164}',
-            '\u{115F}', '\u{FFA0}',
+            '\u{200B}',
+            '\u{2060}',
+            '\u{2063}',
+            '\u{2065}',
+            '\u{206A}',
+            '\u{FEFF}',
+            '\u{00AD}',
+            '\u{034F}',
+            '\u{17B4}',
+            '\u{3164}',
+            '\u{115F}',
+            '\u{FFA0}',
+            '\u{FFF9}',
+            '\u{1D173}',
+            '\u{E0041}',
+            '\u{200C}',
+            '\u{200D}',
         ] {
             assert_eq!(
                 DisplayName::parse(&format!("Ad{hidden}min")).map(|n| n.0),
@@ -296,5 +315,35 @@ mod tests {
             );
         }
         assert!(Email::parse("ana\u{202E}moc.elpmaxe@x.com").is_err());
+        // What a paste brings around an address is not part of it.
+        assert_eq!(
+            Email::parse("\u{FEFF}Ana@Example.com\u{200B} ").map(|e| e.0),
+            Ok("ana@example.com".to_string())
+        );
+        // A Braille cell with no dots shows as a space: no name.
+        assert_eq!(DisplayName::parse("\u{2800} \u{2800}"), None);
+    }
+
+    /// The joiners stay where emoji sequences and scripts need them, and so does
+    /// Mongolian's vowel separator.
+    #[test]
+    fn names_keep_the_joiners_and_separators_that_text_needs() {
+        for name in [
+            "Família 👨\u{200D}👩\u{200D}👧",
+            "❤\u{FE0F}\u{200D}🔥 Ana",
+            "می\u{200C}خواهم",
+            "क्\u{200D}ष",
+            "ᠮᠣᠩᠭᠣᠯ\u{180E}ᠠ",
+        ] {
+            assert_eq!(
+                DisplayName::parse(name).map(|n| n.0),
+                Some(name.to_string())
+            );
+        }
+        // Not at an end, not twice, not beside ASCII.
+        assert_eq!(
+            DisplayName::parse("\u{200D}👨\u{200D}\u{200D}👩\u{200C}").map(|n| n.0),
+            Some("👨\u{200D}👩".to_string())
+        );
     }
 }

@@ -317,8 +317,18 @@ mod tests {
                 locale,
                 &json!({"name": "Ana", "link": "http://x/me/link/abc", "minutes": 30, "accounts": [
                     {"name": "Ana", "since": "01/11/2026", "link": "http://x/me/link/abc"},
-                    {"name": null, "since": "02/11/2026", "link": "http://x/me/link/def"}]}),
+                    {"name": null, "since": "02/11/2026", "link": "http://x/me/link/def"}], "more": true}),
             )?;
+            let more = if locale == Locale::PtBr {
+                "Há mais contas"
+            } else {
+                "There are more accounts"
+            };
+            assert!(
+                two.text.contains(more) && two.html.contains(more),
+                "{}",
+                two.text
+            );
             // minijinja escapes "/" in HTML.
             for part in [two.text.clone(), two.html.replace("&#x2f;", "/")] {
                 assert!(

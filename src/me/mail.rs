@@ -16,12 +16,14 @@ use serde::Serialize;
 struct SignInContext {
     /// The account's name, when the mail is for one account.
     name: Option<String>,
-    /// Its link, or the newest account's.
+    /// Its link, or the first account's.
     link: String,
     minutes: i64,
     /// Every account with the address, each with its own link, when there are
     /// several: the person chooses.
     accounts: Vec<AccountLink>,
+    /// There are more than `store::MAX_ACCOUNTS_PER_MAIL`, and only those are listed.
+    more: bool,
 }
 
 #[derive(Serialize)]
@@ -52,7 +54,10 @@ async fn try_send(state: &AppState, email: &str) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    let Some(newest) = accounts.first().cloned() else {
+    let mut accounts = accounts;
+    let more = accounts.len() > store::MAX_ACCOUNTS_PER_MAIL;
+    accounts.truncate(store::MAX_ACCOUNTS_PER_MAIL);
+    let Some(first) = accounts.first().cloned() else {
         tracing::info!("sign-in mail asked for an address no user has");
         return Ok(());
     };
@@ -82,27 +87,28 @@ async fn try_send(state: &AppState, email: &str) -> Result<(), String> {
         });
     }
     let ctx = SignInContext {
-        name: newest.name.clone(),
+        name: first.name.clone(),
         link: links[0].link.clone(),
         minutes: super::SIGN_IN_LINK_TTL.num_minutes(),
         accounts: if links.len() > 1 { links } else { Vec::new() },
+        more,
     };
     let rendered = state
         .templates
         .render(Kind::SignIn, state.config.locale, &ctx)
         .map_err(|e| e.to_string())?;
     let mail = Outgoing {
-        to: newest.email,
+        to: first.email,
         rendered,
         message_id: format!(
             "tokengate.sign-in-{}.{}",
-            newest.user_id,
+            first.user_id,
             now.and_utc().timestamp_micros()
         ),
     };
     state.mailer.send(&mail).await.map_err(|e| e.to_string())?;
     tracing::info!(
-        user = newest.user_id,
+        user = first.user_id,
         accounts = accounts.len(),
         "sign-in mail sent"
     );

@@ -129,7 +129,7 @@ pub async fn end_session(db: &Database, token: &str) -> Result<(), StoreError> {
 }
 
 /// Most accounts one sign-in mail offers a link to.
-pub const MAX_ACCOUNTS_PER_MAIL: i64 = 5;
+pub const MAX_ACCOUNTS_PER_MAIL: usize = 5;
 
 /// An account a sign-in mail offers: LibreChat may have several with one address
 /// (an account made again, a second login method), each with a page of its own.
@@ -142,7 +142,9 @@ pub struct Account {
     pub created_at: NaiveDateTime,
 }
 
-/// The accounts LibreChat sent with `email` (compared without case), newest first.
+/// The accounts LibreChat sent with `email` (compared without case), in the order
+/// tokengate first saw them: at most `MAX_ACCOUNTS_PER_MAIL` and one more, which
+/// only says there are more.
 /// Suspended users may see their page too.
 pub fn accounts_by_email(db: &Database, email: &str) -> Result<Vec<Account>, StoreError> {
     diesel::define_sql_function!(fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text);
@@ -154,7 +156,7 @@ pub fn accounts_by_email(db: &Database, email: &str) -> Result<Vec<Account>, Sto
         // likely an impostor's than theirs, and must not push theirs out.
         .order(users::id.asc())
         .select((users::id, users::email, users::name, users::created_at))
-        .limit(MAX_ACCOUNTS_PER_MAIL)
+        .limit(MAX_ACCOUNTS_PER_MAIL as i64 + 1)
         .load(&mut c)?;
     Ok(found
         .into_iter()

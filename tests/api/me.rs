@@ -813,3 +813,38 @@ async fn an_email_with_two_accounts_gets_a_link_for_each() {
         assert!(html.contains(name), "{name}'s link opened another page");
     }
 }
+
+/// More accounts with one email than a mail lists: the accounts tokengate saw
+/// first are listed (one made later with someone's address must not push theirs
+/// out), and the mail says there are more.
+#[actix_web::test]
+async fn an_email_with_many_accounts_lists_the_first_and_says_there_are_more() {
+    let smtp = SmtpServer::start(SmtpOptions::default()).await;
+    let app = me_app(&smtp).await;
+    for i in 1..=7 {
+        chat_user(
+            &app,
+            &format!("conta-{i}"),
+            "muitas@example.com",
+            &format!("Pessoa {i}"),
+            "fake-model",
+            5,
+        )
+        .await;
+        app.advance_clock(chrono::Duration::hours(1));
+    }
+    let (status, _) = ask_for_link(&app, &browser(), "muitas@example.com").await;
+    assert_eq!(status, 200);
+    let mail = smtp.wait_for(1).await;
+    let text = &mail[0].text;
+    for i in 1..=5 {
+        assert!(
+            text.contains(&format!("Pessoa {i},")),
+            "{i} not listed: {text}"
+        );
+    }
+    for i in 6..=7 {
+        assert!(!text.contains(&format!("Pessoa {i}")), "{i} listed: {text}");
+    }
+    assert!(text.contains("Há mais contas com este email"), "{text}");
+}
