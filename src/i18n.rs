@@ -69,9 +69,10 @@ pub fn tokens_phrase(n: i64, locale: Locale) -> String {
 use crate::domain::text::without_hidden;
 
 /// A form field meant to be one line of text: control characters become spaces,
-/// direction controls and invisible characters go, runs of whitespace become one space, at most `max_chars`.
+/// direction controls and invisible characters go (`without_hidden`), runs of
+/// whitespace become one space, at most `max_chars`.
 pub fn one_line(s: &str, max_chars: usize) -> String {
-    without_hidden(s)
+    let line: String = without_hidden(s)
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect::<String>()
@@ -80,7 +81,9 @@ pub fn one_line(s: &str, max_chars: usize) -> String {
         .join(" ")
         .chars()
         .take(max_chars)
-        .collect()
+        .collect();
+    // The cut may leave a joiner with nothing after it.
+    without_hidden(&line)
 }
 
 /// A calendar date: `01/12/2026` (dd/mm/aaaa) or `December 1, 2026`.

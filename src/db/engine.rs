@@ -31,6 +31,7 @@ use diesel::connection::{
 };
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError, mpsc};
 use std::time::{Duration, Instant};
@@ -50,8 +51,8 @@ const COMMITS_PER_CHECKPOINT: u32 = 200;
 /// at 16 MiB they came four times as often and a stream's p99 at 1,000 chats/s
 /// was 1.5 ms worse (`BENCHMARKS.md`).
 const WAL_RESTART_FRAMES: i64 = 16_384;
-/// Fewer commits than this in a round of the checkpointer (a second, as a round
-/// with more is cut short at `COMMITS_PER_CHECKPOINT`) is light traffic.
+/// Fewer commits a second than this is light traffic (a group of settlements is
+/// one commit).
 const LIGHT_COMMITS: u32 = 50;
 /// The `-wal` file a quiet database may keep.
 const SMALL_LOG_BYTES: u64 = 4 << 20;
@@ -782,12 +783,19 @@ fn run_group(c: &mut AnyConnection, jobs: &mut [Box<dyn Job>]) -> Result<(), Sto
 ///   two groups (`restart_log`): it copies what is left and waits (at most
 ///   `RESTART_PATIENCE_MS`) for readers to leave the log, and the next write starts
 ///   the log over, writing the file over from its start (`db::connect_sqlite`);
-/// - when no commit happened since the last round, or fewer than `LIGHT_COMMITS`
-///   while the file is still over `SMALL_LOG_BYTES` (a burst has passed, a
-///   heartbeat goes on), a truncating one: a quiet database keeps little or no log.
+/// - when no commit happened since the last round, or fewer than `LIGHT_COMMITS` a
+///   second while the file is still over `SMALL_LOG_BYTES` (a burst has passed, a
+///   heartbeat goes on), a truncating one, backing off while a reader keeps it from
+///   it: a quiet database keeps little or no log.
 fn checkpointer(manager: &ConnectionManager, wake: &mpsc::Receiver<()>, log: &LogState) {
-    let mut conn: Option<AnyConnection> = None;
+    let mut conn: Option<(AnyConnection, Option<PathBuf>)> = None;
     let mut seen = log.commits.load(Ordering::Relaxed);
+    // Commits over at least a second, for `LIGHT_COMMITS` (a nudged round can be
+    // far shorter).
+    let mut window = (Instant::now(), seen);
+    // A reader that stays (a backup) would otherwise have every second's truncation
+    // hold writers back for its whole patience.
+    let mut truncations = Backoff::new();
     loop {
         match wake.recv_timeout(Duration::from_secs(1)) {
             Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -795,23 +803,33 @@ fn checkpointer(manager: &ConnectionManager, wake: &mpsc::Receiver<()>, log: &Lo
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         if conn.is_none() {
-            conn =
-                r2d2::ManageConnection::connect(manager)
-                    .ok()
-                    .and_then(|mut c: AnyConnection| {
-                        let patience = format!("PRAGMA busy_timeout = {CHECKPOINT_PATIENCE_MS};");
-                        c.batch_execute(&patience).ok().map(|()| c)
-                    });
+            conn = open_for_checkpoints(manager);
         }
-        let Some(c) = conn.as_mut() else {
+        let Some((c, wal)) = conn.as_mut() else {
             continue;
         };
         let now = log.commits.load(Ordering::Relaxed);
-        let commits = now.wrapping_sub(seen);
+        let idle = now == seen;
         seen = now;
-        let quiet = commits == 0 || (commits < LIGHT_COMMITS && log_file_is_large(manager));
+        let mut light = false;
+        let elapsed = window.0.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            let per_second = f64::from(now.wrapping_sub(window.1)) / elapsed.as_secs_f64();
+            light = per_second < f64::from(LIGHT_COMMITS);
+            window = (Instant::now(), now);
+        }
+        let large = || {
+            wal.as_deref()
+                .and_then(|w| std::fs::metadata(w).ok())
+                .is_some_and(|m| m.len() > SMALL_LOG_BYTES)
+        };
+        let quiet = truncations.ready() && (idle || (light && large()));
         let result = checkpoint(c, "PASSIVE").and_then(|done| match done {
-            Some(d) if quiet && d.log > 0 => checkpoint(c, "TRUNCATE"),
+            Some(d) if quiet && d.log > 0 => {
+                let truncated = checkpoint(c, "TRUNCATE")?;
+                truncations.after(truncated.as_ref().is_some_and(|t| !t.busy));
+                Ok(truncated)
+            }
             Some(d) if d.log > WAL_RESTART_FRAMES => {
                 log.restart_due.store(true, Ordering::Release);
                 Ok(Some(d))
@@ -825,14 +843,30 @@ fn checkpointer(manager: &ConnectionManager, wake: &mpsc::Receiver<()>, log: &Lo
     }
 }
 
-/// Whether SQLite's `-wal` file is over `SMALL_LOG_BYTES`.
-fn log_file_is_large(manager: &ConnectionManager) -> bool {
-    let crate::config::DatabaseUrl::Sqlite(path) = manager.url() else {
-        return false;
+/// The checkpointer's own connection, and the `-wal` file beside the database as
+/// SQLite opened it (after symlinks and URI names, from `PRAGMA database_list`).
+fn open_for_checkpoints(manager: &ConnectionManager) -> Option<(AnyConnection, Option<PathBuf>)> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        file: String,
+    }
+    let mut c: AnyConnection = r2d2::ManageConnection::connect(manager).ok()?;
+    let patience = format!("PRAGMA busy_timeout = {CHECKPOINT_PATIENCE_MS};");
+    c.batch_execute(&patience).ok()?;
+    let wal = match &mut c {
+        AnyConnection::Sqlite(lite) => {
+            let rows: Vec<Row> =
+                diesel::RunQueryDsl::load(diesel::sql_query("PRAGMA database_list"), lite).ok()?;
+            rows.into_iter()
+                .find(|r| r.name == "main" && !r.file.is_empty())
+                .map(|r| PathBuf::from(r.file + "-wal"))
+        }
+        _ => None,
     };
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    std::fs::metadata(wal).is_ok_and(|m| m.len() > SMALL_LOG_BYTES)
+    Some((c, wal))
 }
 
 /// What a checkpoint reports.

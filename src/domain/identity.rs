@@ -1,5 +1,6 @@
 //! Who is calling: parsed from the headers LibreChat fills in (docs/behaviour.md).
 
+use super::text;
 use base64::Engine;
 use std::fmt;
 
@@ -45,13 +46,14 @@ impl Email {
         // its lowercase 'ⱦ' three), and the limit is on what is kept and mailed to.
         // Whatever a paste brought around it (a byte order mark, a zero-width
         // space) goes; inside an address it is refused below.
+        let unseen =
+            |c: char| text::is_hidden(c) || text::is_joiner(c) || text::is_variation_selector(c);
         let s = raw
-            .trim_matches(|c: char| c.is_whitespace() || super::text::is_hidden(c))
+            .trim_matches(|c: char| c.is_whitespace() || unseen(c))
             .to_lowercase();
         let valid = s.len() <= 254
-            && s.chars().all(|c| !c.is_whitespace() && !c.is_control())
-            // Nothing a name would lose (`text::without_hidden`).
-            && super::text::without_hidden(&s) == s
+            && s.chars()
+                .all(|c| !c.is_whitespace() && !c.is_control() && !unseen(c))
             && !s.contains(['<', '>', '"', ',', ';', '(', ')', '\\'])
             && match s.split_once('@') {
                 Some((local, domain)) => {
@@ -92,18 +94,20 @@ impl DisplayName {
     pub fn parse(raw: &str) -> Option<Self> {
         // Control characters split the name; direction controls and invisible
         // characters go (they could make a name show as something else, or as
-        // nothing, in the dashboard and in mails).
-        let raw = super::text::without_hidden(raw);
-        let cleaned: String = raw
+        // nothing, in the dashboard and in mails). Cleaned again after the cut, which
+        // may leave a joiner with nothing after it.
+        let cleaned: String = text::without_hidden(raw)
             .split(|c: char| c.is_whitespace() || c.is_control())
             .filter(|part| !part.is_empty())
             .collect::<Vec<_>>()
-            .join(" ");
-        let cleaned: String = cleaned.chars().take(Self::MAX_CHARS).collect();
+            .join(" ")
+            .chars()
+            .take(Self::MAX_CHARS)
+            .collect();
+        let cleaned = text::without_hidden(&cleaned);
         // The cut may land just after a space.
         let cleaned = cleaned.trim_end();
-        // U+2800 (a Braille cell with no dots) shows as a space.
-        let blank = cleaned.chars().all(|c| c == ' ' || c == '\u{2800}');
+        let blank = text::is_blank(cleaned);
         if blank || is_placeholder(cleaned) {
             None
         } else {
@@ -320,8 +324,39 @@ mod tests {
             Email::parse("\u{FEFF}Ana@Example.com\u{200B} ").map(|e| e.0),
             Ok("ana@example.com".to_string())
         );
-        // A Braille cell with no dots shows as a space: no name.
-        assert_eq!(DisplayName::parse("\u{2800} \u{2800}"), None);
+        // Nothing visible is no name: a Braille cell with no dots, a joiner between
+        // them or between C1 controls, a separator or a selector alone.
+        for blank in [
+            "\u{2800} \u{2800}",
+            "\u{2800}\u{200D}\u{2800}",
+            "\u{80}\u{200D}\u{80}",
+            "\u{180E}",
+            "\u{FE0F}",
+        ] {
+            assert_eq!(DisplayName::parse(blank), None, "{blank:?}");
+        }
+        // What only shapes a name has no place in an address.
+        for unseen in ['\u{180E}', '\u{FE0F}', '\u{200D}'] {
+            assert!(
+                Email::parse(&format!("an{unseen}é@example.com")).is_err(),
+                "{unseen:?}"
+            );
+        }
+        assert_eq!(
+            Email::parse("ana@example.com\u{200D}").map(|e| e.0),
+            Ok("ana@example.com".to_string())
+        );
+        // Hidden text in tags after a black flag goes; a subdivision flag stays.
+        assert_eq!(
+            DisplayName::parse("🏴\u{E0068}\u{E0069} Ana").map(|n| n.0),
+            Some("🏴 Ana".to_string())
+        );
+        // A cut at the limit leaves no joiner at the end.
+        let long = format!("{}\u{200D}é", "é".repeat(DisplayName::MAX_CHARS - 1));
+        assert_eq!(
+            DisplayName::parse(&long).map(|n| n.0),
+            Some("é".repeat(DisplayName::MAX_CHARS - 1))
+        );
     }
 
     /// The joiners stay where emoji sequences and scripts need them, and so does
@@ -334,6 +369,10 @@ mod tests {
             "می\u{200C}خواهم",
             "क्\u{200D}ष",
             "ᠮᠣᠩᠭᠣᠯ\u{180E}ᠠ",
+            // A chillu (legacy Malayalam) and a half form at a word's end.
+            "അവന്\u{200D}",
+            "क्\u{200D} Ana",
+            "🏴\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F} Ana",
         ] {
             assert_eq!(
                 DisplayName::parse(name).map(|n| n.0),

@@ -68,6 +68,14 @@ impl TestDb {
     }
 }
 
+/// The data folder its processes used (`process_data_dir`) goes with it: a suite
+/// run left hundreds of them in the temporary folder.
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(process_data_dir(&self.url));
+    }
+}
+
 impl TestDb {
     /// A SQLite database at `path`, whatever backend the suite runs on (for tests
     /// of SQLite's own storage).
