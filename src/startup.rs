@@ -303,7 +303,7 @@ async fn keep_alive(state: web::Data<AppState>, server: actix_web::dev::ServerHa
 /// opened (opening SQLite's file from outside SQLite would drop its locks).
 fn make_private(config: &Config) {
     use std::os::unix::fs::PermissionsExt;
-    let spool = config.data_dir.join("spool");
+    let spool = crate::proxy::spool::folder(&config.data_dir);
     let mut paths = vec![(spool.clone(), 0o700)];
     if let crate::config::DatabaseUrl::Sqlite(db) = &config.database_url {
         for suffix in ["", "-wal", "-shm"] {
@@ -312,20 +312,22 @@ fn make_private(config: &Config) {
             paths.push((file.into(), 0o600));
         }
     }
-    let files_in = |dir: &std::path::Path, ending: &str| -> Vec<std::path::PathBuf> {
+    let files_in = |dir: &std::path::Path, endings: &[&str]| -> Vec<std::path::PathBuf> {
         std::fs::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()
             .map(|entry| entry.path())
-            .filter(|p| p.is_file() && p.to_string_lossy().ends_with(ending))
+            .filter(|p| {
+                let name = p.to_string_lossy();
+                p.is_file() && endings.iter().any(|e| name.ends_with(e))
+            })
             .collect()
     };
     // A mail being written is `.NAME.eml.tmp` until it is renamed (`mail`).
-    for file in files_in(&spool, ".spool")
+    for file in files_in(&spool, &[".spool"])
         .into_iter()
-        .chain(files_in(&config.mail_dir, ".eml"))
-        .chain(files_in(&config.mail_dir, ".eml.tmp"))
+        .chain(files_in(&config.mail_dir, &[".eml", ".eml.tmp"]))
     {
         paths.push((file, 0o600));
     }

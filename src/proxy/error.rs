@@ -340,11 +340,7 @@ impl Unreservable {
 /// LibreChat takes for a context-length problem (it would cut the conversation and
 /// send it again).
 fn shown(name: &str) -> String {
-    let clean: String = name
-        .chars()
-        .filter(|c| !c.is_control() && !matches!(c, '{' | '}'))
-        .take(40)
-        .collect();
+    let clean = on_one_line(name, 40);
     let lower = clean.to_lowercase();
     if ["context", "too long", "too large"]
         .iter()
@@ -354,6 +350,14 @@ fn shown(name: &str) -> String {
     } else {
         clean
     }
+}
+
+/// `name`'s first `max` characters, without control characters or braces.
+fn on_one_line(name: &str, max: usize) -> String {
+    name.chars()
+        .filter(|c| !c.is_control() && !matches!(c, '{' | '}'))
+        .take(max)
+        .collect()
 }
 
 impl ApiError {
@@ -402,13 +406,7 @@ impl ApiError {
     fn param(&self) -> Option<String> {
         match self {
             Self::InvalidBody(e) => e.param.map(str::to_owned),
-            Self::NotReservable(Unreservable::Unknown(field)) => Some(
-                field
-                    .chars()
-                    .filter(|c| !c.is_control() && !matches!(c, '{' | '}'))
-                    .take(64)
-                    .collect(),
-            ),
+            Self::NotReservable(Unreservable::Unknown(field)) => Some(on_one_line(field, 64)),
             Self::NotReservable(u) => Some(u.param().to_owned()),
             _ => None,
         }

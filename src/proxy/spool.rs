@@ -125,11 +125,16 @@ struct State {
     pending: BTreeMap<String, Spooled>,
 }
 
+/// The folder under `dir` that holds every instance's spool.
+pub fn folder(dir: &Path) -> std::path::PathBuf {
+    dir.join("spool")
+}
+
 impl Spool {
     /// Opens and locks this instance's spool under `dir`, taking over the spools of
     /// instances that are gone. Fails when another live process holds this one.
     pub fn open(dir: &Path, instance: &str) -> Result<Self, SpoolError> {
-        let folder = dir.join("spool");
+        let folder = folder(dir);
         let io = |path: &Path| {
             let path = path.display().to_string();
             move |source| SpoolError::Io { path, source }
