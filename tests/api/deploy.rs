@@ -487,12 +487,32 @@ async fn podman_ok(args: &[&str]) -> String {
 }
 
 /// Removes the test's containers, volume and image (and the untagged stage its
-/// build left, none other), pass or fail.
+/// build left, none other), pass or fail. One test with Podman at a time (`alone`):
+/// the untagged images a test's cleanup sees appear include another's build in
+/// progress, and removing them failed that build ("identifier is not a container").
 struct PodmanCleanup {
     containers: Vec<String>,
     volume: String,
     image: String,
     untagged_before: Vec<String>,
+    /// A lock on a file shared by the test processes, released after the cleanup.
+    _alone: std::fs::File,
+}
+
+impl PodmanCleanup {
+    /// Waits for any other test using Podman to finish, then starts this one's.
+    fn new(volume: String, image: String) -> Self {
+        let lock = std::env::temp_dir().join("tokengate-test-podman.lock");
+        let alone = std::fs::File::create(lock).unwrap();
+        alone.lock().unwrap();
+        Self {
+            containers: Vec::new(),
+            volume,
+            image,
+            untagged_before: untagged_images(),
+            _alone: alone,
+        }
+    }
 }
 
 fn untagged_images() -> Vec<String> {
@@ -532,12 +552,7 @@ async fn the_image_runs_unprivileged_meters_a_chat_and_keeps_its_data() {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let image = format!("localhost/tokengate-test:{}", &id[..12]);
     let volume = format!("tokengate-test-{}", &id[..12]);
-    let mut cleanup = PodmanCleanup {
-        containers: Vec::new(),
-        volume: volume.clone(),
-        image: image.clone(),
-        untagged_before: untagged_images(),
-    };
+    let mut cleanup = PodmanCleanup::new(volume.clone(), image.clone());
     // The binary under test, where the Dockerfile's `prebuilt` target takes it from.
     let staged = repo("target/image/tokengate");
     std::fs::create_dir_all(staged.parent().unwrap()).unwrap();
@@ -647,12 +662,7 @@ async fn the_dockerfiles_default_build_takes_its_binary_from_the_rust_stage() {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let rust = format!("localhost/tokengate-test-rust:{}", &id[..12]);
     let image = format!("localhost/tokengate-test-default:{}", &id[..12]);
-    let mut cleanup = PodmanCleanup {
-        containers: Vec::new(),
-        volume: format!("tokengate-test-{}", &id[..12]),
-        image: image.clone(),
-        untagged_before: untagged_images(),
-    };
+    let mut cleanup = PodmanCleanup::new(format!("tokengate-test-{}", &id[..12]), image.clone());
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("Containerfile"),
