@@ -325,7 +325,7 @@ fn make_private(config: &Config) {
             .collect()
     };
     // A mail being written is `.NAME.eml.tmp` until it is renamed (`mail`).
-    for file in files_in(&spool, &[".spool"])
+    for file in files_in(&spool, &[".spool", ".journal"])
         .into_iter()
         .chain(files_in(&config.mail_dir, &[".eml", ".eml.tmp"]))
     {

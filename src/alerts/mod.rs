@@ -35,6 +35,13 @@ pub struct AlertPolicy {
     pub admin_emails: Vec<String>,
 }
 
+impl AlertPolicy {
+    /// The threshold whose crossing is also said in the chat: the highest below 100%.
+    pub fn notice_at(&self) -> Option<u8> {
+        self.thresholds.iter().copied().filter(|t| *t < 100).max()
+    }
+}
+
 impl Default for AlertPolicy {
     fn default() -> Self {
         Self {

@@ -62,10 +62,12 @@ pub(crate) fn record_crossings(
     // the answer that crossed it, or the next streamed text answer); lower
     // thresholds only mail, so one answer that claims the notice and crosses
     // another threshold does not arm a second. At 100% the block says it instead.
-    let notice_at = policy.thresholds.iter().filter(|t| **t < 100).max();
     let notice_due = if top >= 100 {
         Some(None)
-    } else if notice_at.is_some_and(|n| new.contains(&i32::from(*n))) {
+    } else if policy
+        .notice_at()
+        .is_some_and(|n| new.contains(&i32::from(n)))
+    {
         Some(Some(now))
     } else {
         None

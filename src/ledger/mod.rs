@@ -90,6 +90,13 @@ pub struct Reservation {
     pub remaining: i64,
     /// The in-chat notice this answer ends with, claimed from the balance.
     pub notice: Option<NoticeBase>,
+    /// Charged all it holds, with every other request of the user's in flight
+    /// charged all theirs, this request would reach the in-chat notice's threshold:
+    /// its answer may be the one that crosses it, and waits for its settlement to
+    /// know. Any other answer ends without waiting; should it cross after all
+    /// (requests of the user's that began later ended first), the notice is due
+    /// for the next answer.
+    pub may_cross_notice: bool,
 }
 
 /// What the in-chat notice says, before this answer's own charge is known.

@@ -124,6 +124,11 @@ pub(super) fn reserve(
         holds::prompt_charge.eq(prompt_cost),
     ));
     on_backend!(c, |c| hold.execute(c))?;
+    let worst = bal.used_this_cycle + bal.held + amount;
+    let may_cross_notice = req.notice_eligible
+        && policy
+            .notice_at()
+            .is_some_and(|n| used_percent(worst, remaining - amount) >= n);
     Ok((
         ReserveOutcome::Reserved(Reservation {
             request_id: req.request_id.clone(),
@@ -134,6 +139,7 @@ pub(super) fn reserve(
             prompt_estimate: prompt,
             remaining: remaining - amount,
             notice,
+            may_cross_notice,
         }),
         0,
     ))

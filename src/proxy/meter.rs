@@ -131,6 +131,9 @@ pub struct EndLine {
     pub claimed: Option<NoticeBase>,
     /// The limit the reservation lowered the answer to, when it did.
     pub lowered_to: Option<i64>,
+    /// This answer may cross the notice's threshold (`Reservation::may_cross_notice`):
+    /// its end waits to learn whether it did.
+    pub may_cross: bool,
     /// Called when a notice this answer took (claimed, or crossed) ends up unshown
     /// (an error, no `[DONE]`, a client gone): it is due again, for the next answer.
     pub still_due: Option<Box<dyn FnOnce()>>,
@@ -141,16 +144,18 @@ pub struct EndLine {
 impl EndLine {
     /// The line for this answer, if any (why it stopped, when the balance stopped
     /// it; else the notice, claimed at the reservation or by the settlement that
-    /// crossed the threshold), and whether it took a notice.
+    /// crossed the threshold), and whether it took a notice. `charged`: this
+    /// answer's own charge, which the notice counts as used.
     fn text(
         &self,
         usage: Option<Usage>,
         hit_limit: bool,
         written: Option<&SettleResult>,
+        charged: i64,
     ) -> (Option<String>, bool) {
-        let (charged, crossed) = match written {
-            Some(SettleResult::Settled { charged, notice }) => (*charged, *notice),
-            _ => (0, None),
+        let crossed = match written {
+            Some(SettleResult::Settled { notice, .. }) => *notice,
+            _ => None,
         };
         let notice = self.claimed.or(crossed);
         let stopped = self
@@ -161,7 +166,7 @@ impl EndLine {
             return (Some(self.stopped.clone()), notice.is_some());
         }
         (
-            notice.map(|base| (self.notice)(base, charged)),
+            notice.map(|base| (self.notice)(base, charged.max(0))),
             notice.is_some(),
         )
     }
@@ -275,6 +280,8 @@ enum Phase {
     Settling {
         durable: LocalBoxFuture<'static, Option<SettleResult>>,
         usage: Option<Usage>,
+        /// What the answer is charged.
+        charge: i64,
         /// The answer ended as it should (no error, no break): it may get its line.
         whole: bool,
         /// The stream broke: the client's connection is aborted after the tail.
@@ -379,24 +386,35 @@ impl MeteredStream {
             self.first_byte,
         );
         let whole = outcome == Outcome::Completed;
-        settlement.can_carry_notice =
-            whole && self.end_line.as_ref().is_some_and(|e| e.claimed.is_none());
+        settlement.can_carry_notice = whole
+            && self
+                .end_line
+                .as_ref()
+                .is_some_and(|e| e.claimed.is_none() && e.may_cross);
+        let charge = settlement.charge;
         let mut meter = meter;
         let durable = meter.submit(settlement);
         self.phase = Phase::Settling {
             durable: durable.wait().boxed_local(),
             usage: self.scanner.usage(),
+            charge,
             whole,
             broke,
         };
     }
 
     /// The settlement is durable: the tail goes out, with its line when it has one.
-    fn finish(&mut self, written: Option<SettleResult>, usage: Option<Usage>, whole: bool) {
+    fn finish(
+        &mut self,
+        written: Option<SettleResult>,
+        usage: Option<Usage>,
+        charge: i64,
+        whole: bool,
+    ) {
         let hit_limit = self.scanner.hit_limit();
         let (line, took_notice) = match (self.end_line.as_ref(), whole) {
             (Some(end), true) => {
-                let (text, took_notice) = end.text(usage, hit_limit, written.as_ref());
+                let (text, took_notice) = end.text(usage, hit_limit, written.as_ref(), charge);
                 (text.map(|text| (end.chunk)(&text)), took_notice)
             }
             _ => (None, false),
@@ -432,6 +450,7 @@ impl Stream for MeteredStream {
                 Phase::Settling {
                     durable,
                     usage,
+                    charge,
                     whole,
                     broke,
                 } => {
@@ -441,13 +460,13 @@ impl Stream for MeteredStream {
                             .take_burst()
                             .map_or(Poll::Pending, |b| Poll::Ready(Some(Ok(b))));
                     };
-                    let (usage, whole, broke) = (*usage, *whole, *broke);
+                    let (usage, charge, whole, broke) = (*usage, *charge, *whole, *broke);
                     if broke {
                         // The client's connection is aborted after the last bytes,
                         // so it sees a truncated stream rather than a clean end.
                         this.pending_error = Some(std::io::Error::other("upstream stream broke"));
                     }
-                    this.finish(written, usage, whole);
+                    this.finish(written, usage, charge, whole);
                 }
                 Phase::Streaming => {
                     if let Some(turn) = this.yielding.as_mut() {

@@ -380,6 +380,7 @@ fn end_line(
         state.config.locale,
         format!("{}/me", state.config.public_url),
         reservation.notice,
+        reservation.may_cross_notice,
         lowered_to,
         move || ledger.notice_still_due(user_id),
     ))

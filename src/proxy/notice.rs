@@ -59,6 +59,7 @@ pub fn end_line(
     locale: Locale,
     page: String,
     claimed: Option<NoticeBase>,
+    may_cross: bool,
     lowered_to: Option<i64>,
     still_due: impl FnOnce() + 'static,
 ) -> EndLine {
@@ -82,6 +83,7 @@ pub fn end_line(
         stopped,
         claimed,
         lowered_to,
+        may_cross,
         still_due: Some(Box::new(still_due)),
         pending: claimed.is_some(),
     }

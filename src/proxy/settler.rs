@@ -16,11 +16,13 @@
 //!   is full) goes to the spool on local disk (`spool`), fsynced, and is retried from
 //!   there until it is written: across restarts, and whatever the hold's age (a hold
 //!   released meanwhile is charged late, see `ledger::tx::settle`).
-//! - **An answer's end waits for its settlement.** The last bytes of an answer
-//!   (the whole of one that is not streamed) leave only once its settlement is
-//!   durable, written or in the spool (`Durable`): an answer a client has whole is
-//!   charged after any crash. Group commit keeps what this costs to one commit's
-//!   latency at the end of each answer.
+//! - **An answer's end waits for its settlement to be on disk.** The last bytes of
+//!   an answer (the whole of one that is not streamed) leave only once its
+//!   settlement is noted in the instance's journal (`spool::Spool::note`, one
+//!   `write`), so that an answer a client has whole is charged after any crash. An
+//!   answer waits for the write itself only when it must know what the write did
+//!   (it may cross the in-chat notice's threshold and say so, `Durable`), or when
+//!   the journal cannot be written (a full disk).
 //! - **Shutdown.** `drain` waits for the settlements on their first attempt, and
 //!   spools those that are still not written when it gives up.
 
@@ -124,6 +126,8 @@ impl Settler {
     /// answer to wait for before its last bytes leave.
     pub fn submit(&self, user: UserKey, user_id: i64, settlement: Settlement) -> Durable {
         self.shared.running().remove(&settlement.request_id);
+        let noted = self.shared.spool.note(user_id, &settlement);
+        let on_disk = noted.is_some();
         let settlement = Arc::new(settlement);
         let id = {
             let mut f = self.shared.lock();
@@ -148,10 +152,13 @@ impl Settler {
             .settle_queued(user_id, settlement.clone(), move |result| {
                 let result =
                     shared.first_attempt_done(id, &user, user_id, &attempted, result, started);
+                // Written or spooled: its note in the journal can go.
+                drop(noted);
                 let _ = reply.send(result);
             });
         Durable {
             written,
+            on_disk,
             settler: self.clone(),
             user_id,
             settlement,
@@ -299,6 +306,7 @@ impl Settler {
             .shared
             .wait_until(limit, |f| f.attempting.is_empty())
             .await;
+        self.shared.spool.empty_journal();
         if !done {
             let left: Vec<(i64, Arc<Settlement>)> = self
                 .shared
@@ -338,19 +346,28 @@ impl Settler {
 /// A settlement on its way to the database, for the answer that waits for it.
 pub struct Durable {
     written: tokio::sync::oneshot::Receiver<Option<SettleResult>>,
+    /// Noted in the journal: it survives a crash already.
+    on_disk: bool,
     settler: Settler,
     user_id: i64,
     settlement: Arc<Settlement>,
 }
 
 impl Durable {
-    /// Resolves once the settlement is durable: written (what it wrote), or in the
-    /// spool (`None`). A first attempt still running after `DURABLE_WAIT` (a
-    /// database that stalls) is not waited for: the settlement is spooled then, and
-    /// written once, whichever of the two gets there first (settling is idempotent).
+    /// Resolves once the settlement is durable, with what the write did when the
+    /// answer needs it (`Settlement::can_carry_notice`): at once when it is noted
+    /// in the journal and nothing is needed; else once written (what it wrote), or
+    /// in the spool (`None`). A first attempt still running after `DURABLE_WAIT` (a
+    /// database that stalls) is not waited for: a settlement not in the journal is
+    /// spooled then, and written once, whichever of the two gets there first
+    /// (settling is idempotent).
     pub async fn wait(self) -> Option<SettleResult> {
+        if self.on_disk && !self.settlement.can_carry_notice {
+            return None;
+        }
         match tokio::time::timeout(DURABLE_WAIT, self.written).await {
             Ok(Ok(written)) => written,
+            Ok(Err(_)) | Err(_) if self.on_disk => None,
             Ok(Err(_)) | Err(_) => {
                 tracing::warn!(request_id = %self.settlement.request_id, "settlement not written within a second; kept in the spool");
                 let shared = self.settler.shared.clone();

@@ -15,6 +15,17 @@
 //! drops the lock when the process dies, however it dies. Spool files of instances
 //! that are gone (their lock is free: a renamed host, a container recreated on the
 //! same volume) are taken over at start.
+//!
+//! Beside it, the instance's **journal** (`INSTANCE.0.journal`, `INSTANCE.1.journal`):
+//! every settlement is noted there, one line, before its answer's last bytes leave,
+//! and forgotten once it is written to the database (`Spool::note`). A note is one
+//! `write` to the page cache, not fsynced: it survives the process however it dies,
+//! as SQLite's own commits do (`synchronous = NORMAL`), without waiting for the
+//! write engine's next group commit. A start takes the journals' notes into the
+//! spool and writes them (those written before are found so and charged once). A
+//! file is emptied once every settlement noted in it is written, and notes go to
+//! the other file while one grows past `JOURNAL_TURN_BYTES`, so a start replays at
+//! most a few thousand lines.
 
 use crate::ledger::{Outcome, Settlement};
 use serde::{Deserialize, Serialize};
@@ -112,11 +123,97 @@ pub struct Spooled {
 #[derive(Clone)]
 pub struct Spool {
     inner: Arc<Inner>,
+    journal: Arc<Journal>,
 }
 
 struct Inner {
     path: PathBuf,
     state: Mutex<State>,
+}
+
+/// A journal file grows to this before notes go to the other one (once that one's
+/// settlements are all written): about a thousand lines.
+const JOURNAL_TURN_BYTES: u64 = 256 * 1024;
+/// A journal file whose settlements are all written is emptied once it holds this
+/// much: emptying it after every settlement would cost a system call each.
+const JOURNAL_EMPTY_BYTES: u64 = 32 * 1024;
+
+/// The journal's two files.
+struct Journal {
+    paths: [PathBuf; 2],
+    state: Mutex<JournalState>,
+}
+
+struct JournalState {
+    files: [File; 2],
+    /// Bytes in each file.
+    len: [u64; 2],
+    /// Settlements noted in each file and not written yet.
+    unwritten: [usize; 2],
+    /// The file new notes go to.
+    current: usize,
+}
+
+/// A settlement noted in the journal, until it is written to the database (or kept
+/// in the spool): dropping it says so.
+pub struct Noted {
+    journal: Arc<Journal>,
+    file: usize,
+}
+
+impl Drop for Noted {
+    fn drop(&mut self) {
+        let mut state = self.journal.lock();
+        let f = self.file;
+        state.unwritten[f] = state.unwritten[f].saturating_sub(1);
+        if state.unwritten[f] == 0 && state.len[f] >= JOURNAL_EMPTY_BYTES {
+            state.empty(f, &self.journal.paths[f]);
+        }
+    }
+}
+
+impl Journal {
+    fn paths(folder: &Path, name: &str) -> [PathBuf; 2] {
+        [0, 1].map(|i| folder.join(format!("{name}.{i}.journal")))
+    }
+
+    fn open(paths: [PathBuf; 2]) -> std::io::Result<Self> {
+        let open = |path: &Path| {
+            OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .open(path)
+        };
+        let files = [open(&paths[0])?, open(&paths[1])?];
+        Ok(Self {
+            paths,
+            state: Mutex::new(JournalState {
+                files,
+                len: [0, 0],
+                unwritten: [0, 0],
+                current: 0,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, JournalState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl JournalState {
+    /// Empties file `f`, whose settlements are all written.
+    fn empty(&mut self, f: usize, path: &Path) {
+        match self.files[f].set_len(0) {
+            Ok(()) => self.len[f] = 0,
+            Err(e) => {
+                tracing::warn!(error = %e, journal = %path.display(), "cannot empty the settlement journal; a start replays what it holds")
+            }
+        }
+    }
 }
 
 struct State {
@@ -151,6 +248,14 @@ impl Spool {
         // A line cut short by a crash while it was appended would swallow the next.
         drop_torn_tail(&mut file).map_err(io(&path))?;
         let mut pending = read_pending(&file).map_err(io(&path))?;
+        // What the last run noted in its journal: kept here, durably, before the
+        // journal is emptied.
+        let journal_paths = Journal::paths(&folder, &file_name(instance));
+        let mut journals = Vec::new();
+        for journal in &journal_paths {
+            adopt_journal(journal, &mut file, &mut pending).map_err(io(journal))?;
+            journals.push(journal.clone());
+        }
         // Spools left by instances that are gone (their lock is free) are taken over:
         // their settlements are appended here, durably, before their files go.
         let mut adopted = Vec::new();
@@ -162,7 +267,14 @@ impl Spool {
             let Ok(Some(orphan)) = lock_path(&other) else {
                 continue; // a live instance's, or gone meanwhile
             };
-            let theirs = read_pending(&orphan).map_err(io(&other))?;
+            let mut theirs = read_pending(&orphan).map_err(io(&other))?;
+            let name = other.file_stem().map(|n| n.to_string_lossy().into_owned());
+            for journal in name.iter().flat_map(|n| Journal::paths(&folder, n)) {
+                if journal.exists() {
+                    adopt_journal_into(&journal, &mut theirs).map_err(io(&journal))?;
+                    journals.push(journal);
+                }
+            }
             if !theirs.is_empty() {
                 tracing::warn!(spool = %other.display(), settlements = theirs.len(), "taking over the settlements of an instance that is gone");
             }
@@ -182,6 +294,15 @@ impl Spool {
             file.set_len(0).map_err(io(&path))?;
         }
         file.sync_data().map_err(io(&path))?;
+        for journal in &journals {
+            // Empty, not removed: this instance's own are opened again below.
+            if let Ok(f) = OpenOptions::new().write(true).open(journal) {
+                f.set_len(0).map_err(io(journal))?;
+            }
+            if !journal_paths.contains(journal) {
+                let _ = std::fs::remove_file(journal);
+            }
+        }
         for (other, orphan) in adopted {
             // Emptied first: a process that opened it before the unlink finds nothing
             // to take over twice.
@@ -189,11 +310,13 @@ impl Spool {
             let _ = std::fs::remove_file(&other);
         }
         sync_dir(&folder);
+        let journal = Journal::open(journal_paths.clone()).map_err(io(&journal_paths[0]))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
                 state: Mutex::new(State { file, pending }),
             }),
+            journal: Arc::new(journal),
         })
     }
 
@@ -229,6 +352,64 @@ impl Spool {
             },
         );
         durable
+    }
+
+    /// Notes `s` in the journal: once this returns, the settlement is written at
+    /// the next start should the process die before it is written to the database.
+    /// `None` when it could not be (a full disk): the caller waits for the write.
+    pub fn note(&self, user_id: i64, s: &Settlement) -> Option<Noted> {
+        let mut line = match serde_json::to_vec(&Line::Pending(Record::of(user_id, s))) {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot note a settlement");
+                return None;
+            }
+        };
+        line.push(b'\n');
+        let mut state = self.journal.lock();
+        let (now, other) = (state.current, 1 - state.current);
+        if state.len[now] >= JOURNAL_TURN_BYTES && state.unwritten[other] == 0 {
+            if state.len[other] > 0 {
+                state.empty(other, &self.journal.paths[other]);
+            }
+            if state.len[other] == 0 {
+                state.current = other;
+            }
+        }
+        let f = state.current;
+        let before = state.len[f];
+        match state.files[f].write_all(&line) {
+            Ok(()) => {
+                state.len[f] += line.len() as u64;
+                state.unwritten[f] += 1;
+                Some(Noted {
+                    journal: self.journal.clone(),
+                    file: f,
+                })
+            }
+            Err(e) => {
+                // Cut back, so that the next line is not glued to half of this one.
+                let _ = state.files[f].set_len(before);
+                tracing::warn!(request_id = %s.request_id, error = %e, journal = %self.journal.paths[f].display(), "cannot note a settlement in the journal; its answer waits for the database");
+                None
+            }
+        }
+    }
+
+    /// Empties the journal's files whose settlements are all written: at a clean
+    /// stop, so that the next start has nothing of them to replay.
+    pub fn empty_journal(&self) {
+        let mut state = self.journal.lock();
+        for f in 0..2 {
+            if state.unwritten[f] == 0 && state.len[f] > 0 {
+                state.empty(f, &self.journal.paths[f]);
+            }
+        }
+    }
+
+    /// The journal's files, for tests and tools that look at what is on disk.
+    pub fn journal_paths(&self) -> &[PathBuf; 2] {
+        &self.journal.paths
     }
 
     /// The settlement of `request_id` is written: it leaves the spool. Not fsynced:
@@ -368,6 +549,45 @@ fn read_pending(file: &File) -> std::io::Result<BTreeMap<String, Spooled>> {
     Ok(pending)
 }
 
+/// Takes the settlements a journal file noted into the spool `file` (and
+/// `pending`), durably once the caller syncs it.
+fn adopt_journal(
+    journal: &Path,
+    file: &mut File,
+    pending: &mut BTreeMap<String, Spooled>,
+) -> std::io::Result<()> {
+    let mut noted = BTreeMap::new();
+    adopt_journal_into(journal, &mut noted)?;
+    for (id, s) in noted {
+        if let std::collections::btree_map::Entry::Vacant(slot) = pending.entry(id) {
+            append(file, &Line::Pending(Record::of(s.user_id, &s.settlement)))?;
+            slot.insert(s);
+        }
+    }
+    Ok(())
+}
+
+/// Reads the settlements a journal file noted into `pending`; a missing file notes
+/// none.
+fn adopt_journal_into(
+    journal: &Path,
+    pending: &mut BTreeMap<String, Spooled>,
+) -> std::io::Result<()> {
+    let file = match File::open(journal) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let noted = read_pending(&file)?;
+    if !noted.is_empty() {
+        tracing::info!(journal = %journal.display(), settlements = noted.len(), "writing the settlements a previous run noted in its journal");
+    }
+    for (id, s) in noted {
+        pending.entry(id).or_insert(s);
+    }
+    Ok(())
+}
+
 /// Makes a new or removed file in `dir` survive a power cut too.
 fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
@@ -448,6 +668,96 @@ mod tests {
         assert_eq!(ids, ["x"]);
         assert!(!dir.path().join("spool/old-host_8080.spool").exists());
         assert_eq!(live.len(), 1);
+    }
+
+    fn pending_ids(spool: &Spool) -> Vec<String> {
+        spool
+            .pending(usize::MAX)
+            .into_iter()
+            .map(|s| s.settlement.request_id)
+            .collect()
+    }
+
+    fn journal_bytes(spool: &Spool) -> u64 {
+        spool
+            .journal_paths()
+            .iter()
+            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .sum()
+    }
+
+    /// A process that dies with settlements noted and not written (the notes never
+    /// dropped) leaves them for the next start, which keeps them in the spool, once,
+    /// and empties the journal.
+    #[test]
+    fn settlements_noted_and_not_written_are_kept_by_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let spool = Spool::open(dir.path(), "host:8080").unwrap();
+            let written = spool.note(7, &settlement("written", 30)).unwrap();
+            drop(written);
+            std::mem::forget(spool.note(7, &settlement("lost-a", 40)).unwrap());
+            std::mem::forget(spool.note(8, &settlement("lost-b", 50)).unwrap());
+        }
+        let spool = Spool::open(dir.path(), "host:8080").unwrap();
+        // The written one is among them too: replaying it finds it written.
+        assert_eq!(pending_ids(&spool), ["lost-a", "lost-b", "written"]);
+        let b = spool
+            .pending(10)
+            .into_iter()
+            .find(|s| s.settlement.request_id == "lost-b");
+        assert_eq!(b.map(|s| (s.user_id, s.settlement.charge)), Some((8, 50)));
+        assert_eq!(journal_bytes(&spool), 0);
+        drop(spool);
+        let again = Spool::open(dir.path(), "host:8080").unwrap();
+        assert_eq!(again.len(), 3, "kept once, not once per start");
+    }
+
+    /// Under a steady stream of settlements, a few always in flight, the journal
+    /// stays within its two files' turn size, and is emptied once all are written.
+    #[test]
+    fn the_journal_stays_small_under_a_steady_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), "steady").unwrap();
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut largest = 0;
+        for i in 0..50_000 {
+            in_flight.push_back(
+                spool
+                    .note(1, &settlement(&format!("r-{i:06}"), 30))
+                    .unwrap(),
+            );
+            if in_flight.len() > 16 {
+                in_flight.pop_front();
+            }
+            largest = largest.max(journal_bytes(&spool));
+        }
+        assert!(
+            largest <= 2 * JOURNAL_TURN_BYTES + 1024,
+            "the journal grew to {largest} bytes"
+        );
+        in_flight.clear();
+        assert!(journal_bytes(&spool) < JOURNAL_EMPTY_BYTES);
+        // A clean stop empties it: the next start has nothing to replay.
+        spool.empty_journal();
+        assert_eq!(journal_bytes(&spool), 0);
+        drop(spool);
+        assert!(Spool::open(dir.path(), "steady").unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_journal_of_an_instance_that_is_gone_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let old = Spool::open(dir.path(), "old-host:8080").unwrap();
+            std::mem::forget(old.note(3, &settlement("noted", 50)).unwrap());
+        }
+        let new = Spool::open(dir.path(), "new-host:8080").unwrap();
+        assert_eq!(pending_ids(&new), ["noted"]);
+        for i in 0..2 {
+            let journal = dir.path().join(format!("spool/old-host_8080.{i}.journal"));
+            assert!(!journal.exists(), "{}", journal.display());
+        }
     }
 
     #[test]

@@ -302,15 +302,25 @@ async fn the_write_ahead_log_stays_bounded_under_sustained_load_and_shrinks_when
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&client, &base).await;
     let wal_size = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+    // The settlements' journal, beside the spool: every answer is noted there.
+    let journal_size = || {
+        std::fs::read_dir(process_data_dir(&db.url).join("spool"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "journal"))
+            .map(|e| e.metadata().map_or(0, |m| m.len()))
+            .sum::<u64>()
+    };
 
-    // Small chats back to back from 2,000 users, for 15 s, the log's size read
-    // after every answer.
+    // Small chats back to back from 2,000 users, for 15 s, the log's and the
+    // journal's sizes read after every answer.
     let until = std::time::Instant::now() + Duration::from_secs(15);
     let workers = (0..32).map(|w| {
         let (client, base) = (client.clone(), base.clone());
-        let wal_size = &wal_size;
+        let (wal_size, journal_size) = (&wal_size, &journal_size);
         async move {
-            let (mut answered, mut largest) = (0, 0);
+            let (mut answered, mut largest, mut journal) = (0, 0, 0);
             while std::time::Instant::now() < until {
                 let user = format!("wal-{}", (w * 131 + answered * 7) % 2_000);
                 let res = chat_process(&client, &base, &user, &small_chat()).await;
@@ -318,19 +328,31 @@ async fn the_write_ahead_log_stays_bounded_under_sustained_load_and_shrinks_when
                 res.bytes().await.unwrap();
                 answered += 1;
                 largest = largest.max(wal_size());
+                journal = journal.max(journal_size());
             }
-            (answered, largest)
+            (answered, largest, journal)
         }
     });
     let results = futures_util::future::join_all(workers).await;
     let answered: usize = results.iter().map(|r| r.0).sum();
     let largest = results.iter().map(|r| r.1).max().unwrap_or(0);
-    eprintln!("{answered} chats; the log peaked at {} MiB", largest / MIB);
+    let journal = results.iter().map(|r| r.2).max().unwrap_or(0);
+    eprintln!(
+        "{answered} chats; the log peaked at {} MiB, the journal at {} KiB",
+        largest / MIB,
+        journal / 1024
+    );
     assert!(answered > 1_000, "not a sustained load: {answered} chats");
     assert!(
         largest <= 96 * MIB,
         "the log grew to {} MiB under load",
         largest / MIB
+    );
+    assert!(journal > 0, "no answer was noted in the journal");
+    assert!(
+        journal <= 640 * 1024,
+        "the journal grew to {} KiB under load",
+        journal / 1024
     );
     // Quiet, but not idle: a few users go on chatting (ten chats a second, and the
     // heartbeat). The log is back to a few MiB all the same.

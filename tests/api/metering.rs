@@ -499,6 +499,9 @@ async fn a_request_dropped_during_its_reservation_leaves_no_hold() {
     })
     .await;
     app.server.stop(false).await;
+    // The request must be gone before its reservation gets the lock: were it not,
+    // it would go on upstream (and be charged as such).
+    wait_for_workers_to_exit().await;
     release.0.send(()).unwrap();
     blocker.join().unwrap();
     let ledger = app.state.ledger.clone();
