@@ -16,17 +16,18 @@
 //!   is full) goes to the spool on local disk (`spool`), fsynced, and is retried from
 //!   there until it is written: across restarts, and whatever the hold's age (a hold
 //!   released meanwhile is charged late, see `ledger::tx::settle`).
-//! - **An answer's end waits for its settlement to be on disk.** The last bytes of
-//!   an answer (the whole of one that is not streamed) leave only once its
-//!   settlement is noted in the instance's journal (`spool::Spool::note`, one
-//!   `write`), so that an answer a client has whole is charged after any crash. An
-//!   answer waits for the write itself only when it must know what the write did
-//!   (it may cross the in-chat notice's threshold and say so, `Durable`), or when
-//!   the journal cannot be written (a full disk).
+//! - **An answer's end waits for its settlement to be durable**, so that an answer
+//!   a client has whole is charged after any crash (`Durable`). On PostgreSQL it
+//!   waits for the commit: the database's own durability, beyond this host. On
+//!   SQLite, whose commits are as durable as a file written beside it, it waits
+//!   only for a note in the instance's journal (`spool::Spool::note`, one `write`),
+//!   and for the commit itself only when it must know what the write did (it may
+//!   cross the in-chat notice's threshold and say so) or when the journal cannot be
+//!   written (a full disk).
 //! - **Shutdown.** `drain` waits for the settlements on their first attempt, and
 //!   spools those that are still not written when it gives up.
 
-use super::spool::Spool;
+use super::spool::{Noted, Spool};
 use crate::db::StoreError;
 use crate::domain::UserKey;
 use crate::ledger::{Ledger, SettleResult, Settlement};
@@ -57,6 +58,9 @@ pub struct Settler {
 
 struct Shared {
     ledger: Ledger,
+    /// Settlements are noted in the spool's journal before their answer ends
+    /// (SQLite); on PostgreSQL the answer waits for the commit (`Durable`).
+    journal: bool,
     metrics: Arc<Metrics>,
     spool: Spool,
     in_flight: Mutex<InFlight>,
@@ -87,10 +91,22 @@ struct Attempt {
     settlement: Arc<Settlement>,
 }
 
+/// A settlement on its first attempt, as its write's callback knows it.
+struct Attempted {
+    id: u64,
+    user: UserKey,
+    user_id: i64,
+    settlement: Arc<Settlement>,
+    /// Its line in the journal (SQLite), let go once it is written or spooled.
+    noted: Option<Noted>,
+    started: Instant,
+}
+
 impl Settler {
     pub fn new(ledger: Ledger, metrics: Arc<Metrics>, spool: Spool) -> Self {
         Self {
             shared: Arc::new(Shared {
+                journal: matches!(ledger.db().url(), crate::config::DatabaseUrl::Sqlite(_)),
                 ledger,
                 metrics,
                 spool,
@@ -126,7 +142,11 @@ impl Settler {
     /// answer to wait for before its last bytes leave.
     pub fn submit(&self, user: UserKey, user_id: i64, settlement: Settlement) -> Durable {
         self.shared.running().remove(&settlement.request_id);
-        let noted = self.shared.spool.note(user_id, &settlement);
+        let noted = self
+            .shared
+            .journal
+            .then(|| self.shared.spool.note(user_id, &settlement))
+            .flatten();
         let on_disk = noted.is_some();
         let settlement = Arc::new(settlement);
         let id = {
@@ -144,17 +164,19 @@ impl Settler {
             id
         };
         let shared = self.shared.clone();
-        let started = Instant::now();
         let (reply, written) = tokio::sync::oneshot::channel();
-        let attempted = settlement.clone();
+        let attempted = Attempted {
+            id,
+            user,
+            user_id,
+            settlement: settlement.clone(),
+            noted,
+            started: Instant::now(),
+        };
         self.shared
             .ledger
             .settle_queued(user_id, settlement.clone(), move |result| {
-                let result =
-                    shared.first_attempt_done(id, &user, user_id, &attempted, result, started);
-                // Written or spooled: its note in the journal can go.
-                drop(noted);
-                let _ = reply.send(result);
+                let _ = reply.send(shared.first_attempt_done(attempted, result));
             });
         Durable {
             written,
@@ -356,7 +378,7 @@ pub struct Durable {
 impl Durable {
     /// Resolves once the settlement is durable, with what the write did when the
     /// answer needs it (`Settlement::can_carry_notice`): at once when it is noted
-    /// in the journal and nothing is needed; else once written (what it wrote), or
+    /// in the journal (SQLite) and nothing is needed; else once written (what it wrote), or
     /// in the spool (`None`). A first attempt still running after `DURABLE_WAIT` (a
     /// database that stalls) is not waited for: a settlement not in the journal is
     /// spooled then, and written once, whichever of the two gets there first
@@ -367,7 +389,9 @@ impl Durable {
         }
         match tokio::time::timeout(DURABLE_WAIT, self.written).await {
             Ok(Ok(written)) => written,
-            Ok(Err(_)) | Err(_) if self.on_disk => None,
+            // In the journal: the write goes on, and a crash leaves it to the next
+            // start. (A write dropped unrun, a bug, is spooled below.)
+            Err(_) if self.on_disk => None,
             Ok(Err(_)) | Err(_) => {
                 tracing::warn!(request_id = %self.settlement.request_id, "settlement not written within a second; kept in the spool");
                 let shared = self.settler.shared.clone();
@@ -422,22 +446,31 @@ impl Shared {
     /// Returns what was written, `None` when it went to the spool.
     fn first_attempt_done(
         &self,
-        id: u64,
-        user: &UserKey,
-        user_id: i64,
-        s: &Settlement,
+        a: Attempted,
         result: Result<SettleResult, StoreError>,
-        started: Instant,
     ) -> Option<SettleResult> {
+        let Attempted {
+            id,
+            user,
+            user_id,
+            settlement: s,
+            noted,
+            started,
+        } = a;
+        let user = &user;
         let written = match result {
             Ok(result) => {
                 self.metrics.record_phase(Phase::Settle, started.elapsed());
-                self.record(s, result);
+                self.record(&s, result);
+                if let Some(noted) = noted {
+                    noted.written();
+                }
                 Some(result)
             }
             Err(e) => {
                 tracing::warn!(request_id = %s.request_id, error = %e, "settlement failed; kept in the spool and retried");
-                self.spool.add(user_id, s);
+                // Its journal line goes only once the spool has it on disk.
+                self.spool.add_noted(user_id, &s, noted);
                 self.spooled.notify_one();
                 None
             }

@@ -16,16 +16,18 @@
 //! that are gone (their lock is free: a renamed host, a container recreated on the
 //! same volume) are taken over at start.
 //!
-//! Beside it, the instance's **journal** (`INSTANCE.0.journal`, `INSTANCE.1.journal`):
-//! every settlement is noted there, one line, before its answer's last bytes leave,
-//! and forgotten once it is written to the database (`Spool::note`). A note is one
+//! Beside it, on SQLite, the instance's **journal** (`INSTANCE.0.journal`,
+//! `INSTANCE.1.journal`): every settlement is noted there, one line, before its
+//! answer's last bytes leave, and its line let go once it is written to the
+//! database or fsynced in the spool (`Spool::note`, `Noted::written`). A note is one
 //! `write` to the page cache, not fsynced: it survives the process however it dies,
 //! as SQLite's own commits do (`synchronous = NORMAL`), without waiting for the
 //! write engine's next group commit. A start takes the journals' notes into the
 //! spool and writes them (those written before are found so and charged once). A
-//! file is emptied once every settlement noted in it is written, and notes go to
-//! the other file while one grows past `JOURNAL_TURN_BYTES`, so a start replays at
-//! most a few thousand lines.
+//! file is emptied once every line in it has gone and it holds
+//! `JOURNAL_EMPTY_BYTES`, and notes go to the other file while one grows past
+//! `JOURNAL_TURN_BYTES`, so while the database keeps up a start replays at most a
+//! few thousand lines.
 
 use crate::ledger::{Outcome, Settlement};
 use serde::{Deserialize, Serialize};
@@ -154,15 +156,17 @@ struct JournalState {
     current: usize,
 }
 
-/// A settlement noted in the journal, until it is written to the database (or kept
-/// in the spool): dropping it says so.
+/// A settlement noted in the journal, until `written` says it is written to the
+/// database or kept in the spool. Dropped without that (a bug dropped its write
+/// before it ran), its line stays for the next start.
 pub struct Noted {
     journal: Arc<Journal>,
     file: usize,
 }
 
-impl Drop for Noted {
-    fn drop(&mut self) {
+impl Noted {
+    /// The settlement is written, or fsynced in the spool: its line may go.
+    pub fn written(self) {
         let mut state = self.journal.lock();
         let f = self.file;
         state.unwritten[f] = state.unwritten[f].saturating_sub(1);
@@ -220,6 +224,9 @@ struct State {
     /// Held open (and locked) for the process's life.
     file: File,
     pending: BTreeMap<String, Spooled>,
+    /// Journal notes of pending settlements the spool could not fsync (a full
+    /// disk): their lines stay until the settlement is written.
+    notes: BTreeMap<String, Noted>,
 }
 
 /// The folder under `dir` that holds every instance's spool.
@@ -314,7 +321,11 @@ impl Spool {
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
-                state: Mutex::new(State { file, pending }),
+                state: Mutex::new(State {
+                    file,
+                    pending,
+                    notes: BTreeMap::new(),
+                }),
             }),
             journal: Arc::new(journal),
         })
@@ -329,6 +340,22 @@ impl Spool {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps `s` until `done` is called for it, on disk (fsynced) before returning,
+    /// and lets its journal note go once it is (else keeps the note until `done`).
+    /// Returns whether it reached the disk; when it did not (a full disk), it is
+    /// still retried while this process lives.
+    pub fn add_noted(&self, user_id: i64, s: &Settlement, noted: Option<Noted>) -> bool {
+        let durable = self.add(user_id, s);
+        if let Some(noted) = noted {
+            if durable {
+                noted.written();
+            } else {
+                self.lock().notes.insert(s.request_id.clone(), noted);
+            }
+        }
+        durable
     }
 
     /// Keeps `s` until `done` is called for it, on disk (fsynced) before returning.
@@ -418,6 +445,9 @@ impl Spool {
         let mut state = self.lock();
         if state.pending.remove(request_id).is_none() {
             return;
+        }
+        if let Some(noted) = state.notes.remove(request_id) {
+            noted.written();
         }
         let written = if state.pending.is_empty() {
             state.file.set_len(0)
@@ -686,18 +716,17 @@ mod tests {
             .sum()
     }
 
-    /// A process that dies with settlements noted and not written (the notes never
-    /// dropped) leaves them for the next start, which keeps them in the spool, once,
-    /// and empties the journal.
+    /// A process that dies with settlements noted and not written leaves them for
+    /// the next start, which keeps them in the spool, once, and empties the journal.
+    /// So does a note dropped without being written (a bug lost its write).
     #[test]
     fn settlements_noted_and_not_written_are_kept_by_the_next_start() {
         let dir = tempfile::tempdir().unwrap();
         {
             let spool = Spool::open(dir.path(), "host:8080").unwrap();
-            let written = spool.note(7, &settlement("written", 30)).unwrap();
-            drop(written);
+            spool.note(7, &settlement("written", 30)).unwrap().written();
             std::mem::forget(spool.note(7, &settlement("lost-a", 40)).unwrap());
-            std::mem::forget(spool.note(8, &settlement("lost-b", 50)).unwrap());
+            drop(spool.note(8, &settlement("lost-b", 50)).unwrap());
         }
         let spool = Spool::open(dir.path(), "host:8080").unwrap();
         // The written one is among them too: replaying it finds it written.
@@ -728,7 +757,7 @@ mod tests {
                     .unwrap(),
             );
             if in_flight.len() > 16 {
-                in_flight.pop_front();
+                in_flight.pop_front().unwrap().written();
             }
             largest = largest.max(journal_bytes(&spool));
         }
@@ -736,13 +765,52 @@ mod tests {
             largest <= 2 * JOURNAL_TURN_BYTES + 1024,
             "the journal grew to {largest} bytes"
         );
-        in_flight.clear();
+        in_flight.drain(..).for_each(Noted::written);
         assert!(journal_bytes(&spool) < JOURNAL_EMPTY_BYTES);
         // A clean stop empties it: the next start has nothing to replay.
         spool.empty_journal();
         assert_eq!(journal_bytes(&spool), 0);
         drop(spool);
         assert!(Spool::open(dir.path(), "steady").unwrap().is_empty());
+    }
+
+    /// A settlement the database refused and the spool could not fsync (a full
+    /// disk) keeps its journal line until it is written.
+    #[test]
+    fn a_note_stays_until_the_spool_has_its_settlement_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), "full").unwrap();
+        let kept = spool.note(1, &settlement("kept", 30)).unwrap();
+        // As if the spool's fsync had failed: the note is parked with it.
+        spool.add(1, &settlement("kept", 30));
+        spool.lock().notes.insert("kept".into(), kept);
+        let noted_lines = || {
+            spool
+                .journal_paths()
+                .iter()
+                .map(|p| {
+                    std::fs::read_to_string(p)
+                        .unwrap_or_default()
+                        .lines()
+                        .count()
+                })
+                .sum::<usize>()
+        };
+        // Fill the file past the size at which written notes are emptied.
+        for i in 0..400 {
+            spool
+                .note(1, &settlement(&format!("w-{i}"), 30))
+                .unwrap()
+                .written();
+        }
+        assert!(
+            noted_lines() > 0,
+            "emptied with a settlement still unwritten"
+        );
+        spool.done("kept");
+        spool.note(1, &settlement("next", 30)).unwrap().written();
+        spool.empty_journal();
+        assert_eq!(noted_lines(), 0);
     }
 
     #[test]

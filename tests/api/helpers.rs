@@ -407,27 +407,6 @@ where
     }
 }
 
-/// Waits until the server's worker threads of this process have exited, and with
-/// them every request they were handling: `ServerHandle::stop` returns once the
-/// workers are told, before their requests are dropped. (Each test runs in a
-/// process of its own.)
-pub async fn wait_for_workers_to_exit() {
-    let workers_left = || {
-        std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .flatten()
-            .filter(|t| {
-                std::fs::read_to_string(t.path().join("comm"))
-                    .is_ok_and(|name| name.starts_with("actix-server w"))
-            })
-            .count()
-    };
-    wait_until(Duration::from_secs(20), || {
-        std::future::ready(workers_left() == 0)
-    })
-    .await;
-}
-
 /// A port for a server a test starts in another process (or binds later).
 ///
 /// Chosen below the kernel's ephemeral range, so no outgoing connection of another

@@ -500,8 +500,14 @@ async fn a_request_dropped_during_its_reservation_leaves_no_hold() {
     .await;
     app.server.stop(false).await;
     // The request must be gone before its reservation gets the lock: were it not,
-    // it would go on upstream (and be charged as such).
-    wait_for_workers_to_exit().await;
+    // it would go on upstream (and be charged as such). `stop` returns once the
+    // workers are told; the client sees its connection closed once the worker has
+    // dropped it, and with it the request's handler, never to run again.
+    let dropped = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the server never dropped the request")
+        .unwrap();
+    assert!(dropped.is_err(), "the request was answered: {dropped:?}");
     release.0.send(()).unwrap();
     blocker.join().unwrap();
     let ledger = app.state.ledger.clone();
@@ -523,7 +529,6 @@ async fn a_request_dropped_during_its_reservation_leaves_no_hold() {
         "nothing went upstream"
     );
     app.assert_invariant(USER);
-    drop(waiting);
 }
 
 #[derive(diesel::QueryableByName)]
