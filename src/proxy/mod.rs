@@ -380,7 +380,9 @@ fn end_line(
         state.config.locale,
         format!("{}/me", state.config.public_url),
         reservation.notice,
-        reservation.may_cross_notice,
+        // Without the journal (PostgreSQL) every answer waits for its write, and
+        // any may carry the notice its write crossed.
+        reservation.may_cross_notice || !state.settler.uses_journal(),
         lowered_to,
         move || ledger.notice_still_due(user_id),
     ))

@@ -89,6 +89,8 @@ struct InFlight {
 struct Attempt {
     user_id: i64,
     settlement: Arc<Settlement>,
+    /// Noted in the journal: its line outlives the process until it is written.
+    noted: bool,
 }
 
 /// A settlement on its first attempt, as its write's callback knows it.
@@ -158,6 +160,7 @@ impl Settler {
                 Attempt {
                     user_id,
                     settlement: settlement.clone(),
+                    noted: on_disk,
                 },
             );
             f.by_user.entry(user.clone()).or_default().push(id);
@@ -245,6 +248,12 @@ impl Settler {
         f.attempting.is_empty()
     }
 
+    /// Settlements are noted in the journal (SQLite): an answer need not wait for
+    /// its write unless it must know what the write did.
+    pub fn uses_journal(&self) -> bool {
+        self.shared.journal
+    }
+
     /// The spool's file, which is also this instance's lock.
     pub fn spool_path(&self) -> &std::path::Path {
         self.shared.spool.path()
@@ -330,15 +339,19 @@ impl Settler {
             .await;
         self.shared.spool.empty_journal();
         if !done {
-            let left: Vec<(i64, Arc<Settlement>)> = self
+            let left: Vec<(i64, Arc<Settlement>, bool)> = self
                 .shared
                 .lock()
                 .attempting
                 .values()
-                .map(|a| (a.user_id, a.settlement.clone()))
+                .map(|a| (a.user_id, a.settlement.clone(), a.noted))
                 .collect();
-            for (user_id, s) in &left {
-                self.shared.spool.add(*user_id, s);
+            for (user_id, s, noted) in &left {
+                if *noted {
+                    self.shared.spool.add_journaled(*user_id, s);
+                } else {
+                    self.shared.spool.add(*user_id, s);
+                }
             }
             tracing::warn!(
                 spooled = left.len(),
@@ -396,9 +409,15 @@ impl Durable {
                 tracing::warn!(request_id = %self.settlement.request_id, "settlement not written within a second; kept in the spool");
                 let shared = self.settler.shared.clone();
                 let (user_id, settlement) = (self.user_id, self.settlement.clone());
+                let noted = self.on_disk;
                 // An fsync: off the async runtime.
                 let spooled = tokio::task::spawn_blocking(move || {
-                    shared.spool.add(user_id, &settlement);
+                    if noted {
+                        // Its write was dropped unrun (a bug): its line stays.
+                        shared.spool.add_journaled(user_id, &settlement);
+                    } else {
+                        shared.spool.add(user_id, &settlement);
+                    }
                     shared.spooled.notify_one();
                 })
                 .await;
@@ -470,7 +489,10 @@ impl Shared {
             Err(e) => {
                 tracing::warn!(request_id = %s.request_id, error = %e, "settlement failed; kept in the spool and retried");
                 // Its journal line goes only once the spool has it on disk.
-                self.spool.add_noted(user_id, &s, noted);
+                match noted {
+                    Some(noted) => self.spool.add_noted(user_id, &s, noted),
+                    None => self.spool.add(user_id, &s),
+                };
                 self.spooled.notify_one();
                 None
             }

@@ -140,6 +140,15 @@ const JOURNAL_TURN_BYTES: u64 = 256 * 1024;
 /// much: emptying it after every settlement would cost a system call each.
 const JOURNAL_EMPTY_BYTES: u64 = 32 * 1024;
 
+/// Whether a settlement given to the spool is also in the journal.
+enum Journaled {
+    No,
+    /// Its note, to let go once the spool has it on disk.
+    Held(Noted),
+    /// Its line stays in the journal until the next start.
+    Kept,
+}
+
 /// The journal's two files.
 struct Journal {
     paths: [PathBuf; 2],
@@ -154,6 +163,9 @@ struct JournalState {
     unwritten: [usize; 2],
     /// The file new notes go to.
     current: usize,
+    /// A line could not be cut back after a failed write: the next would be glued to
+    /// it, so no more notes are taken (answers wait for their writes instead).
+    broken: bool,
 }
 
 /// A settlement noted in the journal, until `written` says it is written to the
@@ -197,6 +209,7 @@ impl Journal {
                 len: [0, 0],
                 unwritten: [0, 0],
                 current: 0,
+                broken: false,
             }),
         })
     }
@@ -342,34 +355,47 @@ impl Spool {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Keeps `s` until `done` is called for it, on disk (fsynced) before returning,
-    /// and lets its journal note go once it is (else keeps the note until `done`).
-    /// Returns whether it reached the disk; when it did not (a full disk), it is
-    /// still retried while this process lives.
-    pub fn add_noted(&self, user_id: i64, s: &Settlement, noted: Option<Noted>) -> bool {
-        let durable = self.add(user_id, s);
-        if let Some(noted) = noted {
-            if durable {
-                noted.written();
-            } else {
-                self.lock().notes.insert(s.request_id.clone(), noted);
-            }
-        }
-        durable
-    }
-
     /// Keeps `s` until `done` is called for it, on disk (fsynced) before returning.
     /// Returns whether it reached the disk; when it did not (a full disk), it is
     /// still retried while this process lives.
     pub fn add(&self, user_id: i64, s: &Settlement) -> bool {
+        self.keep(user_id, s, Journaled::No)
+    }
+
+    /// As `add`, for a settlement noted in the journal: its line goes once the spool
+    /// has it on disk, and stays until `done` when it does not (a full disk), so
+    /// that it is not lost with the process either way.
+    pub fn add_noted(&self, user_id: i64, s: &Settlement, noted: Noted) -> bool {
+        self.keep(user_id, s, Journaled::Held(noted))
+    }
+
+    /// As `add`, for a settlement whose journal line stays until the next start
+    /// (its note cannot be let go from here): not lost with the process either way.
+    pub fn add_journaled(&self, user_id: i64, s: &Settlement) -> bool {
+        self.keep(user_id, s, Journaled::Kept)
+    }
+
+    fn keep(&self, user_id: i64, s: &Settlement, journaled: Journaled) -> bool {
         let mut state = self.lock();
         let line = Line::Pending(Record::of(user_id, s));
-        let durable = append(&mut state.file, &line)
+        let fsynced = append(&mut state.file, &line)
             .and_then(|()| state.file.sync_data())
             .map_err(|e| {
                 tracing::error!(request_id = %s.request_id, charge = s.charge, error = %e, spool = %self.inner.path.display(), "cannot write a settlement to the spool; it is retried while this process lives")
             })
             .is_ok();
+        let durable = match journaled {
+            Journaled::No => fsynced,
+            Journaled::Kept => true,
+            Journaled::Held(noted) if fsynced => {
+                noted.written();
+                true
+            }
+            Journaled::Held(noted) => {
+                state.notes.insert(s.request_id.clone(), noted);
+                true
+            }
+        };
         state.pending.insert(
             s.request_id.clone(),
             Spooled {
@@ -378,7 +404,7 @@ impl Spool {
                 durable,
             },
         );
-        durable
+        fsynced
     }
 
     /// Notes `s` in the journal: once this returns, the settlement is written at
@@ -394,6 +420,9 @@ impl Spool {
         };
         line.push(b'\n');
         let mut state = self.journal.lock();
+        if state.broken {
+            return None;
+        }
         let (now, other) = (state.current, 1 - state.current);
         if state.len[now] >= JOURNAL_TURN_BYTES && state.unwritten[other] == 0 {
             if state.len[other] > 0 {
@@ -416,7 +445,7 @@ impl Spool {
             }
             Err(e) => {
                 // Cut back, so that the next line is not glued to half of this one.
-                let _ = state.files[f].set_len(before);
+                state.broken = state.files[f].set_len(before).is_err();
                 tracing::warn!(request_id = %s.request_id, error = %e, journal = %self.journal.paths[f].display(), "cannot note a settlement in the journal; its answer waits for the database");
                 None
             }

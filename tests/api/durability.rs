@@ -192,9 +192,9 @@ async fn the_command_line_and_the_dashboard_beside_the_server_lose_nothing() {
 
 /// An answer whose last byte has left tokengate is charged after any crash, even
 /// when the database stalls at that moment and the process is then killed: the end
-/// of an answer waits for its settlement to be noted in the instance's journal on
-/// disk, which the next start writes (without that, each of these answers went
-/// free). A request still in flight at the kill had reached upstream,
+/// of an answer waits for its settlement to be noted in the instance's journal
+/// (SQLite), which the next start writes (without that, each of these answers went
+/// free), or to be committed or, past a second, spooled (PostgreSQL). A request still in flight at the kill had reached upstream,
 /// which bills at least its prompt: its hold is charged that, as an estimate, when
 /// the process starts again. Before, answers ended before their settlements were
 /// written, and those the kill caught were released free.
