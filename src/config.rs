@@ -161,6 +161,9 @@ pub struct Config {
     pub block_status: BlockStatus,
     /// The in-chat notice after a threshold below 100% (`TOKENGATE_CHAT_NOTICE`).
     pub chat_notice: bool,
+    /// What a model no admin has weighted costs, or that it is refused
+    /// (`TOKENGATE_UNPRICED_MODELS`).
+    pub unpriced_models: crate::domain::tokens::UnpricedModels,
     /// Reverse proxies whose `X-Forwarded-For` names the client (`TOKENGATE_TRUSTED_PROXIES`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub support_contact: Option<String>,
@@ -311,6 +314,15 @@ impl Config {
             "on" | "off" => Ok(()),
             _ => Err("expected on or off".into()),
         }) == "on";
+        let unpriced_raw = parse("TOKENGATE_UNPRICED_MODELS", "1", &|v| {
+            crate::domain::tokens::UnpricedModels::parse(v)
+                .map(|_| ())
+                .ok_or_else(|| {
+                    "expected refuse, or a weight from 0 to 1000 such as 1 or 2.5".into()
+                })
+        });
+        let unpriced_models =
+            crate::domain::tokens::UnpricedModels::parse(&unpriced_raw).unwrap_or_default();
         let trusted_proxies =
             match crate::net::parse_networks(&get("TOKENGATE_TRUSTED_PROXIES").unwrap_or_default())
             {
@@ -611,6 +623,7 @@ impl Config {
                 locale,
                 block_status,
                 chat_notice,
+                unpriced_models,
                 trusted_proxies,
                 support_contact,
                 block_text,

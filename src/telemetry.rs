@@ -27,13 +27,20 @@ const OUTCOMES: [Outcome; 7] = [
     Outcome::ClientDisconnected,
     Outcome::Abandoned,
 ];
-const REJECTIONS: [&str; 3] = ["invalid_api_key", "insufficient_quota", "user_suspended"];
+const REJECTIONS: [&str; 6] = [
+    "invalid_api_key",
+    "insufficient_quota",
+    "user_suspended",
+    "not_reservable",
+    "model_not_in_plan",
+    "model_not_priced",
+];
 
 #[derive(Default)]
 pub struct Metrics {
     settled: [AtomicU64; 7],
     charged: AtomicU64,
-    rejected: [AtomicU64; 3],
+    rejected: [AtomicU64; REJECTIONS.len()],
     /// Alert mail: sent, attempts that will be retried, given up.
     mail: [AtomicU64; 3],
     /// tokengate's own time per phase of a metered request: microseconds and count.

@@ -17,6 +17,8 @@ macro_rules! say {
 }
 use std::process::ExitCode;
 
+mod plans;
+
 #[derive(Parser)]
 #[command(
     name = "tokengate",
@@ -51,6 +53,9 @@ enum Command {
     /// Inspect users and balances.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Create, change and inspect plans.
+    #[command(subcommand)]
+    Plans(plans::PlansCommand),
     /// Check mail delivery.
     #[command(subcommand)]
     Mail(MailCommand),
@@ -151,6 +156,7 @@ pub fn main() -> ExitCode {
         }
         Command::Users(UsersCommand::List { json }) => users_list(&config, json),
         Command::Users(UsersCommand::Show { user, json }) => users_show(&config, &user, json),
+        Command::Plans(command) => plans::run(&config, command),
         Command::Mail(MailCommand::Test { address }) => mail_test(&config, &address),
     };
     match result {

@@ -92,6 +92,13 @@ diesel::table! {
 }
 
 diesel::table! {
+    plan_models (plan_id, model) {
+        plan_id -> BigInt,
+        model -> Text,
+    }
+}
+
+diesel::table! {
     model_weights (model) {
         model -> Text,
         input_milli -> BigInt,
@@ -241,6 +248,7 @@ diesel::table! {
 }
 
 diesel::joinable!(users -> plans (plan_id));
+diesel::joinable!(plan_models -> plans (plan_id));
 diesel::joinable!(credit_requests -> users (user_id));
 diesel::joinable!(redeem_codes -> code_batches (batch_id));
 diesel::joinable!(outbox -> credit_requests (credit_request_id));
@@ -255,6 +263,7 @@ diesel::joinable!(usage_records -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     plans,
+    plan_models,
     users,
     balances,
     holds,

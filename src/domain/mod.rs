@@ -4,10 +4,12 @@ pub mod clock;
 pub mod cycle;
 pub mod identity;
 pub mod media;
+pub mod plan;
 pub mod text;
 pub mod tokens;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use cycle::Cycle;
 pub use identity::{DisplayName, Email, Identity, UserKey};
+pub use plan::{PlanChange, PlanModels, PlanName, PlanSpec};
 pub use tokens::{TokenAmount, Weights, used_percent};

@@ -157,6 +157,56 @@ pub fn used_percent(used: i64, left: i64) -> u8 {
     u8::try_from(pct.clamp(0, 100)).unwrap_or(100)
 }
 
+/// A weight as people write it: `1`, `1.5` or `1,5`, up to three decimals.
+pub fn parse_weight(raw: &str) -> Option<i64> {
+    let s = raw.trim().replace(',', ".");
+    let (whole, frac) = s.split_once('.').unwrap_or((&s, ""));
+    if whole.is_empty() && frac.is_empty() || frac.len() > 3 {
+        return None;
+    }
+    if !whole
+        .chars()
+        .chain(frac.chars())
+        .all(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
+    let whole: i64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let frac: i64 = format!("{frac:0<3}").parse().ok()?;
+    let milli = whole.checked_mul(1000)?.checked_add(frac)?;
+    (0..=Weights::MAX_MILLI).contains(&milli).then_some(milli)
+}
+
+/// What a request to a model without weights costs: every model at one weight for
+/// input and output (`TOKENGATE_UNPRICED_MODELS`, 1 by default), or none served
+/// until an admin prices it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnpricedModels {
+    Weight(Weights),
+    Refuse,
+}
+
+impl UnpricedModels {
+    /// `refuse`, or a weight as people write it (`1`, `2,5`).
+    pub fn parse(raw: &str) -> Option<Self> {
+        if raw.trim().eq_ignore_ascii_case("refuse") {
+            return Some(Self::Refuse);
+        }
+        let milli = parse_weight(raw)?;
+        Weights::from_milli(milli, milli).map(Self::Weight)
+    }
+}
+
+impl Default for UnpricedModels {
+    fn default() -> Self {
+        Self::Weight(Weights::default())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

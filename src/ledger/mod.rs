@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod credits;
+mod plans;
 mod reserve;
 mod settle;
 pub mod stats;
@@ -15,7 +16,9 @@ pub mod views;
 use crate::alerts::AlertPolicy;
 use crate::db::schema::balances;
 use crate::db::{Database, StoreError};
-use crate::domain::{Clock, Cycle, Email, Identity, TokenAmount, Weights};
+use crate::domain::{
+    Clock, Cycle, Email, Identity, PlanChange, PlanModels, PlanSpec, TokenAmount, Weights,
+};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use diesel::prelude::*;
@@ -23,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
+pub use plans::PlanRef;
 pub use views::{InvariantReport, UserSummary};
 
 /// What a metered request asks to reserve.
@@ -55,6 +59,8 @@ pub struct ReserveRequest {
     /// Wait rather than be cut or refused because of the user's own requests in
     /// flight: `ReserveOutcome::Crowded` instead, with nothing written.
     pub patient: bool,
+    /// What the model costs when no admin has set its weights.
+    pub unpriced: crate::domain::tokens::UnpricedModels,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +68,11 @@ pub enum ReserveOutcome {
     Reserved(Reservation),
     Blocked(Blocked),
     Suspended,
+    /// The user's plan does not include the model; these are the ones it does.
+    ModelNotInPlan(PlanModels),
+    /// No admin has set the model's weights, and unpriced models are refused
+    /// (`UnpricedModels::Refuse`).
+    ModelNotPriced,
     /// The request needs an extra cost for its model (`needs_extra`) that the admin
     /// has not set.
     NotReservable,
@@ -518,39 +529,35 @@ impl Ledger {
     /// Creates a plan; with `make_default`, new users start on it.
     pub fn create_plan(
         &self,
-        name: &str,
-        monthly_allowance: i64,
+        spec: &PlanSpec,
         make_default: bool,
         actor: &Actor,
     ) -> Result<i64, LedgerError> {
         let ctx = tx::Ctx::new(self.now(), self.tz);
-        let (name, actor) = (name.to_owned(), actor.clone());
-        self.db.write_blocking(move |c| {
-            tx::create_plan(c, &ctx, &name, monthly_allowance, make_default, &actor)
-        })
+        let (spec, actor) = (spec.clone(), actor.clone());
+        self.db
+            .write_blocking(move |c| plans::create_plan(c, &ctx, &spec, make_default, &actor))
     }
 
-    /// Renames a plan or changes its allowance; users get the new allowance from their
-    /// next cycle.
+    /// Changes a plan in one transaction (what `change` leaves out stays): its name
+    /// and models at once, its allowance from each user's next cycle. Returns its id.
     pub fn update_plan(
         &self,
-        plan_id: i64,
-        name: &str,
-        monthly_allowance: i64,
+        plan: &PlanRef,
+        change: &PlanChange,
         actor: &Actor,
-    ) -> Result<(), LedgerError> {
+    ) -> Result<i64, LedgerError> {
         let ctx = tx::Ctx::new(self.now(), self.tz);
-        let (name, actor) = (name.to_owned(), actor.clone());
-        self.db.write_blocking(move |c| {
-            tx::update_plan(c, &ctx, plan_id, &name, monthly_allowance, &actor)
-        })
+        let (plan, change, actor) = (plan.clone(), change.clone(), actor.clone());
+        self.db
+            .write_blocking(move |c| plans::update_plan(c, &ctx, &plan, &change, &actor))
     }
 
     pub fn set_default_plan(&self, plan_id: i64, actor: &Actor) -> Result<(), LedgerError> {
         let ctx = tx::Ctx::new(self.now(), self.tz);
         let actor = actor.clone();
         self.db
-            .write_blocking(move |c| tx::set_default_plan(c, &ctx, plan_id, &actor))
+            .write_blocking(move |c| plans::set_default_plan(c, &ctx, plan_id, &actor))
     }
 
     /// Moves a user to another plan now; this cycle's allowance becomes the new
@@ -564,7 +571,7 @@ impl Ledger {
         let ctx = tx::Ctx::new(self.now(), self.tz);
         let actor = actor.clone();
         self.db
-            .write_blocking(move |c| tx::change_plan(c, &ctx, user_id, plan_id, &actor))
+            .write_blocking(move |c| plans::change_plan(c, &ctx, user_id, plan_id, &actor))
     }
 
     /// Sets what a model costs (`ModelCost`).
@@ -750,6 +757,22 @@ impl Ledger {
     pub fn plans(&self) -> Result<Vec<views::PlanRow>, StoreError> {
         let mut conn = self.db.conn()?;
         Ok(views::plans(&mut conn)?)
+    }
+
+    /// The plan named `name`.
+    pub fn plan(&self, name: &str) -> Result<views::PlanRow, LedgerError> {
+        self.plans()?
+            .into_iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| LedgerError::PlanNotFound(name.to_owned()))
+    }
+
+    /// The models the caller may use (`/v1/models`): a user known to LibreChat as
+    /// `who.key`, or about to be linked by `who.email` to one an admin created.
+    pub fn models_for(&self, who: &Identity) -> Result<PlanModels, StoreError> {
+        let mut conn = self.db.conn()?;
+        let email = who.email.as_ref().map(Email::as_str);
+        Ok(views::models_for(&mut conn, &who.key, email)?)
     }
 
     /// Every model with a weight set, and what it costs.

@@ -1,12 +1,14 @@
 //! The reservation: one guarded write that admits a metered request or says why not
 //! (docs/behaviour.md, "What a request goes through").
 
+use super::plans::models as plan_models;
 use super::tx::{BalanceRow, Conn, Ctx, lock_and_roll, model_costs, upsert_user};
 use super::{BlockReason, Blocked, NoticeBase, Reservation, ReserveOutcome, ReserveRequest};
 use crate::alerts::{AlertPolicy, store as alert_store};
 use crate::db::schema::{balances, holds, plans, users};
 use crate::db::statement::{FixedUpdate, on_backend};
 use crate::db::{StoreError, flag};
+use crate::domain::tokens::UnpricedModels;
 use crate::domain::used_percent;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
@@ -22,13 +24,22 @@ pub(super) fn reserve(
     expires_at: DateTime<Utc>,
     policy: &AlertPolicy,
 ) -> Result<(ReserveOutcome, usize), StoreError> {
-    let (user_id, suspended) = upsert_user(c, ctx, &req.identity)?;
-    if suspended {
+    let user = upsert_user(c, ctx, &req.identity)?;
+    if user.suspended {
         return Ok((ReserveOutcome::Suspended, 0));
+    }
+    let user_id = user.id;
+    let models = plan_models(c, user.plan_id)?;
+    if !models.allows(&req.model) {
+        return Ok((ReserveOutcome::ModelNotInPlan(models), 0));
     }
     let bal = lock_and_roll(c, ctx, user_id)?;
     let costs = model_costs(c, &req.model)?;
-    let weights = costs.weights;
+    let weights = match (costs.weights, req.unpriced) {
+        (Some(weights), _) => weights,
+        (None, UnpricedModels::Weight(weights)) => weights,
+        (None, UnpricedModels::Refuse) => return Ok((ReserveOutcome::ModelNotPriced, 0)),
+    };
     // What the provider may bill beyond the text: the admin's figure for the model,
     // without which such a request is not made at all.
     let extra = match (req.needs_extra, costs.call_extra) {

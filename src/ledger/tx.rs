@@ -8,7 +8,7 @@ use super::{Actor, UserRef};
 use crate::alerts::store as alert_store;
 use crate::db::schema::{balances, holds, instances, ledger, model_weights, plans, users};
 use crate::db::statement::{FixedUpdate, on_backend};
-use crate::db::{AnyConnection, StoreError, flag};
+use crate::db::{AnyConnection, StoreError};
 use crate::domain::{
     Clock, Cycle, Email, Identity, SystemClock, TokenAmount, Weights, used_percent,
 };
@@ -143,164 +143,6 @@ pub(super) fn add_credits(
     Ok(user_id)
 }
 
-/// Moves a user to another plan at once: this cycle's allowance becomes the new
-/// plan's, less what the allowance already paid for this cycle (never below zero), as
-/// an `adjustment` in the ledger. It depends only on the plan moved to, not on the
-/// way there: A to B and back to A leaves what staying on A would have.
-pub(super) fn change_plan(
-    c: &mut Conn,
-    ctx: &Ctx,
-    user_id: i64,
-    plan_id: i64,
-    actor: &Actor,
-) -> Result<(), super::LedgerError> {
-    let bal = lock_and_roll(c, ctx, user_id)?;
-    let (old_id, old_name): (i64, String) = users::table
-        .inner_join(plans::table)
-        .filter(users::id.eq(user_id))
-        .select((plans::id, plans::name))
-        .first(c)?;
-    let (new_name, new_allowance): (String, i64) = plans::table
-        .find(plan_id)
-        .select((plans::name, plans::monthly_allowance))
-        .first(c)
-        .optional()?
-        .ok_or_else(|| super::LedgerError::PlanNotFound(format!("#{plan_id}")))?;
-    if old_id == plan_id {
-        return Ok(());
-    }
-    let allowance_spent = allowance_spent_this_cycle(c, user_id, &ctx.cycle_key)?;
-    let allowance_left = new_allowance.saturating_sub(allowance_spent).max(0);
-    let delta = allowance_left - bal.allowance_left;
-    diesel::update(users::table.find(user_id))
-        .set((users::plan_id.eq(plan_id), users::updated_at.eq(ctx.now)))
-        .execute(c)?;
-    diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
-        .set((
-            balances::allowance_left.eq(allowance_left),
-            balances::exhausted_at.eq(None::<NaiveDateTime>),
-        ))
-        .execute(c)?;
-    let note = format!("{old_name} -> {new_name}");
-    if delta != 0 {
-        append_ledger(
-            c,
-            ctx,
-            user_id,
-            &LedgerChange {
-                kind: "adjustment",
-                delta_allowance: delta,
-                delta_credits: 0,
-                actor: actor.label(),
-                note: Some(&note),
-                request_id: None,
-            },
-            allowance_left,
-            bal.credits,
-        )?;
-    }
-    alert_store::rearm(
-        c,
-        user_id,
-        &ctx.cycle_key,
-        used_percent(bal.used_this_cycle, allowance_left + bal.credits),
-        ctx.now,
-    )?;
-    audit::record(
-        c,
-        actor,
-        Action::ChangePlan,
-        Some(user_id),
-        &json!({"from": old_name, "to": new_name, "allowance_delta": delta}),
-        ctx.now,
-    )?;
-    Ok(())
-}
-
-/// What this cycle's usage took from the allowance (not from credits), from the
-/// ledger.
-fn allowance_spent_this_cycle(c: &mut Conn, user_id: i64, cycle: &str) -> Result<i64, StoreError> {
-    let taken: Option<i64> = ledger::table
-        .filter(ledger::user_id.eq(user_id))
-        .filter(ledger::cycle.eq(cycle))
-        .filter(ledger::kind.eq("usage"))
-        .select(diesel::dsl::sql::<
-            diesel::sql_types::Nullable<diesel::sql_types::BigInt>,
-        >("CAST(SUM(delta_allowance) AS BIGINT)"))
-        .first(c)?;
-    Ok(-taken.unwrap_or(0))
-}
-
-/// Renames a plan or changes its monthly allowance (from each user's next cycle).
-pub(super) fn update_plan(
-    c: &mut Conn,
-    ctx: &Ctx,
-    plan_id: i64,
-    name: &str,
-    monthly_allowance: i64,
-    actor: &Actor,
-) -> Result<(), super::LedgerError> {
-    let (old_name, old_allowance): (String, i64) = plans::table
-        .find(plan_id)
-        .select((plans::name, plans::monthly_allowance))
-        .first(c)
-        .optional()?
-        .ok_or_else(|| super::LedgerError::PlanNotFound(format!("#{plan_id}")))?;
-    let clash: i64 = plans::table
-        .filter(plans::name.eq(name))
-        .filter(plans::id.ne(plan_id))
-        .count()
-        .get_result(c)?;
-    if clash > 0 {
-        return Err(super::LedgerError::PlanExists(name.to_owned()));
-    }
-    diesel::update(plans::table.find(plan_id))
-        .set((
-            plans::name.eq(name),
-            plans::monthly_allowance.eq(monthly_allowance),
-        ))
-        .execute(c)?;
-    audit::record(
-        c,
-        actor,
-        Action::EditPlan,
-        None,
-        &json!({"plan": name, "old_name": old_name, "allowance": monthly_allowance, "old_allowance": old_allowance}),
-        ctx.now,
-    )?;
-    Ok(())
-}
-
-/// New users start on the default plan.
-pub(super) fn set_default_plan(
-    c: &mut Conn,
-    ctx: &Ctx,
-    plan_id: i64,
-    actor: &Actor,
-) -> Result<(), super::LedgerError> {
-    let name: String = plans::table
-        .find(plan_id)
-        .select(plans::name)
-        .first(c)
-        .optional()?
-        .ok_or_else(|| super::LedgerError::PlanNotFound(format!("#{plan_id}")))?;
-    diesel::update(plans::table.filter(plans::is_default.eq(1)))
-        .set(plans::is_default.eq(0))
-        .execute(c)?;
-    diesel::update(plans::table.find(plan_id))
-        .set(plans::is_default.eq(1))
-        .execute(c)?;
-    audit::record(
-        c,
-        actor,
-        Action::SetDefaultPlan,
-        None,
-        &json!({"plan": name}),
-        ctx.now,
-    )?;
-    Ok(())
-}
-
 pub(super) fn create_user_by_email(
     c: &mut Conn,
     ctx: &Ctx,
@@ -311,53 +153,13 @@ pub(super) fn create_user_by_email(
     if let Some(id) = super::views::find_user(c, &UserRef::Email(email.clone()))? {
         return Ok(id);
     }
-    let id = insert_user(c, ctx, None, Some(email.as_str()), name, &actor.label())?;
+    let (id, _) = insert_user(c, ctx, None, Some(email.as_str()), name, &actor.label())?;
     audit::record(
         c,
         actor,
         Action::CreateUser,
         Some(id),
         &json!({"email": email.as_str(), "name": name}),
-        ctx.now,
-    )?;
-    Ok(id)
-}
-
-pub(super) fn create_plan(
-    c: &mut Conn,
-    ctx: &Ctx,
-    name: &str,
-    monthly_allowance: i64,
-    make_default: bool,
-    actor: &Actor,
-) -> Result<i64, super::LedgerError> {
-    let exists: i64 = plans::table
-        .filter(plans::name.eq(name))
-        .count()
-        .get_result(c)?;
-    if exists > 0 {
-        return Err(super::LedgerError::PlanExists(name.to_owned()));
-    }
-    if make_default {
-        diesel::update(plans::table.filter(plans::is_default.eq(1)))
-            .set(plans::is_default.eq(0))
-            .execute(c)?;
-    }
-    let id = diesel::insert_into(plans::table)
-        .values((
-            plans::name.eq(name),
-            plans::monthly_allowance.eq(monthly_allowance),
-            plans::is_default.eq(flag(make_default)),
-            plans::created_at.eq(ctx.now),
-        ))
-        .returning(plans::id)
-        .get_result(c)?;
-    audit::record(
-        c,
-        actor,
-        Action::CreatePlan,
-        None,
-        &json!({"plan": name, "allowance": monthly_allowance, "default": make_default}),
         ctx.now,
     )?;
     Ok(id)
@@ -570,14 +372,20 @@ pub(super) fn upsert_user(
     c: &mut Conn,
     ctx: &Ctx,
     who: &Identity,
-) -> Result<(i64, bool), StoreError> {
+) -> Result<UserOnFile, StoreError> {
     let email = who.email.as_ref().map(Email::as_str);
     let name = who.name.as_ref().map(|n| n.as_str());
     let lookup = users::table
         .filter(users::external_id.eq(who.key.as_str()))
-        .select((users::id, users::suspended_at, users::email, users::name));
+        .select((
+            users::id,
+            users::plan_id,
+            users::suspended_at,
+            users::email,
+            users::name,
+        ));
     let known: Option<KnownUser> = on_backend!(c, |c| lookup.first(c).optional())?;
-    if let Some((id, suspended_at, stored_email, stored_name)) = known {
+    if let Some((id, plan_id, suspended_at, stored_email, stored_name)) = known {
         let changed = (email.is_some() && email != stored_email.as_deref())
             || (name.is_some() && name != stored_name.as_deref());
         if changed {
@@ -589,7 +397,11 @@ pub(super) fn upsert_user(
                 })
                 .execute(c)?;
         }
-        return Ok((id, suspended_at.is_some()));
+        return Ok(UserOnFile {
+            id,
+            plan_id,
+            suspended: suspended_at.is_some(),
+        });
     }
     if let Some(email) = email {
         let precreated: Option<i64> = users::table
@@ -600,22 +412,26 @@ pub(super) fn upsert_user(
             .first(c)
             .optional()?;
         if let Some(id) = precreated {
-            let linked: Option<Option<NaiveDateTime>> =
+            let linked: Option<(i64, Option<NaiveDateTime>)> =
                 diesel::update(users::table.find(id).filter(users::external_id.is_null()))
                     .set((
                         users::external_id.eq(who.key.as_str()),
                         users::name.eq(name),
                         users::updated_at.eq(ctx.now),
                     ))
-                    .returning(users::suspended_at)
+                    .returning((users::plan_id, users::suspended_at))
                     .get_result(c)
                     .optional()?;
-            if let Some(suspended_at) = linked {
-                return Ok((id, suspended_at.is_some()));
+            if let Some((plan_id, suspended_at)) = linked {
+                return Ok(UserOnFile {
+                    id,
+                    plan_id,
+                    suspended: suspended_at.is_some(),
+                });
             }
         }
     }
-    let id = insert_user(
+    let (id, plan_id) = insert_user(
         c,
         ctx,
         Some(who.key.as_str()),
@@ -623,11 +439,28 @@ pub(super) fn upsert_user(
         name,
         &Actor::System.label(),
     )?;
-    Ok((id, false))
+    Ok(UserOnFile {
+        id,
+        plan_id,
+        suspended: false,
+    })
 }
 
-/// id, suspended_at, email, name.
-type KnownUser = (i64, Option<NaiveDateTime>, Option<String>, Option<String>);
+/// The caller's user row, as the reservation needs it.
+pub(super) struct UserOnFile {
+    pub id: i64,
+    pub plan_id: i64,
+    pub suspended: bool,
+}
+
+/// id, plan_id, suspended_at, email, name.
+type KnownUser = (
+    i64,
+    i64,
+    Option<NaiveDateTime>,
+    Option<String>,
+    Option<String>,
+);
 
 #[derive(AsChangeset)]
 #[diesel(table_name = users)]
@@ -645,7 +478,7 @@ fn insert_user(
     email: Option<&str>,
     name: Option<&str>,
     actor: &str,
-) -> Result<i64, StoreError> {
+) -> Result<(i64, i64), StoreError> {
     let (plan_id, allowance): (i64, i64) = plans::table
         .order((plans::is_default.desc(), plans::id.asc()))
         .select((plans::id, plans::monthly_allowance))
@@ -687,7 +520,7 @@ fn insert_user(
         allowance,
         0,
     )?;
-    Ok(user_id)
+    Ok((user_id, plan_id))
 }
 
 /// Locks the user's balance row and starts a new cycle if the calendar moved on.
@@ -806,12 +639,13 @@ pub(super) fn append_ledger(
     Ok(())
 }
 
-/// What a model costs: its weights, the most one image may cost with it (the
+/// What a model costs: its weights (`None`: no admin has set them), the most one
+/// image may cost with it (the
 /// admin's figure, else the worst case its provider documents, `domain::media`), and
 /// the most a call may cost beyond its text, when the admin has said
 /// (`call_extra`).
 pub(super) struct ModelCosts {
-    pub weights: Weights,
+    pub weights: Option<Weights>,
     pub image_tokens: i64,
     pub call_extra: Option<i64>,
 }
@@ -826,9 +660,7 @@ pub(super) fn model_costs(c: &mut Conn, model: &str) -> Result<ModelCosts, Store
     let row: Option<(i64, i64, Option<i64>, Option<i64>)> =
         on_backend!(c, |c| lookup.first(c).optional())?;
     Ok(ModelCosts {
-        weights: row
-            .and_then(|(i, o, _, _)| Weights::from_milli(i, o))
-            .unwrap_or_default(),
+        weights: row.and_then(|(i, o, _, _)| Weights::from_milli(i, o)),
         image_tokens: row
             .and_then(|(_, _, image, _)| image)
             .unwrap_or_else(|| crate::domain::media::image_worst_case(model)),

@@ -3,9 +3,9 @@
 use super::UserRef;
 use crate::db::AnyConnection;
 use crate::db::schema::{
-    balances, holds, instances, ledger, model_weights, plans, usage_records, users,
+    balances, holds, instances, ledger, model_weights, plan_models, plans, usage_records, users,
 };
-use crate::domain::Cycle;
+use crate::domain::{Cycle, PlanModels, UserKey};
 use chrono::NaiveDateTime;
 use chrono_tz::Tz;
 use diesel::dsl::sql;
@@ -24,6 +24,8 @@ pub struct UserSummary {
     pub name: Option<String>,
     pub plan: String,
     pub monthly_allowance: i64,
+    /// The models the plan may use; empty for every model.
+    pub plan_models: Vec<String>,
     pub suspended: bool,
     pub cycle: String,
     /// When the current cycle's allowance expires (RFC 3339, UTC).
@@ -145,7 +147,7 @@ type SummaryRow = (
         Option<String>,
         Option<NaiveDateTime>,
     ),
-    (String, i64),
+    (i64, String, i64),
     (String, i64, i64, i64, i64, Option<NaiveDateTime>),
 );
 
@@ -162,7 +164,7 @@ pub(super) fn user_summary(c: &mut Conn, user_id: i64, tz: Tz) -> QueryResult<Op
                 users::name,
                 users::suspended_at,
             ),
-            (plans::name, plans::monthly_allowance),
+            (plans::id, plans::name, plans::monthly_allowance),
             (
                 balances::cycle,
                 balances::allowance_left,
@@ -174,10 +176,18 @@ pub(super) fn user_summary(c: &mut Conn, user_id: i64, tz: Tz) -> QueryResult<Op
         ))
         .first(c)
         .optional()?;
-    Ok(row.map(
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let plan_models: Vec<String> = plan_models::table
+        .filter(plan_models::plan_id.eq((row.1).0))
+        .order(plan_models::model.asc())
+        .select(plan_models::model)
+        .load(c)?;
+    Ok(Some(row).map(
         |(
             (id, external_id, email, name, suspended_at),
-            (plan, monthly_allowance),
+            (_, plan, monthly_allowance),
             (cycle, allowance_left, credits, held, used, exhausted_at),
         )| {
             let resets = Cycle::parse(&cycle)
@@ -190,6 +200,7 @@ pub(super) fn user_summary(c: &mut Conn, user_id: i64, tz: Tz) -> QueryResult<Op
                 name,
                 plan,
                 monthly_allowance,
+                plan_models,
                 suspended: suspended_at.is_some(),
                 cycle,
                 cycle_resets_at: resets,
@@ -213,6 +224,13 @@ pub struct PlanRow {
     pub monthly_allowance: i64,
     pub is_default: bool,
     pub users: i64,
+    #[serde(serialize_with = "listed_models")]
+    pub models: PlanModels,
+}
+
+/// A plan's models in JSON: the list, empty for every model.
+fn listed_models<S: serde::Serializer>(m: &PlanModels, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(m.listed())
 }
 
 pub(super) fn plans(c: &mut Conn) -> QueryResult<Vec<PlanRow>> {
@@ -229,6 +247,9 @@ pub(super) fn plans(c: &mut Conn) -> QueryResult<Vec<PlanRow>> {
         .group_by(users::plan_id)
         .select((users::plan_id, diesel::dsl::count_star()))
         .load(c)?;
+    let listed: Vec<(i64, String)> = plan_models::table
+        .select((plan_models::plan_id, plan_models::model))
+        .load(c)?;
     Ok(rows
         .into_iter()
         .map(|(id, name, monthly_allowance, is_default)| PlanRow {
@@ -237,8 +258,50 @@ pub(super) fn plans(c: &mut Conn) -> QueryResult<Vec<PlanRow>> {
             monthly_allowance,
             is_default: is_default != 0,
             users: counts.iter().find(|(p, _)| *p == id).map_or(0, |(_, n)| *n),
+            models: PlanModels::stored(
+                listed
+                    .iter()
+                    .filter(|(p, _)| *p == id)
+                    .map(|(_, m)| m.clone()),
+            ),
         })
         .collect())
+}
+
+/// The models the user LibreChat knows as `key` may use: their plan's; for a user
+/// tokengate has not met yet, the plan of the user an admin created with their
+/// `email` (whom their first request will be), else the default plan's.
+pub(super) fn models_for(
+    c: &mut Conn,
+    key: &UserKey,
+    email: Option<&str>,
+) -> QueryResult<PlanModels> {
+    let mut plan_id: Option<i64> = users::table
+        .filter(users::external_id.eq(key.as_str()))
+        .select(users::plan_id)
+        .first(c)
+        .optional()?;
+    if let (None, Some(email)) = (plan_id, email) {
+        plan_id = users::table
+            .filter(users::external_id.is_null())
+            .filter(users::email.eq(email))
+            .order(users::id.asc())
+            .select(users::plan_id)
+            .first(c)
+            .optional()?;
+    }
+    let plan_id = match plan_id {
+        Some(id) => id,
+        None => plans::table
+            .order((plans::is_default.desc(), plans::id.asc()))
+            .select(plans::id)
+            .first(c)?,
+    };
+    let names: Vec<String> = plan_models::table
+        .filter(plan_models::plan_id.eq(plan_id))
+        .select(plan_models::model)
+        .load(c)?;
+    Ok(PlanModels::stored(names))
 }
 
 /// A model with weights set, as the weights page lists it.

@@ -340,6 +340,10 @@ pub async fn home(
             dl.facts {
                 dt { (l.pick("Plano", "Plan")) }
                 dd #plan { (summary.plan) " · " (i18n::tokens(summary.monthly_allowance, l)) " " (l.pick("tokens por mês", "tokens a month")) }
+                @if !summary.plan_models.is_empty() {
+                    dt { (l.pick("Modelos do plano", "Your plan's models")) }
+                    dd #models { (summary.plan_models.join(", ")) }
+                }
                 dt { (l.pick("Renovação", "Renewal")) }
                 dd #renews { (l.pick("renova em ", "renews on ")) (resets) }
                 dt { (l.pick("Créditos extras", "Extra credits")) }

@@ -134,13 +134,7 @@ pub fn parse_for<'a>(
     let model = match value_of(get("model"), "model")? {
         // One model: LiteLLM sends a request naming several (`"a,b"`) to each of
         // them, and answers with something that is not one answer.
-        Some(Value::String(m))
-            if !m.trim().is_empty()
-                && m.len() <= 256
-                && !m.chars().any(|c| c.is_control() || c == ',') =>
-        {
-            m
-        }
+        Some(Value::String(m)) if crate::domain::plan::is_model_name(&m) => m,
         _ => return Err(ApiError::body(Problem::Model, "model")),
     };
     let stream = match value_of(get("stream"), "stream")? {

@@ -29,6 +29,16 @@ pub enum ApiError {
     BodyTimeout,
     #[error("{0}")]
     Suspended(String),
+    /// The user's plan does not include the model (`allowed` are the ones it does).
+    #[error(
+        "The model {} is not part of your plan. Your plan includes: {}.",
+        shown(model),
+        listed(allowed)
+    )]
+    ModelNotInPlan { model: String, allowed: Vec<String> },
+    /// No admin has priced the model, and unpriced models are refused.
+    #[error("The model {} has no price set here yet. Choose another model, or ask your administrator.", shown(.0))]
+    ModelNotPriced(String),
     /// The block (`TOKENGATE_BLOCK_STATUS`); the text is user-facing, in the
     /// configured language.
     #[error("{message}")]
@@ -352,6 +362,25 @@ fn shown(name: &str) -> String {
     }
 }
 
+/// A plan's models as a user reads them: as many as fit in a short line (LibreChat
+/// shows the text inline), then how many more.
+fn listed(models: &[String]) -> String {
+    const BUDGET: usize = 80;
+    let mut text = String::new();
+    for (i, m) in models.iter().enumerate() {
+        let name = shown(m);
+        if i > 0 && text.chars().count() + name.chars().count() + 2 > BUDGET {
+            text.push_str(&format!(" (+{})", models.len() - i));
+            break;
+        }
+        if i > 0 {
+            text.push_str(", ");
+        }
+        text.push_str(&name);
+    }
+    text
+}
+
 /// `name`'s first `max` characters, without control characters or braces.
 fn on_one_line(name: &str, max: usize) -> String {
     name.chars()
@@ -374,6 +403,8 @@ impl ApiError {
             Self::BodyTooLarge(_) => ("invalid_request_error", "body_too_large"),
             Self::BodyTimeout => ("invalid_request_error", "body_timeout"),
             Self::Suspended(_) => ("permission_error", "user_suspended"),
+            Self::ModelNotInPlan { .. } => ("permission_error", "model_not_in_plan"),
+            Self::ModelNotPriced(_) => ("permission_error", "model_not_priced"),
             Self::InsufficientQuota { .. } => ("insufficient_quota", "insufficient_quota"),
             Self::UpstreamUnavailable | Self::UpstreamGarbled => {
                 ("upstream_error", "upstream_unavailable")
@@ -393,7 +424,9 @@ impl ApiError {
             }
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::Suspended(_) => StatusCode::FORBIDDEN,
+            Self::Suspended(_) | Self::ModelNotInPlan { .. } | Self::ModelNotPriced(_) => {
+                StatusCode::FORBIDDEN
+            }
             Self::InsufficientQuota { status, .. } => status.status(),
             Self::UpstreamUnavailable | Self::UpstreamGarbled => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -408,6 +441,7 @@ impl ApiError {
             Self::InvalidBody(e) => e.param.map(str::to_owned),
             Self::NotReservable(Unreservable::Unknown(field)) => Some(on_one_line(field, 64)),
             Self::NotReservable(u) => Some(u.param().to_owned()),
+            Self::ModelNotInPlan { .. } | Self::ModelNotPriced(_) => Some("model".to_owned()),
             _ => None,
         }
     }
@@ -434,6 +468,19 @@ impl ApiError {
             Self::MissingUser(e) => return Cow::Owned(identity_text(*e)),
             Self::InvalidBody(e) => return Cow::Owned(e.text(locale)),
             Self::NotReservable(u) => return Cow::Owned(u.text(locale)),
+            Self::ModelNotInPlan { model, allowed } => {
+                return Cow::Owned(format!(
+                    "O modelo {} não faz parte do seu plano. Seu plano inclui: {}.",
+                    shown(model),
+                    listed(allowed)
+                ));
+            }
+            Self::ModelNotPriced(model) => {
+                return Cow::Owned(format!(
+                    "O modelo {} ainda não tem preço definido aqui. Escolha outro modelo ou fale com o administrador.",
+                    shown(model)
+                ));
+            }
             Self::BodyTooLarge(limit) => {
                 return Cow::Owned(format!(
                     "Esta mensagem passa do limite de {}. Envie arquivos menores ou em partes.",
@@ -595,6 +642,16 @@ mod tests {
         ] {
             errors.push(ApiError::NotReservable(u));
         }
+        for allowed in [
+            vec!["gpt-4o-mini".to_owned()],
+            (0..100).map(|i| format!("{long}{i}")).collect(),
+        ] {
+            errors.push(ApiError::ModelNotInPlan {
+                model: long.clone(),
+                allowed,
+            });
+        }
+        errors.push(ApiError::ModelNotPriced(long.clone()));
         for problem in [
             Problem::NotJson(JsonFault::of(
                 &serde_json::from_str::<serde_json::Value>("{\"a\" 1}").unwrap_err(),

@@ -18,7 +18,7 @@ pub use body::Endpoint;
 pub use error::{ApiError, V1Error};
 
 use crate::domain::identity::{IdentityError, decode_header_value};
-use crate::domain::{DisplayName, Email, Identity, UserKey};
+use crate::domain::{DisplayName, Email, Identity, PlanModels, UserKey};
 use crate::ledger::{Outcome, Reservation, ReserveOutcome, ReserveRequest, Settlement};
 use crate::startup::AppState;
 use crate::telemetry::Phase;
@@ -103,19 +103,73 @@ async fn list_models(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    if !state
-        .keys
-        .check_header(req.headers().get(header::AUTHORIZATION))
-    {
-        return Err(ApiError::InvalidApiKey);
-    }
+    let caller = authenticate(&req, &state)?;
+    // LibreChat names the user when it fetches the models: they see their plan's.
+    // Without a user, every model (a request is still checked when it is made).
+    let user = match caller {
+        Caller::LibreChat => identify(req.headers(), None).ok(),
+        Caller::Service(key) => Some(Identity {
+            key,
+            email: None,
+            name: None,
+        }),
+    };
+    let plan_models = match user {
+        Some(who) => {
+            let ledger = state.ledger.clone();
+            match web::block(move || ledger.models_for(&who)).await {
+                Ok(Ok(models)) => models,
+                // The list only fills LibreChat's menu; every request is still
+                // checked against the plan (and refused while the database is out).
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the user's plan; listing every model");
+                    PlanModels::All
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the user's plan failed; listing every model");
+                    PlanModels::All
+                }
+            }
+        }
+        None => PlanModels::All,
+    };
     let res = state.upstream.get("/models", None).await?;
     let status = res.status().as_u16();
-    let content_type = content_type_of(&res);
-    let body = read_limited(res, MAX_UPSTREAM_ERROR_BYTES * 8).await?;
+    let mut content_type = content_type_of(&res);
+    let mut body = read_limited(res, MAX_UPSTREAM_ERROR_BYTES * 8).await?;
+    if let (PlanModels::Only(_), 200) = (&plan_models, status) {
+        body = only_models(&body, &plan_models);
+        content_type = "application/json".into();
+    }
     Ok(HttpResponse::build(status_code(status))
         .insert_header((header::CONTENT_TYPE, content_type))
         .body(body))
+}
+
+/// An OpenAI model list with only the entries `models` allows. A body that is not
+/// such a list lists nothing: a plan's user never sees a model outside it.
+fn only_models(body: &[u8], models: &PlanModels) -> bytes::Bytes {
+    let mut list: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream's model list is not JSON; listing no models");
+            serde_json::Value::Null
+        }
+    };
+    let kept: Vec<serde_json::Value> = list
+        .get_mut("data")
+        .and_then(serde_json::Value::as_array_mut)
+        .map(std::mem::take)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| {
+            m.get("id")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|id| models.allows(id))
+        })
+        .collect();
+    let out = serde_json::json!({"object": "list", "data": kept});
+    bytes::Bytes::from(out.to_string())
 }
 
 /// A metered request, step by step (docs/behaviour.md): who calls, what they ask,
@@ -286,6 +340,7 @@ async fn reserve(
         notice_eligible: admitted.plain_text && state.config.chat_notice,
         needs_extra: admitted.unreservable.is_some(),
         patient: true,
+        unpriced: state.config.unpriced_models,
     };
     let crowded_until = Instant::now() + CROWDED_WAIT;
     let outcome = loop {
@@ -344,6 +399,19 @@ async fn reserve(
                 state.config.locale,
                 state.config.support_contact.as_deref(),
             )))
+        }
+        ReserveOutcome::ModelNotInPlan(models) => {
+            state.metrics.record_rejection("model_not_in_plan");
+            tracing::info!(user = %identity.key, model = %admitted.model, "refused: the model is not in the user's plan");
+            Err(ApiError::ModelNotInPlan {
+                model: admitted.model.clone(),
+                allowed: models.listed().into_iter().map(str::to_owned).collect(),
+            })
+        }
+        ReserveOutcome::ModelNotPriced => {
+            state.metrics.record_rejection("model_not_priced");
+            tracing::warn!(model = %admitted.model, "refused: the model has no weights and TOKENGATE_UNPRICED_MODELS is refuse");
+            Err(ApiError::ModelNotPriced(admitted.model.clone()))
         }
         ReserveOutcome::NotReservable => {
             state.metrics.record_rejection("not_reservable");
@@ -669,4 +737,38 @@ fn content_type_of(res: &reqwest::Response) -> String {
 fn status_code(status: u16) -> actix_web::http::StatusCode {
     actix_web::http::StatusCode::from_u16(status)
         .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn ids(body: &[u8]) -> Vec<String> {
+        let list: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(list["object"], "list");
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_plans_list_keeps_only_its_models_whatever_upstream_sends() {
+        let plan = PlanModels::parse("gpt-4o, fake-model").unwrap();
+        let upstream = br#"{"object":"list","data":[{"id":"gpt-4o","created":1},{"id":"o3"},{"no_id":true},{"id":7},"gpt-4o",{"id":"fake-model"}]}"#;
+        assert_eq!(ids(&only_models(upstream, &plan)), ["gpt-4o", "fake-model"]);
+        // What is not such a list lists nothing, never everything.
+        for odd in [
+            &b"<html>oops</html>"[..],
+            b"[]",
+            b"{}",
+            br#"{"data":"gpt-4o"}"#,
+            b"",
+        ] {
+            assert!(ids(&only_models(odd, &plan)).is_empty(), "{odd:?}");
+        }
+    }
 }

@@ -587,7 +587,11 @@ async fn a_plan_change_and_back_restores_what_was_left() {
     let a = plan("Teste 1000");
     let b = app
         .ledger()
-        .create_plan("B", 500, false, &tokengate::ledger::Actor::Cli)
+        .create_plan(
+            &crate::helpers::plan_spec("B", 500),
+            false,
+            &tokengate::ledger::Actor::Cli,
+        )
         .unwrap();
     let id = app.user_id(USER);
     // `ledger()` waits for the settlements of the answers given so far.

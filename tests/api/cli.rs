@@ -5,7 +5,7 @@ use serde_json::Value;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-fn tokengate(db: &TestDb, args: &[&str], stdin: Option<&str>) -> Output {
+pub fn tokengate(db: &TestDb, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
         .args(args)
         .env("TOKENGATE_DATABASE_URL", &db.url)
@@ -29,7 +29,7 @@ fn tokengate(db: &TestDb, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn text(b: &[u8]) -> String {
+pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 

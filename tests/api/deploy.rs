@@ -269,7 +269,11 @@ async fn librechat_meets_the_block(status: &str) -> serde_json::Value {
     // Out of tokens: one attempt, whatever the status, and nothing reaches upstream.
     let tiny = app
         .ledger()
-        .create_plan("Vazio", 1, false, &tokengate::ledger::Actor::Cli)
+        .create_plan(
+            &crate::helpers::plan_spec("Vazio", 1),
+            false,
+            &tokengate::ledger::Actor::Cli,
+        )
         .unwrap();
     app.ledger()
         .change_plan(app.user_id(user), tiny, &tokengate::ledger::Actor::Cli)
@@ -348,6 +352,51 @@ async fn a_429_block_reaches_older_librechat_and_is_a_rate_limit_to_newer() {
         "{result}"
     );
     assert_eq!(result["terminal"]["type"], "model_rate_limit", "{result}");
+}
+
+/// LibreChat's client asks for a model outside the user's plan (one LiteLLM serves,
+/// picked from a list fetched before the plan changed): one attempt, nothing reaches
+/// upstream, and the user reads which models the plan includes, inline.
+#[actix_web::test]
+async fn librechat_shows_a_model_outside_the_plan() {
+    let app = spawn_app(TestOptions::default()).await;
+    app.ledger()
+        .create_plan(
+            &tokengate::domain::PlanSpec {
+                models: tokengate::domain::PlanModels::parse("fake-model").unwrap(),
+                ..crate::helpers::plan_spec("Básico", 100_000)
+            },
+            true,
+            &tokengate::ledger::Actor::Cli,
+        )
+        .unwrap();
+    let dir = node_dir();
+    let base = format!("{}/v1", app.address);
+    let user = "65f1c0ffee00000000009abc";
+    let mut chat = node(
+        dir.path(),
+        "librechat_client.mjs",
+        &[&base, CLIENT_KEY, user, "ana@example.com", "Ana"],
+    );
+    chat.env("LIBRECHAT_TEST_MODEL", "gpt-4o");
+    let before = app.fake.request_count();
+    let out = run(chat).await;
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}{}", text(&out.stdout), text(&out.stderr)));
+    assert_eq!(result["attempts"], 1, "not retried: {result}");
+    assert_eq!(result["status"], 403, "{result}");
+    assert_eq!(app.fake.request_count(), before, "nothing reached upstream");
+    let refusal = "403 O modelo gpt-4o não faz parte do seu plano. Seu plano inclui: fake-model.";
+    // Not classified by LangChain: LibreChat keeps the text, in the bubble.
+    assert_eq!(result["lc_error_code"], serde_json::Value::Null, "{result}");
+    assert_eq!(
+        result["librechat_shows"],
+        format!("An error occurred while processing the request: {refusal}").as_str()
+    );
+    assert_eq!(result["inline"], true, "{result}");
+    assert_eq!(result["terminal"]["detail"], refusal, "{result}");
+    assert_eq!(result["terminal"]["inline"], true, "{result}");
+    assert_eq!(app.summary(user).used_this_cycle, 0);
 }
 
 /// LibreChat with the endpoint's "Use Responses API" switch on posts to

@@ -485,7 +485,11 @@ async fn embeddings(state: web::Data<FakeState>, body: web::Bytes) -> HttpRespon
 }
 
 async fn models(_req: HttpRequest) -> HttpResponse {
-    HttpResponse::Ok().json(json!({"object": "list", "data": [{"id": "fake-model", "object": "model", "owned_by": "fake"}]}))
+    let data: Vec<Value> = ["fake-model", "gpt-4o-mini", "gpt-4o"]
+        .iter()
+        .map(|id| json!({"id": id, "object": "model", "owned_by": "fake"}))
+        .collect();
+    HttpResponse::Ok().json(json!({"object": "list", "data": data}))
 }
 
 /// The word each generated token is: "tok ", or for "no-usage-long" a word the text

@@ -359,7 +359,11 @@ impl TestApp {
     /// Makes new users start with exactly `allowance` tokens.
     pub fn default_plan(&self, allowance: i64) {
         self.ledger()
-            .create_plan(&format!("Teste {allowance}"), allowance, true, &Actor::Cli)
+            .create_plan(
+                &plan_spec(&format!("Teste {allowance}"), allowance),
+                true,
+                &Actor::Cli,
+            )
             .unwrap();
     }
 
@@ -607,5 +611,14 @@ impl SettlementStall {
         };
         conn.batch_execute(lock).unwrap();
         Self { _conn: conn }
+    }
+}
+
+/// A plan of `allowance` tokens a month, for every model.
+pub fn plan_spec(name: &str, allowance: i64) -> tokengate::domain::PlanSpec {
+    tokengate::domain::PlanSpec {
+        name: tokengate::domain::PlanName::parse(name).unwrap(),
+        monthly_allowance: tokengate::domain::plan::Allowance::new(allowance).unwrap(),
+        models: tokengate::domain::PlanModels::All,
     }
 }

@@ -5,7 +5,7 @@
 pub mod admin;
 mod alerts;
 mod browser;
-mod cli;
+pub mod cli;
 mod concurrency;
 mod credits;
 mod deploy;
@@ -19,6 +19,7 @@ pub mod me;
 mod metering;
 mod notice;
 pub mod outage;
+mod plans;
 mod real_clients;
 mod replicas;
 mod responses;

@@ -822,7 +822,11 @@ async fn a_service_key_is_metered_to_its_own_account() {
         .change_plan(
             app.user_id(service),
             app.ledger()
-                .create_plan("RAG", 1, false, &tokengate::ledger::Actor::Cli)
+                .create_plan(
+                    &crate::helpers::plan_spec("RAG", 1),
+                    false,
+                    &tokengate::ledger::Actor::Cli,
+                )
                 .unwrap(),
             &tokengate::ledger::Actor::Cli,
         )

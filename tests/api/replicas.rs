@@ -39,7 +39,11 @@ async fn three_processes_started_together_migrate_once_and_never_overspend() {
     }
     let ledger = observer_ledger(&db.url, &fake.base_url());
     ledger
-        .create_plan("Réplicas", BALANCE, true, &Actor::Cli)
+        .create_plan(
+            &crate::helpers::plan_spec("Réplicas", BALANCE),
+            true,
+            &Actor::Cli,
+        )
         .unwrap();
 
     // "um dois três": the provider reports 10 prompt tokens, so a request costs 30

@@ -88,7 +88,11 @@ async fn the_previous_release_serves_and_mails_beside_this_one_after_it_migrates
         )
         .unwrap();
     ledger
-        .create_plan("Pequeno", 1_000, true, &tokengate::ledger::Actor::Cli)
+        .create_plan(
+            &crate::helpers::plan_spec("Pequeno", 1_000),
+            true,
+            &tokengate::ledger::Actor::Cli,
+        )
         .unwrap();
     // `fill` writes to its limit: past 80% of the plan's 1,000.
     let heavy = chat_body("fill", "Olá", false, Some(800));

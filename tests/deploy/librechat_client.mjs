@@ -23,6 +23,9 @@
 //
 //   node librechat_client.mjs BASE_URL API_KEY USER_ID EMAIL NAME [responses]
 //
+// The model is `fake-model`, or the one LIBRECHAT_TEST_MODEL names (a user's pick
+// from LibreChat's model menu).
+//
 // With `responses`, the model is configured as LibreChat configures it when the
 // endpoint's "Use Responses API" switch is on: it posts to {baseURL}/responses.
 import { getChatModelClass, Providers, HumanMessage } from '@librechat/agents';
@@ -92,7 +95,7 @@ const countingFetch = (url, init) => {
 
 const ChatModel = getChatModelClass(Providers.OPENAI);
 const llm = new ChatModel({
-  model: 'fake-model',
+  model: process.env.LIBRECHAT_TEST_MODEL || 'fake-model',
   apiKey,
   streaming: true,
   useResponsesApi,

@@ -196,6 +196,9 @@ pub async fn detail(
         p {
             (views::bar(summary.used_percent, l)) " " (summary.used_percent) "% · "
             (l.pick("Plano", "Plan")) " " strong { (summary.plan) } " (" (views::tokens(summary.monthly_allowance, l)) " " (l.pick("tokens por mês", "tokens a month")) ")"
+            @if !summary.plan_models.is_empty() {
+                " · " (l.pick("Modelos: ", "Models: ")) (summary.plan_models.join(", "))
+            }
             @if let (Some(s), Some(r)) = (&starts, &resets) {
                 " · " (l.pick("Ciclo de", "Cycle from")) " " (s) " " (l.pick("até", "to")) " " (r)
             }

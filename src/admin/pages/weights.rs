@@ -6,6 +6,7 @@ use crate::admin::session::SignedIn;
 use crate::admin::views::{self, Nav};
 use crate::config::Locale;
 use crate::domain::Weights;
+use crate::domain::tokens::UnpricedModels;
 use crate::ledger::ModelCost;
 use crate::startup::AppState;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -13,29 +14,7 @@ use maud::html;
 use serde::Deserialize;
 use std::time::Duration;
 
-/// A weight as people write it: `1`, `1.5` or `1,5`, up to three decimals.
-pub fn parse_weight(raw: &str) -> Option<i64> {
-    let s = raw.trim().replace(',', ".");
-    let (whole, frac) = s.split_once('.').unwrap_or((&s, ""));
-    if whole.is_empty() && frac.is_empty() || frac.len() > 3 {
-        return None;
-    }
-    if !whole
-        .chars()
-        .chain(frac.chars())
-        .all(|c| c.is_ascii_digit())
-    {
-        return None;
-    }
-    let whole: i64 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().ok()?
-    };
-    let frac: i64 = format!("{frac:0<3}").parse().ok()?;
-    let milli = whole.checked_mul(1000)?.checked_add(frac)?;
-    (0..=Weights::MAX_MILLI).contains(&milli).then_some(milli)
-}
+pub use crate::domain::tokens::parse_weight;
 
 fn show_weight(milli: i64, l: Locale) -> String {
     let s = format!("{}.{:03}", milli / 1000, milli % 1000);
@@ -47,7 +26,7 @@ fn show_weight(milli: i64, l: Locale) -> String {
 }
 
 /// The models LiteLLM serves, offered as suggestions; empty when it cannot be reached.
-async fn upstream_models(state: &AppState) -> Vec<String> {
+pub(super) async fn upstream_models(state: &AppState) -> Vec<String> {
     let Ok(res) = state
         .upstream
         .get("/models", Some(Duration::from_secs(3)))
@@ -78,12 +57,28 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
     let l = locale(&state);
     let weights = with_ledger(&state, |ledger| ledger.weights()).await?;
     let models = upstream_models(&state).await;
+    let unpriced = match state.config.unpriced_models {
+        UnpricedModels::Weight(w) => {
+            let w = show_weight(w.input_milli(), l);
+            match l {
+                Locale::PtBr => format!("Um modelo sem pesos custa {w} e {w}."),
+                Locale::En => format!("A model without weights costs {w} and {w}."),
+            }
+        }
+        UnpricedModels::Refuse => l
+            .pick(
+                "Um modelo sem pesos é recusado até que você defina os dele.",
+                "A model without weights is refused until you set its own.",
+            )
+            .to_owned(),
+    };
     let body = html! {
         p.muted { (l.pick(
-            "Um pedido custa tokens de entrada × peso de entrada + tokens de saída × peso de saída. Modelos sem peso custam 1 e 1.",
-            "A request costs input tokens × input weight + output tokens × output weight. Models without a weight cost 1 and 1.")) }
+            "Um pedido custa tokens de entrada × peso de entrada + tokens de saída × peso de saída.",
+            "A request costs input tokens × input weight + output tokens × output weight.")) " "
+            (unpriced) " (TOKENGATE_UNPRICED_MODELS)" }
         @if weights.is_empty() {
-            p.empty { (l.pick("Nenhum peso definido: todo modelo custa 1 token por token.", "No weights set: every model costs 1 token per token.")) }
+            p.empty { (l.pick("Nenhum peso definido.", "No weights set.")) }
         } @else {
             table.weights {
                 thead { tr { th { (l.pick("Modelo", "Model")) } th.num { (l.pick("Entrada", "Input")) } th.num { (l.pick("Saída", "Output")) } th.num { (l.pick("Tokens por imagem", "Tokens per image")) } th.num { (l.pick("Extra por chamada", "Extra per call")) } } }

@@ -1,0 +1,159 @@
+//! `tokengate plans`: list, show, create and edit plans from the command line, with
+//! the dashboard's rules (`domain::plan`) and its audit.
+
+use super::{CmdResult, open, parse_tokens};
+use crate::config::Config;
+use crate::domain::{PlanChange, PlanModels, PlanName, PlanSpec, TokenAmount};
+use crate::ledger::views::PlanRow;
+use crate::ledger::{Actor, PlanRef};
+use clap::Subcommand;
+use std::io::Write;
+
+#[derive(Subcommand)]
+pub(super) enum PlansCommand {
+    /// List every plan with its allowance, models and users.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one plan.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a plan.
+    Create {
+        name: String,
+        /// Tokens a month.
+        #[arg(long, value_parser = parse_tokens)]
+        allowance: TokenAmount,
+        /// The models it may use, separated by commas (default: every model).
+        #[arg(long, value_parser = parse_models, default_value = "")]
+        models: PlanModels,
+        /// New users start on it.
+        #[arg(long)]
+        default: bool,
+    },
+    /// Change a plan: what is not given stays as it is. The name and models apply
+    /// at once, the allowance from each user's next cycle.
+    Edit {
+        name: String,
+        /// A new name.
+        #[arg(long, value_parser = parse_name)]
+        rename: Option<PlanName>,
+        #[arg(long, value_parser = parse_tokens)]
+        allowance: Option<TokenAmount>,
+        /// The models it may use, separated by commas; "*" for every model.
+        #[arg(long, value_parser = parse_models)]
+        models: Option<PlanModels>,
+        /// New users start on it.
+        #[arg(long)]
+        default: bool,
+    },
+}
+
+fn parse_models(s: &str) -> Result<PlanModels, String> {
+    PlanModels::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_name(s: &str) -> Result<PlanName, String> {
+    PlanName::parse(s).ok_or_else(|| {
+        "a plan name is one line of 1 to 60 characters, without control characters".to_owned()
+    })
+}
+
+pub(super) fn run(config: &Config, command: PlansCommand) -> CmdResult {
+    match command {
+        PlansCommand::List { json } => list(config, json),
+        PlansCommand::Show { name, json } => show(config, &name, json),
+        PlansCommand::Create {
+            name,
+            allowance,
+            models,
+            default,
+        } => {
+            let spec = PlanSpec {
+                name: parse_name(&name)?,
+                monthly_allowance: allowance.into(),
+                models,
+            };
+            open(config)?.create_plan(&spec, default, &Actor::Cli)?;
+            show(config, spec.name.as_str(), false)
+        }
+        PlansCommand::Edit {
+            name,
+            rename,
+            allowance,
+            models,
+            default,
+        } => {
+            let change = PlanChange {
+                name: rename,
+                monthly_allowance: allowance.map(Into::into),
+                models,
+                make_default: default,
+            };
+            let ledger = open(config)?;
+            let id = ledger.update_plan(&PlanRef::Name(name), &change, &Actor::Cli)?;
+            let plan = ledger
+                .plans()?
+                .into_iter()
+                .find(|p| p.id == id)
+                .ok_or("the plan was removed meanwhile")?;
+            show(config, &plan.name, false)
+        }
+    }
+}
+
+fn list(config: &Config, json: bool) -> CmdResult {
+    let plans = open(config)?.plans()?;
+    if json {
+        say!("{}", serde_json::to_string_pretty(&plans)?);
+        return Ok(());
+    }
+    say!(
+        "{:<6} {:<24} {:>14} {:>7}  MODELS",
+        "ID",
+        "NAME",
+        "TOKENS/MONTH",
+        "USERS"
+    );
+    for p in &plans {
+        say!(
+            "{:<6} {:<24} {:>14} {:>7}  {}{}",
+            p.id,
+            p.name,
+            p.monthly_allowance,
+            p.users,
+            models_text(p),
+            if p.is_default { " (default)" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+fn show(config: &Config, name: &str, json: bool) -> CmdResult {
+    let plan = open(config)?.plan(name)?;
+    if json {
+        say!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(());
+    }
+    say!(
+        "Plan #{} {}{}",
+        plan.id,
+        plan.name,
+        if plan.is_default { " (default)" } else { "" }
+    );
+    say!("  tokens a month: {}", plan.monthly_allowance);
+    say!("  models:         {}", models_text(&plan));
+    say!("  users:          {}", plan.users);
+    Ok(())
+}
+
+fn models_text(plan: &PlanRow) -> String {
+    match &plan.models {
+        PlanModels::All => "all".to_owned(),
+        only => only.to_string(),
+    }
+}

@@ -1,0 +1,290 @@
+//! Plans: what they sell (`PlanSpec`), the models each may use, and moving a user
+//! between them. Every change is audited in the transaction that makes it.
+
+use super::audit::{self, Action};
+use super::tx::{Conn, Ctx, LedgerChange, append_ledger, lock_and_roll};
+use super::{Actor, LedgerError};
+use crate::alerts::store as alert_store;
+use crate::db::schema::{balances, ledger, plan_models, plans, users};
+use crate::db::statement::on_backend;
+use crate::db::{StoreError, flag};
+use crate::domain::{PlanChange, PlanModels, PlanSpec, used_percent};
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use serde_json::json;
+
+/// The models plan `plan_id` may use.
+pub(super) fn models(c: &mut Conn, plan_id: i64) -> Result<PlanModels, StoreError> {
+    // On the hot path (every reservation): a statement the cache keeps.
+    let lookup = plan_models::table
+        .filter(plan_models::plan_id.eq(plan_id))
+        .select(plan_models::model);
+    let names: Vec<String> = on_backend!(c, |c| lookup.load(c))?;
+    Ok(PlanModels::stored(names))
+}
+
+/// Replaces the models plan `plan_id` may use.
+fn write_models(c: &mut Conn, plan_id: i64, models: &PlanModels) -> Result<(), StoreError> {
+    diesel::delete(plan_models::table.filter(plan_models::plan_id.eq(plan_id))).execute(c)?;
+    // One row at a time: Diesel has no batch insert across both backends (a plan
+    // lists a few models).
+    for model in models.listed() {
+        diesel::insert_into(plan_models::table)
+            .values((
+                plan_models::plan_id.eq(plan_id),
+                plan_models::model.eq(model),
+            ))
+            .execute(c)?;
+    }
+    Ok(())
+}
+
+pub(super) fn create_plan(
+    c: &mut Conn,
+    ctx: &Ctx,
+    spec: &PlanSpec,
+    make_default: bool,
+    actor: &Actor,
+) -> Result<i64, LedgerError> {
+    let name = spec.name.as_str();
+    let exists: i64 = plans::table
+        .filter(plans::name.eq(name))
+        .count()
+        .get_result(c)?;
+    if exists > 0 {
+        return Err(LedgerError::PlanExists(name.to_owned()));
+    }
+    if make_default {
+        diesel::update(plans::table.filter(plans::is_default.eq(1)))
+            .set(plans::is_default.eq(0))
+            .execute(c)?;
+    }
+    let id = diesel::insert_into(plans::table)
+        .values((
+            plans::name.eq(name),
+            plans::monthly_allowance.eq(spec.monthly_allowance.get()),
+            plans::is_default.eq(flag(make_default)),
+            plans::created_at.eq(ctx.now),
+        ))
+        .returning(plans::id)
+        .get_result(c)?;
+    write_models(c, id, &spec.models)?;
+    audit::record(
+        c,
+        actor,
+        Action::CreatePlan,
+        None,
+        &json!({
+            "plan": name,
+            "allowance": spec.monthly_allowance.get(),
+            "models": spec.models.listed(),
+            "default": make_default,
+        }),
+        ctx.now,
+    )?;
+    Ok(id)
+}
+
+/// Which plan: by id (the dashboard) or by name (the command line).
+#[derive(Debug, Clone)]
+pub enum PlanRef {
+    Id(i64),
+    Name(String),
+}
+
+/// Changes a plan in one transaction: what `change` leaves out stays, so an edit
+/// made meanwhile elsewhere is not written over. Its name and models apply at once;
+/// its allowance from each user's next cycle (the audit line says so). A change that
+/// changes nothing writes nothing. Returns the plan's id.
+pub(super) fn update_plan(
+    c: &mut Conn,
+    ctx: &Ctx,
+    plan: &PlanRef,
+    change: &PlanChange,
+    actor: &Actor,
+) -> Result<i64, LedgerError> {
+    let columns = (
+        plans::id,
+        plans::name,
+        plans::monthly_allowance,
+        plans::is_default,
+    );
+    let found: Option<(i64, String, i64, i32)> = match plan {
+        PlanRef::Id(id) => plans::table.find(*id).select(columns).first(c),
+        PlanRef::Name(name) => plans::table
+            .filter(plans::name.eq(name))
+            .select(columns)
+            .first(c),
+    }
+    .optional()?;
+    let (plan_id, old_name, old_allowance, is_default) = found.ok_or_else(|| {
+        LedgerError::PlanNotFound(match plan {
+            PlanRef::Id(id) => format!("#{id}"),
+            PlanRef::Name(name) => name.clone(),
+        })
+    })?;
+    let old_models = models(c, plan_id)?;
+    let name = change
+        .name
+        .as_ref()
+        .map_or(old_name.as_str(), |n| n.as_str());
+    let allowance = change.monthly_allowance.map_or(old_allowance, |a| a.get());
+    let new_models = change.models.as_ref().unwrap_or(&old_models);
+    if name != old_name {
+        let clash: i64 = plans::table
+            .filter(plans::name.eq(name))
+            .filter(plans::id.ne(plan_id))
+            .count()
+            .get_result(c)?;
+        if clash > 0 {
+            return Err(LedgerError::PlanExists(name.to_owned()));
+        }
+    }
+    if name != old_name || allowance != old_allowance || *new_models != old_models {
+        diesel::update(plans::table.find(plan_id))
+            .set((plans::name.eq(name), plans::monthly_allowance.eq(allowance)))
+            .execute(c)?;
+        if *new_models != old_models {
+            write_models(c, plan_id, new_models)?;
+        }
+        audit::record(
+            c,
+            actor,
+            Action::EditPlan,
+            None,
+            &json!({
+                "plan": name,
+                "old_name": old_name,
+                "allowance": allowance,
+                "old_allowance": old_allowance,
+                "allowance_from": "next_cycle",
+                "models": new_models.listed(),
+                "old_models": old_models.listed(),
+                "models_from": "now",
+            }),
+            ctx.now,
+        )?;
+    }
+    if change.make_default && is_default == 0 {
+        set_default_plan(c, ctx, plan_id, actor)?;
+    }
+    Ok(plan_id)
+}
+
+/// New users start on the default plan.
+pub(super) fn set_default_plan(
+    c: &mut Conn,
+    ctx: &Ctx,
+    plan_id: i64,
+    actor: &Actor,
+) -> Result<(), LedgerError> {
+    let name: String = plans::table
+        .find(plan_id)
+        .select(plans::name)
+        .first(c)
+        .optional()?
+        .ok_or_else(|| LedgerError::PlanNotFound(format!("#{plan_id}")))?;
+    diesel::update(plans::table.filter(plans::is_default.eq(1)))
+        .set(plans::is_default.eq(0))
+        .execute(c)?;
+    diesel::update(plans::table.find(plan_id))
+        .set(plans::is_default.eq(1))
+        .execute(c)?;
+    audit::record(
+        c,
+        actor,
+        Action::SetDefaultPlan,
+        None,
+        &json!({"plan": name}),
+        ctx.now,
+    )?;
+    Ok(())
+}
+
+/// Moves a user to another plan at once: this cycle's allowance becomes the new
+/// plan's, less what the allowance already paid for this cycle (never below zero), as
+/// an `adjustment` in the ledger. It depends only on the plan moved to, not on the
+/// way there: A to B and back to A leaves what staying on A would have.
+pub(super) fn change_plan(
+    c: &mut Conn,
+    ctx: &Ctx,
+    user_id: i64,
+    plan_id: i64,
+    actor: &Actor,
+) -> Result<(), LedgerError> {
+    let bal = lock_and_roll(c, ctx, user_id)?;
+    let (old_id, old_name): (i64, String) = users::table
+        .inner_join(plans::table)
+        .filter(users::id.eq(user_id))
+        .select((plans::id, plans::name))
+        .first(c)?;
+    let (new_name, new_allowance): (String, i64) = plans::table
+        .find(plan_id)
+        .select((plans::name, plans::monthly_allowance))
+        .first(c)
+        .optional()?
+        .ok_or_else(|| LedgerError::PlanNotFound(format!("#{plan_id}")))?;
+    if old_id == plan_id {
+        return Ok(());
+    }
+    let allowance_spent = allowance_spent_this_cycle(c, user_id, &ctx.cycle_key)?;
+    let allowance_left = new_allowance.saturating_sub(allowance_spent).max(0);
+    let delta = allowance_left - bal.allowance_left;
+    diesel::update(users::table.find(user_id))
+        .set((users::plan_id.eq(plan_id), users::updated_at.eq(ctx.now)))
+        .execute(c)?;
+    diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
+        .set((
+            balances::allowance_left.eq(allowance_left),
+            balances::exhausted_at.eq(None::<NaiveDateTime>),
+        ))
+        .execute(c)?;
+    let note = format!("{old_name} -> {new_name}");
+    if delta != 0 {
+        append_ledger(
+            c,
+            ctx,
+            user_id,
+            &LedgerChange {
+                kind: "adjustment",
+                delta_allowance: delta,
+                delta_credits: 0,
+                actor: actor.label(),
+                note: Some(&note),
+                request_id: None,
+            },
+            allowance_left,
+            bal.credits,
+        )?;
+    }
+    alert_store::rearm(
+        c,
+        user_id,
+        &ctx.cycle_key,
+        used_percent(bal.used_this_cycle, allowance_left + bal.credits),
+        ctx.now,
+    )?;
+    audit::record(
+        c,
+        actor,
+        Action::ChangePlan,
+        Some(user_id),
+        &json!({"from": old_name, "to": new_name, "allowance_delta": delta}),
+        ctx.now,
+    )?;
+    Ok(())
+}
+
+/// What this cycle's usage took from the allowance (not from credits), from the
+/// ledger.
+fn allowance_spent_this_cycle(c: &mut Conn, user_id: i64, cycle: &str) -> Result<i64, StoreError> {
+    let taken: Option<i64> = ledger::table
+        .filter(ledger::user_id.eq(user_id))
+        .filter(ledger::cycle.eq(cycle))
+        .filter(ledger::kind.eq("usage"))
+        .select(diesel::dsl::sql::<
+            diesel::sql_types::Nullable<diesel::sql_types::BigInt>,
+        >("CAST(SUM(delta_allowance) AS BIGINT)"))
+        .first(c)?;
+    Ok(-taken.unwrap_or(0))
+}
