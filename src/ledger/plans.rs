@@ -141,9 +141,18 @@ pub(super) fn update_plan(
         }
     }
     if name != old_name || allowance != old_allowance || *new_models != old_models {
-        diesel::update(plans::table.find(plan_id))
-            .set((plans::name.eq(name), plans::monthly_allowance.eq(allowance)))
-            .execute(c)?;
+        // Only what changes is written: on PostgreSQL an edit committed meanwhile by
+        // another admin keeps what this one leaves alone.
+        if name != old_name {
+            diesel::update(plans::table.find(plan_id))
+                .set(plans::name.eq(name))
+                .execute(c)?;
+        }
+        if allowance != old_allowance {
+            diesel::update(plans::table.find(plan_id))
+                .set(plans::monthly_allowance.eq(allowance))
+                .execute(c)?;
+        }
         if *new_models != old_models {
             write_models(c, plan_id, new_models)?;
         }
