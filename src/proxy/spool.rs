@@ -139,6 +139,13 @@ const JOURNAL_TURN_BYTES: u64 = 256 * 1024;
 /// A journal file whose settlements are all written is emptied once it holds this
 /// much: emptying it after every settlement would cost a system call each.
 const JOURNAL_EMPTY_BYTES: u64 = 32 * 1024;
+/// How long a start waits for its own spool file while another process holds it.
+/// A process starting at the same moment holds it for as long as it takes to see
+/// whether it is an orphan's (a file just created is one until its owner locks it),
+/// a few milliseconds; a live instance with the same id holds it for good.
+const OWN_SPOOL_PATIENCE: Duration = Duration::from_secs(5);
+/// How often a start that waits for its own spool tries the lock again.
+const OWN_SPOOL_RETRY: Duration = Duration::from_millis(20);
 
 /// Whether a settlement given to the spool is also in the journal.
 enum Journaled {
@@ -251,6 +258,17 @@ impl Spool {
     /// Opens and locks this instance's spool under `dir`, taking over the spools of
     /// instances that are gone. Fails when another live process holds this one.
     pub fn open(dir: &Path, instance: &str) -> Result<Self, SpoolError> {
+        Self::open_waiting(dir, instance, OWN_SPOOL_PATIENCE, || {})
+    }
+
+    /// `open`, waiting up to `patience` for this instance's spool while another
+    /// process holds it (`waiting` is called each time it finds it held).
+    fn open_waiting(
+        dir: &Path,
+        instance: &str,
+        patience: Duration,
+        mut waiting: impl FnMut(),
+    ) -> Result<Self, SpoolError> {
         let folder = folder(dir);
         let io = |path: &Path| {
             let path = path.display().to_string();
@@ -258,13 +276,20 @@ impl Spool {
         };
         std::fs::create_dir_all(&folder).map_err(io(&folder))?;
         let path = folder.join(format!("{}.spool", file_name(instance)));
-        let mut file =
-            lock_path(&path)
-                .map_err(io(&path))?
-                .ok_or_else(|| SpoolError::InstanceRunning {
+        let deadline = std::time::Instant::now() + patience;
+        let mut file = loop {
+            if let Some(file) = lock_path(&path).map_err(io(&path))? {
+                break file;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(SpoolError::InstanceRunning {
                     instance: instance.to_owned(),
                     path: path.display().to_string(),
-                })?;
+                });
+            }
+            waiting();
+            std::thread::sleep(OWN_SPOOL_RETRY);
+        };
         // A line cut short by a crash while it was appended would swallow the next.
         drop_torn_tail(&mut file).map_err(io(&path))?;
         let mut pending = read_pending(&file).map_err(io(&path))?;
@@ -703,9 +728,35 @@ mod tests {
         let _first = Spool::open(dir.path(), "tokengate-1").unwrap();
         // flock locks belong to the open file: a second open conflicts even in one
         // process, as another process's would.
-        let second = Spool::open(dir.path(), "tokengate-1");
+        let patience = Duration::from_millis(100);
+        let second = Spool::open_waiting(dir.path(), "tokengate-1", patience, || {});
         assert!(matches!(second, Err(SpoolError::InstanceRunning { .. })));
         assert!(Spool::open(dir.path(), "tokengate-2").is_ok());
+    }
+
+    /// Three replicas started at once on one host: each took the spool file another
+    /// had just created, before its owner locked it, to see whether it was an
+    /// orphan's, and the owner, finding it locked, refused to start as a duplicate.
+    /// A start waits for its own spool instead, and gets it once let go.
+    #[test]
+    fn a_start_waits_for_its_spool_while_another_start_looks_at_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = folder(dir.path());
+        std::fs::create_dir_all(&folder).unwrap();
+        // Another process starting at the same moment, holding it.
+        let looking = lock_path(&folder.join("replica-0.spool")).unwrap().unwrap();
+        let (held, told) = std::sync::mpsc::channel();
+        let path = dir.path().to_owned();
+        let start = std::thread::spawn(move || {
+            Spool::open_waiting(&path, "replica-0", Duration::from_secs(60), move || {
+                let _ = held.send(());
+            })
+        });
+        told.recv().unwrap();
+        drop(looking);
+        let spool = start.join().unwrap().unwrap();
+        spool.add(1, &settlement("z", 5));
+        assert_eq!(spool.len(), 1);
     }
 
     #[test]
