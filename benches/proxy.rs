@@ -622,7 +622,34 @@ async fn start_tokengate(
         _dir: Some(dir),
     };
     wait_ready(&format!("http://127.0.0.1:{port}/readyz")).await;
+    if std::env::var("TOKENGATE_BENCH_PLAN").as_deref() == Ok("policies")
+        && let Some(db) = &p.db_url
+    {
+        plan_with_every_policy(db);
+    }
     p
+}
+
+/// `TOKENGATE_BENCH_PLAN=policies`: the default plan lists its models and has all
+/// three request limits, each too high to refuse, so every reservation checks every
+/// policy. Compared with a run without it (a plain plan), this is what the policies
+/// cost.
+fn plan_with_every_policy(db: &str) {
+    let edited = Command::new(tokengate_bin())
+        .args([
+            "plans",
+            "edit",
+            "Mensal",
+            "--models",
+            "bench-model,gpt-4o-mini",
+        ])
+        .args(["--per-minute", "1000000000", "--per-day", "1000000000"])
+        .args(["--per-month", "1000000000"])
+        .env("TOKENGATE_DATABASE_URL", db)
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(edited, "could not give the default plan its policies");
 }
 
 async fn start_litellm(bin: &str, upstream_port: u16) -> Proc {

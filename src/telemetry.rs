@@ -27,9 +27,10 @@ const OUTCOMES: [Outcome; 7] = [
     Outcome::ClientDisconnected,
     Outcome::Abandoned,
 ];
-const REJECTIONS: [&str; 6] = [
+const REJECTIONS: [&str; 7] = [
     "invalid_api_key",
     "insufficient_quota",
+    "request_limit",
     "user_suspended",
     "not_reservable",
     "model_not_in_plan",

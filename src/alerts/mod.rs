@@ -151,8 +151,12 @@ pub struct Alert {
 #[derive(Debug, Clone, Serialize)]
 pub struct OutboxMessage {
     pub id: i64,
-    /// The alert the message is about; `None` for a message about a credit request.
+    /// The alert the message is about; `None` for a message about a credit request
+    /// or a request limit.
     pub alert_id: Option<i64>,
+    /// What it is about: `alert`, `credit_requested`, `credit_approved`,
+    /// `credit_declined` or `request_limit`.
+    pub kind: String,
     pub role: Role,
     pub recipient: String,
     pub state: DeliveryState,

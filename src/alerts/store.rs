@@ -168,6 +168,7 @@ pub(crate) struct Claimed {
     pub role: String,
     pub recipient: String,
     pub attempts: i32,
+    pub limit_hit_id: Option<i64>,
 }
 
 /// Leases up to `limit` due messages to `worker` until `lease_until`. On PostgreSQL
@@ -221,6 +222,7 @@ pub(crate) fn claim(
         outbox::role,
         outbox::recipient,
         outbox::attempts,
+        outbox::limit_hit_id,
     ))
     .get_results(c)?)
 }
@@ -301,6 +303,47 @@ pub(crate) fn next_due(c: &mut Conn) -> Result<Option<NaiveDateTime>, StoreError
         .filter(outbox::state.eq(DeliveryState::Pending.as_str()))
         .select(diesel::dsl::min(outbox::next_attempt_at))
         .first(c)?)
+}
+
+/// What a message about a request limit says.
+#[derive(Debug, Clone)]
+pub(crate) struct LimitHitFacts {
+    pub user_id: i64,
+    pub user_name: Option<String>,
+    pub period: String,
+    pub request_limit: i32,
+    pub resets_at: NaiveDateTime,
+    pub plan_name: String,
+}
+
+pub(crate) fn limit_hit_facts(
+    c: &mut Conn,
+    hit_id: i64,
+) -> Result<Option<LimitHitFacts>, StoreError> {
+    use crate::db::schema::limit_hits;
+    let row: Option<(i64, Option<String>, String, i32, NaiveDateTime, String)> = limit_hits::table
+        .inner_join(users::table.inner_join(plans::table))
+        .filter(limit_hits::id.eq(hit_id))
+        .select((
+            users::id,
+            users::name,
+            limit_hits::period,
+            limit_hits::request_limit,
+            limit_hits::resets_at,
+            plans::name,
+        ))
+        .first(c)
+        .optional()?;
+    Ok(row.map(
+        |(user_id, user_name, period, request_limit, resets_at, plan_name)| LimitHitFacts {
+            user_id,
+            user_name,
+            period,
+            request_limit,
+            resets_at,
+            plan_name,
+        },
+    ))
 }
 
 /// What a message about one alert says.
@@ -407,6 +450,7 @@ type MessageRow = (
     String,
     String,
     String,
+    String,
     i32,
     NaiveDateTime,
     Option<String>,
@@ -417,6 +461,7 @@ type MessageRow = (
 const MESSAGE_COLUMNS: (
     outbox::id,
     outbox::alert_id,
+    outbox::kind,
     outbox::role,
     outbox::recipient,
     outbox::state,
@@ -428,6 +473,7 @@ const MESSAGE_COLUMNS: (
 ) = (
     outbox::id,
     outbox::alert_id,
+    outbox::kind,
     outbox::role,
     outbox::recipient,
     outbox::state,
@@ -442,14 +488,15 @@ fn message(r: MessageRow) -> OutboxMessage {
     OutboxMessage {
         id: r.0,
         alert_id: r.1,
-        role: Role::parse(&r.2),
-        recipient: r.3,
-        state: DeliveryState::parse(&r.4),
-        attempts: r.5,
-        next_attempt_at: r.6,
-        last_error: r.7,
-        created_at: r.8,
-        sent_at: r.9,
+        kind: r.2,
+        role: Role::parse(&r.3),
+        recipient: r.4,
+        state: DeliveryState::parse(&r.5),
+        attempts: r.6,
+        next_attempt_at: r.7,
+        last_error: r.8,
+        created_at: r.9,
+        sent_at: r.10,
     }
 }
 

@@ -129,10 +129,11 @@ impl MailWorker {
     }
 
     async fn deliver(&self, row: Claimed) -> Result<MailResult, StoreError> {
-        let composed = match (row.alert_id, row.credit_request_id) {
-            (Some(alert_id), _) => self.compose_alert(&row, alert_id).await?,
-            (None, Some(request_id)) => self.compose_credit(&row, request_id).await?,
-            (None, None) => Err(MailError::Build("a message about nothing".into())),
+        let composed = match (row.alert_id, row.credit_request_id, row.limit_hit_id) {
+            (Some(alert_id), _, _) => self.compose_alert(&row, alert_id).await?,
+            (None, Some(request_id), _) => self.compose_credit(&row, request_id).await?,
+            (None, None, Some(hit_id)) => self.compose_limit(&row, hit_id).await?,
+            (None, None, None) => Err(MailError::Build("a message about nothing".into())),
         };
         let outcome = match composed {
             Ok(mail) => self.mailer.send(&mail).await,
@@ -262,6 +263,40 @@ impl MailWorker {
         Ok(self.outgoing(row, kind, &ctx, format!("credit-{request_id}")))
     }
 
+    /// To the user refused by a day's or a month's request limit: which, and when
+    /// they may write again, with a link to their page.
+    async fn compose_limit(
+        &self,
+        row: &Claimed,
+        hit_id: i64,
+    ) -> Result<Result<Outgoing, MailError>, StoreError> {
+        let Some(hit) = self
+            .read(move |c, _| store::limit_hit_facts(c, hit_id))
+            .await?
+        else {
+            return Ok(Err(MailError::Build(format!(
+                "request limit {hit_id} not found"
+            ))));
+        };
+        let locale = self.config.locale;
+        let tz = self.config.timezone;
+        let ctx = LimitContext {
+            name: hit.user_name.clone(),
+            plan_name: hit.plan_name.clone(),
+            per_day: hit.period == crate::domain::Period::Day.as_str(),
+            messages: match (locale, hit.request_limit) {
+                (Locale::PtBr, 1) => "1 mensagem".to_owned(),
+                (Locale::PtBr, n) => format!("{} mensagens", i18n::tokens(i64::from(n), locale)),
+                (Locale::En, 1) => "1 message".to_owned(),
+                (Locale::En, n) => format!("{} messages", i18n::tokens(i64::from(n), locale)),
+            },
+            resets_at: i18n::datetime(hit.resets_at, tz, locale),
+            contact: self.config.support_contact.clone(),
+            page_link: Some(self.page_link(hit.user_id).await?),
+        };
+        Ok(self.outgoing(row, Kind::LimitUser, &ctx, format!("limit-{hit_id}")))
+    }
+
     /// The row's message, rendered in the configured language. Its Message-ID names
     /// what it is `about` and the outbox row, so a resend after a crash keeps it.
     fn outgoing(
@@ -349,6 +384,20 @@ struct CreditContext {
     reason: Option<String>,
     contact: Option<String>,
     queue_url: String,
+    page_link: Option<String>,
+}
+
+/// The values the request-limit templates see.
+#[derive(Serialize)]
+struct LimitContext {
+    name: Option<String>,
+    plan_name: String,
+    /// A day's limit; else the month's.
+    per_day: bool,
+    /// The limit, with its noun: "50 mensagens".
+    messages: String,
+    resets_at: String,
+    contact: Option<String>,
     page_link: Option<String>,
 }
 

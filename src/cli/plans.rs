@@ -3,7 +3,9 @@
 
 use super::{CmdResult, open, parse_tokens};
 use crate::config::Config;
-use crate::domain::{PlanChange, PlanModels, PlanName, PlanSpec, TokenAmount};
+use crate::domain::{
+    PlanChange, PlanModels, PlanName, PlanSpec, RequestLimit, RequestLimits, TokenAmount,
+};
 use crate::ledger::views::PlanRow;
 use crate::ledger::{Actor, PlanRef};
 use clap::Subcommand;
@@ -31,6 +33,8 @@ pub(super) enum PlansCommand {
         /// The models it may use, separated by commas (default: every model).
         #[arg(long, value_parser = parse_models, default_value = "")]
         models: PlanModels,
+        #[command(flatten)]
+        limits: LimitArgs,
         /// New users start on it.
         #[arg(long)]
         default: bool,
@@ -47,10 +51,37 @@ pub(super) enum PlansCommand {
         /// The models it may use, separated by commas; "*" for every model.
         #[arg(long, value_parser = parse_models)]
         models: Option<PlanModels>,
+        #[command(flatten)]
+        limits: LimitArgs,
         /// New users start on it.
         #[arg(long)]
         default: bool,
     },
+}
+
+/// Request limits, each a count or "none". They apply at once.
+#[derive(clap::Args)]
+pub(super) struct LimitArgs {
+    /// Requests a user may make in a clock minute.
+    #[arg(long, value_parser = parse_limit, value_name = "N|none")]
+    per_minute: Option<LimitArg>,
+    /// Requests a user may make in a day (local time, from midnight).
+    #[arg(long, value_parser = parse_limit, value_name = "N|none")]
+    per_day: Option<LimitArg>,
+    /// Requests a user may make in a cycle (a calendar month).
+    #[arg(long, value_parser = parse_limit, value_name = "N|none")]
+    per_month: Option<LimitArg>,
+}
+
+/// A limit as given: a count, or none (clap reads a bare `Option<Option<_>>` as a
+/// flag whose value is optional).
+#[derive(Clone, Copy)]
+pub(super) struct LimitArg(Option<RequestLimit>);
+
+fn parse_limit(s: &str) -> Result<LimitArg, String> {
+    RequestLimit::parse(s)
+        .map(LimitArg)
+        .map_err(|e| e.to_string())
 }
 
 fn parse_models(s: &str) -> Result<PlanModels, String> {
@@ -71,12 +102,18 @@ pub(super) fn run(config: &Config, command: PlansCommand) -> CmdResult {
             name,
             allowance,
             models,
+            limits,
             default,
         } => {
             let spec = PlanSpec {
                 name: parse_name(&name)?,
                 monthly_allowance: allowance.into(),
                 models,
+                limits: RequestLimits {
+                    per_minute: limits.per_minute.and_then(|l| l.0),
+                    per_day: limits.per_day.and_then(|l| l.0),
+                    per_month: limits.per_month.and_then(|l| l.0),
+                },
             };
             open(config)?.create_plan(&spec, default, &Actor::Cli)?;
             show(config, spec.name.as_str(), false)
@@ -86,12 +123,16 @@ pub(super) fn run(config: &Config, command: PlansCommand) -> CmdResult {
             rename,
             allowance,
             models,
+            limits,
             default,
         } => {
             let change = PlanChange {
                 name: rename,
                 monthly_allowance: allowance.map(Into::into),
                 models,
+                per_minute: limits.per_minute.map(|l| l.0),
+                per_day: limits.per_day.map(|l| l.0),
+                per_month: limits.per_month.map(|l| l.0),
                 make_default: default,
             };
             let ledger = open(config)?;
@@ -113,19 +154,21 @@ fn list(config: &Config, json: bool) -> CmdResult {
         return Ok(());
     }
     say!(
-        "{:<6} {:<24} {:>14} {:>7}  MODELS",
+        "{:<6} {:<24} {:>14} {:>7} {:>20}  MODELS",
         "ID",
         "NAME",
         "TOKENS/MONTH",
-        "USERS"
+        "USERS",
+        "REQUESTS MIN/DAY/MO"
     );
     for p in &plans {
         say!(
-            "{:<6} {:<24} {:>14} {:>7}  {}{}",
+            "{:<6} {:<24} {:>14} {:>7} {:>20}  {}{}",
             p.id,
             p.name,
             p.monthly_allowance,
             p.users,
+            limits_text(&p.request_limits),
             models_text(p),
             if p.is_default { " (default)" } else { "" }
         );
@@ -147,8 +190,26 @@ fn show(config: &Config, name: &str, json: bool) -> CmdResult {
     );
     say!("  tokens a month: {}", plan.monthly_allowance);
     say!("  models:         {}", models_text(&plan));
+    let limit = |l: Option<RequestLimit>| l.map_or_else(|| "none".to_owned(), |l| l.to_string());
+    say!(
+        "  requests/min:   {}",
+        limit(plan.request_limits.per_minute)
+    );
+    say!("  requests/day:   {}", limit(plan.request_limits.per_day));
+    say!("  requests/month: {}", limit(plan.request_limits.per_month));
     say!("  users:          {}", plan.users);
     Ok(())
+}
+
+/// "10/50/-": a minute's, a day's and a month's limits, `-` for none.
+fn limits_text(l: &RequestLimits) -> String {
+    let one = |l: Option<RequestLimit>| l.map_or_else(|| "-".to_owned(), |l| l.to_string());
+    format!(
+        "{}/{}/{}",
+        one(l.per_minute),
+        one(l.per_day),
+        one(l.per_month)
+    )
 }
 
 fn models_text(plan: &PlanRow) -> String {

@@ -8,6 +8,9 @@ diesel::table! {
         monthly_allowance -> BigInt,
         is_default -> Integer,
         created_at -> Timestamp,
+        requests_per_minute -> Nullable<Integer>,
+        requests_per_day -> Nullable<Integer>,
+        requests_per_month -> Nullable<Integer>,
     }
 }
 
@@ -35,6 +38,12 @@ diesel::table! {
         updated_at -> Timestamp,
         exhausted_at -> Nullable<Timestamp>,
         notice_due -> Nullable<Timestamp>,
+        minute_start -> Nullable<Timestamp>,
+        minute_requests -> Integer,
+        request_day -> Nullable<Text>,
+        day_requests -> Integer,
+        request_cycle -> Nullable<Text>,
+        cycle_requests -> Integer,
     }
 }
 
@@ -51,6 +60,7 @@ diesel::table! {
         expires_at -> Timestamp,
         prompt_tokens -> Nullable<BigInt>,
         prompt_charge -> Nullable<BigInt>,
+        counted -> Integer,
     }
 }
 
@@ -169,6 +179,20 @@ diesel::table! {
         last_error -> Nullable<Text>,
         created_at -> Timestamp,
         sent_at -> Nullable<Timestamp>,
+        limit_hit_id -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    limit_hits (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        period -> Text,
+        period_key -> Text,
+        request_limit -> Integer,
+        resets_at -> Timestamp,
+        recipient -> Nullable<Text>,
+        created_at -> Timestamp,
     }
 }
 
@@ -256,6 +280,8 @@ diesel::joinable!(user_tokens -> users (user_id));
 diesel::joinable!(audit_log -> users (user_id));
 diesel::joinable!(alerts -> users (user_id));
 diesel::joinable!(outbox -> alerts (alert_id));
+diesel::joinable!(outbox -> limit_hits (limit_hit_id));
+diesel::joinable!(limit_hits -> users (user_id));
 diesel::joinable!(balances -> users (user_id));
 diesel::joinable!(holds -> users (user_id));
 diesel::joinable!(ledger -> users (user_id));
@@ -275,6 +301,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     instances,
     alerts,
     outbox,
+    limit_hits,
     audit_log,
     login_failures,
     user_tokens,

@@ -5,11 +5,13 @@ pub mod cycle;
 pub mod identity;
 pub mod media;
 pub mod plan;
+pub mod requests;
 pub mod text;
 pub mod tokens;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use cycle::Cycle;
 pub use identity::{DisplayName, Email, Identity, UserKey};
-pub use plan::{PlanChange, PlanModels, PlanName, PlanSpec};
+pub use plan::{PlanChange, PlanModels, PlanName, PlanPolicy, PlanSpec};
+pub use requests::{Period, RequestCounts, RequestLimit, RequestLimits};
 pub use tokens::{TokenAmount, Weights, used_percent};

@@ -1,8 +1,10 @@
-//! What a plan sells: its name, its monthly allowance and the models it may use.
+//! What a plan sells: its name, its monthly allowance, the models it may use and how
+//! many requests its users may make.
 //! Parsed once where an admin types it (dashboard, command line), so that the ledger
 //! only ever stores a valid plan.
 
 use super::TokenAmount;
+use super::requests::{RequestLimit, RequestLimits};
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -178,8 +180,23 @@ pub struct PlanChange {
     pub name: Option<PlanName>,
     pub monthly_allowance: Option<Allowance>,
     pub models: Option<PlanModels>,
+    /// Each limit to set (`Some(None)` removes it).
+    pub per_minute: Option<Option<RequestLimit>>,
+    pub per_day: Option<Option<RequestLimit>>,
+    pub per_month: Option<Option<RequestLimit>>,
     /// New users start on it from now on.
     pub make_default: bool,
+}
+
+impl PlanChange {
+    /// The limits after this change, from `old`.
+    pub fn limits(&self, old: RequestLimits) -> RequestLimits {
+        RequestLimits {
+            per_minute: self.per_minute.unwrap_or(old.per_minute),
+            per_day: self.per_day.unwrap_or(old.per_day),
+            per_month: self.per_month.unwrap_or(old.per_month),
+        }
+    }
 }
 
 /// Everything an admin sets on a plan, in one value: what `create_plan` writes and
@@ -189,6 +206,15 @@ pub struct PlanSpec {
     pub name: PlanName,
     pub monthly_allowance: Allowance,
     pub models: PlanModels,
+    pub limits: RequestLimits,
+}
+
+/// What the admission of a request checks of the user's plan, read in the
+/// reservation's transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanPolicy {
+    pub models: PlanModels,
+    pub limits: RequestLimits,
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod credits;
 mod plans;
+mod requests;
 mod reserve;
 mod settle;
 pub mod stats;
@@ -68,6 +69,8 @@ pub enum ReserveOutcome {
     Reserved(Reservation),
     Blocked(Blocked),
     Suspended,
+    /// The plan's request limit for a window is used up.
+    LimitReached(LimitReached),
     /// The user's plan does not include the model; these are the ones it does.
     ModelNotInPlan(PlanModels),
     /// No admin has set the model's weights, and unpriced models are refused
@@ -128,6 +131,24 @@ pub struct Blocked {
     /// What the balance had left for this request: allowance and credits, less the
     /// holds of requests in flight.
     pub remaining: i64,
+}
+
+/// A request limit the user has reached, and when its window starts over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitReached {
+    pub period: crate::domain::Period,
+    pub limit: crate::domain::RequestLimit,
+    pub resets_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl LimitReached {
+    /// Whole seconds from `now` until the window starts over, at least one.
+    pub fn seconds_left(&self, now: chrono::DateTime<chrono::Utc>) -> u64 {
+        u64::try_from((self.resets_at - now).num_milliseconds())
+            .unwrap_or(0)
+            .div_ceil(1000)
+            .max(1)
+    }
 }
 
 /// Why a balance could not pay (docs/behaviour.md).
@@ -958,7 +979,7 @@ impl Ledger {
     pub fn user_summary(&self, user_id: i64) -> Result<UserSummary, LedgerError> {
         self.roll_if_needed(user_id)?;
         let mut conn = self.db.conn()?;
-        views::user_summary(&mut conn, user_id, self.tz)?
+        views::user_summary(&mut conn, user_id, self.tz, self.now())?
             .ok_or_else(|| LedgerError::UserNotFound(format!("#{user_id}")))
     }
 

@@ -1,5 +1,6 @@
-//! Plans: what they sell (`PlanSpec`), the models each may use, and moving a user
-//! between them. Every change is audited in the transaction that makes it.
+//! Plans: what they sell (`PlanSpec`), what a request must meet (`PlanPolicy`), and
+//! moving a user between them. Every change is audited in the transaction that
+//! makes it.
 
 use super::audit::{self, Action};
 use super::tx::{Conn, Ctx, LedgerChange, append_ledger, lock_and_roll};
@@ -8,19 +9,53 @@ use crate::alerts::store as alert_store;
 use crate::db::schema::{balances, ledger, plan_models, plans, users};
 use crate::db::statement::on_backend;
 use crate::db::{StoreError, flag};
-use crate::domain::{PlanChange, PlanModels, PlanSpec, used_percent};
+use crate::domain::{
+    PlanChange, PlanModels, PlanPolicy, PlanSpec, RequestLimit, RequestLimits, used_percent,
+};
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use serde_json::json;
 
-/// The models plan `plan_id` may use.
-pub(super) fn models(c: &mut Conn, plan_id: i64) -> Result<PlanModels, StoreError> {
-    // On the hot path (every reservation): a statement the cache keeps.
-    let lookup = plan_models::table
-        .filter(plan_models::plan_id.eq(plan_id))
-        .select(plan_models::model);
-    let names: Vec<String> = on_backend!(c, |c| lookup.load(c))?;
-    Ok(PlanModels::stored(names))
+/// What plan `plan_id` asks of a request, in one statement: on the hot path (every
+/// reservation), one the statement cache keeps.
+pub(super) fn policy(c: &mut Conn, plan_id: i64) -> Result<PlanPolicy, StoreError> {
+    let lookup = plans::table
+        .left_join(plan_models::table)
+        .filter(plans::id.eq(plan_id))
+        .select((
+            plans::requests_per_minute,
+            plans::requests_per_day,
+            plans::requests_per_month,
+            plan_models::model.nullable(),
+        ));
+    type Row = (Option<i32>, Option<i32>, Option<i32>, Option<String>);
+    let rows: Vec<Row> = on_backend!(c, |c| lookup.load(c))?;
+    let limits = rows
+        .first()
+        .map(|(m, d, mo, _)| RequestLimits {
+            per_minute: RequestLimit::stored(*m),
+            per_day: RequestLimit::stored(*d),
+            per_month: RequestLimit::stored(*mo),
+        })
+        .unwrap_or_default();
+    Ok(PlanPolicy {
+        models: PlanModels::stored(rows.into_iter().filter_map(|r| r.3)),
+        limits,
+    })
+}
+
+/// A limit as its column keeps it.
+fn column(limit: Option<RequestLimit>) -> Option<i32> {
+    limit.and_then(|l| i32::try_from(l.get()).ok())
+}
+
+/// The limits as an audit line shows them (absent: none).
+fn audited(limits: &RequestLimits) -> serde_json::Value {
+    json!({
+        "per_minute": limits.per_minute.map(RequestLimit::get),
+        "per_day": limits.per_day.map(RequestLimit::get),
+        "per_month": limits.per_month.map(RequestLimit::get),
+    })
 }
 
 /// Replaces the models plan `plan_id` may use.
@@ -65,6 +100,9 @@ pub(super) fn create_plan(
             plans::monthly_allowance.eq(spec.monthly_allowance.get()),
             plans::is_default.eq(flag(make_default)),
             plans::created_at.eq(ctx.now),
+            plans::requests_per_minute.eq(column(spec.limits.per_minute)),
+            plans::requests_per_day.eq(column(spec.limits.per_day)),
+            plans::requests_per_month.eq(column(spec.limits.per_month)),
         ))
         .returning(plans::id)
         .get_result(c)?;
@@ -78,6 +116,7 @@ pub(super) fn create_plan(
             "plan": name,
             "allowance": spec.monthly_allowance.get(),
             "models": spec.models.listed(),
+            "request_limits": audited(&spec.limits),
             "default": make_default,
         }),
         ctx.now,
@@ -93,8 +132,9 @@ pub enum PlanRef {
 }
 
 /// Changes a plan in one transaction: what `change` leaves out stays, so an edit
-/// made meanwhile elsewhere is not written over. Its name and models apply at once;
-/// its allowance from each user's next cycle (the audit line says so). A change that
+/// made meanwhile elsewhere is not written over. Its name, models and request limits
+/// apply at once (counted from what each user has already made in the window); its
+/// allowance from each user's next cycle (the audit line says so). A change that
 /// changes nothing writes nothing. Returns the plan's id.
 pub(super) fn update_plan(
     c: &mut Conn,
@@ -123,7 +163,11 @@ pub(super) fn update_plan(
             PlanRef::Name(name) => name.clone(),
         })
     })?;
-    let old_models = models(c, plan_id)?;
+    let PlanPolicy {
+        models: old_models,
+        limits: old_limits,
+    } = policy(c, plan_id)?;
+    let new_limits = change.limits(old_limits);
     let name = change
         .name
         .as_ref()
@@ -140,7 +184,11 @@ pub(super) fn update_plan(
             return Err(LedgerError::PlanExists(name.to_owned()));
         }
     }
-    if name != old_name || allowance != old_allowance || *new_models != old_models {
+    if name != old_name
+        || allowance != old_allowance
+        || *new_models != old_models
+        || new_limits != old_limits
+    {
         // Only what changes is written: on PostgreSQL an edit committed meanwhile by
         // another admin keeps what this one leaves alone.
         if name != old_name {
@@ -156,6 +204,21 @@ pub(super) fn update_plan(
         if *new_models != old_models {
             write_models(c, plan_id, new_models)?;
         }
+        if new_limits.per_minute != old_limits.per_minute {
+            diesel::update(plans::table.find(plan_id))
+                .set(plans::requests_per_minute.eq(column(new_limits.per_minute)))
+                .execute(c)?;
+        }
+        if new_limits.per_day != old_limits.per_day {
+            diesel::update(plans::table.find(plan_id))
+                .set(plans::requests_per_day.eq(column(new_limits.per_day)))
+                .execute(c)?;
+        }
+        if new_limits.per_month != old_limits.per_month {
+            diesel::update(plans::table.find(plan_id))
+                .set(plans::requests_per_month.eq(column(new_limits.per_month)))
+                .execute(c)?;
+        }
         audit::record(
             c,
             actor,
@@ -170,6 +233,9 @@ pub(super) fn update_plan(
                 "models": new_models.listed(),
                 "old_models": old_models.listed(),
                 "models_from": "now",
+                "request_limits": audited(&new_limits),
+                "old_request_limits": audited(&old_limits),
+                "request_limits_from": "now",
             }),
             ctx.now,
         )?;

@@ -1,7 +1,8 @@
 //! The reservation: one guarded write that admits a metered request or says why not
 //! (docs/behaviour.md, "What a request goes through").
 
-use super::plans::models as plan_models;
+use super::plans::policy as plan_policy;
+use super::requests;
 use super::tx::{BalanceRow, Conn, Ctx, lock_and_roll, model_costs, upsert_user};
 use super::{BlockReason, Blocked, NoticeBase, Reservation, ReserveOutcome, ReserveRequest};
 use crate::alerts::{AlertPolicy, store as alert_store};
@@ -29,11 +30,17 @@ pub(super) fn reserve(
         return Ok((ReserveOutcome::Suspended, 0));
     }
     let user_id = user.id;
-    let models = plan_models(c, user.plan_id)?;
-    if !models.allows(&req.model) {
-        return Ok((ReserveOutcome::ModelNotInPlan(models), 0));
+    let plan = plan_policy(c, user.plan_id)?;
+    if !plan.models.allows(&req.model) {
+        return Ok((ReserveOutcome::ModelNotInPlan(plan.models), 0));
     }
     let bal = lock_and_roll(c, ctx, user_id)?;
+    let windows = requests::windows(&bal, ctx);
+    let counts = requests::counts(&bal, &windows);
+    if let Some(reached) = plan.limits.reached(&counts) {
+        let (reached, queued) = requests::refuse(c, ctx, user_id, &windows, reached)?;
+        return Ok((ReserveOutcome::LimitReached(reached), queued));
+    }
     let costs = model_costs(c, &req.model)?;
     let weights = match (costs.weights, req.unpriced) {
         (Some(weights), _) => weights,
@@ -84,7 +91,9 @@ pub(super) fn reserve(
     }
 
     // The guard makes the write itself refuse to overspend, whatever happened above.
+    // The counts were read from the row this transaction holds locked.
     let amount = fit.amount;
+    let counted = requests::one_more(&counts, &windows, &bal);
     let guarded = FixedUpdate(
         diesel::update(
             balances::table
@@ -94,6 +103,12 @@ pub(super) fn reserve(
         .set((
             balances::held.eq(balances::held + amount),
             balances::updated_at.eq(ctx.now),
+            balances::minute_start.eq(counted.minute_start),
+            balances::minute_requests.eq(counted.minute),
+            balances::request_day.eq(counted.day),
+            balances::day_requests.eq(counted.day_count),
+            balances::request_cycle.eq(counted.cycle),
+            balances::cycle_requests.eq(counted.cycle_count),
         )),
     );
     let updated = on_backend!(c, |c| guarded.execute(c))?;
@@ -133,6 +148,7 @@ pub(super) fn reserve(
         holds::expires_at.eq(expires_at.naive_utc()),
         holds::prompt_tokens.eq(prompt),
         holds::prompt_charge.eq(prompt_cost),
+        holds::counted.eq(1),
     ));
     on_backend!(c, |c| hold.execute(c))?;
     let worst = bal.used_this_cycle + bal.held + amount;

@@ -1,7 +1,8 @@
 //! The settlement: what a request used is charged and its hold released, in one
 //! transaction with any alert the usage crossed (docs/behaviour.md).
 
-use super::tx::{Conn, Ctx, LedgerChange, append_ledger, lock_and_roll, millis};
+use super::requests;
+use super::tx::{BalanceRow, Conn, Ctx, LedgerChange, append_ledger, lock_and_roll, millis};
 use super::{Actor, NoticeBase, Outcome, SettleResult, Settlement};
 use crate::alerts::{AlertPolicy, store as alert_store};
 use crate::db::schema::{balances, holds, usage_records};
@@ -26,13 +27,19 @@ pub(super) fn settle(
             holds::model,
             holds::endpoint,
             holds::stream,
+            holds::created_at,
+            holds::counted,
         ));
-    let hold: Option<(i64, i64, String, String, i32)> =
+    let hold: Option<(i64, i64, String, String, i32, NaiveDateTime, i32)> =
         on_backend!(c, |c| released.get_result(c).optional())?;
-    let Some((user_id, held_amount, model, endpoint, stream)) = hold else {
+    let Some((user_id, held_amount, model, endpoint, stream, reserved_at, counted)) = hold else {
         return settle_late(c, ctx, s, policy);
     };
     let debited = debit(c, ctx, user_id, held_amount, s.charge, s, policy)?;
+    if counted == 1 && requests::not_served(s) {
+        // The request limits count requests served.
+        requests::uncount(c, ctx, user_id, &debited.balance, reserved_at.and_utc())?;
+    }
     let record = diesel::insert_into(usage_records::table).values((
         usage_records::request_id.eq(&s.request_id),
         usage_records::user_id.eq(user_id),
@@ -123,6 +130,8 @@ fn settle_late(
 /// What `debit` did.
 struct Debited {
     charge: i64,
+    /// The balance row as the debit read it, locked (its request counts unchanged).
+    balance: BalanceRow,
     queued: usize,
     /// The in-chat notice this answer ends with: its usage crossed the threshold
     /// and it can carry the line itself.
@@ -158,13 +167,13 @@ fn debit(
         )),
     );
     on_backend!(c, |c| debit.execute(c))?;
-    let nothing = Debited {
-        charge,
-        queued: 0,
-        notice: None,
-    };
     if charge == 0 {
-        return Ok(nothing);
+        return Ok(Debited {
+            charge,
+            balance: bal,
+            queued: 0,
+            notice: None,
+        });
     }
     append_ledger(
         c,
@@ -210,6 +219,7 @@ fn debit(
     }
     Ok(Debited {
         charge,
+        balance: bal,
         queued: crossed.queued,
         notice,
     })

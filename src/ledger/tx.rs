@@ -26,6 +26,8 @@ pub(super) struct Ctx {
     /// Wall-clock time for scheduling mail: delivery runs in real time even when
     /// the ledger's clock is set (in tests) to another day.
     pub wall: NaiveDateTime,
+    /// The configured time zone: cycles, and days for request limits.
+    pub tz: Tz,
 }
 
 impl Ctx {
@@ -34,7 +36,12 @@ impl Ctx {
             now: now.naive_utc(),
             cycle_key: Cycle::containing(now, tz).key(),
             wall: SystemClock.now().naive_utc(),
+            tz,
         }
+    }
+
+    pub fn instant(&self) -> DateTime<Utc> {
+        self.now.and_utc()
     }
 }
 
@@ -47,9 +54,17 @@ pub(crate) struct BalanceRow {
     pub used_this_cycle: i64,
     pub exhausted_at: Option<NaiveDateTime>,
     pub notice_due: Option<NaiveDateTime>,
+    /// Request counters (`ledger::requests`).
+    pub minute_start: Option<NaiveDateTime>,
+    pub minute_requests: i32,
+    pub request_day: Option<String>,
+    pub day_requests: i32,
+    pub request_cycle: Option<String>,
+    pub cycle_requests: i32,
 }
 
-const BALANCE_COLUMNS: (
+/// The balance row's columns, as `BalanceRow` reads them.
+type BalanceColumns = (
     balances::cycle,
     balances::allowance_left,
     balances::credits,
@@ -57,7 +72,15 @@ const BALANCE_COLUMNS: (
     balances::used_this_cycle,
     balances::exhausted_at,
     balances::notice_due,
-) = (
+    balances::minute_start,
+    balances::minute_requests,
+    balances::request_day,
+    balances::day_requests,
+    balances::request_cycle,
+    balances::cycle_requests,
+);
+
+const BALANCE_COLUMNS: BalanceColumns = (
     balances::cycle,
     balances::allowance_left,
     balances::credits,
@@ -65,6 +88,12 @@ const BALANCE_COLUMNS: (
     balances::used_this_cycle,
     balances::exhausted_at,
     balances::notice_due,
+    balances::minute_start,
+    balances::minute_requests,
+    balances::request_day,
+    balances::day_requests,
+    balances::request_cycle,
+    balances::cycle_requests,
 );
 
 pub(super) struct LedgerChange<'a> {

@@ -5,8 +5,9 @@ use crate::db::AnyConnection;
 use crate::db::schema::{
     balances, holds, instances, ledger, model_weights, plan_models, plans, usage_records, users,
 };
-use crate::domain::{Cycle, PlanModels, UserKey};
-use chrono::NaiveDateTime;
+use crate::domain::requests::Windows;
+use crate::domain::{Cycle, PlanModels, RequestLimit, RequestLimits, UserKey};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 use diesel::dsl::sql;
 use diesel::prelude::*;
@@ -40,6 +41,17 @@ pub struct UserSummary {
     /// Refused for balance with nothing left worth a request (docs/behaviour.md), or
     /// nothing left at all: the dashboard and the command line call this blocked.
     pub blocked: bool,
+    /// Requests made in this minute, today and this cycle, against the plan's limits.
+    pub requests: RequestUse,
+}
+
+/// A user's requests in the current windows, and the plan's limit of each.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct RequestUse {
+    pub limits: RequestLimits,
+    pub this_minute: u32,
+    pub today: u32,
+    pub this_cycle: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Queryable)]
@@ -149,9 +161,26 @@ type SummaryRow = (
     ),
     (i64, String, i64),
     (String, i64, i64, i64, i64, Option<NaiveDateTime>),
+    (
+        Option<NaiveDateTime>,
+        i32,
+        Option<String>,
+        i32,
+        Option<String>,
+        i32,
+        Option<i32>,
+        Option<i32>,
+        Option<i32>,
+    ),
 );
 
-pub(super) fn user_summary(c: &mut Conn, user_id: i64, tz: Tz) -> QueryResult<Option<UserSummary>> {
+/// The user's summary at `now` (their requests in the windows that hold it).
+pub(super) fn user_summary(
+    c: &mut Conn,
+    user_id: i64,
+    tz: Tz,
+    now: DateTime<Utc>,
+) -> QueryResult<Option<UserSummary>> {
     let row: Option<SummaryRow> = users::table
         .inner_join(plans::table)
         .inner_join(balances::table)
@@ -173,12 +202,25 @@ pub(super) fn user_summary(c: &mut Conn, user_id: i64, tz: Tz) -> QueryResult<Op
                 balances::used_this_cycle,
                 balances::exhausted_at,
             ),
+            (
+                balances::minute_start,
+                balances::minute_requests,
+                balances::request_day,
+                balances::day_requests,
+                balances::request_cycle,
+                balances::cycle_requests,
+                plans::requests_per_minute,
+                plans::requests_per_day,
+                plans::requests_per_month,
+            ),
         ))
         .first(c)
         .optional()?;
     let Some(row) = row else {
         return Ok(None);
     };
+    let windows = Windows::at(now, tz);
+    let current_cycle = Cycle::containing(now, tz).key();
     let plan_models: Vec<String> = plan_models::table
         .filter(plan_models::plan_id.eq((row.1).0))
         .order(plan_models::model.asc())
@@ -189,7 +231,40 @@ pub(super) fn user_summary(c: &mut Conn, user_id: i64, tz: Tz) -> QueryResult<Op
             (id, external_id, email, name, suspended_at),
             (_, plan, monthly_allowance),
             (cycle, allowance_left, credits, held, used, exhausted_at),
+            (
+                minute_start,
+                minute,
+                day,
+                today,
+                request_cycle,
+                this_cycle,
+                per_minute,
+                per_day,
+                per_month,
+            ),
         )| {
+            // Counts kept for a window that has passed are zero now (the reservation
+            // starts them over when it next writes).
+            let n = |v: i32, current: bool| {
+                if current {
+                    u32::try_from(v).unwrap_or(0)
+                } else {
+                    0
+                }
+            };
+            let requests = RequestUse {
+                limits: RequestLimits {
+                    per_minute: RequestLimit::stored(per_minute),
+                    per_day: RequestLimit::stored(per_day),
+                    per_month: RequestLimit::stored(per_month),
+                },
+                this_minute: n(minute, minute_start == Some(windows.minute_start)),
+                today: n(today, day.as_deref() == Some(windows.day_key())),
+                this_cycle: n(
+                    this_cycle,
+                    request_cycle.as_deref() == Some(current_cycle.as_str()),
+                ),
+            };
             let resets = Cycle::parse(&cycle)
                 .map(|cy| cy.ends_at(tz).to_rfc3339())
                 .unwrap_or_default();
@@ -211,6 +286,7 @@ pub(super) fn user_summary(c: &mut Conn, user_id: i64, tz: Tz) -> QueryResult<Op
                 remaining: allowance_left + credits - held,
                 used_percent: crate::domain::used_percent(used, allowance_left + credits),
                 blocked: exhausted_at.is_some() || allowance_left + credits <= 0,
+                requests,
             }
         },
     ))
@@ -226,6 +302,7 @@ pub struct PlanRow {
     pub users: i64,
     #[serde(serialize_with = "listed_models")]
     pub models: PlanModels,
+    pub request_limits: RequestLimits,
 }
 
 /// A plan's models in JSON: the list, empty for every model.
@@ -234,13 +311,17 @@ fn listed_models<S: serde::Serializer>(m: &PlanModels, s: S) -> Result<S::Ok, S:
 }
 
 pub(super) fn plans(c: &mut Conn) -> QueryResult<Vec<PlanRow>> {
-    let rows: Vec<(i64, String, i64, i32)> = plans::table
+    type Row = (i64, String, i64, i32, Option<i32>, Option<i32>, Option<i32>);
+    let rows: Vec<Row> = plans::table
         .order(plans::name.asc())
         .select((
             plans::id,
             plans::name,
             plans::monthly_allowance,
             plans::is_default,
+            plans::requests_per_minute,
+            plans::requests_per_day,
+            plans::requests_per_month,
         ))
         .load(c)?;
     let counts: Vec<(i64, i64)> = users::table
@@ -252,19 +333,26 @@ pub(super) fn plans(c: &mut Conn) -> QueryResult<Vec<PlanRow>> {
         .load(c)?;
     Ok(rows
         .into_iter()
-        .map(|(id, name, monthly_allowance, is_default)| PlanRow {
-            id,
-            name,
-            monthly_allowance,
-            is_default: is_default != 0,
-            users: counts.iter().find(|(p, _)| *p == id).map_or(0, |(_, n)| *n),
-            models: PlanModels::stored(
-                listed
-                    .iter()
-                    .filter(|(p, _)| *p == id)
-                    .map(|(_, m)| m.clone()),
-            ),
-        })
+        .map(
+            |(id, name, monthly_allowance, is_default, m, d, mo)| PlanRow {
+                id,
+                name,
+                monthly_allowance,
+                is_default: is_default != 0,
+                request_limits: RequestLimits {
+                    per_minute: RequestLimit::stored(m),
+                    per_day: RequestLimit::stored(d),
+                    per_month: RequestLimit::stored(mo),
+                },
+                users: counts.iter().find(|(p, _)| *p == id).map_or(0, |(_, n)| *n),
+                models: PlanModels::stored(
+                    listed
+                        .iter()
+                        .filter(|(p, _)| *p == id)
+                        .map(|(_, m)| m.clone()),
+                ),
+            },
+        )
         .collect())
 }
 

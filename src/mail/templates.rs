@@ -110,6 +110,22 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../../templates/mail/credit_declined.en.html"),
     ),
     (
+        "limit_user.pt-BR.txt",
+        include_str!("../../templates/mail/limit_user.pt-BR.txt"),
+    ),
+    (
+        "limit_user.pt-BR.html",
+        include_str!("../../templates/mail/limit_user.pt-BR.html"),
+    ),
+    (
+        "limit_user.en.txt",
+        include_str!("../../templates/mail/limit_user.en.txt"),
+    ),
+    (
+        "limit_user.en.html",
+        include_str!("../../templates/mail/limit_user.en.html"),
+    ),
+    (
         "test.pt-BR.txt",
         include_str!("../../templates/mail/test.pt-BR.txt"),
     ),
@@ -143,6 +159,8 @@ pub enum Kind {
     /// To the user: their request was approved, or declined (with the reason).
     CreditApproved,
     CreditDeclined,
+    /// To the user refused by a day's or a month's request limit (once per window).
+    LimitUser,
 }
 
 impl Kind {
@@ -155,6 +173,7 @@ impl Kind {
             Self::CreditRequested => "credit_requested",
             Self::CreditApproved => "credit_approved",
             Self::CreditDeclined => "credit_declined",
+            Self::LimitUser => "limit_user",
         }
     }
 }
@@ -305,6 +324,25 @@ mod tests {
                     assert!(r.html.contains("<html lang="), "{}", r.html);
                     assert!(!r.text.contains("\n\n\n"), "{}", r.text);
                 }
+            }
+            for per_day in [true, false] {
+                let r = t.render(
+                    Kind::LimitUser,
+                    locale,
+                    &json!({"name": "Ana <b>", "plan_name": "Básico", "per_day": per_day, "messages": "1.000 mensagens",
+                        "resets_at": "08/12/2026 00:00", "contact": null, "page_link": "http://x/me/link/abc"}),
+                )?;
+                assert!(
+                    r.subject.contains(if per_day { "hoje" } else { "mês" })
+                        || locale == Locale::En
+                );
+                assert!(
+                    r.text.contains("1.000") && r.text.contains("08/12/2026 00:00"),
+                    "{}",
+                    r.text
+                );
+                assert!(r.html.contains("Ana &lt;b&gt;"), "{}", r.html);
+                assert!(!r.text.contains("\n\n\n"), "{}", r.text);
             }
             let r = t.render(
                 Kind::Test,

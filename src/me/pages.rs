@@ -344,6 +344,20 @@ pub async fn home(
                     dt { (l.pick("Modelos do plano", "Your plan's models")) }
                     dd #models { (summary.plan_models.join(", ")) }
                 }
+                @let pace = &summary.requests;
+                @if let Some(limit) = pace.limits.per_day {
+                    dt { (l.pick("Mensagens hoje", "Messages today")) }
+                    dd #messages-today { (left_of(limit.get().saturating_sub(pace.today), limit.get(), l))
+                        " " span.muted { (l.pick("(recomeça à meia-noite)", "(starts over at midnight)")) } }
+                }
+                @if let Some(limit) = pace.limits.per_month {
+                    dt { (l.pick("Mensagens neste mês", "Messages this month")) }
+                    dd #messages-month { (left_of(limit.get().saturating_sub(pace.this_cycle), limit.get(), l)) }
+                }
+                @if let Some(limit) = pace.limits.per_minute {
+                    dt { (l.pick("Ritmo", "Pace")) }
+                    dd #messages-minute { (l.pick("até ", "up to ")) (messages(limit.get(), l)) (l.pick(" por minuto", " a minute")) }
+                }
                 dt { (l.pick("Renovação", "Renewal")) }
                 dd #renews { (l.pick("renova em ", "renews on ")) (resets) }
                 dt { (l.pick("Créditos extras", "Extra credits")) }
@@ -409,4 +423,28 @@ pub async fn home(
         StatusCode::OK,
         layout(l, title, Some(&me.csrf), body),
     ))
+}
+
+/// "restam 12 de 50" ("resta 1 de 50") / "12 of 50 left".
+fn left_of(left: u32, limit: u32, l: Locale) -> String {
+    let verb = if left == 1 { "resta" } else { "restam" };
+    let (left, limit) = (
+        i18n::tokens(i64::from(left), l),
+        i18n::tokens(i64::from(limit), l),
+    );
+    match l {
+        Locale::PtBr => format!("{verb} {left} de {limit}"),
+        Locale::En => format!("{left} of {limit} left"),
+    }
+}
+
+/// "1 mensagem", "50 mensagens" / "1 message", "50 messages".
+fn messages(n: u32, l: Locale) -> String {
+    let count = i18n::tokens(i64::from(n), l);
+    match (l, n) {
+        (Locale::PtBr, 1) => "1 mensagem".to_owned(),
+        (Locale::PtBr, _) => format!("{count} mensagens"),
+        (Locale::En, 1) => "1 message".to_owned(),
+        (Locale::En, _) => format!("{count} messages"),
+    }
 }

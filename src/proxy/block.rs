@@ -4,8 +4,11 @@
 //! large").
 
 use crate::config::Locale;
+use crate::domain::Period;
 use crate::i18n;
-use crate::ledger::{BlockReason, Blocked};
+use crate::ledger::{BlockReason, Blocked, LimitReached};
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 
 /// LibreChat folds a longer text under a toggle.
 pub const MAX_CHARS: usize = 185;
@@ -135,6 +138,42 @@ pub fn block_message(
     msg.chars().take(MAX_CHARS).collect()
 }
 
+/// What the user reads when a plan's request limit refuses a request: which limit,
+/// and when they may write again (`now` counts the minute's seconds).
+pub fn limit_message(locale: Locale, reached: &LimitReached, now: DateTime<Utc>, tz: Tz) -> String {
+    let n = i64::from(reached.limit.get());
+    let count = match (locale, n) {
+        (Locale::PtBr, 1) => "1 mensagem".to_owned(),
+        (Locale::PtBr, _) => format!("{} mensagens", i18n::tokens(n, locale)),
+        (Locale::En, 1) => "1 message".to_owned(),
+        (Locale::En, _) => format!("{} messages", i18n::tokens(n, locale)),
+    };
+    let seconds = reached.seconds_left(now);
+    let resets_on = i18n::date(reached.resets_at.with_timezone(&tz).date_naive(), locale);
+    match (locale, reached.period) {
+        (Locale::PtBr, Period::Minute) => format!(
+            "Você chegou ao limite de {count} por minuto do seu plano. Tente de novo em {seconds} {}.",
+            if seconds == 1 { "segundo" } else { "segundos" }
+        ),
+        (Locale::En, Period::Minute) => format!(
+            "You have reached your plan's limit of {count} a minute. Try again in {seconds} {}.",
+            if seconds == 1 { "second" } else { "seconds" }
+        ),
+        (Locale::PtBr, Period::Day) => {
+            format!("Você atingiu o limite de {count} por dia do seu plano; volta amanhã.")
+        }
+        (Locale::En, Period::Day) => {
+            format!("You have reached your plan's limit of {count} a day; it resets tomorrow.")
+        }
+        (Locale::PtBr, Period::Month) => {
+            format!("Você atingiu o limite de {count} por mês do seu plano; volta em {resets_on}.")
+        }
+        (Locale::En, Period::Month) => format!(
+            "You have reached your plan's limit of {count} a month; it resets on {resets_on}."
+        ),
+    }
+}
+
 pub fn suspended_message(locale: Locale, contact: Option<&str>) -> String {
     let contact = contact.map(|c| sanitize(c, MAX_CONTACT));
     match (locale, contact) {
@@ -219,6 +258,54 @@ mod tests {
                         assert!(!lower.contains(word), "{m}");
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn limit_texts_say_which_limit_and_when() {
+        use crate::domain::RequestLimit;
+        use chrono::TimeZone;
+        let sp: Tz = "America/Sao_Paulo".parse().unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 12, 7, 15, 0, 25).unwrap();
+        let reached = |period, n, resets_at| LimitReached {
+            period,
+            limit: RequestLimit::new(n).unwrap(),
+            resets_at,
+        };
+        let minute = reached(Period::Minute, 10, now + chrono::Duration::seconds(35));
+        assert_eq!(
+            limit_message(Locale::PtBr, &minute, now, sp),
+            "Você chegou ao limite de 10 mensagens por minuto do seu plano. Tente de novo em 35 segundos."
+        );
+        let day = reached(Period::Day, 50, now);
+        assert_eq!(
+            limit_message(Locale::PtBr, &day, now, sp),
+            "Você atingiu o limite de 50 mensagens por dia do seu plano; volta amanhã."
+        );
+        let next_cycle = Utc.with_ymd_and_hms(2027, 1, 1, 3, 0, 0).unwrap();
+        let month = reached(Period::Month, 1000, next_cycle);
+        assert_eq!(
+            limit_message(Locale::PtBr, &month, now, sp),
+            "Você atingiu o limite de 1.000 mensagens por mês do seu plano; volta em 01/01/2027."
+        );
+        assert_eq!(
+            limit_message(Locale::En, &month, now, sp),
+            "You have reached your plan's limit of 1,000 messages a month; it resets on January 1, 2027."
+        );
+        let one = reached(Period::Minute, 1, now + chrono::Duration::milliseconds(200));
+        assert_eq!(
+            limit_message(Locale::En, &one, now, sp),
+            "You have reached your plan's limit of 1 message a minute. Try again in 1 second."
+        );
+        for m in [&minute, &day, &month] {
+            for locale in [Locale::PtBr, Locale::En] {
+                let text = limit_message(locale, m, now, sp);
+                assert!(text.chars().count() <= MAX_CHARS, "{text}");
+                assert!(!text.contains(['{', '}']), "{text}");
+                let lower = text.to_lowercase();
+                assert!(CONTEXT_WORDS.iter().all(|w| !lower.contains(w)), "{text}");
             }
         }
     }

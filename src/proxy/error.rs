@@ -5,6 +5,7 @@
 //! text, for logs.
 
 use crate::config::{BlockStatus, Locale};
+use crate::domain::Period;
 use crate::domain::identity::IdentityError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -44,6 +45,16 @@ pub enum ApiError {
     #[error("{message}")]
     InsufficientQuota {
         message: String,
+        status: BlockStatus,
+    },
+    /// A plan's request limit: a minute's answers 429 with `Retry-After`
+    /// (`retry_after`, seconds); a day's and a cycle's are the block, at
+    /// `TOKENGATE_BLOCK_STATUS`. The text is user-facing, in the configured language.
+    #[error("{message}")]
+    RequestLimit {
+        message: String,
+        period: Period,
+        retry_after: u64,
         status: BlockStatus,
     },
     #[error("The AI service is unreachable right now. Please try again in a moment.")]
@@ -406,6 +417,13 @@ impl ApiError {
             Self::ModelNotInPlan { .. } => ("permission_error", "model_not_in_plan"),
             Self::ModelNotPriced(_) => ("permission_error", "model_not_priced"),
             Self::InsufficientQuota { .. } => ("insufficient_quota", "insufficient_quota"),
+            // The code every OpenAI client and LangChain take for "do not retry"; a
+            // minute's is a rate limit (OpenAI's `requests`), the others a block.
+            Self::RequestLimit {
+                period: Period::Minute,
+                ..
+            } => ("requests", "insufficient_quota"),
+            Self::RequestLimit { .. } => ("insufficient_quota", "insufficient_quota"),
             Self::UpstreamUnavailable | Self::UpstreamGarbled => {
                 ("upstream_error", "upstream_unavailable")
             }
@@ -428,6 +446,11 @@ impl ApiError {
                 StatusCode::FORBIDDEN
             }
             Self::InsufficientQuota { status, .. } => status.status(),
+            Self::RequestLimit {
+                period: Period::Minute,
+                ..
+            } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RequestLimit { status, .. } => status.status(),
             Self::UpstreamUnavailable | Self::UpstreamGarbled => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -442,6 +465,7 @@ impl ApiError {
             Self::NotReservable(Unreservable::Unknown(field)) => Some(on_one_line(field, 64)),
             Self::NotReservable(u) => Some(u.param().to_owned()),
             Self::ModelNotInPlan { .. } | Self::ModelNotPriced(_) => Some("model".to_owned()),
+            Self::RequestLimit { period, .. } => Some(period.field().to_owned()),
             _ => None,
         }
     }
@@ -491,7 +515,9 @@ impl ApiError {
                 "A mensagem não chegou inteira a tempo. Verifique a conexão e envie de novo."
             }
             // Written in the configured language where they are made.
-            Self::Suspended(text) | Self::InsufficientQuota { message: text, .. } => text,
+            Self::Suspended(text)
+            | Self::InsufficientQuota { message: text, .. }
+            | Self::RequestLimit { message: text, .. } => text,
             Self::UpstreamUnavailable => {
                 "O serviço de IA não está acessível agora. Tente de novo em instantes."
             }
@@ -515,9 +541,23 @@ impl ApiError {
         let (kind, code) = self.kind();
         let body = json!({"error": {"message": self.message(locale), "type": kind, "code": code, "param": self.param()}});
         let mut res = HttpResponse::build(self.status_code());
-        if matches!(self, Self::InsufficientQuota { .. }) {
-            // Stops the official OpenAI SDKs from retrying; no Retry-After on purpose.
+        if matches!(
+            self,
+            Self::InsufficientQuota { .. } | Self::RequestLimit { .. }
+        ) {
+            // Stops the official OpenAI SDKs from retrying; no Retry-After on the
+            // block on purpose.
             res.insert_header(("x-should-retry", "false"));
+        }
+        if let Self::RequestLimit {
+            period: Period::Minute,
+            retry_after,
+            ..
+        } = self
+        {
+            // When the minute starts over; the code above keeps clients from
+            // retrying on their own, and people and scripts read when to.
+            res.insert_header(("retry-after", retry_after.to_string()));
         }
         if matches!(self, Self::InvalidApiKey) {
             res.insert_header(("www-authenticate", "Bearer"));

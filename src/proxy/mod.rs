@@ -393,6 +393,22 @@ async fn reserve(
                 status: state.config.block_status,
             })
         }
+        ReserveOutcome::LimitReached(reached) => {
+            state.metrics.record_rejection("request_limit");
+            tracing::info!(user = %identity.key, limit = reached.period.field(), count = reached.limit.get(), "refused: a request limit of the user's plan");
+            let now = state.ledger.now();
+            Err(ApiError::RequestLimit {
+                message: block::limit_message(
+                    state.config.locale,
+                    &reached,
+                    now,
+                    state.config.timezone,
+                ),
+                period: reached.period,
+                retry_after: reached.seconds_left(now),
+                status: state.config.block_status,
+            })
+        }
         ReserveOutcome::Suspended => {
             state.metrics.record_rejection("user_suspended");
             Err(ApiError::Suspended(block::suspended_message(

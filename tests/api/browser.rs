@@ -517,3 +517,93 @@ async fn an_admin_through_an_ssh_tunnel_signs_in_and_acts() {
     client.close().await.unwrap();
     assert_eq!(app.summary("tunnel-user").credits, 1_000);
 }
+
+/// An admin creates the Pro plan in the dashboard (models and message limits), moves
+/// a user to it, and the user's own page shows the plan's parts.
+#[actix_web::test]
+async fn an_admin_creates_pro_moves_a_user_and_their_page_shows_it_in_chromium() {
+    let app = spawn_app(TestOptions::default()).await;
+    let user = "lia-7";
+    let res = app
+        .post("/v1/chat/completions")
+        .header("x-librechat-user-id", user)
+        .header("x-librechat-user-email", "lia@example.com")
+        .body(chat_body("fake-model", "oi", false, Some(20)).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let lia = app.user_id(user);
+
+    let driver = chromedriver().await;
+    let client = chromium(&driver, 1280, 1000).await;
+    client
+        .goto(&format!("{}/admin", app.address))
+        .await
+        .unwrap();
+    let form = client
+        .form(Locator::Css("form[action='/admin/login']"))
+        .await
+        .unwrap();
+    form.set_by_name("email", ADMIN_EMAIL).await.unwrap();
+    form.set_by_name("password", ADMIN_PASSWORD).await.unwrap();
+    form.submit().await.unwrap();
+    expect_text(&client, "main h1", "Visão geral").await;
+
+    client
+        .goto(&format!("{}/admin/plans", app.address))
+        .await
+        .unwrap();
+    submit_form(
+        &client,
+        "/admin/plans",
+        &[
+            ("name", "Pro"),
+            ("allowance", "3.000.000"),
+            ("models", "fake-model, gpt-4o"),
+            ("per_day", "200"),
+            ("per_month", "3.000"),
+        ],
+    )
+    .await;
+    text_when(&client, "p.flash.ok", |t| t.contains("Plano criado: Pro.")).await;
+    save(&client, "plans").await;
+    let pro = app.ledger().plan("Pro").unwrap();
+
+    client
+        .goto(&format!("{}/admin/users/{lia}", app.address))
+        .await
+        .unwrap();
+    submit_form(
+        &client,
+        &format!("/admin/users/{lia}/plan"),
+        &[("plan_id", &pro.id.to_string())],
+    )
+    .await;
+    text_when(&client, "main", |t| t.contains("Plano Pro")).await;
+    assert_eq!(app.summary(user).plan, "Pro");
+
+    // The user's page, from a link as their mails carry.
+    let token = crate::me::link_for(&app, lia).await;
+    client
+        .goto(&format!("{}/me/link/{token}", app.address))
+        .await
+        .unwrap();
+    client
+        .wait()
+        .for_element(Locator::Css("form[action='/me/link'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    expect_text(&client, "#plan", "Pro · 3.000.000 tokens por mês").await;
+    expect_text(&client, "#models", "fake-model, gpt-4o").await;
+    text_when(&client, "#messages-today", |t| {
+        t.starts_with("restam 199 de 200")
+    })
+    .await;
+    expect_text(&client, "#messages-month", "restam 2.999 de 3.000").await;
+    save(&client, "me-plan").await;
+    client.close().await.unwrap();
+}

@@ -399,6 +399,81 @@ async fn librechat_shows_a_model_outside_the_plan() {
     assert_eq!(app.summary(user).used_this_cycle, 0);
 }
 
+/// LibreChat's client meets the plan's request limits, with the stack's block
+/// status: the day's limit is one attempt and its own text, whole and inline; the
+/// minute's 429 (with `Retry-After`) is one attempt too, not a retry loop (its code
+/// says not to retry), which newer LibreChat shows as its own rate-limit sentence.
+#[actix_web::test]
+async fn librechat_meets_the_day_and_minute_limits_once() {
+    let status = stack_block_status();
+    let app = spawn_app(TestOptions {
+        env: vec![("TOKENGATE_BLOCK_STATUS", status.clone())],
+        ..TestOptions::default()
+    })
+    .await;
+    app.set_clock(chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 12, 9, 15, 0, 0).unwrap());
+    let limits = |per_minute, per_day| tokengate::domain::RequestLimits {
+        per_minute: tokengate::domain::RequestLimit::new(per_minute),
+        per_day: tokengate::domain::RequestLimit::new(per_day),
+        per_month: None,
+    };
+    for (plan, user, per_minute, per_day) in [
+        ("Diário", "65f1c0ffee0000000000d1a1", 10, 1),
+        ("Ritmo", "65f1c0ffee0000000000a1a1", 1, 100),
+    ] {
+        app.ledger()
+            .create_plan(
+                &tokengate::domain::PlanSpec {
+                    limits: limits(per_minute, per_day),
+                    ..crate::helpers::plan_spec(plan, 1_000_000)
+                },
+                true,
+                &tokengate::ledger::Actor::Cli,
+            )
+            .unwrap();
+        let dir = node_dir();
+        let base = format!("{}/v1", app.address);
+        let chat = || {
+            node(
+                dir.path(),
+                "librechat_client.mjs",
+                &[&base, CLIENT_KEY, user, "ana@example.com", "Ana"],
+            )
+        };
+        let first = run(chat()).await;
+        let first: serde_json::Value = serde_json::from_slice(&first.stdout)
+            .unwrap_or_else(|_| panic!("{}{}", text(&first.stdout), text(&first.stderr)));
+        assert!(first["text"].is_string(), "{first}");
+        let before = app.fake.request_count();
+        let out = run(chat()).await;
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}{}", text(&out.stdout), text(&out.stderr)));
+        assert_eq!(result["attempts"], 1, "{plan}: not retried: {result}");
+        assert_eq!(app.fake.request_count(), before, "nothing reached upstream");
+        if plan == "Diário" {
+            let refusal = format!(
+                "{status} Você atingiu o limite de 1 mensagem por dia do seu plano; volta amanhã."
+            );
+            assert_eq!(result["status"].to_string(), status, "{result}");
+            assert_eq!(result["lc_error_code"], serde_json::Value::Null, "{result}");
+            assert_eq!(
+                result["librechat_shows"],
+                format!("An error occurred while processing the request: {refusal}").as_str()
+            );
+            assert_eq!(result["inline"], true, "{result}");
+            assert_eq!(result["terminal"]["detail"], refusal.as_str(), "{result}");
+        } else {
+            assert_eq!(result["status"], 429, "{result}");
+            let message = result["error"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("Tente de novo em 60 segundos"),
+                "older LibreChat shows the text: {message}"
+            );
+            assert_eq!(result["lc_error_code"], "MODEL_RATE_LIMIT", "{result}");
+        }
+    }
+}
+
 /// LibreChat with the endpoint's "Use Responses API" switch on posts to
 /// `{baseURL}/responses`: metered, streamed back, and charged the usage of
 /// `response.completed` (it used to get a 404, and the chat broke).

@@ -620,5 +620,6 @@ pub fn plan_spec(name: &str, allowance: i64) -> tokengate::domain::PlanSpec {
         name: tokengate::domain::PlanName::parse(name).unwrap(),
         monthly_allowance: tokengate::domain::plan::Allowance::new(allowance).unwrap(),
         models: tokengate::domain::PlanModels::All,
+        limits: tokengate::domain::RequestLimits::default(),
     }
 }

@@ -15,6 +15,7 @@ mod fake_provider;
 mod helpers;
 mod hostile;
 mod instances;
+mod limits;
 pub mod me;
 mod metering;
 mod notice;

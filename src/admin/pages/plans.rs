@@ -1,4 +1,5 @@
-//! Plans: create, rename, change the allowance and the models, choose the default.
+//! Plans: create, rename, change the allowance, the models and the request limits,
+//! choose the default.
 
 use super::{CsrfOnly, actor, back, locale, one_line, render, with_ledger};
 use crate::admin::AdminError;
@@ -6,7 +7,9 @@ use crate::admin::session::SignedIn;
 use crate::admin::views::{self, Nav};
 use crate::config::Locale;
 use crate::domain::plan::{PLAN_NAME_MAX, PlanModelsError};
-use crate::domain::{PlanChange, PlanModels, PlanName, PlanSpec, TokenAmount};
+use crate::domain::{
+    PlanChange, PlanModels, PlanName, PlanSpec, RequestLimit, RequestLimits, TokenAmount,
+};
 use crate::ledger::PlanRef;
 use crate::startup::AppState;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -22,17 +25,19 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
             thead { tr {
                 th { (l.pick("Plano", "Plan")) } th { (l.pick("Tokens por mês", "Tokens a month")) }
                 th { (l.pick("Modelos", "Models")) }
+                th { (l.pick("Mensagens por minuto / dia / mês", "Messages a minute / day / month")) }
                 th.num { (l.pick("Usuários", "Users")) } th { (l.pick("Padrão", "Default")) } th {}
             } }
             tbody {
                 @for p in &plans {
                     tr {
-                        td colspan="3" {
+                        td colspan="4" {
                             form.inline method="post" action=(format!("/admin/plans/{}", p.id)) {
                                 (views::csrf_input(&me.csrf))
                                 input type="text" name="name" value=(p.name) required maxlength="60" aria-label=(l.pick("Nome", "Name"));
                                 input type="text" name="allowance" value=(views::tokens(p.monthly_allowance, l)) required inputmode="numeric" aria-label=(l.pick("Tokens por mês", "Tokens a month"));
                                 input type="text" name="models" value=(p.models.to_string()) placeholder=(l.pick("todos", "all")) aria-label=(l.pick("Modelos", "Models"));
+                                (limit_inputs(&p.request_limits, l))
                                 button type="submit" { (l.pick("Salvar", "Save")) }
                             }
                         }
@@ -51,8 +56,8 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
             }
         }
         p.muted { (l.pick(
-            "Uma nova franquia vale a partir do próximo ciclo de cada usuário; os modelos valem na hora. Novos usuários entram no plano padrão.",
-            "A new allowance applies from each user's next cycle; models apply at once. New users start on the default plan.")) }
+            "Uma nova franquia vale a partir do próximo ciclo de cada usuário; os modelos e os limites de mensagens valem na hora. Limites em branco: sem limite. O dia vira à meia-noite local; o mês, no início do ciclo. Novos usuários entram no plano padrão.",
+            "A new allowance applies from each user's next cycle; models and message limits apply at once. A blank limit is no limit. Days turn at local midnight, months at the cycle's start. New users start on the default plan.")) }
         form.stack method="post" action="/admin/plans" {
             h2 { (l.pick("Novo plano", "New plan")) }
             (views::csrf_input(&me.csrf))
@@ -61,6 +66,10 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
             label { (l.pick("Modelos (separados por vírgula; em branco, todos)", "Models (comma-separated; blank for all)"))
                 input type="text" name="models" list="models" placeholder="gpt-4o-mini, gpt-4o"; }
             datalist #models { @for m in &offered { option value=(m) {} } }
+            fieldset.limits {
+                legend { (l.pick("Mensagens (em branco: sem limite)", "Messages (blank: no limit)")) }
+                (limit_inputs(&RequestLimits::default(), l))
+            }
             label.check { input type="checkbox" name="make_default" value="1"; " " (l.pick("Plano padrão para novos usuários", "Default plan for new users")) }
             button type="submit" { (l.pick("Criar plano", "Create plan")) }
         }
@@ -74,6 +83,16 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
     ))
 }
 
+/// The three request limits' fields, blank for none.
+fn limit_inputs(limits: &RequestLimits, l: Locale) -> maud::Markup {
+    let value = |n: Option<RequestLimit>| n.map(|n| n.to_string()).unwrap_or_default();
+    html! {
+        input.limit type="text" name="per_minute" value=(value(limits.per_minute)) inputmode="numeric" placeholder=(l.pick("por minuto", "a minute")) aria-label=(l.pick("Mensagens por minuto", "Messages a minute"));
+        input.limit type="text" name="per_day" value=(value(limits.per_day)) inputmode="numeric" placeholder=(l.pick("por dia", "a day")) aria-label=(l.pick("Mensagens por dia", "Messages a day"));
+        input.limit type="text" name="per_month" value=(value(limits.per_month)) inputmode="numeric" placeholder=(l.pick("por mês", "a month")) aria-label=(l.pick("Mensagens por mês", "Messages a month"));
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub struct PlanForm {
@@ -81,14 +100,18 @@ pub struct PlanForm {
     name: String,
     allowance: String,
     /// Absent (a page from before plans had models, a script): the plan keeps its
-    /// list; blank is every model.
+    /// list; blank is every model. The same for each limit: blank is none.
     models: Option<String>,
+    per_minute: Option<String>,
+    per_day: Option<String>,
+    per_month: Option<String>,
     make_default: String,
 }
 
-/// The plan the form describes. Its models are `None` when the form has no such
-/// field: an edit keeps the plan's list, a new plan may use every model.
-fn parse_plan(form: &PlanForm, l: Locale) -> Result<(PlanSpec, Option<PlanModels>), String> {
+/// The form as a change to a plan: name and allowance always; the models and each
+/// limit when the form has their field, so that an edit from a form without them
+/// keeps what the plan has (a new plan starts with every model and no limits).
+fn parse_plan(form: &PlanForm, l: Locale) -> Result<PlanChange, String> {
     let Some(name) = PlanName::parse(&one_line(&form.name, PLAN_NAME_MAX + 1)) else {
         return Err(l
             .pick(
@@ -139,12 +162,54 @@ fn parse_plan(form: &PlanForm, l: Locale) -> Result<(PlanSpec, Option<PlanModels
                 )
                 .to_owned(),
         })?;
-    let spec = PlanSpec {
-        name,
-        monthly_allowance: allowance.into(),
-        models: models.clone().unwrap_or_default(),
+    let limit = |field: &Option<String>, what: (&str, &str)| {
+        field
+            .as_deref()
+            .map(|text| {
+                RequestLimit::parse(text).map_err(|_| {
+                    format!(
+                        "{} {:?}: {}",
+                        l.pick(what.0, what.1),
+                        one_line(text, 40),
+                        l.pick(
+                            "use um número inteiro maior que zero, ou deixe em branco para não limitar",
+                            "use a whole number above zero, or leave it blank for no limit"
+                        )
+                    )
+                })
+            })
+            .transpose()
     };
-    Ok((spec, models))
+    Ok(PlanChange {
+        name: Some(name),
+        monthly_allowance: Some(allowance.into()),
+        models,
+        per_minute: limit(
+            &form.per_minute,
+            ("Limite por minuto recusado", "Limit a minute refused"),
+        )?,
+        per_day: limit(
+            &form.per_day,
+            ("Limite por dia recusado", "Limit a day refused"),
+        )?,
+        per_month: limit(
+            &form.per_month,
+            ("Limite por mês recusado", "Limit a month refused"),
+        )?,
+        make_default: false,
+    })
+}
+
+/// A new plan from its form: what the form leaves out is the default (every model,
+/// no limits).
+fn new_plan(change: PlanChange) -> Option<PlanSpec> {
+    let limits = change.limits(RequestLimits::default());
+    Some(PlanSpec {
+        name: change.name?,
+        monthly_allowance: change.monthly_allowance?,
+        models: change.models.unwrap_or_default(),
+        limits,
+    })
 }
 
 fn plan_error(e: AdminError, name: &str, l: Locale) -> Result<String, AdminError> {
@@ -171,8 +236,9 @@ pub async fn create(
 ) -> Result<HttpResponse, AdminError> {
     me.check_post(&req, &state, &form.csrf)?;
     let l = locale(&state);
-    let spec = match parse_plan(&form, l) {
-        Ok((spec, _)) => spec,
+    let spec = match parse_plan(&form, l).map(new_plan) {
+        Ok(Some(spec)) => spec,
+        Ok(None) => return Err(AdminError::BadRequest),
         Err(text) => return Ok(back(&me, "/admin/plans", false, text)),
     };
     let name = spec.name.to_string();
@@ -204,12 +270,7 @@ pub async fn update(
     let l = locale(&state);
     let id = path.into_inner();
     let change = match parse_plan(&form, l) {
-        Ok((spec, models)) => PlanChange {
-            name: Some(spec.name),
-            monthly_allowance: Some(spec.monthly_allowance),
-            models,
-            make_default: false,
-        },
+        Ok(change) => change,
         Err(text) => return Ok(back(&me, "/admin/plans", false, text)),
     };
     let name = change

@@ -199,6 +199,16 @@ pub async fn detail(
             @if !summary.plan_models.is_empty() {
                 " · " (l.pick("Modelos: ", "Models: ")) (summary.plan_models.join(", "))
             }
+            @let requests = &summary.requests;
+            @for (label, used, limit) in [
+                (l.pick("mensagens hoje", "messages today"), requests.today, requests.limits.per_day),
+                (l.pick("mensagens no mês", "messages this month"), requests.this_cycle, requests.limits.per_month),
+                (l.pick("mensagens neste minuto", "messages this minute"), requests.this_minute, requests.limits.per_minute),
+            ] {
+                @if let Some(limit) = limit {
+                    " · " span.requests { (label) " " (used) "/" (limit) }
+                }
+            }
             @if let (Some(s), Some(r)) = (&starts, &resets) {
                 " · " (l.pick("Ciclo de", "Cycle from")) " " (s) " " (l.pick("até", "to")) " " (r)
             }
