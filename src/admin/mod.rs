@@ -73,6 +73,9 @@ pub enum AdminError {
     /// The change clashes with what exists (a plan name already taken).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A LibreChat role already takes its users to another plan.
+    #[error("role {role} taken by plan {plan}")]
+    RoleTaken { role: String, plan: String },
     /// Every password-hashing slot stayed busy (a burst of sign-ins).
     #[error("busy")]
     Busy,
@@ -89,6 +92,7 @@ impl From<crate::ledger::LedgerError> for AdminError {
             crate::ledger::LedgerError::UserNotFound(_)
             | crate::ledger::LedgerError::PlanNotFound(_) => Self::NotFound,
             crate::ledger::LedgerError::PlanExists(name) => Self::Conflict(name),
+            crate::ledger::LedgerError::RoleTaken { role, plan } => Self::RoleTaken { role, plan },
         }
     }
 }
@@ -119,7 +123,7 @@ impl ResponseError for AdminError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Conflict(_) | Self::RoleTaken { .. } => StatusCode::CONFLICT,
             Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             // The database is down, locked or full: worth trying again in a moment.
             Self::Store(crate::db::StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
@@ -153,6 +157,10 @@ impl ResponseError for AdminError {
             Self::Conflict(_) => (
                 "Conflito / Conflict",
                 "Já existe um item com esse nome. / An item with that name already exists.",
+            ),
+            Self::RoleTaken { .. } => (
+                "Conflito / Conflict",
+                "Esse papel do LibreChat já leva a outro plano. / That LibreChat role already takes its users to another plan.",
             ),
             Self::NotFound => (
                 "Página não encontrada / Page not found",

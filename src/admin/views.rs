@@ -131,6 +131,11 @@ pub fn tokens(n: i64, l: Locale) -> String {
     crate::i18n::tokens(n, l)
 }
 
+/// Centavos in reais: "R$ 1.199,90".
+pub fn reais(centavos: i64, l: Locale) -> String {
+    crate::domain::money::format_centavos(centavos, l == Locale::PtBr)
+}
+
 /// A usage bar: how much of the balance is used. A native `<meter>`, so it needs no
 /// inline style (the Content-Security-Policy allows none): green, then amber from
 /// 80% (a value equal to `low` is still in the good range, hence 79), red at 100%.

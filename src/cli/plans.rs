@@ -3,12 +3,16 @@
 
 use super::{CmdResult, open, parse_tokens};
 use crate::config::Config;
+use crate::domain::identity::Role;
+use crate::domain::money::format_centavos;
+use crate::domain::plan::parse_roles;
 use crate::domain::{
-    PlanChange, PlanModels, PlanName, PlanSpec, RequestLimit, RequestLimits, TokenAmount,
+    Brl, PlanChange, PlanModels, PlanName, PlanSpec, RequestLimit, RequestLimits, TokenAmount,
 };
 use crate::ledger::views::PlanRow;
 use crate::ledger::{Actor, PlanRef};
 use clap::Subcommand;
+use std::collections::BTreeSet;
 use std::io::Write;
 
 #[derive(Subcommand)]
@@ -35,6 +39,12 @@ pub(super) enum PlansCommand {
         models: PlanModels,
         #[command(flatten)]
         limits: LimitArgs,
+        /// What it is sold for a month, in reais ("199,90"), for reports.
+        #[arg(long, value_parser = parse_price, value_name = "REAIS")]
+        price: Option<PriceArg>,
+        /// LibreChat roles whose users start on it, separated by commas.
+        #[arg(long, value_parser = parse_roles_arg, value_name = "ROLE,ROLE")]
+        roles: Option<RolesArg>,
         /// New users start on it.
         #[arg(long)]
         default: bool,
@@ -53,10 +63,41 @@ pub(super) enum PlansCommand {
         models: Option<PlanModels>,
         #[command(flatten)]
         limits: LimitArgs,
+        /// What it is sold for a month, in reais ("199,90"), or "none".
+        #[arg(long, value_parser = parse_price, value_name = "REAIS|none")]
+        price: Option<PriceArg>,
+        /// LibreChat roles whose users it takes, separated by commas; "none" for none.
+        #[arg(long, value_parser = parse_roles_arg, value_name = "ROLE,ROLE|none")]
+        roles: Option<RolesArg>,
         /// New users start on it.
         #[arg(long)]
         default: bool,
     },
+}
+
+/// LibreChat roles as given.
+#[derive(Clone)]
+pub(super) struct RolesArg(BTreeSet<Role>);
+
+fn parse_roles_arg(s: &str) -> Result<RolesArg, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(RolesArg(BTreeSet::new()));
+    }
+    parse_roles(s).map(RolesArg)
+}
+
+/// A monthly price as given, or none.
+#[derive(Clone, Copy)]
+pub(super) struct PriceArg(Option<Brl>);
+
+fn parse_price(s: &str) -> Result<PriceArg, String> {
+    let t = s.trim();
+    if t.is_empty() || t.eq_ignore_ascii_case("none") {
+        return Ok(PriceArg(None));
+    }
+    Brl::parse(t)
+        .map(|p| PriceArg(Some(p)))
+        .map_err(|e| e.to_string())
 }
 
 /// Request limits, each a count or "none". They apply at once.
@@ -103,9 +144,13 @@ pub(super) fn run(config: &Config, command: PlansCommand) -> CmdResult {
             allowance,
             models,
             limits,
+            price,
+            roles,
             default,
         } => {
             let spec = PlanSpec {
+                monthly_price: price.and_then(|p| p.0),
+                roles: roles.map(|r| r.0).unwrap_or_default(),
                 name: parse_name(&name)?,
                 monthly_allowance: allowance.into(),
                 models,
@@ -124,9 +169,13 @@ pub(super) fn run(config: &Config, command: PlansCommand) -> CmdResult {
             allowance,
             models,
             limits,
+            price,
+            roles,
             default,
         } => {
             let change = PlanChange {
+                monthly_price: price.map(|p| p.0),
+                roles: roles.map(|r| r.0),
                 name: rename,
                 monthly_allowance: allowance.map(Into::into),
                 models,
@@ -154,20 +203,22 @@ fn list(config: &Config, json: bool) -> CmdResult {
         return Ok(());
     }
     say!(
-        "{:<6} {:<24} {:>14} {:>7} {:>20}  MODELS",
+        "{:<6} {:<24} {:>14} {:>7} {:>14} {:>20}  MODELS",
         "ID",
         "NAME",
         "TOKENS/MONTH",
         "USERS",
+        "PRICE/MONTH",
         "REQUESTS MIN/DAY/MO"
     );
     for p in &plans {
         say!(
-            "{:<6} {:<24} {:>14} {:>7} {:>20}  {}{}",
+            "{:<6} {:<24} {:>14} {:>7} {:>14} {:>20}  {}{}",
             p.id,
             p.name,
             p.monthly_allowance,
             p.users,
+            price_text(p),
             limits_text(&p.request_limits),
             models_text(p),
             if p.is_default { " (default)" } else { "" }
@@ -198,7 +249,28 @@ fn show(config: &Config, name: &str, json: bool) -> CmdResult {
     say!("  requests/day:   {}", limit(plan.request_limits.per_day));
     say!("  requests/month: {}", limit(plan.request_limits.per_month));
     say!("  users:          {}", plan.users);
+    say!("  price a month:  {}", price_text(&plan));
+    say!(
+        "  roles:          {}",
+        if plan.roles.is_empty() {
+            "none".to_owned()
+        } else {
+            plan.roles.join(", ")
+        }
+    );
+    say!(
+        "  this cycle:     {} tokens used, revenue {}",
+        plan.used_this_cycle,
+        format_centavos(plan.revenue_this_cycle, false)
+    );
     Ok(())
+}
+
+fn price_text(plan: &PlanRow) -> String {
+    plan.monthly_price.map_or_else(
+        || "none".to_owned(),
+        |p| format_centavos(p.centavos(), false),
+    )
 }
 
 /// "10/50/-": a minute's, a day's and a month's limits, `-` for none.

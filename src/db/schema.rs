@@ -11,6 +11,7 @@ diesel::table! {
         requests_per_minute -> Nullable<Integer>,
         requests_per_day -> Nullable<Integer>,
         requests_per_month -> Nullable<Integer>,
+        monthly_price -> Nullable<BigInt>,
     }
 }
 
@@ -24,6 +25,8 @@ diesel::table! {
         suspended_at -> Nullable<Timestamp>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        librechat_role -> Nullable<Text>,
+        plan_source -> Text,
     }
 }
 
@@ -105,6 +108,13 @@ diesel::table! {
     plan_models (plan_id, model) {
         plan_id -> BigInt,
         model -> Text,
+    }
+}
+
+diesel::table! {
+    plan_roles (role) {
+        role -> Text,
+        plan_id -> BigInt,
     }
 }
 
@@ -273,6 +283,7 @@ diesel::table! {
 
 diesel::joinable!(users -> plans (plan_id));
 diesel::joinable!(plan_models -> plans (plan_id));
+diesel::joinable!(plan_roles -> plans (plan_id));
 diesel::joinable!(credit_requests -> users (user_id));
 diesel::joinable!(redeem_codes -> code_batches (batch_id));
 diesel::joinable!(outbox -> credit_requests (credit_request_id));
@@ -290,6 +301,7 @@ diesel::joinable!(usage_records -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(
     plans,
     plan_models,
+    plan_roles,
     users,
     balances,
     holds,

@@ -126,6 +126,39 @@ pub struct Identity {
     pub key: UserKey,
     pub email: Option<Email>,
     pub name: Option<DisplayName>,
+    /// The user's role in LibreChat (`{{LIBRECHAT_USER_ROLE}}`), which may choose
+    /// their plan.
+    pub role: Option<Role>,
+}
+
+/// A LibreChat role name ("USER", "ADMIN", or one an admin made there): 1 to 64
+/// visible characters, compared exactly.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Role(String);
+
+impl Role {
+    pub const MAX_CHARS: usize = 64;
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        let role = raw.trim();
+        let ok = !role.is_empty()
+            && role.chars().count() <= Self::MAX_CHARS
+            && !is_placeholder(role)
+            && !role
+                .chars()
+                .any(|c| c.is_control() || c == ',' || text::is_hidden(c) || text::is_joiner(c));
+        ok.then(|| Self(role.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

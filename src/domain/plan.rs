@@ -3,8 +3,9 @@
 //! Parsed once where an admin types it (dashboard, command line), so that the ledger
 //! only ever stores a valid plan.
 
-use super::TokenAmount;
+use super::identity::Role;
 use super::requests::{RequestLimit, RequestLimits};
+use super::{Brl, TokenAmount};
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -184,6 +185,10 @@ pub struct PlanChange {
     pub per_minute: Option<Option<RequestLimit>>,
     pub per_day: Option<Option<RequestLimit>>,
     pub per_month: Option<Option<RequestLimit>>,
+    /// The monthly price to set (`Some(None)` removes it).
+    pub monthly_price: Option<Option<Brl>>,
+    /// The LibreChat roles whose users it takes (empty: none).
+    pub roles: Option<BTreeSet<Role>>,
     /// New users start on it from now on.
     pub make_default: bool,
 }
@@ -207,6 +212,62 @@ pub struct PlanSpec {
     pub monthly_allowance: Allowance,
     pub models: PlanModels,
     pub limits: RequestLimits,
+    /// What it is sold for a month, for reports; `None`: not set.
+    pub monthly_price: Option<Brl>,
+    /// The LibreChat roles whose users start on it.
+    pub roles: BTreeSet<Role>,
+}
+
+/// Who put a user on their plan. A user an admin placed stays there whatever their
+/// LibreChat role; one their role placed goes back to the default plan when the
+/// role no longer names a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanSource {
+    Default,
+    Role,
+    Admin,
+}
+
+impl PlanSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Role => "role",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// The stored form; anything else is the admin's (never moved by a role).
+    pub fn stored(s: &str) -> Self {
+        match s {
+            "default" => Self::Default,
+            "role" => Self::Role,
+            _ => Self::Admin,
+        }
+    }
+}
+
+/// Roles as an admin types them: names separated by commas or new lines; blank is
+/// none. At most 20.
+pub fn parse_roles(text: &str) -> Result<BTreeSet<Role>, String> {
+    let mut roles = BTreeSet::new();
+    for raw in text
+        .split([',', '\n', '\r'])
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+    {
+        let role = Role::parse(raw).ok_or_else(|| {
+            format!(
+                "{:?} is not a LibreChat role (1 to 64 visible characters, no commas)",
+                raw.chars().take(70).collect::<String>()
+            )
+        })?;
+        roles.insert(role);
+    }
+    if roles.len() > 20 {
+        return Err("a plan takes the users of at most 20 roles".into());
+    }
+    Ok(roles)
 }
 
 /// What the admission of a request checks of the user's plan, read in the
@@ -289,6 +350,26 @@ mod tests {
             );
         }
         assert_eq!(PlanModels::parse(" * "), Ok(PlanModels::All));
+    }
+
+    #[test]
+    fn roles_are_exact_visible_names() {
+        let roles = parse_roles(" PRO, VIP\nPRO ").unwrap();
+        assert_eq!(
+            roles.iter().map(Role::as_str).collect::<Vec<_>>(),
+            ["PRO", "VIP"]
+        );
+        assert!(parse_roles("").unwrap().is_empty());
+        for bad in [
+            "PRO\u{202E}",
+            "A\u{200B}B",
+            &"R".repeat(65),
+            "{{LIBRECHAT_USER_ROLE}}",
+        ] {
+            assert!(parse_roles(bad).is_err(), "{bad:?}");
+        }
+        let many: Vec<String> = (0..21).map(|i| format!("R{i}")).collect();
+        assert!(parse_roles(&many.join(",")).is_err());
     }
 
     #[test]

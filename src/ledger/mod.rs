@@ -302,6 +302,8 @@ pub enum Actor {
     Cli,
     /// A user acting on their own balance (redeeming a code), by tokengate id.
     User(i64),
+    /// The user's LibreChat role, moving them to its plan.
+    Role,
 }
 
 impl Actor {
@@ -311,6 +313,7 @@ impl Actor {
             Self::Admin(email) => format!("admin:{email}"),
             Self::Cli => "cli".into(),
             Self::User(id) => format!("user:#{id}"),
+            Self::Role => "librechat-role".into(),
         }
     }
 }
@@ -334,6 +337,9 @@ pub enum LedgerError {
     PlanNotFound(String),
     #[error("a plan named {0:?} already exists")]
     PlanExists(String),
+    /// A LibreChat role names one plan at most.
+    #[error("the role {role:?} already takes its users to the plan {plan:?}")]
+    RoleTaken { role: String, plan: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -775,9 +781,10 @@ impl Ledger {
     }
 
     /// Every plan, with how many users are on it.
+    /// Every plan, with its users, their use this cycle and its revenue.
     pub fn plans(&self) -> Result<Vec<views::PlanRow>, StoreError> {
         let mut conn = self.db.conn()?;
-        Ok(views::plans(&mut conn)?)
+        Ok(views::plans(&mut conn, &self.current_cycle().key())?)
     }
 
     /// The plan named `name`.
@@ -792,8 +799,7 @@ impl Ledger {
     /// `who.key`, or about to be linked by `who.email` to one an admin created.
     pub fn models_for(&self, who: &Identity) -> Result<PlanModels, StoreError> {
         let mut conn = self.db.conn()?;
-        let email = who.email.as_ref().map(Email::as_str);
-        Ok(views::models_for(&mut conn, &who.key, email)?)
+        Ok(views::models_for(&mut conn, who)?)
     }
 
     /// Every model with a weight set, and what it costs.

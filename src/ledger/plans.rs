@@ -6,15 +6,18 @@ use super::audit::{self, Action};
 use super::tx::{Conn, Ctx, LedgerChange, append_ledger, lock_and_roll};
 use super::{Actor, LedgerError};
 use crate::alerts::store as alert_store;
-use crate::db::schema::{balances, ledger, plan_models, plans, users};
+use crate::db::schema::{balances, ledger, plan_models, plan_roles, plans, users};
 use crate::db::statement::on_backend;
-use crate::db::{StoreError, flag};
+use crate::db::{AnyConnection, StoreError, flag};
+use crate::domain::identity::Role;
+use crate::domain::plan::PlanSource;
 use crate::domain::{
-    PlanChange, PlanModels, PlanPolicy, PlanSpec, RequestLimit, RequestLimits, used_percent,
+    Brl, PlanChange, PlanModels, PlanPolicy, PlanSpec, RequestLimit, RequestLimits, used_percent,
 };
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use serde_json::json;
+use std::collections::BTreeSet;
 
 /// What plan `plan_id` asks of a request, in one statement: on the hot path (every
 /// reservation), one the statement cache keeps.
@@ -42,6 +45,100 @@ pub(super) fn policy(c: &mut Conn, plan_id: i64) -> Result<PlanPolicy, StoreErro
         models: PlanModels::stored(rows.into_iter().filter_map(|r| r.3)),
         limits,
     })
+}
+
+/// The plan a LibreChat role takes its users to, if any.
+pub(super) fn role_plan(c: &mut Conn, role: &str) -> Result<Option<i64>, StoreError> {
+    Ok(plan_roles::table
+        .find(role)
+        .select(plan_roles::plan_id)
+        .first(c)
+        .optional()?)
+}
+
+/// Where a user's LibreChat role puts them, when that is not where they are: the
+/// role's plan (`role_plan`); or, for a user their role placed whose role no longer
+/// names a plan, the default plan. Nothing for a user an admin placed.
+pub(super) fn placement(
+    c: &mut Conn,
+    plan_id: i64,
+    source: PlanSource,
+    role_plan: Option<i64>,
+) -> Result<Option<(i64, PlanSource)>, StoreError> {
+    let target = match (source, role_plan) {
+        (PlanSource::Admin, _) => None,
+        (_, Some(plan)) => Some((plan, PlanSource::Role)),
+        (PlanSource::Role, None) => Some((default_plan(c)?, PlanSource::Default)),
+        (PlanSource::Default, None) => None,
+    };
+    Ok(target.filter(|&(plan, to)| plan != plan_id || to != source))
+}
+
+fn default_plan(c: &mut Conn) -> Result<i64, StoreError> {
+    Ok(plans::table
+        .order((plans::is_default.desc(), plans::id.asc()))
+        .select(plans::id)
+        .first(c)?)
+}
+
+/// Puts a user where their LibreChat role says (`placement`), as an admin's move
+/// would: the cycle's use carries over. An admin's choice made meanwhile wins.
+pub(super) fn follow_role(
+    c: &mut Conn,
+    ctx: &Ctx,
+    user_id: i64,
+    (plan_id, source): (i64, PlanSource),
+) -> Result<i64, StoreError> {
+    move_user(c, ctx, user_id, plan_id, &Actor::Role, source).map_err(|e| match e {
+        LedgerError::Store(e) => e,
+        // The plan is a row this transaction just read.
+        other => StoreError::Query(diesel::result::Error::QueryBuilderError(
+            other.to_string().into(),
+        )),
+    })
+}
+
+/// The roles plan `plan_id` takes.
+fn roles_of(c: &mut Conn, plan_id: i64) -> Result<BTreeSet<Role>, StoreError> {
+    let names: Vec<String> = plan_roles::table
+        .filter(plan_roles::plan_id.eq(plan_id))
+        .select(plan_roles::role)
+        .load(c)?;
+    Ok(names.iter().filter_map(|r| Role::parse(r)).collect())
+}
+
+/// Makes `roles` exactly those plan `plan_id` takes; a role another plan takes is
+/// refused.
+fn write_roles(c: &mut Conn, plan_id: i64, roles: &BTreeSet<Role>) -> Result<(), LedgerError> {
+    for role in roles {
+        let taken: Option<String> = plan_roles::table
+            .inner_join(plans::table)
+            .filter(plan_roles::role.eq(role.as_str()))
+            .filter(plan_roles::plan_id.ne(plan_id))
+            .select(plans::name)
+            .first(c)
+            .optional()?;
+        if let Some(plan) = taken {
+            return Err(LedgerError::RoleTaken {
+                role: role.to_string(),
+                plan,
+            });
+        }
+    }
+    diesel::delete(plan_roles::table.filter(plan_roles::plan_id.eq(plan_id))).execute(c)?;
+    for role in roles {
+        diesel::insert_into(plan_roles::table)
+            .values((
+                plan_roles::role.eq(role.as_str()),
+                plan_roles::plan_id.eq(plan_id),
+            ))
+            .execute(c)?;
+    }
+    Ok(())
+}
+
+fn role_names(roles: &BTreeSet<Role>) -> Vec<&str> {
+    roles.iter().map(Role::as_str).collect()
 }
 
 /// A limit as its column keeps it.
@@ -103,10 +200,12 @@ pub(super) fn create_plan(
             plans::requests_per_minute.eq(column(spec.limits.per_minute)),
             plans::requests_per_day.eq(column(spec.limits.per_day)),
             plans::requests_per_month.eq(column(spec.limits.per_month)),
+            plans::monthly_price.eq(spec.monthly_price.map(Brl::centavos)),
         ))
         .returning(plans::id)
         .get_result(c)?;
     write_models(c, id, &spec.models)?;
+    write_roles(c, id, &spec.roles)?;
     audit::record(
         c,
         actor,
@@ -117,6 +216,8 @@ pub(super) fn create_plan(
             "allowance": spec.monthly_allowance.get(),
             "models": spec.models.listed(),
             "request_limits": audited(&spec.limits),
+            "monthly_price_centavos": spec.monthly_price.map(Brl::centavos),
+            "roles": role_names(&spec.roles),
             "default": make_default,
         }),
         ctx.now,
@@ -148,8 +249,9 @@ pub(super) fn update_plan(
         plans::name,
         plans::monthly_allowance,
         plans::is_default,
+        plans::monthly_price,
     );
-    let found: Option<(i64, String, i64, i32)> = match plan {
+    let found: Option<(i64, String, i64, i32, Option<i64>)> = match plan {
         PlanRef::Id(id) => plans::table.find(*id).select(columns).first(c),
         PlanRef::Name(name) => plans::table
             .filter(plans::name.eq(name))
@@ -157,7 +259,7 @@ pub(super) fn update_plan(
             .first(c),
     }
     .optional()?;
-    let (plan_id, old_name, old_allowance, is_default) = found.ok_or_else(|| {
+    let (plan_id, old_name, old_allowance, is_default, old_price) = found.ok_or_else(|| {
         LedgerError::PlanNotFound(match plan {
             PlanRef::Id(id) => format!("#{id}"),
             PlanRef::Name(name) => name.clone(),
@@ -168,6 +270,11 @@ pub(super) fn update_plan(
         limits: old_limits,
     } = policy(c, plan_id)?;
     let new_limits = change.limits(old_limits);
+    let new_price = change
+        .monthly_price
+        .map_or(old_price, |p| p.map(Brl::centavos));
+    let old_roles = roles_of(c, plan_id)?;
+    let new_roles = change.roles.as_ref().unwrap_or(&old_roles);
     let name = change
         .name
         .as_ref()
@@ -188,6 +295,8 @@ pub(super) fn update_plan(
         || allowance != old_allowance
         || *new_models != old_models
         || new_limits != old_limits
+        || new_price != old_price
+        || *new_roles != old_roles
     {
         // Only what changes is written: on PostgreSQL an edit committed meanwhile by
         // another admin keeps what this one leaves alone.
@@ -203,6 +312,14 @@ pub(super) fn update_plan(
         }
         if *new_models != old_models {
             write_models(c, plan_id, new_models)?;
+        }
+        if *new_roles != old_roles {
+            write_roles(c, plan_id, new_roles)?;
+        }
+        if new_price != old_price {
+            diesel::update(plans::table.find(plan_id))
+                .set(plans::monthly_price.eq(new_price))
+                .execute(c)?;
         }
         if new_limits.per_minute != old_limits.per_minute {
             diesel::update(plans::table.find(plan_id))
@@ -236,6 +353,12 @@ pub(super) fn update_plan(
                 "request_limits": audited(&new_limits),
                 "old_request_limits": audited(&old_limits),
                 "request_limits_from": "now",
+                "monthly_price_centavos": new_price,
+                "old_monthly_price_centavos": old_price,
+                "monthly_price_from": "now",
+                "roles": role_names(new_roles),
+                "old_roles": role_names(&old_roles),
+                "roles_from": "each user's next request",
             }),
             ctx.now,
         )?;
@@ -276,10 +399,8 @@ pub(super) fn set_default_plan(
     Ok(())
 }
 
-/// Moves a user to another plan at once: this cycle's allowance becomes the new
-/// plan's, less what the allowance already paid for this cycle (never below zero), as
-/// an `adjustment` in the ledger. It depends only on the plan moved to, not on the
-/// way there: A to B and back to A leaves what staying on A would have.
+/// An admin (or the command line) moves a user to another plan at once: see
+/// `move_user`. The admin's choice stays whatever the user's LibreChat role.
 pub(super) fn change_plan(
     c: &mut Conn,
     ctx: &Ctx,
@@ -287,12 +408,43 @@ pub(super) fn change_plan(
     plan_id: i64,
     actor: &Actor,
 ) -> Result<(), LedgerError> {
+    move_user(c, ctx, user_id, plan_id, actor, PlanSource::Admin).map(|_| ())
+}
+
+/// Moves a user to another plan at once: this cycle's allowance becomes the new
+/// plan's, less what the allowance already paid for this cycle (never below zero), as
+/// an `adjustment` in the ledger. It depends only on the plan moved to, not on the
+/// way there: A to B and back to A leaves what staying on A would have. `source`
+/// says who placed them; a move by their role (`Actor::System`) does not undo an
+/// admin's placement made meanwhile. Returns the user's plan.
+fn move_user(
+    c: &mut Conn,
+    ctx: &Ctx,
+    user_id: i64,
+    plan_id: i64,
+    actor: &Actor,
+    source: PlanSource,
+) -> Result<i64, LedgerError> {
+    // The user's row first, then the balance's: the order a request takes them in
+    // (it may refresh the user's row before it locks the balance), so neither waits
+    // on the other in a circle.
+    let lock_user = users::table.find(user_id).select(users::id);
+    match c {
+        AnyConnection::Postgresql(pg) => {
+            lock_user.for_update().first::<i64>(pg)?;
+        }
+        // A write transaction holds the whole database.
+        AnyConnection::Sqlite(_) => {}
+    }
     let bal = lock_and_roll(c, ctx, user_id)?;
-    let (old_id, old_name): (i64, String) = users::table
+    let (old_id, old_name, old_source): (i64, String, String) = users::table
         .inner_join(plans::table)
         .filter(users::id.eq(user_id))
-        .select((plans::id, plans::name))
+        .select((plans::id, plans::name, users::plan_source))
         .first(c)?;
+    if source != PlanSource::Admin && PlanSource::stored(&old_source) == PlanSource::Admin {
+        return Ok(old_id);
+    }
     let (new_name, new_allowance): (String, i64) = plans::table
         .find(plan_id)
         .select((plans::name, plans::monthly_allowance))
@@ -300,13 +452,30 @@ pub(super) fn change_plan(
         .optional()?
         .ok_or_else(|| LedgerError::PlanNotFound(format!("#{plan_id}")))?;
     if old_id == plan_id {
-        return Ok(());
+        if PlanSource::stored(&old_source) != source {
+            diesel::update(users::table.find(user_id))
+                .set(users::plan_source.eq(source.as_str()))
+                .execute(c)?;
+            audit::record(
+                c,
+                actor,
+                Action::ChangePlan,
+                Some(user_id),
+                &json!({"from": old_name, "to": new_name, "allowance_delta": 0, "placed_by": source.as_str()}),
+                ctx.now,
+            )?;
+        }
+        return Ok(plan_id);
     }
     let allowance_spent = allowance_spent_this_cycle(c, user_id, &ctx.cycle_key)?;
     let allowance_left = new_allowance.saturating_sub(allowance_spent).max(0);
     let delta = allowance_left - bal.allowance_left;
     diesel::update(users::table.find(user_id))
-        .set((users::plan_id.eq(plan_id), users::updated_at.eq(ctx.now)))
+        .set((
+            users::plan_id.eq(plan_id),
+            users::updated_at.eq(ctx.now),
+            users::plan_source.eq(source.as_str()),
+        ))
         .execute(c)?;
     diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
         .set((
@@ -344,10 +513,10 @@ pub(super) fn change_plan(
         actor,
         Action::ChangePlan,
         Some(user_id),
-        &json!({"from": old_name, "to": new_name, "allowance_delta": delta}),
+        &json!({"from": old_name, "to": new_name, "allowance_delta": delta, "placed_by": source.as_str()}),
         ctx.now,
     )?;
-    Ok(())
+    Ok(plan_id)
 }
 
 /// What this cycle's usage took from the allowance (not from credits), from the

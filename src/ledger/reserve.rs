@@ -25,7 +25,10 @@ pub(super) fn reserve(
     expires_at: DateTime<Utc>,
     policy: &AlertPolicy,
 ) -> Result<(ReserveOutcome, usize), StoreError> {
-    let user = upsert_user(c, ctx, &req.identity)?;
+    let mut user = upsert_user(c, ctx, &req.identity)?;
+    if let Some(placement) = user.wants {
+        user.plan_id = super::plans::follow_role(c, ctx, user.id, placement)?;
+    }
     if user.suspended {
         return Ok((ReserveOutcome::Suspended, 0));
     }

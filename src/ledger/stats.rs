@@ -45,6 +45,26 @@ impl UserState {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|x| x.as_str() == s)
     }
+
+    /// The rule, for a user read in full (the user list filters by the same rule in
+    /// SQL: `filtered_users!`).
+    pub fn of(suspended: bool, left: i64, credits: i64, used: i64, exhausted: bool) -> Self {
+        if suspended {
+            Self::Suspended
+        } else if out_of_balance(left, credits, exhausted) {
+            Self::Blocked
+        } else if i64::from(used_percent(used, left + credits)) >= NEAR_LIMIT_PERCENT {
+            Self::Over80
+        } else {
+            Self::Ok
+        }
+    }
+}
+
+/// Nothing left, or exhausted (a refusal found less left than the smallest useful
+/// request): the dashboard and the command line call the user blocked.
+pub fn out_of_balance(allowance_left: i64, credits: i64, exhausted: bool) -> bool {
+    exhausted || allowance_left + credits <= 0
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,18 +108,6 @@ struct Totals {
     tokens: i64,
     #[diesel(sql_type = BigInt)]
     users: i64,
-}
-
-#[derive(QueryableByName)]
-struct States {
-    #[diesel(sql_type = BigInt)]
-    total: i64,
-    #[diesel(sql_type = BigInt)]
-    suspended: i64,
-    #[diesel(sql_type = BigInt)]
-    blocked: i64,
-    #[diesel(sql_type = BigInt)]
-    over_80: i64,
 }
 
 #[derive(QueryableByName)]
@@ -152,6 +160,70 @@ fn usage_since(c: &mut Conn, since: DateTime<Utc>) -> QueryResult<(i64, i64)> {
     Ok(rows.first().map_or((0, 0), |r| (r.tokens, r.users)))
 }
 
+/// The users a query selects (search and state), boxed: the SQL form of the state
+/// rule, which `UserState::of` states for a row read whole.
+macro_rules! filtered_users {
+    ($q:expr, $cycle:expr) => {{
+        let mut q = users::table
+            .inner_join(plans::table)
+            .inner_join(balances::table)
+            .into_boxed();
+        if let Some(s) = $q
+            .search
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            if let Some(id) = s.strip_prefix('#').and_then(|n| n.parse::<i64>().ok()) {
+                q = q.filter(users::id.eq(id));
+            } else {
+                let p = like_pattern(s);
+                q = q.filter(
+                    lower(users::email)
+                        .like(p.clone())
+                        .escape('\\')
+                        .or(lower(users::name).like(p.clone()).escape('\\'))
+                        .or(lower(users::external_id).like(p).escape('\\')),
+                );
+            }
+        }
+        let left = balances::allowance_left + balances::credits;
+        let near = (balances::used_this_cycle * 100_i64).ge((balances::used_this_cycle
+            + balances::allowance_left
+            + balances::credits)
+            * NEAR_LIMIT_PERCENT);
+        match $q.state {
+            None => {}
+            Some(UserState::Suspended) => q = q.filter(users::suspended_at.is_not_null()),
+            // Blocked: nothing left, or exhausted (a refusal found less left than
+            // the smallest useful request).
+            Some(UserState::Blocked) => {
+                q = q
+                    .filter(users::suspended_at.is_null())
+                    .filter(balances::cycle.eq($cycle))
+                    .filter(left.le(0_i64).or(balances::exhausted_at.is_not_null()))
+            }
+            Some(UserState::Over80) => {
+                q = q
+                    .filter(users::suspended_at.is_null())
+                    .filter(balances::cycle.eq($cycle))
+                    .filter(left.gt(0_i64))
+                    .filter(balances::exhausted_at.is_null())
+                    .filter(near)
+            }
+            Some(UserState::Ok) => {
+                q = q.filter(users::suspended_at.is_null()).filter(
+                    balances::cycle.ne($cycle).or(left
+                        .gt(0_i64)
+                        .and(near.eq(false))
+                        .and(balances::exhausted_at.is_null())),
+                )
+            }
+        }
+        q
+    }};
+}
+
 pub(crate) fn overview(
     c: &mut Conn,
     now: DateTime<Utc>,
@@ -161,20 +233,18 @@ pub(crate) fn overview(
 ) -> Result<Overview, StoreError> {
     let (used_today, _) = usage_since(c, local_midnight(now, tz))?;
     let (used_cycle, active_users) = usage_since(c, cycle_start)?;
-    let n = NEAR_LIMIT_PERCENT;
-    let states_sql = format!(
-        "SELECT CAST(COUNT(*) AS BIGINT) AS total, \
-         CAST(COALESCE(SUM(CASE WHEN u.suspended_at IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS suspended, \
-         CAST(COALESCE(SUM(CASE WHEN u.suspended_at IS NULL AND b.cycle = '{cycle_key}' \
-           AND (b.allowance_left + b.credits <= 0 OR b.exhausted_at IS NOT NULL) \
-           THEN 1 ELSE 0 END), 0) AS BIGINT) AS blocked, \
-         CAST(COALESCE(SUM(CASE WHEN u.suspended_at IS NULL AND b.cycle = '{cycle_key}' \
-           AND b.allowance_left + b.credits > 0 AND b.exhausted_at IS NULL \
-           AND b.used_this_cycle * 100 >= {n} * (b.used_this_cycle + b.allowance_left + b.credits) \
-           THEN 1 ELSE 0 END), 0) AS BIGINT) AS over_80 \
-         FROM users u JOIN balances b ON b.user_id = u.id"
-    );
-    let states: Vec<States> = load(c, &states_sql, &states_sql)?;
+    // Each state counted by the user list's own filter: one rule for both.
+    let mut in_state = |state| -> QueryResult<i64> {
+        let q = UserQuery {
+            state: Some(state),
+            ..UserQuery::default()
+        };
+        filtered_users!(q, cycle_key).count().get_result(c)
+    };
+    let over_80 = in_state(UserState::Over80)?;
+    let blocked = in_state(UserState::Blocked)?;
+    let suspended = in_state(UserState::Suspended)?;
+    let total_users: i64 = users::table.count().get_result(c)?;
     let top_sql = format!(
         "SELECT user_id, CAST(SUM(charged) AS BIGINT) AS tokens FROM usage_records \
          WHERE created_at >= '{}' GROUP BY user_id ORDER BY tokens DESC, user_id LIMIT 10",
@@ -196,15 +266,14 @@ pub(crate) fn overview(
             tokens: t.tokens,
         });
     }
-    let s = states.first();
     Ok(Overview {
         used_today,
         used_cycle,
         active_users,
-        total_users: s.map_or(0, |s| s.total),
-        over_80: s.map_or(0, |s| s.over_80),
-        blocked: s.map_or(0, |s| s.blocked),
-        suspended: s.map_or(0, |s| s.suspended),
+        total_users,
+        over_80,
+        blocked,
+        suspended,
         top_users,
         daily: daily(c, now, tz, 30, None)?,
     })
@@ -365,68 +434,6 @@ fn like_pattern(s: &str) -> String {
     out
 }
 
-macro_rules! filtered_users {
-    ($q:expr, $cycle:expr) => {{
-        let mut q = users::table
-            .inner_join(plans::table)
-            .inner_join(balances::table)
-            .into_boxed();
-        if let Some(s) = $q
-            .search
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
-            if let Some(id) = s.strip_prefix('#').and_then(|n| n.parse::<i64>().ok()) {
-                q = q.filter(users::id.eq(id));
-            } else {
-                let p = like_pattern(s);
-                q = q.filter(
-                    lower(users::email)
-                        .like(p.clone())
-                        .escape('\\')
-                        .or(lower(users::name).like(p.clone()).escape('\\'))
-                        .or(lower(users::external_id).like(p).escape('\\')),
-                );
-            }
-        }
-        let left = balances::allowance_left + balances::credits;
-        let near = (balances::used_this_cycle * 100_i64).ge((balances::used_this_cycle
-            + balances::allowance_left
-            + balances::credits)
-            * NEAR_LIMIT_PERCENT);
-        match $q.state {
-            None => {}
-            Some(UserState::Suspended) => q = q.filter(users::suspended_at.is_not_null()),
-            // Blocked: nothing left, or exhausted (a refusal found less left than
-            // the smallest useful request).
-            Some(UserState::Blocked) => {
-                q = q
-                    .filter(users::suspended_at.is_null())
-                    .filter(balances::cycle.eq($cycle))
-                    .filter(left.le(0_i64).or(balances::exhausted_at.is_not_null()))
-            }
-            Some(UserState::Over80) => {
-                q = q
-                    .filter(users::suspended_at.is_null())
-                    .filter(balances::cycle.eq($cycle))
-                    .filter(left.gt(0_i64))
-                    .filter(balances::exhausted_at.is_null())
-                    .filter(near)
-            }
-            Some(UserState::Ok) => {
-                q = q.filter(users::suspended_at.is_null()).filter(
-                    balances::cycle.ne($cycle).or(left
-                        .gt(0_i64)
-                        .and(near.eq(false))
-                        .and(balances::exhausted_at.is_null())),
-                )
-            }
-        }
-        q
-    }};
-}
-
 /// A page of users and how many match in all.
 pub(crate) fn list_users(
     c: &mut Conn,
@@ -493,15 +500,7 @@ pub(crate) fn list_users(
                     (allowance, 0, false)
                 };
                 let pct = used_percent(used, left + credits);
-                let state = if suspended_at.is_some() {
-                    UserState::Suspended
-                } else if left + credits <= 0 || exhausted {
-                    UserState::Blocked
-                } else if i64::from(pct) >= NEAR_LIMIT_PERCENT {
-                    UserState::Over80
-                } else {
-                    UserState::Ok
-                };
+                let state = UserState::of(suspended_at.is_some(), left, credits, used, exhausted);
                 UserRow {
                     id,
                     external_id,

@@ -6,9 +6,12 @@
 use super::audit::{self, Action};
 use super::{Actor, UserRef};
 use crate::alerts::store as alert_store;
-use crate::db::schema::{balances, holds, instances, ledger, model_weights, plans, users};
+use crate::db::schema::{
+    balances, holds, instances, ledger, model_weights, plan_roles, plans, users,
+};
 use crate::db::statement::{FixedUpdate, on_backend};
 use crate::db::{AnyConnection, StoreError};
+use crate::domain::plan::PlanSource;
 use crate::domain::{
     Clock, Cycle, Email, Identity, SystemClock, TokenAmount, Weights, used_percent,
 };
@@ -182,7 +185,18 @@ pub(super) fn create_user_by_email(
     if let Some(id) = super::views::find_user(c, &UserRef::Email(email.clone()))? {
         return Ok(id);
     }
-    let (id, _) = insert_user(c, ctx, None, Some(email.as_str()), name, &actor.label())?;
+    let (id, _) = insert_user(
+        c,
+        ctx,
+        &NewUser {
+            external_id: None,
+            email: Some(email.as_str()),
+            name,
+            role: None,
+            plan_id: None,
+        },
+        &actor.label(),
+    )?;
     audit::record(
         c,
         actor,
@@ -393,10 +407,11 @@ pub(super) fn extend_holds(
 }
 
 /// Finds the caller's user row, linking a pre-created user by email or creating one
-/// on the default plan. Email and name are written only when LibreChat sent new
-/// ones: most requests only read the row, which keeps the hot path's writes (and on
-/// PostgreSQL, dead row versions) down. Concurrency is settled by the balance row's
-/// lock taken next, and a lost race to create the user by a retry.
+/// (on their LibreChat role's plan, else the default plan). Email, name and role are
+/// written only when LibreChat sent new ones: most requests only read the row, which
+/// keeps the hot path's writes (and on PostgreSQL, dead row versions) down.
+/// Concurrency is settled by the balance row's lock taken next, and a lost race to
+/// create the user by a retry.
 pub(super) fn upsert_user(
     c: &mut Conn,
     ctx: &Ctx,
@@ -404,7 +419,10 @@ pub(super) fn upsert_user(
 ) -> Result<UserOnFile, StoreError> {
     let email = who.email.as_ref().map(Email::as_str);
     let name = who.name.as_ref().map(|n| n.as_str());
+    let role = who.role.as_ref().map(|r| r.as_str());
+    // The plan the user's stored role takes its users to comes in the same read.
     let lookup = users::table
+        .left_join(plan_roles::table.on(users::librechat_role.eq(plan_roles::role.nullable())))
         .filter(users::external_id.eq(who.key.as_str()))
         .select((
             users::id,
@@ -412,24 +430,47 @@ pub(super) fn upsert_user(
             users::suspended_at,
             users::email,
             users::name,
+            users::librechat_role,
+            users::plan_source,
+            plan_roles::plan_id.nullable(),
         ));
     let known: Option<KnownUser> = on_backend!(c, |c| lookup.first(c).optional())?;
-    if let Some((id, plan_id, suspended_at, stored_email, stored_name)) = known {
+    if let Some((
+        id,
+        plan_id,
+        suspended_at,
+        stored_email,
+        stored_name,
+        stored_role,
+        source,
+        stored_role_plan,
+    )) = known
+    {
+        let new_role = role.is_some() && role != stored_role.as_deref();
         let changed = (email.is_some() && email != stored_email.as_deref())
-            || (name.is_some() && name != stored_name.as_deref());
+            || (name.is_some() && name != stored_name.as_deref())
+            || new_role;
         if changed {
             diesel::update(users::table.find(id))
                 .set(&UserRefresh {
                     email,
                     name,
+                    librechat_role: role,
                     updated_at: ctx.now,
                 })
                 .execute(c)?;
         }
+        let role_plan = match (new_role, role) {
+            (true, Some(role)) => super::plans::role_plan(c, role)?,
+            _ => stored_role_plan,
+        };
+        let source = PlanSource::stored(&source);
+        let wants = super::plans::placement(c, plan_id, source, role_plan)?;
         return Ok(UserOnFile {
             id,
             plan_id,
             suspended: suspended_at.is_some(),
+            wants,
         });
     }
     if let Some(email) = email {
@@ -441,37 +482,54 @@ pub(super) fn upsert_user(
             .first(c)
             .optional()?;
         if let Some(id) = precreated {
-            let linked: Option<(i64, Option<NaiveDateTime>)> =
+            let linked: Option<(i64, Option<NaiveDateTime>, String)> =
                 diesel::update(users::table.find(id).filter(users::external_id.is_null()))
                     .set((
                         users::external_id.eq(who.key.as_str()),
                         users::name.eq(name),
+                        users::librechat_role.eq(role),
                         users::updated_at.eq(ctx.now),
                     ))
-                    .returning((users::plan_id, users::suspended_at))
+                    .returning((users::plan_id, users::suspended_at, users::plan_source))
                     .get_result(c)
                     .optional()?;
-            if let Some((plan_id, suspended_at)) = linked {
+            if let Some((plan_id, suspended_at, source)) = linked {
+                let role_plan = match role {
+                    Some(role) => super::plans::role_plan(c, role)?,
+                    None => None,
+                };
+                let source = PlanSource::stored(&source);
+                let wants = super::plans::placement(c, plan_id, source, role_plan)?;
                 return Ok(UserOnFile {
                     id,
                     plan_id,
                     suspended: suspended_at.is_some(),
+                    wants,
                 });
             }
         }
     }
+    let role_plan = match role {
+        Some(role) => super::plans::role_plan(c, role)?,
+        None => None,
+    };
     let (id, plan_id) = insert_user(
         c,
         ctx,
-        Some(who.key.as_str()),
-        email,
-        name,
+        &NewUser {
+            external_id: Some(who.key.as_str()),
+            email,
+            name,
+            role,
+            plan_id: role_plan,
+        },
         &Actor::System.label(),
     )?;
     Ok(UserOnFile {
         id,
         plan_id,
         suspended: false,
+        wants: None,
     })
 }
 
@@ -480,44 +538,78 @@ pub(super) struct UserOnFile {
     pub id: i64,
     pub plan_id: i64,
     pub suspended: bool,
+    /// Where the user's LibreChat role puts them, when that is not where they are
+    /// (`plans::placement`): theirs from this request on.
+    pub wants: Option<(i64, PlanSource)>,
 }
 
-/// id, plan_id, suspended_at, email, name.
+/// id, plan_id, suspended_at, email, name, librechat_role, plan_source, and the
+/// plan of that role.
 type KnownUser = (
     i64,
     i64,
     Option<NaiveDateTime>,
     Option<String>,
     Option<String>,
+    Option<String>,
+    String,
+    Option<i64>,
 );
+
+/// A user to create.
+pub(super) struct NewUser<'a> {
+    pub external_id: Option<&'a str>,
+    pub email: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub role: Option<&'a str>,
+    /// `None`: the default plan.
+    pub plan_id: Option<i64>,
+}
 
 #[derive(AsChangeset)]
 #[diesel(table_name = users)]
 struct UserRefresh<'a> {
     email: Option<&'a str>,
     name: Option<&'a str>,
+    librechat_role: Option<&'a str>,
     updated_at: NaiveDateTime,
 }
 
-/// Creates a user on the default plan with a full first allowance.
+/// Creates a user on their plan (else the default plan) with a full first allowance.
 fn insert_user(
     c: &mut Conn,
     ctx: &Ctx,
-    external_id: Option<&str>,
-    email: Option<&str>,
-    name: Option<&str>,
+    new: &NewUser<'_>,
     actor: &str,
 ) -> Result<(i64, i64), StoreError> {
-    let (plan_id, allowance): (i64, i64) = plans::table
-        .order((plans::is_default.desc(), plans::id.asc()))
-        .select((plans::id, plans::monthly_allowance))
-        .first(c)?;
+    let chosen = match new.plan_id {
+        Some(id) => plans::table
+            .find(id)
+            .select((plans::id, plans::monthly_allowance))
+            .first(c)
+            .optional()?,
+        None => None,
+    };
+    let source = if chosen.is_some() {
+        PlanSource::Role
+    } else {
+        PlanSource::Default
+    };
+    let (plan_id, allowance): (i64, i64) = match chosen {
+        Some(plan) => plan,
+        None => plans::table
+            .order((plans::is_default.desc(), plans::id.asc()))
+            .select((plans::id, plans::monthly_allowance))
+            .first(c)?,
+    };
     let user_id: i64 = diesel::insert_into(users::table)
         .values((
-            users::external_id.eq(external_id),
-            users::email.eq(email),
-            users::name.eq(name),
+            users::external_id.eq(new.external_id),
+            users::email.eq(new.email),
+            users::name.eq(new.name),
+            users::librechat_role.eq(new.role),
             users::plan_id.eq(plan_id),
+            users::plan_source.eq(source.as_str()),
             users::created_at.eq(ctx.now),
             users::updated_at.eq(ctx.now),
         ))

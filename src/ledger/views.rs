@@ -3,10 +3,12 @@
 use super::UserRef;
 use crate::db::AnyConnection;
 use crate::db::schema::{
-    balances, holds, instances, ledger, model_weights, plan_models, plans, usage_records, users,
+    balances, holds, instances, ledger, model_weights, plan_models, plan_roles, plans,
+    usage_records, users,
 };
+use crate::domain::plan::PlanSource;
 use crate::domain::requests::Windows;
-use crate::domain::{Cycle, PlanModels, RequestLimit, RequestLimits, UserKey};
+use crate::domain::{Brl, Cycle, Identity, PlanModels, RequestLimit, RequestLimits};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 use diesel::dsl::sql;
@@ -285,7 +287,11 @@ pub(super) fn user_summary(
                 used_this_cycle: used,
                 remaining: allowance_left + credits - held,
                 used_percent: crate::domain::used_percent(used, allowance_left + credits),
-                blocked: exhausted_at.is_some() || allowance_left + credits <= 0,
+                blocked: super::stats::out_of_balance(
+                    allowance_left,
+                    credits,
+                    exhausted_at.is_some(),
+                ),
                 requests,
             }
         },
@@ -303,6 +309,19 @@ pub struct PlanRow {
     #[serde(serialize_with = "listed_models")]
     pub models: PlanModels,
     pub request_limits: RequestLimits,
+    /// In centavos; `None`: not set.
+    #[serde(rename = "monthly_price_centavos")]
+    pub monthly_price: Option<Brl>,
+    /// Users not suspended, services' accounts aside: those who pay the price this
+    /// cycle.
+    pub active_users: i64,
+    /// Tokens the plan's users have used this cycle.
+    pub used_this_cycle: i64,
+    /// `monthly_price` times `active_users`, in centavos.
+    #[serde(rename = "revenue_this_cycle_centavos")]
+    pub revenue_this_cycle: i64,
+    /// The LibreChat roles whose users it takes.
+    pub roles: Vec<String>,
 }
 
 /// A plan's models in JSON: the list, empty for every model.
@@ -310,8 +329,17 @@ fn listed_models<S: serde::Serializer>(m: &PlanModels, s: S) -> Result<S::Ok, S:
     s.collect_seq(m.listed())
 }
 
-pub(super) fn plans(c: &mut Conn) -> QueryResult<Vec<PlanRow>> {
-    type Row = (i64, String, i64, i32, Option<i32>, Option<i32>, Option<i32>);
+pub(super) fn plans(c: &mut Conn, cycle: &str) -> QueryResult<Vec<PlanRow>> {
+    type Row = (
+        i64,
+        String,
+        i64,
+        i32,
+        Option<i32>,
+        Option<i32>,
+        Option<i32>,
+        Option<i64>,
+    );
     let rows: Vec<Row> = plans::table
         .order(plans::name.asc())
         .select((
@@ -322,68 +350,137 @@ pub(super) fn plans(c: &mut Conn) -> QueryResult<Vec<PlanRow>> {
             plans::requests_per_minute,
             plans::requests_per_day,
             plans::requests_per_month,
+            plans::monthly_price,
         ))
         .load(c)?;
     let counts: Vec<(i64, i64)> = users::table
         .group_by(users::plan_id)
         .select((users::plan_id, diesel::dsl::count_star()))
         .load(c)?;
+    // Who pays: not suspended, and not a service's account (LibreChat's RAG API).
+    let active: Vec<(i64, i64)> = users::table
+        .filter(users::suspended_at.is_null())
+        .filter(
+            users::external_id
+                .is_null()
+                .or(users::external_id.not_like("service:%")),
+        )
+        .group_by(users::plan_id)
+        .select((users::plan_id, diesel::dsl::count_star()))
+        .load(c)?;
+    let used: Vec<(i64, Option<i64>)> = users::table
+        .inner_join(balances::table)
+        .filter(balances::cycle.eq(cycle))
+        .group_by(users::plan_id)
+        .select((
+            users::plan_id,
+            sql::<diesel::sql_types::Nullable<BigInt>>(
+                "CAST(SUM(balances.used_this_cycle) AS BIGINT)",
+            ),
+        ))
+        .load(c)?;
+    let of =
+        |rows: &[(i64, i64)], id: i64| rows.iter().find(|(p, _)| *p == id).map_or(0, |(_, n)| *n);
     let listed: Vec<(i64, String)> = plan_models::table
         .select((plan_models::plan_id, plan_models::model))
+        .load(c)?;
+    let roles: Vec<(i64, String)> = plan_roles::table
+        .order(plan_roles::role.asc())
+        .select((plan_roles::plan_id, plan_roles::role))
         .load(c)?;
     Ok(rows
         .into_iter()
         .map(
-            |(id, name, monthly_allowance, is_default, m, d, mo)| PlanRow {
-                id,
-                name,
-                monthly_allowance,
-                is_default: is_default != 0,
-                request_limits: RequestLimits {
-                    per_minute: RequestLimit::stored(m),
-                    per_day: RequestLimit::stored(d),
-                    per_month: RequestLimit::stored(mo),
-                },
-                users: counts.iter().find(|(p, _)| *p == id).map_or(0, |(_, n)| *n),
-                models: PlanModels::stored(
-                    listed
+            |(id, name, monthly_allowance, is_default, m, d, mo, price)| {
+                let monthly_price = price.and_then(Brl::from_centavos);
+                let active_users = of(&active, id);
+                PlanRow {
+                    id,
+                    name,
+                    monthly_allowance,
+                    is_default: is_default != 0,
+                    request_limits: RequestLimits {
+                        per_minute: RequestLimit::stored(m),
+                        per_day: RequestLimit::stored(d),
+                        per_month: RequestLimit::stored(mo),
+                    },
+                    users: of(&counts, id),
+                    models: PlanModels::stored(
+                        listed
+                            .iter()
+                            .filter(|(p, _)| *p == id)
+                            .map(|(_, m)| m.clone()),
+                    ),
+                    monthly_price,
+                    active_users,
+                    used_this_cycle: used
+                        .iter()
+                        .find(|(p, _)| *p == id)
+                        .and_then(|(_, n)| *n)
+                        .unwrap_or(0),
+                    revenue_this_cycle: monthly_price.map_or(0, |p| p.times(active_users)),
+                    roles: roles
                         .iter()
                         .filter(|(p, _)| *p == id)
-                        .map(|(_, m)| m.clone()),
-                ),
+                        .map(|(_, r)| r.clone())
+                        .collect(),
+                }
             },
         )
         .collect())
 }
 
-/// The models the user LibreChat knows as `key` may use: their plan's; for a user
-/// tokengate has not met yet, the plan of the user an admin created with their
-/// `email` (whom their first request will be), else the default plan's.
-pub(super) fn models_for(
-    c: &mut Conn,
-    key: &UserKey,
-    email: Option<&str>,
-) -> QueryResult<PlanModels> {
-    let mut plan_id: Option<i64> = users::table
-        .filter(users::external_id.eq(key.as_str()))
-        .select(users::plan_id)
+/// The models the caller may use: those of the plan their next request will be on.
+/// That is their LibreChat role's plan, if a plan takes that role and no admin has
+/// chosen theirs; else, for a user tokengate has met, their plan; for one it has not,
+/// that of the user an admin created with their email (whom their first request will
+/// be), else the default plan.
+pub(super) fn models_for(c: &mut Conn, who: &Identity) -> QueryResult<PlanModels> {
+    let email = who.email.as_ref().map(|e| e.as_str());
+    type Found = (i64, Option<String>, String);
+    let columns = (users::plan_id, users::librechat_role, users::plan_source);
+    let mut found: Option<Found> = users::table
+        .filter(users::external_id.eq(who.key.as_str()))
+        .select(columns)
         .first(c)
         .optional()?;
-    if let (None, Some(email)) = (plan_id, email) {
-        plan_id = users::table
+    if let (None, Some(email)) = (&found, email) {
+        found = users::table
             .filter(users::external_id.is_null())
             .filter(users::email.eq(email))
             .order(users::id.asc())
-            .select(users::plan_id)
+            .select(columns)
             .first(c)
             .optional()?;
     }
-    let plan_id = match plan_id {
-        Some(id) => id,
-        None => plans::table
+    let source = found
+        .as_ref()
+        .map_or(PlanSource::Default, |f| PlanSource::stored(&f.2));
+    let role = who
+        .role
+        .as_ref()
+        .map(|r| r.as_str().to_owned())
+        .or_else(|| found.as_ref().and_then(|f| f.1.clone()));
+    let role_plan = match role {
+        Some(role) if source != PlanSource::Admin => plan_roles::table
+            .find(role)
+            .select(plan_roles::plan_id)
+            .first(c)
+            .optional()?,
+        _ => None,
+    };
+    let default_plan = |c: &mut Conn| -> QueryResult<i64> {
+        plans::table
             .order((plans::is_default.desc(), plans::id.asc()))
             .select(plans::id)
-            .first(c)?,
+            .first(c)
+    };
+    // Where `plans::placement` will put them on their next request.
+    let plan_id = match (role_plan, found) {
+        (Some(id), _) => id,
+        (None, Some((_, _, s))) if PlanSource::stored(&s) == PlanSource::Role => default_plan(c)?,
+        (None, Some((id, ..))) => id,
+        (None, None) => default_plan(c)?,
     };
     let names: Vec<String> = plan_models::table
         .filter(plan_models::plan_id.eq(plan_id))

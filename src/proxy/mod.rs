@@ -17,7 +17,7 @@ pub mod upstream;
 pub use body::Endpoint;
 pub use error::{ApiError, V1Error};
 
-use crate::domain::identity::{IdentityError, decode_header_value};
+use crate::domain::identity::{IdentityError, Role, decode_header_value};
 use crate::domain::{DisplayName, Email, Identity, PlanModels, UserKey};
 use crate::ledger::{Outcome, Reservation, ReserveOutcome, ReserveRequest, Settlement};
 use crate::startup::AppState;
@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 pub const USER_ID_HEADER: &str = "x-librechat-user-id";
 pub const USER_EMAIL_HEADER: &str = "x-librechat-user-email";
 pub const USER_NAME_HEADER: &str = "x-librechat-user-name";
+pub const USER_ROLE_HEADER: &str = "x-librechat-user-role";
 
 /// Longest a request waits for its user's previous settlements, or for a backlog of
 /// settlements to shrink (`Settler::caught_up`); after that it reserves against their
@@ -112,6 +113,7 @@ async fn list_models(
             key,
             email: None,
             name: None,
+            role: None,
         }),
     };
     let plan_models = match user {
@@ -610,6 +612,7 @@ async fn admit(
             name: DisplayName::parse(key.as_str()),
             key,
             email: None,
+            role: None,
         },
     };
     let prepared = parsed.prepare(identity.key.as_str())?;
@@ -680,6 +683,7 @@ pub fn identify(headers: &HeaderMap, body_user: Option<&str>) -> Result<Identity
         // A malformed email is ignored rather than refused: the chat must still work.
         email: header(USER_EMAIL_HEADER).and_then(|e| Email::parse(&e).ok()),
         name: header(USER_NAME_HEADER).and_then(|n| DisplayName::parse(&n)),
+        role: header(USER_ROLE_HEADER).and_then(|r| Role::parse(&r)),
     })
 }
 

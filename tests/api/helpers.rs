@@ -621,5 +621,7 @@ pub fn plan_spec(name: &str, allowance: i64) -> tokengate::domain::PlanSpec {
         monthly_allowance: tokengate::domain::plan::Allowance::new(allowance).unwrap(),
         models: tokengate::domain::PlanModels::All,
         limits: tokengate::domain::RequestLimits::default(),
+        monthly_price: None,
+        roles: Default::default(),
     }
 }

@@ -531,3 +531,357 @@ async fn every_route_and_a_service_key_meet_the_plans_models() {
         .unwrap();
     assert_eq!(embed.status(), 200);
 }
+
+/// A plan's monthly price: set from the command line and the dashboard (refused when
+/// it is not a price), audited; the plans page and the overview show each plan's
+/// users, tokens used this cycle and revenue (price times users who pay: neither
+/// the suspended nor a service's account).
+#[actix_web::test]
+async fn plans_have_prices_and_the_dashboard_shows_revenue() {
+    const RAG_KEY: &str = "tg-rag-key-for-tests-0123456789";
+    let app = spawn_app(TestOptions {
+        env: vec![("TOKENGATE_SERVICE_KEYS", format!("rag-api={RAG_KEY}"))],
+        ..TestOptions::default()
+    })
+    .await;
+    let db = &app.db;
+    for args in [
+        [
+            "Básico",
+            "--allowance",
+            "1.500.000",
+            "--price",
+            "99,90",
+            "--default",
+        ],
+        [
+            "Pro",
+            "--allowance",
+            "4.500.000",
+            "--price",
+            "R$ 199,90",
+            "",
+        ],
+    ] {
+        let mut args: Vec<&str> = args.iter().copied().filter(|a| !a.is_empty()).collect();
+        args.splice(0..0, ["plans", "create"]);
+        let out = tokengate(db, &args, None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let out = tokengate(db, &["plans", "show", "Pro"], None);
+    assert!(
+        text(&out.stdout).contains("price a month:  R$ 199.90"),
+        "{}",
+        text(&out.stdout)
+    );
+    for bad in ["19,999", "-5", "1.5.0", "dez reais"] {
+        let out = tokengate(
+            db,
+            &["plans", "edit", "Pro", &format!("--price={bad}")],
+            None,
+        );
+        assert!(!out.status.success(), "{bad}");
+        assert!(
+            text(&out.stderr).contains("is not a price in reais"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+
+    // Three users on Básico (one suspended) and the RAG API's account, which pays
+    // nothing; one on Pro.
+    for user in ["ana", "bia", "caio"] {
+        assert_eq!(
+            app.chat_as(user, &chat_body("fake-model", "olá", false, Some(10)))
+                .await
+                .status(),
+            200
+        );
+    }
+    let res = app
+        .client
+        .post(format!("{}/v1/embeddings", app.address))
+        .bearer_auth(RAG_KEY)
+        .header("content-type", "application/json")
+        .body(serde_json::json!({"model": "fake-embed", "input": "olá"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let pro = app.ledger().plan("Pro").unwrap();
+    app.ledger()
+        .change_plan(app.user_id("caio"), pro.id, &Actor::Cli)
+        .unwrap();
+    app.ledger()
+        .set_suspended(
+            &tokengate::ledger::UserRef::External("bia".into()),
+            true,
+            &Actor::Cli,
+        )
+        .unwrap();
+    let basico = app.ledger().plan("Básico").unwrap();
+    assert_eq!((basico.users, basico.active_users), (3, 1));
+    assert_eq!(basico.revenue_this_cycle, 9_990);
+    assert!(basico.used_this_cycle > 0);
+    assert_eq!(app.ledger().plan("Pro").unwrap().revenue_this_cycle, 19_990);
+
+    let admin = Admin::signed_in(&app).await;
+    let page = admin.page("/admin/plans").await;
+    assert!(
+        page.contains("R$ 99,90") && page.contains("R$ 199,90"),
+        "{page}"
+    );
+    let overview = admin.page("/admin").await;
+    assert!(
+        overview.contains("<th class=\"num\" id=\"revenue\">R$ 299,80</th>"),
+        "{overview}"
+    );
+
+    // The dashboard changes the price, refuses what is not one, and clears it.
+    let page = admin
+        .submit(
+            "/admin/plans",
+            &format!("/admin/plans/{}", pro.id),
+            &[
+                ("name", "Pro"),
+                ("allowance", "4.500.000"),
+                ("price", "dez"),
+            ],
+        )
+        .await;
+    assert!(page.contains("Preço recusado"), "{page}");
+    admin
+        .submit(
+            "/admin/plans",
+            &format!("/admin/plans/{}", pro.id),
+            &[
+                ("name", "Pro"),
+                ("allowance", "4.500.000"),
+                ("price", "249,90"),
+            ],
+        )
+        .await;
+    assert_eq!(app.ledger().plan("Pro").unwrap().revenue_this_cycle, 24_990);
+    // A form without the field keeps the price.
+    admin
+        .submit(
+            "/admin/plans",
+            &format!("/admin/plans/{}", pro.id),
+            &[("name", "Pro"), ("allowance", "4.500.000")],
+        )
+        .await;
+    assert_eq!(app.ledger().plan("Pro").unwrap().revenue_this_cycle, 24_990);
+    let audit = app.ledger().audit_entries(None, 10, 0).unwrap();
+    let edit: Value = serde_json::from_str(
+        &audit
+            .iter()
+            .find(|a| a.action == "edit_plan")
+            .unwrap()
+            .details,
+    )
+    .unwrap();
+    assert_eq!(edit["monthly_price_centavos"], 24_990);
+    assert_eq!(edit["old_monthly_price_centavos"], 19_990);
+    admin
+        .submit(
+            "/admin/plans",
+            &format!("/admin/plans/{}", pro.id),
+            &[("name", "Pro"), ("allowance", "4.500.000"), ("price", "")],
+        )
+        .await;
+    let pro = app.ledger().plan("Pro").unwrap();
+    assert_eq!((pro.monthly_price, pro.revenue_this_cycle), (None, 0));
+}
+
+/// A chat as LibreChat sends it, with the user's role.
+async fn chat_with_role(app: &TestApp, user: &str, role: &str) -> reqwest::Response {
+    app.post("/v1/chat/completions")
+        .header("x-librechat-user-id", user)
+        .header("x-librechat-user-role", role)
+        .body(chat_body("fake-model", "olá", false, Some(10)).to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A plan takes the users of LibreChat roles: a new user with the role starts on
+/// it (and `/v1/models` lists its models before their first chat), a user whose
+/// role changes, or whose role a plan takes later, moves to it with the cycle's use
+/// carried over, and an admin's choice of plan then wins over the role. A role takes its users to one plan at
+/// most; the dashboard and the command line set roles and refuse bad ones.
+#[actix_web::test]
+async fn plans_take_the_users_of_librechat_roles_until_an_admin_chooses() {
+    let app = spawn_app(TestOptions::default()).await;
+    let db = &app.db;
+    let out = tokengate(
+        db,
+        &[
+            "plans",
+            "create",
+            "Pro",
+            "--allowance",
+            "3.000.000",
+            "--models",
+            "gpt-4o",
+            "--roles",
+            "PRO, VIP",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("roles:          PRO, VIP"),
+        "{}",
+        text(&out.stdout)
+    );
+    let pro = app.ledger().plan("Pro").unwrap();
+    assert_eq!(pro.roles, ["PRO", "VIP"]);
+
+    // LibreChat lists the models of the plan the role will give.
+    let res = app
+        .client
+        .get(format!("{}/v1/models", app.address))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-librechat-user-id", "novo-pro")
+        .header("x-librechat-user-role", "PRO")
+        .send()
+        .await
+        .unwrap();
+    let list: Value = res.json().await.unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["data"][0]["id"], "gpt-4o");
+
+    // A new user with the role starts on Pro; one without, on the default plan.
+    let res = app
+        .post("/v1/chat/completions")
+        .header("x-librechat-user-id", "novo-pro")
+        .header("x-librechat-user-role", "PRO")
+        .body(chat_body("gpt-4o", "olá", false, Some(10)).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(app.summary("novo-pro").plan, "Pro");
+    assert_eq!(app.summary("novo-pro").monthly_allowance, 3_000_000);
+    assert_eq!(chat_with_role(&app, "comum", "USER").await.status(), 200);
+    assert_eq!(app.summary("comum").plan, "Mensal");
+
+    // Promoted in LibreChat: the next request is on Pro, what the cycle used carried.
+    let used = app.summary("comum").used_this_cycle;
+    assert!(used > 0);
+    let res = app
+        .post("/v1/chat/completions")
+        .header("x-librechat-user-id", "comum")
+        .header("x-librechat-user-role", "VIP")
+        .body(chat_body("gpt-4o", "olá", false, Some(10)).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "served on the role's plan at once");
+    let promoted = app.summary("comum");
+    assert_eq!(promoted.plan, "Pro");
+    assert!(
+        promoted.allowance_left < 3_000_000 - used,
+        "the cycle's use carried over"
+    );
+    app.assert_invariant("comum");
+
+    // An admin moves them back: the admin's choice stays, whatever role LibreChat
+    // sends afterwards.
+    let mensal = app.ledger().plan("Mensal").unwrap();
+    let admin = Admin::signed_in(&app).await;
+    let comum = app.user_id("comum");
+    admin
+        .submit(
+            &format!("/admin/users/{comum}"),
+            &format!("/admin/users/{comum}/plan"),
+            &[("plan_id", &mensal.id.to_string())],
+        )
+        .await;
+    assert_eq!(app.summary("comum").plan, "Mensal");
+    assert_eq!(chat_with_role(&app, "comum", "PRO").await.status(), 200);
+    assert_eq!(chat_with_role(&app, "comum", "USER").await.status(), 200);
+    assert_eq!(app.summary("comum").plan, "Mensal");
+
+    // A user their role placed goes back to the default plan when their role no
+    // longer names one.
+    // Pro serves only gpt-4o: the refusal names it, and the user is on Pro.
+    assert_eq!(chat_with_role(&app, "rebaixado", "PRO").await.status(), 403);
+    assert_eq!(app.summary("rebaixado").plan, "Pro");
+    assert_eq!(
+        chat_with_role(&app, "rebaixado", "USER").await.status(),
+        200
+    );
+    assert_eq!(app.summary("rebaixado").plan, "Mensal");
+    app.assert_invariant("rebaixado");
+
+    // A role given to a plan later takes the users who have it at their next
+    // request.
+    assert_eq!(chat_with_role(&app, "antigo", "TEAM").await.status(), 200);
+    assert_eq!(app.summary("antigo").plan, "Mensal");
+    let out = tokengate(
+        db,
+        &[
+            "plans",
+            "create",
+            "Equipe",
+            "--allowance",
+            "2.000.000",
+            "--roles",
+            "TEAM",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(chat_with_role(&app, "antigo", "TEAM").await.status(), 200);
+    assert_eq!(app.summary("antigo").plan, "Equipe");
+
+    // One plan per role; bad roles are refused with a reason.
+    let page = admin
+        .submit(
+            "/admin/plans",
+            &format!("/admin/plans/{}", mensal.id),
+            &[
+                ("name", "Mensal"),
+                ("allowance", "1.000.000"),
+                ("roles", "VIP"),
+            ],
+        )
+        .await;
+    assert!(
+        page.contains("O papel &quot;VIP&quot; já leva ao plano &quot;Pro&quot;."),
+        "{page}"
+    );
+    let page = admin
+        .submit(
+            "/admin/plans",
+            &format!("/admin/plans/{}", mensal.id),
+            &[
+                ("name", "Mensal"),
+                ("allowance", "1.000.000"),
+                ("roles", "USER\u{202E}"),
+            ],
+        )
+        .await;
+    assert!(page.contains("Papel recusado"), "{page}");
+    let out = tokengate(db, &["plans", "edit", "Mensal", "--roles", "PRO"], None);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("already takes its users to the plan"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = tokengate(db, &["plans", "edit", "Pro", "--roles", "none"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(app.ledger().plan("Pro").unwrap().roles.is_empty());
+    let audit = app.ledger().audit_entries(None, 10, 0).unwrap();
+    let edit: Value = serde_json::from_str(
+        &audit
+            .iter()
+            .find(|a| a.action == "edit_plan")
+            .unwrap()
+            .details,
+    )
+    .unwrap();
+    assert_eq!(edit["old_roles"], serde_json::json!(["PRO", "VIP"]));
+}

@@ -66,6 +66,7 @@ if (endpoint) {
   check(h['X-LibreChat-User-Id'] === '{{LIBRECHAT_USER_ID}}', 'librechat.yaml: user id header');
   check(h['X-LibreChat-User-Email'] === '{{LIBRECHAT_USER_EMAIL}}', 'librechat.yaml: email header');
   check(h['X-LibreChat-User-Name'] === '{{LIBRECHAT_USER_NAME}}', 'librechat.yaml: name header');
+  check(h['X-LibreChat-User-Role'] === '{{LIBRECHAT_USER_ROLE}}', 'librechat.yaml: role header (plans by role)');
   // The provider's built-in web search is refused by tokengate: not offered.
   check((endpoint.dropParams ?? []).includes('web_search'), 'librechat.yaml: the endpoint must drop web_search (tokengate refuses built-in tools)');
   const keyVar = /^\$\{(\w+)\}$/.exec(endpoint.apiKey ?? '')?.[1];

@@ -1,4 +1,5 @@
-//! The overview: usage today and this cycle, user states, top users, 30 days.
+//! The overview: usage today and this cycle, user states, usage and revenue per plan,
+//! top users, 30 days.
 
 use super::{locale, render, with_ledger};
 use crate::admin::AdminError;
@@ -10,10 +11,15 @@ use maud::html;
 
 pub async fn show(state: web::Data<AppState>, me: SignedIn) -> Result<HttpResponse, AdminError> {
     let l = locale(&state);
-    let (o, open_requests) = with_ledger(&state, |ledger| {
-        Ok::<_, crate::db::StoreError>((ledger.overview()?, ledger.open_credit_requests()?))
+    let (o, open_requests, plans) = with_ledger(&state, |ledger| {
+        Ok::<_, crate::db::StoreError>((
+            ledger.overview()?,
+            ledger.open_credit_requests()?,
+            ledger.plans()?,
+        ))
     })
     .await?;
+    let revenue: i64 = plans.iter().map(|p| p.revenue_this_cycle).sum();
     let cycle = state.ledger.current_cycle();
     let cards = [
         (
@@ -71,6 +77,36 @@ pub async fn show(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
         section {
             h2 { (l.pick("Uso por dia", "Usage per day")) }
             (views::daily_chart(&o.daily, l))
+        }
+        section {
+            h2 { (l.pick("Por plano, neste ciclo", "Per plan, this cycle")) }
+            table.per-plan {
+                thead { tr {
+                    th { (l.pick("Plano", "Plan")) }
+                    th.num { (l.pick("Usuários que pagam", "Paying users")) }
+                    th.num { (l.pick("Tokens usados", "Tokens used")) }
+                    th.num { (l.pick("Receita", "Revenue")) }
+                } }
+                tbody {
+                    @for p in &plans {
+                        tr {
+                            td { a href="/admin/plans" { (p.name) } }
+                            td.num { (p.active_users) }
+                            td.num { (views::tokens(p.used_this_cycle, l)) }
+                            td.num { @match p.monthly_price {
+                                Some(_) => (views::reais(p.revenue_this_cycle, l)),
+                                None => span.muted { (l.pick("sem preço", "no price")) },
+                            } }
+                        }
+                    }
+                }
+                tfoot { tr {
+                    th { (l.pick("Total", "Total")) }
+                    th.num { (plans.iter().map(|p| p.active_users).sum::<i64>()) }
+                    th.num { (views::tokens(plans.iter().map(|p| p.used_this_cycle).sum(), l)) }
+                    th.num #revenue { (views::reais(revenue, l)) }
+                } }
+            }
         }
         section {
             h2 { (l.pick("Quem mais usou neste ciclo", "Top users this cycle")) }

@@ -6,9 +6,9 @@ use crate::admin::AdminError;
 use crate::admin::session::SignedIn;
 use crate::admin::views::{self, Nav};
 use crate::config::Locale;
-use crate::domain::plan::{PLAN_NAME_MAX, PlanModelsError};
+use crate::domain::plan::{PLAN_NAME_MAX, PlanModelsError, parse_roles};
 use crate::domain::{
-    PlanChange, PlanModels, PlanName, PlanSpec, RequestLimit, RequestLimits, TokenAmount,
+    Brl, PlanChange, PlanModels, PlanName, PlanSpec, RequestLimit, RequestLimits, TokenAmount,
 };
 use crate::ledger::PlanRef;
 use crate::startup::AppState;
@@ -26,22 +26,30 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
                 th { (l.pick("Plano", "Plan")) } th { (l.pick("Tokens por mês", "Tokens a month")) }
                 th { (l.pick("Modelos", "Models")) }
                 th { (l.pick("Mensagens por minuto / dia / mês", "Messages a minute / day / month")) }
-                th.num { (l.pick("Usuários", "Users")) } th { (l.pick("Padrão", "Default")) } th {}
+                th { (l.pick("Preço por mês", "Price a month")) }
+                th.num { (l.pick("Usuários", "Users")) }
+                th.num { (l.pick("Tokens usados no ciclo", "Tokens used this cycle")) }
+                th.num { (l.pick("Receita no ciclo", "Revenue this cycle")) }
+                th { (l.pick("Padrão", "Default")) } th {}
             } }
             tbody {
                 @for p in &plans {
                     tr {
-                        td colspan="4" {
+                        td colspan="5" {
                             form.inline method="post" action=(format!("/admin/plans/{}", p.id)) {
                                 (views::csrf_input(&me.csrf))
                                 input type="text" name="name" value=(p.name) required maxlength="60" aria-label=(l.pick("Nome", "Name"));
                                 input type="text" name="allowance" value=(views::tokens(p.monthly_allowance, l)) required inputmode="numeric" aria-label=(l.pick("Tokens por mês", "Tokens a month"));
                                 input type="text" name="models" value=(p.models.to_string()) placeholder=(l.pick("todos", "all")) aria-label=(l.pick("Modelos", "Models"));
                                 (limit_inputs(&p.request_limits, l))
+                                input.roles type="text" name="roles" value=(p.roles.join(", ")) placeholder=(l.pick("papéis do LibreChat", "LibreChat roles")) aria-label=(l.pick("Papéis do LibreChat", "LibreChat roles"));
+                                input.price type="text" name="price" value=(p.monthly_price.map(|p| p.to_string()).unwrap_or_default()) inputmode="decimal" placeholder="R$" aria-label=(l.pick("Preço por mês (R$)", "Price a month (R$)"));
                                 button type="submit" { (l.pick("Salvar", "Save")) }
                             }
                         }
                         td.num { (p.users) }
+                        td.num { (views::tokens(p.used_this_cycle, l)) }
+                        td.num.revenue { @if p.monthly_price.is_some() { (views::reais(p.revenue_this_cycle, l)) } }
                         td { @if p.is_default { span.badge.ok { (l.pick("padrão", "default")) } } }
                         td {
                             @if !p.is_default {
@@ -56,8 +64,8 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
             }
         }
         p.muted { (l.pick(
-            "Uma nova franquia vale a partir do próximo ciclo de cada usuário; os modelos e os limites de mensagens valem na hora. Limites em branco: sem limite. O dia vira à meia-noite local; o mês, no início do ciclo. Novos usuários entram no plano padrão.",
-            "A new allowance applies from each user's next cycle; models and message limits apply at once. A blank limit is no limit. Days turn at local midnight, months at the cycle's start. New users start on the default plan.")) }
+            "Uma nova franquia vale a partir do próximo ciclo de cada usuário; os modelos, os limites de mensagens e o preço valem na hora. A receita do ciclo é o preço vezes os usuários não suspensos. Limites em branco: sem limite. O dia vira à meia-noite local; o mês, no início do ciclo. Novos usuários entram no plano padrão.",
+            "A new allowance applies from each user's next cycle; models, message limits and the price apply at once. The cycle's revenue is the price times the users not suspended. A blank limit is no limit. Days turn at local midnight, months at the cycle's start. New users start on the default plan.")) }
         form.stack method="post" action="/admin/plans" {
             h2 { (l.pick("Novo plano", "New plan")) }
             (views::csrf_input(&me.csrf))
@@ -70,6 +78,10 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
                 legend { (l.pick("Mensagens (em branco: sem limite)", "Messages (blank: no limit)")) }
                 (limit_inputs(&RequestLimits::default(), l))
             }
+            label { (l.pick("Papéis do LibreChat cujos usuários entram neste plano (separados por vírgula; opcional)", "LibreChat roles whose users start on this plan (comma-separated; optional)"))
+                input type="text" name="roles" placeholder="PRO"; }
+            label { (l.pick("Preço por mês, em reais (para relatórios; opcional)", "Price a month, in reais (for reports; optional)"))
+                input type="text" name="price" inputmode="decimal" placeholder="199,90"; }
             label.check { input type="checkbox" name="make_default" value="1"; " " (l.pick("Plano padrão para novos usuários", "Default plan for new users")) }
             button type="submit" { (l.pick("Criar plano", "Create plan")) }
         }
@@ -105,6 +117,8 @@ pub struct PlanForm {
     per_minute: Option<String>,
     per_day: Option<String>,
     per_month: Option<String>,
+    price: Option<String>,
+    roles: Option<String>,
     make_default: String,
 }
 
@@ -180,8 +194,45 @@ fn parse_plan(form: &PlanForm, l: Locale) -> Result<PlanChange, String> {
             })
             .transpose()
     };
+    let monthly_price = form
+        .price
+        .as_deref()
+        .map(|text| match text.trim() {
+            "" => Ok(None),
+            t => Brl::parse(t).map(Some).map_err(|_| {
+                format!(
+                    "{} {:?}: {}",
+                    l.pick("Preço recusado", "Price refused"),
+                    one_line(t, 40),
+                    l.pick(
+                        "escreva em reais, como 199,90, ou deixe em branco",
+                        "write it in reais, like 199.90, or leave it blank"
+                    )
+                )
+            }),
+        })
+        .transpose()?;
+    let roles = form
+        .roles
+        .as_deref()
+        .map(|text| {
+            parse_roles(text).map_err(|_| {
+                format!(
+                    "{} {:?}: {}",
+                    l.pick("Papel recusado", "Role refused"),
+                    one_line(text, 40),
+                    l.pick(
+                        "escreva os nomes dos papéis do LibreChat separados por vírgula, como PRO",
+                        "write LibreChat role names separated by commas, like PRO"
+                    )
+                )
+            })
+        })
+        .transpose()?;
     Ok(PlanChange {
         name: Some(name),
+        monthly_price,
+        roles,
         monthly_allowance: Some(allowance.into()),
         models,
         per_minute: limit(
@@ -209,6 +260,8 @@ fn new_plan(change: PlanChange) -> Option<PlanSpec> {
         monthly_allowance: change.monthly_allowance?,
         models: change.models.unwrap_or_default(),
         limits,
+        monthly_price: change.monthly_price.flatten(),
+        roles: change.roles.unwrap_or_default(),
     })
 }
 
@@ -224,6 +277,12 @@ fn plan_error(e: AdminError, name: &str, l: Locale) -> Result<String, AdminError
         AdminError::NotFound => Ok(l
             .pick("Esse plano não existe mais.", "That plan no longer exists.")
             .into()),
+        AdminError::RoleTaken { role, plan } => Ok(match l {
+            Locale::PtBr => format!("O papel {role:?} já leva ao plano {plan:?}."),
+            Locale::En => {
+                format!("The role {role:?} already takes its users to the plan {plan:?}.")
+            }
+        }),
         other => Err(other),
     }
 }

@@ -1,0 +1,164 @@
+//! Money in Brazilian reais, in whole centavos: what a plan is sold for.
+
+use std::fmt;
+
+/// The most a price may be: R$ 10.000.000,00, far above any plan, and far from
+/// overflowing a sum over every user.
+const MAX_CENTAVOS: i64 = 1_000_000_000;
+
+/// An amount in reais, kept in centavos; never negative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize)]
+#[serde(transparent)]
+pub struct Brl(i64);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a price in reais: write it as 199,90 (or 199.90, 1.199,90), at most two decimals"
+)]
+pub struct BrlError(String);
+
+impl Brl {
+    pub fn from_centavos(c: i64) -> Option<Self> {
+        (0..=MAX_CENTAVOS).contains(&c).then_some(Self(c))
+    }
+
+    pub fn centavos(self) -> i64 {
+        self.0
+    }
+
+    /// A price as people write it: "199,90", "R$ 1.199,90", "199.90", "1,199.90",
+    /// "199". The last `.` or `,` is the decimal mark when one or two digits follow
+    /// it; every other one groups thousands in threes. Anything else ("1.5.0",
+    /// negative, three decimals) is refused rather than guessed, and so is one
+    /// separator before three digits alone ("1.199", "19,999"): a decimal to some
+    /// readers, thousands to others.
+    pub fn parse(raw: &str) -> Result<Self, BrlError> {
+        let err = || BrlError(raw.trim().chars().take(40).collect());
+        let s = raw.trim();
+        let s = s.strip_prefix("R$").unwrap_or(s).trim();
+        if s.is_empty()
+            || !s
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == '.' || c == ',')
+        {
+            return Err(err());
+        }
+        let (whole, cents) = match s.rfind(['.', ',']) {
+            Some(i) if (2..=3).contains(&(s.len() - i)) => {
+                let frac = &s[i + 1..];
+                let cents: i64 = frac.parse().map_err(|_| err())?;
+                (&s[..i], if frac.len() == 1 { cents * 10 } else { cents })
+            }
+            _ => (s, 0),
+        };
+        // The whole part: digits, grouped in threes by one separator if any.
+        let separators = whole.chars().filter(|c| !c.is_ascii_digit()).count();
+        if separators == 1 && whole.len() == s.len() {
+            return Err(err());
+        }
+        let mut seps = whole.chars().filter(|c| !c.is_ascii_digit());
+        let digits: String = match seps.next() {
+            None => whole.to_owned(),
+            Some(sep) => {
+                if seps.any(|c| c != sep) || s[whole.len()..].starts_with(sep) {
+                    return Err(err());
+                }
+                let groups: Vec<&str> = whole.split(sep).collect();
+                if !(1..=3).contains(&groups[0].len()) || groups[1..].iter().any(|g| g.len() != 3) {
+                    return Err(err());
+                }
+                groups.concat()
+            }
+        };
+        if digits.is_empty() {
+            return Err(err());
+        }
+        let reais: i64 = digits.parse().map_err(|_| err())?;
+        reais
+            .checked_mul(100)
+            .and_then(|c| c.checked_add(cents))
+            .and_then(Self::from_centavos)
+            .ok_or_else(err)
+    }
+
+    /// `n` times this price, saturating (a report's total).
+    pub fn times(self, n: i64) -> i64 {
+        self.0.saturating_mul(n.max(0))
+    }
+}
+
+/// A number of centavos as a person reads it: "R$ 1.199,90" or "R$ 1,199.90".
+pub fn format_centavos(c: i64, pt_br: bool) -> String {
+    let (thousands, decimal) = if pt_br { ('.', ',') } else { (',', '.') };
+    let reais = (c / 100).unsigned_abs().to_string();
+    let mut out = String::from(if c < 0 { "-R$ " } else { "R$ " });
+    for (i, d) in reais.chars().enumerate() {
+        if i > 0 && (reais.len() - i).is_multiple_of(3) {
+            out.push(thousands);
+        }
+        out.push(d);
+    }
+    out.push(decimal);
+    out.push_str(&format!("{:02}", (c % 100).unsigned_abs()));
+    out
+}
+
+/// As typed back into the dashboard's form: "199,90".
+impl fmt::Display for Brl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{},{:02}", self.0 / 100, self.0 % 100)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prices_are_read_as_people_write_them() {
+        let c = |s: &str| Brl::parse(s).map(Brl::centavos);
+        assert_eq!(c("199,90"), Ok(19_990));
+        assert_eq!(c("R$ 199,90"), Ok(19_990));
+        assert_eq!(c("R$199.90"), Ok(19_990));
+        assert_eq!(c("1.199,90"), Ok(119_990));
+        assert_eq!(c("1,199.90"), Ok(119_990));
+        assert_eq!(c("1.199.000"), Ok(119_900_000));
+        assert_eq!(c("99"), Ok(9_900));
+        assert_eq!(c("0,5"), Ok(50));
+        assert_eq!(c("0"), Ok(0));
+        for bad in [
+            "",
+            "R$",
+            "-10",
+            "1.199.90",
+            "1.5.0",
+            "19,9999",
+            "1.19,90",
+            "1.199.9,9",
+            "abc",
+            "1e3",
+            "10.000.000,01",
+            "99999999999999999999",
+            ",50",
+            "1,,50",
+            "1.,50",
+        ] {
+            assert!(Brl::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn prices_are_shown_in_reais() {
+        assert_eq!(format_centavos(119_990, true), "R$ 1.199,90");
+        assert_eq!(format_centavos(119_990, false), "R$ 1,199.90");
+        assert_eq!(format_centavos(5, true), "R$ 0,05");
+        assert_eq!(Brl::parse("1.199,90").unwrap().to_string(), "1199,90");
+        assert_eq!(
+            Brl::parse(&Brl::parse("199,9").unwrap().to_string())
+                .unwrap()
+                .centavos(),
+            19_990
+        );
+    }
+}
