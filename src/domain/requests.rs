@@ -115,6 +115,15 @@ pub struct RequestCounts {
 }
 
 impl RequestLimits {
+    /// The plan's three columns as the database keeps them (`RequestLimit::stored`).
+    pub fn stored(per_minute: Option<i32>, per_day: Option<i32>, per_month: Option<i32>) -> Self {
+        Self {
+            per_minute: RequestLimit::stored(per_minute),
+            per_day: RequestLimit::stored(per_day),
+            per_month: RequestLimit::stored(per_month),
+        }
+    }
+
     pub fn get(&self, period: Period) -> Option<RequestLimit> {
         match period {
             Period::Minute => self.per_minute,

@@ -35,11 +35,7 @@ pub(super) fn policy(c: &mut Conn, plan_id: i64) -> Result<PlanPolicy, StoreErro
     let rows: Vec<Row> = on_backend!(c, |c| lookup.load(c))?;
     let limits = rows
         .first()
-        .map(|(m, d, mo, _)| RequestLimits {
-            per_minute: RequestLimit::stored(*m),
-            per_day: RequestLimit::stored(*d),
-            per_month: RequestLimit::stored(*mo),
-        })
+        .map(|(m, d, mo, _)| RequestLimits::stored(*m, *d, *mo))
         .unwrap_or_default();
     Ok(PlanPolicy {
         models: PlanModels::stored(rows.into_iter().filter_map(|r| r.3)),

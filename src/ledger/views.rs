@@ -8,7 +8,7 @@ use crate::db::schema::{
 };
 use crate::domain::plan::PlanSource;
 use crate::domain::requests::Windows;
-use crate::domain::{Brl, Cycle, Identity, PlanModels, RequestLimit, RequestLimits};
+use crate::domain::{Brl, Cycle, Identity, PlanModels, RequestLimits};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 use diesel::dsl::sql;
@@ -255,11 +255,7 @@ pub(super) fn user_summary(
                 }
             };
             let requests = RequestUse {
-                limits: RequestLimits {
-                    per_minute: RequestLimit::stored(per_minute),
-                    per_day: RequestLimit::stored(per_day),
-                    per_month: RequestLimit::stored(per_month),
-                },
+                limits: RequestLimits::stored(per_minute, per_day, per_month),
                 this_minute: n(minute, minute_start == Some(windows.minute_start)),
                 today: n(today, day.as_deref() == Some(windows.day_key())),
                 this_cycle: n(
@@ -399,11 +395,7 @@ pub(super) fn plans(c: &mut Conn, cycle: &str) -> QueryResult<Vec<PlanRow>> {
                     name,
                     monthly_allowance,
                     is_default: is_default != 0,
-                    request_limits: RequestLimits {
-                        per_minute: RequestLimit::stored(m),
-                        per_day: RequestLimit::stored(d),
-                        per_month: RequestLimit::stored(mo),
-                    },
+                    request_limits: RequestLimits::stored(m, d, mo),
                     users: of(&counts, id),
                     models: PlanModels::stored(
                         listed

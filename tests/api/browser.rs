@@ -148,18 +148,7 @@ async fn an_admin_finds_a_blocked_user_and_grants_credits_in_chromium() {
     let client = chromium(&driver, 1280, 1000).await;
 
     // Sign in.
-    client
-        .goto(&format!("{}/admin", app.address))
-        .await
-        .unwrap();
-    let form = client
-        .form(Locator::Css("form[action='/admin/login']"))
-        .await
-        .unwrap();
-    form.set_by_name("email", ADMIN_EMAIL).await.unwrap();
-    form.set_by_name("password", ADMIN_PASSWORD).await.unwrap();
-    form.submit().await.unwrap();
-    expect_text(&client, "main h1", "Visão geral").await;
+    sign_in(&client, &app).await;
     save(&client, "overview").await;
 
     // The overview links to the blocked users; Maria is there.
@@ -239,6 +228,22 @@ async fn an_admin_finds_a_blocked_user_and_grants_credits_in_chromium() {
         )
         .await;
     assert_eq!(res.status(), 200, "the grant works on her next message");
+}
+
+/// Signs in to the dashboard as the first admin: the overview is shown.
+async fn sign_in(client: &fantoccini::Client, app: &TestApp) {
+    client
+        .goto(&format!("{}/admin", app.address))
+        .await
+        .unwrap();
+    let form = client
+        .form(Locator::Css("form[action='/admin/login']"))
+        .await
+        .unwrap();
+    form.set_by_name("email", ADMIN_EMAIL).await.unwrap();
+    form.set_by_name("password", ADMIN_PASSWORD).await.unwrap();
+    form.submit().await.unwrap();
+    expect_text(client, "main h1", "Visão geral").await;
 }
 
 /// Chats until the user is refused, and returns the refusal's status.
@@ -537,18 +542,7 @@ async fn an_admin_creates_pro_moves_a_user_and_their_page_shows_it_in_chromium()
 
     let driver = chromedriver().await;
     let client = chromium(&driver, 1280, 1000).await;
-    client
-        .goto(&format!("{}/admin", app.address))
-        .await
-        .unwrap();
-    let form = client
-        .form(Locator::Css("form[action='/admin/login']"))
-        .await
-        .unwrap();
-    form.set_by_name("email", ADMIN_EMAIL).await.unwrap();
-    form.set_by_name("password", ADMIN_PASSWORD).await.unwrap();
-    form.submit().await.unwrap();
-    expect_text(&client, "main h1", "Visão geral").await;
+    sign_in(&client, &app).await;
 
     client
         .goto(&format!("{}/admin/plans", app.address))
