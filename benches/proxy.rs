@@ -630,10 +630,11 @@ async fn start_tokengate(
     p
 }
 
-/// `TOKENGATE_BENCH_PLAN=policies`: the default plan lists its models and has all
-/// three request limits, each too high to refuse, so every reservation checks every
-/// policy. Compared with a run without it (a plain plan), this is what the policies
-/// cost.
+/// `TOKENGATE_BENCH_PLAN=policies`: the default plan lists its models, has all
+/// three request limits, input and output allowances and an overage, each too high
+/// to refuse, so every reservation checks every policy and pays from pools (the read
+/// of the holds' sides, the plan's pools at settlement). Compared with a run without
+/// it (a plain plan), this is what the policies cost.
 fn plan_with_every_policy(db: &str) {
     let edited = Command::new(tokengate_bin())
         .args([
@@ -645,6 +646,9 @@ fn plan_with_every_policy(db: &str) {
         ])
         .args(["--per-minute", "1000000000", "--per-day", "1000000000"])
         .args(["--per-month", "1000000000"])
+        .args(["--input-allowance", "1000000000000"])
+        .args(["--output-allowance", "1000000000000"])
+        .args(["--overage-cap", "1000000000", "--overage-price", "0,10"])
         .env("TOKENGATE_DATABASE_URL", db)
         .stdout(Stdio::null())
         .status()

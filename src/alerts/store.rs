@@ -362,6 +362,8 @@ pub(crate) struct AlertFacts {
     pub plan_allowance: i64,
     /// Whether the user was mailed (an address was known when the alert was written).
     pub user_notified: bool,
+    /// The plan's overage now: past 100% the chat goes on, billed.
+    pub overage: Option<crate::domain::Overage>,
 }
 
 pub(crate) fn alert_facts(c: &mut Conn, alert_id: i64) -> Result<Option<AlertFacts>, StoreError> {
@@ -378,6 +380,7 @@ pub(crate) fn alert_facts(c: &mut Conn, alert_id: i64) -> Result<Option<AlertFac
         String,
         i64,
         Option<String>,
+        (Option<i64>, Option<i64>),
     );
     let row: Option<Row> = alerts::table
         .inner_join(users::table.inner_join(plans::table))
@@ -395,6 +398,7 @@ pub(crate) fn alert_facts(c: &mut Conn, alert_id: i64) -> Result<Option<AlertFac
             plans::name,
             plans::monthly_allowance,
             alerts::recipient,
+            (plans::overage_cap, plans::overage_price),
         ))
         .first(c)
         .optional()?;
@@ -412,7 +416,9 @@ pub(crate) fn alert_facts(c: &mut Conn, alert_id: i64) -> Result<Option<AlertFac
             plan_name,
             plan_allowance,
             recipient,
+            (overage_cap, overage_price),
         )| AlertFacts {
+            overage: crate::domain::Overage::stored(overage_cap, overage_price),
             user_id,
             external_id,
             user_email,

@@ -11,6 +11,7 @@ use super::Role;
 use super::store::{self, AlertFacts, Claimed};
 use crate::config::{Config, Locale};
 use crate::db::{Database, StoreError};
+use crate::domain::money::format_micro;
 use crate::domain::{Cycle, used_percent};
 use crate::i18n;
 use crate::mail::{Delivered, Kind, MailError, Mailer, Outgoing, Templates};
@@ -409,6 +410,11 @@ struct AlertContext {
     threshold: i32,
     percent: u8,
     blocked: bool,
+    /// Past 100% on a plan with overage: the chat goes on, billed at this price
+    /// per 1,000 tokens, up to this many tokens.
+    overage: bool,
+    overage_price: String,
+    overage_cap: String,
     plan_name: String,
     plan_allowance: String,
     used: String,
@@ -445,7 +451,14 @@ impl AlertContext {
             } else {
                 used_percent(f.used_this_cycle, left)
             },
-            blocked: f.threshold >= 100,
+            blocked: f.threshold >= 100 && f.overage.is_none(),
+            overage: f.threshold >= 100 && f.overage.is_some(),
+            overage_price: f.overage.map_or_else(String::new, |o| {
+                format_micro(o.price.micro(), locale == Locale::PtBr)
+            }),
+            overage_cap: f
+                .overage
+                .map_or_else(String::new, |o| i18n::tokens(o.cap.get(), locale)),
             plan_name: f.plan_name.clone(),
             plan_allowance: i18n::tokens(f.plan_allowance, locale),
             used: i18n::tokens(f.used_this_cycle, locale),

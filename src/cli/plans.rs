@@ -5,9 +5,10 @@ use super::{CmdResult, open, parse_tokens};
 use crate::config::Config;
 use crate::domain::identity::Role;
 use crate::domain::money::format_centavos;
-use crate::domain::plan::parse_roles;
+use crate::domain::plan::{Allowance, parse_roles};
 use crate::domain::{
-    Brl, PlanChange, PlanModels, PlanName, PlanSpec, RequestLimit, RequestLimits, TokenAmount,
+    Brl, Overage, PlanChange, PlanModels, PlanName, PlanSpec, PricePer1k, RequestLimit,
+    RequestLimits, SideAllowances, TokenAmount,
 };
 use crate::ledger::views::PlanRow;
 use crate::ledger::{Actor, PlanRef};
@@ -31,9 +32,14 @@ pub(super) enum PlansCommand {
     /// Create a plan.
     Create {
         name: String,
-        /// Tokens a month.
+        /// Tokens a month, input and output together (default: the input's and the
+        /// output's allowances added up).
         #[arg(long, value_parser = parse_tokens)]
-        allowance: TokenAmount,
+        allowance: Option<TokenAmount>,
+        #[command(flatten)]
+        sides: SideArgs,
+        #[command(flatten)]
+        overage: OverageArgs,
         /// The models it may use, separated by commas (default: every model).
         #[arg(long, value_parser = parse_models, default_value = "")]
         models: PlanModels,
@@ -49,8 +55,8 @@ pub(super) enum PlansCommand {
         #[arg(long)]
         default: bool,
     },
-    /// Change a plan: what is not given stays as it is. The name and models apply
-    /// at once, the allowance from each user's next cycle.
+    /// Change a plan: what is not given stays as it is. Everything applies at once
+    /// but the monthly allowance, which applies from each user's next cycle.
     Edit {
         name: String,
         /// A new name.
@@ -58,6 +64,10 @@ pub(super) enum PlansCommand {
         rename: Option<PlanName>,
         #[arg(long, value_parser = parse_tokens)]
         allowance: Option<TokenAmount>,
+        #[command(flatten)]
+        sides: SideArgs,
+        #[command(flatten)]
+        overage: OverageArgs,
         /// The models it may use, separated by commas; "*" for every model.
         #[arg(long, value_parser = parse_models)]
         models: Option<PlanModels>,
@@ -98,6 +108,66 @@ fn parse_price(s: &str) -> Result<PriceArg, String> {
     Brl::parse(t)
         .map(|p| PriceArg(Some(p)))
         .map_err(|e| e.to_string())
+}
+
+/// The input's and the output's allowances, each a number of tokens a month or
+/// "none". They apply at once, counted from what each user has used this cycle.
+#[derive(clap::Args)]
+pub(super) struct SideArgs {
+    /// Weighted input tokens (prompts, images, tool fees) the plan pays a month.
+    #[arg(long, value_parser = parse_side, value_name = "TOKENS|none")]
+    input_allowance: Option<SideArg>,
+    /// Weighted output tokens (answers) the plan pays a month.
+    #[arg(long, value_parser = parse_side, value_name = "TOKENS|none")]
+    output_allowance: Option<SideArg>,
+}
+
+/// A side's allowance as given, or none.
+#[derive(Clone, Copy)]
+pub(super) struct SideArg(Option<Allowance>);
+
+fn parse_side(s: &str) -> Result<SideArg, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(SideArg(None));
+    }
+    parse_tokens(s).map(|t| SideArg(Some(t.into())))
+}
+
+/// Overage: past the allowances and the user's credits, go on up to a cap of
+/// tokens a month, billed at a price per 1,000. It applies at once.
+#[derive(clap::Args)]
+pub(super) struct OverageArgs {
+    /// Tokens a user may use past everything else in a month, or "none" to block
+    /// there (the default).
+    #[arg(long, value_parser = parse_side, value_name = "TOKENS|none")]
+    overage_cap: Option<SideArg>,
+    /// What 1,000 overage tokens cost, in reais ("0,10").
+    #[arg(long, value_parser = parse_overage_price, value_name = "REAIS")]
+    overage_price: Option<PricePer1k>,
+}
+
+fn parse_overage_price(s: &str) -> Result<PricePer1k, String> {
+    PricePer1k::parse(s).map_err(|e| e.to_string())
+}
+
+impl OverageArgs {
+    /// The overage these arguments ask for, from the plan's `old` one (an edit may
+    /// give one of the two); `None` when they ask nothing.
+    fn change(&self, old: Option<Overage>) -> Result<Option<Option<Overage>>, String> {
+        let cap = match self.overage_cap {
+            Some(SideArg(None)) => return Ok(Some(None)),
+            Some(SideArg(Some(cap))) => Some(cap),
+            None => old.map(|o| o.cap),
+        };
+        if self.overage_cap.is_none() && self.overage_price.is_none() {
+            return Ok(None);
+        }
+        match (cap, self.overage_price.or(old.map(|o| o.price))) {
+            (Some(cap), Some(price)) if cap.get() > 0 => Ok(Some(Some(Overage { cap, price }))),
+            (Some(_), Some(_)) => Err("--overage-cap must be above zero, or none".into()),
+            _ => Err("give both --overage-cap and --overage-price (reais per 1,000 tokens)".into()),
+        }
+    }
 }
 
 /// Request limits, each a count or "none". They apply at once.
@@ -142,17 +212,34 @@ pub(super) fn run(config: &Config, command: PlansCommand) -> CmdResult {
         PlansCommand::Create {
             name,
             allowance,
+            sides,
+            overage,
             models,
             limits,
             price,
             roles,
             default,
         } => {
+            let sides = SideAllowances {
+                input: sides.input_allowance.and_then(|a| a.0),
+                output: sides.output_allowance.and_then(|a| a.0),
+            };
+            let monthly_allowance = match (allowance, sides.total()) {
+                (Some(a), _) => a.into(),
+                (None, Some(total)) => total,
+                (None, None) => {
+                    return Err(
+                        "give --allowance, or both --input-allowance and --output-allowance".into(),
+                    );
+                }
+            };
             let spec = PlanSpec {
                 monthly_price: price.and_then(|p| p.0),
                 roles: roles.map(|r| r.0).unwrap_or_default(),
                 name: parse_name(&name)?,
-                monthly_allowance: allowance.into(),
+                monthly_allowance,
+                sides,
+                overage: overage.change(None)?.flatten(),
                 models,
                 limits: RequestLimits {
                     per_minute: limits.per_minute.and_then(|l| l.0),
@@ -167,24 +254,33 @@ pub(super) fn run(config: &Config, command: PlansCommand) -> CmdResult {
             name,
             rename,
             allowance,
+            sides,
+            overage,
             models,
             limits,
             price,
             roles,
             default,
         } => {
+            let ledger = open(config)?;
+            let overage = match (&overage.overage_cap, &overage.overage_price) {
+                (None, None) => None,
+                _ => overage.change(ledger.plan(&name)?.overage)?,
+            };
             let change = PlanChange {
+                overage,
                 monthly_price: price.map(|p| p.0),
                 roles: roles.map(|r| r.0),
                 name: rename,
                 monthly_allowance: allowance.map(Into::into),
+                input_allowance: sides.input_allowance.map(|a| a.0),
+                output_allowance: sides.output_allowance.map(|a| a.0),
                 models,
                 per_minute: limits.per_minute.map(|l| l.0),
                 per_day: limits.per_day.map(|l| l.0),
                 per_month: limits.per_month.map(|l| l.0),
                 make_default: default,
             };
-            let ledger = open(config)?;
             let id = ledger.update_plan(&PlanRef::Name(name), &change, &Actor::Cli)?;
             let plan = ledger
                 .plans()?
@@ -240,6 +336,20 @@ fn show(config: &Config, name: &str, json: bool) -> CmdResult {
         if plan.is_default { " (default)" } else { "" }
     );
     say!("  tokens a month: {}", plan.monthly_allowance);
+    let side = |a: Option<Allowance>| a.map_or_else(|| "none".to_owned(), |a| a.get().to_string());
+    say!("  input/month:    {}", side(plan.sides.input));
+    say!("  output/month:   {}", side(plan.sides.output));
+    say!(
+        "  overage:        {}",
+        plan.overage.map_or_else(
+            || "none (blocks)".to_owned(),
+            |o| format!(
+                "up to {} tokens a month at R$ {} per 1,000",
+                o.cap.get(),
+                o.price
+            )
+        )
+    );
     say!("  models:         {}", models_text(&plan));
     let limit = |l: Option<RequestLimit>| l.map_or_else(|| "none".to_owned(), |l| l.to_string());
     say!(

@@ -12,6 +12,10 @@ diesel::table! {
         requests_per_day -> Nullable<Integer>,
         requests_per_month -> Nullable<Integer>,
         monthly_price -> Nullable<BigInt>,
+        input_allowance -> Nullable<BigInt>,
+        output_allowance -> Nullable<BigInt>,
+        overage_cap -> Nullable<BigInt>,
+        overage_price -> Nullable<BigInt>,
     }
 }
 
@@ -47,6 +51,11 @@ diesel::table! {
         day_requests -> Integer,
         request_cycle -> Nullable<Text>,
         cycle_requests -> Integer,
+        usage_cycle -> Nullable<Text>,
+        input_used -> BigInt,
+        output_used -> BigInt,
+        overage_used -> BigInt,
+        overage_cost -> BigInt,
     }
 }
 
@@ -64,6 +73,9 @@ diesel::table! {
         prompt_tokens -> Nullable<BigInt>,
         prompt_charge -> Nullable<BigInt>,
         counted -> Integer,
+        input_held -> BigInt,
+        output_held -> BigInt,
+        credits_held -> Nullable<BigInt>,
     }
 }
 
@@ -101,6 +113,8 @@ diesel::table! {
         latency_ms -> BigInt,
         ttfb_ms -> Nullable<BigInt>,
         created_at -> Timestamp,
+        overage_tokens -> BigInt,
+        overage_cost -> BigInt,
     }
 }
 

@@ -1,4 +1,5 @@
-//! Money in Brazilian reais, in whole centavos: what a plan is sold for.
+//! Money in Brazilian reais: what a plan is sold for, in whole centavos, and what
+//! its overage costs per 1,000 tokens, in micro-reais (a millionth of a real).
 
 use std::fmt;
 
@@ -87,6 +88,92 @@ impl Brl {
     }
 }
 
+/// The most an overage price may be: R$ 1.000,00 per 1,000 tokens.
+const MAX_MICRO_PER_1K: i64 = 1_000_000_000;
+
+/// A price per 1,000 tokens, kept in micro-reais (R$ 0,10 is 100.000): fine enough
+/// for what providers charge (R$ 0,003 per 1,000 tokens), never negative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct PricePer1k(i64);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a price in reais per 1,000 tokens: write it as 0,10 (or 0.10), at most six decimals, at most 1000"
+)]
+pub struct PricePer1kError(String);
+
+impl PricePer1k {
+    pub fn from_micro(micro: i64) -> Option<Self> {
+        (0..=MAX_MICRO_PER_1K)
+            .contains(&micro)
+            .then_some(Self(micro))
+    }
+
+    pub fn micro(self) -> i64 {
+        self.0
+    }
+
+    /// A price as people write a small one: "0,10", "R$ 0,003", "0.10", "2". One
+    /// `.` or `,` is the decimal mark (no thousands: no such price is a thousand
+    /// reais); more than one, or more than six decimals, is refused.
+    pub fn parse(raw: &str) -> Result<Self, PricePer1kError> {
+        let err = || PricePer1kError(raw.trim().chars().take(40).collect());
+        let s = raw.trim();
+        let s = s.strip_prefix("R$").unwrap_or(s).trim();
+        let (whole, frac) = match s.find(['.', ',']) {
+            Some(i) => (&s[..i], &s[i + 1..]),
+            None => (s, ""),
+        };
+        let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty() && frac.is_empty()
+            || !digits(whole)
+            || !digits(frac)
+            || frac.len() > 6
+            || whole.len() > 4
+        {
+            return Err(err());
+        }
+        let whole: i64 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| err())?
+        };
+        let frac: i64 = format!("{frac:0<6}").parse().map_err(|_| err())?;
+        Self::from_micro(whole * 1_000_000 + frac).ok_or_else(err)
+    }
+
+    /// What `tokens` cost at this price, in micro-reais, rounded up to the
+    /// micro-real (a bill never rounds a charge away).
+    pub fn cost_of(self, tokens: i64) -> i64 {
+        let micro = i128::from(tokens.max(0)) * i128::from(self.0);
+        i64::try_from((micro + 999) / 1000).unwrap_or(i64::MAX)
+    }
+}
+
+/// As typed back into the dashboard's form: "0,1" or "0,003" (no trailing zeros).
+impl fmt::Display for PricePer1k {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let frac = format!("{:06}", self.0 % 1_000_000);
+        let frac = frac.trim_end_matches('0');
+        if frac.is_empty() {
+            write!(f, "{}", self.0 / 1_000_000)
+        } else {
+            write!(f, "{},{frac}", self.0 / 1_000_000)
+        }
+    }
+}
+
+/// An amount in micro-reais as a person reads it: to the centavo, rounded half up
+/// ("R$ 12,35"), or with four decimals below one centavo ("R$ 0,0030").
+pub fn format_micro(micro: i64, pt_br: bool) -> String {
+    if micro > 0 && micro < 10_000 {
+        let decimal = if pt_br { ',' } else { '.' };
+        return format!("R$ 0{decimal}{:04}", (micro + 50) / 100);
+    }
+    format_centavos((micro + 5_000) / 10_000, pt_br)
+}
+
 /// A number of centavos as a person reads it: "R$ 1.199,90" or "R$ 1,199.90".
 pub fn format_centavos(c: i64, pt_br: bool) -> String {
     let (thousands, decimal) = if pt_br { ('.', ',') } else { (',', '.') };
@@ -146,6 +233,44 @@ mod tests {
         ] {
             assert!(Brl::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn overage_prices_are_small_decimals() {
+        let m = |s: &str| PricePer1k::parse(s).map(PricePer1k::micro);
+        assert_eq!(m("0,10"), Ok(100_000));
+        assert_eq!(m("R$ 0,10"), Ok(100_000));
+        assert_eq!(m("0.003"), Ok(3_000));
+        assert_eq!(m(",5"), Ok(500_000));
+        assert_eq!(m("2"), Ok(2_000_000));
+        assert_eq!(m("1000"), Ok(1_000_000_000));
+        for bad in [
+            "",
+            "R$",
+            "-0,1",
+            "0,1234567",
+            "1.000,00",
+            "1,000.5",
+            "abc",
+            "1001",
+            "0,1e3",
+        ] {
+            assert!(PricePer1k::parse(bad).is_err(), "{bad:?}");
+        }
+        let p = PricePer1k::parse("0,10").unwrap();
+        // R$ 0,0001 a token: 1,000,000 tokens are R$ 100,00.
+        assert_eq!(p.cost_of(1_000_000), 100_000_000);
+        // Rounded up to the micro-real.
+        assert_eq!(PricePer1k::parse("0,003").unwrap().cost_of(1), 3);
+        assert_eq!(PricePer1k::parse("0,000001").unwrap().cost_of(1), 1);
+        assert_eq!(p.to_string(), "0,1");
+        assert_eq!(PricePer1k::parse("0,003").unwrap().to_string(), "0,003");
+        assert_eq!(PricePer1k::parse(&p.to_string()), Ok(p));
+        assert_eq!(format_micro(100_000_000, true), "R$ 100,00");
+        assert_eq!(format_micro(123_456, true), "R$ 0,12");
+        assert_eq!(format_micro(125_000, false), "R$ 0.13");
+        assert_eq!(format_micro(3_000, true), "R$ 0,0030");
+        assert_eq!(format_micro(0, true), "R$ 0,00");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! only ever stores a valid plan.
 
 use super::identity::Role;
+use super::overage::Overage;
 use super::requests::{RequestLimit, RequestLimits};
+use super::sides::SideAllowances;
 use super::{Brl, TokenAmount};
 use std::collections::BTreeSet;
 use std::fmt;
@@ -156,7 +158,7 @@ impl fmt::Display for PlanName {
 /// A plan's monthly allowance: a whole number of tokens, never negative. Zero is a
 /// plan whose users spend only credits; the dashboard and the command line ask for a
 /// positive amount (`TokenAmount`), so zero is only ever deliberate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Allowance(i64);
 
 impl Allowance {
@@ -185,6 +187,11 @@ pub struct PlanChange {
     pub per_minute: Option<Option<RequestLimit>>,
     pub per_day: Option<Option<RequestLimit>>,
     pub per_month: Option<Option<RequestLimit>>,
+    /// The overage to set (`Some(None)`: the plan blocks past its allowances).
+    pub overage: Option<Option<Overage>>,
+    /// Each side's allowance to set (`Some(None)` removes it).
+    pub input_allowance: Option<Option<Allowance>>,
+    pub output_allowance: Option<Option<Allowance>>,
     /// The monthly price to set (`Some(None)` removes it).
     pub monthly_price: Option<Option<Brl>>,
     /// The LibreChat roles whose users it takes (empty: none).
@@ -194,6 +201,14 @@ pub struct PlanChange {
 }
 
 impl PlanChange {
+    /// The side allowances after this change, from `old`.
+    pub fn sides(&self, old: SideAllowances) -> SideAllowances {
+        SideAllowances {
+            input: self.input_allowance.unwrap_or(old.input),
+            output: self.output_allowance.unwrap_or(old.output),
+        }
+    }
+
     /// The limits after this change, from `old`.
     pub fn limits(&self, old: RequestLimits) -> RequestLimits {
         RequestLimits {
@@ -210,6 +225,10 @@ impl PlanChange {
 pub struct PlanSpec {
     pub name: PlanName,
     pub monthly_allowance: Allowance,
+    /// Separate caps on what it pays of the input and of the output.
+    pub sides: SideAllowances,
+    /// What it does past its allowances: block (`None`) or go on, billed.
+    pub overage: Option<Overage>,
     pub models: PlanModels,
     pub limits: RequestLimits,
     /// What it is sold for a month, for reports; `None`: not set.
@@ -276,6 +295,16 @@ pub fn parse_roles(text: &str) -> Result<BTreeSet<Role>, String> {
 pub struct PlanPolicy {
     pub models: PlanModels,
     pub limits: RequestLimits,
+    pub sides: SideAllowances,
+    pub overage: Option<Overage>,
+}
+
+impl PlanPolicy {
+    /// Whether a request must be paid from pools (side allowances, overage) rather
+    /// than from the balance as one figure.
+    pub fn pooled(&self) -> bool {
+        self.sides.any() || self.overage.is_some()
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::alerts::AlertPolicy;
 use crate::db::schema::balances;
 use crate::db::{Database, StoreError};
 use crate::domain::{
-    Clock, Cycle, Email, Identity, PlanChange, PlanModels, PlanSpec, TokenAmount, Weights,
+    Clock, Cycle, Email, Identity, PlanChange, PlanModels, PlanSpec, Side, TokenAmount, Weights,
 };
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -164,6 +164,9 @@ pub enum BlockReason {
     /// This request alone (a long conversation, images, many choices) costs more
     /// than a balance that is otherwise healthy.
     TooLarge,
+    /// The plan's allowance of one side (input or output) is used up, and credits
+    /// do not pay for it: as `Exhausted` for alerts and the dashboard.
+    SideUsedUp(Side),
 }
 
 impl BlockReason {
@@ -172,7 +175,15 @@ impl BlockReason {
             Self::Exhausted => "exhausted",
             Self::InFlight => "in_flight",
             Self::TooLarge => "too_large",
+            Self::SideUsedUp(Side::Input) => "input_used_up",
+            Self::SideUsedUp(Side::Output) => "output_used_up",
         }
+    }
+
+    /// Whether the user can make no request until their balance grows: counted as
+    /// crossing 100%, and as blocked.
+    pub fn used_up(&self) -> bool {
+        matches!(self, Self::Exhausted | Self::SideUsedUp(_))
     }
 }
 
@@ -227,6 +238,9 @@ pub struct Settlement {
     pub completion_tokens: i64,
     /// The weighted cost to debit; 0 releases the hold without a charge.
     pub charge: i64,
+    /// Of `charge`, what the output cost (the rest is the input's): what a plan's
+    /// separate output allowance pays (`domain::sides`).
+    pub output_charge: i64,
     /// True when the usage was counted by tokengate, not reported by upstream.
     pub estimated: bool,
     pub outcome: Outcome,
@@ -246,6 +260,7 @@ impl Settlement {
             prompt_tokens: 0,
             completion_tokens: 0,
             charge: 0,
+            output_charge: 0,
             estimated: false,
             outcome,
             status,

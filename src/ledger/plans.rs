@@ -10,9 +10,10 @@ use crate::db::schema::{balances, ledger, plan_models, plan_roles, plans, users}
 use crate::db::statement::on_backend;
 use crate::db::{AnyConnection, StoreError, flag};
 use crate::domain::identity::Role;
-use crate::domain::plan::PlanSource;
+use crate::domain::plan::{Allowance, PlanSource};
 use crate::domain::{
-    Brl, PlanChange, PlanModels, PlanPolicy, PlanSpec, RequestLimit, RequestLimits, used_percent,
+    Brl, Overage, PlanChange, PlanModels, PlanPolicy, PlanSpec, RequestLimit, RequestLimits,
+    SideAllowances, used_percent,
 };
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -29,17 +30,35 @@ pub(super) fn policy(c: &mut Conn, plan_id: i64) -> Result<PlanPolicy, StoreErro
             plans::requests_per_minute,
             plans::requests_per_day,
             plans::requests_per_month,
+            (plans::input_allowance, plans::output_allowance),
+            (plans::overage_cap, plans::overage_price),
             plan_models::model.nullable(),
         ));
-    type Row = (Option<i32>, Option<i32>, Option<i32>, Option<String>);
+    type Pair = (Option<i64>, Option<i64>);
+    type Row = (
+        Option<i32>,
+        Option<i32>,
+        Option<i32>,
+        Pair,
+        Pair,
+        Option<String>,
+    );
     let rows: Vec<Row> = on_backend!(c, |c| lookup.load(c))?;
-    let limits = rows
+    let (limits, sides, overage) = rows
         .first()
-        .map(|(m, d, mo, _)| RequestLimits::stored(*m, *d, *mo))
+        .map(|(m, d, mo, (input, output), (cap, price), _)| {
+            (
+                RequestLimits::stored(*m, *d, *mo),
+                SideAllowances::stored(*input, *output),
+                Overage::stored(*cap, *price),
+            )
+        })
         .unwrap_or_default();
     Ok(PlanPolicy {
-        models: PlanModels::stored(rows.into_iter().filter_map(|r| r.3)),
+        models: PlanModels::stored(rows.into_iter().filter_map(|r| r.5)),
         limits,
+        sides,
+        overage,
     })
 }
 
@@ -197,6 +216,10 @@ pub(super) fn create_plan(
             plans::requests_per_day.eq(column(spec.limits.per_day)),
             plans::requests_per_month.eq(column(spec.limits.per_month)),
             plans::monthly_price.eq(spec.monthly_price.map(Brl::centavos)),
+            plans::input_allowance.eq(spec.sides.input.map(Allowance::get)),
+            plans::output_allowance.eq(spec.sides.output.map(Allowance::get)),
+            plans::overage_cap.eq(spec.overage.map(|o| o.cap.get())),
+            plans::overage_price.eq(spec.overage.map(|o| o.price.micro())),
         ))
         .returning(plans::id)
         .get_result(c)?;
@@ -210,6 +233,9 @@ pub(super) fn create_plan(
         &json!({
             "plan": name,
             "allowance": spec.monthly_allowance.get(),
+            "input_allowance": spec.sides.input.map(Allowance::get),
+            "output_allowance": spec.sides.output.map(Allowance::get),
+            "overage": spec.overage,
             "models": spec.models.listed(),
             "request_limits": audited(&spec.limits),
             "monthly_price_centavos": spec.monthly_price.map(Brl::centavos),
@@ -264,8 +290,12 @@ pub(super) fn update_plan(
     let PlanPolicy {
         models: old_models,
         limits: old_limits,
+        sides: old_sides,
+        overage: old_overage,
     } = policy(c, plan_id)?;
     let new_limits = change.limits(old_limits);
+    let new_sides = change.sides(old_sides);
+    let new_overage = change.overage.unwrap_or(old_overage);
     let new_price = change
         .monthly_price
         .map_or(old_price, |p| p.map(Brl::centavos));
@@ -291,6 +321,8 @@ pub(super) fn update_plan(
         || allowance != old_allowance
         || *new_models != old_models
         || new_limits != old_limits
+        || new_sides != old_sides
+        || new_overage != old_overage
         || new_price != old_price
         || *new_roles != old_roles
     {
@@ -315,6 +347,24 @@ pub(super) fn update_plan(
         if new_price != old_price {
             diesel::update(plans::table.find(plan_id))
                 .set(plans::monthly_price.eq(new_price))
+                .execute(c)?;
+        }
+        if new_sides.input != old_sides.input {
+            diesel::update(plans::table.find(plan_id))
+                .set(plans::input_allowance.eq(new_sides.input.map(Allowance::get)))
+                .execute(c)?;
+        }
+        if new_sides.output != old_sides.output {
+            diesel::update(plans::table.find(plan_id))
+                .set(plans::output_allowance.eq(new_sides.output.map(Allowance::get)))
+                .execute(c)?;
+        }
+        if new_overage != old_overage {
+            diesel::update(plans::table.find(plan_id))
+                .set((
+                    plans::overage_cap.eq(new_overage.map(|o| o.cap.get())),
+                    plans::overage_price.eq(new_overage.map(|o| o.price.micro())),
+                ))
                 .execute(c)?;
         }
         if new_limits.per_minute != old_limits.per_minute {
@@ -343,6 +393,14 @@ pub(super) fn update_plan(
                 "allowance": allowance,
                 "old_allowance": old_allowance,
                 "allowance_from": "next_cycle",
+                "input_allowance": new_sides.input.map(Allowance::get),
+                "old_input_allowance": old_sides.input.map(Allowance::get),
+                "output_allowance": new_sides.output.map(Allowance::get),
+                "old_output_allowance": old_sides.output.map(Allowance::get),
+                "side_allowances_from": "now",
+                "overage": new_overage,
+                "old_overage": old_overage,
+                "overage_from": "now",
                 "models": new_models.listed(),
                 "old_models": old_models.listed(),
                 "models_from": "now",

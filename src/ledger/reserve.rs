@@ -10,9 +10,11 @@ use crate::db::schema::{balances, holds, plans, users};
 use crate::db::statement::{FixedUpdate, on_backend};
 use crate::db::{StoreError, flag};
 use crate::domain::tokens::UnpricedModels;
-use crate::domain::used_percent;
+use crate::domain::{PlanPolicy, Room, Side, SideUse, used_percent};
 use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::dsl::sql;
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable};
 
 /// Reserves what the request may cost at most, or says why the balance cannot pay.
 /// Returns the outcome and how many alert messages were queued (an exhausted user's
@@ -63,8 +65,11 @@ pub(super) fn reserve(
         .prompt_tokens
         .saturating_add(req.images.saturating_mul(costs.image_tokens));
     let prompt_cost = weights.cost(prompt, 0);
+    // The input: the prompt and what the provider bills beyond the text.
+    let input = prompt_cost.saturating_add(extra);
 
-    let remaining = bal.allowance_left + bal.credits - bal.held;
+    let room = Rooms::of(c, ctx, &plan, user_id, &bal)?;
+    let remaining = room.remaining(input);
     let fit = Fit::of(req, weights, prompt, prompt_cost, extra, remaining);
     if !fit.affordable || fit.cut {
         // Would the holds of the user's own requests in flight be what refuses or
@@ -77,7 +82,7 @@ pub(super) fn reserve(
             prompt,
             prompt_cost,
             extra,
-            remaining + bal.held,
+            room.remaining_alone(input),
         );
         if req.patient && bal.held > 0 && alone.better_than(&fit) {
             return Ok((
@@ -90,18 +95,39 @@ pub(super) fn reserve(
         }
     }
     if !fit.affordable {
-        return refuse(c, ctx, user_id, &bal, req, policy);
+        // What the least of this request would cost: which side cannot pay that?
+        let least = SideUse {
+            input,
+            output: match req.requested_completion {
+                Some(_) => weights.cost(0, req.min_completion.max(1) * req.completions.max(1)),
+                None => 0,
+            },
+        };
+        let shortfall = Shortfall {
+            remaining: room.left(),
+            short: room.short_side(least),
+        };
+        return refuse(c, ctx, user_id, &bal, req, policy, shortfall);
     }
+    let cost = SideUse {
+        input,
+        output: fit.amount.saturating_sub(input),
+    };
 
     // The guard makes the write itself refuse to overspend, whatever happened above.
     // The counts were read from the row this transaction holds locked.
     let amount = fit.amount;
     let counted = requests::one_more(&counts, &windows, &bal);
+    // The overage a plan allows pays past the balance: read from the same locked row.
+    let past_balance = room.overage_left();
     let guarded = FixedUpdate(
         diesel::update(
             balances::table
                 .filter(balances::user_id.eq(user_id))
-                .filter((balances::allowance_left + balances::credits - balances::held).ge(amount)),
+                .filter(
+                    (balances::allowance_left + balances::credits - balances::held)
+                        .ge(amount.saturating_sub(past_balance)),
+                ),
         )
         .set((
             balances::held.eq(balances::held + amount),
@@ -116,7 +142,11 @@ pub(super) fn reserve(
     );
     let updated = on_backend!(c, |c| guarded.execute(c))?;
     if updated != 1 {
-        return refuse(c, ctx, user_id, &bal, req, policy);
+        let shortfall = Shortfall {
+            remaining: room.left(),
+            short: None,
+        };
+        return refuse(c, ctx, user_id, &bal, req, policy, shortfall);
     }
     if bal.exhausted_at.is_some() {
         // A request the balance still pays for: not blocked after all.
@@ -152,6 +182,9 @@ pub(super) fn reserve(
         holds::prompt_tokens.eq(prompt),
         holds::prompt_charge.eq(prompt_cost),
         holds::counted.eq(1),
+        holds::input_held.eq(cost.input),
+        holds::output_held.eq(cost.output),
+        holds::credits_held.eq(room.beyond_part(cost)),
     ));
     on_backend!(c, |c| hold.execute(c))?;
     let worst = bal.used_this_cycle + bal.held + amount;
@@ -173,6 +206,140 @@ pub(super) fn reserve(
         }),
         0,
     ))
+}
+
+/// What a balance has left to pay a request with. A plan with neither side
+/// allowances nor overage has one figure, the balance less its holds; one with them
+/// pays from pools, and asks, besides, what the user's requests in flight hold of
+/// each side and past the plan (one read of their holds, on the balance's row lock).
+enum Rooms {
+    Whole {
+        remaining: i64,
+        held: i64,
+    },
+    Pools {
+        room: Room,
+        alone: Room,
+        overage_left: i64,
+    },
+}
+
+impl Rooms {
+    fn of(
+        c: &mut Conn,
+        ctx: &Ctx,
+        plan: &PlanPolicy,
+        user_id: i64,
+        bal: &BalanceRow,
+    ) -> Result<Self, StoreError> {
+        if !plan.pooled() {
+            return Ok(Self::Whole {
+                remaining: bal.allowance_left + bal.credits - bal.held,
+                held: bal.held,
+            });
+        }
+        let held = holds::table.filter(holds::user_id.eq(user_id)).select((
+            sql::<Nullable<BigInt>>("CAST(SUM(input_held) AS BIGINT)"),
+            sql::<Nullable<BigInt>>("CAST(SUM(output_held) AS BIGINT)"),
+            sql::<Nullable<BigInt>>("CAST(SUM(credits_held) AS BIGINT)"),
+        ));
+        let (input, output, credits): (Option<i64>, Option<i64>, Option<i64>) =
+            on_backend!(c, |c| held.first(c))?;
+        let used = bal.usage(ctx);
+        let overage_left = plan.overage.map_or(0, |o| o.left(used.overage));
+        let room = |held: i64, held_sides: SideUse, held_beyond: i64| {
+            Room::of(
+                plan.sides,
+                bal.allowance_left,
+                bal.credits.saturating_add(overage_left),
+                used.sides,
+                held,
+                held_sides,
+                held_beyond,
+            )
+        };
+        Ok(Self::Pools {
+            overage_left,
+            room: room(
+                bal.held,
+                SideUse {
+                    input: input.unwrap_or(0),
+                    output: output.unwrap_or(0),
+                },
+                credits.unwrap_or(0),
+            ),
+            alone: room(0, SideUse::default(), 0),
+        })
+    }
+
+    /// The most a request whose input costs `input` may cost.
+    fn remaining(&self, input: i64) -> i64 {
+        match self {
+            Self::Whole { remaining, .. } => *remaining,
+            Self::Pools { room, .. } => room.budget(input),
+        }
+    }
+
+    /// The same, were none of the user's requests in flight.
+    fn remaining_alone(&self, input: i64) -> i64 {
+        match self {
+            Self::Whole { remaining, held } => remaining + held,
+            Self::Pools { alone, .. } => alone.budget(input),
+        }
+    }
+
+    /// The side whose allowance refuses a request of `cost`, if one does.
+    fn short_side(&self, cost: SideUse) -> Option<Short> {
+        match self {
+            Self::Whole { .. } => None,
+            Self::Pools { room, .. } => room.short_side(cost).map(|side| Short {
+                side,
+                left: room.can_pay(side),
+            }),
+        }
+    }
+
+    /// What is paid past the plan (credits, overage) of a request of `cost`, kept
+    /// on its hold; `None` for a plan without pools, whose holds are paid allowance
+    /// first at settlement.
+    fn beyond_part(&self, cost: SideUse) -> Option<i64> {
+        match self {
+            Self::Whole { .. } => None,
+            Self::Pools { room, .. } => Some(room.split(cost).beyond),
+        }
+    }
+
+    /// What the overage the plan allows has left this cycle.
+    fn overage_left(&self) -> i64 {
+        match self {
+            Self::Whole { .. } => 0,
+            Self::Pools { overage_left, .. } => *overage_left,
+        }
+    }
+
+    /// What the next request could use, after the holds in flight.
+    fn left(&self) -> i64 {
+        match self {
+            Self::Whole { remaining, .. } => *remaining,
+            Self::Pools { room, .. } => room.plan.saturating_add(room.beyond),
+        }
+    }
+}
+
+/// A side whose allowance refuses a request, and what it can still pay (its room
+/// and the credits).
+#[derive(Debug, Clone, Copy)]
+struct Short {
+    side: Side,
+    left: i64,
+}
+
+/// Why a balance cannot pay a request: what it has left after its holds, and the
+/// side whose allowance refuses it, if one does.
+#[derive(Debug, Clone, Copy)]
+struct Shortfall {
+    remaining: i64,
+    short: Option<Short>,
 }
 
 /// How a request fits in what a balance has left: what it would reserve, and
@@ -243,23 +410,29 @@ fn refuse(
     bal: &BalanceRow,
     req: &ReserveRequest,
     policy: &AlertPolicy,
+    Shortfall { remaining, short }: Shortfall,
 ) -> Result<(ReserveOutcome, usize), StoreError> {
     let plan_name: String = users::table
         .inner_join(plans::table)
         .filter(users::id.eq(user_id))
         .select(plans::name)
         .first(c)?;
-    let total = bal.used_this_cycle + bal.allowance_left + bal.credits;
-    let remaining = bal.allowance_left + bal.credits - bal.held;
-    let reason = if bal.held > 0 {
-        BlockReason::InFlight
-    } else if remaining < (total / 100).max(SMALLEST_USEFUL_REQUEST) {
-        BlockReason::Exhausted
-    } else {
-        BlockReason::TooLarge
+    let total = bal.used_this_cycle + remaining + bal.held;
+    let (reason, remaining) = match short {
+        _ if bal.held > 0 => (BlockReason::InFlight, remaining),
+        // A side's allowance refuses: used up (with the credits), or too small for
+        // this request.
+        Some(short) if short.left < SMALLEST_USEFUL_REQUEST => {
+            (BlockReason::SideUsedUp(short.side), short.left)
+        }
+        Some(short) => (BlockReason::TooLarge, short.left),
+        None if remaining < (total / 100).max(SMALLEST_USEFUL_REQUEST) => {
+            (BlockReason::Exhausted, remaining)
+        }
+        None => (BlockReason::TooLarge, remaining),
     };
     let mut queued = 0;
-    if reason == BlockReason::Exhausted && bal.exhausted_at.is_none() {
+    if reason.used_up() && bal.exhausted_at.is_none() {
         diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
             .set(balances::exhausted_at.eq(Some(ctx.now)))
             .execute(c)?;
@@ -281,7 +454,7 @@ fn refuse(
         )?
         .queued;
     }
-    let used_percent = if reason == BlockReason::Exhausted {
+    let used_percent = if reason.used_up() {
         100
     } else {
         used_percent(bal.used_this_cycle, bal.allowance_left + bal.credits)

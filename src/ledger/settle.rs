@@ -5,10 +5,10 @@ use super::requests;
 use super::tx::{BalanceRow, Conn, Ctx, LedgerChange, append_ledger, lock_and_roll, millis};
 use super::{Actor, NoticeBase, Outcome, SettleResult, Settlement};
 use crate::alerts::{AlertPolicy, store as alert_store};
-use crate::db::schema::{balances, holds, usage_records};
+use crate::db::schema::{balances, holds, plans, usage_records, users};
 use crate::db::statement::{FixedUpdate, on_backend};
 use crate::db::{AnyConnection, StoreError, flag};
-use crate::domain::used_percent;
+use crate::domain::{Overage, Payment, SideAllowances, SideUse, used_percent};
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
@@ -29,13 +29,31 @@ pub(super) fn settle(
             holds::stream,
             holds::created_at,
             holds::counted,
+            holds::credits_held,
         ));
-    let hold: Option<(i64, i64, String, String, i32, NaiveDateTime, i32)> =
-        on_backend!(c, |c| released.get_result(c).optional())?;
-    let Some((user_id, held_amount, model, endpoint, stream, reserved_at, counted)) = hold else {
+    type Hold = (
+        i64,
+        i64,
+        String,
+        String,
+        i32,
+        NaiveDateTime,
+        i32,
+        Option<i64>,
+    );
+    let hold: Option<Hold> = on_backend!(c, |c| released.get_result(c).optional())?;
+    let Some((user_id, held_amount, model, endpoint, stream, reserved_at, counted, credits_held)) =
+        hold
+    else {
         return settle_late(c, ctx, s, policy);
     };
-    let debited = debit(c, ctx, user_id, held_amount, s.charge, s, policy)?;
+    // Reserved from pools: the plan pays each side up to its own allowance, and
+    // the overage it allows pays past the credits.
+    let pools = match credits_held {
+        Some(_) => Some(plan_pools(c, user_id)?),
+        None => None,
+    };
+    let debited = debit(c, ctx, user_id, held_amount, cost_of(s), pools, s, policy)?;
     if counted == 1 && requests::not_served(s) {
         // The request limits count requests served.
         requests::uncount(c, ctx, user_id, &debited.balance, reserved_at.and_utc())?;
@@ -49,6 +67,8 @@ pub(super) fn settle(
         usage_records::prompt_tokens.eq(s.prompt_tokens),
         usage_records::completion_tokens.eq(s.completion_tokens),
         usage_records::charged.eq(debited.charge),
+        usage_records::overage_tokens.eq(debited.overage),
+        usage_records::overage_cost.eq(debited.overage_cost),
         usage_records::estimated.eq(flag(s.estimated)),
         usage_records::outcome.eq(s.outcome.as_str()),
         usage_records::status.eq(i32::from(s.status)),
@@ -118,7 +138,13 @@ fn settle_late(
     .execute(c)?;
     let difference = s.charge.max(0) - charged_before;
     let (charged, queued) = if difference >= 0 {
-        let debited = debit(c, ctx, user_id, 0, difference, s, policy)?;
+        // What was charged before was the prompt: the rest is the output first.
+        let output = difference.min(cost_of(s).output);
+        let cost = SideUse {
+            input: difference - output,
+            output,
+        };
+        let debited = debit(c, ctx, user_id, 0, cost, None, s, policy)?;
         (debited.charge, debited.queued)
     } else {
         give_back(c, ctx, user_id, -difference, &s.request_id)?;
@@ -136,25 +162,82 @@ struct Debited {
     /// The in-chat notice this answer ends with: its usage crossed the threshold
     /// and it can carry the line itself.
     notice: Option<NoticeBase>,
+    /// The overage tokens billed, and their price in micro-reais.
+    overage: i64,
+    overage_cost: i64,
 }
 
-/// Charges `charge` to the user's balance and releases `held` of it: allowance
-/// first, then credits, a ledger entry, and any alert the usage crossed. Usage beyond
-/// the reservation (a prompt estimate below the real count) is still charged: credits
-/// may dip below zero, as a debt.
+/// A settlement's charge on each side.
+fn cost_of(s: &Settlement) -> SideUse {
+    let charge = s.charge.max(0);
+    let output = s.output_charge.clamp(0, charge);
+    SideUse {
+        input: charge - output,
+        output,
+    }
+}
+
+/// What a plan pays from besides the balance as one figure.
+#[derive(Debug, Clone, Copy)]
+struct Pools {
+    sides: SideAllowances,
+    overage: Option<Overage>,
+}
+
+/// The pools of the user's plan now.
+fn plan_pools(c: &mut Conn, user_id: i64) -> Result<Pools, StoreError> {
+    type Pair = (Option<i64>, Option<i64>);
+    let ((input, output), (cap, price)): (Pair, Pair) = users::table
+        .inner_join(plans::table)
+        .filter(users::id.eq(user_id))
+        .select((
+            (plans::input_allowance, plans::output_allowance),
+            (plans::overage_cap, plans::overage_price),
+        ))
+        .first(c)?;
+    Ok(Pools {
+        sides: SideAllowances::stored(input, output),
+        overage: Overage::stored(cap, price),
+    })
+}
+
+/// Charges `cost` to the user's balance and releases `held` of it: allowance
+/// first (with `pools`, each side only as far as its own allowance goes), then
+/// credits, then the overage the plan allows (`domain::overage::Payment`), a ledger
+/// entry, and any alert the usage crossed. Usage beyond the reservation (a prompt
+/// estimate below the real count) is still charged: credits may dip below zero, as
+/// a debt.
+#[allow(clippy::too_many_arguments)]
 fn debit(
     c: &mut Conn,
     ctx: &Ctx,
     user_id: i64,
     held: i64,
-    charge: i64,
+    cost: SideUse,
+    pools: Option<Pools>,
     s: &Settlement,
     policy: &AlertPolicy,
 ) -> Result<Debited, StoreError> {
     let bal = lock_and_roll(c, ctx, user_id)?;
-    let charge = charge.max(0);
-    let from_allowance = charge.min(bal.allowance_left.max(0));
-    let from_credits = charge - from_allowance;
+    let cost = SideUse {
+        input: cost.input.max(0),
+        output: cost.output.max(0),
+    };
+    let charge = cost.input + cost.output;
+    let used = bal.usage(ctx);
+    let plan = match pools {
+        Some(p) => p.sides.plan_pays(used.sides, cost, bal.allowance_left),
+        None => charge.min(bal.allowance_left.max(0)),
+    };
+    let overage = pools.and_then(|p| p.overage);
+    let pay = Payment::of(
+        charge,
+        plan,
+        bal.credits,
+        overage.map_or(0, |o| o.left(used.overage)),
+    );
+    let overage_cost = overage.map_or(0, |o| o.price.cost_of(pay.overage));
+    let (from_allowance, from_credits) = (pay.allowance, pay.credits);
     let allowance_left = bal.allowance_left - from_allowance;
     let credits = bal.credits - from_credits;
     let debit = FixedUpdate(
@@ -163,33 +246,46 @@ fn debit(
             balances::credits.eq(credits),
             balances::held.eq(balances::held - held),
             balances::used_this_cycle.eq(balances::used_this_cycle + charge),
+            balances::usage_cycle.eq(&ctx.cycle_key),
+            balances::input_used.eq(used.sides.input.saturating_add(cost.input)),
+            balances::output_used.eq(used.sides.output.saturating_add(cost.output)),
+            balances::overage_used.eq(used.overage.saturating_add(pay.overage)),
+            balances::overage_cost.eq(used.overage_cost.saturating_add(overage_cost)),
             balances::updated_at.eq(ctx.now),
         )),
     );
     on_backend!(c, |c| debit.execute(c))?;
+    let mut debited = Debited {
+        charge,
+        balance: bal,
+        queued: 0,
+        notice: None,
+        overage: pay.overage,
+        overage_cost,
+    };
     if charge == 0 {
-        return Ok(Debited {
-            charge,
-            balance: bal,
-            queued: 0,
-            notice: None,
-        });
+        return Ok(debited);
     }
-    append_ledger(
-        c,
-        ctx,
-        user_id,
-        &LedgerChange {
-            kind: "usage",
-            delta_allowance: -from_allowance,
-            delta_credits: -from_credits,
-            actor: Actor::System.label(),
-            note: None,
-            request_id: Some(&s.request_id),
-        },
-        allowance_left,
-        credits,
-    )?;
+    let bal = &debited.balance;
+    // Overage alone moves neither the allowance nor the credits: the usage record
+    // keeps it, the ledger has nothing to add.
+    if from_allowance != 0 || from_credits != 0 {
+        append_ledger(
+            c,
+            ctx,
+            user_id,
+            &LedgerChange {
+                kind: "usage",
+                delta_allowance: -from_allowance,
+                delta_credits: -from_credits,
+                actor: Actor::System.label(),
+                note: None,
+                request_id: Some(&s.request_id),
+            },
+            allowance_left,
+            credits,
+        )?;
+    }
     let used = bal.used_this_cycle + charge;
     let crossed = alert_store::record_crossings(
         c,
@@ -217,12 +313,9 @@ fn debit(
             .set(balances::notice_due.eq(None::<NaiveDateTime>))
             .execute(c)?;
     }
-    Ok(Debited {
-        charge,
-        balance: bal,
-        queued: crossed.queued,
-        notice,
-    })
+    debited.queued = crossed.queued;
+    debited.notice = notice;
+    Ok(debited)
 }
 
 /// Gives `amount` back as credits: an abandoned hold charged its prompt, and the
@@ -236,10 +329,17 @@ fn give_back(
 ) -> Result<(), StoreError> {
     let bal = lock_and_roll(c, ctx, user_id)?;
     let credits = bal.credits.saturating_add(amount);
+    // What was charged before was the prompt: the input's use goes back down.
+    let used = bal.usage(ctx);
     diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
         .set((
             balances::credits.eq(credits),
             balances::used_this_cycle.eq((bal.used_this_cycle - amount).max(0)),
+            balances::usage_cycle.eq(&ctx.cycle_key),
+            balances::input_used.eq((used.sides.input - amount).max(0)),
+            balances::output_used.eq(used.sides.output),
+            balances::overage_used.eq(used.overage),
+            balances::overage_cost.eq(used.overage_cost),
             balances::updated_at.eq(ctx.now),
         ))
         .execute(c)?;

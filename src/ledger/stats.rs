@@ -48,10 +48,17 @@ impl UserState {
 
     /// The rule, for a user read in full (the user list filters by the same rule in
     /// SQL: `filtered_users!`).
-    pub fn of(suspended: bool, left: i64, credits: i64, used: i64, exhausted: bool) -> Self {
+    pub fn of(
+        suspended: bool,
+        left: i64,
+        credits: i64,
+        used: i64,
+        exhausted: bool,
+        overage: bool,
+    ) -> Self {
         if suspended {
             Self::Suspended
-        } else if out_of_balance(left, credits, exhausted) {
+        } else if out_of_balance(left, credits, exhausted, overage) {
             Self::Blocked
         } else if i64::from(used_percent(used, left + credits)) >= NEAR_LIMIT_PERCENT {
             Self::Over80
@@ -61,10 +68,11 @@ impl UserState {
     }
 }
 
-/// Nothing left, or exhausted (a refusal found less left than the smallest useful
-/// request): the dashboard and the command line call the user blocked.
-pub fn out_of_balance(allowance_left: i64, credits: i64, exhausted: bool) -> bool {
-    exhausted || allowance_left + credits <= 0
+/// Nothing left (on a plan that blocks there: one with overage goes on), or
+/// exhausted (a refusal found less left than the smallest useful request, overage
+/// included): the dashboard and the command line call the user blocked.
+pub fn out_of_balance(allowance_left: i64, credits: i64, exhausted: bool, overage: bool) -> bool {
+    exhausted || (allowance_left + credits <= 0 && !overage)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -188,6 +196,8 @@ macro_rules! filtered_users {
             }
         }
         let left = balances::allowance_left + balances::credits;
+        // A plan with overage goes on past the balance: blocked only when exhausted.
+        let goes_on = plans::overage_cap.is_not_null();
         let near = (balances::used_this_cycle * 100_i64).ge((balances::used_this_cycle
             + balances::allowance_left
             + balances::credits)
@@ -201,13 +211,17 @@ macro_rules! filtered_users {
                 q = q
                     .filter(users::suspended_at.is_null())
                     .filter(balances::cycle.eq($cycle))
-                    .filter(left.le(0_i64).or(balances::exhausted_at.is_not_null()))
+                    .filter(
+                        left.le(0_i64)
+                            .and(goes_on.eq(false))
+                            .or(balances::exhausted_at.is_not_null()),
+                    )
             }
             Some(UserState::Over80) => {
                 q = q
                     .filter(users::suspended_at.is_null())
                     .filter(balances::cycle.eq($cycle))
-                    .filter(left.gt(0_i64))
+                    .filter(left.gt(0_i64).or(goes_on))
                     .filter(balances::exhausted_at.is_null())
                     .filter(near)
             }
@@ -414,6 +428,7 @@ type ListRow = (
     i64,
     i64,
     Option<NaiveDateTime>,
+    Option<i64>,
 );
 
 diesel::define_sql_function! {
@@ -457,6 +472,7 @@ pub(crate) fn list_users(
         balances::held,
         balances::used_this_cycle,
         balances::exhausted_at,
+        plans::overage_cap,
     ));
     let sorted = match q.sort {
         UserSort::Used => base.order((balances::used_this_cycle.desc(), users::id.asc())),
@@ -492,6 +508,7 @@ pub(crate) fn list_users(
                 held,
                 used,
                 exhausted_at,
+                overage_cap,
             )| {
                 // Not rolled yet: the next request or page view starts the new cycle.
                 let (left, used, exhausted) = if cycle == cycle_key {
@@ -500,7 +517,14 @@ pub(crate) fn list_users(
                     (allowance, 0, false)
                 };
                 let pct = used_percent(used, left + credits);
-                let state = UserState::of(suspended_at.is_some(), left, credits, used, exhausted);
+                let state = UserState::of(
+                    suspended_at.is_some(),
+                    left,
+                    credits,
+                    used,
+                    exhausted,
+                    overage_cap.is_some(),
+                );
                 UserRow {
                     id,
                     external_id,

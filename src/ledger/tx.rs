@@ -13,7 +13,7 @@ use crate::db::statement::{FixedUpdate, on_backend};
 use crate::db::{AnyConnection, StoreError};
 use crate::domain::plan::PlanSource;
 use crate::domain::{
-    Clock, Cycle, Email, Identity, SystemClock, TokenAmount, Weights, used_percent,
+    Clock, Cycle, Email, Identity, SideUse, SystemClock, TokenAmount, Weights, used_percent,
 };
 use chrono::{DateTime, NaiveDateTime, Utc};
 use chrono_tz::Tz;
@@ -64,6 +64,41 @@ pub(crate) struct BalanceRow {
     pub day_requests: i32,
     pub request_cycle: Option<String>,
     pub cycle_requests: i32,
+    /// Each side's use (`domain::sides`) and the overage (`domain::overage`),
+    /// counted in `usage_cycle`.
+    pub usage_cycle: Option<String>,
+    pub input_used: i64,
+    pub output_used: i64,
+    pub overage_used: i64,
+    pub overage_cost: i64,
+}
+
+/// What a cycle's use counts besides the balance: each side, and the overage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CycleUse {
+    pub sides: SideUse,
+    pub overage: i64,
+    /// In micro-reais.
+    pub overage_cost: i64,
+}
+
+impl BalanceRow {
+    /// This cycle's use in the cycle `ctx` is in: none when the counts are of an
+    /// earlier cycle (rolled by a release that does not keep them).
+    pub fn usage(&self, ctx: &Ctx) -> CycleUse {
+        if self.usage_cycle.as_deref() == Some(ctx.cycle_key.as_str()) {
+            CycleUse {
+                sides: SideUse {
+                    input: self.input_used,
+                    output: self.output_used,
+                },
+                overage: self.overage_used,
+                overage_cost: self.overage_cost,
+            }
+        } else {
+            CycleUse::default()
+        }
+    }
 }
 
 /// The balance row's columns, as `BalanceRow` reads them.
@@ -81,6 +116,11 @@ type BalanceColumns = (
     balances::day_requests,
     balances::request_cycle,
     balances::cycle_requests,
+    balances::usage_cycle,
+    balances::input_used,
+    balances::output_used,
+    balances::overage_used,
+    balances::overage_cost,
 );
 
 const BALANCE_COLUMNS: BalanceColumns = (
@@ -97,6 +137,11 @@ const BALANCE_COLUMNS: BalanceColumns = (
     balances::day_requests,
     balances::request_cycle,
     balances::cycle_requests,
+    balances::usage_cycle,
+    balances::input_used,
+    balances::output_used,
+    balances::overage_used,
+    balances::overage_cost,
 );
 
 pub(super) struct LedgerChange<'a> {

@@ -8,7 +8,9 @@ use crate::db::schema::{
 };
 use crate::domain::plan::PlanSource;
 use crate::domain::requests::Windows;
-use crate::domain::{Brl, Cycle, Identity, PlanModels, RequestLimits};
+use crate::domain::{
+    Brl, Cycle, Identity, Overage, PlanModels, RequestLimits, Side, SideAllowances,
+};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 use diesel::dsl::sql;
@@ -45,6 +47,40 @@ pub struct UserSummary {
     pub blocked: bool,
     /// Requests made in this minute, today and this cycle, against the plan's limits.
     pub requests: RequestUse,
+    /// The plan's input and output allowances, and each side's use this cycle.
+    pub sides: SidesUse,
+    /// The plan's overage, and what the user was billed of it this cycle.
+    pub overage: OverageUse,
+}
+
+/// A user's overage this cycle.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct OverageUse {
+    /// The plan's; `None`: it blocks past the allowances.
+    pub policy: Option<Overage>,
+    pub tokens: i64,
+    #[serde(rename = "cost_micro")]
+    pub cost: i64,
+}
+
+/// A user's use of each side this cycle, against their plan's side allowances.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct SidesUse {
+    #[serde(flatten)]
+    pub allowances: SideAllowances,
+    pub input_used: i64,
+    pub output_used: i64,
+}
+
+impl SidesUse {
+    /// What the plan still pays of `side` this cycle; `None` when it does not cap it.
+    pub fn left(&self, side: Side) -> Option<i64> {
+        let used = match side {
+            Side::Input => self.input_used,
+            Side::Output => self.output_used,
+        };
+        self.allowances.left(side, used)
+    }
 }
 
 /// A user's requests in the current windows, and the plan's limit of each.
@@ -86,6 +122,9 @@ pub struct UsageRecord {
     pub latency_ms: i64,
     pub ttfb_ms: Option<i64>,
     pub created_at: NaiveDateTime,
+    /// Overage tokens the request was billed, and their price in micro-reais.
+    pub overage_tokens: i64,
+    pub overage_cost: i64,
 }
 
 #[derive(Debug, Clone, Queryable)]
@@ -174,6 +213,8 @@ type SummaryRow = (
         Option<i32>,
         Option<i32>,
     ),
+    (Option<i64>, Option<i64>, Option<String>, i64, i64),
+    (Option<i64>, Option<i64>, i64, i64),
 );
 
 /// The user's summary at `now` (their requests in the windows that hold it).
@@ -215,6 +256,19 @@ pub(super) fn user_summary(
                 plans::requests_per_day,
                 plans::requests_per_month,
             ),
+            (
+                plans::input_allowance,
+                plans::output_allowance,
+                balances::usage_cycle,
+                balances::input_used,
+                balances::output_used,
+            ),
+            (
+                plans::overage_cap,
+                plans::overage_price,
+                balances::overage_used,
+                balances::overage_cost,
+            ),
         ))
         .first(c)
         .optional()?;
@@ -244,7 +298,13 @@ pub(super) fn user_summary(
                 per_day,
                 per_month,
             ),
+            (input_allowance, output_allowance, usage_cycle, input_used, output_used),
+            (overage_cap, overage_price, overage_used, overage_cost),
         )| {
+            // Counted in an earlier cycle: none yet in this one.
+            let current = usage_cycle.as_deref() == Some(current_cycle.as_str());
+            let in_cycle = |v: i64| if current { v } else { 0 };
+            let overage = Overage::stored(overage_cap, overage_price);
             // Counts kept for a window that has passed are zero now (the reservation
             // starts them over when it next writes).
             let n = |v: i32, current: bool| {
@@ -287,8 +347,19 @@ pub(super) fn user_summary(
                     allowance_left,
                     credits,
                     exhausted_at.is_some(),
+                    overage.is_some(),
                 ),
                 requests,
+                sides: SidesUse {
+                    allowances: SideAllowances::stored(input_allowance, output_allowance),
+                    input_used: in_cycle(input_used),
+                    output_used: in_cycle(output_used),
+                },
+                overage: OverageUse {
+                    policy: overage,
+                    tokens: in_cycle(overage_used),
+                    cost: in_cycle(overage_cost),
+                },
             }
         },
     ))
@@ -300,6 +371,10 @@ pub struct PlanRow {
     pub id: i64,
     pub name: String,
     pub monthly_allowance: i64,
+    #[serde(flatten)]
+    pub sides: SideAllowances,
+    /// Past the allowances: `None` blocks.
+    pub overage: Option<Overage>,
     pub is_default: bool,
     pub users: i64,
     #[serde(serialize_with = "listed_models")]
@@ -318,6 +393,11 @@ pub struct PlanRow {
     pub revenue_this_cycle: i64,
     /// The LibreChat roles whose users it takes.
     pub roles: Vec<String>,
+    /// Overage tokens its users were billed this cycle, and their price in
+    /// micro-reais.
+    pub overage_this_cycle: i64,
+    #[serde(rename = "overage_revenue_this_cycle_micro")]
+    pub overage_revenue_this_cycle: i64,
 }
 
 /// A plan's models in JSON: the list, empty for every model.
@@ -335,6 +415,8 @@ pub(super) fn plans(c: &mut Conn, cycle: &str) -> QueryResult<Vec<PlanRow>> {
         Option<i32>,
         Option<i32>,
         Option<i64>,
+        (Option<i64>, Option<i64>),
+        (Option<i64>, Option<i64>),
     );
     let rows: Vec<Row> = plans::table
         .order(plans::name.asc())
@@ -347,6 +429,23 @@ pub(super) fn plans(c: &mut Conn, cycle: &str) -> QueryResult<Vec<PlanRow>> {
             plans::requests_per_day,
             plans::requests_per_month,
             plans::monthly_price,
+            (plans::input_allowance, plans::output_allowance),
+            (plans::overage_cap, plans::overage_price),
+        ))
+        .load(c)?;
+    type Overages = (i64, Option<i64>, Option<i64>);
+    let overages: Vec<Overages> = users::table
+        .inner_join(balances::table)
+        .filter(balances::usage_cycle.eq(cycle))
+        .group_by(users::plan_id)
+        .select((
+            users::plan_id,
+            sql::<diesel::sql_types::Nullable<BigInt>>(
+                "CAST(SUM(balances.overage_used) AS BIGINT)",
+            ),
+            sql::<diesel::sql_types::Nullable<BigInt>>(
+                "CAST(SUM(balances.overage_cost) AS BIGINT)",
+            ),
         ))
         .load(c)?;
     let counts: Vec<(i64, i64)> = users::table
@@ -387,13 +486,32 @@ pub(super) fn plans(c: &mut Conn, cycle: &str) -> QueryResult<Vec<PlanRow>> {
     Ok(rows
         .into_iter()
         .map(
-            |(id, name, monthly_allowance, is_default, m, d, mo, price)| {
+            |(
+                id,
+                name,
+                monthly_allowance,
+                is_default,
+                m,
+                d,
+                mo,
+                price,
+                (input, output),
+                (cap, overage_price),
+            )| {
+                let (overage_this_cycle, overage_revenue_this_cycle) = overages
+                    .iter()
+                    .find(|(p, _, _)| *p == id)
+                    .map_or((0, 0), |(_, t, r)| (t.unwrap_or(0), r.unwrap_or(0)));
                 let monthly_price = price.and_then(Brl::from_centavos);
                 let active_users = of(&active, id);
                 PlanRow {
                     id,
                     name,
                     monthly_allowance,
+                    sides: SideAllowances::stored(input, output),
+                    overage: Overage::stored(cap, overage_price),
+                    overage_this_cycle,
+                    overage_revenue_this_cycle,
                     is_default: is_default != 0,
                     request_limits: RequestLimits::stored(m, d, mo),
                     users: of(&counts, id),
@@ -594,6 +712,8 @@ pub(super) fn usage_records(
         usage_records::latency_ms,
         usage_records::ttfb_ms,
         usage_records::created_at,
+        usage_records::overage_tokens,
+        usage_records::overage_cost,
     ))
     .load(c)
 }

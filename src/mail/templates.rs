@@ -302,9 +302,17 @@ mod tests {
     use serde_json::json;
 
     fn alert_ctx(name: &str, blocked: bool) -> serde_json::Value {
+        alert_ctx_with(name, blocked, false)
+    }
+
+    /// With `overage`, a 100% alert on a plan that goes on past it, billed.
+    fn alert_ctx_with(name: &str, blocked: bool, overage: bool) -> serde_json::Value {
+        let full = blocked || overage;
         json!({
-            "name": name, "user_label": "ana@example.com", "threshold": if blocked { 100 } else { 80 },
-            "percent": if blocked { 100 } else { 83 }, "blocked": blocked, "plan_name": "Mensal",
+            "name": name, "user_label": "ana@example.com", "threshold": if full { 100 } else { 80 },
+            "percent": if full { 100 } else { 83 }, "blocked": blocked, "plan_name": "Mensal",
+            "overage": overage, "overage_price": if overage { "R$ 0,10" } else { "" },
+            "overage_cap": if overage { "500.000" } else { "" },
             "used": "830.000", "left": "170.000", "plan_allowance": "1.000.000",
             "resets_on": "01/12/2026", "contact": "suporte@example.com", "notified": true,
             "dashboard_url": "http://127.0.0.1:8080/admin/users/7",
@@ -317,9 +325,12 @@ mod tests {
         let t = Templates::new()?;
         for locale in [Locale::PtBr, Locale::En] {
             for kind in [Kind::AlertUser, Kind::AlertAdmin] {
-                for blocked in [false, true] {
-                    let r = t.render(kind, locale, &alert_ctx("Ana", blocked))?;
+                for (blocked, overage) in [(false, false), (true, false), (false, true)] {
+                    let r = t.render(kind, locale, &alert_ctx_with("Ana", blocked, overage))?;
                     assert!(!r.subject.is_empty());
+                    // The price and the cap are said where overage is on, only there.
+                    assert_eq!(r.text.contains("R$ 0,10"), overage, "{}", r.text);
+                    assert_eq!(r.html.contains("500.000"), overage, "{}", r.html);
                     assert!(r.text.contains("830"), "{}", r.text);
                     assert!(r.html.contains("<html lang="), "{}", r.html);
                     assert!(!r.text.contains("\n\n\n"), "{}", r.text);

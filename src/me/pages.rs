@@ -6,7 +6,8 @@ use super::{MeError, SESSION_TTL};
 use crate::admin::views as shared;
 use crate::alerts::{self, Role};
 use crate::config::Locale;
-use crate::domain::Cycle;
+use crate::domain::money::format_micro;
+use crate::domain::{Cycle, Side};
 use crate::i18n;
 use crate::startup::AppState;
 use actix_web::http::StatusCode;
@@ -331,6 +332,16 @@ pub async fn home(
                     "Seu acesso ao chat está suspenso. Fale com o administrador.",
                     "Your access to the chat is suspended. Contact your administrator.",
                 )) }
+            } @else if summary.blocked && summary.sides.left(Side::Output) == Some(0) && summary.credits <= 0 {
+                p.flash.error { (l.pick(
+                    "Seus tokens de saída (as respostas) acabaram: o chat está pausado até a renovação ou até você receber mais créditos.",
+                    "You are out of output tokens (the answers): the chat is paused until the renewal or until you get more credits.",
+                )) }
+            } @else if summary.blocked && summary.sides.left(Side::Input) == Some(0) && summary.credits <= 0 {
+                p.flash.error { (l.pick(
+                    "Seus tokens de entrada (o que você envia) acabaram: o chat está pausado até a renovação ou até você receber mais créditos.",
+                    "You are out of input tokens (what you send): the chat is paused until the renewal or until you get more credits.",
+                )) }
             } @else if summary.blocked {
                 p.flash.error { (l.pick(
                     "Seus tokens acabaram: o chat está pausado até a renovação ou até você receber mais créditos.",
@@ -340,6 +351,28 @@ pub async fn home(
             dl.facts {
                 dt { (l.pick("Plano", "Plan")) }
                 dd #plan { (summary.plan) " · " (i18n::tokens(summary.monthly_allowance, l)) " " (l.pick("tokens por mês", "tokens a month")) }
+                @for (side, id, name, what) in [
+                    (Side::Input, "input-left", l.pick("Tokens de entrada", "Input tokens"), l.pick("o que você envia: mensagens, histórico, imagens", "what you send: messages, history, images")),
+                    (Side::Output, "output-left", l.pick("Tokens de saída", "Output tokens"), l.pick("as respostas", "the answers")),
+                ] {
+                    @if let (Some(left), Some(cap)) = (summary.sides.left(side), summary.sides.allowances.of(side)) {
+                        dt { (name) }
+                        dd id=(id) { (i18n::tokens(left, l)) (l.pick(" restantes de ", " left of ")) (i18n::tokens(cap.get(), l))
+                            " " span.muted { "(" (what) ")" } }
+                    }
+                }
+                @let overage = &summary.overage;
+                @if overage.policy.is_some() || overage.tokens > 0 {
+                    dt { (l.pick("Excedente neste mês", "Overage this month")) }
+                    dd #overage { (i18n::tokens(overage.tokens, l)) " tokens · " (format_micro(overage.cost, l == Locale::PtBr))
+                        @if let Some(o) = overage.policy {
+                            " " span.muted { "("
+                                (l.pick("depois da franquia e dos créditos, cobrado a ", "past your allowance and credits, billed at "))
+                                (format_micro(o.price.micro(), l == Locale::PtBr))
+                                (l.pick(" por 1.000 tokens, até ", " per 1,000 tokens, up to "))
+                                (i18n::tokens(o.cap.get(), l)) (l.pick(" tokens por mês)", " tokens a month)")) }
+                        } }
+                }
                 @if !summary.plan_models.is_empty() {
                     dt { (l.pick("Modelos do plano", "Your plan's models")) }
                     dd #models { (summary.plan_models.join(", ")) }

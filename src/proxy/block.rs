@@ -4,7 +4,7 @@
 //! large").
 
 use crate::config::Locale;
-use crate::domain::Period;
+use crate::domain::{Period, Side};
 use crate::i18n;
 use crate::ledger::{BlockReason, Blocked, LimitReached};
 use chrono::{DateTime, Utc};
@@ -100,7 +100,7 @@ pub fn block_message(
     contact: Option<&str>,
     custom: Option<&BlockText>,
 ) -> String {
-    if let (Some(text), BlockReason::Exhausted) = (custom, blocked.reason) {
+    if let Some(text) = custom.filter(|_| blocked.reason.used_up()) {
         return text
             .render(&blocked.plan_name, contact, locale)
             .chars()
@@ -133,6 +133,18 @@ pub fn block_message(
         (Locale::En, BlockReason::TooLarge) => format!(
             "This message costs more than the {} tokens you have left. Start a new conversation or {ask}.",
             i18n::tokens(blocked.remaining, locale)
+        ),
+        (Locale::PtBr, BlockReason::SideUsedUp(Side::Input)) => format!(
+            "Seus tokens de entrada (mensagens) do plano {plan} acabaram. Para continuar, {ask}."
+        ),
+        (Locale::PtBr, BlockReason::SideUsedUp(Side::Output)) => format!(
+            "Seus tokens de saída (respostas) do plano {plan} acabaram. Para continuar, {ask}."
+        ),
+        (Locale::En, BlockReason::SideUsedUp(Side::Input)) => format!(
+            "Your {plan} plan's input tokens (messages) are used up. To continue, {ask}."
+        ),
+        (Locale::En, BlockReason::SideUsedUp(Side::Output)) => format!(
+            "Your {plan} plan's output tokens (answers) are used up. To continue, {ask}."
         ),
     };
     msg.chars().take(MAX_CHARS).collect()
@@ -244,6 +256,8 @@ mod tests {
                 BlockReason::Exhausted,
                 BlockReason::InFlight,
                 BlockReason::TooLarge,
+                BlockReason::SideUsedUp(Side::Input),
+                BlockReason::SideUsedUp(Side::Output),
             ] {
                 for contact in [None, Some("{evil}\nline"), Some(&*"x".repeat(1000))] {
                     let b = blocked(reason, &nasty, i64::MAX);

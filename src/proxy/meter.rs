@@ -73,6 +73,12 @@ impl Meter {
             } else {
                 0
             },
+            // Rounded on its own, never above the whole (which rounds once).
+            output_charge: if charges {
+                self.weights.cost(0, completion)
+            } else {
+                0
+            },
             estimated,
             outcome,
             status,

@@ -382,10 +382,19 @@ async fn reserve(
     };
     match outcome {
         ReserveOutcome::Reserved(r) => Ok(r),
+        refused => Err(refusal(state, admitted, refused)),
+    }
+}
+
+/// Why the admission step did not admit a request, as its client reads it: each
+/// refusal's metric, log line and answer, in one place.
+fn refusal(state: &AppState, admitted: &Admitted, outcome: ReserveOutcome) -> ApiError {
+    let identity = &admitted.identity;
+    match outcome {
         ReserveOutcome::Blocked(b) => {
             state.metrics.record_rejection("insufficient_quota");
             tracing::info!(user = %identity.key, model = %admitted.model, reason = b.reason.as_str(), remaining = b.remaining, used_percent = b.used_percent, "blocked for balance");
-            Err(ApiError::InsufficientQuota {
+            ApiError::InsufficientQuota {
                 message: block::block_message(
                     state.config.locale,
                     &b,
@@ -393,13 +402,13 @@ async fn reserve(
                     state.config.block_text.as_ref(),
                 ),
                 status: state.config.block_status,
-            })
+            }
         }
         ReserveOutcome::LimitReached(reached) => {
             state.metrics.record_rejection("request_limit");
             tracing::info!(user = %identity.key, limit = reached.period.field(), count = reached.limit.get(), "refused: a request limit of the user's plan");
             let now = state.ledger.now();
-            Err(ApiError::RequestLimit {
+            ApiError::RequestLimit {
                 message: block::limit_message(
                     state.config.locale,
                     &reached,
@@ -409,41 +418,45 @@ async fn reserve(
                 period: reached.period,
                 retry_after: reached.seconds_left(now),
                 status: state.config.block_status,
-            })
+            }
         }
         ReserveOutcome::Suspended => {
             state.metrics.record_rejection("user_suspended");
-            Err(ApiError::Suspended(block::suspended_message(
+            ApiError::Suspended(block::suspended_message(
                 state.config.locale,
                 state.config.support_contact.as_deref(),
-            )))
+            ))
         }
         ReserveOutcome::ModelNotInPlan(models) => {
             state.metrics.record_rejection("model_not_in_plan");
             tracing::info!(user = %identity.key, model = %admitted.model, "refused: the model is not in the user's plan");
-            Err(ApiError::ModelNotInPlan {
+            ApiError::ModelNotInPlan {
                 model: admitted.model.clone(),
                 allowed: models.listed().into_iter().map(str::to_owned).collect(),
-            })
+            }
         }
         ReserveOutcome::ModelNotPriced => {
             state.metrics.record_rejection("model_not_priced");
             tracing::warn!(model = %admitted.model, "refused: the model has no weights and TOKENGATE_UNPRICED_MODELS is refuse");
-            Err(ApiError::ModelNotPriced(admitted.model.clone()))
+            ApiError::ModelNotPriced(admitted.model.clone())
         }
         ReserveOutcome::NotReservable => {
             state.metrics.record_rejection("not_reservable");
             let Some(what) = admitted.unreservable.clone() else {
                 tracing::error!("the ledger asked for an extra cost the request does not need");
-                return Err(ApiError::Internal);
+                return ApiError::Internal;
             };
             tracing::info!(user = %identity.key, model = %admitted.model, refused = %what, "refused: the provider would bill beyond the reservation");
-            Err(ApiError::NotReservable(what))
+            ApiError::NotReservable(what)
         }
         // Only a patient reservation waits; the last try is not patient.
         ReserveOutcome::Crowded { .. } => {
             tracing::error!("a last reservation came back crowded");
-            Err(ApiError::Internal)
+            ApiError::Internal
+        }
+        ReserveOutcome::Reserved(_) => {
+            tracing::error!("an admitted request was taken for a refusal");
+            ApiError::Internal
         }
     }
 }

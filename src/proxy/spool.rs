@@ -70,6 +70,9 @@ struct Record {
     prompt_tokens: i64,
     completion_tokens: i64,
     charge: i64,
+    /// Absent from files an earlier release wrote: the charge counts as input.
+    #[serde(default)]
+    output_charge: i64,
     estimated: bool,
     outcome: String,
     status: u16,
@@ -86,6 +89,7 @@ impl Record {
             prompt_tokens: s.prompt_tokens,
             completion_tokens: s.completion_tokens,
             charge: s.charge,
+            output_charge: s.output_charge,
             estimated: s.estimated,
             outcome: s.outcome.as_str().to_owned(),
             status: s.status,
@@ -100,6 +104,7 @@ impl Record {
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
             charge: self.charge,
+            output_charge: self.output_charge.clamp(0, self.charge.max(0)),
             estimated: self.estimated,
             outcome: Outcome::parse(&self.outcome).unwrap_or(Outcome::Completed),
             status: self.status,
@@ -690,6 +695,7 @@ mod tests {
             prompt_tokens: 10,
             completion_tokens: charge - 10,
             charge,
+            output_charge: charge - 10,
             estimated: false,
             outcome: Outcome::Completed,
             status: 200,

@@ -1171,3 +1171,54 @@ async fn chat_with_email(app: &TestApp, p: Person, body: serde_json::Value) -> r
     }
     req.body(body.to_string()).send().await.unwrap()
 }
+
+/// On a plan with overage, the 100% alert says the chat goes on and that overage
+/// is now billed, at what price and up to how much, to the user and the admins; the
+/// user is not blocked.
+#[actix_web::test]
+async fn the_full_alert_of_a_plan_with_overage_says_it_is_now_billed() {
+    let smtp = SmtpServer::start(SmtpOptions::default()).await;
+    let app = alert_app(&smtp, &[]).await;
+    app.ledger()
+        .create_plan(
+            &tokengate::domain::PlanSpec {
+                overage: Some(tokengate::domain::Overage {
+                    cap: tokengate::domain::plan::Allowance::new(500_000).unwrap(),
+                    price: tokengate::domain::PricePer1k::parse("0,10").unwrap(),
+                }),
+                ..plan_spec("Pro", 10_000)
+            },
+            true,
+            &Actor::Cli,
+        )
+        .unwrap();
+    let ana = |max: i64| chat_with_email(&app, ANA, chat_body("fill", "Olá", false, Some(max)));
+    assert_eq!(ana(8_500).await.status(), 200);
+    assert_eq!(outbox_settled(&app).await.len(), 3, "80%");
+    assert_eq!(ana(3_000).await.status(), 200);
+    assert_eq!(outbox_settled(&app).await.len(), 6, "100%");
+    let mail = smtp.wait_for(6).await;
+    let (user_mail, admin_mail) = one_alert_mail(&mail[3..], "ana@example.com");
+    assert_eq!(
+        user_mail.subject,
+        "Sua franquia acabou: o uso agora é cobrado como excedente"
+    );
+    for text in [&user_mail.text, &user_mail.html] {
+        assert!(
+            text.contains("cobrado como excedente, a R$ 0,10 por 1.000 tokens, até 500.000 tokens neste mês")
+                || text.contains("cobrado como excedente, a <strong>R$ 0,10 por 1.000 tokens</strong>, até 500.000 tokens neste mês"),
+            "{text}"
+        );
+        assert!(!text.contains("pausad"), "{text}");
+    }
+    for m in admin_mail {
+        assert!(
+            m.text.contains("O plano continua com excedente: a R$ 0,10 por 1.000 tokens, até 500.000 tokens neste ciclo."),
+            "{}",
+            m.text
+        );
+        assert!(!m.subject.contains("bloqueado"), "{}", m.subject);
+    }
+    let s = app.summary(ANA.id);
+    assert!(!s.blocked && s.overage.tokens > 0, "{s:?}");
+}

@@ -619,6 +619,8 @@ pub fn plan_spec(name: &str, allowance: i64) -> tokengate::domain::PlanSpec {
     tokengate::domain::PlanSpec {
         name: tokengate::domain::PlanName::parse(name).unwrap(),
         monthly_allowance: tokengate::domain::plan::Allowance::new(allowance).unwrap(),
+        sides: Default::default(),
+        overage: None,
         models: tokengate::domain::PlanModels::All,
         limits: tokengate::domain::RequestLimits::default(),
         monthly_price: None,

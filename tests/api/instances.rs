@@ -336,6 +336,7 @@ async fn a_late_settlement_written_twice_at_once_is_charged_once() {
         prompt_tokens: 10,
         completion_tokens: 90,
         charge: 100,
+        output_charge: 90,
         estimated: false,
         outcome: tokengate::ledger::Outcome::Completed,
         status: 200,

@@ -7,6 +7,7 @@ use crate::admin::session::SignedIn;
 use crate::admin::views::{self, Nav};
 use crate::alerts;
 use crate::config::Locale;
+use crate::domain::money::format_micro;
 use crate::domain::{Cycle, TokenAmount};
 use crate::i18n;
 use crate::ledger::stats::{UserQuery, UserSort, UserState};
@@ -208,6 +209,20 @@ pub async fn detail(
                 @if let Some(limit) = limit {
                     " · " span.requests { (label) " " (used) "/" (limit) }
                 }
+            }
+            @for (label, used, cap) in [
+                (l.pick("entrada", "input"), summary.sides.input_used, summary.sides.allowances.input),
+                (l.pick("saída", "output"), summary.sides.output_used, summary.sides.allowances.output),
+            ] {
+                @if let Some(cap) = cap {
+                    " · " span.side { (label) " " (views::tokens(used, l)) "/" (views::tokens(cap.get(), l)) }
+                }
+            }
+            @let overage = &summary.overage;
+            @if overage.policy.is_some() || overage.tokens > 0 {
+                " · " span.overage { (l.pick("excedente ", "overage ")) (views::tokens(overage.tokens, l))
+                    @if let Some(o) = overage.policy { "/" (views::tokens(o.cap.get(), l)) }
+                    " tokens (" (format_micro(overage.cost, l == Locale::PtBr)) ")" }
             }
             @if let (Some(s), Some(r)) = (&starts, &resets) {
                 " · " (l.pick("Ciclo de", "Cycle from")) " " (s) " " (l.pick("até", "to")) " " (r)

@@ -1,0 +1,14 @@
+ALTER TABLE usage_records DROP COLUMN overage_cost;
+ALTER TABLE usage_records DROP COLUMN overage_tokens;
+ALTER TABLE holds DROP COLUMN credits_held;
+ALTER TABLE holds DROP COLUMN output_held;
+ALTER TABLE holds DROP COLUMN input_held;
+ALTER TABLE balances DROP COLUMN overage_cost;
+ALTER TABLE balances DROP COLUMN overage_used;
+ALTER TABLE balances DROP COLUMN output_used;
+ALTER TABLE balances DROP COLUMN input_used;
+ALTER TABLE balances DROP COLUMN usage_cycle;
+ALTER TABLE plans DROP COLUMN overage_price;
+ALTER TABLE plans DROP COLUMN overage_cap;
+ALTER TABLE plans DROP COLUMN output_allowance;
+ALTER TABLE plans DROP COLUMN input_allowance;
