@@ -553,7 +553,11 @@ async fn an_admin_creates_pro_moves_a_user_and_their_page_shows_it_in_chromium()
         "/admin/plans",
         &[
             ("name", "Pro"),
-            ("allowance", "3.000.000"),
+            ("allowance", ""),
+            ("input_allowance", "3.000.000"),
+            ("output_allowance", "1.500.000"),
+            ("overage_cap", "1.000.000"),
+            ("overage_price", "0,10"),
             ("models", "fake-model, gpt-4o"),
             ("per_day", "200"),
             ("per_month", "3.000"),
@@ -591,7 +595,22 @@ async fn an_admin_creates_pro_moves_a_user_and_their_page_shows_it_in_chromium()
         .click()
         .await
         .unwrap();
-    expect_text(&client, "#plan", "Pro · 3.000.000 tokens por mês").await;
+    expect_text(&client, "#plan", "Pro · 4.500.000 tokens por mês").await;
+    // Each side's tokens left (the chat before the move counts), and the overage.
+    text_when(&client, "#input-left", |t| {
+        t.contains(" restantes de 3.000.000 (o que você envia")
+    })
+    .await;
+    text_when(&client, "#output-left", |t| {
+        t.contains(" restantes de 1.500.000 (as respostas)")
+    })
+    .await;
+    expect_text(
+        &client,
+        "#overage",
+        "0 tokens · R$ 0,00 (depois da franquia e dos créditos, cobrado a R$ 0,10 por 1.000 tokens, até 1.000.000 tokens por mês)",
+    )
+    .await;
     expect_text(&client, "#models", "fake-model, gpt-4o").await;
     text_when(&client, "#messages-today", |t| {
         t.starts_with("restam 199 de 200")
