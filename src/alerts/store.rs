@@ -362,7 +362,8 @@ pub(crate) struct AlertFacts {
     pub plan_allowance: i64,
     /// Whether the user was mailed (an address was known when the alert was written).
     pub user_notified: bool,
-    /// The plan's overage now: past 100% the chat goes on, billed.
+    /// The plan's overage now, unless its cap is used up: past 100% the chat goes
+    /// on, billed.
     pub overage: Option<crate::domain::Overage>,
 }
 
@@ -380,10 +381,14 @@ pub(crate) fn alert_facts(c: &mut Conn, alert_id: i64) -> Result<Option<AlertFac
         String,
         i64,
         Option<String>,
-        (Option<i64>, Option<i64>),
+        (Option<i64>, Option<i64>, Option<String>, i64),
     );
     let row: Option<Row> = alerts::table
-        .inner_join(users::table.inner_join(plans::table))
+        .inner_join(
+            users::table
+                .inner_join(plans::table)
+                .inner_join(balances::table),
+        )
         .filter(alerts::id.eq(alert_id))
         .select((
             users::id,
@@ -398,7 +403,12 @@ pub(crate) fn alert_facts(c: &mut Conn, alert_id: i64) -> Result<Option<AlertFac
             plans::name,
             plans::monthly_allowance,
             alerts::recipient,
-            (plans::overage_cap, plans::overage_price),
+            (
+                plans::overage_cap,
+                plans::overage_price,
+                balances::usage_cycle,
+                balances::overage_used,
+            ),
         ))
         .first(c)
         .optional()?;
@@ -416,9 +426,12 @@ pub(crate) fn alert_facts(c: &mut Conn, alert_id: i64) -> Result<Option<AlertFac
             plan_name,
             plan_allowance,
             recipient,
-            (overage_cap, overage_price),
+            (overage_cap, overage_price, usage_cycle, overage_used),
         )| AlertFacts {
-            overage: crate::domain::Overage::stored(overage_cap, overage_price),
+            // The overage goes on unless its cap is used up in the alert's cycle.
+            overage: crate::domain::Overage::stored(overage_cap, overage_price).filter(|o| {
+                usage_cycle.as_deref() != Some(cycle.as_str()) || o.left(overage_used) > 0
+            }),
             user_id,
             external_id,
             user_email,

@@ -11,7 +11,6 @@ use super::Role;
 use super::store::{self, AlertFacts, Claimed};
 use crate::config::{Config, Locale};
 use crate::db::{Database, StoreError};
-use crate::domain::money::format_micro;
 use crate::domain::{Cycle, used_percent};
 use crate::i18n;
 use crate::mail::{Delivered, Kind, MailError, Mailer, Outgoing, Templates};
@@ -410,8 +409,8 @@ struct AlertContext {
     threshold: i32,
     percent: u8,
     blocked: bool,
-    /// Past 100% on a plan with overage: the chat goes on, billed at this price
-    /// per 1,000 tokens, up to this many tokens.
+    /// The plan goes on past 100% (its overage's cap not used up), billed at this
+    /// price per 1,000 tokens, up to this many tokens.
     overage: bool,
     overage_price: String,
     overage_cap: String,
@@ -452,10 +451,10 @@ impl AlertContext {
                 used_percent(f.used_this_cycle, left)
             },
             blocked: f.threshold >= 100 && f.overage.is_none(),
-            overage: f.threshold >= 100 && f.overage.is_some(),
-            overage_price: f.overage.map_or_else(String::new, |o| {
-                format_micro(o.price.micro(), locale == Locale::PtBr)
-            }),
+            overage: f.overage.is_some(),
+            overage_price: f
+                .overage
+                .map_or_else(String::new, |o| o.price.in_reais(locale == Locale::PtBr)),
             overage_cap: f
                 .overage
                 .map_or_else(String::new, |o| i18n::tokens(o.cap.get(), locale)),

@@ -155,6 +155,9 @@ impl OverageArgs {
     /// give one of the two); `None` when they ask nothing.
     fn change(&self, old: Option<Overage>) -> Result<Option<Option<Overage>>, String> {
         let cap = match self.overage_cap {
+            Some(SideArg(None)) if self.overage_price.is_some() => {
+                return Err("--overage-cap none takes no --overage-price".into());
+            }
             Some(SideArg(None)) => return Ok(Some(None)),
             Some(SideArg(Some(cap))) => Some(cap),
             None => old.map(|o| o.cap),
@@ -344,9 +347,9 @@ fn show(config: &Config, name: &str, json: bool) -> CmdResult {
         plan.overage.map_or_else(
             || "none (blocks)".to_owned(),
             |o| format!(
-                "up to {} tokens a month at R$ {} per 1,000",
+                "up to {} tokens a month at {} per 1,000",
                 o.cap.get(),
-                o.price
+                o.price.in_reais(false)
             )
         )
     );

@@ -76,6 +76,7 @@ diesel::table! {
         input_held -> BigInt,
         output_held -> BigInt,
         credits_held -> Nullable<BigInt>,
+        plan_id -> Nullable<BigInt>,
     }
 }
 

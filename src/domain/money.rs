@@ -99,7 +99,7 @@ pub struct PricePer1k(i64);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{0:?} is not a price in reais per 1,000 tokens: write it as 0,10 (or 0.10), at most six decimals, at most 1000"
+    "{0:?} is not a price in reais per 1,000 tokens: write it as 0,10 (or 0.10), above zero, at most six decimals, at most 1000"
 )]
 pub struct PricePer1kError(String);
 
@@ -116,7 +116,9 @@ impl PricePer1k {
 
     /// A price as people write a small one: "0,10", "R$ 0,003", "0.10", "2". One
     /// `.` or `,` is the decimal mark (no thousands: no such price is a thousand
-    /// reais); more than one, or more than six decimals, is refused.
+    /// reais); more than one, more than six decimals, zero (overage is billed), or
+    /// three decimals after a whole real ("1.000": a thousand to some readers) is
+    /// refused.
     pub fn parse(raw: &str) -> Result<Self, PricePer1kError> {
         let err = || PricePer1kError(raw.trim().chars().take(40).collect());
         let s = raw.trim();
@@ -134,13 +136,31 @@ impl PricePer1k {
         {
             return Err(err());
         }
-        let whole: i64 = if whole.is_empty() {
+        let whole_reais: i64 = if whole.is_empty() {
             0
         } else {
             whole.parse().map_err(|_| err())?
         };
+        if whole_reais > 0 && frac.len() == 3 {
+            return Err(err());
+        }
         let frac: i64 = format!("{frac:0<6}").parse().map_err(|_| err())?;
-        Self::from_micro(whole * 1_000_000 + frac).ok_or_else(err)
+        Self::from_micro(whole_reais * 1_000_000 + frac)
+            .filter(|p| p.0 > 0)
+            .ok_or_else(err)
+    }
+
+    /// The price as a person reads it, exact: "R$ 0,10", "R$ 0,015" ("R$ 0.015").
+    pub fn in_reais(self, pt_br: bool) -> String {
+        let frac = format!("{:06}", self.0 % 1_000_000);
+        let frac = frac.trim_end_matches('0');
+        let frac = if frac.len() < 2 {
+            format!("{frac:0<2}")
+        } else {
+            frac.to_owned()
+        };
+        let decimal = if pt_br { ',' } else { '.' };
+        format!("R$ {}{decimal}{frac}", self.0 / 1_000_000)
     }
 
     /// What `tokens` cost at this price, in micro-reais, rounded up to the
@@ -245,6 +265,11 @@ mod tests {
         assert_eq!(m("2"), Ok(2_000_000));
         assert_eq!(m("1000"), Ok(1_000_000_000));
         for bad in [
+            "0",
+            "0,",
+            "0,000",
+            "1.000",
+            "2,500",
             "",
             "R$",
             "-0,1",
@@ -266,6 +291,16 @@ mod tests {
         assert_eq!(p.to_string(), "0,1");
         assert_eq!(PricePer1k::parse("0,003").unwrap().to_string(), "0,003");
         assert_eq!(PricePer1k::parse(&p.to_string()), Ok(p));
+        assert_eq!(p.in_reais(true), "R$ 0,10");
+        assert_eq!(
+            PricePer1k::parse("0,015").unwrap().in_reais(true),
+            "R$ 0,015"
+        );
+        assert_eq!(
+            PricePer1k::parse("0,00005").unwrap().in_reais(false),
+            "R$ 0.00005"
+        );
+        assert_eq!(PricePer1k::parse("2").unwrap().in_reais(true), "R$ 2,00");
         assert_eq!(format_micro(100_000_000, true), "R$ 100,00");
         assert_eq!(format_micro(123_456, true), "R$ 0,12");
         assert_eq!(format_micro(125_000, false), "R$ 0.13");

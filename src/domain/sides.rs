@@ -393,6 +393,12 @@ mod tests {
                                 output: budget - input,
                             };
                             let s = r.split(cost);
+                            // And it is the most: one token more does not fit.
+                            let over = SideUse {
+                                input,
+                                output: budget - input + 1,
+                            };
+                            assert!(r.split(over).beyond > r.beyond, "{r:?} {input}");
                             assert_eq!(s.plan + s.beyond, budget, "{r:?} {input}");
                             assert!(s.beyond <= credits, "{r:?} {input}");
                             assert!(s.plan <= plan, "{r:?} {input}");

@@ -255,10 +255,11 @@ pub enum PlanRef {
 }
 
 /// Changes a plan in one transaction: what `change` leaves out stays, so an edit
-/// made meanwhile elsewhere is not written over. Its name, models and request limits
-/// apply at once (counted from what each user has already made in the window); its
-/// allowance from each user's next cycle (the audit line says so). A change that
-/// changes nothing writes nothing. Returns the plan's id.
+/// made meanwhile elsewhere is not written over. Its name, models, request limits,
+/// side allowances and overage apply at once (counted from what each user has
+/// already used in the window or the cycle); its monthly allowance from each user's
+/// next cycle (the audit line says so). A change that changes nothing writes nothing.
+/// Returns the plan's id.
 pub(super) fn update_plan(
     c: &mut Conn,
     ctx: &Ctx,
@@ -305,7 +306,16 @@ pub(super) fn update_plan(
         .name
         .as_ref()
         .map_or(old_name.as_str(), |n| n.as_str());
-    let allowance = change.monthly_allowance.map_or(old_allowance, |a| a.get());
+    // A monthly allowance that is its two sides added up (as `plans create` makes
+    // it without one) stays so when a side changes and it is not given anew.
+    let derived = old_sides.total().map(Allowance::get) == Some(old_allowance);
+    let allowance = match change.monthly_allowance.map(Allowance::get) {
+        Some(given) if given != old_allowance => given,
+        _ if derived && new_sides != old_sides => {
+            new_sides.total().map_or(old_allowance, Allowance::get)
+        }
+        _ => old_allowance,
+    };
     let new_models = change.models.as_ref().unwrap_or(&old_models);
     if name != old_name {
         let clash: i64 = plans::table

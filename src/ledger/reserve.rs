@@ -99,7 +99,12 @@ pub(super) fn reserve(
         let least = SideUse {
             input,
             output: match req.requested_completion {
-                Some(_) => weights.cost(0, req.min_completion.max(1) * req.completions.max(1)),
+                Some(_) => weights.cost(
+                    0,
+                    req.min_completion
+                        .max(1)
+                        .saturating_mul(req.completions.max(1)),
+                ),
                 None => 0,
             },
         };
@@ -185,6 +190,7 @@ pub(super) fn reserve(
         holds::input_held.eq(cost.input),
         holds::output_held.eq(cost.output),
         holds::credits_held.eq(room.beyond_part(cost)),
+        holds::plan_id.eq(user.plan_id),
     ));
     on_backend!(c, |c| hold.execute(c))?;
     let worst = bal.used_this_cycle + bal.held + amount;

@@ -29,7 +29,7 @@ pub(super) fn settle(
             holds::stream,
             holds::created_at,
             holds::counted,
-            holds::credits_held,
+            (holds::credits_held, holds::plan_id),
         ));
     type Hold = (
         i64,
@@ -39,19 +39,19 @@ pub(super) fn settle(
         i32,
         NaiveDateTime,
         i32,
-        Option<i64>,
+        (Option<i64>, Option<i64>),
     );
     let hold: Option<Hold> = on_backend!(c, |c| released.get_result(c).optional())?;
-    let Some((user_id, held_amount, model, endpoint, stream, reserved_at, counted, credits_held)) =
-        hold
+    let Some((user_id, held_amount, model, endpoint, stream, reserved_at, counted, pooled)) = hold
     else {
         return settle_late(c, ctx, s, policy);
     };
-    // Reserved from pools: the plan pays each side up to its own allowance, and
-    // the overage it allows pays past the credits.
-    let pools = match credits_held {
-        Some(_) => Some(plan_pools(c, user_id)?),
-        None => None,
+    // Reserved from pools: it is paid by the rules that admitted it (those of the
+    // plan it was reserved on, should the user have moved since): each side up to
+    // its own allowance, the overage past the credits.
+    let pools = match pooled {
+        (Some(_), plan_id) => Some(plan_pools(c, plan_id, user_id)?),
+        (None, _) => None,
     };
     let debited = debit(c, ctx, user_id, held_amount, cost_of(s), pools, s, policy)?;
     if counted == 1 && requests::not_served(s) {
@@ -112,12 +112,15 @@ fn settle_late(
             usage_records::id,
             usage_records::user_id,
             usage_records::charged,
+            (usage_records::overage_tokens, usage_records::overage_cost),
         ));
-    let found: Option<(i64, i64, i64)> = match c {
+    type Found = (i64, i64, i64, (i64, i64));
+    let found: Option<Found> = match c {
         AnyConnection::Postgresql(pg) => abandoned.for_update().first(pg).optional()?,
         AnyConnection::Sqlite(lite) => abandoned.first(lite).optional()?,
     };
-    let Some((record_id, user_id, charged_before)) = found else {
+    let Some((record_id, user_id, charged_before, (overage_before, overage_cost_before))) = found
+    else {
         return Ok((SettleResult::AlreadySettled, 0));
     };
     diesel::update(
@@ -137,20 +140,55 @@ fn settle_late(
     ))
     .execute(c)?;
     let difference = s.charge.max(0) - charged_before;
-    let (charged, queued) = if difference >= 0 {
-        // What was charged before was the prompt: the rest is the output first.
+    let (charged, queued, overage) = if difference >= 0 {
+        // What was charged before was the prompt: the rest is the output first,
+        // paid by the pools of the user's plan.
         let output = difference.min(cost_of(s).output);
         let cost = SideUse {
             input: difference - output,
             output,
         };
-        let debited = debit(c, ctx, user_id, 0, cost, None, s, policy)?;
-        (debited.charge, debited.queued)
+        let pools = plan_pools(c, None, user_id)?;
+        let debited = debit(c, ctx, user_id, 0, cost, Some(pools), s, policy)?;
+        (
+            debited.charge,
+            debited.queued,
+            (
+                overage_before + debited.overage,
+                overage_cost_before + debited.overage_cost,
+            ),
+        )
     } else {
-        give_back(c, ctx, user_id, -difference, &s.request_id)?;
-        (difference, 0)
+        // Cost less than the prompt charged at the release: the overage that
+        // charge billed is taken back first, the rest given back as credits.
+        let refund = -difference;
+        let undone = undo_overage(refund, overage_before, overage_cost_before);
+        give_back(c, ctx, user_id, refund, undone, &s.request_id)?;
+        (
+            difference,
+            0,
+            (overage_before - undone.0, overage_cost_before - undone.1),
+        )
     };
+    diesel::update(usage_records::table.filter(usage_records::id.eq(record_id)))
+        .set((
+            usage_records::overage_tokens.eq(overage.0),
+            usage_records::overage_cost.eq(overage.1),
+        ))
+        .execute(c)?;
     Ok((SettleResult::SettledLate { charged }, queued))
+}
+
+/// Of a refund of `refund` tokens on a request billed `tokens` of overage at
+/// `cost`, the overage tokens and price taken back: as much of the overage as the
+/// refund covers, its price in proportion (all of it with all the tokens).
+fn undo_overage(refund: i64, tokens: i64, cost: i64) -> (i64, i64) {
+    let undone = refund.clamp(0, tokens.max(0));
+    if undone == tokens {
+        return (undone, cost.max(0));
+    }
+    let price = i128::from(cost.max(0)) * i128::from(undone) / i128::from(tokens.max(1));
+    (undone, i64::try_from(price).unwrap_or(0))
 }
 
 /// What `debit` did.
@@ -184,12 +222,16 @@ struct Pools {
     overage: Option<Overage>,
 }
 
-/// The pools of the user's plan now.
-fn plan_pools(c: &mut Conn, user_id: i64) -> Result<Pools, StoreError> {
+/// The pools of plan `plan_id` (of the user's plan, for a hold that names none),
+/// as they are now.
+fn plan_pools(c: &mut Conn, plan_id: Option<i64>, user_id: i64) -> Result<Pools, StoreError> {
     type Pair = (Option<i64>, Option<i64>);
-    let ((input, output), (cap, price)): (Pair, Pair) = users::table
-        .inner_join(plans::table)
-        .filter(users::id.eq(user_id))
+    let plan_id = match plan_id {
+        Some(id) => id,
+        None => users::table.find(user_id).select(users::plan_id).first(c)?,
+    };
+    let ((input, output), (cap, price)): (Pair, Pair) = plans::table
+        .find(plan_id)
         .select((
             (plans::input_allowance, plans::output_allowance),
             (plans::overage_cap, plans::overage_price),
@@ -293,7 +335,13 @@ fn debit(
         &alert_store::Snapshot {
             user_id,
             cycle: &ctx.cycle_key,
-            used_percent: used_percent(used, allowance_left + credits),
+            // Overage billed means the plan is used up (a side of it, at least):
+            // the 100% alert says so, and that overage is now billed.
+            used_percent: if pay.overage > 0 {
+                100
+            } else {
+                used_percent(used, allowance_left + credits)
+            },
             used_this_cycle: used,
             allowance_left,
             credits,
@@ -318,17 +366,21 @@ fn debit(
     Ok(debited)
 }
 
-/// Gives `amount` back as credits: an abandoned hold charged its prompt, and the
-/// request's own settlement, arriving later, says it cost less (it failed upstream).
+/// Gives `amount` back: an abandoned hold charged its prompt, and the request's own
+/// settlement, arriving later, says it cost less (it failed upstream). The overage
+/// that charge billed (`undone`: tokens, price) is taken back; the rest is given
+/// back as credits.
 fn give_back(
     c: &mut Conn,
     ctx: &Ctx,
     user_id: i64,
     amount: i64,
+    undone: (i64, i64),
     request_id: &str,
 ) -> Result<(), StoreError> {
     let bal = lock_and_roll(c, ctx, user_id)?;
-    let credits = bal.credits.saturating_add(amount);
+    let as_credits = amount - undone.0;
+    let credits = bal.credits.saturating_add(as_credits);
     // What was charged before was the prompt: the input's use goes back down.
     let used = bal.usage(ctx);
     diesel::update(balances::table.filter(balances::user_id.eq(user_id)))
@@ -338,25 +390,27 @@ fn give_back(
             balances::usage_cycle.eq(&ctx.cycle_key),
             balances::input_used.eq((used.sides.input - amount).max(0)),
             balances::output_used.eq(used.sides.output),
-            balances::overage_used.eq(used.overage),
-            balances::overage_cost.eq(used.overage_cost),
+            balances::overage_used.eq((used.overage - undone.0).max(0)),
+            balances::overage_cost.eq((used.overage_cost - undone.1).max(0)),
             balances::updated_at.eq(ctx.now),
         ))
         .execute(c)?;
-    append_ledger(
-        c,
-        ctx,
-        user_id,
-        &LedgerChange {
-            kind: "adjustment",
-            delta_allowance: 0,
-            delta_credits: amount,
-            actor: Actor::System.label(),
-            note: Some("settled after release"),
-            request_id: Some(request_id),
-        },
-        bal.allowance_left,
-        credits,
-    )?;
+    if as_credits != 0 {
+        append_ledger(
+            c,
+            ctx,
+            user_id,
+            &LedgerChange {
+                kind: "adjustment",
+                delta_allowance: 0,
+                delta_credits: as_credits,
+                actor: Actor::System.label(),
+                note: Some("settled after release"),
+                request_id: Some(request_id),
+            },
+            bal.allowance_left,
+            credits,
+        )?;
+    }
     Ok(())
 }

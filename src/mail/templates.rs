@@ -302,12 +302,12 @@ mod tests {
     use serde_json::json;
 
     fn alert_ctx(name: &str, blocked: bool) -> serde_json::Value {
-        alert_ctx_with(name, blocked, false)
+        alert_ctx_with(name, blocked, false, blocked)
     }
 
-    /// With `overage`, a 100% alert on a plan that goes on past it, billed.
-    fn alert_ctx_with(name: &str, blocked: bool, overage: bool) -> serde_json::Value {
-        let full = blocked || overage;
+    /// With `overage`, an alert on a plan that goes on past 100%, billed; `full`,
+    /// at 100%.
+    fn alert_ctx_with(name: &str, blocked: bool, overage: bool, full: bool) -> serde_json::Value {
         json!({
             "name": name, "user_label": "ana@example.com", "threshold": if full { 100 } else { 80 },
             "percent": if full { 100 } else { 83 }, "blocked": blocked, "plan_name": "Mensal",
@@ -325,12 +325,28 @@ mod tests {
         let t = Templates::new()?;
         for locale in [Locale::PtBr, Locale::En] {
             for kind in [Kind::AlertUser, Kind::AlertAdmin] {
-                for (blocked, overage) in [(false, false), (true, false), (false, true)] {
-                    let r = t.render(kind, locale, &alert_ctx_with("Ana", blocked, overage))?;
+                for (blocked, overage, full) in [
+                    (false, false, false),
+                    (true, false, true),
+                    (false, true, true),
+                    (false, true, false),
+                ] {
+                    let ctx = alert_ctx_with("Ana", blocked, overage, full);
+                    let r = t.render(kind, locale, &ctx)?;
+                    // A plan with overage never reads as paused.
+                    if overage {
+                        assert!(
+                            !r.text.contains("pausad") && !r.text.contains("paused"),
+                            "{}",
+                            r.text
+                        );
+                    }
                     assert!(!r.subject.is_empty());
-                    // The price and the cap are said where overage is on, only there.
-                    assert_eq!(r.text.contains("R$ 0,10"), overage, "{}", r.text);
-                    assert_eq!(r.html.contains("500.000"), overage, "{}", r.html);
+                    // The price and the cap are said where overage is on (to the
+                    // admins, once it is billed), only there.
+                    let said = overage && (full || matches!(kind, Kind::AlertUser));
+                    assert_eq!(r.text.contains("R$ 0,10"), said, "{}", r.text);
+                    assert_eq!(r.html.contains("500.000"), said, "{}", r.html);
                     assert!(r.text.contains("830"), "{}", r.text);
                     assert!(r.html.contains("<html lang="), "{}", r.html);
                     assert!(!r.text.contains("\n\n\n"), "{}", r.text);

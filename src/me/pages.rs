@@ -368,7 +368,7 @@ pub async fn home(
                         @if let Some(o) = overage.policy {
                             " " span.muted { "("
                                 (l.pick("depois da franquia e dos créditos, cobrado a ", "past your allowance and credits, billed at "))
-                                (format_micro(o.price.micro(), l == Locale::PtBr))
+                                (o.price.in_reais(l == Locale::PtBr))
                                 (l.pick(" por 1.000 tokens, até ", " per 1,000 tokens, up to "))
                                 (i18n::tokens(o.cap.get(), l)) (l.pick(" tokens por mês)", " tokens a month)")) }
                         } }

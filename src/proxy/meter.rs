@@ -64,21 +64,20 @@ impl Meter {
                 true,
             ),
         };
+        let charge = if charges {
+            self.weights.cost(prompt, completion)
+        } else {
+            0
+        };
         Settlement {
             request_id: self.request_id.clone(),
             prompt_tokens: prompt,
             completion_tokens: completion,
-            charge: if charges {
-                self.weights.cost(prompt, completion)
-            } else {
-                0
-            },
-            // Rounded on its own, never above the whole (which rounds once).
-            output_charge: if charges {
-                self.weights.cost(0, completion)
-            } else {
-                0
-            },
+            charge,
+            // What the answer added to the prompt's cost: the split the reservation
+            // made (`ledger::reserve`), so that rounding never moves a token from one
+            // side's allowance to the other's.
+            output_charge: charge - self.weights.cost(prompt, 0).min(charge),
             estimated,
             outcome,
             status,

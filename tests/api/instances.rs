@@ -28,7 +28,7 @@ async fn sweeps(client: &reqwest::Client, base: &str) -> u64 {
 }
 
 /// Reads a stream until `tokens` of the provider's "tok " pieces have come.
-async fn read_tokens(res: &mut reqwest::Response, tokens: usize) -> Vec<u8> {
+pub(crate) async fn read_tokens(res: &mut reqwest::Response, tokens: usize) -> Vec<u8> {
     let mut got = Vec::new();
     while String::from_utf8_lossy(&got).matches("tok ").count() < tokens {
         let chunk = res.chunk().await.unwrap().expect("stream ended early");

@@ -6,6 +6,7 @@
 use crate::admin::Admin;
 use crate::cli::{text, tokengate};
 use crate::helpers::*;
+use crate::instances::read_tokens;
 use futures_util::future::join_all;
 use serde_json::Value;
 use tokengate::domain::plan::Allowance;
@@ -183,7 +184,7 @@ async fn overage_from_the_command_line_and_the_dashboard_and_on_the_pages() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout)
-            .contains("overage:        up to 1000000 tokens a month at R$ 0,1 per 1,000"),
+            .contains("overage:        up to 1000000 tokens a month at R$ 0.10 per 1,000"),
         "{}",
         text(&out.stdout)
     );
@@ -320,4 +321,172 @@ async fn overage_from_the_command_line_and_the_dashboard_and_on_the_pages() {
     assert_eq!(app.ledger().plan("Pro").unwrap().overage, None);
     assert_eq!(fill(&app, "ana", 1_000).await.0, 429);
     assert!(app.summary("ana").blocked);
+}
+
+/// A hold released as abandoned is charged its prompt, as overage on a plan past its
+/// allowance. Its request's own settlement, arriving later, bills the rest as
+/// overage too when it cost more, and takes the overage back (not as free credits)
+/// when it cost less.
+#[actix_web::test]
+async fn a_late_settlement_bills_or_takes_back_overage() {
+    let app = spawn_app(TestOptions::default()).await;
+    with_overage(&app, "Excedente", 0, 100_000);
+    let late = |request_id: String, charge: i64, outcome| tokengate::ledger::Settlement {
+        request_id,
+        prompt_tokens: 10,
+        completion_tokens: charge - 10,
+        charge,
+        output_charge: (charge - 10).max(0),
+        estimated: false,
+        outcome,
+        status: 200,
+        latency: std::time::Duration::from_secs(1),
+        ttfb: None,
+        can_carry_notice: false,
+    };
+    let released = |app: &TestApp| {
+        let request_id = app.ledger().holds().unwrap()[0].request_id.clone();
+        assert_eq!(
+            app.ledger()
+                .sweep_stale_holds(std::time::Duration::ZERO)
+                .unwrap(),
+            1
+        );
+        request_id
+    };
+
+    // Cost more than its prompt: the rest is overage, on the same record.
+    let mut res = app
+        .chat(&chat_body("trickle", "olá mundo", true, None))
+        .await;
+    assert_eq!(res.status(), 200);
+    read_tokens(&mut res, 3).await;
+    let first = released(&app);
+    let id = app.user_id(USER);
+    let prompt = app.summary(USER).overage.tokens;
+    assert!(prompt > 0, "the release billed the prompt as overage");
+    app.ledger()
+        .settle_blocking(&late(
+            first.clone(),
+            100,
+            tokengate::ledger::Outcome::Completed,
+        ))
+        .unwrap();
+    drop(res);
+    let s = app.summary(USER);
+    assert_eq!(
+        (s.overage.tokens, s.overage.cost, s.credits),
+        (100, 10_000, 0)
+    );
+    let record = |request_id: &str| {
+        app.ledger()
+            .usage_records(id)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.request_id == request_id)
+            .unwrap()
+    };
+    assert_eq!(
+        (record(&first).overage_tokens, record(&first).overage_cost),
+        (100, 10_000)
+    );
+
+    // Cost nothing after all (failed upstream): the prompt's overage is taken back.
+    let mut res = app
+        .chat(&chat_body("trickle", "olá mundo", true, None))
+        .await;
+    assert_eq!(res.status(), 200);
+    read_tokens(&mut res, 3).await;
+    let second = released(&app);
+    assert!(app.summary(USER).overage.tokens > 100);
+    app.ledger()
+        .settle_blocking(&late(
+            second.clone(),
+            0,
+            tokengate::ledger::Outcome::UpstreamError,
+        ))
+        .unwrap();
+    drop(res);
+    let s = app.summary(USER);
+    assert_eq!(
+        (s.overage.tokens, s.overage.cost, s.credits),
+        (100, 10_000, 0),
+        "taken back, not given as credits"
+    );
+    assert_eq!(
+        (record(&second).overage_tokens, record(&second).overage_cost),
+        (0, 0)
+    );
+    app.assert_invariant(USER);
+}
+
+/// A request admitted under a plan's overage is paid by it, even when its user is
+/// moved meanwhile to a plan without overage whose allowance is used up: no debt.
+#[actix_web::test]
+async fn a_request_in_flight_is_paid_by_the_plan_that_admitted_it() {
+    let app = spawn_app(TestOptions::default()).await;
+    with_overage(&app, "Pro", 0, 100_000);
+    let basico = app
+        .ledger()
+        .create_plan(&plan_spec("Básico", 0), false, &Actor::Cli)
+        .unwrap();
+    let mut res = app
+        .chat(&chat_body("trickle", "olá mundo", true, None))
+        .await;
+    assert_eq!(res.status(), 200);
+    read_tokens(&mut res, 3).await;
+    app.ledger()
+        .change_plan(app.user_id(USER), basico, &Actor::Cli)
+        .unwrap();
+    read_tokens(&mut res, 6).await;
+    // The user stops it: charged what was delivered, by Pro's rules.
+    drop(res);
+    app.wait_for_no_holds(USER).await;
+    app.settled();
+    let s = app.summary(USER);
+    assert_eq!(s.plan, "Básico");
+    assert!(s.used_this_cycle > 0, "{s:?}");
+    assert_eq!(s.credits, 0, "no debt: {s:?}");
+    assert_eq!(s.overage.tokens, s.used_this_cycle, "{s:?}");
+    app.assert_invariant(USER);
+}
+
+/// Past a side's allowance, overage pays that side while the month's allowance is
+/// far from used: the first overage is the 100% alert, which says it is billed.
+#[actix_web::test]
+async fn overage_past_a_side_allowance_is_the_full_alert() {
+    let app = spawn_app(TestOptions::default()).await;
+    app.ledger()
+        .create_plan(
+            &PlanSpec {
+                sides: tokengate::domain::SideAllowances {
+                    input: None,
+                    output: Allowance::new(1_000),
+                },
+                overage: Some(Overage {
+                    cap: Allowance::new(10_000).unwrap(),
+                    price: PricePer1k::from_micro(PRICE_MICRO).unwrap(),
+                }),
+                ..plan_spec("Saída", 1_000_000)
+            },
+            true,
+            &Actor::Cli,
+        )
+        .unwrap();
+    let thresholds = |app: &TestApp| -> Vec<u8> {
+        tokengate::alerts::list(app.ledger().db(), Some(app.user_id("ana")), 20)
+            .unwrap()
+            .iter()
+            .map(|a| a.threshold)
+            .collect()
+    };
+    assert_eq!(fill(&app, "ana", 1_000).await.0, 200);
+    app.settled();
+    assert!(thresholds(&app).is_empty());
+    assert_eq!(fill(&app, "ana", 1_000).await.0, 200);
+    app.settled();
+    let s = app.summary("ana");
+    assert_eq!(s.overage.tokens, 1_000, "{s:?}");
+    assert!(!s.blocked);
+    assert!(thresholds(&app).contains(&100), "{:?}", thresholds(&app));
 }

@@ -1,5 +1,6 @@
 ALTER TABLE usage_records DROP COLUMN overage_cost;
 ALTER TABLE usage_records DROP COLUMN overage_tokens;
+ALTER TABLE holds DROP COLUMN plan_id;
 ALTER TABLE holds DROP COLUMN credits_held;
 ALTER TABLE holds DROP COLUMN output_held;
 ALTER TABLE holds DROP COLUMN input_held;

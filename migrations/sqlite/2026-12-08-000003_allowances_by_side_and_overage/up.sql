@@ -23,6 +23,9 @@ ALTER TABLE balances ADD COLUMN overage_cost BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE holds ADD COLUMN input_held BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE holds ADD COLUMN output_held BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE holds ADD COLUMN credits_held BIGINT;
+-- The plan whose rules admitted it: its settlement pays by them, whatever move or
+-- edit came in between.
+ALTER TABLE holds ADD COLUMN plan_id BIGINT;
 -- The overage a request was billed: tokens, and their price in micro-reais.
 ALTER TABLE usage_records ADD COLUMN overage_tokens BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE usage_records ADD COLUMN overage_cost BIGINT NOT NULL DEFAULT 0;
