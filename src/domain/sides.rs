@@ -1,6 +1,6 @@
 //! A plan's separate input and output allowances: how much of each side of a
-//! request the plan pays in a cycle, credits paying what a side cannot
-//! (docs/behaviour.md, "Input and output allowances").
+//! request the plan pays in a cycle, credits (and the overage a plan allows) paying
+//! what a side cannot (docs/behaviour.md, "Input and output allowances").
 //!
 //! The arithmetic lives here, free of the database, so that the reservation and the
 //! settlement ask the same questions of the same numbers.
@@ -12,15 +12,6 @@ use super::plan::Allowance;
 pub enum Side {
     Input,
     Output,
-}
-
-impl Side {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Input => "input",
-            Self::Output => "output",
-        }
-    }
 }
 
 /// What a plan pays of each side per cycle, in weighted tokens; `None` caps nothing.
@@ -176,7 +167,8 @@ impl Room {
         }
     }
 
-    /// What `side` can still pay: its room (within the plan's), and the credits.
+    /// What `side` can still pay: its room (within the plan's), and what pays past
+    /// the plan.
     pub fn can_pay(&self, side: Side) -> i64 {
         let room = match side {
             Side::Input => self.input,
