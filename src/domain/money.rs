@@ -171,15 +171,18 @@ impl PricePer1k {
     }
 }
 
-/// As typed back into the dashboard's form: "0,1" or "0,003" (no trailing zeros).
+/// As typed back into the dashboard's form, and read back the same: "0,1",
+/// "0,003"; no trailing zeros but the one that keeps "2,1250" from reading as
+/// "2,125" (refused by `parse` as a possible thousand).
 impl fmt::Display for PricePer1k {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let whole = self.0 / 1_000_000;
         let frac = format!("{:06}", self.0 % 1_000_000);
         let frac = frac.trim_end_matches('0');
-        if frac.is_empty() {
-            write!(f, "{}", self.0 / 1_000_000)
-        } else {
-            write!(f, "{},{frac}", self.0 / 1_000_000)
+        match frac.len() {
+            0 => write!(f, "{whole}"),
+            3 if whole > 0 => write!(f, "{whole},{frac}0"),
+            _ => write!(f, "{whole},{frac}"),
         }
     }
 }
@@ -291,6 +294,19 @@ mod tests {
         assert_eq!(p.to_string(), "0,1");
         assert_eq!(PricePer1k::parse("0,003").unwrap().to_string(), "0,003");
         assert_eq!(PricePer1k::parse(&p.to_string()), Ok(p));
+        // Every price reads back as itself from what the form shows.
+        for micro in [
+            1,
+            3_000,
+            100_000,
+            1_500_000,
+            2_125_000,
+            2_120_500,
+            999_999_999,
+        ] {
+            let p = PricePer1k::from_micro(micro).unwrap();
+            assert_eq!(PricePer1k::parse(&p.to_string()), Ok(p), "{p}");
+        }
         assert_eq!(p.in_reais(true), "R$ 0,10");
         assert_eq!(
             PricePer1k::parse("0,015").unwrap().in_reais(true),
