@@ -182,6 +182,51 @@ async fn a_model_outside_the_plan_is_explained_in_english_too() {
     );
 }
 
+/// The README's plan commands, run as an operator would copy them: each succeeds,
+/// and the plans they make are the ones the README describes.
+#[actix_web::test]
+async fn the_readmes_plans_are_one_command_each() {
+    let app = spawn_app(TestOptions::default()).await;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let commands: Vec<Vec<&str>> = readme
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tokengate plans "))
+        .map(|rest| {
+            let mut args = vec!["plans"];
+            args.extend(rest.split_whitespace());
+            args
+        })
+        .collect();
+    assert!(commands.len() >= 4, "{commands:?}");
+    for args in &commands {
+        let out = tokengate(&app.db, args, None);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    }
+    let plan = |name: &str| -> Value {
+        let out = tokengate(&app.db, &["plans", "show", name, "--json"], None);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let basico = plan("Básico");
+    assert_eq!(basico["input_allowance"], 1_000_000);
+    assert_eq!(basico["output_allowance"], 500_000);
+    assert_eq!(basico["monthly_allowance"], 1_500_000);
+    assert_eq!(basico["monthly_price_centavos"], 9_990);
+    assert_eq!(basico["request_limits"]["per_day"], 50);
+    assert_eq!(basico["is_default"], true);
+    let pro = plan("Pro");
+    assert_eq!(pro["monthly_allowance"], 4_500_000);
+    assert_eq!(pro["monthly_price_centavos"], 19_990);
+    let enterprise = plan("Enterprise");
+    assert_eq!(enterprise["monthly_allowance"], 15_000_000);
+    assert_eq!(enterprise["monthly_price_centavos"], 39_990);
+    assert_eq!(
+        enterprise["overage"],
+        serde_json::json!({"cap": 5_000_000, "price_per_1k_micro": 100_000})
+    );
+}
+
 #[actix_web::test]
 async fn plans_from_the_command_line() {
     let app = spawn_app(TestOptions::default()).await;
