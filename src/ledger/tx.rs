@@ -82,22 +82,38 @@ pub(crate) struct CycleUse {
     pub overage_cost: i64,
 }
 
-impl BalanceRow {
-    /// This cycle's use in the cycle `ctx` is in: none when the counts are of an
-    /// earlier cycle (rolled by a release that does not keep them).
-    pub fn usage(&self, ctx: &Ctx) -> CycleUse {
-        if self.usage_cycle.as_deref() == Some(ctx.cycle_key.as_str()) {
-            CycleUse {
-                sides: SideUse {
-                    input: self.input_used,
-                    output: self.output_used,
-                },
-                overage: self.overage_used,
-                overage_cost: self.overage_cost,
-            }
-        } else {
-            CycleUse::default()
+impl CycleUse {
+    /// The counts as the balance row keeps them, in `cycle`: none when they are of
+    /// an earlier cycle (rolled by a release that does not keep them).
+    pub fn stored(
+        counted_in: Option<&str>,
+        cycle: &str,
+        (input, output, overage, overage_cost): (i64, i64, i64, i64),
+    ) -> Self {
+        if counted_in != Some(cycle) {
+            return Self::default();
         }
+        Self {
+            sides: SideUse { input, output },
+            overage,
+            overage_cost,
+        }
+    }
+}
+
+impl BalanceRow {
+    /// This cycle's use in the cycle `ctx` is in (`CycleUse::stored`).
+    pub fn usage(&self, ctx: &Ctx) -> CycleUse {
+        CycleUse::stored(
+            self.usage_cycle.as_deref(),
+            &ctx.cycle_key,
+            (
+                self.input_used,
+                self.output_used,
+                self.overage_used,
+                self.overage_cost,
+            ),
+        )
     }
 }
 

@@ -301,9 +301,11 @@ pub(super) fn user_summary(
             (input_allowance, output_allowance, usage_cycle, input_used, output_used),
             (overage_cap, overage_price, overage_used, overage_cost),
         )| {
-            // Counted in an earlier cycle: none yet in this one.
-            let current = usage_cycle.as_deref() == Some(current_cycle.as_str());
-            let in_cycle = |v: i64| if current { v } else { 0 };
+            let counted = super::tx::CycleUse::stored(
+                usage_cycle.as_deref(),
+                &current_cycle,
+                (input_used, output_used, overage_used, overage_cost),
+            );
             let overage = Overage::stored(overage_cap, overage_price);
             // Counts kept for a window that has passed are zero now (the reservation
             // starts them over when it next writes).
@@ -352,13 +354,13 @@ pub(super) fn user_summary(
                 requests,
                 sides: SidesUse {
                     allowances: SideAllowances::stored(input_allowance, output_allowance),
-                    input_used: in_cycle(input_used),
-                    output_used: in_cycle(output_used),
+                    input_used: counted.sides.input,
+                    output_used: counted.sides.output,
                 },
                 overage: OverageUse {
                     policy: overage,
-                    tokens: in_cycle(overage_used),
-                    cost: in_cycle(overage_cost),
+                    tokens: counted.overage,
+                    cost: counted.overage_cost,
                 },
             }
         },
