@@ -90,8 +90,12 @@ impl From<crate::ledger::LedgerError> for AdminError {
         match e {
             crate::ledger::LedgerError::Store(s) => Self::Store(s),
             crate::ledger::LedgerError::UserNotFound(_)
-            | crate::ledger::LedgerError::PlanNotFound(_) => Self::NotFound,
-            crate::ledger::LedgerError::PlanExists(name) => Self::Conflict(name),
+            | crate::ledger::LedgerError::PlanNotFound(_)
+            | crate::ledger::LedgerError::DistributorNotFound(_) => Self::NotFound,
+            crate::ledger::LedgerError::PlanExists(name)
+            | crate::ledger::LedgerError::DistributorExists(name)
+            | crate::ledger::LedgerError::TenantTaken(name) => Self::Conflict(name),
+            crate::ledger::LedgerError::Invalid(_) => Self::BadRequest,
             crate::ledger::LedgerError::RoleTaken { role, plan } => Self::RoleTaken { role, plan },
         }
     }

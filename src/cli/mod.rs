@@ -17,6 +17,7 @@ macro_rules! say {
 }
 use std::process::ExitCode;
 
+mod distributors;
 mod plans;
 
 #[derive(Parser)]
@@ -56,6 +57,9 @@ enum Command {
     /// Create, change and inspect plans.
     #[command(subcommand)]
     Plans(plans::PlansCommand),
+    /// Distributors who resell the service: their client keys and pools.
+    #[command(subcommand)]
+    Distributors(distributors::DistributorsCommand),
     /// Check mail delivery.
     #[command(subcommand)]
     Mail(MailCommand),
@@ -157,6 +161,7 @@ pub fn main() -> ExitCode {
         Command::Users(UsersCommand::List { json }) => users_list(&config, json),
         Command::Users(UsersCommand::Show { user, json }) => users_show(&config, &user, json),
         Command::Plans(command) => plans::run(&config, command),
+        Command::Distributors(command) => distributors::run(&config, command),
         Command::Mail(MailCommand::Test { address }) => mail_test(&config, &address),
     };
     match result {

@@ -358,13 +358,36 @@ pub fn run_migrations(conn: &mut AnyConnection) -> Result<Vec<String>, StoreErro
         // One write transaction around them all: processes that start together on
         // one file queue on SQLite's write lock, and those that come second find
         // nothing pending (each migration becomes a savepoint inside it).
-        AnyConnection::Sqlite(c) => c
-            .immediate_transaction(|c| {
-                c.run_pending_migrations(SQLITE_MIGRATIONS)
-                    .map(to_strings)
-                    .map_err(|e| MigrationFailed(e.to_string()))
-            })
-            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}"))),
+        // A migration that rebuilds a table (SQLite's way to drop a constraint) must
+        // run with foreign keys off, which SQLite only switches outside a
+        // transaction: they are checked by `foreign_key_check` before the commit
+        // instead, and switched back on whatever happens.
+        AnyConnection::Sqlite(c) => {
+            c.batch_execute("PRAGMA foreign_keys = OFF")?;
+            let result = c
+                .immediate_transaction(|c| {
+                    let applied = c
+                        .run_pending_migrations(SQLITE_MIGRATIONS)
+                        .map(to_strings)
+                        .map_err(|e| MigrationFailed(e.to_string()))?;
+                    let broken: i64 =
+                        diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                            "(SELECT COUNT(*) FROM pragma_foreign_key_check)",
+                        ))
+                        .get_result(c)?;
+                    if broken > 0 {
+                        return Err(MigrationFailed(format!(
+                            "{broken} row(s) would break a foreign key"
+                        )));
+                    }
+                    Ok(applied)
+                })
+                .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")));
+            let restored = c.batch_execute("PRAGMA foreign_keys = ON");
+            let applied = result?;
+            restored?;
+            Ok(applied)
+        }
         AnyConnection::Postgresql(c) => {
             c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))?;
             let result = c

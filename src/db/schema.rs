@@ -16,6 +16,7 @@ diesel::table! {
         output_allowance -> Nullable<BigInt>,
         overage_cap -> Nullable<BigInt>,
         overage_price -> Nullable<BigInt>,
+        distributor_id -> BigInt,
     }
 }
 
@@ -31,6 +32,7 @@ diesel::table! {
         updated_at -> Timestamp,
         librechat_role -> Nullable<Text>,
         plan_source -> Text,
+        distributor_id -> BigInt,
     }
 }
 
@@ -77,6 +79,7 @@ diesel::table! {
         output_held -> BigInt,
         credits_held -> Nullable<BigInt>,
         plan_id -> Nullable<BigInt>,
+        distributor_id -> Nullable<BigInt>,
     }
 }
 
@@ -116,6 +119,8 @@ diesel::table! {
         created_at -> Timestamp,
         overage_tokens -> BigInt,
         overage_cost -> BigInt,
+        plan_id -> Nullable<BigInt>,
+        conversation_id -> Nullable<Text>,
     }
 }
 
@@ -158,6 +163,7 @@ diesel::table! {
         password_hash -> Text,
         disabled_at -> Nullable<Timestamp>,
         created_at -> Timestamp,
+        distributor_id -> Nullable<BigInt>,
     }
 }
 
@@ -229,6 +235,7 @@ diesel::table! {
         user_id -> Nullable<BigInt>,
         details -> Text,
         created_at -> Timestamp,
+        distributor_id -> BigInt,
     }
 }
 
@@ -284,6 +291,7 @@ diesel::table! {
         note -> Nullable<Text>,
         created_by -> Text,
         created_at -> Timestamp,
+        distributor_id -> BigInt,
     }
 }
 
@@ -296,7 +304,42 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    distributors (id) {
+        id -> BigInt,
+        name -> Text,
+        contact -> Nullable<Text>,
+        tenant -> Nullable<Text>,
+        pool_cap -> Nullable<BigInt>,
+        pool_cycle -> Nullable<Text>,
+        pool_used -> BigInt,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    client_keys (digest) {
+        digest -> Text,
+        distributor_id -> BigInt,
+        names_distributors -> Integer,
+        label -> Text,
+        created_at -> Timestamp,
+        revoked_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    pool_charges (id) {
+        id -> BigInt,
+        distributor_id -> BigInt,
+        cycle -> Text,
+        amount -> BigInt,
+    }
+}
+
 diesel::joinable!(users -> plans (plan_id));
+diesel::joinable!(users -> distributors (distributor_id));
+diesel::joinable!(client_keys -> distributors (distributor_id));
 diesel::joinable!(plan_models -> plans (plan_id));
 diesel::joinable!(plan_roles -> plans (plan_id));
 diesel::joinable!(credit_requests -> users (user_id));
@@ -314,6 +357,9 @@ diesel::joinable!(ledger -> users (user_id));
 diesel::joinable!(usage_records -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    distributors,
+    client_keys,
+    pool_charges,
     plans,
     plan_models,
     plan_roles,

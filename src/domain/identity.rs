@@ -123,6 +123,9 @@ impl DisplayName {
 /// The caller of a metered request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// Whose user this is: the client key's distributor, or the one a shared
+    /// LibreChat named. The same LibreChat id under two distributors is two users.
+    pub distributor: super::DistributorId,
     pub key: UserKey,
     pub email: Option<Email>,
     pub name: Option<DisplayName>,

@@ -2,6 +2,7 @@
 
 pub mod clock;
 pub mod cycle;
+pub mod distributor;
 pub mod identity;
 pub mod media;
 pub mod money;
@@ -14,6 +15,7 @@ pub mod tokens;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use cycle::Cycle;
+pub use distributor::{DistributorId, DistributorName, Pool, Scope, TenantId};
 pub use identity::{DisplayName, Email, Identity, UserKey};
 pub use money::{Brl, PricePer1k};
 pub use overage::{Overage, Payment};

@@ -2,8 +2,9 @@
 //! transaction as the change itself, so the log and the books never disagree.
 
 use super::Actor;
-use crate::db::schema::audit_log;
+use crate::db::schema::{audit_log, users};
 use crate::db::{AnyConnection, StoreError};
+use crate::domain::DistributorId;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use serde::Serialize;
@@ -28,10 +29,14 @@ pub enum Action {
     DeclineCreditRequest,
     CreateCodeBatch,
     RedeemCode,
+    CreateDistributor,
+    EditDistributor,
+    AddClientKey,
+    RevokeClientKey,
 }
 
 impl Action {
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 21] = [
         Self::GrantCredits,
         Self::ChangePlan,
         Self::Suspend,
@@ -49,6 +54,10 @@ impl Action {
         Self::DeclineCreditRequest,
         Self::CreateCodeBatch,
         Self::RedeemCode,
+        Self::CreateDistributor,
+        Self::EditDistributor,
+        Self::AddClientKey,
+        Self::RevokeClientKey,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +79,10 @@ impl Action {
             Self::DeclineCreditRequest => "decline_credit_request",
             Self::CreateCodeBatch => "create_code_batch",
             Self::RedeemCode => "redeem_code",
+            Self::CreateDistributor => "create_distributor",
+            Self::EditDistributor => "edit_distributor",
+            Self::AddClientKey => "add_client_key",
+            Self::RevokeClientKey => "revoke_client_key",
         }
     }
 
@@ -91,12 +104,35 @@ pub struct AuditEntry {
 }
 
 /// Records an action unless the system itself made it (automatic changes are in the
-/// ledger, not the audit log).
+/// ledger, not the audit log). An action on a user is filed under the user's
+/// distributor; any other under the install's own (`record_in` names another).
 pub(crate) fn record(
     c: &mut AnyConnection,
     actor: &Actor,
     action: Action,
     user_id: Option<i64>,
+    details: &serde_json::Value,
+    now: NaiveDateTime,
+) -> Result<(), StoreError> {
+    let distributor = match user_id {
+        Some(id) => users::table
+            .find(id)
+            .select(users::distributor_id)
+            .first::<i64>(c)
+            .optional()?
+            .map_or(DistributorId::DIRECT, DistributorId::from_db),
+        None => DistributorId::DIRECT,
+    };
+    record_in(c, actor, action, user_id, distributor, details, now)
+}
+
+/// Records an action under `distributor`, whose admins see it.
+pub(crate) fn record_in(
+    c: &mut AnyConnection,
+    actor: &Actor,
+    action: Action,
+    user_id: Option<i64>,
+    distributor: DistributorId,
     details: &serde_json::Value,
     now: NaiveDateTime,
 ) -> Result<(), StoreError> {
@@ -110,6 +146,7 @@ pub(crate) fn record(
             audit_log::user_id.eq(user_id),
             audit_log::details.eq(details.to_string()),
             audit_log::created_at.eq(now),
+            audit_log::distributor_id.eq(distributor.get()),
         ))
         .execute(c)?;
     Ok(())

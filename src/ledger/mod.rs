@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod credits;
+pub mod distributors;
 mod plans;
 mod requests;
 mod reserve;
@@ -131,6 +132,8 @@ pub struct Blocked {
     /// What the balance had left for this request: allowance and credits, less the
     /// holds of requests in flight.
     pub remaining: i64,
+    /// Whom the user's distributor sends its users to; `None`: the install's contact.
+    pub contact: Option<String>,
 }
 
 /// A request limit the user has reached, and when its window starts over.
@@ -167,6 +170,9 @@ pub enum BlockReason {
     /// The plan's allowance of one side (input or output) is used up, and credits
     /// do not pay for it: as `Exhausted` for alerts and the dashboard.
     SideUsedUp(Side),
+    /// The monthly pool of the user's distributor is used up (by all its users):
+    /// the user's own balance is not, so no alert of theirs.
+    PoolUsedUp,
 }
 
 impl BlockReason {
@@ -177,6 +183,7 @@ impl BlockReason {
             Self::TooLarge => "too_large",
             Self::SideUsedUp(Side::Input) => "input_used_up",
             Self::SideUsedUp(Side::Output) => "output_used_up",
+            Self::PoolUsedUp => "pool_used_up",
         }
     }
 
@@ -250,6 +257,8 @@ pub struct Settlement {
     /// The answer waits for this settlement and can still end with the in-chat
     /// notice, should its usage cross the threshold (a streamed text answer).
     pub can_carry_notice: bool,
+    /// LibreChat's conversation, when it names one (`{{LIBRECHAT_BODY_CONVERSATIONID}}`).
+    pub conversation: Option<String>,
 }
 
 impl Settlement {
@@ -267,6 +276,7 @@ impl Settlement {
             latency: Duration::ZERO,
             ttfb: None,
             can_carry_notice: false,
+            conversation: None,
         }
     }
 }
@@ -355,6 +365,14 @@ pub enum LedgerError {
     /// A LibreChat role names one plan at most.
     #[error("the role {role:?} already takes its users to the plan {plan:?}")]
     RoleTaken { role: String, plan: String },
+    #[error("no distributor named {0:?}")]
+    DistributorNotFound(String),
+    #[error("a distributor named {0:?} already exists")]
+    DistributorExists(String),
+    #[error("the tenant id {0:?} already names another distributor")]
+    TenantTaken(String),
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -566,6 +584,88 @@ impl Ledger {
         self.db.write_blocking(move |c| {
             tx::create_user_by_email(c, &ctx, &email, name.as_deref(), &actor)
         })
+    }
+
+    /// Creates a distributor; returns its id.
+    pub fn create_distributor(
+        &self,
+        change: &distributors::DistributorChange,
+        actor: &Actor,
+    ) -> Result<i64, LedgerError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
+        let (change, actor) = (change.clone(), actor.clone());
+        self.db
+            .write_blocking(move |c| distributors::create(c, &ctx, &change, &actor))
+    }
+
+    /// Changes a distributor (what `change` leaves out stays).
+    pub fn edit_distributor(
+        &self,
+        distributor: &str,
+        change: &distributors::DistributorChange,
+        actor: &Actor,
+    ) -> Result<i64, LedgerError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
+        let (name, change, actor) = (distributor.to_owned(), change.clone(), actor.clone());
+        self.db.write_blocking(move |c| {
+            let id = distributors::find(c, &name)?
+                .ok_or_else(|| LedgerError::DistributorNotFound(name.clone()))?;
+            distributors::edit(c, &ctx, id, &change, &actor)?;
+            Ok(id)
+        })
+    }
+
+    /// The distributor `raw` names (its name or `#id`), if any.
+    pub fn find_distributor(&self, raw: &str) -> Result<Option<i64>, StoreError> {
+        let mut conn = self.db.conn()?;
+        distributors::find(&mut conn, raw)
+    }
+
+    /// Every distributor but the install's own, with its pool and keys.
+    pub fn list_distributors(&self) -> Result<Vec<distributors::DistributorRow>, StoreError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
+        let mut conn = self.db.conn()?;
+        distributors::list(&mut conn, &ctx)
+    }
+
+    /// Stores a client key's digest for a distributor (`None`: the install's own).
+    pub fn add_client_key(
+        &self,
+        distributor: Option<&str>,
+        key: &distributors::NewKey,
+        actor: &Actor,
+    ) -> Result<(), LedgerError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
+        let (name, key, actor) = (distributor.map(str::to_owned), key.clone(), actor.clone());
+        self.db.write_blocking(move |c| {
+            let id = match &name {
+                None => crate::domain::DistributorId::DIRECT.get(),
+                Some(name) => distributors::find(c, name)?
+                    .ok_or_else(|| LedgerError::DistributorNotFound(name.clone()))?,
+            };
+            distributors::add_key(c, &ctx, id, &key, &actor)
+        })
+    }
+
+    /// Revokes the stored keys with this label; returns how many.
+    pub fn revoke_client_key(&self, label: &str, actor: &Actor) -> Result<usize, LedgerError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
+        let (label, actor) = (label.to_owned(), actor.clone());
+        self.db
+            .write_blocking(move |c| distributors::revoke_key(c, &ctx, &label, &actor))
+    }
+
+    /// A live stored key by its digest: its distributor, and whether it may name
+    /// distributors.
+    pub fn find_client_key(&self, digest_hex: &str) -> Result<Option<(i64, bool)>, StoreError> {
+        let mut conn = self.db.conn()?;
+        distributors::find_key(&mut conn, digest_hex)
+    }
+
+    /// The stored client keys and tenant ids, for the proxy's key check.
+    pub fn key_ring(&self) -> Result<distributors::KeyRing, StoreError> {
+        let mut conn = self.db.conn()?;
+        distributors::key_ring(&mut conn)
     }
 
     /// Creates a plan; with `make_default`, new users start on it.

@@ -9,6 +9,7 @@ use crate::alerts::store as alert_store;
 use crate::db::schema::{balances, ledger, plan_models, plan_roles, plans, users};
 use crate::db::statement::on_backend;
 use crate::db::{AnyConnection, StoreError, flag};
+use crate::domain::DistributorId;
 use crate::domain::identity::Role;
 use crate::domain::plan::{Allowance, PlanSource};
 use crate::domain::{
@@ -76,6 +77,7 @@ pub(super) fn role_plan(c: &mut Conn, role: &str) -> Result<Option<i64>, StoreEr
 /// names a plan, the default plan. Nothing for a user an admin placed.
 pub(super) fn placement(
     c: &mut Conn,
+    distributor: DistributorId,
     plan_id: i64,
     source: PlanSource,
     role_plan: Option<i64>,
@@ -83,17 +85,24 @@ pub(super) fn placement(
     let target = match (source, role_plan) {
         (PlanSource::Admin, _) => None,
         (_, Some(plan)) => Some((plan, PlanSource::Role)),
-        (PlanSource::Role, None) => Some((default_plan(c)?, PlanSource::Default)),
+        (PlanSource::Role, None) => Some((default_plan(c, distributor)?, PlanSource::Default)),
         (PlanSource::Default, None) => None,
     };
     Ok(target.filter(|&(plan, to)| plan != plan_id || to != source))
 }
 
-fn default_plan(c: &mut Conn) -> Result<i64, StoreError> {
-    Ok(plans::table
-        .order((plans::is_default.desc(), plans::id.asc()))
+/// The plan a distributor's new users start on: its own default, else the
+/// install's.
+pub(super) fn default_plan(c: &mut Conn, distributor: DistributorId) -> QueryResult<i64> {
+    plans::table
+        .filter(plans::distributor_id.eq_any([DistributorId::DIRECT.get(), distributor.get()]))
+        .order((
+            plans::is_default.desc(),
+            plans::distributor_id.eq(distributor.get()).desc(),
+            plans::id.asc(),
+        ))
         .select(plans::id)
-        .first(c)?)
+        .first(c)
 }
 
 /// Puts a user where their LibreChat role says (`placement`), as an admin's move
@@ -195,6 +204,7 @@ pub(super) fn create_plan(
 ) -> Result<i64, LedgerError> {
     let name = spec.name.as_str();
     let exists: i64 = plans::table
+        .filter(plans::distributor_id.eq(DistributorId::DIRECT.get()))
         .filter(plans::name.eq(name))
         .count()
         .get_result(c)?;
@@ -202,9 +212,13 @@ pub(super) fn create_plan(
         return Err(LedgerError::PlanExists(name.to_owned()));
     }
     if make_default {
-        diesel::update(plans::table.filter(plans::is_default.eq(1)))
-            .set(plans::is_default.eq(0))
-            .execute(c)?;
+        diesel::update(
+            plans::table
+                .filter(plans::is_default.eq(1))
+                .filter(plans::distributor_id.eq(DistributorId::DIRECT.get())),
+        )
+        .set(plans::is_default.eq(0))
+        .execute(c)?;
     }
     let id = diesel::insert_into(plans::table)
         .values((
@@ -446,9 +460,18 @@ pub(super) fn set_default_plan(
         .first(c)
         .optional()?
         .ok_or_else(|| LedgerError::PlanNotFound(format!("#{plan_id}")))?;
-    diesel::update(plans::table.filter(plans::is_default.eq(1)))
-        .set(plans::is_default.eq(0))
-        .execute(c)?;
+    // One default per distributor: the install's, and each distributor's own.
+    let owner: i64 = plans::table
+        .find(plan_id)
+        .select(plans::distributor_id)
+        .first(c)?;
+    diesel::update(
+        plans::table
+            .filter(plans::is_default.eq(1))
+            .filter(plans::distributor_id.eq(owner)),
+    )
+    .set(plans::is_default.eq(0))
+    .execute(c)?;
     diesel::update(plans::table.find(plan_id))
         .set(plans::is_default.eq(1))
         .execute(c)?;

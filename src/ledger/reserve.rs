@@ -1,12 +1,13 @@
 //! The reservation: one guarded write that admits a metered request or says why not
 //! (docs/behaviour.md, "What a request goes through").
 
+use super::distributors::{self, PoolRoom};
 use super::plans::policy as plan_policy;
 use super::requests;
 use super::tx::{BalanceRow, Conn, Ctx, lock_and_roll, model_costs, upsert_user};
 use super::{BlockReason, Blocked, NoticeBase, Reservation, ReserveOutcome, ReserveRequest};
 use crate::alerts::{AlertPolicy, store as alert_store};
-use crate::db::schema::{balances, holds, plans, users};
+use crate::db::schema::{balances, distributors as distributor_rows, holds, plans, users};
 use crate::db::statement::{FixedUpdate, on_backend};
 use crate::db::{StoreError, flag};
 use crate::domain::tokens::UnpricedModels;
@@ -69,21 +70,22 @@ pub(super) fn reserve(
     let input = prompt_cost.saturating_add(extra);
 
     let room = Rooms::of(c, ctx, &plan, user_id, &bal)?;
-    let remaining = room.remaining(input);
+    // The distributor's pool, if it has one, bounds every one of its users.
+    let pool = distributors::lock_pool(c, ctx, req.identity.distributor.get())?;
+    let pool_left = pool.as_ref().map(PoolRoom::left);
+    let own = room.remaining(input);
+    let remaining = pool_left.map_or(own, |left| own.min(left));
     let fit = Fit::of(req, weights, prompt, prompt_cost, extra, remaining);
     if !fit.affordable || fit.cut {
         // Would the holds of the user's own requests in flight be what refuses or
         // cuts this one? Then it waits for them first (LibreChat sends a
         // conversation's title request at the moment of its first message; the
         // title holds a default limit it never uses), and nothing is written now.
-        let alone = Fit::of(
-            req,
-            weights,
-            prompt,
-            prompt_cost,
-            extra,
-            room.remaining_alone(input),
-        );
+        let alone = Fit::of(req, weights, prompt, prompt_cost, extra, {
+            let alone = room.remaining_alone(input);
+            // The user's own holds are part of what the pool holds.
+            pool_left.map_or(alone, |left| alone.min(left.saturating_add(bal.held)))
+        });
         if req.patient && bal.held > 0 && alone.better_than(&fit) {
             return Ok((
                 ReserveOutcome::Crowded {
@@ -93,6 +95,10 @@ pub(super) fn reserve(
                 0,
             ));
         }
+    }
+    if !fit.affordable && pool_left.is_some_and(|left| left < own) {
+        // The user could pay; their distributor's pool cannot.
+        return refuse_for_pool(c, user_id, &bal, remaining);
     }
     if !fit.affordable {
         // What the least of this request would cost: which side cannot pay that?
@@ -146,6 +152,15 @@ pub(super) fn reserve(
         )),
     );
     let updated = on_backend!(c, |c| guarded.execute(c))?;
+    if updated == 1
+        && let Some(pool) = &pool
+        && !distributors::guard(c, pool, amount)?
+    {
+        // The balance's write is in this transaction: the refusal rolls it back.
+        return Err(StoreError::Query(diesel::result::Error::QueryBuilderError(
+            "the pool refused what it was read to allow".into(),
+        )));
+    }
     if updated != 1 {
         let shortfall = Shortfall {
             remaining: room.left(),
@@ -191,6 +206,7 @@ pub(super) fn reserve(
         holds::output_held.eq(cost.output),
         holds::credits_held.eq(room.beyond_part(cost)),
         holds::plan_id.eq(user.plan_id),
+        holds::distributor_id.eq(pool.as_ref().map(|p| p.distributor)),
     ));
     on_backend!(c, |c| hold.execute(c))?;
     let worst = bal.used_this_cycle + bal.held + amount;
@@ -332,6 +348,37 @@ impl Rooms {
     }
 }
 
+/// A refusal because the distributor's pool cannot pay what the user's balance
+/// could. Nothing of the user's is marked: their balance is not used up.
+fn refuse_for_pool(
+    c: &mut Conn,
+    user_id: i64,
+    bal: &BalanceRow,
+    remaining: i64,
+) -> Result<(ReserveOutcome, usize), StoreError> {
+    let (plan_name, contact) = plan_and_contact(c, user_id)?;
+    Ok((
+        ReserveOutcome::Blocked(Blocked {
+            reason: BlockReason::PoolUsedUp,
+            plan_name,
+            used_percent: used_percent(bal.used_this_cycle, bal.allowance_left + bal.credits),
+            remaining: remaining.max(0),
+            contact,
+        }),
+        0,
+    ))
+}
+
+/// The user's plan's name, and their distributor's contact.
+fn plan_and_contact(c: &mut Conn, user_id: i64) -> Result<(String, Option<String>), StoreError> {
+    Ok(users::table
+        .inner_join(plans::table)
+        .inner_join(distributor_rows::table)
+        .filter(users::id.eq(user_id))
+        .select((plans::name, distributor_rows::contact))
+        .first(c)?)
+}
+
 /// A side whose allowance refuses a request, and what it can still pay (its room
 /// and the credits).
 #[derive(Debug, Clone, Copy)]
@@ -418,11 +465,7 @@ fn refuse(
     policy: &AlertPolicy,
     Shortfall { remaining, short }: Shortfall,
 ) -> Result<(ReserveOutcome, usize), StoreError> {
-    let plan_name: String = users::table
-        .inner_join(plans::table)
-        .filter(users::id.eq(user_id))
-        .select(plans::name)
-        .first(c)?;
+    let (plan_name, contact) = plan_and_contact(c, user_id)?;
     let total = bal.used_this_cycle + remaining + bal.held;
     let (reason, remaining) = match short {
         _ if bal.held > 0 => (BlockReason::InFlight, remaining),
@@ -471,6 +514,7 @@ fn refuse(
             plan_name,
             used_percent,
             remaining: remaining.max(0),
+            contact,
         }),
         queued,
     ))

@@ -1,6 +1,7 @@
 //! The settlement: what a request used is charged and its hold released, in one
 //! transaction with any alert the usage crossed (docs/behaviour.md).
 
+use super::distributors;
 use super::requests;
 use super::tx::{BalanceRow, Conn, Ctx, LedgerChange, append_ledger, lock_and_roll, millis};
 use super::{Actor, NoticeBase, Outcome, SettleResult, Settlement};
@@ -29,7 +30,7 @@ pub(super) fn settle(
             holds::stream,
             holds::created_at,
             holds::counted,
-            (holds::credits_held, holds::plan_id),
+            (holds::credits_held, holds::plan_id, holds::distributor_id),
         ));
     type Hold = (
         i64,
@@ -39,13 +40,23 @@ pub(super) fn settle(
         i32,
         NaiveDateTime,
         i32,
-        (Option<i64>, Option<i64>),
+        (Option<i64>, Option<i64>, Option<i64>),
     );
     let hold: Option<Hold> = on_backend!(c, |c| released.get_result(c).optional())?;
-    let Some((user_id, held_amount, model, endpoint, stream, reserved_at, counted, pooled)) = hold
+    let Some((
+        user_id,
+        held_amount,
+        model,
+        endpoint,
+        stream,
+        reserved_at,
+        counted,
+        (credits_held, plan_id, pool),
+    )) = hold
     else {
         return settle_late(c, ctx, s, policy);
     };
+    let pooled = (credits_held, plan_id);
     // Reserved from pools: it is paid by the rules that admitted it (those of the
     // plan it was reserved on, should the user have moved since): each side up to
     // its own allowance, the overage past the credits.
@@ -54,6 +65,9 @@ pub(super) fn settle(
         (None, _) => None,
     };
     let debited = debit(c, ctx, user_id, held_amount, cost_of(s), pools, s, policy)?;
+    if let Some(distributor) = pool {
+        distributors::charge(c, ctx, distributor, debited.charge)?;
+    }
     if counted == 1 && requests::not_served(s) {
         // The request limits count requests served.
         requests::uncount(c, ctx, user_id, &debited.balance, reserved_at.and_utc())?;
@@ -75,6 +89,8 @@ pub(super) fn settle(
         usage_records::latency_ms.eq(millis(s.latency)),
         usage_records::ttfb_ms.eq(s.ttfb.map(millis)),
         usage_records::created_at.eq(ctx.now),
+        usage_records::plan_id.eq(plan_id),
+        usage_records::conversation_id.eq(s.conversation.as_deref()),
     ));
     on_backend!(c, |c| record.execute(c))?;
     Ok((
@@ -170,6 +186,10 @@ fn settle_late(
             (overage_before - undone.0, overage_cost_before - undone.1),
         )
     };
+    // What the release charged the distributor's pool moves with the charge.
+    if let (distributor, Some(_)) = distributors::of_user(c, user_id)? {
+        distributors::charge(c, ctx, distributor, charged)?;
+    }
     diesel::update(usage_records::table.filter(usage_records::id.eq(record_id)))
         .set((
             usage_records::overage_tokens.eq(overage.0),

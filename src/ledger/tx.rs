@@ -13,7 +13,8 @@ use crate::db::statement::{FixedUpdate, on_backend};
 use crate::db::{AnyConnection, StoreError};
 use crate::domain::plan::PlanSource;
 use crate::domain::{
-    Clock, Cycle, Email, Identity, SideUse, SystemClock, TokenAmount, Weights, used_percent,
+    Clock, Cycle, DistributorId, Email, Identity, SideUse, SystemClock, TokenAmount, Weights,
+    used_percent,
 };
 use chrono::{DateTime, NaiveDateTime, Utc};
 use chrono_tz::Tz;
@@ -250,6 +251,8 @@ pub(super) fn create_user_by_email(
         c,
         ctx,
         &NewUser {
+            // Admins create the install's own users; a distributor's come with scopes.
+            distributor: DistributorId::DIRECT,
             external_id: None,
             email: Some(email.as_str()),
             name,
@@ -484,6 +487,7 @@ pub(super) fn upsert_user(
     // The plan the user's stored role takes its users to comes in the same read.
     let lookup = users::table
         .left_join(plan_roles::table.on(users::librechat_role.eq(plan_roles::role.nullable())))
+        .filter(users::distributor_id.eq(who.distributor.get()))
         .filter(users::external_id.eq(who.key.as_str()))
         .select((
             users::id,
@@ -526,7 +530,7 @@ pub(super) fn upsert_user(
             _ => stored_role_plan,
         };
         let source = PlanSource::stored(&source);
-        let wants = super::plans::placement(c, plan_id, source, role_plan)?;
+        let wants = super::plans::placement(c, who.distributor, plan_id, source, role_plan)?;
         return Ok(UserOnFile {
             id,
             plan_id,
@@ -536,6 +540,7 @@ pub(super) fn upsert_user(
     }
     if let Some(email) = email {
         let precreated: Option<i64> = users::table
+            .filter(users::distributor_id.eq(who.distributor.get()))
             .filter(users::external_id.is_null())
             .filter(users::email.eq(email))
             .order(users::id.asc())
@@ -560,7 +565,8 @@ pub(super) fn upsert_user(
                     None => None,
                 };
                 let source = PlanSource::stored(&source);
-                let wants = super::plans::placement(c, plan_id, source, role_plan)?;
+                let wants =
+                    super::plans::placement(c, who.distributor, plan_id, source, role_plan)?;
                 return Ok(UserOnFile {
                     id,
                     plan_id,
@@ -578,6 +584,7 @@ pub(super) fn upsert_user(
         c,
         ctx,
         &NewUser {
+            distributor: who.distributor,
             external_id: Some(who.key.as_str()),
             email,
             name,
@@ -619,11 +626,12 @@ type KnownUser = (
 
 /// A user to create.
 pub(super) struct NewUser<'a> {
+    pub distributor: DistributorId,
     pub external_id: Option<&'a str>,
     pub email: Option<&'a str>,
     pub name: Option<&'a str>,
     pub role: Option<&'a str>,
-    /// `None`: the default plan.
+    /// `None`: the default plan (the distributor's, else the install's).
     pub plan_id: Option<i64>,
 }
 
@@ -643,9 +651,13 @@ fn insert_user(
     new: &NewUser<'_>,
     actor: &str,
 ) -> Result<(i64, i64), StoreError> {
+    // A plan of another distributor is never given (a role's plan is looked up
+    // among all): the install's plans are offered to everyone.
+    let offered = [DistributorId::DIRECT.get(), new.distributor.get()];
     let chosen = match new.plan_id {
         Some(id) => plans::table
             .find(id)
+            .filter(plans::distributor_id.eq_any(offered))
             .select((plans::id, plans::monthly_allowance))
             .first(c)
             .optional()?,
@@ -658,13 +670,20 @@ fn insert_user(
     };
     let (plan_id, allowance): (i64, i64) = match chosen {
         Some(plan) => plan,
+        // The distributor's own default first, then the install's.
         None => plans::table
-            .order((plans::is_default.desc(), plans::id.asc()))
+            .filter(plans::distributor_id.eq_any(offered))
+            .order((
+                plans::is_default.desc(),
+                plans::distributor_id.eq(new.distributor.get()).desc(),
+                plans::id.asc(),
+            ))
             .select((plans::id, plans::monthly_allowance))
             .first(c)?,
     };
     let user_id: i64 = diesel::insert_into(users::table)
         .values((
+            users::distributor_id.eq(new.distributor.get()),
             users::external_id.eq(new.external_id),
             users::email.eq(new.email),
             users::name.eq(new.name),

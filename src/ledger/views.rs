@@ -24,6 +24,8 @@ type Conn = AnyConnection;
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct UserSummary {
     pub id: i64,
+    /// The distributor the user belongs to (1: the install's own).
+    pub distributor_id: i64,
     pub external_id: Option<String>,
     pub email: Option<String>,
     pub name: Option<String>,
@@ -200,7 +202,7 @@ type SummaryRow = (
         Option<String>,
         Option<NaiveDateTime>,
     ),
-    (i64, String, i64),
+    (i64, String, i64, i64),
     (String, i64, i64, i64, i64, Option<NaiveDateTime>),
     (
         Option<NaiveDateTime>,
@@ -236,7 +238,12 @@ pub(super) fn user_summary(
                 users::name,
                 users::suspended_at,
             ),
-            (plans::id, plans::name, plans::monthly_allowance),
+            (
+                plans::id,
+                plans::name,
+                plans::monthly_allowance,
+                users::distributor_id,
+            ),
             (
                 balances::cycle,
                 balances::allowance_left,
@@ -285,7 +292,7 @@ pub(super) fn user_summary(
     Ok(Some(row).map(
         |(
             (id, external_id, email, name, suspended_at),
-            (_, plan, monthly_allowance),
+            (_, plan, monthly_allowance, distributor_id),
             (cycle, allowance_left, credits, held, used, exhausted_at),
             (
                 minute_start,
@@ -330,6 +337,7 @@ pub(super) fn user_summary(
                 .unwrap_or_default();
             UserSummary {
                 id,
+                distributor_id,
                 external_id,
                 email,
                 name,
@@ -552,12 +560,14 @@ pub(super) fn models_for(c: &mut Conn, who: &Identity) -> QueryResult<PlanModels
     type Found = (i64, Option<String>, String);
     let columns = (users::plan_id, users::librechat_role, users::plan_source);
     let mut found: Option<Found> = users::table
+        .filter(users::distributor_id.eq(who.distributor.get()))
         .filter(users::external_id.eq(who.key.as_str()))
         .select(columns)
         .first(c)
         .optional()?;
     if let (None, Some(email)) = (&found, email) {
         found = users::table
+            .filter(users::distributor_id.eq(who.distributor.get()))
             .filter(users::external_id.is_null())
             .filter(users::email.eq(email))
             .order(users::id.asc())
@@ -581,12 +591,7 @@ pub(super) fn models_for(c: &mut Conn, who: &Identity) -> QueryResult<PlanModels
             .optional()?,
         _ => None,
     };
-    let default_plan = |c: &mut Conn| -> QueryResult<i64> {
-        plans::table
-            .order((plans::is_default.desc(), plans::id.asc()))
-            .select(plans::id)
-            .first(c)
-    };
+    let default_plan = |c: &mut Conn| super::plans::default_plan(c, who.distributor);
     // Where `plans::placement` will put them on their next request.
     let plan_id = match (role_plan, found) {
         (Some(id), _) => id,

@@ -146,6 +146,14 @@ pub fn block_message(
         (Locale::En, BlockReason::SideUsedUp(Side::Output)) => format!(
             "Your {plan} plan's output tokens (answers) are used up. To continue, {ask}."
         ),
+        (Locale::PtBr, BlockReason::PoolUsedUp) => match &contact {
+            Some(c) => format!("O limite mensal de uso do seu provedor foi atingido. Para continuar, fale com {c}."),
+            None => "O limite mensal de uso do seu provedor foi atingido. Para continuar, fale com o administrador.".to_owned(),
+        },
+        (Locale::En, BlockReason::PoolUsedUp) => match &contact {
+            Some(c) => format!("Your provider's monthly usage limit has been reached. To continue, contact {c}."),
+            None => "Your provider's monthly usage limit has been reached. To continue, contact your administrator.".to_owned(),
+        },
     };
     msg.chars().take(MAX_CHARS).collect()
 }
@@ -223,6 +231,7 @@ mod tests {
             plan_name: plan.into(),
             used_percent: 99,
             remaining,
+            contact: None,
         }
     }
 
@@ -258,6 +267,7 @@ mod tests {
                 BlockReason::TooLarge,
                 BlockReason::SideUsedUp(Side::Input),
                 BlockReason::SideUsedUp(Side::Output),
+                BlockReason::PoolUsedUp,
             ] {
                 for contact in [None, Some("{evil}\nline"), Some(&*"x".repeat(1000))] {
                     let b = blocked(reason, &nasty, i64::MAX);

@@ -18,6 +18,17 @@ pub enum ApiError {
     InvalidApiKey,
     #[error("{0}")]
     MissingUser(#[source] IdentityError),
+    /// A distributor was named (`X-LibreChat-Tenant-Id`) with a key that may not
+    /// name one: a distributor's key cannot reach another distributor's users.
+    #[error(
+        "This client key cannot name a distributor. Remove the X-LibreChat-Tenant-Id header, or use a key made with --names-distributors."
+    )]
+    TenantNotAllowed,
+    /// A shared LibreChat named a distributor tokengate does not know.
+    #[error(
+        "No distributor has this tenant id. Ask your administrator to set it with tokengate distributors edit --tenant."
+    )]
+    UnknownTenant,
     #[error("{0}")]
     InvalidBody(BodyError),
     /// The request would make the provider bill what no reservation can cover.
@@ -409,6 +420,8 @@ impl ApiError {
         match self {
             Self::InvalidApiKey => ("invalid_request_error", "invalid_api_key"),
             Self::MissingUser(_) => ("invalid_request_error", "missing_user"),
+            Self::TenantNotAllowed => ("permission_error", "tenant_not_allowed"),
+            Self::UnknownTenant => ("invalid_request_error", "unknown_tenant"),
             Self::InvalidBody(_) => ("invalid_request_error", "invalid_body"),
             Self::NotReservable(_) => ("invalid_request_error", "not_reservable"),
             Self::BodyTooLarge(_) => ("invalid_request_error", "body_too_large"),
@@ -442,9 +455,11 @@ impl ApiError {
             }
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::Suspended(_) | Self::ModelNotInPlan { .. } | Self::ModelNotPriced(_) => {
-                StatusCode::FORBIDDEN
-            }
+            Self::Suspended(_)
+            | Self::ModelNotInPlan { .. }
+            | Self::ModelNotPriced(_)
+            | Self::TenantNotAllowed => StatusCode::FORBIDDEN,
+            Self::UnknownTenant => StatusCode::BAD_REQUEST,
             Self::InsufficientQuota { status, .. } => status.status(),
             Self::RequestLimit {
                 period: Period::Minute,
@@ -490,6 +505,12 @@ impl ApiError {
                 "Chave de API ausente ou inválida. Use uma das chaves de cliente do tokengate."
             }
             Self::MissingUser(e) => return Cow::Owned(identity_text(*e)),
+            Self::TenantNotAllowed => {
+                "Esta chave de cliente não pode indicar um distribuidor. Tire o cabeçalho X-LibreChat-Tenant-Id ou use uma chave criada com --names-distributors."
+            }
+            Self::UnknownTenant => {
+                "Nenhum distribuidor tem este tenant id. Peça ao administrador que o defina com tokengate distributors edit --tenant."
+            }
             Self::InvalidBody(e) => return Cow::Owned(e.text(locale)),
             Self::NotReservable(u) => return Cow::Owned(u.text(locale)),
             Self::ModelNotInPlan { model, allowed } => {
@@ -646,6 +667,8 @@ mod tests {
     fn every_error() -> Vec<ApiError> {
         let mut errors = vec![
             ApiError::InvalidApiKey,
+            ApiError::TenantNotAllowed,
+            ApiError::UnknownTenant,
             ApiError::BodyTooLarge(20_971_520),
             ApiError::BodyTooLarge(2048),
             ApiError::BodyTimeout,

@@ -33,6 +33,8 @@ pub struct Meter {
     pub started: Instant,
     /// Not settled yet.
     pub open: bool,
+    /// LibreChat's conversation, for the user's page and the reports.
+    pub conversation: Option<String>,
 }
 
 impl Meter {
@@ -84,6 +86,7 @@ impl Meter {
             latency: self.started.elapsed(),
             ttfb,
             can_carry_notice: false,
+            conversation: self.conversation.clone(),
         }
     }
 

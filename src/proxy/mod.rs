@@ -18,13 +18,13 @@ pub use body::Endpoint;
 pub use error::{ApiError, V1Error};
 
 use crate::domain::identity::{IdentityError, Role, decode_header_value};
-use crate::domain::{DisplayName, Email, Identity, PlanModels, UserKey};
+use crate::domain::{DisplayName, DistributorId, Email, Identity, PlanModels, TenantId, UserKey};
 use crate::ledger::{Outcome, Reservation, ReserveOutcome, ReserveRequest, Settlement};
 use crate::startup::AppState;
 use crate::telemetry::Phase;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{HttpRequest, HttpResponse, web};
-use auth::Caller;
+use auth::{Caller, ClientKeys};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use meter::{Meter, MeteredStream};
@@ -34,6 +34,10 @@ pub const USER_ID_HEADER: &str = "x-librechat-user-id";
 pub const USER_EMAIL_HEADER: &str = "x-librechat-user-email";
 pub const USER_NAME_HEADER: &str = "x-librechat-user-name";
 pub const USER_ROLE_HEADER: &str = "x-librechat-user-role";
+/// The distributor a shared LibreChat names (`{{LIBRECHAT_USER_TENANTID}}`).
+pub const TENANT_HEADER: &str = "x-librechat-tenant-id";
+/// LibreChat's conversation (`{{LIBRECHAT_BODY_CONVERSATIONID}}`).
+pub const CONVERSATION_HEADER: &str = "x-librechat-conversation-id";
 
 /// Longest a request waits for its user's previous settlements, or for a backlog of
 /// settlements to shrink (`Settler::caught_up`); after that it reserves against their
@@ -104,12 +108,16 @@ async fn list_models(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = authenticate(&req, &state)?;
+    let caller = authenticate(&req, &state).await?;
     // LibreChat names the user when it fetches the models: they see their plan's.
     // Without a user, every model (a request is still checked when it is made).
     let user = match caller {
-        Caller::LibreChat => identify(req.headers(), None).ok(),
+        Caller::LibreChat(grant) => {
+            let distributor = distributor_of(req.headers(), grant, &state)?;
+            identify(req.headers(), None, distributor).ok()
+        }
         Caller::Service(key) => Some(Identity {
+            distributor: DistributorId::DIRECT,
             key,
             email: None,
             name: None,
@@ -183,7 +191,7 @@ async fn metered(
     endpoint: Endpoint,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let caller = authenticate(&req, &state)?;
+    let caller = authenticate(&req, &state).await?;
     let admitted = admit(&req, payload, &state, endpoint, caller).await?;
     let mut timing = Timing {
         parse: started.elapsed(),
@@ -208,6 +216,7 @@ async fn metered(
         completions,
         plain_text,
         requested_completion,
+        conversation: admitted_conversation,
         ..
     } = admitted;
     let answer = Answer {
@@ -226,6 +235,7 @@ async fn metered(
             .map_or(0, |limit| limit.saturating_mul(completions)),
         started,
         open: true,
+        conversation: admitted_conversation,
     };
     // A streamed text answer may end with a line of tokengate's own: the notice
     // (claimed now, or by its settlement should it cross the threshold), or why it
@@ -298,14 +308,75 @@ async fn metered(
     .await
 }
 
-/// The client key: LibreChat's, or a service's.
-fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Caller, ApiError> {
-    state
-        .keys
-        .caller(req.headers().get(header::AUTHORIZATION))
+/// The client key: LibreChat's (the install's or a distributor's), or a service's.
+/// A key not found may have been made since the stored keys were last read: it is
+/// looked up by its digest.
+async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Caller, ApiError> {
+    let presented = req.headers().get(header::AUTHORIZATION);
+    if state.keys.claim_reload(auth::STORED_KEYS_MAX_AGE) {
+        reload_keys(state).await;
+    }
+    if let Some(caller) = state.keys.caller(presented) {
+        return Ok(caller);
+    }
+    if let Some(digest) = ClientKeys::presented_digest(presented) {
+        let ledger = state.ledger.clone();
+        match web::block(move || ledger.find_client_key(&hex::encode(digest))).await {
+            Ok(Ok(Some((distributor, names_distributors)))) => {
+                let grant = auth::Grant {
+                    distributor: DistributorId::from_db(distributor),
+                    names_distributors,
+                };
+                state.keys.add_stored(digest, grant);
+                return Ok(Caller::LibreChat(grant));
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot look up a client key");
+                return Err(ApiError::StorageUnavailable);
+            }
+            Err(_) => return Err(ApiError::Internal),
+        }
+    }
+    state.metrics.record_rejection("invalid_api_key");
+    Err(ApiError::InvalidApiKey)
+}
+
+/// Reads the stored client keys and tenant ids again. While the database cannot be
+/// read, the last keys read stay in use (and the install's own always work).
+pub async fn reload_keys(state: &AppState) {
+    let ledger = state.ledger.clone();
+    match web::block(move || ledger.key_ring()).await {
+        Ok(Ok(ring)) => state.keys.set_stored(&ring.keys, &ring.tenants),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read the stored client keys; keeping the last ones read")
+        }
+        Err(e) => tracing::warn!(error = %e, "reading the stored client keys failed"),
+    }
+}
+
+/// Whose users a LibreChat request's are: the key's distributor, or the one a
+/// shared LibreChat names in `X-LibreChat-Tenant-Id` (only with a key allowed to).
+fn distributor_of(
+    headers: &HeaderMap,
+    grant: auth::Grant,
+    state: &AppState,
+) -> Result<DistributorId, ApiError> {
+    let named = headers
+        .get(TENANT_HEADER)
+        .and_then(|v| decode_header_value(v.as_bytes()));
+    let Some(named) = named else {
+        return Ok(grant.distributor);
+    };
+    if !grant.names_distributors {
+        state.metrics.record_rejection("tenant_not_allowed");
+        return Err(ApiError::TenantNotAllowed);
+    }
+    TenantId::parse(named.trim())
+        .and_then(|t| state.keys.tenant(&t))
         .ok_or_else(|| {
-            state.metrics.record_rejection("invalid_api_key");
-            ApiError::InvalidApiKey
+            state.metrics.record_rejection("unknown_tenant");
+            ApiError::UnknownTenant
         })
 }
 
@@ -398,7 +469,9 @@ fn refusal(state: &AppState, admitted: &Admitted, outcome: ReserveOutcome) -> Ap
                 message: block::block_message(
                     state.config.locale,
                     &b,
-                    state.config.support_contact.as_deref(),
+                    b.contact
+                        .as_deref()
+                        .or(state.config.support_contact.as_deref()),
                     state.config.block_text.as_ref(),
                 ),
                 status: state.config.block_status,
@@ -592,6 +665,8 @@ struct Admitted {
     plain_text: bool,
     /// What the provider would bill beyond what the request shows, if anything.
     unreservable: Option<error::Unreservable>,
+    /// LibreChat's conversation (`X-LibreChat-Conversation-Id`), when it names one.
+    conversation: Option<String>,
 }
 
 /// Reads and checks the body and the user. Done before the reservation waits, so
@@ -619,9 +694,13 @@ async fn admit(
         return Err(ApiError::NotReservable(never));
     }
     let identity = match caller {
-        Caller::LibreChat => identify(req.headers(), parsed.body_user.as_deref())?,
+        Caller::LibreChat(grant) => {
+            let distributor = distributor_of(req.headers(), grant, state)?;
+            identify(req.headers(), parsed.body_user.as_deref(), distributor)?
+        }
         // A service is its own account, whatever user it names.
         Caller::Service(key) => Identity {
+            distributor: DistributorId::DIRECT,
             name: DisplayName::parse(key.as_str()),
             key,
             email: None,
@@ -650,6 +729,7 @@ async fn admit(
         images: parsed.images,
         plain_text,
         unreservable: parsed.unreservable,
+        conversation: conversation_of(req.headers()),
     })
 }
 
@@ -675,8 +755,21 @@ impl Timing {
     }
 }
 
+/// LibreChat's conversation id: 1 to 128 printable ASCII characters (its ids are
+/// UUIDs), else none: it only labels the usage record.
+fn conversation_of(headers: &HeaderMap) -> Option<String> {
+    let raw = decode_header_value(headers.get(CONVERSATION_HEADER)?.as_bytes())?;
+    let id = raw.trim();
+    (id.len() <= 128 && !id.is_empty() && id.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| id.to_owned())
+}
+
 /// Identity from LibreChat's headers, else the body's `user` (docs/behaviour.md).
-pub fn identify(headers: &HeaderMap, body_user: Option<&str>) -> Result<Identity, ApiError> {
+pub fn identify(
+    headers: &HeaderMap,
+    body_user: Option<&str>,
+    distributor: DistributorId,
+) -> Result<Identity, ApiError> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -692,6 +785,7 @@ pub fn identify(headers: &HeaderMap, body_user: Option<&str>) -> Result<Identity
     }
     .map_err(ApiError::MissingUser)?;
     Ok(Identity {
+        distributor,
         key,
         // A malformed email is ignored rather than refused: the chat must still work.
         email: header(USER_EMAIL_HEADER).and_then(|e| Email::parse(&e).ok()),

@@ -78,6 +78,9 @@ struct Record {
     status: u16,
     latency_ms: u64,
     ttfb_ms: Option<u64>,
+    /// Absent from files an earlier release wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    conversation: Option<String>,
 }
 
 impl Record {
@@ -95,6 +98,7 @@ impl Record {
             status: s.status,
             latency_ms: ms(s.latency),
             ttfb_ms: s.ttfb.map(ms),
+            conversation: s.conversation.clone(),
         }
     }
 
@@ -112,6 +116,7 @@ impl Record {
             ttfb: self.ttfb_ms.map(Duration::from_millis),
             // Replayed after its answer ended: no line to add to.
             can_carry_notice: false,
+            conversation: self.conversation.clone(),
         }
     }
 }
@@ -702,6 +707,7 @@ mod tests {
             latency: Duration::from_millis(1500),
             ttfb: Some(Duration::from_millis(20)),
             can_carry_notice: false,
+            conversation: None,
         }
     }
 

@@ -343,6 +343,7 @@ async fn a_late_settlement_written_twice_at_once_is_charged_once() {
         latency: Duration::from_secs(1),
         ttfb: None,
         can_carry_notice: false,
+        conversation: None,
     };
     let ledger = app.ledger().clone();
     let results = futures_util::future::join_all((0..4).map(|_| ledger.settle(late.clone()))).await;

@@ -10,6 +10,7 @@ mod concurrency;
 mod credits;
 mod deploy;
 mod disk;
+mod distributors;
 mod durability;
 mod fake_provider;
 mod helpers;

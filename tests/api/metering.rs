@@ -684,6 +684,7 @@ async fn settlement_is_idempotent_per_request_id() {
             latency: std::time::Duration::ZERO,
             ttfb: None,
             can_carry_notice: false,
+            conversation: None,
         });
     assert_eq!(
         again.unwrap(),
@@ -1206,6 +1207,7 @@ async fn a_backlog_of_settlements_holds_new_requests_back() {
             latency: std::time::Duration::ZERO,
             ttfb: None,
             can_carry_notice: false,
+            conversation: None,
         };
         drop(settler.submit(key(USER), user_id, settlement));
     }

@@ -343,6 +343,7 @@ async fn a_late_settlement_bills_or_takes_back_overage() {
         latency: std::time::Duration::from_secs(1),
         ttfb: None,
         can_carry_notice: false,
+        conversation: None,
     };
     let released = |app: &TestApp| {
         let request_id = app.ledger().holds().unwrap()[0].request_id.clone();

@@ -67,6 +67,9 @@ if (endpoint) {
   check(h['X-LibreChat-User-Email'] === '{{LIBRECHAT_USER_EMAIL}}', 'librechat.yaml: email header');
   check(h['X-LibreChat-User-Name'] === '{{LIBRECHAT_USER_NAME}}', 'librechat.yaml: name header');
   check(h['X-LibreChat-User-Role'] === '{{LIBRECHAT_USER_ROLE}}', 'librechat.yaml: role header (plans by role)');
+  check(h['X-LibreChat-Conversation-Id'] === '{{LIBRECHAT_BODY_CONVERSATIONID}}', 'librechat.yaml: conversation header (usage by chat)');
+  // The tenant header is for a shared LibreChat's key only: any other key sending it is refused.
+  check(!('X-LibreChat-Tenant-Id' in h), 'librechat.yaml: the tenant header must stay commented out for a single LibreChat');
   // The provider's built-in web search is refused by tokengate: not offered.
   check((endpoint.dropParams ?? []).includes('web_search'), 'librechat.yaml: the endpoint must drop web_search (tokengate refuses built-in tools)');
   const keyVar = /^\$\{(\w+)\}$/.exec(endpoint.apiKey ?? '')?.[1];

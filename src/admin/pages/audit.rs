@@ -40,6 +40,12 @@ fn action_label(a: Option<Action>, l: Locale) -> &'static str {
             l.pick("Criou um lote de códigos", "Created a batch of codes")
         }
         Some(Action::RedeemCode) => l.pick("Usou um código", "Redeemed a code"),
+        Some(Action::CreateDistributor) => l.pick("Criou um distribuidor", "Created a distributor"),
+        Some(Action::EditDistributor) => l.pick("Editou um distribuidor", "Edited a distributor"),
+        Some(Action::AddClientKey) => l.pick("Criou uma chave de cliente", "Created a client key"),
+        Some(Action::RevokeClientKey) => {
+            l.pick("Revogou uma chave de cliente", "Revoked a client key")
+        }
         None => l.pick("Outra ação", "Other action"),
     }
 }
