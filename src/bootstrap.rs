@@ -143,7 +143,7 @@ pub fn first_admin(
         if count > 0 {
             return Ok::<_, BootstrapError>(false);
         }
-        insert_admin(c, &address, &hash, now)?;
+        insert_admin(c, &address, &hash, None, now)?;
         Ok(true)
     })?;
     if created && show {
@@ -153,10 +153,13 @@ pub fn first_admin(
 }
 
 /// `tokengate admin add`: a new admin with an argon2id password hash.
+/// Adds an admin: of everything with `distributor` `None`, else of that
+/// distributor only.
 pub fn add_admin(
     db: &Database,
     email: &str,
     password: &str,
+    distributor: Option<i64>,
     now: NaiveDateTime,
 ) -> Result<(), BootstrapError> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
@@ -172,7 +175,7 @@ pub fn add_admin(
         if exists > 0 {
             return Err(BootstrapError::AdminExists(email.clone()));
         }
-        insert_admin(c, &email, &hash, now)
+        insert_admin(c, &email, &hash, distributor, now)
     })
 }
 
@@ -180,6 +183,7 @@ fn insert_admin(
     c: &mut crate::db::AnyConnection,
     email: &str,
     hash: &str,
+    distributor: Option<i64>,
     now: NaiveDateTime,
 ) -> Result<(), BootstrapError> {
     diesel::insert_into(admins::table)
@@ -187,6 +191,7 @@ fn insert_admin(
             admins::email.eq(email),
             admins::password_hash.eq(hash),
             admins::created_at.eq(now),
+            admins::distributor_id.eq(distributor),
         ))
         .execute(c)?;
     Ok(())

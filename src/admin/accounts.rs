@@ -3,6 +3,7 @@
 use crate::bootstrap::{self, BootstrapError, MIN_PASSWORD_CHARS};
 use crate::db::schema::{admins, login_failures};
 use crate::db::{Database, StoreError};
+use crate::domain::Scope;
 use crate::ledger::Actor;
 use crate::ledger::audit::{self, Action};
 use chrono::{Duration, NaiveDateTime};
@@ -21,6 +22,24 @@ pub struct AdminAccount {
     pub password_hash: String,
     pub disabled_at: Option<NaiveDateTime>,
     pub created_at: NaiveDateTime,
+    /// `None`: an admin of everything; else of that distributor only.
+    pub distributor_id: Option<i64>,
+}
+
+impl AdminAccount {
+    /// What this admin reaches: every read and write of theirs takes it.
+    pub fn scope(&self) -> Scope {
+        Scope::of_admin(self.distributor_id)
+    }
+
+    /// Whether `self` may manage `other`: a global admin any, a distributor's admin
+    /// its distributor's.
+    fn reaches(&self, other: &AdminAccount) -> bool {
+        match self.scope() {
+            Scope::All => true,
+            Scope::Distributor(d) => other.distributor_id == Some(d.get()),
+        }
+    }
 }
 
 const COLUMNS: (
@@ -29,12 +48,14 @@ const COLUMNS: (
     admins::password_hash,
     admins::disabled_at,
     admins::created_at,
+    admins::distributor_id,
 ) = (
     admins::id,
     admins::email,
     admins::password_hash,
     admins::disabled_at,
     admins::created_at,
+    admins::distributor_id,
 );
 
 #[derive(Debug, thiserror::Error)]
@@ -85,12 +106,14 @@ pub fn by_email(db: &Database, email: &str) -> Result<Option<AdminAccount>, Stor
         .optional()?)
 }
 
-pub fn list(db: &Database) -> Result<Vec<AdminAccount>, StoreError> {
+/// The admins `by` may see and manage.
+pub fn list(db: &Database, by: &AdminAccount) -> Result<Vec<AdminAccount>, StoreError> {
     let mut c = db.conn()?;
-    Ok(admins::table
+    let all: Vec<AdminAccount> = admins::table
         .order(admins::email.asc())
         .select(COLUMNS)
-        .load(&mut c)?)
+        .load(&mut c)?;
+    Ok(all.into_iter().filter(|a| by.reaches(a)).collect())
 }
 
 /// Records a sign-in attempt before its password is checked, and returns false
@@ -238,14 +261,17 @@ pub fn add(
     password: &str,
     now: NaiveDateTime,
 ) -> Result<(), AccountError> {
-    bootstrap::add_admin(db, email, password, now)?;
+    // A new admin reaches what the admin who adds them reaches.
+    bootstrap::add_admin(db, email, password, by.distributor_id, now)?;
     let (actor, email) = (Actor::Admin(by.email.clone()), email.to_owned());
+    let home = by.scope().home();
     db.write_blocking(move |c| {
-        audit::record(
+        audit::record_in(
             c,
             &actor,
             Action::AddAdmin,
             None,
+            home,
             &json!({"admin": email}),
             now,
         )
@@ -263,8 +289,11 @@ pub fn set_disabled(
     if disabled && target_id == by.id {
         return Err(AccountError::SelfDisable);
     }
-    let target = by_id(db, target_id)?.ok_or(AccountError::NotFound)?;
+    let target = by_id(db, target_id)?
+        .filter(|t| by.reaches(t))
+        .ok_or(AccountError::NotFound)?;
     let actor = Actor::Admin(by.email.clone());
+    let home = by.scope().home();
     db.write_blocking(move |c| {
         diesel::update(admins::table.find(target_id))
             .set(admins::disabled_at.eq(disabled.then_some(now)))
@@ -274,11 +303,12 @@ pub fn set_disabled(
         } else {
             Action::EnableAdmin
         };
-        audit::record(
+        audit::record_in(
             c,
             &actor,
             action,
             None,
+            home,
             &json!({"admin": target.email}),
             now,
         )?;

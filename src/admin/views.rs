@@ -26,6 +26,8 @@ pub struct Page<'a> {
     pub admin_email: &'a str,
     pub csrf: &'a str,
     pub flash: Option<Flash>,
+    /// A global admin's pages link to the install-wide settings (model weights).
+    pub global: bool,
 }
 
 fn head(title: &str) -> Markup {
@@ -71,7 +73,7 @@ pub fn layout(p: Page<'_>, body: Markup) -> Markup {
                 header.top {
                     a.brand href="/admin" { "tokengate" }
                     nav aria-label=(l.pick("Navegação", "Navigation")) {
-                        @for (id, href, label) in items {
+                        @for (id, href, label) in items.into_iter().filter(|(id, ..)| p.global || *id != Nav::Weights) {
                             a href=(href) aria-current=[(id == p.nav).then_some("page")] { (label) }
                         }
                     }
@@ -241,6 +243,7 @@ mod tests {
                     ok: false,
                     text: "<b>x</b>".into(),
                 }),
+                global: true,
             },
             html! {},
         )

@@ -14,10 +14,16 @@ use chrono::NaiveDateTime;
 use serde::Serialize;
 use std::time::Duration;
 
-/// The newest alerts first, of one user or of everyone, each with its messages.
-pub fn list(db: &Database, user_id: Option<i64>, limit: i64) -> Result<Vec<Alert>, StoreError> {
+/// The newest alerts first, of one user or of everyone `scope` reaches, each with
+/// its messages.
+pub fn list(
+    db: &Database,
+    scope: crate::domain::Scope,
+    user_id: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Alert>, StoreError> {
     let mut conn = db.conn()?;
-    store::list(&mut conn, user_id, limit)
+    store::list(&mut conn, scope, user_id, limit)
 }
 
 /// Every outbox message, oldest first.

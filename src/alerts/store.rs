@@ -4,6 +4,7 @@
 use super::{Alert, AlertPolicy, DeliveryState, OutboxMessage, Role};
 use crate::db::schema::{alerts, balances, outbox, plans, users};
 use crate::db::{AnyConnection, StoreError};
+use crate::domain::Scope;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
@@ -519,13 +520,18 @@ fn message(r: MessageRow) -> OutboxMessage {
     }
 }
 
-/// The newest alerts (of one user, or of everyone), each with its messages.
+/// The newest alerts (of one user, or of everyone `scope` reaches), each with its
+/// messages.
 pub(crate) fn list(
     c: &mut Conn,
+    scope: Scope,
     user_id: Option<i64>,
     limit: i64,
 ) -> Result<Vec<Alert>, StoreError> {
+    let (lo, hi) = scope.bounds();
     let mut query = alerts::table
+        .inner_join(users::table)
+        .filter(users::distributor_id.between(lo, hi))
         .select((
             alerts::id,
             alerts::user_id,

@@ -76,7 +76,13 @@ enum MailCommand {
 enum AdminCommand {
     /// Add an admin. The password is read from standard input, or generated and
     /// printed when standard input is a terminal.
-    Add { email: String },
+    Add {
+        email: String,
+        /// An admin of this distributor only (its name or #id): they see and manage
+        /// only its users, plans, codes, requests, alerts and audit.
+        #[arg(long)]
+        distributor: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -148,7 +154,9 @@ pub fn main() -> ExitCode {
         Command::Migrate => migrate(&config),
         Command::Check => check(&config),
         Command::Healthcheck => healthcheck(&config),
-        Command::Admin(AdminCommand::Add { email }) => admin_add(&config, &email),
+        Command::Admin(AdminCommand::Add { email, distributor }) => {
+            admin_add(&config, &email, distributor.as_deref())
+        }
         Command::Codes(CodesCommand::Create {
             tokens,
             count,
@@ -333,7 +341,7 @@ fn check(config: &Config) -> CmdResult {
     Ok(())
 }
 
-fn admin_add(config: &Config, email: &str) -> CmdResult {
+fn admin_add(config: &Config, email: &str, distributor: Option<&str>) -> CmdResult {
     let email = Email::parse(email).map_err(|_| format!("{email:?} is not an email address"))?;
     let stdin = std::io::stdin();
     let (password, generated) = if stdin.is_terminal() {
@@ -348,18 +356,27 @@ fn admin_add(config: &Config, email: &str) -> CmdResult {
             (line, false)
         }
     };
-    let db = Database::new(&config.database_url, 1);
-    db.migrate()?;
+    let ledger = open(config)?;
+    let distributor_id = match distributor {
+        None => None,
+        Some(name) => Some(
+            ledger
+                .find_distributor(name)?
+                .ok_or_else(|| format!("no distributor named {name:?}"))?,
+        ),
+    };
     crate::bootstrap::add_admin(
-        &db,
+        ledger.db(),
         email.as_str(),
         &password,
+        distributor_id,
         config.clock().now().naive_utc(),
     )?;
+    let of = distributor.map_or(String::new(), |d| format!(" (of {d} only)"));
     if generated {
-        say!("Admin {email} created. Password (shown only now): {password}");
+        say!("Admin {email}{of} created. Password (shown only now): {password}");
     } else {
-        say!("Admin {email} created.");
+        say!("Admin {email}{of} created.");
     }
     Ok(())
 }

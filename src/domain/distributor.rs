@@ -151,6 +151,27 @@ impl Scope {
     pub fn is_global(self) -> bool {
         self == Self::All
     }
+
+    /// The distributor ids this scope reaches, as an inclusive range: one column
+    /// filter (`distributor_id BETWEEN lo AND hi`) of the same type for both kinds.
+    pub fn bounds(self) -> (i64, i64) {
+        match self {
+            Self::All => (i64::MIN, i64::MAX),
+            Self::Distributor(d) => (d.get(), d.get()),
+        }
+    }
+
+    /// The same as a clause on a query over a table with `user_id` (aggregates
+    /// written as SQL text): empty for a global scope. Only ids are formatted in.
+    pub fn user_clause(self) -> String {
+        match self {
+            Self::All => String::new(),
+            Self::Distributor(d) => format!(
+                " AND user_id IN (SELECT id FROM users WHERE distributor_id = {})",
+                d.get()
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use super::Actor;
 use crate::db::schema::{audit_log, users};
 use crate::db::{AnyConnection, StoreError};
-use crate::domain::DistributorId;
+use crate::domain::{DistributorId, Scope};
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use serde::Serialize;
@@ -152,14 +152,26 @@ pub(crate) fn record_in(
     Ok(())
 }
 
-/// The newest entries first, of one user or of everything.
+/// How many entries `scope` reaches.
+pub(crate) fn count(c: &mut AnyConnection, scope: Scope) -> Result<i64, StoreError> {
+    let (lo, hi) = scope.bounds();
+    Ok(audit_log::table
+        .filter(audit_log::distributor_id.between(lo, hi))
+        .count()
+        .get_result(c)?)
+}
+
+/// The newest entries first, of one user or of everything `scope` reaches.
 pub(crate) fn entries(
     c: &mut AnyConnection,
+    scope: Scope,
     user_id: Option<i64>,
     limit: i64,
     offset: i64,
 ) -> Result<Vec<AuditEntry>, StoreError> {
+    let (lo, hi) = scope.bounds();
     let mut q = audit_log::table
+        .filter(audit_log::distributor_id.between(lo, hi))
         .select((
             audit_log::id,
             audit_log::actor,

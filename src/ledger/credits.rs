@@ -9,7 +9,7 @@ use super::{Actor, LedgerError, UserRef};
 use crate::alerts::{DeliveryState, Role};
 use crate::db::schema::{code_batches, credit_requests, outbox, redeem_codes, users};
 use crate::db::{AnyConnection as Conn, StoreError};
-use crate::domain::TokenAmount;
+use crate::domain::{DistributorId, Scope, TokenAmount};
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use serde_json::json;
@@ -313,15 +313,18 @@ pub(crate) fn request_by_id(c: &mut Conn, id: i64) -> Result<Option<CreditReques
         .map(request_of))
 }
 
-/// Requests: `which` of them, of one user or of everyone.
+/// Requests: `which` of them, of one user or of everyone `scope` reaches.
 pub(super) fn requests(
     c: &mut Conn,
+    scope: Scope,
     which: Which,
     user_id: Option<i64>,
     limit: i64,
 ) -> Result<Vec<CreditRequest>, StoreError> {
+    let (lo, hi) = scope.bounds();
     let mut q = credit_requests::table
         .inner_join(users::table)
+        .filter(users::distributor_id.between(lo, hi))
         .select(REQUEST_COLUMNS)
         .limit(limit)
         .into_boxed();
@@ -344,8 +347,11 @@ pub(super) fn requests(
         .collect())
 }
 
-pub(super) fn open_requests(c: &mut Conn) -> Result<i64, StoreError> {
+pub(super) fn open_requests(c: &mut Conn, scope: Scope) -> Result<i64, StoreError> {
+    let (lo, hi) = scope.bounds();
     Ok(credit_requests::table
+        .inner_join(users::table)
+        .filter(users::distributor_id.between(lo, hi))
         .filter(credit_requests::state.eq(RequestState::Open.as_str()))
         .count()
         .get_result(c)?)
@@ -417,17 +423,33 @@ pub struct Batch {
     pub created_at: NaiveDateTime,
 }
 
-/// Makes a batch of `count` codes worth `tokens` each until `expires_at`, and
-/// returns them: the only time they exist outside the hands they are given to.
+/// A batch of codes to make: `count` codes worth `tokens` each until `expires_at`,
+/// sold by `owner` (only its users redeem them).
+#[derive(Debug, Clone)]
+pub struct NewBatch {
+    pub owner: DistributorId,
+    pub tokens: TokenAmount,
+    pub count: i64,
+    pub expires_at: NaiveDateTime,
+    pub note: Option<String>,
+}
+
+/// Makes a batch of codes and returns them: the only time they exist outside the
+/// hands they are given to.
 pub(super) fn create_batch(
     c: &mut Conn,
     ctx: &Ctx,
-    tokens: TokenAmount,
-    count: i64,
-    expires_at: NaiveDateTime,
-    note: Option<&str>,
+    batch: &NewBatch,
     actor: &Actor,
 ) -> Result<(i64, Vec<String>), StoreError> {
+    let NewBatch {
+        owner,
+        tokens,
+        count,
+        expires_at,
+        ref note,
+    } = *batch;
+    let note = note.as_deref();
     let id: i64 = diesel::insert_into(code_batches::table)
         .values((
             code_batches::tokens.eq(tokens.get()),
@@ -436,6 +458,7 @@ pub(super) fn create_batch(
             code_batches::note.eq(note),
             code_batches::created_by.eq(actor.label()),
             code_batches::created_at.eq(ctx.now),
+            code_batches::distributor_id.eq(owner.get()),
         ))
         .returning(code_batches::id)
         .get_result(c)?;
@@ -452,11 +475,12 @@ pub(super) fn create_batch(
             .execute(c)?;
         codes.push(code);
     }
-    audit::record(
+    audit::record_in(
         c,
         actor,
         Action::CreateCodeBatch,
         None,
+        owner,
         &json!({"batch": id, "codes": count, "tokens": tokens.get(), "expires_at": expires_at.to_string(), "note": note}),
         ctx.now,
     )?;
@@ -489,9 +513,16 @@ pub(super) fn redeem(
         return Ok(Redeemed::Unknown);
     };
     let hash = code_hash(&normalized);
+    // A distributor's codes are its users' only: another's read as no code at all.
+    let distributor: i64 = users::table
+        .find(user_id)
+        .select(users::distributor_id)
+        .first(c)
+        .map_err(StoreError::from)?;
     let found: Option<(i64, i64, NaiveDateTime, Option<NaiveDateTime>)> = redeem_codes::table
         .inner_join(code_batches::table)
         .filter(redeem_codes::code_hash.eq(&hash))
+        .filter(code_batches::distributor_id.eq(distributor))
         .select((
             code_batches::id,
             code_batches::tokens,
@@ -549,8 +580,10 @@ type BatchRow = (
     NaiveDateTime,
 );
 
-pub(super) fn batches(c: &mut Conn, limit: i64) -> Result<Vec<Batch>, StoreError> {
+pub(super) fn batches(c: &mut Conn, scope: Scope, limit: i64) -> Result<Vec<Batch>, StoreError> {
+    let (lo, hi) = scope.bounds();
     let rows: Vec<BatchRow> = code_batches::table
+        .filter(code_batches::distributor_id.between(lo, hi))
         .order(code_batches::id.desc())
         .limit(limit)
         .select((

@@ -11,7 +11,7 @@
 use super::audit::{self, Action};
 use super::tx::{Conn, Ctx};
 use super::{Actor, LedgerError};
-use crate::db::schema::{client_keys, distributors, holds, pool_charges, users};
+use crate::db::schema::{balances, client_keys, distributors, holds, pool_charges, users};
 use crate::db::statement::{FixedUpdate, on_backend};
 use crate::db::{AnyConnection, StoreError, flag};
 use crate::domain::{DistributorId, DistributorName, Pool, TenantId, TokenAmount};
@@ -32,6 +32,10 @@ pub struct DistributorRow {
     /// What its users used of the pool this cycle (0 without a pool).
     pub pool_used: i64,
     pub users: i64,
+    /// What its users used this cycle, and the cycle's revenue from its users'
+    /// plan prices (centavos).
+    pub used_this_cycle: i64,
+    pub revenue_this_cycle: i64,
     pub keys: Vec<KeyRow>,
     pub created_at: NaiveDateTime,
 }
@@ -343,6 +347,22 @@ pub(super) fn list(c: &mut Conn, ctx: &Ctx) -> Result<Vec<DistributorRow>, Store
             .filter(users::distributor_id.eq(id))
             .count()
             .get_result(c)?;
+        let used_this_cycle: Option<i64> = users::table
+            .inner_join(balances::table)
+            .filter(users::distributor_id.eq(id))
+            .filter(balances::cycle.eq(&ctx.cycle_key))
+            .select(sql::<Nullable<BigInt>>(
+                "CAST(SUM(balances.used_this_cycle) AS BIGINT)",
+            ))
+            .first(c)?;
+        let revenue_this_cycle = super::views::plans(
+            c,
+            crate::domain::Scope::Distributor(DistributorId::from_db(id)),
+            &ctx.cycle_key,
+        )?
+        .iter()
+        .map(|p| p.revenue_this_cycle)
+        .sum();
         let keys = client_keys::table
             .filter(client_keys::distributor_id.eq(id))
             .order(client_keys::created_at.asc())
@@ -369,6 +389,8 @@ pub(super) fn list(c: &mut Conn, ctx: &Ctx) -> Result<Vec<DistributorRow>, Store
             pool_cap,
             pool_used: stored + pending.unwrap_or(0),
             users,
+            used_this_cycle: used_this_cycle.unwrap_or(0),
+            revenue_this_cycle,
             keys,
             created_at,
         });

@@ -10,6 +10,7 @@ pub mod distributors;
 mod plans;
 mod requests;
 mod reserve;
+mod scope;
 mod settle;
 pub mod stats;
 mod tx;
@@ -19,7 +20,8 @@ use crate::alerts::AlertPolicy;
 use crate::db::schema::balances;
 use crate::db::{Database, StoreError};
 use crate::domain::{
-    Clock, Cycle, Email, Identity, PlanChange, PlanModels, PlanSpec, Side, TokenAmount, Weights,
+    Clock, Cycle, DistributorId, Email, Identity, PlanChange, PlanModels, PlanSpec, Scope, Side,
+    TokenAmount, Weights,
 };
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -29,6 +31,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 pub use plans::PlanRef;
+pub use scope::Scoped;
 pub use views::{InvariantReport, UserSummary};
 
 /// What a metered request asks to reserve.
@@ -668,17 +671,30 @@ impl Ledger {
         distributors::key_ring(&mut conn)
     }
 
-    /// Creates a plan; with `make_default`, new users start on it.
+    /// Creates one of the install's plans (offered to every distributor); with
+    /// `make_default`, new users start on it.
     pub fn create_plan(
         &self,
         spec: &PlanSpec,
         make_default: bool,
         actor: &Actor,
     ) -> Result<i64, LedgerError> {
+        self.create_plan_of(DistributorId::DIRECT, spec, make_default, actor)
+    }
+
+    /// Creates a plan of `owner`'s; with `make_default`, its new users start on it.
+    pub fn create_plan_of(
+        &self,
+        owner: DistributorId,
+        spec: &PlanSpec,
+        make_default: bool,
+        actor: &Actor,
+    ) -> Result<i64, LedgerError> {
         let ctx = tx::Ctx::new(self.now(), self.tz);
         let (spec, actor) = (spec.clone(), actor.clone());
-        self.db
-            .write_blocking(move |c| plans::create_plan(c, &ctx, &spec, make_default, &actor))
+        self.db.write_blocking(move |c| {
+            plans::create_plan(c, &ctx, owner, &spec, make_default, &actor)
+        })
     }
 
     /// Changes a plan in one transaction (what `change` leaves out stays): its name
@@ -750,13 +766,14 @@ impl Ledger {
             .first(&mut conn)?)
     }
 
-    /// The dashboard's overview of usage and user states.
-    pub fn overview(&self) -> Result<stats::Overview, StoreError> {
+    /// The overview of usage and user states of the users `scope` reaches.
+    pub fn overview_in(&self, scope: Scope) -> Result<stats::Overview, StoreError> {
         let now = self.now();
         let cycle = self.current_cycle();
         let mut conn = self.db.conn()?;
         stats::overview(
             &mut conn,
+            scope,
             now,
             self.tz,
             &cycle.key(),
@@ -820,15 +837,10 @@ impl Ledger {
         limit: i64,
     ) -> Result<Vec<credits::CreditRequest>, StoreError> {
         let mut conn = self.db.conn()?;
-        credits::requests(&mut conn, which, user_id, limit)
+        credits::requests(&mut conn, Scope::All, which, user_id, limit)
     }
 
-    pub fn open_credit_requests(&self) -> Result<i64, StoreError> {
-        let mut conn = self.db.conn()?;
-        credits::open_requests(&mut conn)
-    }
-
-    /// A batch of codes; the codes are returned here and never again.
+    /// A batch of the install's codes; the codes are returned here and never again.
     pub fn create_code_batch(
         &self,
         tokens: TokenAmount,
@@ -837,11 +849,37 @@ impl Ledger {
         note: Option<&str>,
         actor: &Actor,
     ) -> Result<(i64, Vec<String>), StoreError> {
+        self.create_code_batch_of(
+            DistributorId::DIRECT,
+            tokens,
+            count,
+            expires_at,
+            note,
+            actor,
+        )
+    }
+
+    /// A batch of `owner`'s codes, which only its users redeem.
+    pub fn create_code_batch_of(
+        &self,
+        owner: DistributorId,
+        tokens: TokenAmount,
+        count: i64,
+        expires_at: chrono::NaiveDateTime,
+        note: Option<&str>,
+        actor: &Actor,
+    ) -> Result<(i64, Vec<String>), StoreError> {
         let ctx = tx::Ctx::new(self.now(), self.tz);
-        let (note, actor) = (note.map(str::to_owned), actor.clone());
-        self.db.write_blocking(move |c| {
-            credits::create_batch(c, &ctx, tokens, count, expires_at, note.as_deref(), &actor)
-        })
+        let batch = credits::NewBatch {
+            owner,
+            tokens,
+            count,
+            expires_at,
+            note: note.map(str::to_owned),
+        };
+        let actor = actor.clone();
+        self.db
+            .write_blocking(move |c| credits::create_batch(c, &ctx, &batch, &actor))
     }
 
     /// `label` names the batch in the ledger's note ("código do lote" makes
@@ -856,11 +894,6 @@ impl Ledger {
         let code = code.to_owned();
         self.db
             .write_blocking(move |c| credits::redeem(c, &ctx, user_id, &code, label))
-    }
-
-    pub fn code_batches(&self, limit: i64) -> Result<Vec<credits::Batch>, StoreError> {
-        let mut conn = self.db.conn()?;
-        credits::batches(&mut conn, limit)
     }
 
     /// An answer that claimed the in-chat notice ended without showing it (an
@@ -895,11 +928,15 @@ impl Ledger {
         Ok(stats::usage_by_model(&mut conn, user_id, since)?)
     }
 
-    /// Every plan, with how many users are on it.
     /// Every plan, with its users, their use this cycle and its revenue.
     pub fn plans(&self) -> Result<Vec<views::PlanRow>, StoreError> {
+        self.plans_in(Scope::All)
+    }
+
+    /// The plans `scope` sees, with the figures of the users it reaches.
+    pub fn plans_in(&self, scope: Scope) -> Result<Vec<views::PlanRow>, StoreError> {
         let mut conn = self.db.conn()?;
-        Ok(views::plans(&mut conn, &self.current_cycle().key())?)
+        Ok(views::plans(&mut conn, scope, &self.current_cycle().key())?)
     }
 
     /// The plan named `name`.
@@ -933,13 +970,6 @@ impl Ledger {
         Ok(views::recent_ledger_entries(&mut conn, user_id, limit)?)
     }
 
-    pub fn audit_count(&self) -> Result<i64, StoreError> {
-        let mut conn = self.db.conn()?;
-        Ok(crate::db::schema::audit_log::table
-            .count()
-            .get_result(&mut conn)?)
-    }
-
     /// The audit log, newest first (of one user, or of everything).
     pub fn audit_entries(
         &self,
@@ -948,7 +978,7 @@ impl Ledger {
         offset: i64,
     ) -> Result<Vec<audit::AuditEntry>, StoreError> {
         let mut conn = self.db.conn()?;
-        audit::entries(&mut conn, user_id, limit, offset)
+        audit::entries(&mut conn, Scope::All, user_id, limit, offset)
     }
 
     /// Claims this instance's id for this run, and frees every hold a previous run of
@@ -1147,7 +1177,7 @@ impl Ledger {
             now,
             self.tz,
             days.clamp(1, 31),
-            Some(user_id),
+            stats::Daily::User(user_id),
         )?)
     }
 

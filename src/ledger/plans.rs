@@ -198,24 +198,31 @@ fn write_models(c: &mut Conn, plan_id: i64, models: &PlanModels) -> Result<(), S
 pub(super) fn create_plan(
     c: &mut Conn,
     ctx: &Ctx,
+    owner: DistributorId,
     spec: &PlanSpec,
     make_default: bool,
     actor: &Actor,
 ) -> Result<i64, LedgerError> {
     let name = spec.name.as_str();
     let exists: i64 = plans::table
-        .filter(plans::distributor_id.eq(DistributorId::DIRECT.get()))
+        .filter(plans::distributor_id.eq(owner.get()))
         .filter(plans::name.eq(name))
         .count()
         .get_result(c)?;
     if exists > 0 {
         return Err(LedgerError::PlanExists(name.to_owned()));
     }
+    // A role names one plan for every LibreChat: only the install's plans take roles.
+    if !owner.is_direct() && !spec.roles.is_empty() {
+        return Err(LedgerError::Invalid(
+            "only the install's own plans take LibreChat roles".into(),
+        ));
+    }
     if make_default {
         diesel::update(
             plans::table
                 .filter(plans::is_default.eq(1))
-                .filter(plans::distributor_id.eq(DistributorId::DIRECT.get())),
+                .filter(plans::distributor_id.eq(owner.get())),
         )
         .set(plans::is_default.eq(0))
         .execute(c)?;
@@ -234,16 +241,18 @@ pub(super) fn create_plan(
             plans::output_allowance.eq(spec.sides.output.map(Allowance::get)),
             plans::overage_cap.eq(spec.overage.map(|o| o.cap.get())),
             plans::overage_price.eq(spec.overage.map(|o| o.price.micro())),
+            plans::distributor_id.eq(owner.get()),
         ))
         .returning(plans::id)
         .get_result(c)?;
     write_models(c, id, &spec.models)?;
     write_roles(c, id, &spec.roles)?;
-    audit::record(
+    audit::record_in(
         c,
         actor,
         Action::CreatePlan,
         None,
+        owner,
         &json!({
             "plan": name,
             "allowance": spec.monthly_allowance.get(),
@@ -287,21 +296,25 @@ pub(super) fn update_plan(
         plans::monthly_allowance,
         plans::is_default,
         plans::monthly_price,
+        plans::distributor_id,
     );
-    let found: Option<(i64, String, i64, i32, Option<i64>)> = match plan {
+    // By name: the install's own plans (a distributor's are named by #id).
+    let found: Option<(i64, String, i64, i32, Option<i64>, i64)> = match plan {
         PlanRef::Id(id) => plans::table.find(*id).select(columns).first(c),
         PlanRef::Name(name) => plans::table
+            .filter(plans::distributor_id.eq(DistributorId::DIRECT.get()))
             .filter(plans::name.eq(name))
             .select(columns)
             .first(c),
     }
     .optional()?;
-    let (plan_id, old_name, old_allowance, is_default, old_price) = found.ok_or_else(|| {
-        LedgerError::PlanNotFound(match plan {
-            PlanRef::Id(id) => format!("#{id}"),
-            PlanRef::Name(name) => name.clone(),
-        })
-    })?;
+    let (plan_id, old_name, old_allowance, is_default, old_price, owner) =
+        found.ok_or_else(|| {
+            LedgerError::PlanNotFound(match plan {
+                PlanRef::Id(id) => format!("#{id}"),
+                PlanRef::Name(name) => name.clone(),
+            })
+        })?;
     let PlanPolicy {
         models: old_models,
         limits: old_limits,
@@ -331,8 +344,15 @@ pub(super) fn update_plan(
         _ => old_allowance,
     };
     let new_models = change.models.as_ref().unwrap_or(&old_models);
+    let owner = DistributorId::from_db(owner);
+    if !owner.is_direct() && change.roles.as_ref().is_some_and(|r| !r.is_empty()) {
+        return Err(LedgerError::Invalid(
+            "only the install's own plans take LibreChat roles".into(),
+        ));
+    }
     if name != old_name {
         let clash: i64 = plans::table
+            .filter(plans::distributor_id.eq(owner.get()))
             .filter(plans::name.eq(name))
             .filter(plans::id.ne(plan_id))
             .count()
@@ -406,11 +426,12 @@ pub(super) fn update_plan(
                 .set(plans::requests_per_month.eq(column(new_limits.per_month)))
                 .execute(c)?;
         }
-        audit::record(
+        audit::record_in(
             c,
             actor,
             Action::EditPlan,
             None,
+            owner,
             &json!({
                 "plan": name,
                 "old_name": old_name,
@@ -475,11 +496,12 @@ pub(super) fn set_default_plan(
     diesel::update(plans::table.find(plan_id))
         .set(plans::is_default.eq(1))
         .execute(c)?;
-    audit::record(
+    audit::record_in(
         c,
         actor,
         Action::SetDefaultPlan,
         None,
+        DistributorId::from_db(owner),
         &json!({"plan": name}),
         ctx.now,
     )?;
@@ -532,8 +554,14 @@ fn move_user(
     if source != PlanSource::Admin && PlanSource::stored(&old_source) == PlanSource::Admin {
         return Ok(old_id);
     }
+    // Only a plan offered to the user's distributor: its own, or the install's.
+    let distributor: i64 = users::table
+        .find(user_id)
+        .select(users::distributor_id)
+        .first(c)?;
     let (new_name, new_allowance): (String, i64) = plans::table
         .find(plan_id)
+        .filter(plans::distributor_id.eq_any([DistributorId::DIRECT.get(), distributor]))
         .select((plans::name, plans::monthly_allowance))
         .first(c)
         .optional()?

@@ -6,7 +6,7 @@
 
 use crate::db::schema::{balances, plans, users};
 use crate::db::{AnyConnection, StoreError};
-use crate::domain::used_percent;
+use crate::domain::{Scope, used_percent};
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 use diesel::prelude::*;
@@ -157,12 +157,13 @@ fn local_midnight(now: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
         .map_or(now, |m| m.with_timezone(&Utc))
 }
 
-fn usage_since(c: &mut Conn, since: DateTime<Utc>) -> QueryResult<(i64, i64)> {
+fn usage_since(c: &mut Conn, scope: Scope, since: DateTime<Utc>) -> QueryResult<(i64, i64)> {
     let q = format!(
         "SELECT CAST(COALESCE(SUM(charged), 0) AS BIGINT) AS tokens, \
          CAST(COUNT(DISTINCT user_id) AS BIGINT) AS users \
-         FROM usage_records WHERE created_at >= '{}'",
-        ts(since)
+         FROM usage_records WHERE created_at >= '{}'{}",
+        ts(since),
+        scope.user_clause()
     );
     let rows: Vec<Totals> = load(c, &q, &q)?;
     Ok(rows.first().map_or((0, 0), |r| (r.tokens, r.users)))
@@ -172,9 +173,11 @@ fn usage_since(c: &mut Conn, since: DateTime<Utc>) -> QueryResult<(i64, i64)> {
 /// rule, which `UserState::of` states for a row read whole.
 macro_rules! filtered_users {
     ($q:expr, $cycle:expr) => {{
+        let (lo, hi) = $q.scope.bounds();
         let mut q = users::table
             .inner_join(plans::table)
             .inner_join(balances::table)
+            .filter(users::distributor_id.between(lo, hi))
             .into_boxed();
         if let Some(s) = $q
             .search
@@ -240,29 +243,39 @@ macro_rules! filtered_users {
 
 pub(crate) fn overview(
     c: &mut Conn,
+    scope: Scope,
     now: DateTime<Utc>,
     tz: Tz,
     cycle_key: &str,
     cycle_start: DateTime<Utc>,
 ) -> Result<Overview, StoreError> {
-    let (used_today, _) = usage_since(c, local_midnight(now, tz))?;
-    let (used_cycle, active_users) = usage_since(c, cycle_start)?;
+    let (used_today, _) = usage_since(c, scope, local_midnight(now, tz))?;
+    let (used_cycle, active_users) = usage_since(c, scope, cycle_start)?;
     // Each state counted by the user list's own filter: one rule for both.
     let mut in_state = |state| -> QueryResult<i64> {
         let q = UserQuery {
+            scope,
+            search: None,
             state: Some(state),
-            ..UserQuery::default()
+            sort: UserSort::default(),
+            page: 1,
+            per_page: 1,
         };
         filtered_users!(q, cycle_key).count().get_result(c)
     };
     let over_80 = in_state(UserState::Over80)?;
     let blocked = in_state(UserState::Blocked)?;
     let suspended = in_state(UserState::Suspended)?;
-    let total_users: i64 = users::table.count().get_result(c)?;
+    let (lo, hi) = scope.bounds();
+    let total_users: i64 = users::table
+        .filter(users::distributor_id.between(lo, hi))
+        .count()
+        .get_result(c)?;
     let top_sql = format!(
         "SELECT user_id, CAST(SUM(charged) AS BIGINT) AS tokens FROM usage_records \
-         WHERE created_at >= '{}' GROUP BY user_id ORDER BY tokens DESC, user_id LIMIT 10",
-        ts(cycle_start)
+         WHERE created_at >= '{}'{} GROUP BY user_id ORDER BY tokens DESC, user_id LIMIT 10",
+        ts(cycle_start),
+        scope.user_clause()
     );
     let top: Vec<UserTokens> = load(c, &top_sql, &top_sql)?;
     let mut top_users = Vec::with_capacity(top.len());
@@ -289,11 +302,18 @@ pub(crate) fn overview(
         blocked,
         suspended,
         top_users,
-        daily: daily(c, now, tz, 30, None)?,
+        daily: daily(c, now, tz, 30, Daily::Scope(scope))?,
     })
 }
 
-/// Tokens per local day over the last `days` days, of one user or of everyone. Grouped by UTC hour in SQL, then
+/// Whose usage a daily series sums.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Daily {
+    User(i64),
+    Scope(Scope),
+}
+
+/// Tokens per local day over the last `days` days, of one user or of a scope's users. Grouped by UTC hour in SQL, then
 /// by local day here: time zones with half-hour offsets put at most 30 minutes of a
 /// day's usage on the neighbouring day.
 pub(crate) fn daily(
@@ -301,9 +321,12 @@ pub(crate) fn daily(
     now: DateTime<Utc>,
     tz: Tz,
     days: i64,
-    user_id: Option<i64>,
+    whose: Daily,
 ) -> QueryResult<Vec<(NaiveDate, i64)>> {
-    let of_user = user_id.map_or(String::new(), |id| format!(" AND user_id = {id}"));
+    let of_user = match whose {
+        Daily::User(id) => format!(" AND user_id = {id}"),
+        Daily::Scope(scope) => scope.user_clause(),
+    };
     let today = now.with_timezone(&tz).date_naive();
     let first = today - Duration::days(days - 1);
     let since = local_midnight(now - Duration::days(days - 1), tz) - Duration::hours(1);
@@ -362,8 +385,10 @@ pub fn label(id: i64, email: Option<&str>, name: Option<&str>, external: Option<
 }
 
 /// Which users to list, and how.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct UserQuery {
+    /// Whose users: never defaulted, so no list forgets it.
+    pub scope: Scope,
     pub search: Option<String>,
     pub state: Option<UserState>,
     pub sort: UserSort,

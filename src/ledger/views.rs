@@ -9,7 +9,8 @@ use crate::db::schema::{
 use crate::domain::plan::PlanSource;
 use crate::domain::requests::Windows;
 use crate::domain::{
-    Brl, Cycle, Identity, Overage, PlanModels, RequestLimits, Side, SideAllowances,
+    Brl, Cycle, DistributorId, Identity, Overage, PlanModels, RequestLimits, Scope, Side,
+    SideAllowances,
 };
 use chrono::{DateTime, NaiveDateTime, Utc};
 use chrono_tz::Tz;
@@ -379,6 +380,8 @@ pub(super) fn user_summary(
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanRow {
     pub id: i64,
+    /// Whose plan: 1 is the install's, offered to every distributor.
+    pub distributor_id: i64,
     pub name: String,
     pub monthly_allowance: i64,
     #[serde(flatten)]
@@ -415,8 +418,11 @@ fn listed_models<S: serde::Serializer>(m: &PlanModels, s: S) -> Result<S::Ok, S:
     s.collect_seq(m.listed())
 }
 
-pub(super) fn plans(c: &mut Conn, cycle: &str) -> QueryResult<Vec<PlanRow>> {
+/// The plans `scope` sees (its own, and the install's, which every distributor may
+/// give), each with the figures of the users `scope` reaches.
+pub(super) fn plans(c: &mut Conn, scope: Scope, cycle: &str) -> QueryResult<Vec<PlanRow>> {
     type Row = (
+        i64,
         i64,
         String,
         i64,
@@ -428,10 +434,17 @@ pub(super) fn plans(c: &mut Conn, cycle: &str) -> QueryResult<Vec<PlanRow>> {
         (Option<i64>, Option<i64>),
         (Option<i64>, Option<i64>),
     );
+    let (lo, hi) = scope.bounds();
     let rows: Vec<Row> = plans::table
-        .order(plans::name.asc())
+        .filter(
+            plans::distributor_id
+                .between(lo, hi)
+                .or(plans::distributor_id.eq(DistributorId::DIRECT.get())),
+        )
+        .order((plans::distributor_id.asc(), plans::name.asc()))
         .select((
             plans::id,
+            plans::distributor_id,
             plans::name,
             plans::monthly_allowance,
             plans::is_default,
@@ -446,6 +459,7 @@ pub(super) fn plans(c: &mut Conn, cycle: &str) -> QueryResult<Vec<PlanRow>> {
     type Overages = (i64, Option<i64>, Option<i64>);
     let overages: Vec<Overages> = users::table
         .inner_join(balances::table)
+        .filter(users::distributor_id.between(lo, hi))
         .filter(balances::usage_cycle.eq(cycle))
         .group_by(users::plan_id)
         .select((
@@ -459,11 +473,13 @@ pub(super) fn plans(c: &mut Conn, cycle: &str) -> QueryResult<Vec<PlanRow>> {
         ))
         .load(c)?;
     let counts: Vec<(i64, i64)> = users::table
+        .filter(users::distributor_id.between(lo, hi))
         .group_by(users::plan_id)
         .select((users::plan_id, diesel::dsl::count_star()))
         .load(c)?;
     // Who pays: not suspended, and not a service's account (LibreChat's RAG API).
     let active: Vec<(i64, i64)> = users::table
+        .filter(users::distributor_id.between(lo, hi))
         .filter(users::suspended_at.is_null())
         .filter(
             users::external_id
@@ -475,6 +491,7 @@ pub(super) fn plans(c: &mut Conn, cycle: &str) -> QueryResult<Vec<PlanRow>> {
         .load(c)?;
     let used: Vec<(i64, Option<i64>)> = users::table
         .inner_join(balances::table)
+        .filter(users::distributor_id.between(lo, hi))
         .filter(balances::cycle.eq(cycle))
         .group_by(users::plan_id)
         .select((
@@ -498,6 +515,7 @@ pub(super) fn plans(c: &mut Conn, cycle: &str) -> QueryResult<Vec<PlanRow>> {
         .map(
             |(
                 id,
+                distributor_id,
                 name,
                 monthly_allowance,
                 is_default,
@@ -516,6 +534,7 @@ pub(super) fn plans(c: &mut Conn, cycle: &str) -> QueryResult<Vec<PlanRow>> {
                 let active_users = of(&active, id);
                 PlanRow {
                     id,
+                    distributor_id,
                     name,
                     monthly_allowance,
                     sides: SideAllowances::stored(input, output),

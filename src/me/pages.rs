@@ -301,7 +301,7 @@ pub async fn home(
             ledger.daily_usage(id)?,
             ledger.usage_by_model(id)?,
             ledger.recent_usage(id, RECENT)?,
-            alerts::list(ledger.db(), Some(id), 20)?,
+            alerts::list(ledger.db(), crate::domain::Scope::All, Some(id), 20)?,
             ledger.credit_requests(crate::ledger::credits::Which::All, Some(id), 5)?,
         ))
     })

@@ -678,7 +678,13 @@ async fn admins_change_passwords_add_and_disable_each_other() {
             .status(),
         StatusCode::SEE_OTHER
     );
-    let accounts = tokengate::admin::accounts::list(app.ledger().db()).unwrap();
+    let accounts = tokengate::admin::accounts::list(
+        app.ledger().db(),
+        &tokengate::admin::accounts::by_email(app.ledger().db(), "admin@localhost")
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
     let maria_id = accounts
         .iter()
         .find(|a| a.email.starts_with("maria"))

@@ -115,7 +115,13 @@ async fn spend_to(app: &TestApp, p: Person, target: i64) {
 
 fn alerts_of(app: &TestApp, p: Person) -> Vec<Alert> {
     let id = app.user_id(p.id);
-    let mut list = alerts::list(app.ledger().db(), Some(id), 100).unwrap();
+    let mut list = alerts::list(
+        app.ledger().db(),
+        tokengate::domain::Scope::All,
+        Some(id),
+        100,
+    )
+    .unwrap();
     list.reverse();
     list
 }
@@ -1085,7 +1091,13 @@ async fn spending_a_plan_down_sends_the_exhausted_mail_once_and_blocks() {
     let thresholds: Vec<u8> = alerts_of(&app, ANA).iter().map(|a| a.threshold).collect();
     assert_eq!(thresholds, [80, 100]);
     // Blocked, for the dashboard and the command line.
-    assert_eq!(app.ledger().overview().unwrap().blocked, 1);
+    assert_eq!(
+        app.ledger()
+            .overview_in(tokengate::domain::Scope::All)
+            .unwrap()
+            .blocked,
+        1
+    );
     assert!(app.summary(ANA.id).blocked);
     // A top-up lifts the block and re-arms the alerts: spent down again, 80% and
     // then exhaustion mail again.
@@ -1098,7 +1110,13 @@ async fn spending_a_plan_down_sends_the_exhausted_mail_once_and_blocks() {
         )
         .unwrap();
     assert!(!app.summary(ANA.id).blocked);
-    assert_eq!(app.ledger().overview().unwrap().blocked, 0);
+    assert_eq!(
+        app.ledger()
+            .overview_in(tokengate::domain::Scope::All)
+            .unwrap()
+            .blocked,
+        0
+    );
     assert_eq!(
         ana(&chat_body("fill", "Olá, tudo bem?", false, Some(1_000_000)))
             .await
@@ -1154,7 +1172,13 @@ async fn refusals_that_are_not_exhaustion_send_nothing_and_say_why() {
     assert!(outbox_settled(&app).await.is_empty());
     assert!(smtp.messages().is_empty());
     assert!(!app.summary(ANA.id).blocked);
-    assert_eq!(app.ledger().overview().unwrap().blocked, 0);
+    assert_eq!(
+        app.ledger()
+            .overview_in(tokengate::domain::Scope::All)
+            .unwrap()
+            .blocked,
+        0
+    );
     app.assert_invariant(ANA.id);
 }
 

@@ -16,6 +16,7 @@ mod fake_provider;
 mod helpers;
 mod hostile;
 mod instances;
+mod isolation;
 mod limits;
 pub mod me;
 mod metering;

@@ -475,11 +475,16 @@ async fn overage_past_a_side_allowance_is_the_full_alert() {
         )
         .unwrap();
     let thresholds = |app: &TestApp| -> Vec<u8> {
-        tokengate::alerts::list(app.ledger().db(), Some(app.user_id("ana")), 20)
-            .unwrap()
-            .iter()
-            .map(|a| a.threshold)
-            .collect()
+        tokengate::alerts::list(
+            app.ledger().db(),
+            tokengate::domain::Scope::All,
+            Some(app.user_id("ana")),
+            20,
+        )
+        .unwrap()
+        .iter()
+        .map(|a| a.threshold)
+        .collect()
     };
     assert_eq!(fill(&app, "ana", 1_000).await.0, 200);
     app.settled();

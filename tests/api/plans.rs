@@ -291,10 +291,20 @@ async fn plans_from_the_command_line() {
     let list = text(&out.stdout);
     assert!(list.contains("all (default)"), "{list}");
     // An edit that changes nothing writes nothing.
-    let audited = app.ledger().audit_count().unwrap();
+    let audited = app
+        .ledger()
+        .scoped(tokengate::domain::Scope::All)
+        .audit_count()
+        .unwrap();
     let out = tokengate(db, &["plans", "edit", "Pro+", "--default"], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(app.ledger().audit_count().unwrap(), audited);
+    assert_eq!(
+        app.ledger()
+            .scoped(tokengate::domain::Scope::All)
+            .audit_count()
+            .unwrap(),
+        audited
+    );
 
     // Refused, each with a clear reason and nothing changed.
     for (args, reason) in [

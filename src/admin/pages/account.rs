@@ -63,7 +63,8 @@ pub async fn show(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
     let l = locale(&state);
     let tz = state.config.timezone;
     let db = state.ledger.db().clone();
-    let admins = web::block(move || accounts::list(&db)).await??;
+    let by = me.admin.clone();
+    let admins = web::block(move || accounts::list(&db, &by)).await??;
     let body = html! {
         section.actions {
             form.stack method="post" action="/admin/account/password" {

@@ -1,10 +1,10 @@
 //! Every alert and the delivery state of each of its messages.
 
-use super::{locale, render, with_ledger};
+use super::{locale, render, with_scoped};
 use crate::admin::AdminError;
 use crate::admin::session::SignedIn;
 use crate::admin::views::Nav;
-use crate::alerts::{self, Alert, DeliveryState, Role};
+use crate::alerts::{Alert, DeliveryState, Role};
 use crate::config::Locale;
 use crate::i18n;
 use crate::startup::AppState;
@@ -87,7 +87,7 @@ pub fn table(list: &[Alert], l: Locale, tz: Tz, with_user: bool) -> Markup {
 
 pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpResponse, AdminError> {
     let l = locale(&state);
-    let all = with_ledger(&state, |ledger| alerts::list(ledger.db(), None, 200)).await?;
+    let all = with_scoped(&state, &me, |ledger| ledger.alerts(200)).await?;
     let failed = all
         .iter()
         .flat_map(|a| &a.messages)

@@ -1,6 +1,6 @@
 //! The audit log: who did what to whom, and when.
 
-use super::{locale, render, with_ledger};
+use super::{locale, render, with_scoped};
 use crate::admin::AdminError;
 use crate::admin::session::SignedIn;
 use crate::admin::views::{self, Nav};
@@ -110,8 +110,8 @@ pub async fn list(
 ) -> Result<HttpResponse, AdminError> {
     let l = locale(&state);
     let page = q.page.parse::<i64>().unwrap_or(1).clamp(1, 1_000_000);
-    let (entries, total) = with_ledger(&state, move |ledger| {
-        let entries = ledger.audit_entries(None, PER_PAGE, (page - 1) * PER_PAGE)?;
+    let (entries, total) = with_scoped(&state, &me, move |ledger| {
+        let entries = ledger.audit_entries(PER_PAGE, (page - 1) * PER_PAGE)?;
         let total = ledger.audit_count()?;
         Ok::<_, crate::db::StoreError>((entries, total))
     })

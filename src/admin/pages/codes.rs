@@ -1,7 +1,7 @@
 //! Codes worth tokens: make a batch (downloaded once, as CSV: the codes are kept
 //! only as hashes) and see how each batch is being used.
 
-use super::{actor, back, locale, one_line, render, with_ledger};
+use super::{actor, back, locale, one_line, render, with_scoped};
 use crate::admin::AdminError;
 use crate::admin::session::SignedIn;
 use crate::admin::views::{self, Nav};
@@ -19,7 +19,7 @@ use serde::Deserialize;
 pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpResponse, AdminError> {
     let l = locale(&state);
     let tz = state.config.timezone;
-    let batches = with_ledger(&state, |ledger| ledger.code_batches(100)).await?;
+    let batches = with_scoped(&state, &me, |ledger| ledger.code_batches(100)).await?;
     let now = state.ledger.now().naive_utc();
     let body = html! {
         section.actions {
@@ -161,7 +161,7 @@ pub async fn create(
     };
     let note = Some(one_line(&form.note, 300)).filter(|n| !n.is_empty());
     let who = actor(&me);
-    let (batch, codes) = with_ledger(&state, move |ledger| {
+    let (batch, codes) = with_scoped(&state, &me, move |ledger| {
         ledger.create_code_batch(tokens, count, expires_at, note.as_deref(), &who)
     })
     .await?;

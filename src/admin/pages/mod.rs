@@ -14,44 +14,55 @@ mod weights;
 use super::session::{self, SignedIn};
 use super::views::{self, Nav, Page};
 use super::{AdminError, locale};
-use crate::ledger::{Actor, Ledger};
+use crate::ledger::{Actor, Scoped};
 use crate::startup::AppState;
 use actix_web::{HttpResponse, web};
 use maud::Markup;
 use serde::Deserialize;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("", web::get().to(overview::show))
-        .route("/", web::get().to(overview::show))
-        .route("/login", web::get().to(login::show))
-        .route("/login", web::post().to(login::submit))
-        .route("/logout", web::post().to(login::logout))
-        .route("/users", web::get().to(users::list))
-        .route("/users/{id}", web::get().to(users::detail))
-        .route("/users/{id}/credits", web::post().to(users::grant))
-        .route("/users/{id}/plan", web::post().to(users::change_plan))
-        .route("/users/{id}/suspension", web::post().to(users::suspension))
-        .route("/plans", web::get().to(plans::list))
-        .route("/plans", web::post().to(plans::create))
-        .route("/plans/{id}", web::post().to(plans::update))
-        .route("/plans/{id}/default", web::post().to(plans::make_default))
-        .route("/weights", web::get().to(weights::list))
-        .route("/weights", web::post().to(weights::set))
-        .route("/alerts", web::get().to(alerts::list))
-        .route("/requests", web::get().to(requests::list))
-        .route("/requests/{id}/approve", web::post().to(requests::approve))
-        .route("/requests/{id}/decline", web::post().to(requests::decline))
-        .route("/codes", web::get().to(codes::list))
-        .route("/codes", web::post().to(codes::create))
-        .route("/audit", web::get().to(audit::list))
-        .route("/account", web::get().to(account::show))
-        .route(
-            "/account/password",
-            web::post().to(account::change_password),
-        )
-        .route("/admins", web::post().to(account::add_admin))
-        .route("/admins/{id}/status", web::post().to(account::set_status))
-        .default_service(web::to(not_found));
+/// The dashboard's routes, written once: the router is built from this list, and
+/// the isolation test walks the same list (`ROUTES`), so a page added here is a page
+/// that test tries with another distributor's ids.
+macro_rules! admin_routes {
+    ($($method:ident $path:literal => $handler:path),* $(,)?) => {
+        /// Every route of the dashboard: (method, path under /admin).
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        pub fn routes(cfg: &mut web::ServiceConfig) {
+            $(cfg.route($path, web::$method().to($handler));)*
+            cfg.default_service(web::to(not_found));
+        }
+    };
+}
+
+admin_routes! {
+    get "" => overview::show,
+    get "/" => overview::show,
+    get "/login" => login::show,
+    post "/login" => login::submit,
+    post "/logout" => login::logout,
+    get "/users" => users::list,
+    get "/users/{id}" => users::detail,
+    post "/users/{id}/credits" => users::grant,
+    post "/users/{id}/plan" => users::change_plan,
+    post "/users/{id}/suspension" => users::suspension,
+    get "/plans" => plans::list,
+    post "/plans" => plans::create,
+    post "/plans/{id}" => plans::update,
+    post "/plans/{id}/default" => plans::make_default,
+    get "/weights" => weights::list,
+    post "/weights" => weights::set,
+    get "/alerts" => alerts::list,
+    get "/requests" => requests::list,
+    post "/requests/{id}/approve" => requests::approve,
+    post "/requests/{id}/decline" => requests::decline,
+    get "/codes" => codes::list,
+    post "/codes" => codes::create,
+    get "/audit" => audit::list,
+    get "/account" => account::show,
+    post "/account/password" => account::change_password,
+    post "/admins" => account::add_admin,
+    post "/admins/{id}/status" => account::set_status,
 }
 
 async fn not_found() -> Result<HttpResponse, AdminError> {
@@ -69,6 +80,7 @@ fn render(state: &AppState, me: &SignedIn, title: &str, nav: Nav, body: Markup) 
             admin_email: &me.admin.email,
             csrf: &me.csrf,
             flash,
+            global: me.admin.scope().is_global(),
         },
         body,
     );
@@ -85,17 +97,19 @@ fn back(me: &SignedIn, to: &str, ok: bool, text: impl Into<String>) -> HttpRespo
         .finish()
 }
 
-/// Runs blocking ledger work off the async threads.
-async fn with_ledger<T, E>(
+/// Runs blocking ledger work off the async threads, through the signed-in admin's
+/// scope: the only handle a page has on the ledger (`ledger::Scoped`).
+async fn with_scoped<T, E>(
     state: &AppState,
-    f: impl FnOnce(&Ledger) -> Result<T, E> + Send + 'static,
+    me: &SignedIn,
+    f: impl FnOnce(&Scoped) -> Result<T, E> + Send + 'static,
 ) -> Result<T, AdminError>
 where
     T: Send + 'static,
     E: Into<AdminError> + Send + 'static,
 {
-    let ledger = state.ledger.clone();
-    web::block(move || f(&ledger)).await?.map_err(Into::into)
+    let scoped = state.ledger.scoped(me.admin.scope());
+    web::block(move || f(&scoped)).await?.map_err(Into::into)
 }
 
 fn actor(me: &SignedIn) -> Actor {

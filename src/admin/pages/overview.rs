@@ -1,7 +1,7 @@
 //! The overview: usage today and this cycle, user states, usage and revenue per plan,
 //! top users, 30 days.
 
-use super::{locale, render, with_ledger};
+use super::{locale, render, with_scoped};
 use crate::admin::AdminError;
 use crate::admin::session::SignedIn;
 use crate::admin::views::{self, Nav};
@@ -11,11 +11,12 @@ use maud::html;
 
 pub async fn show(state: web::Data<AppState>, me: SignedIn) -> Result<HttpResponse, AdminError> {
     let l = locale(&state);
-    let (o, open_requests, plans) = with_ledger(&state, |ledger| {
+    let (o, open_requests, plans, distributors) = with_scoped(&state, &me, |ledger| {
         Ok::<_, crate::db::StoreError>((
             ledger.overview()?,
             ledger.open_credit_requests()?,
             ledger.plans()?,
+            ledger.distributors()?,
         ))
     })
     .await?;
@@ -106,6 +107,35 @@ pub async fn show(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
                     th.num { (views::tokens(plans.iter().map(|p| p.used_this_cycle).sum(), l)) }
                     th.num #revenue { (views::reais(revenue, l)) }
                 } }
+            }
+        }
+        // Only where there are distributors, and only for global admins.
+        @if !distributors.is_empty() {
+            section {
+                h2 { (l.pick("Por distribuidor, neste ciclo", "Per distributor, this cycle")) }
+                table.per-distributor {
+                    thead { tr {
+                        th { (l.pick("Distribuidor", "Distributor")) }
+                        th.num { (l.pick("Usuários", "Users")) }
+                        th.num { (l.pick("Tokens usados", "Tokens used")) }
+                        th.num { (l.pick("Cota mensal", "Monthly pool")) }
+                        th.num { (l.pick("Receita", "Revenue")) }
+                    } }
+                    tbody {
+                        @for d in &distributors {
+                            tr {
+                                td { (d.name) }
+                                td.num { (d.users) }
+                                td.num { (views::tokens(d.used_this_cycle, l)) }
+                                td.num { @match d.pool_cap {
+                                    Some(cap) => { (views::tokens(d.pool_used, l)) " / " (views::tokens(cap, l)) },
+                                    None => span.muted { (l.pick("sem cota", "no pool")) },
+                                } }
+                                td.num { (views::reais(d.revenue_this_cycle, l)) }
+                            }
+                        }
+                    }
+                }
             }
         }
         section {

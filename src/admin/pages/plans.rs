@@ -1,7 +1,7 @@
 //! Plans: create, rename, change the allowance, the models and the request limits,
 //! choose the default.
 
-use super::{CsrfOnly, actor, back, locale, one_line, render, with_ledger};
+use super::{CsrfOnly, actor, back, locale, one_line, render, with_scoped};
 use crate::admin::AdminError;
 use crate::admin::session::SignedIn;
 use crate::admin::views::{self, Nav};
@@ -9,10 +9,9 @@ use crate::config::Locale;
 use crate::domain::money::format_micro;
 use crate::domain::plan::{Allowance, PLAN_NAME_MAX, PlanModelsError, parse_roles};
 use crate::domain::{
-    Brl, Overage, PlanChange, PlanModels, PlanName, PlanSpec, PricePer1k, RequestLimit,
-    RequestLimits, SideAllowances, TokenAmount,
+    Brl, DistributorId, Overage, PlanChange, PlanModels, PlanName, PlanSpec, PricePer1k,
+    RequestLimit, RequestLimits, SideAllowances, TokenAmount,
 };
-use crate::ledger::PlanRef;
 use crate::startup::AppState;
 use actix_web::{HttpRequest, HttpResponse, web};
 use maud::html;
@@ -20,7 +19,8 @@ use serde::Deserialize;
 
 pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpResponse, AdminError> {
     let l = locale(&state);
-    let plans = with_ledger(&state, |ledger| ledger.plans()).await?;
+    let plans = with_scoped(&state, &me, |ledger| ledger.plans()).await?;
+    let scope = me.admin.scope();
     let offered = super::weights::upstream_models(&state).await;
     let body = html! {
         table.plans {
@@ -37,8 +37,22 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
             } }
             tbody {
                 @for p in &plans {
+                    @let owner = DistributorId::from_db(p.distributor_id);
+                    @let editable = scope.reaches(owner);
                     tr {
+                        @if !editable {
+                            // The install's plans, which a distributor's admin may give
+                            // but not change.
+                            td { (p.name) " " span.badge { (l.pick("plano geral", "install's plan")) } }
+                            td { (views::tokens(p.monthly_allowance, l)) }
+                            td { (p.models.to_string()) }
+                            td {}
+                            td { (p.monthly_price.map(|p| p.to_string()).unwrap_or_default()) }
+                        } @else {
                         td colspan="5" {
+                            @if scope.is_global() && !owner.is_direct() {
+                                span.badge { (l.pick("distribuidor", "distributor")) " #" (owner) } " "
+                            }
                             form.inline method="post" action=(format!("/admin/plans/{}", p.id)) {
                                 (views::csrf_input(&me.csrf))
                                 input type="text" name="name" value=(p.name) required maxlength="60" aria-label=(l.pick("Nome", "Name"));
@@ -47,10 +61,13 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
                                 input type="text" name="models" value=(p.models.to_string()) placeholder=(l.pick("todos", "all")) aria-label=(l.pick("Modelos", "Models"));
                                 (limit_inputs(&p.request_limits, l))
                                 (overage_inputs(p.overage, l))
-                                input.roles type="text" name="roles" value=(p.roles.join(", ")) placeholder=(l.pick("papéis do LibreChat", "LibreChat roles")) aria-label=(l.pick("Papéis do LibreChat", "LibreChat roles"));
+                                @if owner.is_direct() {
+                                    input.roles type="text" name="roles" value=(p.roles.join(", ")) placeholder=(l.pick("papéis do LibreChat", "LibreChat roles")) aria-label=(l.pick("Papéis do LibreChat", "LibreChat roles"));
+                                }
                                 input.price type="text" name="price" value=(p.monthly_price.map(|p| p.to_string()).unwrap_or_default()) inputmode="decimal" placeholder="R$" aria-label=(l.pick("Preço por mês (R$)", "Price a month (R$)"));
                                 button type="submit" { (l.pick("Salvar", "Save")) }
                             }
+                        }
                         }
                         td.num { (p.users) }
                         td.num { (views::tokens(p.used_this_cycle, l)) }
@@ -59,7 +76,7 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
                             (views::tokens(p.overage_this_cycle, l)) " tokens · " (format_micro(p.overage_revenue_this_cycle, l == Locale::PtBr)) } }
                         td { @if p.is_default { span.badge.ok { (l.pick("padrão", "default")) } } }
                         td {
-                            @if !p.is_default {
+                            @if !p.is_default && editable {
                                 form method="post" action=(format!("/admin/plans/{}/default", p.id)) {
                                     (views::csrf_input(&me.csrf))
                                     button type="submit" { (l.pick("Tornar padrão", "Make default")) }
@@ -93,8 +110,10 @@ pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpRespon
                 legend { (l.pick("Excedente (em branco: bloqueia ao fim da franquia)", "Overage (blank: block when the allowance ends)")) }
                 (overage_inputs(None, l))
             }
-            label { (l.pick("Papéis do LibreChat cujos usuários entram neste plano (separados por vírgula; opcional)", "LibreChat roles whose users start on this plan (comma-separated; optional)"))
-                input type="text" name="roles" placeholder="PRO"; }
+            @if scope.is_global() {
+                label { (l.pick("Papéis do LibreChat cujos usuários entram neste plano (separados por vírgula; opcional)", "LibreChat roles whose users start on this plan (comma-separated; optional)"))
+                    input type="text" name="roles" placeholder="PRO"; }
+            }
             label { (l.pick("Preço por mês, em reais (para relatórios; opcional)", "Price a month, in reais (for reports; optional)"))
                 input type="text" name="price" inputmode="decimal" placeholder="199,90"; }
             label.check { input type="checkbox" name="make_default" value="1"; " " (l.pick("Plano padrão para novos usuários", "Default plan for new users")) }
@@ -395,8 +414,13 @@ fn plan_error(e: AdminError, name: &str, l: Locale) -> Result<String, AdminError
                 "There is already a plan named"
             )
         )),
-        AdminError::NotFound => Ok(l
-            .pick("Esse plano não existe mais.", "That plan no longer exists.")
+        // Not this admin's plan (or gone): a 404, never a hint that it exists.
+        AdminError::NotFound => Err(AdminError::NotFound),
+        AdminError::BadRequest => Ok(l
+            .pick(
+                "Só os planos gerais levam papéis do LibreChat.",
+                "Only the install's plans take LibreChat roles.",
+            )
             .into()),
         AdminError::RoleTaken { role, plan } => Ok(match l {
             Locale::PtBr => format!("O papel {role:?} já leva ao plano {plan:?}."),
@@ -424,7 +448,7 @@ pub async fn create(
     let name = spec.name.to_string();
     let make_default = form.make_default == "1";
     let who = actor(&me);
-    match with_ledger(&state, move |ledger| {
+    match with_scoped(&state, &me, move |ledger| {
         ledger.create_plan(&spec, make_default, &who)
     })
     .await
@@ -459,8 +483,8 @@ pub async fn update(
         .map(ToString::to_string)
         .unwrap_or_default();
     let who = actor(&me);
-    match with_ledger(&state, move |ledger| {
-        ledger.update_plan(&PlanRef::Id(id), &change, &who)
+    match with_scoped(&state, &me, move |ledger| {
+        ledger.update_plan(id, &change, &who)
     })
     .await
     {
@@ -485,7 +509,7 @@ pub async fn make_default(
     let l = locale(&state);
     let id = path.into_inner();
     let who = actor(&me);
-    match with_ledger(&state, move |ledger| ledger.set_default_plan(id, &who)).await {
+    match with_scoped(&state, &me, move |ledger| ledger.set_default_plan(id, &who)).await {
         Ok(()) => Ok(back(
             &me,
             "/admin/plans",

@@ -1,7 +1,7 @@
 //! Users' credit requests: the open queue (approve or decline with a reason) and the
 //! latest decisions.
 
-use super::{actor, back, locale, one_line, render, with_ledger};
+use super::{actor, back, locale, one_line, render, with_scoped};
 use crate::admin::AdminError;
 use crate::admin::session::SignedIn;
 use crate::admin::views::{self, Nav};
@@ -15,10 +15,10 @@ use serde::Deserialize;
 pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpResponse, AdminError> {
     let l = locale(&state);
     let tz = state.config.timezone;
-    let (open, decided, open_count) = with_ledger(&state, |ledger| {
+    let (open, decided, open_count) = with_scoped(&state, &me, |ledger| {
         Ok::<_, crate::db::StoreError>((
-            ledger.credit_requests(Which::Open, None, 200)?,
-            ledger.credit_requests(Which::Decided, None, 50)?,
+            ledger.credit_requests(Which::Open, 200)?,
+            ledger.credit_requests(Which::Decided, 50)?,
             ledger.open_credit_requests()?,
         ))
     })
@@ -114,7 +114,7 @@ async fn decide(
     let l = locale(&state);
     let reason = Some(one_line(&form.reason, 300)).filter(|r| !r.is_empty() && !approve);
     let who = actor(&me);
-    let ledger = state.ledger.clone();
+    let ledger = state.ledger.scoped(me.admin.scope());
     let label = l.pick("pedido de créditos", "credit request");
     let result = web::block(move || {
         ledger.decide_credit_request(id, approve, reason.as_deref(), &who, label)

@@ -1,17 +1,16 @@
 //! The user list and a user's page, with its actions: grant credits, change plan,
 //! suspend or reactivate.
 
-use super::{actor, back, locale, one_line, render, with_ledger};
+use super::{actor, back, locale, one_line, render, with_scoped};
 use crate::admin::AdminError;
 use crate::admin::session::SignedIn;
 use crate::admin::views::{self, Nav};
-use crate::alerts;
 use crate::config::Locale;
 use crate::domain::money::format_micro;
 use crate::domain::{Cycle, TokenAmount};
 use crate::i18n;
+use crate::ledger::LedgerError;
 use crate::ledger::stats::{UserQuery, UserSort, UserState};
-use crate::ledger::{LedgerError, UserRef};
 use crate::startup::AppState;
 use actix_web::{HttpRequest, HttpResponse, web};
 use maud::{Markup, html};
@@ -57,13 +56,16 @@ pub async fn list(
     let sort = UserSort::parse(&q.sort).unwrap_or_default();
     let page = q.page.parse::<i64>().unwrap_or(1).clamp(1, 1_000_000);
     let query = UserQuery {
+        // The scoped ledger sets it to the admin's, whatever is written here.
+        scope: me.admin.scope(),
         search: Some(search.clone()).filter(|s| !s.is_empty()),
         state: filter,
         sort,
         page,
         per_page: PER_PAGE,
     };
-    let (rows, total) = with_ledger(&state, move |ledger| ledger.list_users_page(&query)).await?;
+    let (rows, total) =
+        with_scoped(&state, &me, move |ledger| ledger.list_users_page(query)).await?;
     let base = format!(
         "/admin/users?q={}&state={}&sort={}",
         views::url_encode(&search),
@@ -153,13 +155,13 @@ pub async fn detail(
     let tz = state.config.timezone;
     let id = path.into_inner();
     let (summary, plans, entries, models, user_alerts, audit) =
-        with_ledger(&state, move |ledger| {
+        with_scoped(&state, &me, move |ledger| {
             let summary = ledger.user_summary(id)?;
-            let plans = ledger.plans()?;
+            let plans = ledger.plans_for_user(id)?;
             let entries = ledger.recent_ledger_entries(id, 100)?;
             let models = ledger.usage_by_model(id)?;
-            let user_alerts = alerts::list(ledger.db(), Some(id), 50)?;
-            let audit = ledger.audit_entries(Some(id), 50, 0)?;
+            let user_alerts = ledger.user_alerts(id, 50)?;
+            let audit = ledger.user_audit(id, 50)?;
             Ok::<_, LedgerError>((summary, plans, entries, models, user_alerts, audit))
         })
         .await?;
@@ -348,8 +350,8 @@ pub async fn grant(
     };
     let note = Some(one_line(&form.note, 500)).filter(|n| !n.is_empty());
     let who = actor(&me);
-    let summary = with_ledger(&state, move |ledger| {
-        ledger.grant_credits(&UserRef::Id(id), amount, &who, note.as_deref())
+    let summary = with_scoped(&state, &me, move |ledger| {
+        ledger.grant_credits(id, amount, &who, note.as_deref())
     })
     .await?;
     let text = format!(
@@ -415,21 +417,17 @@ pub async fn change_plan(
         ));
     };
     let who = actor(&me);
-    match with_ledger(&state, move |ledger| ledger.change_plan(id, plan_id, &who)).await {
-        Ok(()) => Ok(back(
-            &me,
-            &back_to,
-            true,
-            l.pick("Plano alterado.", "Plan changed."),
-        )),
-        Err(AdminError::NotFound) => Ok(back(
-            &me,
-            &back_to,
-            false,
-            l.pick("Esse plano não existe mais.", "That plan no longer exists."),
-        )),
-        Err(e) => Err(e),
-    }
+    // A user or a plan out of reach (or gone) is a 404, never a hint that it exists.
+    with_scoped(&state, &me, move |ledger| {
+        ledger.change_plan(id, plan_id, &who)
+    })
+    .await?;
+    Ok(back(
+        &me,
+        &back_to,
+        true,
+        l.pick("Plano alterado.", "Plan changed."),
+    ))
 }
 
 #[derive(Deserialize, Default)]
@@ -451,8 +449,8 @@ pub async fn suspension(
     let id = path.into_inner();
     let suspend = form.suspend == "1";
     let who = actor(&me);
-    with_ledger(&state, move |ledger| {
-        ledger.set_suspended(&UserRef::Id(id), suspend, &who)
+    with_scoped(&state, &me, move |ledger| {
+        ledger.set_suspended(id, suspend, &who)
     })
     .await?;
     let text = if suspend {

@@ -1,6 +1,6 @@
 //! Model weights: what a token of each model costs from the balance.
 
-use super::{actor, back, locale, one_line, render, with_ledger};
+use super::{actor, back, locale, one_line, render, with_scoped};
 use crate::admin::AdminError;
 use crate::admin::session::SignedIn;
 use crate::admin::views::{self, Nav};
@@ -55,7 +55,7 @@ pub(super) async fn upstream_models(state: &AppState) -> Vec<String> {
 
 pub async fn list(state: web::Data<AppState>, me: SignedIn) -> Result<HttpResponse, AdminError> {
     let l = locale(&state);
-    let weights = with_ledger(&state, |ledger| ledger.weights()).await?;
+    let weights = with_scoped(&state, &me, |ledger| ledger.weights()).await?;
     let models = upstream_models(&state).await;
     let unpriced = match state.config.unpriced_models {
         UnpricedModels::Weight(w) => {
@@ -178,7 +178,10 @@ pub async fn set(
         image_tokens,
         call_extra,
     };
-    with_ledger(&state, move |ledger| ledger.set_weights(&m, cost, &who)).await?;
+    with_scoped(&state, &me, move |ledger| {
+        ledger.set_weights(&m, cost, &who)
+    })
+    .await?;
     Ok(back(
         &me,
         "/admin/weights",

@@ -1,0 +1,339 @@
+//! What an admin reaches. The dashboard reads and writes only through a `Scoped`
+//! ledger, made from the signed-in admin's scope: every list is filtered by it and
+//! every id is checked against it, and an id the scope does not reach is
+//! `NotFound`, exactly as an id that does not exist (a 404 that never confirms
+//! another distributor's rows exist). The dashboard's pages have no other handle on
+//! the ledger, so a page cannot forget the scope; the isolation test tries every
+//! route with another distributor's ids.
+//!
+//! Rows never change distributor (a user, a plan, a request, a code batch keeps
+//! its owner for life), so a check read before a write stays true through it.
+
+use super::{
+    Actor, Ledger, LedgerError, PlanRef, UserRef, UserSummary, audit, credits, stats, views,
+};
+use crate::alerts::Alert;
+use crate::db::StoreError;
+use crate::db::schema::{credit_requests, plans, users};
+use crate::domain::{Cycle, DistributorId, PlanChange, PlanSpec, Scope, TokenAmount};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::prelude::*;
+
+/// The ledger as one admin's scope reaches it.
+#[derive(Clone)]
+pub struct Scoped {
+    ledger: Ledger,
+    scope: Scope,
+}
+
+impl Ledger {
+    /// The ledger as `scope` reaches it: the only handle the dashboard has.
+    pub fn scoped(&self, scope: Scope) -> Scoped {
+        Scoped {
+            ledger: self.clone(),
+            scope,
+        }
+    }
+}
+
+impl Scoped {
+    pub fn scope(&self) -> Scope {
+        self.scope
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.ledger.now()
+    }
+
+    pub fn current_cycle(&self) -> Cycle {
+        self.ledger.current_cycle()
+    }
+
+    /// The user's distributor, if this scope reaches the user.
+    fn reach_user(&self, id: i64) -> Result<DistributorId, LedgerError> {
+        let mut conn = self.ledger.db.conn()?;
+        let owner: Option<i64> = users::table
+            .find(id)
+            .select(users::distributor_id)
+            .first(&mut conn)
+            .optional()?;
+        match owner.map(DistributorId::from_db) {
+            Some(d) if self.scope.reaches(d) => Ok(d),
+            _ => Err(LedgerError::UserNotFound(format!("#{id}"))),
+        }
+    }
+
+    /// A plan this scope may change: its own (the global scope: any).
+    fn own_plan(&self, id: i64) -> Result<(), LedgerError> {
+        match self.plan_owner(id)? {
+            Some(d) if self.scope.reaches(d) => Ok(()),
+            _ => Err(LedgerError::PlanNotFound(format!("#{id}"))),
+        }
+    }
+
+    fn plan_owner(&self, id: i64) -> Result<Option<DistributorId>, LedgerError> {
+        let mut conn = self.ledger.db.conn()?;
+        Ok(plans::table
+            .find(id)
+            .select(plans::distributor_id)
+            .first::<i64>(&mut conn)
+            .optional()?
+            .map(DistributorId::from_db))
+    }
+
+    fn reach_request(&self, id: i64) -> Result<(), LedgerError> {
+        let mut conn = self.ledger.db.conn()?;
+        let owner: Option<i64> = credit_requests::table
+            .inner_join(users::table)
+            .filter(credit_requests::id.eq(id))
+            .select(users::distributor_id)
+            .first(&mut conn)
+            .optional()?;
+        match owner.map(DistributorId::from_db) {
+            Some(d) if self.scope.reaches(d) => Ok(()),
+            _ => Err(LedgerError::UserNotFound(format!("request #{id}"))),
+        }
+    }
+
+    fn global_only(&self) -> Result<(), LedgerError> {
+        if self.scope.is_global() {
+            Ok(())
+        } else {
+            Err(LedgerError::PlanNotFound("global settings".into()))
+        }
+    }
+
+    // --- reads ---------------------------------------------------------------
+
+    pub fn overview(&self) -> Result<stats::Overview, StoreError> {
+        self.ledger.overview_in(self.scope)
+    }
+
+    /// Each distributor with its users and pool: the global scope's only.
+    pub fn distributors(&self) -> Result<Vec<super::distributors::DistributorRow>, StoreError> {
+        if !self.scope.is_global() {
+            return Ok(Vec::new());
+        }
+        self.ledger.list_distributors()
+    }
+
+    /// A page of the users this scope reaches (whatever scope `q` names).
+    pub fn list_users_page(
+        &self,
+        mut q: stats::UserQuery,
+    ) -> Result<(Vec<stats::UserRow>, i64), StoreError> {
+        q.scope = self.scope;
+        self.ledger.list_users_page(&q)
+    }
+
+    pub fn user_summary(&self, id: i64) -> Result<UserSummary, LedgerError> {
+        self.reach_user(id)?;
+        self.ledger.user_summary(id)
+    }
+
+    pub fn recent_ledger_entries(
+        &self,
+        id: i64,
+        limit: i64,
+    ) -> Result<Vec<views::LedgerEntry>, LedgerError> {
+        self.reach_user(id)?;
+        Ok(self.ledger.recent_ledger_entries(id, limit)?)
+    }
+
+    pub fn usage_by_model(&self, id: i64) -> Result<Vec<stats::ModelUsage>, LedgerError> {
+        self.reach_user(id)?;
+        Ok(self.ledger.usage_by_model(id)?)
+    }
+
+    pub fn user_alerts(&self, id: i64, limit: i64) -> Result<Vec<Alert>, LedgerError> {
+        self.reach_user(id)?;
+        Ok(crate::alerts::list(
+            &self.ledger.db,
+            self.scope,
+            Some(id),
+            limit,
+        )?)
+    }
+
+    pub fn user_audit(&self, id: i64, limit: i64) -> Result<Vec<audit::AuditEntry>, LedgerError> {
+        self.reach_user(id)?;
+        let mut conn = self.ledger.db.conn()?;
+        Ok(audit::entries(&mut conn, self.scope, Some(id), limit, 0)?)
+    }
+
+    /// The plans this scope sees: its own and the install's.
+    pub fn plans(&self) -> Result<Vec<views::PlanRow>, StoreError> {
+        self.ledger.plans_in(self.scope)
+    }
+
+    /// The plans user `id` may be moved to by this scope: those offered to the
+    /// user's distributor that this scope sees.
+    pub fn plans_for_user(&self, id: i64) -> Result<Vec<views::PlanRow>, LedgerError> {
+        let owner = self.reach_user(id)?;
+        Ok(self
+            .plans()?
+            .into_iter()
+            .filter(|p| {
+                let plan_owner = DistributorId::from_db(p.distributor_id);
+                plan_owner.is_direct() || plan_owner == owner
+            })
+            .collect())
+    }
+
+    pub fn weights(&self) -> Result<Vec<views::ModelRow>, LedgerError> {
+        self.global_only()?;
+        Ok(self.ledger.weights()?)
+    }
+
+    pub fn alerts(&self, limit: i64) -> Result<Vec<Alert>, StoreError> {
+        crate::alerts::list(&self.ledger.db, self.scope, None, limit)
+    }
+
+    pub fn credit_requests(
+        &self,
+        which: credits::Which,
+        limit: i64,
+    ) -> Result<Vec<credits::CreditRequest>, StoreError> {
+        let mut conn = self.ledger.db.conn()?;
+        credits::requests(&mut conn, self.scope, which, None, limit)
+    }
+
+    pub fn user_credit_requests(
+        &self,
+        id: i64,
+        limit: i64,
+    ) -> Result<Vec<credits::CreditRequest>, LedgerError> {
+        self.reach_user(id)?;
+        let mut conn = self.ledger.db.conn()?;
+        Ok(credits::requests(
+            &mut conn,
+            self.scope,
+            credits::Which::All,
+            Some(id),
+            limit,
+        )?)
+    }
+
+    pub fn open_credit_requests(&self) -> Result<i64, StoreError> {
+        let mut conn = self.ledger.db.conn()?;
+        credits::open_requests(&mut conn, self.scope)
+    }
+
+    pub fn code_batches(&self, limit: i64) -> Result<Vec<credits::Batch>, StoreError> {
+        let mut conn = self.ledger.db.conn()?;
+        credits::batches(&mut conn, self.scope, limit)
+    }
+
+    pub fn audit_count(&self) -> Result<i64, StoreError> {
+        let mut conn = self.ledger.db.conn()?;
+        audit::count(&mut conn, self.scope)
+    }
+
+    pub fn audit_entries(
+        &self,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<audit::AuditEntry>, StoreError> {
+        let mut conn = self.ledger.db.conn()?;
+        audit::entries(&mut conn, self.scope, None, limit, offset)
+    }
+
+    // --- writes --------------------------------------------------------------
+
+    pub fn grant_credits(
+        &self,
+        id: i64,
+        amount: TokenAmount,
+        actor: &Actor,
+        note: Option<&str>,
+    ) -> Result<UserSummary, LedgerError> {
+        self.reach_user(id)?;
+        self.ledger
+            .grant_credits(&UserRef::Id(id), amount, actor, note)
+    }
+
+    /// Moves user `id` to plan `plan_id`: both within reach, and the plan offered
+    /// to the user's distributor.
+    pub fn change_plan(&self, id: i64, plan_id: i64, actor: &Actor) -> Result<(), LedgerError> {
+        let owner = self.reach_user(id)?;
+        match self.plan_owner(plan_id)? {
+            Some(p) if p.is_direct() || (p == owner && self.scope.reaches(p)) => {}
+            _ => return Err(LedgerError::PlanNotFound(format!("#{plan_id}"))),
+        }
+        self.ledger.change_plan(id, plan_id, actor)
+    }
+
+    pub fn set_suspended(
+        &self,
+        id: i64,
+        suspended: bool,
+        actor: &Actor,
+    ) -> Result<(), LedgerError> {
+        self.reach_user(id)?;
+        self.ledger
+            .set_suspended(&UserRef::Id(id), suspended, actor)
+    }
+
+    /// Creates a plan of this scope's own (the global scope's: the install's).
+    pub fn create_plan(
+        &self,
+        spec: &PlanSpec,
+        make_default: bool,
+        actor: &Actor,
+    ) -> Result<i64, LedgerError> {
+        self.ledger
+            .create_plan_of(self.scope.home(), spec, make_default, actor)
+    }
+
+    pub fn update_plan(
+        &self,
+        id: i64,
+        change: &PlanChange,
+        actor: &Actor,
+    ) -> Result<i64, LedgerError> {
+        self.own_plan(id)?;
+        self.ledger.update_plan(&PlanRef::Id(id), change, actor)
+    }
+
+    pub fn set_default_plan(&self, id: i64, actor: &Actor) -> Result<(), LedgerError> {
+        self.own_plan(id)?;
+        self.ledger.set_default_plan(id, actor)
+    }
+
+    pub fn set_weights(
+        &self,
+        model: &str,
+        cost: super::ModelCost,
+        actor: &Actor,
+    ) -> Result<(), LedgerError> {
+        self.global_only()?;
+        Ok(self.ledger.set_weights(model, cost, actor)?)
+    }
+
+    pub fn decide_credit_request(
+        &self,
+        id: i64,
+        approve: bool,
+        reason: Option<&str>,
+        actor: &Actor,
+        label: &'static str,
+    ) -> Result<credits::CreditRequest, credits::RequestError> {
+        self.reach_request(id)
+            .map_err(|_| credits::RequestError::NotFound)?;
+        self.ledger
+            .decide_credit_request(id, approve, reason, actor, label)
+    }
+
+    /// A batch of codes this scope sells (its users redeem them).
+    pub fn create_code_batch(
+        &self,
+        tokens: TokenAmount,
+        count: i64,
+        expires_at: NaiveDateTime,
+        note: Option<&str>,
+        actor: &Actor,
+    ) -> Result<(i64, Vec<String>), StoreError> {
+        self.ledger
+            .create_code_batch_of(self.scope.home(), tokens, count, expires_at, note, actor)
+    }
+}
