@@ -15,6 +15,7 @@ pub enum Nav {
     Alerts,
     Requests,
     Codes,
+    Reports,
     Audit,
     Account,
 }
@@ -58,6 +59,11 @@ pub fn layout(p: Page<'_>, body: Markup) -> Markup {
             l.pick("Pedidos", "Requests"),
         ),
         (Nav::Codes, "/admin/codes", l.pick("Códigos", "Codes")),
+        (
+            Nav::Reports,
+            "/admin/reports",
+            l.pick("Relatórios", "Reports"),
+        ),
         (Nav::Audit, "/admin/audit", l.pick("Auditoria", "Audit log")),
         (
             Nav::Account,

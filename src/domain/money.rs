@@ -197,6 +197,14 @@ pub fn format_micro(micro: i64, pt_br: bool) -> String {
     format_centavos((micro + 5_000) / 10_000, pt_br)
 }
 
+/// Micro-reais as a spreadsheet reads them: reais with a point and six decimals
+/// ("0.001250"), exact.
+pub fn format_micro_plain(micro: i64) -> String {
+    let sign = if micro < 0 { "-" } else { "" };
+    let m = micro.unsigned_abs();
+    format!("{sign}{}.{:06}", m / 1_000_000, m % 1_000_000)
+}
+
 /// A number of centavos as a person reads it: "R$ 1.199,90" or "R$ 1,199.90".
 pub fn format_centavos(c: i64, pt_br: bool) -> String {
     let (thousands, decimal) = if pt_br { ('.', ',') } else { (',', '.') };

@@ -172,9 +172,25 @@ pub(super) fn edit(
             .execute(c)?;
     }
     if let Some(pool) = change.pool {
-        // The pool applies at once: what the cycle used so far counts against it.
+        // The pool applies at once, and what the distributor's users used this
+        // cycle counts against it: without a pool nothing kept count, so it is
+        // taken from their balances (requests in flight now are not in it).
+        let used: Option<i64> = users::table
+            .inner_join(balances::table)
+            .filter(users::distributor_id.eq(id))
+            .filter(balances::cycle.eq(&ctx.cycle_key))
+            .select(sql::<Nullable<BigInt>>(
+                "CAST(SUM(balances.used_this_cycle) AS BIGINT)",
+            ))
+            .first(c)?;
+        diesel::delete(pool_charges::table.filter(pool_charges::distributor_id.eq(id)))
+            .execute(c)?;
         diesel::update(distributors::table.find(id))
-            .set(distributors::pool_cap.eq(pool.map(|p| p.cap.get())))
+            .set((
+                distributors::pool_cap.eq(pool.map(|p| p.cap.get())),
+                distributors::pool_cycle.eq(&ctx.cycle_key),
+                distributors::pool_used.eq(used.unwrap_or(0)),
+            ))
             .execute(c)?;
     }
     audit::record_in(

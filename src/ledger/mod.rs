@@ -8,6 +8,7 @@ pub mod audit;
 pub mod credits;
 pub mod distributors;
 mod plans;
+pub mod reports;
 mod requests;
 mod reserve;
 mod scope;
@@ -1161,6 +1162,41 @@ impl Ledger {
     ) -> Result<Vec<views::UsageRecord>, StoreError> {
         let mut conn = self.db.conn()?;
         Ok(views::usage_records(&mut conn, user_id, Some(n))?)
+    }
+
+    /// The user's use this cycle per LibreChat conversation, most used first.
+    pub fn conversations(&self, user_id: i64) -> Result<Vec<reports::ReportRow>, StoreError> {
+        let now = self.now();
+        let from = self
+            .current_cycle()
+            .starts_at(self.tz)
+            .with_timezone(&self.tz)
+            .date_naive();
+        let to = now.with_timezone(&self.tz).date_naive();
+        let Some(period) = reports::Period::new(from, to) else {
+            return Ok(Vec::new());
+        };
+        let mut conn = self.db.conn()?;
+        reports::report(
+            &mut conn,
+            Scope::All,
+            self.tz,
+            period,
+            reports::GroupBy::Conversation,
+            Some(user_id),
+        )
+    }
+
+    /// Whom the user's distributor sends its users to, if it says.
+    pub fn contact_of(&self, user_id: i64) -> Result<Option<String>, StoreError> {
+        let mut conn = self.db.conn()?;
+        Ok(crate::db::schema::users::table
+            .inner_join(crate::db::schema::distributors::table)
+            .filter(crate::db::schema::users::id.eq(user_id))
+            .select(crate::db::schema::distributors::contact)
+            .first::<Option<String>>(&mut conn)
+            .optional()?
+            .flatten())
     }
 
     /// What the user spent per local day of the current cycle, up to today.

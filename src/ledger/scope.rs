@@ -10,7 +10,8 @@
 //! its owner for life), so a check read before a write stays true through it.
 
 use super::{
-    Actor, Ledger, LedgerError, PlanRef, UserRef, UserSummary, audit, credits, stats, views,
+    Actor, Ledger, LedgerError, PlanRef, UserRef, UserSummary, audit, credits, reports, stats,
+    views,
 };
 use crate::alerts::Alert;
 use crate::db::StoreError;
@@ -18,6 +19,30 @@ use crate::db::schema::{credit_requests, plans, users};
 use crate::domain::{Cycle, DistributorId, PlanChange, PlanSpec, Scope, TokenAmount};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
+
+/// The install's own distributor is blank in exports: an install without
+/// distributors shows no such name.
+fn shown_distributor(name: &str) -> &str {
+    if name == crate::domain::distributor::DIRECT_NAME {
+        ""
+    } else {
+        name
+    }
+}
+
+/// `fields` with `distributor` put in at `at` when exports name distributors.
+fn with_distributor<'a>(
+    named: bool,
+    at: usize,
+    fields: &[&'a str],
+    distributor: &'a str,
+) -> Vec<&'a str> {
+    let mut out = fields.to_vec();
+    if named {
+        out.insert(at.min(out.len()), distributor);
+    }
+    out
+}
 
 /// The ledger as one admin's scope reaches it.
 #[derive(Clone)]
@@ -101,6 +126,12 @@ impl Scoped {
         } else {
             Err(LedgerError::PlanNotFound("global settings".into()))
         }
+    }
+
+    /// Whether exports name each row's distributor: for a global admin of an
+    /// install with distributors (an install without them never shows the word).
+    fn names_distributors(&self) -> Result<bool, StoreError> {
+        Ok(self.scope.is_global() && !self.ledger.list_distributors()?.is_empty())
     }
 
     // --- reads ---------------------------------------------------------------
@@ -236,6 +267,200 @@ impl Scoped {
     ) -> Result<Vec<audit::AuditEntry>, StoreError> {
         let mut conn = self.ledger.db.conn()?;
         audit::entries(&mut conn, self.scope, None, limit, offset)
+    }
+
+    /// The use of the users this scope reaches in `period`, grouped by `group`.
+    pub fn report(
+        &self,
+        period: reports::Period,
+        group: reports::GroupBy,
+    ) -> Result<Vec<reports::ReportRow>, StoreError> {
+        let mut conn = self.ledger.db.conn()?;
+        reports::report(&mut conn, self.scope, self.ledger.tz, period, group, None)
+    }
+
+    /// User `id`'s use in `period` per LibreChat conversation.
+    pub fn user_conversations(
+        &self,
+        id: i64,
+        period: reports::Period,
+    ) -> Result<Vec<reports::ReportRow>, LedgerError> {
+        self.reach_user(id)?;
+        let mut conn = self.ledger.db.conn()?;
+        Ok(reports::report(
+            &mut conn,
+            self.scope,
+            self.ledger.tz,
+            period,
+            reports::GroupBy::Conversation,
+            Some(id),
+        )?)
+    }
+
+    /// Writes the usage records of `period` as CSV, a page at a time, to `sink`;
+    /// stops early (returning what was written) when `sink` says the reader is gone.
+    pub fn export_usage(
+        &self,
+        period: reports::Period,
+        mut sink: impl FnMut(String) -> bool,
+    ) -> Result<u64, StoreError> {
+        let bounds = period.bounds(self.ledger.tz);
+        let named = self.names_distributors()?;
+        let mut out = String::new();
+        reports::csv_line(
+            &mut out,
+            &with_distributor(
+                named,
+                1,
+                &[
+                    "created_at",
+                    "request_id",
+                    "user_id",
+                    "user_email",
+                    "plan",
+                    "model",
+                    "conversation_id",
+                    "input_tokens",
+                    "output_tokens",
+                    "charged",
+                    "overage_tokens",
+                    "overage_cost_brl",
+                    "outcome",
+                ],
+                "distributor",
+            ),
+        );
+        let mut written = 0;
+        let mut after = None;
+        loop {
+            let page = {
+                let mut conn = self.ledger.db.conn()?;
+                reports::usage_page(&mut conn, self.scope, bounds, after)?
+            };
+            for r in &page {
+                let id = r.user_id.to_string();
+                let (input, output, charged, overage) = (
+                    r.prompt_tokens.to_string(),
+                    r.completion_tokens.to_string(),
+                    r.charged.to_string(),
+                    r.overage_tokens.to_string(),
+                );
+                let cost = crate::domain::money::format_micro_plain(r.overage_cost);
+                let created = reports::iso(r.created_at);
+                reports::csv_line(
+                    &mut out,
+                    &with_distributor(
+                        named,
+                        1,
+                        &[
+                            &created,
+                            &r.request_id,
+                            &id,
+                            r.user_email.as_deref().unwrap_or(""),
+                            r.plan.as_deref().unwrap_or(""),
+                            &r.model,
+                            r.conversation.as_deref().unwrap_or(""),
+                            &input,
+                            &output,
+                            &charged,
+                            &overage,
+                            &cost,
+                            &r.outcome,
+                        ],
+                        shown_distributor(&r.distributor),
+                    ),
+                );
+            }
+            written += page.len() as u64;
+            let last = page.last().map(|r| (r.created_at, r.id));
+            if !sink(std::mem::take(&mut out)) {
+                return Ok(written);
+            }
+            match last {
+                Some(key) if page.len() as i64 == reports::EXPORT_PAGE => after = Some(key),
+                _ => return Ok(written),
+            }
+        }
+    }
+
+    /// Writes the ledger entries of `period` as CSV, as `export_usage`.
+    pub fn export_ledger(
+        &self,
+        period: reports::Period,
+        mut sink: impl FnMut(String) -> bool,
+    ) -> Result<u64, StoreError> {
+        let bounds = period.bounds(self.ledger.tz);
+        let named = self.names_distributors()?;
+        let mut out = String::new();
+        reports::csv_line(
+            &mut out,
+            &with_distributor(
+                named,
+                1,
+                &[
+                    "created_at",
+                    "user_id",
+                    "user_email",
+                    "kind",
+                    "delta_allowance",
+                    "delta_credits",
+                    "allowance_after",
+                    "credits_after",
+                    "actor",
+                    "note",
+                    "request_id",
+                ],
+                "distributor",
+            ),
+        );
+        let mut written = 0;
+        let mut after = 0;
+        loop {
+            let page = {
+                let mut conn = self.ledger.db.conn()?;
+                reports::ledger_page(&mut conn, self.scope, bounds, after)?
+            };
+            for r in &page {
+                let id = r.user_id.to_string();
+                let numbers = [
+                    r.delta_allowance.to_string(),
+                    r.delta_credits.to_string(),
+                    r.allowance_after.to_string(),
+                    r.credits_after.to_string(),
+                ];
+                let created = reports::iso(r.created_at);
+                reports::csv_line(
+                    &mut out,
+                    &with_distributor(
+                        named,
+                        1,
+                        &[
+                            &created,
+                            &id,
+                            r.user_email.as_deref().unwrap_or(""),
+                            &r.kind,
+                            &numbers[0],
+                            &numbers[1],
+                            &numbers[2],
+                            &numbers[3],
+                            &r.actor,
+                            r.note.as_deref().unwrap_or(""),
+                            r.request_id.as_deref().unwrap_or(""),
+                        ],
+                        shown_distributor(&r.distributor),
+                    ),
+                );
+            }
+            written += page.len() as u64;
+            let last = page.last().map(|r| r.id);
+            if !sink(std::mem::take(&mut out)) {
+                return Ok(written);
+            }
+            match last {
+                Some(id) if page.len() as i64 == reports::EXPORT_PAGE => after = id,
+                _ => return Ok(written),
+            }
+        }
     }
 
     // --- writes --------------------------------------------------------------

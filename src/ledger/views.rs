@@ -166,8 +166,11 @@ impl InvariantReport {
 pub(super) fn find_user(c: &mut Conn, user: &UserRef) -> QueryResult<Option<i64>> {
     match user {
         UserRef::Id(id) => users::table.find(*id).select(users::id).first(c).optional(),
+        // The same LibreChat id may be a user of several distributors: the
+        // install's own first, then the oldest (`#id` names one exactly).
         UserRef::External(ext) => users::table
             .filter(users::external_id.eq(ext))
+            .order((users::distributor_id.ne(1_i64), users::id.asc()))
             .select(users::id)
             .first(c)
             .optional(),

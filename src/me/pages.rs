@@ -295,17 +295,22 @@ pub async fn home(
     let tz = state.config.timezone;
     let ledger = state.ledger.clone();
     let id = me.user_id;
-    let (summary, daily, models, recent, user_alerts, requests) = web::block(move || {
-        Ok::<_, crate::ledger::LedgerError>((
-            ledger.user_summary(id)?,
-            ledger.daily_usage(id)?,
-            ledger.usage_by_model(id)?,
-            ledger.recent_usage(id, RECENT)?,
-            alerts::list(ledger.db(), crate::domain::Scope::All, Some(id), 20)?,
-            ledger.credit_requests(crate::ledger::credits::Which::All, Some(id), 5)?,
-        ))
-    })
-    .await??;
+    let (summary, daily, models, recent, user_alerts, requests, chats, contact) =
+        web::block(move || {
+            Ok::<_, crate::ledger::LedgerError>((
+                ledger.user_summary(id)?,
+                ledger.daily_usage(id)?,
+                ledger.usage_by_model(id)?,
+                ledger.recent_usage(id, RECENT)?,
+                alerts::list(ledger.db(), crate::domain::Scope::All, Some(id), 20)?,
+                ledger.credit_requests(crate::ledger::credits::Which::All, Some(id), 5)?,
+                ledger.conversations(id)?,
+                ledger.contact_of(id)?,
+            ))
+        })
+        .await??;
+    // A distributor's users are sent to its contact.
+    let contact = contact.or_else(|| state.config.support_contact.clone());
     let done = super::credits::Done::parse(&q.done).map(|d| d.message(l));
     let resets = Cycle::parse(&summary.cycle)
         .map(|c| i18n::date(c.next().starts_at(tz).with_timezone(&tz).date_naive(), l))
@@ -403,7 +408,7 @@ pub async fn home(
                     dd { (i18n::tokens(summary.held, l)) " " (l.pick("tokens para respostas em andamento", "tokens for answers in progress")) }
                 }
             }
-            @if let Some(contact) = &state.config.support_contact {
+            @if let Some(contact) = &contact {
                 p.muted { (l.pick("Dúvidas? Fale com ", "Questions? Contact ")) (contact) "." }
             }
         }
@@ -420,6 +425,20 @@ pub async fn home(
                     thead { tr { th { (l.pick("Modelo", "Model")) } th.num { (l.pick("Pedidos", "Requests")) } th.num { "Tokens" } } }
                     tbody { @for m in &models { tr {
                         td { (m.model) } td.num { (i18n::tokens(m.requests, l)) } td.num { (i18n::tokens(m.charged, l)) }
+                    } } }
+                }
+            }
+        }
+        @if chats.iter().any(|c| !c.key.is_empty()) {
+            section {
+                h2 { (l.pick("Conversas que mais usaram neste mês", "Conversations that used the most this month")) }
+                table.me-table #conversations {
+                    thead { tr { th { (l.pick("Conversa", "Conversation")) } th.num { (l.pick("Pedidos", "Requests")) } th.num { "Tokens" } } }
+                    tbody { @for c in chats.iter().take(10) { tr {
+                        td { @if c.key.is_empty() { span.muted { (l.pick("sem conversa", "no conversation")) } }
+                             @else { code title=(c.key) { (c.key.chars().take(8).collect::<String>()) } } }
+                        td.num { (i18n::tokens(c.requests, l)) }
+                        td.num { (i18n::tokens(c.charged, l)) }
                     } } }
                 }
             }

@@ -7,6 +7,16 @@ use reqwest::header::LOCATION;
 
 pub const ADMIN_EMAIL: &str = "admin@localhost";
 pub const ADMIN_PASSWORD: &str = "test-admin-password";
+/// The password of the admins tests add.
+pub const PASSWORD_FOR_TESTS: &str = "uma-senha-bem-longa-123";
+
+/// Signs in as `email` (an admin added with `PASSWORD_FOR_TESTS`).
+pub async fn signed_in_admin_of(app: &TestApp, email: &str) -> Admin {
+    let admin = Admin::new(app);
+    let res = admin.sign_in_as(email, PASSWORD_FOR_TESTS).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER, "{email} signs in");
+    admin
+}
 
 /// A browser-like client: keeps cookies, does not follow redirects, sends Origin.
 pub struct Admin {
@@ -93,6 +103,19 @@ impl Admin {
             ],
         )
         .await
+    }
+
+    /// A client of the server at `base` (a separate process).
+    pub fn at(base: &str) -> Self {
+        Self {
+            client: reqwest::Client::builder()
+                .cookie_store(true)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: base.to_owned(),
+            origin: base.to_owned(),
+        }
     }
 
     pub async fn signed_in(app: &TestApp) -> Self {

@@ -50,6 +50,16 @@ async fn chromedriver() -> Driver {
 
 /// A headless Chromium session on `driver`, with a window of `width` x `height`.
 async fn chromium(driver: &Driver, width: u32, height: u32) -> fantoccini::Client {
+    chromium_saving_to(driver, width, height, None).await
+}
+
+/// [`chromium`], saving downloads into `downloads` when given.
+async fn chromium_saving_to(
+    driver: &Driver,
+    width: u32,
+    height: u32,
+    downloads: Option<&std::path::Path>,
+) -> fantoccini::Client {
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -61,6 +71,10 @@ async fn chromium(driver: &Driver, width: u32, height: u32) -> fantoccini::Clien
                 "--disable-sync", "--no-first-run", format!("--window-size={width},{height}"),
                 format!("--user-data-dir={}", driver._profile.path().display()),
             ],
+            "prefs": {
+                "download.default_directory": downloads.map(|d| d.display().to_string()),
+                "download.prompt_for_download": false,
+            },
         }),
     );
     ClientBuilder::native()
@@ -618,5 +632,153 @@ async fn an_admin_creates_pro_moves_a_user_and_their_page_shows_it_in_chromium()
     .await;
     expect_text(&client, "#messages-month", "restam 2.999 de 3.000").await;
     save(&client, "me-plan").await;
+    client.close().await.unwrap();
+}
+
+/// A distributor's admin signs in in Chromium, sees its own users and not another
+/// distributor's, and downloads its usage report as CSV: the file holds its users'
+/// requests only.
+#[actix_web::test]
+async fn a_distributors_admin_sees_only_its_users_and_downloads_its_report_in_chromium() {
+    use tokengate::domain::{DistributorId, DistributorName};
+    use tokengate::ledger::Actor;
+    use tokengate::ledger::distributors::{DistributorChange, NewKey};
+    let app = spawn_app(TestOptions::default()).await;
+    app.default_plan(1_000_000);
+    for (name, key) in [
+        ("Rede Sul", "tg-browser-sul-key-0123456789"),
+        ("Rede Norte", "tg-browser-norte-key-0123456789"),
+    ] {
+        let change = DistributorChange {
+            name: DistributorName::parse(name),
+            ..DistributorChange::default()
+        };
+        app.ledger()
+            .create_distributor(&change, &Actor::Cli)
+            .unwrap();
+        let new = NewKey {
+            digest_hex: hex::encode(tokengate::proxy::auth::ClientKeys::digest(key)),
+            label: key.chars().take(11).collect(),
+            names_distributors: false,
+        };
+        app.ledger()
+            .add_client_key(Some(name), &new, &Actor::Cli)
+            .unwrap();
+    }
+    for (key, user, email, chat) in [
+        (
+            "tg-browser-sul-key-0123456789",
+            "65f1c0ffee0000000000f001",
+            "sara@sul.com.br",
+            "conversa-sara",
+        ),
+        (
+            "tg-browser-sul-key-0123456789",
+            "65f1c0ffee0000000000f002",
+            "saulo@sul.com.br",
+            "conversa-saulo",
+        ),
+        (
+            "tg-browser-norte-key-0123456789",
+            "65f1c0ffee0000000000f003",
+            "nina@norte.com.br",
+            "conversa-nina",
+        ),
+    ] {
+        let res = app
+            .client
+            .post(format!("{}/v1/chat/completions", app.address))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .header("x-librechat-user-id", user)
+            .header("x-librechat-user-email", email)
+            .header("x-librechat-conversation-id", chat)
+            .body(chat_body("fill", "palavra palavra", false, Some(50)).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    app.settled();
+    let sul = app.ledger().find_distributor("Rede Sul").unwrap().unwrap();
+    tokengate::bootstrap::add_admin(
+        app.ledger().db(),
+        "gerente@sul.com.br",
+        crate::admin::PASSWORD_FOR_TESTS,
+        Some(DistributorId::from_db(sul).get()),
+        app.now().naive_utc(),
+    )
+    .unwrap();
+
+    let downloads = tempfile::tempdir().unwrap();
+    let driver = chromedriver().await;
+    let client = chromium_saving_to(&driver, 1280, 1000, Some(downloads.path())).await;
+    client
+        .goto(&format!("{}/admin", app.address))
+        .await
+        .unwrap();
+    let form = client
+        .form(Locator::Css("form[action='/admin/login']"))
+        .await
+        .unwrap();
+    form.set_by_name("email", "gerente@sul.com.br")
+        .await
+        .unwrap();
+    form.set_by_name("password", crate::admin::PASSWORD_FOR_TESTS)
+        .await
+        .unwrap();
+    form.submit().await.unwrap();
+    expect_text(&client, "main h1", "Visão geral").await;
+    // No model weights for a distributor's admin: the install's setting.
+    let nav = text_when(&client, "header nav", |t| t.contains("Relatórios")).await;
+    assert!(!nav.contains("Pesos"), "{nav}");
+
+    client
+        .goto(&format!("{}/admin/users", app.address))
+        .await
+        .unwrap();
+    let list = text_when(&client, "main", |t| t.contains("sara@sul.com.br")).await;
+    assert!(list.contains("saulo@sul.com.br"), "{list}");
+    assert!(
+        !list.contains("nina@norte.com.br"),
+        "another distributor's user: {list}"
+    );
+    save(&client, "distributor-users").await;
+
+    client
+        .goto(&format!("{}/admin/reports?group=user", app.address))
+        .await
+        .unwrap();
+    let report = text_when(&client, "table.report", |t| t.contains("sara@sul.com.br")).await;
+    assert!(!report.contains("nina"), "{report}");
+    save(&client, "distributor-report").await;
+    client
+        .find(Locator::Css("#export-usage"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // The browser writes the file when the download ends.
+    let mut saved = None;
+    wait_until(Duration::from_secs(20), || {
+        let found = std::fs::read_dir(downloads.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "csv"));
+        saved = found.clone();
+        async move { found.is_some() }
+    })
+    .await;
+    let csv = std::fs::read_to_string(saved.unwrap()).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines.len(),
+        3,
+        "the header and Rede Sul's two requests: {csv}"
+    );
+    assert!(csv.contains("sara@sul.com.br") && csv.contains("conversa-saulo"));
+    assert!(!csv.contains("norte"), "{csv}");
     client.close().await.unwrap();
 }

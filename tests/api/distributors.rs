@@ -311,3 +311,48 @@ async fn a_key_made_or_revoked_beside_the_running_server_counts_within_seconds()
     let (status, _) = chat_with(&app, CLIENT_KEY, user, &[], &fill()).await;
     assert_eq!(status, 200);
 }
+
+/// A pool set in the middle of a month counts what the distributor's users have
+/// already used this month: setting it never hands out the month again.
+#[actix_web::test]
+async fn a_pool_set_mid_month_counts_what_was_used_before() {
+    let app = spawn_app(TestOptions::default()).await;
+    app.default_plan(1_000_000);
+    distributor(&app, "Alfa", None, None, KEY_A);
+    for i in 0..3 {
+        let user = format!("65f1c0ffee0000000000000{i}");
+        let (status, body) = chat_with(&app, KEY_A, &user, &[], &fill()).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    app.settled();
+    let change = DistributorChange {
+        pool: Some(Some(Pool {
+            cap: TokenAmount::new(3 * 110 + 150).unwrap(),
+        })),
+        ..DistributorChange::default()
+    };
+    app.ledger()
+        .edit_distributor("Alfa", &change, &Actor::Cli)
+        .unwrap();
+    assert_eq!(row(&app, "Alfa").pool_used, 330, "the month so far counts");
+    // 150 left: a whole answer, one cut to what is left, then the pool's block.
+    let mut served = 0;
+    let refusal = loop {
+        let (status, body) = chat_with(&app, KEY_A, "65f1c0ffee00000000000009", &[], &fill()).await;
+        app.settled();
+        if status != 200 {
+            break body;
+        }
+        served += 1;
+        assert!(served <= 2, "served past the pool: {body}");
+    };
+    assert!(
+        refusal["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("O limite mensal de uso do seu provedor foi atingido"),
+        "{refusal}"
+    );
+    let used = row(&app, "Alfa").pool_used;
+    assert!((330 + 110..=480).contains(&used), "{used}");
+}

@@ -26,6 +26,7 @@ mod overage;
 mod plans;
 mod real_clients;
 mod replicas;
+mod reports;
 mod responses;
 mod sides;
 mod slow;

@@ -60,6 +60,7 @@ ALTER TABLE holds ADD COLUMN distributor_id BIGINT;
 ALTER TABLE usage_records ADD COLUMN plan_id BIGINT;
 ALTER TABLE usage_records ADD COLUMN conversation_id TEXT;
 
+
 -- What settled requests used of a distributor's pool, not yet added to its
 -- pool_used: a settlement only inserts here (it never waits for the distributor's
 -- row, which would order its locks against the reservations'); the next

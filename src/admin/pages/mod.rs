@@ -7,6 +7,7 @@ pub mod codes;
 mod login;
 mod overview;
 mod plans;
+mod reports;
 mod requests;
 mod users;
 mod weights;
@@ -59,6 +60,9 @@ admin_routes! {
     get "/codes" => codes::list,
     post "/codes" => codes::create,
     get "/audit" => audit::list,
+    get "/reports" => reports::show,
+    get "/reports/usage.csv" => reports::usage_csv,
+    get "/reports/ledger.csv" => reports::ledger_csv,
     get "/account" => account::show,
     post "/account/password" => account::change_password,
     post "/admins" => account::add_admin,

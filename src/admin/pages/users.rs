@@ -154,15 +154,27 @@ pub async fn detail(
     let l = locale(&state);
     let tz = state.config.timezone;
     let id = path.into_inner();
-    let (summary, plans, entries, models, user_alerts, audit) =
+    let cycle_start = state
+        .ledger
+        .current_cycle()
+        .starts_at(tz)
+        .with_timezone(&tz)
+        .date_naive();
+    let today = state.ledger.now().with_timezone(&tz).date_naive();
+    let period = crate::ledger::reports::Period::new(cycle_start, today);
+    let (summary, plans, entries, models, user_alerts, audit, chats) =
         with_scoped(&state, &me, move |ledger| {
             let summary = ledger.user_summary(id)?;
+            let chats = match period {
+                Some(p) => ledger.user_conversations(id, p)?,
+                None => Vec::new(),
+            };
             let plans = ledger.plans_for_user(id)?;
             let entries = ledger.recent_ledger_entries(id, 100)?;
             let models = ledger.usage_by_model(id)?;
             let user_alerts = ledger.user_alerts(id, 50)?;
             let audit = ledger.user_audit(id, 50)?;
-            Ok::<_, LedgerError>((summary, plans, entries, models, user_alerts, audit))
+            Ok::<_, LedgerError>((summary, plans, entries, models, user_alerts, audit, chats))
         })
         .await?;
     let cycle = Cycle::parse(&summary.cycle);
@@ -299,6 +311,21 @@ pub async fn detail(
                         td.num { (views::tokens(e.allowance_after + e.credits_after, l)) }
                         td { (e.actor) }
                         td { (e.note.as_deref().unwrap_or("")) }
+                    } } }
+                }
+            }
+        }
+        @if chats.iter().any(|c| !c.key.is_empty()) {
+            section {
+                h2 { (l.pick("Conversas neste ciclo", "Conversations this cycle")) }
+                table #conversations {
+                    thead { tr { th { (l.pick("Conversa do LibreChat", "LibreChat conversation")) } th.num { (l.pick("Pedidos", "Requests")) } th.num { (l.pick("Entrada", "Input")) } th.num { (l.pick("Saída", "Output")) } th.num { "Tokens" } } }
+                    tbody { @for c in &chats { tr {
+                        td { @if c.key.is_empty() { span.muted { (l.pick("sem conversa", "no conversation")) } } @else { code { (c.key) } } }
+                        td.num { (views::tokens(c.requests, l)) }
+                        td.num { (views::tokens(c.input_tokens, l)) }
+                        td.num { (views::tokens(c.output_tokens, l)) }
+                        td.num { (views::tokens(c.charged, l)) }
                     } } }
                 }
             }
