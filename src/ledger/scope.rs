@@ -14,8 +14,8 @@ use super::{
     views,
 };
 use crate::alerts::Alert;
-use crate::db::StoreError;
 use crate::db::schema::{credit_requests, plans, users};
+use crate::db::{AnyConnection, StoreError};
 use crate::domain::{Cycle, DistributorId, PlanChange, PlanSpec, Scope, TokenAmount};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
@@ -302,163 +302,144 @@ impl Scoped {
     pub fn export_usage(
         &self,
         period: reports::Period,
-        mut sink: impl FnMut(String) -> bool,
+        sink: impl FnMut(String) -> bool,
     ) -> Result<u64, StoreError> {
         let bounds = period.bounds(self.ledger.tz);
         let named = self.names_distributors()?;
-        let mut out = String::new();
-        reports::csv_line(
-            &mut out,
-            &with_distributor(
-                named,
-                1,
-                &[
-                    "created_at",
-                    "request_id",
-                    "user_id",
-                    "user_email",
-                    "plan",
-                    "model",
-                    "conversation_id",
-                    "input_tokens",
-                    "output_tokens",
-                    "charged",
-                    "overage_tokens",
-                    "overage_cost_brl",
-                    "outcome",
-                ],
-                "distributor",
-            ),
-        );
-        let mut written = 0;
-        let mut after = None;
-        loop {
-            let page = {
-                let mut conn = self.ledger.db.conn()?;
-                reports::usage_page(&mut conn, self.scope, bounds, after)?
-            };
-            for r in &page {
-                let id = r.user_id.to_string();
-                let (input, output, charged, overage) = (
+        let header = [
+            "created_at",
+            "request_id",
+            "user_id",
+            "user_email",
+            "plan",
+            "model",
+            "conversation_id",
+            "input_tokens",
+            "output_tokens",
+            "charged",
+            "overage_tokens",
+            "overage_cost_brl",
+            "outcome",
+        ];
+        self.paged(
+            &with_distributor(named, 1, &header, "distributor"),
+            |c, after| reports::usage_page(c, self.scope, bounds, after),
+            |r| (r.created_at, r.id),
+            |out, r| {
+                let numbers = [
+                    r.user_id.to_string(),
                     r.prompt_tokens.to_string(),
                     r.completion_tokens.to_string(),
                     r.charged.to_string(),
                     r.overage_tokens.to_string(),
-                );
+                ];
                 let cost = crate::domain::money::format_micro_plain(r.overage_cost);
                 let created = reports::iso(r.created_at);
-                reports::csv_line(
-                    &mut out,
-                    &with_distributor(
-                        named,
-                        1,
-                        &[
-                            &created,
-                            &r.request_id,
-                            &id,
-                            r.user_email.as_deref().unwrap_or(""),
-                            r.plan.as_deref().unwrap_or(""),
-                            &r.model,
-                            r.conversation.as_deref().unwrap_or(""),
-                            &input,
-                            &output,
-                            &charged,
-                            &overage,
-                            &cost,
-                            &r.outcome,
-                        ],
-                        shown_distributor(&r.distributor),
-                    ),
-                );
-            }
-            written += page.len() as u64;
-            let last = page.last().map(|r| (r.created_at, r.id));
-            if !sink(std::mem::take(&mut out)) {
-                return Ok(written);
-            }
-            match last {
-                Some(key) if page.len() as i64 == reports::EXPORT_PAGE => after = Some(key),
-                _ => return Ok(written),
-            }
-        }
+                let fields = [
+                    created.as_str(),
+                    &r.request_id,
+                    &numbers[0],
+                    r.user_email.as_deref().unwrap_or(""),
+                    r.plan.as_deref().unwrap_or(""),
+                    &r.model,
+                    r.conversation.as_deref().unwrap_or(""),
+                    &numbers[1],
+                    &numbers[2],
+                    &numbers[3],
+                    &numbers[4],
+                    &cost,
+                    &r.outcome,
+                ];
+                let distributor = shown_distributor(&r.distributor);
+                reports::csv_line(out, &with_distributor(named, 1, &fields, distributor));
+            },
+            sink,
+        )
     }
 
     /// Writes the ledger entries of `period` as CSV, as `export_usage`.
     pub fn export_ledger(
         &self,
         period: reports::Period,
-        mut sink: impl FnMut(String) -> bool,
+        sink: impl FnMut(String) -> bool,
     ) -> Result<u64, StoreError> {
         let bounds = period.bounds(self.ledger.tz);
         let named = self.names_distributors()?;
-        let mut out = String::new();
-        reports::csv_line(
-            &mut out,
-            &with_distributor(
-                named,
-                1,
-                &[
-                    "created_at",
-                    "user_id",
-                    "user_email",
-                    "kind",
-                    "delta_allowance",
-                    "delta_credits",
-                    "allowance_after",
-                    "credits_after",
-                    "actor",
-                    "note",
-                    "request_id",
-                ],
-                "distributor",
-            ),
-        );
-        let mut written = 0;
-        let mut after = 0;
-        loop {
-            let page = {
-                let mut conn = self.ledger.db.conn()?;
-                reports::ledger_page(&mut conn, self.scope, bounds, after)?
-            };
-            for r in &page {
-                let id = r.user_id.to_string();
+        let header = [
+            "created_at",
+            "user_id",
+            "user_email",
+            "kind",
+            "delta_allowance",
+            "delta_credits",
+            "allowance_after",
+            "credits_after",
+            "actor",
+            "note",
+            "request_id",
+        ];
+        self.paged(
+            &with_distributor(named, 1, &header, "distributor"),
+            |c, after| reports::ledger_page(c, self.scope, bounds, after.unwrap_or(0)),
+            |r| r.id,
+            |out, r| {
                 let numbers = [
+                    r.user_id.to_string(),
                     r.delta_allowance.to_string(),
                     r.delta_credits.to_string(),
                     r.allowance_after.to_string(),
                     r.credits_after.to_string(),
                 ];
                 let created = reports::iso(r.created_at);
-                reports::csv_line(
-                    &mut out,
-                    &with_distributor(
-                        named,
-                        1,
-                        &[
-                            &created,
-                            &id,
-                            r.user_email.as_deref().unwrap_or(""),
-                            &r.kind,
-                            &numbers[0],
-                            &numbers[1],
-                            &numbers[2],
-                            &numbers[3],
-                            &r.actor,
-                            r.note.as_deref().unwrap_or(""),
-                            r.request_id.as_deref().unwrap_or(""),
-                        ],
-                        shown_distributor(&r.distributor),
-                    ),
-                );
+                let fields = [
+                    created.as_str(),
+                    &numbers[0],
+                    r.user_email.as_deref().unwrap_or(""),
+                    &r.kind,
+                    &numbers[1],
+                    &numbers[2],
+                    &numbers[3],
+                    &numbers[4],
+                    &r.actor,
+                    r.note.as_deref().unwrap_or(""),
+                    r.request_id.as_deref().unwrap_or(""),
+                ];
+                let distributor = shown_distributor(&r.distributor);
+                reports::csv_line(out, &with_distributor(named, 1, &fields, distributor));
+            },
+            sink,
+        )
+    }
+
+    /// An export's one loop: the header, then each page (`next_page` after the key
+    /// of the previous page's last row, each page its own query on a connection held
+    /// only for it) as CSV lines to `sink`, until a short page or a reader gone.
+    /// Returns the rows written.
+    fn paged<R, K>(
+        &self,
+        header: &[&str],
+        mut next_page: impl FnMut(&mut AnyConnection, Option<K>) -> Result<Vec<R>, StoreError>,
+        key_of: impl Fn(&R) -> K,
+        mut line: impl FnMut(&mut String, &R),
+        mut sink: impl FnMut(String) -> bool,
+    ) -> Result<u64, StoreError> {
+        let mut out = String::new();
+        reports::csv_line(&mut out, header);
+        let mut written = 0;
+        let mut after = None;
+        loop {
+            let page = {
+                let mut conn = self.ledger.db.conn()?;
+                next_page(&mut conn, after)?
+            };
+            for r in &page {
+                line(&mut out, r);
             }
             written += page.len() as u64;
-            let last = page.last().map(|r| r.id);
-            if !sink(std::mem::take(&mut out)) {
+            let full = page.len() as i64 == reports::EXPORT_PAGE;
+            after = page.last().map(&key_of);
+            if !sink(std::mem::take(&mut out)) || !full {
                 return Ok(written);
-            }
-            match last {
-                Some(id) if page.len() as i64 == reports::EXPORT_PAGE => after = id,
-                _ => return Ok(written),
             }
         }
     }
