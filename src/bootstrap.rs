@@ -136,7 +136,7 @@ pub fn first_admin(
         Some(p) => (p.expose_secret().to_owned(), false),
         None => (random_token(12)?, true),
     };
-    let hash = hash_password(&password)?;
+    let hash = stored_hash(&password, None)?;
     let address = email.clone();
     let created = db.write_blocking(move |c| {
         let count: i64 = admins::table.count().get_result(c)?;
@@ -165,7 +165,7 @@ pub fn add_admin(
     if password.chars().count() < MIN_PASSWORD_CHARS {
         return Err(BootstrapError::WeakPassword);
     }
-    let hash = hash_password(password)?;
+    let hash = stored_hash(password, distributor)?;
     let email = email.to_owned();
     db.write_blocking(move |c| {
         let exists: i64 = admins::table
@@ -206,7 +206,26 @@ pub fn hash_password(password: &str) -> Result<String, BootstrapError> {
         .map_err(|e| BootstrapError::Hash(e.to_string()))
 }
 
-pub fn verify_password(password: &str, hash: &str) -> bool {
+/// Marks the stored hash of a distributor's admin. Releases before distributors take
+/// every admin for a global one; they cannot parse a marked hash, so a distributor's
+/// admin can never sign in to them, even after a rollback (docs/upgrades.md).
+const DISTRIBUTOR_ADMIN_MARK: &str = "scoped:";
+
+/// The hash to store for an admin's password: marked when the admin is a
+/// distributor's.
+pub fn stored_hash(password: &str, distributor: Option<i64>) -> Result<String, BootstrapError> {
+    let hash = hash_password(password)?;
+    Ok(match distributor {
+        Some(_) => format!("{DISTRIBUTOR_ADMIN_MARK}{hash}"),
+        None => hash,
+    })
+}
+
+/// Checks a password against a stored hash, marked or not.
+pub fn verify_password(password: &str, stored: &str) -> bool {
+    let hash = stored
+        .strip_prefix(DISTRIBUTOR_ADMIN_MARK)
+        .unwrap_or(stored);
     PasswordHash::new(hash).is_ok_and(|parsed| {
         Argon2::default()
             .verify_password(password.as_bytes(), &parsed)
@@ -225,5 +244,19 @@ mod tests {
         assert!(verify_password("correct horse battery", &hash));
         assert!(!verify_password("wrong horse battery", &hash));
         assert!(!verify_password("x", "not a hash"));
+    }
+
+    /// A distributor's admin's hash verifies here, and not where the mark is unknown
+    /// (a release before distributors parses the stored string as it is).
+    #[test]
+    fn a_distributors_admins_hash_is_marked() {
+        let global = stored_hash("correct horse battery", None).unwrap_or_default();
+        let scoped = stored_hash("correct horse battery", Some(2)).unwrap_or_default();
+        assert!(global.starts_with("$argon2id$"));
+        assert!(scoped.starts_with("scoped:$argon2id$"));
+        assert!(verify_password("correct horse battery", &global));
+        assert!(verify_password("correct horse battery", &scoped));
+        assert!(!verify_password("wrong horse battery", &scoped));
+        assert!(PasswordHash::new(&scoped).is_err());
     }
 }

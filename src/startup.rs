@@ -88,7 +88,7 @@ impl Application {
         }
         if config.admin_emails.is_empty() {
             tracing::warn!(
-                "TOKENGATE_ADMIN_EMAILS is empty: no admin gets alerts or credit requests by mail (the dashboard still lists them)"
+                "TOKENGATE_ADMIN_EMAILS is empty: the install's admins get no alerts or credit requests by mail (the dashboard still lists them)"
             );
         }
         let mut generated = Generated::default();

@@ -235,7 +235,7 @@ pub fn change_password(
     if new.chars().count() < MIN_PASSWORD_CHARS {
         return Err(AccountError::WeakPassword);
     }
-    let hash = bootstrap::hash_password(new)?;
+    let hash = bootstrap::stored_hash(new, admin.distributor_id)?;
     let actor = Actor::Admin(admin.email.clone());
     let (id, email) = (admin.id, admin.email.clone());
     db.write_blocking(move |c| {

@@ -72,7 +72,7 @@ pub fn middleware(key: Key, secure: bool) -> SessionMiddleware<CookieSessionStor
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Stored {
     admin_id: i64,
-    /// Fingerprint of the password hash when the session began.
+    /// The admin's `fingerprint` when the session began.
     fp: String,
     signed_in_at: i64,
 }
@@ -84,8 +84,16 @@ pub struct Flash {
     pub text: String,
 }
 
-pub fn fingerprint(password_hash: &str) -> String {
-    hex::encode(&Sha256::digest(password_hash.as_bytes())[..8])
+/// What a session keeps of its admin: a digest of the password hash and, for a
+/// distributor's admin, of the distributor. Releases before distributors digest the
+/// hash alone, so they take no session of a distributor's admin.
+fn fingerprint(admin: &AdminAccount) -> String {
+    let mut digest = Sha256::new();
+    if let Some(distributor) = admin.distributor_id {
+        digest.update(format!("distributor {distributor}\n"));
+    }
+    digest.update(admin.password_hash.as_bytes());
+    hex::encode(&digest.finalize()[..8])
 }
 
 /// The CSRF token of this browser session, created on first use.
@@ -129,7 +137,7 @@ pub fn sign_in(session: &Session, admin: &AdminAccount, now_secs: i64) {
         "admin",
         Stored {
             admin_id: admin.id,
-            fp: fingerprint(&admin.password_hash),
+            fp: fingerprint(admin),
             signed_in_at: now_secs,
         },
     );
@@ -175,9 +183,7 @@ impl FromRequest for SignedIn {
                 .await
                 .map_err(|_| AdminError::Internal("cancelled".into()))??;
             match admin {
-                Some(a)
-                    if a.disabled_at.is_none() && fingerprint(&a.password_hash) == stored.fp =>
-                {
+                Some(a) if a.disabled_at.is_none() && fingerprint(&a) == stored.fp => {
                     let csrf = csrf_token(&session);
                     Ok(Self {
                         admin: a,

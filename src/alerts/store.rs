@@ -2,7 +2,7 @@
 //! caller's transaction: the settlement's, or one of the worker's.
 
 use super::{Alert, AlertPolicy, DeliveryState, OutboxMessage, Role};
-use crate::db::schema::{alerts, balances, outbox, plans, users};
+use crate::db::schema::{admins, alerts, balances, outbox, plans, users};
 use crate::db::{AnyConnection, StoreError};
 use crate::domain::Scope;
 use chrono::NaiveDateTime;
@@ -107,10 +107,8 @@ pub(crate) fn record_crossings(
             continue;
         }
         let user_copy = email.iter().map(|e| (Role::User, e.as_str()));
-        let admin_copies = policy
-            .admin_emails
-            .iter()
-            .map(|e| (Role::Admin, e.as_str()));
+        let admins = admin_recipients(c, s.user_id, &policy.admin_emails)?;
+        let admin_copies = admins.iter().map(|e| (Role::Admin, e.as_str()));
         for (role, recipient) in user_copy.chain(admin_copies) {
             diesel::insert_into(outbox::table)
                 .values((
@@ -130,6 +128,30 @@ pub(crate) fn record_crossings(
         queued,
         notice_armed: notice_due.is_some_and(|due| due.is_some()),
     })
+}
+
+/// Who hears about a user as an admin: the configured addresses
+/// (`TOKENGATE_ADMIN_EMAILS`), and the active admins of the user's distributor,
+/// each address once.
+pub(crate) fn admin_recipients(
+    c: &mut Conn,
+    user_id: i64,
+    configured: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let theirs: Vec<String> = admins::table
+        .inner_join(users::table.on(admins::distributor_id.eq(users::distributor_id.nullable())))
+        .filter(users::id.eq(user_id))
+        .filter(admins::disabled_at.is_null())
+        .order(admins::email.asc())
+        .select(admins::email)
+        .load(c)?;
+    let mut all = configured.to_vec();
+    for email in theirs {
+        if !all.iter().any(|e| e.eq_ignore_ascii_case(&email)) {
+            all.push(email);
+        }
+    }
+    Ok(all)
 }
 
 /// Re-arms the thresholds a balance increase brought the user back under, so the

@@ -213,7 +213,8 @@ impl MailWorker {
         } else {
             Kind::AlertUser
         };
-        let mut ctx = AlertContext::new(&facts, &self.config, locale);
+        let contact = self.contact_for(facts.user_id).await?;
+        let mut ctx = AlertContext::new(&facts, &self.config, locale, contact);
         ctx.page_link = page_link;
         Ok(self.outgoing(row, kind, &ctx, format!("alert-{alert_id}")))
     }
@@ -256,7 +257,7 @@ impl MailWorker {
             tokens: i18n::tokens(request.tokens, locale),
             note: request.note.clone(),
             reason: request.reason.clone(),
-            contact: self.config.support_contact.clone(),
+            contact: self.contact_for(request.user_id).await?,
             queue_url: format!("{}/admin/requests", self.config.public_url),
             page_link,
         };
@@ -291,7 +292,7 @@ impl MailWorker {
                 (Locale::En, n) => format!("{} messages", i18n::tokens(i64::from(n), locale)),
             },
             resets_at: i18n::datetime(hit.resets_at, tz, locale),
-            contact: self.config.support_contact.clone(),
+            contact: self.contact_for(hit.user_id).await?,
             page_link: Some(self.page_link(hit.user_id).await?),
         };
         Ok(self.outgoing(row, Kind::LimitUser, &ctx, format!("limit-{hit_id}")))
@@ -314,6 +315,14 @@ impl MailWorker {
                 rendered,
                 message_id: format!("tokengate.{about}.{}", row.id),
             })
+    }
+
+    /// The contact a user's mail names: their distributor's, else the configured one.
+    async fn contact_for(&self, user_id: i64) -> Result<Option<String>, StoreError> {
+        let theirs = self
+            .read(move |c, _| crate::ledger::distributors::contact_of(c, user_id))
+            .await?;
+        Ok(theirs.or_else(|| self.config.support_contact.clone()))
     }
 
     /// A one-time link to the user's page, valid for a week.
@@ -427,7 +436,7 @@ struct AlertContext {
 }
 
 impl AlertContext {
-    fn new(f: &AlertFacts, config: &Config, locale: Locale) -> Self {
+    fn new(f: &AlertFacts, config: &Config, locale: Locale, contact: Option<String>) -> Self {
         let left = f.allowance_left + f.credits;
         let resets_on = Cycle::parse(&f.cycle)
             .map(|c| {
@@ -463,7 +472,7 @@ impl AlertContext {
             used: i18n::tokens(f.used_this_cycle, locale),
             left: i18n::tokens(left.max(0), locale),
             resets_on,
-            contact: config.support_contact.clone(),
+            contact,
             notified: f.user_notified,
             dashboard_url: format!("{}/admin/users/{}", config.public_url, f.user_id),
             page_link: None,

@@ -126,7 +126,8 @@ fn queue_mail(
     Ok(())
 }
 
-/// Opens a request; every admin address gets a mail about it. A user has at most
+/// Opens a request; every admin address of the user (`admin_recipients`) gets a mail
+/// about it. A user has at most
 /// one open request (a unique index says so, whatever runs at once).
 pub(super) fn open_request(
     c: &mut Conn,
@@ -162,8 +163,8 @@ pub(super) fn open_request(
         )) => return Err(RequestError::AlreadyOpen),
         Err(e) => return Err(e.into()),
     };
-    for admin in admin_emails {
-        queue_mail(c, id, "credit_requested", Role::Admin, admin, ctx.wall)?;
+    for admin in crate::alerts::store::admin_recipients(c, user_id, admin_emails)? {
+        queue_mail(c, id, "credit_requested", Role::Admin, &admin, ctx.wall)?;
     }
     Ok(id)
 }

@@ -73,7 +73,10 @@ pub struct ReserveRequest {
 pub enum ReserveOutcome {
     Reserved(Reservation),
     Blocked(Blocked),
-    Suspended,
+    /// An admin suspended the user; `contact` is their distributor's.
+    Suspended {
+        contact: Option<String>,
+    },
     /// The plan's request limit for a window is used up.
     LimitReached(LimitReached),
     /// The user's plan does not include the model; these are the ones it does.

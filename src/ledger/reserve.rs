@@ -33,7 +33,8 @@ pub(super) fn reserve(
         user.plan_id = super::plans::follow_role(c, ctx, user.id, placement)?;
     }
     if user.suspended {
-        return Ok((ReserveOutcome::Suspended, 0));
+        let contact = super::distributors::contact_of(c, user.id)?;
+        return Ok((ReserveOutcome::Suspended { contact }, 0));
     }
     let user_id = user.id;
     let plan = plan_policy(c, user.plan_id)?;

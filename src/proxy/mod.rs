@@ -493,11 +493,13 @@ fn refusal(state: &AppState, admitted: &Admitted, outcome: ReserveOutcome) -> Ap
                 status: state.config.block_status,
             }
         }
-        ReserveOutcome::Suspended => {
+        ReserveOutcome::Suspended { contact } => {
             state.metrics.record_rejection("user_suspended");
             ApiError::Suspended(block::suspended_message(
                 state.config.locale,
-                state.config.support_contact.as_deref(),
+                contact
+                    .as_deref()
+                    .or(state.config.support_contact.as_deref()),
             ))
         }
         ReserveOutcome::ModelNotInPlan(models) => {

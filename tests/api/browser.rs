@@ -640,31 +640,14 @@ async fn an_admin_creates_pro_moves_a_user_and_their_page_shows_it_in_chromium()
 /// requests only.
 #[actix_web::test]
 async fn a_distributors_admin_sees_only_its_users_and_downloads_its_report_in_chromium() {
-    use tokengate::domain::{DistributorId, DistributorName};
-    use tokengate::ledger::Actor;
-    use tokengate::ledger::distributors::{DistributorChange, NewKey};
     let app = spawn_app(TestOptions::default()).await;
     app.default_plan(1_000_000);
-    for (name, key) in [
-        ("Rede Sul", "tg-browser-sul-key-0123456789"),
-        ("Rede Norte", "tg-browser-norte-key-0123456789"),
-    ] {
-        let change = DistributorChange {
-            name: DistributorName::parse(name),
-            ..DistributorChange::default()
-        };
-        app.ledger()
-            .create_distributor(&change, &Actor::Cli)
-            .unwrap();
-        let new = NewKey {
-            digest_hex: hex::encode(tokengate::proxy::auth::ClientKeys::digest(key)),
-            label: key.chars().take(11).collect(),
-            names_distributors: false,
-        };
-        app.ledger()
-            .add_client_key(Some(name), &new, &Actor::Cli)
-            .unwrap();
-    }
+    let sul = named_distributor(app.ledger(), "Rede Sul", "tg-browser-sul-key-0123456789");
+    named_distributor(
+        app.ledger(),
+        "Rede Norte",
+        "tg-browser-norte-key-0123456789",
+    );
     for (key, user, email, chat) in [
         (
             "tg-browser-sul-key-0123456789",
@@ -700,15 +683,7 @@ async fn a_distributors_admin_sees_only_its_users_and_downloads_its_report_in_ch
         assert_eq!(res.status(), 200);
     }
     app.settled();
-    let sul = app.ledger().find_distributor("Rede Sul").unwrap().unwrap();
-    tokengate::bootstrap::add_admin(
-        app.ledger().db(),
-        "gerente@sul.com.br",
-        crate::admin::PASSWORD_FOR_TESTS,
-        Some(DistributorId::from_db(sul).get()),
-        app.now().naive_utc(),
-    )
-    .unwrap();
+    add_admin_of(app.ledger(), "gerente@sul.com.br", Some(sul));
 
     let downloads = tempfile::tempdir().unwrap();
     let driver = chromedriver().await;

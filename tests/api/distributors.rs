@@ -4,12 +4,12 @@
 //! exact under concurrency, across processes, and never touches another's.
 
 use crate::helpers::*;
+use crate::smtp::{SmtpOptions, SmtpServer};
 use futures_util::future::join_all;
 use serde_json::Value;
-use tokengate::domain::{DistributorName, Pool, TenantId, TokenAmount};
-use tokengate::ledger::Actor;
-use tokengate::ledger::distributors::{DistributorChange, DistributorRow, NewKey};
-use tokengate::proxy::auth::ClientKeys;
+use tokengate::domain::{DistributorId, DistributorName, Pool, TenantId, TokenAmount};
+use tokengate::ledger::distributors::{DistributorChange, DistributorRow};
+use tokengate::ledger::{Actor, parse_user_ref};
 
 const KEY_A: &str = "tg-distributor-a-key-0123456789";
 const KEY_B: &str = "tg-distributor-b-key-0123456789";
@@ -17,7 +17,14 @@ const SHARED_KEY: &str = "tg-shared-librechat-key-0123456789";
 
 /// Makes a distributor, with a pool of `pool` tokens when given, and stores `key`
 /// for it.
-fn distributor(app: &TestApp, name: &str, pool: Option<i64>, tenant: Option<&str>, key: &str) {
+/// Its contact is `suporte@{name}.com.br`.
+fn distributor(
+    app: &TestApp,
+    name: &str,
+    pool: Option<i64>,
+    tenant: Option<&str>,
+    key: &str,
+) -> DistributorId {
     let change = DistributorChange {
         name: DistributorName::parse(name),
         contact: Some(Some(format!("suporte@{}.com.br", name.to_lowercase()))),
@@ -26,21 +33,11 @@ fn distributor(app: &TestApp, name: &str, pool: Option<i64>, tenant: Option<&str
             cap: TokenAmount::new(n).unwrap(),
         })),
     };
-    app.ledger()
-        .create_distributor(&change, &Actor::Cli)
-        .unwrap();
-    store_key(app, Some(name), key, false);
+    make_distributor(app.ledger(), change, key)
 }
 
 fn store_key(app: &TestApp, distributor: Option<&str>, key: &str, names_distributors: bool) {
-    let new = NewKey {
-        digest_hex: hex::encode(ClientKeys::digest(key)),
-        label: key.chars().take(11).collect(),
-        names_distributors,
-    };
-    app.ledger()
-        .add_client_key(distributor, &new, &Actor::Cli)
-        .unwrap();
+    store_client_key(app.ledger(), distributor, key, names_distributors);
 }
 
 fn row(app: &TestApp, name: &str) -> DistributorRow {
@@ -355,4 +352,122 @@ async fn a_pool_set_mid_month_counts_what_was_used_before() {
     );
     let used = row(&app, "Alfa").pool_used;
     assert!((330 + 110..=480).contains(&used), "{used}");
+}
+
+/// A distributor's users are told its contact, in the chat's refusals and in their
+/// mails, and its active admins are mailed about its users beside the install's
+/// configured addresses; the install's own users keep the install's contact and
+/// admins.
+#[actix_web::test]
+async fn a_distributors_users_hear_its_contact_and_its_admins_hear_of_them() {
+    const OWNER: &str = "dona@solaris.com.br";
+    const MANAGER: &str = "gerente@sul.com.br";
+    let smtp = SmtpServer::start(SmtpOptions::default()).await;
+    let app = spawn_app(TestOptions {
+        env: vec![
+            ("TOKENGATE_SMTP_URL", smtp.url()),
+            ("TOKENGATE_ADMIN_EMAILS", OWNER.into()),
+            ("TOKENGATE_SUPPORT_CONTACT", "suporte@solaris.com.br".into()),
+            ("TOKENGATE_MAIL_RETRY_BASE_SECS", "0.05".into()),
+        ],
+        ..TestOptions::default()
+    })
+    .await;
+    app.default_plan(1_000);
+    let sul = distributor(&app, "Sul", None, None, KEY_A);
+    let ledger = app.ledger();
+    add_admin_of(ledger, MANAGER, Some(sul));
+    add_admin_of(ledger, "antigo@sul.com.br", Some(sul));
+    let db = ledger.db();
+    let manager = tokengate::admin::accounts::by_email(db, MANAGER)
+        .unwrap()
+        .unwrap();
+    let former = tokengate::admin::accounts::by_email(db, "antigo@sul.com.br")
+        .unwrap()
+        .unwrap();
+    tokengate::admin::accounts::set_disabled(db, &manager, former.id, true, app.now().naive_utc())
+        .unwrap();
+
+    // Past 80%: Sara (Sul's) and Davi (the install's).
+    let heavy = chat_body("fill", "palavra", false, Some(850));
+    for (key, user, email) in [
+        (KEY_A, "65f1c0ffee0000000000c001", "sara@sul.com.br"),
+        (CLIENT_KEY, "65f1c0ffee0000000000c002", "davi@direto.com.br"),
+    ] {
+        let (status, body) = chat_with(
+            &app,
+            key,
+            user,
+            &[("x-librechat-user-email", email)],
+            &heavy,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mail = smtp.wait_for(5).await;
+    let to = |who: &str| -> Vec<&crate::smtp::Received> {
+        mail.iter().filter(|m| m.to() == who).collect::<Vec<_>>()
+    };
+    let sara_mail = to("sara@sul.com.br");
+    assert_eq!(sara_mail.len(), 1);
+    assert!(
+        sara_mail[0]
+            .text
+            .contains("peça créditos a suporte@sul.com.br"),
+        "{}",
+        sara_mail[0].text
+    );
+    let davi_mail = to("davi@direto.com.br");
+    assert!(
+        davi_mail[0]
+            .text
+            .contains("peça créditos a suporte@solaris.com.br")
+    );
+    let about = |m: &&crate::smtp::Received, who: &str| m.text.contains(who);
+    assert_eq!(to(OWNER).len(), 2, "the install's address hears of both");
+    let managers = to(MANAGER);
+    assert_eq!(managers.len(), 1, "Sul's admin hears of Sul's user only");
+    assert!(about(&managers[0], "sara@sul.com.br"));
+    assert!(
+        to("antigo@sul.com.br").is_empty(),
+        "a disabled admin is not mailed"
+    );
+    assert_eq!(mail.len(), 5);
+
+    // Sara asks for credits: both admins hear; declined, she is told Sul's contact.
+    let sara = app.user_id("sara@sul.com.br");
+    let request = ledger
+        .request_credits(sara, TokenAmount::new(5_000).unwrap(), Some("projeto"))
+        .unwrap();
+    let mail = smtp.wait_for(7).await;
+    let asked: Vec<_> = mail[5..].iter().map(|m| m.to()).collect();
+    assert!(
+        asked.contains(&OWNER) && asked.contains(&MANAGER),
+        "{asked:?}"
+    );
+    ledger
+        .decide_credit_request(
+            request,
+            false,
+            Some("fim do mês"),
+            &Actor::Admin(MANAGER.into()),
+            "pedido de créditos",
+        )
+        .unwrap();
+    let mail = smtp.wait_for(8).await;
+    assert_eq!(mail[7].to(), "sara@sul.com.br");
+    assert!(
+        mail[7].text.contains("Fale com suporte@sul.com.br"),
+        "{}",
+        mail[7].text
+    );
+
+    // Suspended, Sara is told to talk to Sul.
+    ledger
+        .set_suspended(&parse_user_ref(&format!("#{sara}")), true, &Actor::Cli)
+        .unwrap();
+    let (status, body) = chat_with(&app, KEY_A, "65f1c0ffee0000000000c001", &[], &fill()).await;
+    assert_eq!(status, 403, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("fale com suporte@sul.com.br"), "{message}");
 }

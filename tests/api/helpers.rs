@@ -627,3 +627,64 @@ pub fn plan_spec(name: &str, allowance: i64) -> tokengate::domain::PlanSpec {
         roles: Default::default(),
     }
 }
+
+/// Makes a distributor as `tokengate distributors create` does, with `key` stored
+/// for it (a key that may not name distributors).
+pub fn make_distributor(
+    ledger: &Ledger,
+    change: tokengate::ledger::distributors::DistributorChange,
+    key: &str,
+) -> tokengate::domain::DistributorId {
+    let id = ledger.create_distributor(&change, &Actor::Cli).unwrap();
+    let name = change.name.as_ref().expect("a distributor has a name");
+    store_client_key(ledger, Some(name.as_str()), key, false);
+    tokengate::domain::DistributorId::from_db(id)
+}
+
+/// A distributor named `name`, with nothing else set, and `key` stored for it.
+pub fn named_distributor(
+    ledger: &Ledger,
+    name: &str,
+    key: &str,
+) -> tokengate::domain::DistributorId {
+    let change = tokengate::ledger::distributors::DistributorChange {
+        name: tokengate::domain::DistributorName::parse(name),
+        ..Default::default()
+    };
+    make_distributor(ledger, change, key)
+}
+
+/// Stores `key` for a distributor (the install's with `None`), as `tokengate
+/// distributors add-key` does.
+pub fn store_client_key(
+    ledger: &Ledger,
+    distributor: Option<&str>,
+    key: &str,
+    names_distributors: bool,
+) {
+    let new = tokengate::ledger::distributors::NewKey {
+        digest_hex: hex::encode(tokengate::proxy::auth::ClientKeys::digest(key)),
+        label: key.chars().take(11).collect(),
+        names_distributors,
+    };
+    ledger
+        .add_client_key(distributor, &new, &Actor::Cli)
+        .unwrap();
+}
+
+/// Adds an admin with `crate::admin::PASSWORD_FOR_TESTS`: a distributor's, or a
+/// global one with `None`.
+pub fn add_admin_of(
+    ledger: &Ledger,
+    email: &str,
+    distributor: Option<tokengate::domain::DistributorId>,
+) {
+    tokengate::bootstrap::add_admin(
+        ledger.db(),
+        email,
+        crate::admin::PASSWORD_FOR_TESTS,
+        distributor.map(|d| d.get()),
+        ledger.now().naive_utc(),
+    )
+    .unwrap();
+}

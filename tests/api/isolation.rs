@@ -3,17 +3,14 @@
 //! distributor's ids (users, plans, requests, admins) and answers 404, changing
 //! nothing; every page it can open shows nothing of the other distributor's.
 
-use crate::admin::{Admin, csrf_of};
+use crate::admin::{Admin, PASSWORD_FOR_TESTS, csrf_of};
 use crate::helpers::*;
 use reqwest::StatusCode;
-use tokengate::domain::{DistributorId, DistributorName, TokenAmount};
+use tokengate::domain::{DistributorId, TokenAmount};
 use tokengate::ledger::Actor;
-use tokengate::ledger::distributors::{DistributorChange, NewKey};
-use tokengate::proxy::auth::ClientKeys;
 
 const KEY_ALFA: &str = "tg-isolation-alfa-key-0123456789";
 const KEY_BETA: &str = "tg-isolation-beta-key-0123456789";
-const PASSWORD: &str = "uma-senha-bem-longa-123";
 
 /// Two distributors, each with a user, a plan, a credit request, codes and an
 /// admin; Beta's user also has an alert and an audit trail.
@@ -40,23 +37,7 @@ const BETA_SECRETS: [&str; 6] = [
 ];
 
 fn distributor(app: &TestApp, name: &str, key: &str) -> DistributorId {
-    let change = DistributorChange {
-        name: DistributorName::parse(name),
-        ..DistributorChange::default()
-    };
-    let id = app
-        .ledger()
-        .create_distributor(&change, &Actor::Cli)
-        .unwrap();
-    let new = NewKey {
-        digest_hex: hex::encode(ClientKeys::digest(key)),
-        label: key.chars().take(11).collect(),
-        names_distributors: false,
-    };
-    app.ledger()
-        .add_client_key(Some(name), &new, &Actor::Cli)
-        .unwrap();
-    DistributorId::from_db(id)
+    named_distributor(app.ledger(), name, key)
 }
 
 async fn chat(app: &TestApp, key: &str, user: &str, email: &str) -> u16 {
@@ -160,10 +141,8 @@ async fn world(app: &TestApp) -> World {
             Some("nota beta secreta"),
         )
         .unwrap();
-    let now = app.now().naive_utc();
     for (email, owner) in [("admin@alfa.com.br", alfa), ("admin@beta.com.br", beta)] {
-        tokengate::bootstrap::add_admin(ledger.db(), email, PASSWORD, Some(owner.get()), now)
-            .unwrap();
+        add_admin_of(ledger, email, Some(owner));
     }
     World {
         alfa,
@@ -180,7 +159,7 @@ async fn world(app: &TestApp) -> World {
 
 async fn signed_in_as(app: &TestApp, email: &str) -> Admin {
     let admin = Admin::new(app);
-    let res = admin.sign_in_as(email, PASSWORD).await;
+    let res = admin.sign_in_as(email, PASSWORD_FOR_TESTS).await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     admin
 }
@@ -349,7 +328,10 @@ async fn a_distributors_admin_gets_404_for_every_foreign_id_on_every_route() {
         .submit(
             "/admin/account",
             "/admin/admins",
-            &[("email", "segundo@alfa.com.br"), ("password", PASSWORD)],
+            &[
+                ("email", "segundo@alfa.com.br"),
+                ("password", PASSWORD_FOR_TESTS),
+            ],
         )
         .await;
     let second = tokengate::admin::accounts::by_email(app.ledger().db(), "segundo@alfa.com.br")

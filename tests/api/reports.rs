@@ -3,34 +3,15 @@
 //! exports are CSV a spreadsheet reads safely; a million usage records stream out
 //! of a running server with its memory bounded.
 
-use crate::admin::{Admin, PASSWORD_FOR_TESTS, signed_in_admin_of};
+use crate::admin::{Admin, signed_in_admin_of};
 use crate::helpers::*;
 use reqwest::StatusCode;
-use tokengate::domain::{DistributorId, DistributorName};
-use tokengate::ledger::Actor;
-use tokengate::ledger::distributors::{DistributorChange, NewKey};
-use tokengate::proxy::auth::ClientKeys;
+use tokengate::domain::DistributorId;
 
 const KEY_ALFA: &str = "tg-reports-alfa-key-0123456789";
 
 fn alfa(app: &TestApp) -> DistributorId {
-    let change = DistributorChange {
-        name: DistributorName::parse("Alfa"),
-        ..DistributorChange::default()
-    };
-    let id = app
-        .ledger()
-        .create_distributor(&change, &Actor::Cli)
-        .unwrap();
-    let new = NewKey {
-        digest_hex: hex::encode(ClientKeys::digest(KEY_ALFA)),
-        label: KEY_ALFA.chars().take(11).collect(),
-        names_distributors: false,
-    };
-    app.ledger()
-        .add_client_key(Some("Alfa"), &new, &Actor::Cli)
-        .unwrap();
-    DistributorId::from_db(id)
+    named_distributor(app.ledger(), "Alfa", KEY_ALFA)
 }
 
 /// A chat of 110 tokens (10 in, 100 out) in LibreChat's conversation `chat`.
@@ -196,15 +177,7 @@ async fn reports_add_up_per_grouping_and_stop_at_the_admins_reach() {
     assert!(page.contains("conv-a") && page.contains("conv-b") && !page.contains("conv-c"));
 
     // Alfa's admin sees Alfa's use only.
-    let now = app.now().naive_utc();
-    tokengate::bootstrap::add_admin(
-        app.ledger().db(),
-        "admin@alfa.com.br",
-        PASSWORD_FOR_TESTS,
-        Some(alfa.get()),
-        now,
-    )
-    .unwrap();
+    add_admin_of(app.ledger(), "admin@alfa.com.br", Some(alfa));
     let alfa_admin = signed_in_admin_of(&app, "admin@alfa.com.br").await;
     let mine = cells(
         &alfa_admin.page("/admin/reports?group=user").await,

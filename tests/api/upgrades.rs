@@ -124,3 +124,125 @@ async fn the_previous_release_serves_and_mails_beside_this_one_after_it_migrates
     }
     drop(previous);
 }
+
+/// The previous release knows no scope: every admin it lets in is a global admin.
+/// A distributor's admin is therefore never let in there, neither by password nor
+/// by the session this release gave them, while a global admin's session and
+/// password work on both (so a rollback cannot make a reseller an admin of
+/// everyone).
+#[actix_web::test]
+async fn a_distributors_admin_is_never_an_admin_of_the_previous_release() {
+    use crate::admin::{Admin, PASSWORD_FOR_TESTS};
+    use reqwest::StatusCode;
+    let db = TestDb::new();
+    let fake = crate::fake_provider::FakeProvider::start();
+    let client = reqwest::Client::new();
+    let (p_port, n_port) = (free_port(), free_port());
+    let new = tokengate_process(n_port, &db.url, &fake.base_url(), &[]);
+    let n_base = format!("http://127.0.0.1:{n_port}");
+    wait_ready(&client, &n_base).await;
+    let ledger = observer_ledger(&db.url, &fake.base_url());
+    let sul = named_distributor(&ledger, "Rede Sul", "tg-upgrade-sul-key-0123456789");
+    add_admin_of(&ledger, "gerente@sul.com.br", Some(sul));
+    add_admin_of(&ledger, "dona@solaris.com.br", None);
+    let (manager, owner) = (Admin::at(&n_base), Admin::at(&n_base));
+    for (admin, email) in [
+        (&manager, "gerente@sul.com.br"),
+        (&owner, "dona@solaris.com.br"),
+    ] {
+        let res = admin.sign_in_as(email, PASSWORD_FOR_TESTS).await;
+        assert_eq!(res.status(), StatusCode::SEE_OTHER, "{email} signs in here");
+        assert_eq!(admin.get("/admin/users").await.0, StatusCode::OK);
+    }
+    // A password the distributor's admin sets is stored the same way.
+    const NEW_PASSWORD: &str = "outra-senha-bem-longa-456";
+    manager
+        .submit(
+            "/admin/account",
+            "/admin/account/password",
+            &[
+                ("current", PASSWORD_FOR_TESTS),
+                ("new", NEW_PASSWORD),
+                ("confirm", NEW_PASSWORD),
+            ],
+        )
+        .await;
+
+    // The previous release, on the same database, reached with the same cookies.
+    let previous = process_of(&previous_binary(), p_port, &db.url, &fake.base_url(), &[]);
+    let p_base = format!("http://127.0.0.1:{p_port}");
+    wait_ready(&client, &p_base).await;
+    let there = |admin: &Admin| Admin {
+        client: admin.client.clone(),
+        base: p_base.clone(),
+        origin: p_base.clone(),
+    };
+    assert_eq!(
+        there(&owner).get("/admin/users").await.0,
+        StatusCode::OK,
+        "a global admin's session works on both releases"
+    );
+    let (status, _) = there(&manager).get("/admin/users").await;
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "the previous release took a distributor's admin's session as a global admin's"
+    );
+    let fresh = Admin::at(&p_base);
+    let res = fresh.sign_in_as("gerente@sul.com.br", NEW_PASSWORD).await;
+    assert_ne!(
+        res.status(),
+        StatusCode::SEE_OTHER,
+        "the previous release signed a distributor's admin in as a global admin"
+    );
+    assert_eq!(fresh.get("/admin/users").await.0, StatusCode::SEE_OTHER);
+    let res = Admin::at(&p_base)
+        .sign_in_as("dona@solaris.com.br", PASSWORD_FOR_TESTS)
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+
+    // This release still lets the distributor's admin in, to its own scope.
+    let again = Admin::at(&n_base);
+    let res = again.sign_in_as("gerente@sul.com.br", NEW_PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(again.get("/admin/weights").await.0, StatusCode::NOT_FOUND);
+    drop((previous, new));
+}
+
+/// The release that brought distributors stored its distributors' admins' hashes
+/// unmarked: the migration marks them (and only them), and they still sign in.
+#[actix_web::test]
+async fn the_migration_marks_distributors_admins_stored_unmarked() {
+    use diesel::RunQueryDsl;
+    use tokengate::admin::accounts::by_email;
+    let app = spawn_app(TestOptions::default()).await;
+    let ledger = app.ledger();
+    let sul = named_distributor(ledger, "Rede Sul", "tg-upgrade-sul-key-0123456789");
+    add_admin_of(ledger, "gerente@sul.com.br", Some(sul));
+    add_admin_of(ledger, "dona@solaris.com.br", None);
+    let mut conn = ledger.db().conn().unwrap();
+    diesel::sql_query(
+        "UPDATE admins SET password_hash = substr(password_hash, 8) \
+         WHERE password_hash LIKE 'scoped:%'",
+    )
+    .execute(&mut *conn)
+    .unwrap();
+    assert!(
+        by_email(ledger.db(), "gerente@sul.com.br")
+            .unwrap()
+            .unwrap()
+            .password_hash
+            .starts_with("$argon2id$")
+    );
+    diesel::sql_query("DELETE FROM __diesel_schema_migrations WHERE version = '20261210000001'")
+        .execute(&mut *conn)
+        .unwrap();
+    let applied = tokengate::db::run_migrations(&mut conn).unwrap();
+    assert_eq!(applied, ["20261210000001"]);
+    drop(conn);
+    let hash = |email: &str| by_email(ledger.db(), email).unwrap().unwrap().password_hash;
+    assert!(hash("gerente@sul.com.br").starts_with("scoped:$argon2id$"));
+    assert!(hash("dona@solaris.com.br").starts_with("$argon2id$"));
+    crate::admin::signed_in_admin_of(&app, "gerente@sul.com.br").await;
+    crate::admin::signed_in_admin_of(&app, "dona@solaris.com.br").await;
+}
