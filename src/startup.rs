@@ -223,7 +223,8 @@ impl Application {
 }
 
 /// The instance's background duty, every `TOKENGATE_HEARTBEAT_SECS`: prove it is
-/// alive, keep the holds of its long requests alive, and release the holds of
+/// alive, keep the holds of its long requests alive, turn the cycle when a new one
+/// starts (recording what the last one's plans brought), and release the holds of
 /// instances that died. Should another process have claimed this instance's id
 /// meanwhile, this one stops.
 ///
@@ -240,6 +241,7 @@ async fn keep_alive(state: web::Data<AppState>, server: actix_web::dev::ServerHa
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut healthy_since: Option<std::time::Instant> = None;
     let mut last_beat: Option<std::time::Instant> = None;
+    let mut turned: Option<crate::domain::Cycle> = None;
     loop {
         tick.tick().await;
         let ledger = state.ledger.clone();
@@ -268,6 +270,7 @@ async fn keep_alive(state: web::Data<AppState>, server: actix_web::dev::ServerHa
                     healthy_since = Some(now);
                 }
                 last_beat = Some(now);
+                turned = turn_cycles(&state, turned).await;
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "heartbeat failed");
@@ -291,6 +294,32 @@ async fn keep_alive(state: web::Data<AppState>, server: actix_web::dev::ServerHa
             Err(_) => tracing::warn!("sweep task was cancelled"),
         }
         state.metrics.record_sweep();
+    }
+}
+
+/// Turns the cycle unless this instance already did for the current one; returns
+/// the cycle turned for.
+async fn turn_cycles(
+    state: &web::Data<AppState>,
+    turned: Option<crate::domain::Cycle>,
+) -> Option<crate::domain::Cycle> {
+    let current = state.ledger.current_cycle();
+    if turned == Some(current) {
+        return turned;
+    }
+    let ledger = state.ledger.clone();
+    match web::block(move || ledger.turn_cycles()).await {
+        Ok(Ok(closed)) => {
+            if !closed.is_empty() {
+                tracing::info!(cycles = ?closed, "closed cycles: their plans' revenue is recorded");
+            }
+            Some(current)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "turning the cycle failed; trying again at the next beat");
+            turned
+        }
+        Err(_) => turned,
     }
 }
 

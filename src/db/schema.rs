@@ -337,6 +337,24 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    cycle_closings (cycle) {
+        cycle -> Text,
+        opened_at -> Timestamp,
+        closed_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    cycle_plans (cycle, user_id) {
+        cycle -> Text,
+        user_id -> BigInt,
+        plan_id -> BigInt,
+        distributor_id -> BigInt,
+        monthly_price -> Nullable<BigInt>,
+    }
+}
+
 diesel::joinable!(users -> plans (plan_id));
 diesel::joinable!(users -> distributors (distributor_id));
 diesel::joinable!(client_keys -> distributors (distributor_id));
@@ -357,6 +375,8 @@ diesel::joinable!(ledger -> users (user_id));
 diesel::joinable!(usage_records -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    cycle_closings,
+    cycle_plans,
     distributors,
     client_keys,
     pool_charges,

@@ -18,6 +18,14 @@ impl Cycle {
         }
     }
 
+    /// The cycle of a local date.
+    pub fn of_date(date: NaiveDate) -> Self {
+        Self {
+            year: date.year(),
+            month: date.month(),
+        }
+    }
+
     /// Parses the stored form `YYYY-MM`.
     pub fn parse(s: &str) -> Option<Self> {
         let (y, m) = s.split_once('-')?;

@@ -11,6 +11,7 @@ mod plans;
 pub mod reports;
 mod requests;
 mod reserve;
+pub mod revenue;
 mod scope;
 mod settle;
 pub mod stats;
@@ -1037,6 +1038,15 @@ impl Ledger {
         self.db.write_blocking(move |c| tx::heartbeat(c, &id, &run))
     }
 
+    /// Opens the current cycle and closes those before it, recording what their
+    /// paying users' plans brought (`revenue`). Every instance calls it as it
+    /// beats; the first to see a new cycle does the closing. Returns the cycles
+    /// closed.
+    pub fn turn_cycles(&self) -> Result<Vec<String>, StoreError> {
+        let ctx = tx::Ctx::new(self.now(), self.tz);
+        self.db.write_blocking(move |c| revenue::turn(c, &ctx))
+    }
+
     /// Keeps the holds of requests still running (`request_ids`, this instance's)
     /// alive for another `TOKENGATE_HOLD_MAX_AGE_SECS`: a generation may outlast it.
     pub fn extend_holds(&self, request_ids: Vec<String>) -> Result<usize, StoreError> {
@@ -1187,19 +1197,14 @@ impl Ledger {
             period,
             reports::GroupBy::Conversation,
             Some(user_id),
+            self.current_cycle(),
         )
     }
 
     /// Whom the user's distributor sends its users to, if it says.
     pub fn contact_of(&self, user_id: i64) -> Result<Option<String>, StoreError> {
         let mut conn = self.db.conn()?;
-        Ok(crate::db::schema::users::table
-            .inner_join(crate::db::schema::distributors::table)
-            .filter(crate::db::schema::users::id.eq(user_id))
-            .select(crate::db::schema::distributors::contact)
-            .first::<Option<String>>(&mut conn)
-            .optional()?
-            .flatten())
+        distributors::contact_of(&mut conn, user_id)
     }
 
     /// What the user spent per local day of the current cycle, up to today.

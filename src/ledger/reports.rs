@@ -11,7 +11,7 @@
 
 use crate::db::schema::{distributors, ledger, plans, usage_records, users};
 use crate::db::{AnyConnection, StoreError};
-use crate::domain::Scope;
+use crate::domain::{Cycle, Scope};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 use diesel::dsl::sql;
@@ -111,6 +111,9 @@ pub struct ReportRow {
     pub overage_tokens: i64,
     /// In micro-reais.
     pub overage_cost: i64,
+    /// What plan prices brought in the cycles the period touches (centavos), for
+    /// the groupings they divide into: plan, distributor, user.
+    pub revenue: Option<i64>,
 }
 
 #[derive(QueryableByName)]
@@ -144,6 +147,7 @@ pub(super) fn report(
     period: Period,
     group: GroupBy,
     user: Option<i64>,
+    current: Cycle,
 ) -> Result<Vec<ReportRow>, StoreError> {
     let (from, to) = period.bounds(tz);
     // Days are grouped by UTC hour in SQL and folded into local days below.
@@ -204,9 +208,15 @@ pub(super) fn report(
                 charged: s.charged,
                 overage_tokens: s.overage_tokens,
                 overage_cost: s.overage_cost,
+                revenue: None,
             })
             .collect()
     };
+    if let Some(revenue) = super::revenue::by_key(c, scope, period, group, user, current)? {
+        // Every plan and distributor that brought revenue is listed; users only
+        // when they used something (every paying user would be a row).
+        add_revenue(&mut rows, revenue, group != GroupBy::User);
+    }
     label(c, group, &mut rows)?;
     if group != GroupBy::Day {
         rows.sort_by(|a, b| {
@@ -216,6 +226,28 @@ pub(super) fn report(
         });
     }
     Ok(rows)
+}
+
+/// Each row's revenue, and with `unused`, a row (with no use) for each key that
+/// brought revenue without using anything.
+fn add_revenue(rows: &mut Vec<ReportRow>, mut revenue: BTreeMap<String, i64>, unused: bool) {
+    for row in rows.iter_mut() {
+        row.revenue = Some(revenue.remove(&row.key).unwrap_or(0));
+    }
+    if !unused {
+        return;
+    }
+    rows.extend(revenue.into_iter().map(|(key, centavos)| ReportRow {
+        label: key.clone(),
+        key,
+        requests: 0,
+        input_tokens: 0,
+        output_tokens: 0,
+        charged: 0,
+        overage_tokens: 0,
+        overage_cost: 0,
+        revenue: Some(centavos),
+    }));
 }
 
 /// Hours folded into the period's local days, every day listed.
@@ -235,6 +267,7 @@ fn by_local_day(sums: Vec<Sums>, tz: Tz, period: Period) -> Vec<ReportRow> {
                 charged: 0,
                 overage_tokens: 0,
                 overage_cost: 0,
+                revenue: None,
             },
         );
         match day.succ_opt() {

@@ -276,7 +276,25 @@ impl Scoped {
         group: reports::GroupBy,
     ) -> Result<Vec<reports::ReportRow>, StoreError> {
         let mut conn = self.ledger.db.conn()?;
-        reports::report(&mut conn, self.scope, self.ledger.tz, period, group, None)
+        reports::report(
+            &mut conn,
+            self.scope,
+            self.ledger.tz,
+            period,
+            group,
+            None,
+            self.ledger.current_cycle(),
+        )
+    }
+
+    /// Which cycles `period` touches, and whether each one's revenue is live,
+    /// recorded at its close, or unknown.
+    pub fn revenue_cycles(
+        &self,
+        period: reports::Period,
+    ) -> Result<super::revenue::RevenueCycles, StoreError> {
+        let mut conn = self.ledger.db.conn()?;
+        super::revenue::cycles(&mut conn, period, self.ledger.current_cycle())
     }
 
     /// User `id`'s use in `period` per LibreChat conversation.
@@ -294,6 +312,7 @@ impl Scoped {
             period,
             reports::GroupBy::Conversation,
             Some(id),
+            self.ledger.current_cycle(),
         )?)
     }
 

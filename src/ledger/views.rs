@@ -483,12 +483,7 @@ pub(super) fn plans(c: &mut Conn, scope: Scope, cycle: &str) -> QueryResult<Vec<
     // Who pays: not suspended, and not a service's account (LibreChat's RAG API).
     let active: Vec<(i64, i64)> = users::table
         .filter(users::distributor_id.between(lo, hi))
-        .filter(users::suspended_at.is_null())
-        .filter(
-            users::external_id
-                .is_null()
-                .or(users::external_id.not_like("service:%")),
-        )
+        .filter(super::revenue::paying())
         .group_by(users::plan_id)
         .select((users::plan_id, diesel::dsl::count_star()))
         .load(c)?;

@@ -7,6 +7,7 @@ use crate::admin::{Admin, signed_in_admin_of};
 use crate::helpers::*;
 use reqwest::StatusCode;
 use tokengate::domain::DistributorId;
+use tokengate::ledger::Actor;
 
 const KEY_ALFA: &str = "tg-reports-alfa-key-0123456789";
 
@@ -370,4 +371,127 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
+}
+
+/// Revenue from plan prices over any period: the current cycle's is live, a past
+/// cycle's is what its paying users' plans were when it closed (a later plan change
+/// does not rewrite it), and a cycle without a record says so. Two instances see
+/// the month turn; the month is recorded once.
+#[actix_web::test]
+async fn revenue_of_past_cycles_is_what_their_plans_brought_when_they_closed() {
+    use chrono::{TimeZone, Utc};
+    use std::time::Duration;
+    use tokengate::domain::Brl;
+    use tokengate::ledger::parse_user_ref;
+    let fast = vec![("TOKENGATE_HEARTBEAT_SECS", "0.1".to_owned())];
+    let a = spawn_app(TestOptions {
+        env: fast.clone(),
+        start: mid_november(),
+        ..TestOptions::default()
+    })
+    .await;
+    let b = spawn_replica_with(
+        &a,
+        TestOptions {
+            env: fast,
+            start: mid_november(),
+            ..TestOptions::default()
+        },
+    )
+    .await;
+    let priced = |name: &str, centavos: i64| {
+        let mut spec = plan_spec(name, 1_000_000);
+        spec.monthly_price = Brl::from_centavos(centavos);
+        spec
+    };
+    let ledger = a.ledger();
+    let basico = ledger
+        .create_plan(&priced("Básico", 3_000), true, &Actor::Cli)
+        .unwrap();
+    let pro = ledger
+        .create_plan(&priced("Pro", 9_000), false, &Actor::Cli)
+        .unwrap();
+    for (user, email) in [
+        ("65f1c0ffee0000000000f101", "u1@direta.com.br"),
+        ("65f1c0ffee0000000000f102", "u2@direta.com.br"),
+        ("65f1c0ffee0000000000f103", "u3@direta.com.br"),
+        ("65f1c0ffee0000000000f104", "u4@direta.com.br"),
+    ] {
+        chat(&a, CLIENT_KEY, user, email, "fill", "c").await;
+    }
+    let id = |email: &str| a.user_id(email);
+    ledger
+        .change_plan(id("u3@direta.com.br"), pro, &Actor::Cli)
+        .unwrap();
+    // A suspended user pays nothing.
+    ledger
+        .set_suspended(&parse_user_ref("u4@direta.com.br"), true, &Actor::Cli)
+        .unwrap();
+
+    // December: both instances see the month turn.
+    let december = Utc.with_ymd_and_hms(2026, 12, 10, 12, 0, 0).unwrap();
+    a.set_clock(december);
+    b.set_clock(december);
+    let admin = Admin::signed_in(&a).await;
+    let november = "/admin/reports?group=plan&from=2026-11-01&to=2026-11-30";
+    wait_until(Duration::from_secs(30), || {
+        let admin = &admin;
+        async move { !admin.page(november).await.contains("Sem registro") }
+    })
+    .await;
+    // After November closed, a user moves to Pro: November stays as it was.
+    ledger
+        .change_plan(id("u2@direta.com.br"), pro, &Actor::Cli)
+        .unwrap();
+    let revenue_of = |html: &str| -> Vec<(String, String)> {
+        cells(html, "report")
+            .into_iter()
+            .map(|r| (r[0].clone(), r.last().unwrap().clone()))
+            .collect()
+    };
+    let html = admin.page(november).await;
+    let mut rows = revenue_of(&html);
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            ("Básico".to_owned(), "R$ 60,00".to_owned()),
+            ("Pro".to_owned(), "R$ 90,00".to_owned())
+        ],
+        "November: Básico twice, Pro once, nobody suspended"
+    );
+    assert_eq!(by_id(&html, "total-revenue"), "R$ 150,00");
+    let december_page = admin
+        .page("/admin/reports?group=plan&from=2026-12-01&to=2026-12-31")
+        .await;
+    assert_eq!(by_id(&december_page, "total-revenue"), "R$ 210,00");
+    assert!(by_id(&december_page, "revenue-note").contains("2026-12 (atual, até agora)"));
+    let both = admin
+        .page("/admin/reports?group=plan&from=2026-11-01&to=2026-12-31")
+        .await;
+    assert_eq!(by_id(&both, "total-revenue"), "R$ 360,00");
+    // A plan with no use in the period is listed for its revenue.
+    let quiet = admin
+        .page("/admin/reports?group=plan&from=2026-12-01&to=2026-12-05")
+        .await;
+    assert_eq!(revenue_of(&quiet).len(), 2, "{quiet}");
+    // Per user: what each one's plan brought.
+    let users = cells(
+        &admin
+            .page("/admin/reports?group=user&from=2026-11-01&to=2026-12-31")
+            .await,
+        "report",
+    );
+    let u2 = users.iter().find(|r| r[0] == "u2@direta.com.br").unwrap();
+    assert_eq!(u2.last().unwrap(), "R$ 120,00", "{users:?}");
+    // October has no record: said, not guessed.
+    let october = admin
+        .page("/admin/reports?group=plan&from=2026-10-01&to=2026-11-30")
+        .await;
+    assert!(
+        by_id(&october, "revenue-note").contains("Sem registro (não contados): 2026-10"),
+        "{october}"
+    );
+    assert_eq!(by_id(&october, "total-revenue"), "R$ 150,00");
+    assert_ne!(basico, pro);
 }

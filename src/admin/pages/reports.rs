@@ -7,8 +7,10 @@ use crate::admin::AdminError;
 use crate::admin::session::SignedIn;
 use crate::admin::views::{self, Nav};
 use crate::config::Locale;
+use crate::domain::Cycle;
 use crate::domain::money::format_micro;
 use crate::ledger::reports::{GroupBy, Period, ReportRow};
+use crate::ledger::revenue::RevenueCycles;
 use crate::startup::AppState;
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
@@ -71,30 +73,19 @@ pub async fn show(
         None if q.group.is_empty() => GroupBy::Day,
         None => return Err(AdminError::BadRequest),
     };
-    let (rows, days, plans, distributors) = with_scoped(&state, &me, move |ledger| {
+    let (rows, days, cycles, distributors) = with_scoped(&state, &me, move |ledger| {
         let rows = ledger.report(period, group)?;
         let days = ledger.report(period, GroupBy::Day)?;
-        // Revenue comes from plan prices, counted for the current cycle.
-        let plans = ledger.plans()?;
+        let cycles = ledger.revenue_cycles(period)?;
         let distributors = ledger.distributors()?;
-        Ok::<_, crate::db::StoreError>((rows, days, plans, distributors))
+        Ok::<_, crate::db::StoreError>((rows, days, cycles, distributors))
     })
     .await?;
-    let revenue = |r: &ReportRow| -> Option<i64> {
-        let id = r.key.parse::<i64>().ok()?;
-        match group {
-            GroupBy::Plan => plans
-                .iter()
-                .find(|p| p.id == id)
-                .map(|p| p.revenue_this_cycle),
-            GroupBy::Distributor => distributors
-                .iter()
-                .find(|d| d.id == id)
-                .map(|d| d.revenue_this_cycle),
-            _ => None,
-        }
-    };
-    let with_revenue = matches!(group, GroupBy::Plan | GroupBy::Distributor);
+    let with_revenue = matches!(group, GroupBy::Plan | GroupBy::Distributor | GroupBy::User);
+    // Every plan and distributor that brought revenue is a row; users only when
+    // they used something, so their column has no total.
+    let revenue_total = matches!(group, GroupBy::Plan | GroupBy::Distributor)
+        .then(|| rows.iter().filter_map(|r| r.revenue).sum::<i64>());
     let chart: Vec<(NaiveDate, i64)> = days
         .iter()
         .filter_map(|d| {
@@ -143,7 +134,7 @@ pub async fn show(
                     th.num { (l.pick("Tokens cobrados", "Tokens charged")) }
                     th.num { (l.pick("Excedente (tokens)", "Overage (tokens)")) }
                     th.num { (l.pick("Excedente (R$)", "Overage (R$)")) }
-                    @if with_revenue { th.num { (l.pick("Receita do ciclo atual", "Revenue, current cycle")) } }
+                    @if with_revenue { th.num { (l.pick("Receita dos planos", "Plan revenue")) } }
                 } }
                 tbody {
                     @for r in &rows {
@@ -159,7 +150,7 @@ pub async fn show(
                             td.num { (views::tokens(r.charged, l)) }
                             td.num { (views::tokens(r.overage_tokens, l)) }
                             td.num { (format_micro(r.overage_cost, pt)) }
-                            @if with_revenue { td.num { @if let Some(c) = revenue(r) { (views::reais(c, l)) } } }
+                            @if with_revenue { td.num { @if let Some(c) = r.revenue { (views::reais(c, l)) } } }
                         }
                     }
                 }
@@ -171,9 +162,10 @@ pub async fn show(
                     th.num #total-charged { (views::tokens(sum(|r| r.charged), l)) }
                     th.num { (views::tokens(sum(|r| r.overage_tokens), l)) }
                     th.num { (format_micro(sum(|r| r.overage_cost), pt)) }
-                    @if with_revenue { th.num {} }
+                    @if with_revenue { th.num #total-revenue { @if let Some(c) = revenue_total { (views::reais(c, l)) } } }
                 } }
             }
+            @if with_revenue { p.muted #revenue-note { (revenue_note(&cycles, l)) } }
         }
     };
     Ok(render(
@@ -253,4 +245,37 @@ fn export(
             ),
         ))
         .streaming(stream))
+}
+
+/// What the revenue column covers: the monthly price of each paying user's plan in
+/// every cycle the period touches, and which of those cycles have no record.
+fn revenue_note(cycles: &RevenueCycles, l: Locale) -> String {
+    let month = |c: &Cycle| c.key();
+    let mut text = l
+        .pick(
+            "Receita dos planos: o preço mensal do plano de cada usuário pagante (não suspenso), em cada ciclo que o período toca",
+            "Plan revenue: the monthly price of each paying (not suspended) user's plan, in every cycle the period touches",
+        )
+        .to_owned();
+    let mut parts: Vec<String> = cycles.recorded.iter().map(month).collect();
+    if let Some(live) = &cycles.live {
+        parts.push(format!(
+            "{} ({})",
+            month(live),
+            l.pick("atual, até agora", "current, so far")
+        ));
+    }
+    if !parts.is_empty() {
+        text.push_str(": ");
+        text.push_str(&parts.join(", "));
+    }
+    text.push('.');
+    if !cycles.unrecorded.is_empty() {
+        let missing: Vec<String> = cycles.unrecorded.iter().map(month).collect();
+        text.push(' ');
+        text.push_str(l.pick("Sem registro (não contados): ", "No record (not counted): "));
+        text.push_str(&missing.join(", "));
+        text.push('.');
+    }
+    text
 }

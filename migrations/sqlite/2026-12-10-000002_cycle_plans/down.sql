@@ -1,0 +1,2 @@
+DROP TABLE cycle_plans;
+DROP TABLE cycle_closings;

@@ -1,0 +1,191 @@
+//! Revenue from plan prices, per cycle: the monthly price of the plan of each
+//! paying user (not suspended, not a service's account).
+//!
+//! The current cycle's is read live. A past cycle's is what was recorded when it
+//! closed: the first instance to see a new cycle (`turn`) closes the cycles before
+//! it, writing each paying user's plan and price to `cycle_plans`, so later plan
+//! changes never rewrite a month already sold. A cycle that no instance of this
+//! release saw open has no record, and reports say so.
+
+use super::reports::{GroupBy, Period};
+use super::tx::Ctx;
+use crate::db::schema::{cycle_closings, cycle_plans, plans, users};
+use crate::db::statement::on_backend;
+use crate::db::{AnyConnection, StoreError};
+use crate::domain::{Cycle, Scope};
+use diesel::dsl::sql;
+use diesel::expression::SqlLiteral;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Text};
+use std::collections::BTreeMap;
+
+type Conn = AnyConnection;
+
+/// Who pays for their plan, as SQL on `users`: one definition for the live revenue,
+/// the plans page and the record of a closed cycle.
+const PAYING: &str = "users.suspended_at IS NULL \
+     AND (users.external_id IS NULL OR users.external_id NOT LIKE 'service:%')";
+
+pub(super) fn paying() -> SqlLiteral<Bool> {
+    sql(PAYING)
+}
+
+/// Opens the current cycle, once, and closes every earlier one still open,
+/// recording its paying users' plans as they stand. Returns the cycles it closed.
+/// Instances that turn at once close each cycle once: only the one whose update
+/// marks it closed records it.
+pub(super) fn turn(c: &mut Conn, ctx: &Ctx) -> Result<Vec<String>, StoreError> {
+    let open_current = diesel::insert_into(cycle_closings::table)
+        .values((
+            cycle_closings::cycle.eq(&ctx.cycle_key),
+            cycle_closings::opened_at.eq(ctx.now),
+        ))
+        .on_conflict_do_nothing();
+    on_backend!(c, |c| open_current.execute(c))?;
+    let open: Vec<String> = cycle_closings::table
+        .filter(cycle_closings::cycle.lt(&ctx.cycle_key))
+        .filter(cycle_closings::closed_at.is_null())
+        .select(cycle_closings::cycle)
+        .load(c)?;
+    let mut closed = Vec::new();
+    for cycle in open {
+        let won = diesel::update(
+            cycle_closings::table
+                .filter(cycle_closings::cycle.eq(&cycle))
+                .filter(cycle_closings::closed_at.is_null()),
+        )
+        .set(cycle_closings::closed_at.eq(ctx.now))
+        .execute(c)?;
+        if won == 0 {
+            continue;
+        }
+        diesel::insert_into(cycle_plans::table)
+            .values(
+                users::table
+                    .inner_join(plans::table)
+                    .filter(paying())
+                    .select((
+                        cycle.clone().into_sql::<Text>(),
+                        users::id,
+                        users::plan_id,
+                        users::distributor_id,
+                        plans::monthly_price,
+                    )),
+            )
+            .into_columns((
+                cycle_plans::cycle,
+                cycle_plans::user_id,
+                cycle_plans::plan_id,
+                cycle_plans::distributor_id,
+                cycle_plans::monthly_price,
+            ))
+            .execute(c)?;
+        closed.push(cycle);
+    }
+    Ok(closed)
+}
+
+/// The cycles a period touches, and where each one's revenue comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevenueCycles {
+    /// The current cycle, when the period touches it: read live, so far.
+    pub live: Option<Cycle>,
+    /// Past cycles recorded when they closed.
+    pub recorded: Vec<Cycle>,
+    /// Past cycles without a record (before this release ran, or never opened).
+    pub unrecorded: Vec<Cycle>,
+}
+
+/// Where the revenue of the cycles `period` touches comes from.
+pub(super) fn cycles(
+    c: &mut Conn,
+    period: Period,
+    current: Cycle,
+) -> Result<RevenueCycles, StoreError> {
+    let mut touched = Vec::new();
+    let (mut cycle, last) = (Cycle::of_date(period.from), Cycle::of_date(period.to));
+    while cycle <= last {
+        touched.push(cycle);
+        cycle = cycle.next();
+    }
+    let keys: Vec<String> = touched.iter().map(Cycle::key).collect();
+    let closed: Vec<String> = cycle_closings::table
+        .filter(cycle_closings::cycle.eq_any(&keys))
+        .filter(cycle_closings::closed_at.is_not_null())
+        .select(cycle_closings::cycle)
+        .load(c)?;
+    let mut out = RevenueCycles::default();
+    for cycle in touched {
+        if cycle == current {
+            out.live = Some(cycle);
+        } else if closed.contains(&cycle.key()) {
+            out.recorded.push(cycle);
+        } else {
+            out.unrecorded.push(cycle);
+        }
+    }
+    Ok(out)
+}
+
+#[derive(QueryableByName)]
+struct Revenue {
+    #[diesel(sql_type = Text)]
+    key: String,
+    #[diesel(sql_type = BigInt)]
+    centavos: i64,
+}
+
+/// The revenue (centavos) of the cycles `period` touches, per plan, distributor or
+/// user (`None` for the other groupings, which plan prices do not divide into),
+/// within `scope` (of one user, with `user`).
+pub(super) fn by_key(
+    c: &mut Conn,
+    scope: Scope,
+    period: Period,
+    group: GroupBy,
+    user: Option<i64>,
+    current: Cycle,
+) -> Result<Option<BTreeMap<String, i64>>, StoreError> {
+    let column = match group {
+        GroupBy::Plan => "plan_id",
+        GroupBy::Distributor => "distributor_id",
+        GroupBy::User => "user_id",
+        GroupBy::Model | GroupBy::Day | GroupBy::Conversation => return Ok(None),
+    };
+    let cycles = cycles(c, period, current)?;
+    let (lo, hi) = scope.bounds();
+    // Only ids and cycle keys tokengate formats itself are written into the SQL.
+    let mut queries = Vec::new();
+    if !cycles.recorded.is_empty() {
+        let keys: Vec<String> = cycles.recorded.iter().map(|c| format!("'{c}'")).collect();
+        let of_user = user.map_or(String::new(), |id| format!(" AND user_id = {id}"));
+        queries.push(format!(
+            "SELECT CAST({column} AS TEXT) AS key, \
+             CAST(COALESCE(SUM(monthly_price), 0) AS BIGINT) AS centavos \
+             FROM cycle_plans WHERE cycle IN ({}) \
+             AND distributor_id BETWEEN {lo} AND {hi}{of_user} GROUP BY 1",
+            keys.join(", ")
+        ));
+    }
+    if cycles.live.is_some() {
+        let column = if column == "user_id" { "id" } else { column };
+        let of_user = user.map_or(String::new(), |id| format!(" AND users.id = {id}"));
+        queries.push(format!(
+            "SELECT CAST(users.{column} AS TEXT) AS key, \
+             CAST(COALESCE(SUM(plans.monthly_price), 0) AS BIGINT) AS centavos \
+             FROM users JOIN plans ON plans.id = users.plan_id WHERE {PAYING} \
+             AND users.distributor_id BETWEEN {lo} AND {hi}{of_user} GROUP BY 1"
+        ));
+    }
+    let mut sums = BTreeMap::new();
+    for query in queries {
+        let rows: Vec<Revenue> = match c {
+            AnyConnection::Postgresql(pg) => diesel::sql_query(query).load(pg)?,
+            AnyConnection::Sqlite(lite) => diesel::sql_query(query).load(lite)?,
+        };
+        for row in rows {
+            *sums.entry(row.key).or_insert(0) += row.centavos;
+        }
+    }
+    Ok(Some(sums))
+}
