@@ -299,17 +299,28 @@ fn by_local_day(sums: Vec<Sums>, tz: Tz, period: Period) -> Vec<ReportRow> {
 /// Names the rows' keys: a distributor's or a plan's name, a user's email.
 fn label(c: &mut Conn, group: GroupBy, rows: &mut [ReportRow]) -> Result<(), StoreError> {
     let ids: Vec<i64> = rows.iter().filter_map(|r| r.key.parse().ok()).collect();
-    let names: Vec<(i64, String)> = match group {
+    let names: BTreeMap<i64, String> = names_of(c, group, &ids)?.into_iter().collect();
+    for row in rows.iter_mut() {
+        if let Some(name) = row.key.parse::<i64>().ok().and_then(|id| names.get(&id)) {
+            row.label.clone_from(name);
+        }
+    }
+    Ok(())
+}
+
+/// The names of `ids` of a grouping's kind.
+fn names_of(c: &mut Conn, group: GroupBy, ids: &[i64]) -> Result<Vec<(i64, String)>, StoreError> {
+    Ok(match group {
         GroupBy::Distributor => distributors::table
-            .filter(distributors::id.eq_any(&ids))
+            .filter(distributors::id.eq_any(ids))
             .select((distributors::id, distributors::name))
             .load(c)?,
         GroupBy::Plan => plans::table
-            .filter(plans::id.eq_any(&ids))
+            .filter(plans::id.eq_any(ids))
             .select((plans::id, plans::name))
             .load(c)?,
         GroupBy::User => users::table
-            .filter(users::id.eq_any(&ids))
+            .filter(users::id.eq_any(ids))
             .select((users::id, users::email, users::name, users::external_id))
             .load::<(i64, Option<String>, Option<String>, Option<String>)>(c)?
             .into_iter()
@@ -321,18 +332,7 @@ fn label(c: &mut Conn, group: GroupBy, rows: &mut [ReportRow]) -> Result<(), Sto
             })
             .collect(),
         _ => Vec::new(),
-    };
-    for row in rows.iter_mut() {
-        if let Some((_, name)) = row
-            .key
-            .parse::<i64>()
-            .ok()
-            .and_then(|id| names.iter().find(|(n, _)| *n == id))
-        {
-            row.label = name.clone();
-        }
-    }
-    Ok(())
+    })
 }
 
 /// One usage record as the usage export writes it.

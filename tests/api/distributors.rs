@@ -279,6 +279,13 @@ async fn the_tenant_header_is_refused_from_a_key_not_allowed_to_use_it() {
     let alfa = row(&app, "Alfa");
     assert_eq!((beta.users, alfa.users), (1, 1));
     assert_eq!(app.ledger().list_users().unwrap().len(), 2);
+
+    // The shared key naming no tenant: the key's own distributor (the install's).
+    let (status, body) = chat_with(&app, SHARED_KEY, user, &[], &fill()).await;
+    assert_eq!(status, 200, "{body}");
+    let users = app.ledger().list_users().unwrap();
+    assert_eq!(users.len(), 3);
+    assert!(users.iter().any(|u| u.distributor_id == 1));
 }
 
 /// A key stored beside the running server (the command line) works on its first
