@@ -197,7 +197,7 @@ fn insert_admin(
     Ok(())
 }
 
-pub fn hash_password(password: &str) -> Result<String, BootstrapError> {
+fn hash_password(password: &str) -> Result<String, BootstrapError> {
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).map_err(|e| BootstrapError::Random(e.to_string()))?;
     Argon2::default()

@@ -319,7 +319,10 @@ async fn turn_cycles(
             tracing::warn!(error = %e, "turning the cycle failed; trying again at the next beat");
             turned
         }
-        Err(_) => turned,
+        Err(_) => {
+            tracing::warn!("turning the cycle was cancelled; trying again at the next beat");
+            turned
+        }
     }
 }
 

@@ -414,7 +414,6 @@ pub(super) fn list(c: &mut Conn, ctx: &Ctx) -> Result<Vec<DistributorRow>, Store
     Ok(out)
 }
 
-/// The distributor a user belongs to, and its pool if it has one.
 /// The contact a user's refusals and mails name: their distributor's, when it has
 /// one (`None` for the install's own users, whom the configured support contact
 /// serves).
@@ -428,6 +427,7 @@ pub(crate) fn contact_of(c: &mut Conn, user_id: i64) -> Result<Option<String>, S
         .flatten())
 }
 
+/// The distributor a user belongs to, and its pool if it has one.
 pub(super) fn of_user(c: &mut Conn, user_id: i64) -> Result<(i64, Option<i64>), StoreError> {
     Ok(users::table
         .inner_join(distributors::table)

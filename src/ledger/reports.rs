@@ -237,6 +237,7 @@ fn add_revenue(rows: &mut Vec<ReportRow>, mut revenue: BTreeMap<String, i64>, un
     if !unused {
         return;
     }
+    revenue.retain(|_, centavos| *centavos > 0);
     rows.extend(revenue.into_iter().map(|(key, centavos)| ReportRow {
         label: key.clone(),
         key,

@@ -13,6 +13,7 @@ use crate::db::schema::{cycle_closings, cycle_plans, plans, users};
 use crate::db::statement::on_backend;
 use crate::db::{AnyConnection, StoreError};
 use crate::domain::{Cycle, Scope};
+use chrono::Datelike;
 use diesel::dsl::sql;
 use diesel::expression::SqlLiteral;
 use diesel::prelude::*;
@@ -31,10 +32,20 @@ pub(super) fn paying() -> SqlLiteral<Bool> {
 }
 
 /// Opens the current cycle, once, and closes every earlier one still open,
-/// recording its paying users' plans as they stand. Returns the cycles it closed.
+/// recording the plans of the users it had, as they stand (plan changes and
+/// suspensions are not dated: a cycle closed late, after an outage over the turn
+/// of the month, records them as they are then). Returns the cycles it closed.
 /// Instances that turn at once close each cycle once: only the one whose update
-/// marks it closed records it.
+/// marks it closed records it, and they take the cycles in the same order.
 pub(super) fn turn(c: &mut Conn, ctx: &Ctx) -> Result<Vec<String>, StoreError> {
+    // A replica whose clock is behind the latest cycle opened leaves it all alone:
+    // it would open, and a later turn close, a cycle the others have left.
+    let latest: Option<String> = cycle_closings::table
+        .select(diesel::dsl::max(cycle_closings::cycle))
+        .first(c)?;
+    if latest.is_some_and(|l| l > ctx.cycle_key) {
+        return Ok(Vec::new());
+    }
     let open_current = diesel::insert_into(cycle_closings::table)
         .values((
             cycle_closings::cycle.eq(&ctx.cycle_key),
@@ -45,10 +56,14 @@ pub(super) fn turn(c: &mut Conn, ctx: &Ctx) -> Result<Vec<String>, StoreError> {
     let open: Vec<String> = cycle_closings::table
         .filter(cycle_closings::cycle.lt(&ctx.cycle_key))
         .filter(cycle_closings::closed_at.is_null())
+        .order(cycle_closings::cycle.asc())
         .select(cycle_closings::cycle)
         .load(c)?;
     let mut closed = Vec::new();
     for cycle in open {
+        let Some(ends) = Cycle::parse(&cycle).map(|k| k.ends_at(ctx.tz).naive_utc()) else {
+            continue;
+        };
         let won = diesel::update(
             cycle_closings::table
                 .filter(cycle_closings::cycle.eq(&cycle))
@@ -59,11 +74,13 @@ pub(super) fn turn(c: &mut Conn, ctx: &Ctx) -> Result<Vec<String>, StoreError> {
         if won == 0 {
             continue;
         }
+        // Users who came after the cycle ended were not in it.
         diesel::insert_into(cycle_plans::table)
             .values(
                 users::table
                     .inner_join(plans::table)
                     .filter(paying())
+                    .filter(users::created_at.lt(ends))
                     .select((
                         cycle.clone().into_sql::<Text>(),
                         users::id,
@@ -85,9 +102,13 @@ pub(super) fn turn(c: &mut Conn, ctx: &Ctx) -> Result<Vec<String>, StoreError> {
     Ok(closed)
 }
 
-/// The cycles a period touches, and where each one's revenue comes from.
+/// The cycles a period touches (up to the current one), and where each one's
+/// revenue comes from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RevenueCycles {
+    /// The period starts or ends inside a month: each month it touches still
+    /// counts whole (plan prices are monthly).
+    pub partial: bool,
     /// The current cycle, when the period touches it: read live, so far.
     pub live: Option<Cycle>,
     /// Past cycles recorded when they closed.
@@ -114,9 +135,16 @@ pub(super) fn cycles(
         .filter(cycle_closings::closed_at.is_not_null())
         .select(cycle_closings::cycle)
         .load(c)?;
-    let mut out = RevenueCycles::default();
+    let whole_months =
+        period.from.day() == 1 && period.to.succ_opt().is_none_or(|next| next.day() == 1);
+    let mut out = RevenueCycles {
+        partial: !whole_months,
+        ..RevenueCycles::default()
+    };
     for cycle in touched {
-        if cycle == current {
+        if cycle > current {
+            break;
+        } else if cycle == current {
             out.live = Some(cycle);
         } else if closed.contains(&cycle.key()) {
             out.recorded.push(cycle);

@@ -427,6 +427,21 @@ async fn revenue_of_past_cycles_is_what_their_plans_brought_when_they_closed() {
     ledger
         .set_suspended(&parse_user_ref("u4@direta.com.br"), true, &Actor::Cli)
         .unwrap();
+    // A user who came on December 2nd, before anything saw the month turn (as
+    // after an outage over it): not November's.
+    ledger
+        .db()
+        .write_blocking(|c| {
+            diesel::connection::SimpleConnection::batch_execute(
+                c,
+                "INSERT INTO users (external_id, email, plan_id, created_at, updated_at) \
+                 VALUES ('65f1c0ffee0000000000f105', 'u5@direta.com.br', \
+                 (SELECT id FROM plans WHERE name = 'Básico'), \
+                 '2026-12-02 12:00:00', '2026-12-02 12:00:00')",
+            )?;
+            Ok::<_, tokengate::db::StoreError>(())
+        })
+        .unwrap();
 
     // December: both instances see the month turn.
     let december = Utc.with_ymd_and_hms(2026, 12, 10, 12, 0, 0).unwrap();
@@ -458,23 +473,26 @@ async fn revenue_of_past_cycles_is_what_their_plans_brought_when_they_closed() {
             ("Básico".to_owned(), "R$ 60,00".to_owned()),
             ("Pro".to_owned(), "R$ 90,00".to_owned())
         ],
-        "November: Básico twice, Pro once, nobody suspended"
+        "November: Básico twice, Pro once, nobody suspended nor come later"
     );
     assert_eq!(by_id(&html, "total-revenue"), "R$ 150,00");
+    assert!(!by_id(&html, "revenue-note").contains("meio de um mês"));
     let december_page = admin
         .page("/admin/reports?group=plan&from=2026-12-01&to=2026-12-31")
         .await;
-    assert_eq!(by_id(&december_page, "total-revenue"), "R$ 210,00");
+    assert_eq!(by_id(&december_page, "total-revenue"), "R$ 240,00");
     assert!(by_id(&december_page, "revenue-note").contains("2026-12 (atual, até agora)"));
     let both = admin
         .page("/admin/reports?group=plan&from=2026-11-01&to=2026-12-31")
         .await;
-    assert_eq!(by_id(&both, "total-revenue"), "R$ 360,00");
-    // A plan with no use in the period is listed for its revenue.
+    assert_eq!(by_id(&both, "total-revenue"), "R$ 390,00");
+    // A plan with no use in the period is listed for its revenue; a part of a
+    // month counts the month whole, and says so.
     let quiet = admin
         .page("/admin/reports?group=plan&from=2026-12-01&to=2026-12-05")
         .await;
     assert_eq!(revenue_of(&quiet).len(), 2, "{quiet}");
+    assert!(by_id(&quiet, "revenue-note").contains("começa ou termina no meio de um mês"));
     // Per user: what each one's plan brought.
     let users = cells(
         &admin
@@ -493,4 +511,13 @@ async fn revenue_of_past_cycles_is_what_their_plans_brought_when_they_closed() {
         "{october}"
     );
     assert_eq!(by_id(&october, "total-revenue"), "R$ 150,00");
+    // A replica whose clock says October opens nothing: October stays unrecorded
+    // whoever turns next.
+    b.set_clock(Utc.with_ymd_and_hms(2026, 10, 20, 12, 0, 0).unwrap());
+    assert!(b.ledger().turn_cycles().unwrap().is_empty());
+    assert!(a.ledger().turn_cycles().unwrap().is_empty());
+    let october = admin
+        .page("/admin/reports?group=plan&from=2026-10-01&to=2026-11-30")
+        .await;
+    assert!(by_id(&october, "revenue-note").contains("Sem registro (não contados): 2026-10"));
 }

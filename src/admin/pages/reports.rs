@@ -270,6 +270,13 @@ fn revenue_note(cycles: &RevenueCycles, l: Locale) -> String {
         text.push_str(&parts.join(", "));
     }
     text.push('.');
+    if cycles.partial {
+        text.push(' ');
+        text.push_str(l.pick(
+            "O período começa ou termina no meio de um mês: cada mês que ele toca conta inteiro.",
+            "The period starts or ends inside a month: each month it touches counts whole.",
+        ));
+    }
     if !cycles.unrecorded.is_empty() {
         let missing: Vec<String> = cycles.unrecorded.iter().map(month).collect();
         text.push(' ');
