@@ -221,6 +221,24 @@ pub fn stored_hash(password: &str, distributor: Option<i64>) -> Result<String, B
     })
 }
 
+/// Marks the stored hash of every distributor's admin that lacks the mark (stored
+/// by the release that brought distributors, or set by hand), at every start:
+/// before this instance serves, no such admin is left for an older release to let
+/// in. Returns how many were marked.
+pub fn mark_distributor_admins(db: &Database) -> Result<usize, BootstrapError> {
+    let unmarked = format!("{DISTRIBUTOR_ADMIN_MARK}%");
+    let marked = format!("'{DISTRIBUTOR_ADMIN_MARK}' || password_hash");
+    db.write_blocking(move |c| {
+        Ok(diesel::update(
+            admins::table
+                .filter(admins::distributor_id.is_not_null())
+                .filter(admins::password_hash.not_like(&unmarked)),
+        )
+        .set(admins::password_hash.eq(diesel::dsl::sql::<diesel::sql_types::Text>(&marked)))
+        .execute(c)?)
+    })
+}
+
 /// Checks a password against a stored hash, marked or not.
 pub fn verify_password(password: &str, stored: &str) -> bool {
     let hash = stored
