@@ -208,7 +208,8 @@ fn hash_password(password: &str) -> Result<String, BootstrapError> {
 
 /// Marks the stored hash of a distributor's admin. Releases before distributors take
 /// every admin for a global one; they cannot parse a marked hash, so a distributor's
-/// admin can never sign in to them, even after a rollback (docs/upgrades.md).
+/// admin can never sign in to them, even after a rollback (docs/upgrades.md). The
+/// database refuses a distributor's admin whose hash lacks it.
 const DISTRIBUTOR_ADMIN_MARK: &str = "scoped:";
 
 /// The hash to store for an admin's password: marked when the admin is a
@@ -218,24 +219,6 @@ pub fn stored_hash(password: &str, distributor: Option<i64>) -> Result<String, B
     Ok(match distributor {
         Some(_) => format!("{DISTRIBUTOR_ADMIN_MARK}{hash}"),
         None => hash,
-    })
-}
-
-/// Marks the stored hash of every distributor's admin that lacks the mark (stored
-/// by the release that brought distributors, or set by hand), at every start:
-/// before this instance serves, no such admin is left for an older release to let
-/// in. Returns how many were marked.
-pub fn mark_distributor_admins(db: &Database) -> Result<usize, BootstrapError> {
-    let unmarked = format!("{DISTRIBUTOR_ADMIN_MARK}%");
-    let marked = format!("'{DISTRIBUTOR_ADMIN_MARK}' || password_hash");
-    db.write_blocking(move |c| {
-        Ok(diesel::update(
-            admins::table
-                .filter(admins::distributor_id.is_not_null())
-                .filter(admins::password_hash.not_like(&unmarked)),
-        )
-        .set(admins::password_hash.eq(diesel::dsl::sql::<diesel::sql_types::Text>(&marked)))
-        .execute(c)?)
     })
 }
 

@@ -94,13 +94,6 @@ impl Application {
         let mut generated = Generated::default();
         let keys = bootstrap::client_keys(&db, &config, &mut generated)?;
         bootstrap::first_admin(&db, &config, clock.now().naive_utc(), &mut generated)?;
-        let marked = bootstrap::mark_distributor_admins(&db)?;
-        if marked > 0 {
-            tracing::warn!(
-                admins = marked,
-                "distributors' admins had password hashes without the mark that keeps older releases from letting them in; marked now"
-            );
-        }
         print_generated(&generated);
 
         let ledger = Ledger::new(

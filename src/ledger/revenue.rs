@@ -38,12 +38,15 @@ pub(super) fn paying() -> SqlLiteral<Bool> {
 /// Instances that turn at once close each cycle once: only the one whose update
 /// marks it closed records it, and they take the cycles in the same order.
 pub(super) fn turn(c: &mut Conn, ctx: &Ctx) -> Result<Vec<String>, StoreError> {
-    // A replica whose clock is behind the latest cycle opened leaves it all alone:
-    // it would open, and a later turn close, a cycle the others have left.
-    let latest: Option<String> = cycle_closings::table
+    // A replica whose clock is behind a cycle already closed leaves it all alone:
+    // it would open, and a later turn close, a cycle the others have left. (One
+    // whose clock is ahead closes the current cycle early; it cannot stop the
+    // others from opening and closing the cycles after.)
+    let last_closed: Option<String> = cycle_closings::table
+        .filter(cycle_closings::closed_at.is_not_null())
         .select(diesel::dsl::max(cycle_closings::cycle))
         .first(c)?;
-    if latest.is_some_and(|l| l > ctx.cycle_key) {
+    if last_closed.is_some_and(|l| l >= ctx.cycle_key) {
         return Ok(Vec::new());
     }
     let open_current = diesel::insert_into(cycle_closings::table)

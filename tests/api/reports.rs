@@ -520,4 +520,22 @@ async fn revenue_of_past_cycles_is_what_their_plans_brought_when_they_closed() {
         .page("/admin/reports?group=plan&from=2026-10-01&to=2026-11-30")
         .await;
     assert!(by_id(&october, "revenue-note").contains("Sem registro (não contados): 2026-10"));
+    // One whose clock runs ahead to March closes December early, but the others
+    // go on opening and closing the months after.
+    b.set_clock(Utc.with_ymd_and_hms(2027, 3, 10, 12, 0, 0).unwrap());
+    b.ledger().turn_cycles().unwrap();
+    a.set_clock(Utc.with_ymd_and_hms(2027, 1, 10, 12, 0, 0).unwrap());
+    a.ledger().turn_cycles().unwrap();
+    a.set_clock(Utc.with_ymd_and_hms(2027, 2, 10, 12, 0, 0).unwrap());
+    a.ledger().turn_cycles().unwrap();
+    // Two months on, the session has long ended.
+    let admin = Admin::signed_in(&a).await;
+    let january = admin
+        .page("/admin/reports?group=plan&from=2027-01-01&to=2027-01-31")
+        .await;
+    assert!(
+        by_id(&january, "revenue-note").contains(": 2027-01."),
+        "{january}"
+    );
+    assert_eq!(by_id(&january, "total-revenue"), "R$ 240,00");
 }

@@ -209,11 +209,11 @@ async fn a_distributors_admin_is_never_an_admin_of_the_previous_release() {
     drop((previous, new));
 }
 
-/// A distributor's admin whose hash lacks the mark (stored by the release that
-/// brought distributors, or set by hand) is marked as an instance starts, before it
-/// serves; global admins are left as they are, and both still sign in.
+/// The database keeps every distributor's admin's hash marked: it refuses one
+/// written without the mark (by hand, or by a build that does not mark), and the
+/// migration marks those stored before it (and only those); they still sign in.
 #[actix_web::test]
-async fn a_distributors_admin_stored_unmarked_is_marked_at_start() {
+async fn the_database_keeps_every_distributors_admins_hash_marked() {
     use diesel::RunQueryDsl;
     use tokengate::admin::accounts::by_email;
     let app = spawn_app(TestOptions::default()).await;
@@ -222,18 +222,58 @@ async fn a_distributors_admin_stored_unmarked_is_marked_at_start() {
     add_admin_of(ledger, "gerente@sul.com.br", Some(sul));
     add_admin_of(ledger, "dona@solaris.com.br", None);
     let hash = |email: &str| by_email(ledger.db(), email).unwrap().unwrap().password_hash;
+    let global = hash("dona@solaris.com.br");
+    let run = |sql: &str| {
+        diesel::sql_query(sql)
+            .execute(&mut *ledger.db().conn().unwrap())
+            .map_err(|e| e.to_string())
+    };
+    let unmark = "UPDATE admins SET password_hash = substr(password_hash, 8) \
+                  WHERE password_hash LIKE 'scoped:%'";
+    let refused = run(unmark).unwrap_err();
+    assert!(
+        refused.contains("admins_distributor_hash_marked") || refused.contains("marked"),
+        "{refused}"
+    );
+    let insert = format!(
+        "INSERT INTO admins (email, password_hash, created_at, distributor_id) \
+         VALUES ('outro@sul.com.br', '{global}', '2026-11-15 12:00:00', {})",
+        sul.get()
+    );
+    assert!(
+        run(&insert).is_err(),
+        "an unmarked distributor's admin was stored"
+    );
+    assert!(
+        run(&format!(
+            "UPDATE admins SET distributor_id = {} WHERE email = 'dona@solaris.com.br'",
+            sul.get()
+        ))
+        .is_err()
+    );
     assert!(hash("gerente@sul.com.br").starts_with("scoped:$argon2id$"));
-    diesel::sql_query(
-        "UPDATE admins SET password_hash = substr(password_hash, 8) \
-         WHERE password_hash LIKE 'scoped:%'",
-    )
-    .execute(&mut *ledger.db().conn().unwrap())
-    .unwrap();
-    assert!(hash("gerente@sul.com.br").starts_with("$argon2id$"));
 
-    let restarted = spawn_replica(&app).await;
+    // Hashes stored unmarked before the migration: it marks them.
+    let lift = match backend() {
+        Backend::Sqlite => {
+            "DROP TRIGGER admins_distributor_hash_marked_insert; \
+             DROP TRIGGER admins_distributor_hash_marked_update"
+        }
+        Backend::Postgres => "ALTER TABLE admins DROP CONSTRAINT admins_distributor_hash_marked",
+    };
+    let mut conn = ledger.db().conn().unwrap();
+    diesel::connection::SimpleConnection::batch_execute(&mut *conn, lift).unwrap();
+    diesel::sql_query(unmark).execute(&mut *conn).unwrap();
+    assert!(hash("gerente@sul.com.br").starts_with("$argon2id$"));
+    diesel::sql_query("DELETE FROM __diesel_schema_migrations WHERE version = '20261210000003'")
+        .execute(&mut *conn)
+        .unwrap();
+    let applied = tokengate::db::run_migrations(&mut conn).unwrap();
+    assert_eq!(applied, ["20261210000003"]);
+    drop(conn);
     assert!(hash("gerente@sul.com.br").starts_with("scoped:$argon2id$"));
-    assert!(hash("dona@solaris.com.br").starts_with("$argon2id$"));
-    crate::admin::signed_in_admin_of(&restarted, "gerente@sul.com.br").await;
-    crate::admin::signed_in_admin_of(&restarted, "dona@solaris.com.br").await;
+    assert_eq!(hash("dona@solaris.com.br"), global);
+    assert!(run(unmark).is_err(), "the migration refuses them again");
+    crate::admin::signed_in_admin_of(&app, "gerente@sul.com.br").await;
+    crate::admin::signed_in_admin_of(&app, "dona@solaris.com.br").await;
 }
