@@ -244,6 +244,14 @@ async fn the_database_keeps_every_distributors_admins_hash_marked() {
         run(&insert).is_err(),
         "an unmarked distributor's admin was stored"
     );
+    // The mark is exact (SQLite's LIKE would take any case).
+    assert!(
+        run(
+            "UPDATE admins SET password_hash = 'SCOPED:' || substr(password_hash, 8) \
+             WHERE password_hash LIKE 'scoped:%'"
+        )
+        .is_err()
+    );
     assert!(
         run(&format!(
             "UPDATE admins SET distributor_id = {} WHERE email = 'dona@solaris.com.br'",
