@@ -52,6 +52,12 @@ trap cleanup EXIT
 start_throwaway_postgres "$WORK"
 
 export TOKENGATE_TEST_PG_URL="$PG_URL"
+# libpq probes for Kerberos (GSSAPI) encryption on every connection by default, which
+# starts libkrb5: a test process that exits while a pool thread is still connecting
+# then aborts in libkrb5's teardown (an assertion in krb5int_getspecific) after its
+# test passed. The throwaway cluster has no Kerberos; the tests and every process they
+# start skip the probe.
+export PGGSSENCMODE=disable
 # For tests that stop and start a PostgreSQL server of their own.
 export TOKENGATE_TEST_PG_BIN="$PGBIN"
 export TOKENGATE_TEST_LITELLM="$LITELLM_VENV/bin/litellm"
