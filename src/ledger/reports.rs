@@ -116,6 +116,23 @@ pub struct ReportRow {
     pub revenue: Option<i64>,
 }
 
+impl ReportRow {
+    /// A row of `key` with nothing used, labelled by its key.
+    fn unused(key: String) -> Self {
+        Self {
+            label: key.clone(),
+            key,
+            requests: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            charged: 0,
+            overage_tokens: 0,
+            overage_cost: 0,
+            revenue: None,
+        }
+    }
+}
+
 #[derive(QueryableByName)]
 struct Sums {
     #[diesel(sql_type = Nullable<Text>)]
@@ -239,15 +256,8 @@ fn add_revenue(rows: &mut Vec<ReportRow>, mut revenue: BTreeMap<String, i64>, un
     }
     revenue.retain(|_, centavos| *centavos > 0);
     rows.extend(revenue.into_iter().map(|(key, centavos)| ReportRow {
-        label: key.clone(),
-        key,
-        requests: 0,
-        input_tokens: 0,
-        output_tokens: 0,
-        charged: 0,
-        overage_tokens: 0,
-        overage_cost: 0,
         revenue: Some(centavos),
+        ..ReportRow::unused(key)
     }));
 }
 
@@ -257,20 +267,7 @@ fn by_local_day(sums: Vec<Sums>, tz: Tz, period: Period) -> Vec<ReportRow> {
     let mut day = period.from;
     while day <= period.to {
         let key = day.format("%Y-%m-%d").to_string();
-        days.insert(
-            day,
-            ReportRow {
-                label: key.clone(),
-                key,
-                requests: 0,
-                input_tokens: 0,
-                output_tokens: 0,
-                charged: 0,
-                overage_tokens: 0,
-                overage_cost: 0,
-                revenue: None,
-            },
-        );
+        days.insert(day, ReportRow::unused(key));
         match day.succ_opt() {
             Some(next) => day = next,
             None => break,
